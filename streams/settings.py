@@ -1,0 +1,270 @@
+"""The one settings model of the loyalty scorer.
+
+Every tunable of the service, the CLI and the local development broker lives in
+:class:`Settings`. Values come from (highest priority first) keyword arguments,
+environment variables prefixed ``LOYALTY_`` (``LOYALTY_WEB_PORT=7000``), and
+the defaults below. There is deliberately no ``.env`` file support: hidden
+state in a file next to the checkout is a classic source of "works on my
+machine" in tests.
+
+Guarantees:
+
+* :func:`get_settings` returns the same instance for the life of the process
+  (cached), so every module sees one consistent configuration. Tests that
+  change the environment must build ``Settings()`` themselves or call
+  ``get_settings.cache_clear()``.
+* Construction validates everything up front and raises
+  :class:`pydantic.ValidationError` naming the offending ``LOYALTY_*`` field,
+  instead of failing later inside a worker.
+* Relative paths are kept as given and are resolved against the current
+  working directory at the point of use (the Makefile and CI always run from
+  the repository root).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_KAFKA_VERSION = "3.9.1"
+
+
+def _default_cache_root() -> Path:
+    # Honour XDG so CI runners with a read-only or tiny $HOME can redirect it.
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return Path(xdg) if xdg else Path.home() / ".cache"
+
+
+class Settings(BaseSettings):
+    """All configuration of the loyalty scorer (env prefix ``LOYALTY_``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LOYALTY_",
+        extra="ignore",
+        validate_default=True,
+        frozen=True,
+    )
+
+    # --- Kafka / Faust application -------------------------------------------------
+    broker: str = Field(
+        "kafka://127.0.0.1:9092",
+        description="Default kafka://127.0.0.1:9092. Kafka bootstrap URL (Faust syntax; several "
+        "hosts separated by ';'). The local broker listens on the port of the first host.",
+    )
+    app_id: str = Field(
+        "loyalty-scorer",
+        description="Default loyalty-scorer. Faust application id: consumer group id and prefix "
+        "of the changelog/repartition topics. Changing it starts from empty tables.",
+    )
+    data_dir: Path = Field(
+        Path("./var/data"),
+        description="Default ./var/data. Directory for Faust table data (RocksDB stores).",
+    )
+    web_host: str = Field(
+        "127.0.0.1",
+        description="Default 127.0.0.1. Interface the worker's HTTP API and /metrics bind to "
+        "(use 0.0.0.0 in containers).",
+    )
+    web_port: int = Field(
+        6066, ge=1, le=65535,
+        description="Default 6066. Port of the worker's HTTP API and Prometheus /metrics.",
+    )
+    api_token: str | None = Field(
+        None,
+        description="Default unset. Bearer token required by the HTTP API; unset means no "
+        "authentication (local development only).",
+    )
+    policy_file: Path | None = Field(
+        None,
+        description="Default unset. JSON file with per-shop scoring policy overrides "
+        "(read by schemas.policy); unset means built-in policy for every shop.",
+    )
+    store: str = Field(
+        "rocksdb://",
+        description="Default rocksdb://. Faust table store URL (memory:// for tests).",
+    )
+    rocksdb_block_cache_mb: int = Field(
+        64, ge=1,
+        description="Default 64. RocksDB block cache size per table, in MiB.",
+    )
+    rocksdb_write_buffer_mb: int = Field(
+        16, ge=1,
+        description="Default 16. RocksDB write buffer (memtable) size per table, in MiB.",
+    )
+    partitions: int = Field(
+        4, ge=1,
+        description="Default 4. Partition count of every project topic and table changelog. "
+        "Inputs and tables must be co-partitioned, so this is one number for all of them.",
+    )
+    replication_factor: int = Field(
+        1, ge=1,
+        description="Default 1. Replication factor of the project topics (1 for the local "
+        "single-node broker; 3 in production).",
+    )
+
+    # --- Topic names -----------------------------------------------------------------
+    topic_purchases: str = Field(
+        "loyalty.purchases",
+        description="Default loyalty.purchases. Input: purchase and refund events.",
+    )
+    topic_visits: str = Field(
+        "loyalty.visits", description="Default loyalty.visits. Input: visit events."
+    )
+    topic_feedback: str = Field(
+        "loyalty.feedback", description="Default loyalty.feedback. Input: feedback/NPS events."
+    )
+    topic_redemptions: str = Field(
+        "loyalty.redemptions",
+        description="Default loyalty.redemptions. Input: reward redemption events.",
+    )
+    topic_transitions: str = Field(
+        "loyalty.stage-transitions",
+        description="Default loyalty.stage-transitions. Output: loyalty stage changes.",
+    )
+    topic_rewards: str = Field(
+        "loyalty.rewards", description="Default loyalty.rewards. Output: rewards granted."
+    )
+    topic_scores: str = Field(
+        "loyalty.scores",
+        description="Default loyalty.scores. Output (compacted): latest snapshot per customer.",
+    )
+    topic_dead_letter: str = Field(
+        "loyalty.dead-letter",
+        description="Default loyalty.dead-letter. Output: rejected input records with the reason.",
+    )
+    topic_clv_params: str = Field(
+        "loyalty.clv-params",
+        description="Default loyalty.clv-params. Fitted CLV model parameters per shop, "
+        "written by the periodic refit and read back by the workers.",
+    )
+
+    # --- Processing ------------------------------------------------------------------
+    sweep_interval_s: float = Field(
+        30.0, gt=0,
+        description="Default 30. Seconds between sweeps that apply time-based changes "
+        "(e.g. stage decay of inactive customers).",
+    )
+    clv_refit_interval_s: float = Field(
+        3600.0, gt=0,
+        description="Default 3600. Seconds between refits of the predictive CLV models.",
+    )
+    clv_min_customers: int = Field(
+        200, ge=1,
+        description="Default 200. Minimum customers a shop needs before its CLV models are fitted.",
+    )
+    max_event_bytes: int = Field(
+        65536, ge=256,
+        description="Default 65536. Input records larger than this go to the dead-letter topic.",
+    )
+
+    # --- Local development broker (`loyalty broker ...`) ------------------------------
+    kafka_version: str = Field(
+        DEFAULT_KAFKA_VERSION,
+        description=f"Default {DEFAULT_KAFKA_VERSION}. Apache Kafka version of the local broker "
+        "(resolved from Maven Central).",
+    )
+    kafka_cache_dir: Path | None = Field(
+        None,
+        description="Default ~/.cache/loyalty-scorer/kafka-<kafka_version> ($XDG_CACHE_HOME "
+        "honoured). Where the broker jars are kept, outside the repository, reused across runs.",
+    )
+    broker_dir: Path = Field(
+        Path("./var/broker"),
+        description="Default ./var/broker. Local broker state: pid file, config, logs, KRaft data.",
+    )
+    broker_heap: str = Field(
+        "512m",
+        pattern=r"^[0-9]+[kKmMgG]?$",
+        description="Default 512m. JVM heap (-Xms/-Xmx) of the local broker; modest because "
+        "the worker and the tests share the machine.",
+    )
+    broker_start_timeout_s: float = Field(
+        60.0, gt=0,
+        description="Default 60. Seconds `loyalty broker start` waits for the broker to answer "
+        "a metadata request before killing it and failing.",
+    )
+
+    @field_validator("broker")
+    @classmethod
+    def _check_broker(cls, value: str) -> str:
+        # Fail at startup rather than deep inside aiokafka with an opaque error.
+        hosts = _split_hosts(value)
+        if not hosts:
+            raise ValueError("broker must name at least one host:port")
+        for host in hosts:
+            _parse_host_port(host)
+        return value
+
+    @field_validator("policy_file", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        # `LOYALTY_POLICY_FILE=` in a shell or compose file means "unset".
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _default_cache_dir(self) -> Settings:
+        if self.kafka_cache_dir is None:
+            path = _default_cache_root() / "loyalty-scorer" / f"kafka-{self.kafka_version}"
+            # frozen model: bypass the frozen check exactly once, during validation.
+            object.__setattr__(self, "kafka_cache_dir", path)
+        return self
+
+    # --- Derived values ----------------------------------------------------------------
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        """``broker`` as aiokafka bootstrap servers: ``["127.0.0.1:9092", ...]``."""
+        return [f"{h}:{p}" for h, p in (_parse_host_port(x) for x in _split_hosts(self.broker))]
+
+    @property
+    def broker_host(self) -> str:
+        """Host of the first bootstrap server."""
+        return _parse_host_port(_split_hosts(self.broker)[0])[0]
+
+    @property
+    def broker_port(self) -> int:
+        """Port of the first bootstrap server; the local broker's PLAINTEXT port."""
+        return _parse_host_port(_split_hosts(self.broker)[0])[1]
+
+    @property
+    def controller_port(self) -> int:
+        """KRaft controller port of the local broker: always broker port + 1."""
+        return self.broker_port + 1
+
+    @property
+    def kafka_jars_dir(self) -> Path:
+        """Resolved jar cache directory (never None after validation)."""
+        assert self.kafka_cache_dir is not None  # set by the model validator
+        return self.kafka_cache_dir
+
+
+def _split_hosts(url: str) -> list[str]:
+    # Faust accepts "kafka://h1:9092;h2:9092"; aiokafka wants "h1:9092,h2:9092".
+    rest = url.split("://", 1)[1] if "://" in url else url
+    return [part.strip() for part in rest.replace(",", ";").split(";") if part.strip()]
+
+
+def _parse_host_port(hostport: str) -> tuple[str, int]:
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not host:
+        # Kafka's conventional default port when none is given.
+        return hostport, 9092
+    try:
+        number = int(port)
+    except ValueError:
+        raise ValueError(f"invalid port in broker address {hostport!r}") from None
+    if not 1 <= number <= 65534:  # 65535 would leave no room for the controller port
+        raise ValueError(f"port out of range in broker address {hostport!r}")
+    return host, number
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Return the process-wide settings, read from the environment once.
+
+    Raises :class:`pydantic.ValidationError` if a ``LOYALTY_*`` variable is invalid.
+    """
+    return Settings()

@@ -1,0 +1,203 @@
+"""The one registry of the project's Kafka topics, and the record-key convention.
+
+Everything that names, creates, produces to or consumes from a project topic
+takes the name from here (ultimately from :class:`streams.settings.Settings`),
+so a rename is one environment variable.
+
+Keying guarantee: every customer-keyed record (all inputs, transitions,
+rewards, scores) carries the key ``f"{shop_id}|{customer_id}"`` in UTF-8 and
+every topic has ``settings.partitions`` partitions. With Kafka's default
+partitioner this puts all records of one customer, on every topic, into the
+same partition number - the co-partitioning the Faust tables rely on. A topic
+created by hand with a different partition count silently breaks that, which
+is why :func:`ensure_topics` reports mismatches instead of ignoring them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:  # keep the import cheap: the CLI imports this for --help
+    from streams.settings import Settings
+
+Role = Literal["input", "output"]
+
+KEY_SEPARATOR = "|"
+CUSTOMER_KEY = "utf-8 text '<shop_id>|<customer_id>'"
+JSON_VALUE = "utf-8 JSON object"
+
+# Kafka error codes used below (see org.apache.kafka.common.protocol.Errors).
+_TOPIC_ALREADY_EXISTS = 36
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One project topic: what to create and how its records are encoded."""
+
+    name: str
+    partitions: int
+    compacted: bool
+    role: Role
+    key_codec: str
+    value_codec: str
+    description: str
+
+    @property
+    def config(self) -> dict[str, str]:
+        """Topic-level configs to create the topic with."""
+        return {"cleanup.policy": "compact" if self.compacted else "delete"}
+
+
+@dataclass(frozen=True)
+class PartitionMismatch:
+    """An existing topic whose partition count differs from the registry."""
+
+    topic: str
+    existing: int
+    configured: int
+
+    def __str__(self) -> str:
+        return (
+            f"topic {self.topic!r} exists with {self.existing} partitions but "
+            f"{self.configured} are configured (LOYALTY_PARTITIONS); co-partitioning with the "
+            f"tables is broken - recreate the topic or set LOYALTY_PARTITIONS={self.existing}"
+        )
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    """All project topics, inputs first, each with ``settings.partitions`` partitions.
+
+    Only ``topic_scores`` is compacted (it holds the latest snapshot per
+    customer); all others use time-based deletion.
+    """
+    n = settings.partitions
+
+    def spec(name: str, role: Role, description: str, *, compacted: bool = False,
+             key: str = CUSTOMER_KEY, value: str = JSON_VALUE) -> TopicSpec:
+        return TopicSpec(name, n, compacted, role, key, value, description)
+
+    return [
+        spec(settings.topic_purchases, "input", "purchase and refund events"),
+        spec(settings.topic_visits, "input", "visit events"),
+        spec(settings.topic_feedback, "input", "feedback / NPS events"),
+        spec(settings.topic_redemptions, "input", "reward redemption events"),
+        spec(settings.topic_transitions, "output", "loyalty stage transitions"),
+        spec(settings.topic_rewards, "output", "rewards granted"),
+        spec(settings.topic_scores, "output", "latest customer snapshot", compacted=True),
+        spec(settings.topic_dead_letter, "output", "rejected input records with the reason",
+             key="the rejected record's original key (raw bytes)"),
+        spec(settings.topic_clv_params, "output",
+             "fitted CLV model parameters per shop (written by the refit, read by workers)",
+             key="utf-8 text '<shop_id>'"),
+    ]
+
+
+def input_topics(settings: Settings) -> list[str]:
+    """Names of the input topics, in registry order."""
+    return [s.name for s in topic_specs(settings) if s.role == "input"]
+
+
+_EVENT_TOPIC_FIELD = {
+    "purchase": "topic_purchases",
+    "refund": "topic_purchases",  # refunds must be ordered with the purchases they undo
+    "visit": "topic_visits",
+    "feedback": "topic_feedback",
+    "redemption": "topic_redemptions",
+}
+
+EVENT_TYPES: tuple[str, ...] = tuple(_EVENT_TOPIC_FIELD)
+
+
+def input_topic_for_event_type(settings: Settings, event_type: str) -> str:
+    """The input topic an event of ``event_type`` must be produced to.
+
+    Raises :class:`ValueError` for an unknown event type.
+    """
+    try:
+        field = _EVENT_TOPIC_FIELD[event_type]
+    except KeyError:
+        raise ValueError(
+            f"unknown event type {event_type!r}; expected one of {', '.join(EVENT_TYPES)}"
+        ) from None
+    return str(getattr(settings, field))
+
+
+def message_key(shop_id: str, customer_id: str) -> bytes:
+    """The Kafka record key of a customer: ``f"{shop_id}|{customer_id}"`` in UTF-8.
+
+    The key is unambiguous because ``shop_id`` may not contain ``|`` (the
+    customer id may). Raises :class:`ValueError` for an empty id or a ``|`` in
+    ``shop_id``.
+    """
+    if not shop_id or not customer_id:
+        raise ValueError("shop_id and customer_id must be non-empty")
+    if KEY_SEPARATOR in shop_id:
+        raise ValueError(f"shop_id may not contain {KEY_SEPARATOR!r}: {shop_id!r}")
+    return f"{shop_id}{KEY_SEPARATOR}{customer_id}".encode()
+
+
+def parse_message_key(key: bytes | str) -> tuple[str, str]:
+    """Inverse of :func:`message_key`: ``(shop_id, customer_id)``.
+
+    Raises :class:`ValueError` if the key has no separator or is not UTF-8.
+    """
+    text = key.decode() if isinstance(key, bytes) else key
+    shop_id, sep, customer_id = text.partition(KEY_SEPARATOR)
+    if not sep or not shop_id or not customer_id:
+        raise ValueError(f"not a '<shop_id>|<customer_id>' key: {text!r}")
+    return shop_id, customer_id
+
+
+async def ensure_topics(
+    bootstrap_servers: str | list[str],
+    specs: Iterable[TopicSpec],
+    replication_factor: int = 1,
+    *,
+    request_timeout_ms: int = 30000,
+) -> tuple[list[str], list[PartitionMismatch]]:
+    """Create the missing topics of ``specs``; never alters an existing topic.
+
+    Returns ``(created, mismatches)``: the names created by this call and the
+    existing topics whose partition count differs from the spec. Idempotent
+    and safe to run concurrently with another creator (a topic created in
+    between is treated as existing). Raises :class:`RuntimeError` for any other
+    broker-side error (e.g. replication factor larger than the cluster) and
+    aiokafka's connection errors if the broker is unreachable.
+    """
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    specs = list(specs)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers, request_timeout_ms=request_timeout_ms
+    )
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [s for s in specs if s.name not in existing]
+        created: list[str] = []
+        if missing:
+            response = await admin.create_topics(
+                [NewTopic(s.name, s.partitions, replication_factor, topic_configs=s.config)
+                 for s in missing]
+            )
+            errors = []
+            for topic, code, *rest in response.topic_errors:
+                if code == 0:
+                    created.append(topic)
+                elif code != _TOPIC_ALREADY_EXISTS:
+                    message = rest[0] if rest else ""
+                    errors.append(f"{topic}: error {code} {message}".strip())
+            if errors:
+                raise RuntimeError("could not create topics: " + "; ".join(errors))
+        mismatches = []
+        described = await admin.describe_topics([s.name for s in specs])
+        counts = {d["topic"]: len(d["partitions"]) for d in described if d["error_code"] == 0}
+        for s in specs:
+            have = counts.get(s.name)
+            if have is not None and have != s.partitions:
+                mismatches.append(PartitionMismatch(s.name, have, s.partitions))
+        return created, mismatches
+    finally:
+        await admin.close()
