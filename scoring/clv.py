@@ -1,0 +1,781 @@
+"""Probabilistic customer-lifetime value: BG/NBD purchase model + Gamma-Gamma spend model.
+
+Pure domain core (numpy/scipy only, no I/O, no streaming imports).
+
+Models
+------
+* BG/NBD (Fader, Hardie & Lee 2005, "Counting your customers the easy way"): while
+  alive, a customer makes purchases as a Poisson process with rate ``lambda ~
+  Gamma(r, alpha)``; after every purchase the customer drops out with probability
+  ``p ~ Beta(a, b)``.  Drop-out can only happen right after a purchase, so a customer
+  with no repeat purchase is alive with probability 1 by construction.
+* Gamma-Gamma (Fader, Hardie & Lee 2005, "RFM and CLV"; Fader & Hardie 2013 note): the
+  value of each repeat purchase is Gamma(p, nu) with ``nu ~ Gamma(q, gamma)``,
+  independent of the purchase process.
+
+Per-customer sufficient statistics (computed by the caller from the customer state):
+
+* ``x``       repeat purchase *days* (``purchase_days - 1``; same-day purchases merged),
+* ``t_x``     last purchase date - first purchase date (days),
+* ``T``       as-of date - first purchase date (days),
+* ``repeat_spend`` net spend in integer minor units on the repeat purchase days (the
+  first purchase day excluded); the mean repeat spend is ``m = repeat_spend / x``.
+
+Time unit: parameters are fitted in a unit of ``unit_days`` days (1 = days, 7 = weeks,
+as in the paper).  ``alpha`` (and every ``t``/``t_x``/``T`` passed to the closed forms
+below) is in that unit; the day-based entry points :func:`fit_shop` and :func:`score`
+do the conversion.  Money: ``gamma`` of the Gamma-Gamma model is in minor units, so
+expected spend comes out in minor units.
+
+Numerics: log-likelihoods are evaluated in log space with ``gammaln``/``betaln`` and a
+log-sum-exp for the two-term BG/NBD likelihood, so large ``x`` and ``T`` neither
+overflow nor underflow.  The conditional expectation uses the Euler-transformed
+hypergeometric form (see :func:`expected_purchases`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+from scipy import optimize, special
+
+__all__ = [
+    "BgNbdParams",
+    "GammaGammaParams",
+    "ShopModel",
+    "MODEL_VERSION",
+    "MIN_GG_CUSTOMERS",
+    "bgnbd_log_likelihood",
+    "gamma_gamma_log_likelihood",
+    "fit_bgnbd",
+    "fit_gamma_gamma",
+    "p_alive",
+    "expected_purchases",
+    "expected_avg_value",
+    "fit_shop",
+    "score",
+]
+
+MODEL_VERSION = 1
+#: Fewest customers with x > 0 and positive repeat spend needed to fit Gamma-Gamma.
+#: Below this the three-parameter MLE is dominated by noise (and with all-equal spends
+#: it runs off to infinity), so the shop model carries no spend model instead.
+MIN_GG_CUSTOMERS = 10
+
+# Optimisation happens on log-parameters; these box bounds (e^-20 .. e^20) keep every
+# evaluation finite.  An estimate on a bound means the data do not identify that
+# parameter (e.g. no observed drop-out drives b -> infinity); it is returned as is.
+_LOG_LO, _LOG_HI = -20.0, 20.0
+# |a - 1| (and, for x = 0, |a + b - 1|) below this are removable singularities of the
+# conditional expectation; the value there is interpolated from both sides.
+_EDGE = 1e-6
+
+
+# --------------------------------------------------------------------------- params
+
+
+def _pos_float(d: Mapping[str, Any], key: str) -> float:
+    v = d.get(key)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f"{key!r} must be a number, got {v!r}")
+    f = float(v)
+    if not (math.isfinite(f) and f > 0):
+        raise ValueError(f"{key!r} must be finite and > 0, got {v!r}")
+    return f
+
+
+def _nonneg_int(d: Mapping[str, Any], key: str) -> int:
+    v = d.get(key)
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ValueError(f"{key!r} must be an integer >= 0, got {v!r}")
+    return v
+
+
+@dataclass(frozen=True, slots=True)
+class BgNbdParams:
+    """BG/NBD parameters; ``alpha`` is in the model's time unit. All must be > 0."""
+
+    r: float
+    alpha: float
+    a: float
+    b: float
+
+    def __post_init__(self) -> None:
+        for k in ("r", "alpha", "a", "b"):
+            v = getattr(self, k)
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(f"BgNbdParams.{k} must be finite and > 0, got {v!r}")
+
+    def to_dict(self) -> dict[str, float]:
+        """JSON-ready dict; floats round-trip exactly through JSON (repr precision)."""
+        return {"r": self.r, "alpha": self.alpha, "a": self.a, "b": self.b}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> BgNbdParams:
+        """Inverse of :meth:`to_dict`; raises ValueError on missing/invalid fields."""
+        return cls(*(_pos_float(d, k) for k in ("r", "alpha", "a", "b")))
+
+
+@dataclass(frozen=True, slots=True)
+class GammaGammaParams:
+    """Gamma-Gamma spend parameters; ``gamma`` is in minor units. All must be > 0."""
+
+    p: float
+    q: float
+    gamma: float
+
+    def __post_init__(self) -> None:
+        for k in ("p", "q", "gamma"):
+            v = getattr(self, k)
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(f"GammaGammaParams.{k} must be finite and > 0, got {v!r}")
+
+    @property
+    def population_mean(self) -> float:
+        """Mean spend per purchase over the population, p*gamma/(q-1); inf if q <= 1."""
+        return self.p * self.gamma / (self.q - 1.0) if self.q > 1.0 else math.inf
+
+    def to_dict(self) -> dict[str, float]:
+        """JSON-ready dict; floats round-trip exactly through JSON (repr precision)."""
+        return {"p": self.p, "q": self.q, "gamma": self.gamma}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> GammaGammaParams:
+        """Inverse of :meth:`to_dict`; raises ValueError on missing/invalid fields."""
+        return cls(*(_pos_float(d, k) for k in ("p", "q", "gamma")))
+
+
+@dataclass(frozen=True, slots=True)
+class ShopModel:
+    """A shop's fitted models, as published on the model topic / stored in a table.
+
+    * ``bgnbd``: purchase model, time unit ``unit_days`` days.
+    * ``gamma_gamma``: spend model (minor units) or None when it could not be fitted
+      (fewer than :data:`MIN_GG_CUSTOMERS` repeat buyers with positive repeat spend, or
+      an estimate with ``q <= 1``, whose population mean spend is infinite).
+    * ``customers``: customers in the BG/NBD fit (T > 0); ``repeat_customers``: those
+      with x > 0; ``gg_customers``: those in the Gamma-Gamma fit.
+    * ``log_likelihood`` / ``gg_log_likelihood``: maximised total log-likelihoods (the
+      BG/NBD value depends on the time unit, as it contains a density in time).
+    * ``fitted_as_of``: the as-of date of the statistics, if the caller gave one.
+    """
+
+    bgnbd: BgNbdParams
+    gamma_gamma: GammaGammaParams | None
+    customers: int
+    repeat_customers: int
+    gg_customers: int
+    log_likelihood: float
+    gg_log_likelihood: float | None
+    unit_days: int
+    fitted_as_of: date | None = None
+
+    def __post_init__(self) -> None:
+        if self.unit_days not in (1, 7):
+            raise ValueError(f"unit_days must be 1 or 7, got {self.unit_days!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (only str/int/float/None/dict values)."""
+        return {
+            "version": MODEL_VERSION,
+            "unit_days": self.unit_days,
+            "bgnbd": self.bgnbd.to_dict(),
+            "gamma_gamma": None if self.gamma_gamma is None else self.gamma_gamma.to_dict(),
+            "customers": self.customers,
+            "repeat_customers": self.repeat_customers,
+            "gg_customers": self.gg_customers,
+            "log_likelihood": self.log_likelihood,
+            "gg_log_likelihood": self.gg_log_likelihood,
+            "fitted_as_of": None if self.fitted_as_of is None else self.fitted_as_of.isoformat(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ShopModel:
+        """Inverse of :meth:`to_dict`.
+
+        Raises ValueError on an unknown ``version`` or any missing/invalid field, so a
+        corrupt or future-format record is rejected rather than half-read.
+        """
+        if not isinstance(d, Mapping):
+            raise ValueError(f"ShopModel record must be an object, got {type(d).__name__}")
+        if d.get("version") != MODEL_VERSION:
+            raise ValueError(f"unsupported ShopModel version {d.get('version')!r}")
+        bg = d.get("bgnbd")
+        if not isinstance(bg, Mapping):
+            raise ValueError("'bgnbd' must be an object")
+        gg_raw = d.get("gamma_gamma")
+        if gg_raw is not None and not isinstance(gg_raw, Mapping):
+            raise ValueError("'gamma_gamma' must be an object or null")
+        ll = d.get("log_likelihood")
+        if isinstance(ll, bool) or not isinstance(ll, (int, float)) or not math.isfinite(ll):
+            raise ValueError(f"'log_likelihood' must be a finite number, got {ll!r}")
+        gll = d.get("gg_log_likelihood")
+        if gll is not None and (
+            isinstance(gll, bool) or not isinstance(gll, (int, float)) or not math.isfinite(gll)
+        ):
+            raise ValueError(f"'gg_log_likelihood' must be a finite number or null, got {gll!r}")
+        unit = d.get("unit_days")
+        if isinstance(unit, bool) or unit not in (1, 7):
+            raise ValueError(f"'unit_days' must be 1 or 7, got {unit!r}")
+        as_of = d.get("fitted_as_of")
+        if as_of is not None:
+            if not isinstance(as_of, str):
+                raise ValueError(f"'fitted_as_of' must be an ISO date or null, got {as_of!r}")
+            try:
+                as_of = date.fromisoformat(as_of)
+            except ValueError as e:
+                raise ValueError(f"'fitted_as_of' is not an ISO date: {as_of!r}") from e
+        return cls(
+            bgnbd=BgNbdParams.from_dict(bg),
+            gamma_gamma=None if gg_raw is None else GammaGammaParams.from_dict(gg_raw),
+            customers=_nonneg_int(d, "customers"),
+            repeat_customers=_nonneg_int(d, "repeat_customers"),
+            gg_customers=_nonneg_int(d, "gg_customers"),
+            log_likelihood=float(ll),
+            gg_log_likelihood=None if gll is None else float(gll),
+            unit_days=int(unit),
+            fitted_as_of=as_of,
+        )
+
+
+# ------------------------------------------------------------------- likelihoods
+
+
+def _as_float_arrays(*arrays: Any) -> list[np.ndarray]:
+    out = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in arrays))
+    return [np.array(a, dtype=np.float64) for a in out]  # own, writable copies
+
+
+def _check_bg_stats(x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> None:
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(t_x)) and np.all(np.isfinite(T))):
+        raise ValueError("x, t_x and T must be finite")
+    if np.any(x < 0) or np.any(t_x < 0) or np.any(t_x > T):
+        raise ValueError("need x >= 0 and 0 <= t_x <= T for every customer")
+
+
+@dataclass(frozen=True, slots=True)
+class _BgData:
+    """Fit data grouped for speed: identical (x, t_x, T) rows merged with a count, and
+    the x-only gamma-function terms evaluated once per distinct x."""
+
+    x: np.ndarray
+    t_x: np.ndarray
+    T: np.ndarray
+    w: np.ndarray  # multiplicity of each row
+    rep: np.ndarray  # x > 0
+    xu: np.ndarray  # distinct x values
+    w_xu: np.ndarray  # total multiplicity per distinct x
+    n: float  # total customers
+
+
+def _bg_data(x: np.ndarray, t_x: np.ndarray, T: np.ndarray, weights: np.ndarray | None) -> _BgData:
+    rows = np.column_stack([x, t_x, T])
+    if weights is None:
+        u, inv = np.unique(rows, axis=0, return_inverse=True)
+        w = np.bincount(inv.ravel(), minlength=len(u)).astype(np.float64)
+    else:
+        u, w = rows, np.asarray(weights, dtype=np.float64)
+    ux, tx, tt = u[:, 0].copy(), u[:, 1].copy(), u[:, 2].copy()
+    xu, xinv = np.unique(ux, return_inverse=True)
+    w_xu = np.bincount(xinv.ravel(), weights=w, minlength=len(xu))
+    return _BgData(ux, tx, tt, w, ux > 0, xu, w_xu, float(w.sum()))
+
+
+def _bg_terms(
+    r: float, alpha: float, a: float, b: float, d: _BgData, want_grad: bool
+) -> tuple[float, np.ndarray | None]:
+    """Total log-likelihood (and its gradient w.r.t. (r, alpha, a, b)).
+
+    LL_i = ln G(r+x) - ln G(r) + r ln alpha + ln B(a, b+x) - ln B(a, b)
+           + ln[ (alpha+T)^-(r+x) + [x>0] a/(b+x-1) (alpha+t_x)^-(r+x) ]
+    The last bracket is combined with logaddexp (never exponentiated on its own).
+    """
+    xu, x, rep = d.xu, d.x, d.rep
+    # x-only terms, once per distinct x, weighted by how many customers have that x
+    g1 = special.gammaln(r + xu) - special.gammaln(r)
+    g2 = special.betaln(a, b + xu) - special.betaln(a, b)
+    ll = float(d.w_xu @ (g1 + g2)) + d.n * r * math.log(alpha)
+
+    rx = r + x
+    lat = np.log(alpha + d.T)
+    a3 = -rx * lat
+    a4 = np.full_like(a3, -np.inf)
+    xr = x[rep]
+    ltx_r = np.log(alpha + d.t_x[rep])
+    a4[rep] = math.log(a) - np.log(b + xr - 1.0) - rx[rep] * ltx_r
+    lse = np.logaddexp(a3, a4)
+    ll += float(d.w @ lse)
+    if not want_grad:
+        return ll, None
+
+    wt = np.exp(a4 - lse)  # posterior weight of the "dropped out at t_x" branch
+    one_m = 1.0 - wt
+    dig_ab = special.digamma(a + b)
+    dig_abx = special.digamma(a + b + xu)
+    dr_x = special.digamma(r + xu) - special.digamma(r)
+    da_x = dig_ab - dig_abx
+    db_x = special.digamma(b + xu) - special.digamma(b) - dig_abx + dig_ab
+
+    dr = float(d.w_xu @ dr_x) + d.n * math.log(alpha)
+    dr -= float(d.w @ (one_m * lat))
+    dr -= float(d.w[rep] @ (wt[rep] * ltx_r))
+    dalpha = d.n * r / alpha
+    dalpha -= float(d.w @ (one_m * rx / (alpha + d.T)))
+    dalpha -= float(d.w[rep] @ (wt[rep] * rx[rep] / (alpha + d.t_x[rep])))
+    da = float(d.w_xu @ da_x) + float(d.w[rep] @ wt[rep]) / a
+    db = float(d.w_xu @ db_x) - float(d.w[rep] @ (wt[rep] / (b + xr - 1.0)))
+    return ll, np.array([dr, dalpha, da, db])
+
+
+def bgnbd_log_likelihood(params: BgNbdParams, x: Any, t_x: Any, T: Any) -> np.ndarray:
+    """Per-customer BG/NBD log-likelihood (array, same broadcast shape as the inputs).
+
+    Times in the model's unit.  Raises ValueError unless x >= 0 and 0 <= t_x <= T.
+    ``T == 0`` gives log-likelihood 0 (no observation time, no information).
+    """
+    x, t_x, T = _as_float_arrays(x, t_x, T)
+    _check_bg_stats(x, t_x, T)
+    r, alpha, a, b = params.r, params.alpha, params.a, params.b
+    rx = r + x
+    a3 = -rx * np.log(alpha + T)
+    a4 = np.full_like(a3, -np.inf)
+    rep = x > 0
+    a4[rep] = math.log(a) - np.log(b + x[rep] - 1.0) - rx[rep] * np.log(alpha + t_x[rep])
+    return (
+        special.gammaln(rx)
+        - special.gammaln(r)
+        + r * math.log(alpha)
+        + special.betaln(a, b + x)
+        - special.betaln(a, b)
+        + np.logaddexp(a3, a4)
+    )
+
+
+def _gg_terms(
+    p: float, q: float, g: float, x: np.ndarray, m: np.ndarray, lx: np.ndarray, lm: np.ndarray,
+    want_grad: bool,
+) -> tuple[float, np.ndarray | None]:
+    """Total Gamma-Gamma log-likelihood of the mean spends (and gradient w.r.t. p, q, gamma).
+
+    LL_i = ln G(px+q) - ln G(px) - ln G(q) + q ln g + (px-1) ln m + px ln x
+           - (px+q) ln(g + m x)
+    """
+    px = p * x
+    lgm = np.log(g + m * x)
+    n = float(len(x))
+    ll = float(
+        np.sum(special.gammaln(px + q) - special.gammaln(px) + (px - 1.0) * lm + px * lx
+               - (px + q) * lgm)
+    ) + n * (q * math.log(g) - math.lgamma(q))
+    if not want_grad:
+        return ll, None
+    dig = special.digamma(px + q)
+    dp = float(np.sum(x * (dig - special.digamma(px) + lm + lx - lgm)))
+    dq = float(np.sum(dig - lgm)) + n * (math.log(g) - special.digamma(q))
+    dg = n * q / g - float(np.sum((px + q) / (g + m * x)))
+    return ll, np.array([dp, dq, dg])
+
+
+def gamma_gamma_log_likelihood(params: GammaGammaParams, x: Any, m: Any) -> np.ndarray:
+    """Per-customer Gamma-Gamma log-likelihood of mean repeat spend ``m`` over ``x`` purchases.
+
+    Defined only for x > 0 and m > 0 (the density of a mean of Gamma variables);
+    raises ValueError otherwise.
+    """
+    x, m = _as_float_arrays(x, m)
+    if np.any(~np.isfinite(x)) or np.any(~np.isfinite(m)) or np.any(x <= 0) or np.any(m <= 0):
+        raise ValueError("Gamma-Gamma needs finite x > 0 and m > 0")
+    p, q, g = params.p, params.q, params.gamma
+    px = p * x
+    return (
+        special.gammaln(px + q) - special.gammaln(px) - special.gammaln(q) + q * math.log(g)
+        + (px - 1.0) * np.log(m) + px * np.log(x) - (px + q) * np.log(g + m * x)
+    )
+
+
+# ---------------------------------------------------------------------------- fit
+
+
+def _minimise(fun: Any, theta0: np.ndarray) -> optimize.OptimizeResult:
+    """Minimise a smooth mean-negative-log-likelihood over log-parameters.
+
+    L-BFGS-B with the analytic gradient; tolerances are tight because the objective is
+    a *mean* (O(1)), so 1e-14 relative is far below the statistical error yet well
+    above rounding noise.  If L-BFGS-B stops abnormally (typically a line search
+    failing in the flat valley near the optimum) a Nelder-Mead polish followed by a
+    second L-BFGS-B run is tried; the best point wins.
+    """
+    bounds = [(_LOG_LO, _LOG_HI)] * len(theta0)
+    opts = {"maxiter": 5000, "ftol": 1e-14, "gtol": 1e-9, "maxcor": 20}
+    best = optimize.minimize(fun, theta0, jac=True, method="L-BFGS-B", bounds=bounds, options=opts)
+    if not best.success:
+        nm = optimize.minimize(
+            lambda th: fun(th)[0], best.x, method="Nelder-Mead", bounds=bounds,
+            options={"xatol": 1e-10, "fatol": 1e-15, "maxiter": 20000, "maxfev": 20000},
+        )
+        again = optimize.minimize(
+            fun, nm.x, jac=True, method="L-BFGS-B", bounds=bounds, options=opts
+        )
+        for cand in (nm, again):
+            if np.isfinite(cand.fun) and cand.fun < best.fun:
+                best = cand
+    if not (np.isfinite(best.fun) and np.all(np.isfinite(best.x))):
+        raise ValueError(f"likelihood maximisation failed: {best.message}")
+    return best
+
+
+def fit_bgnbd(
+    x: Any, t_x: Any, T: Any, *, weights: Any = None
+) -> tuple[BgNbdParams, float]:
+    """Maximum-likelihood BG/NBD fit. Returns (params, total log-likelihood).
+
+    ``x``, ``t_x``, ``T`` are per-customer arrays in the model's time unit (``weights``
+    optionally gives a multiplicity per row).  Rows with ``T == 0`` contribute nothing
+    to the likelihood and may be included.  Optimises the mean log-likelihood over
+    log-parameters with the analytic gradient (see :func:`_minimise`); the result is a
+    local optimum, in practice the global one (the BG/NBD likelihood is well behaved for
+    real data; tests compare against an independent optimiser).
+
+    Raises ValueError on empty input, invalid statistics, no repeat buyer (the
+    drop-out process is then unidentified), or optimiser failure.
+    """
+    x, t_x, T = _as_float_arrays(x, t_x, T)
+    x, t_x, T = x.ravel(), t_x.ravel(), T.ravel()
+    if x.size == 0:
+        raise ValueError("BG/NBD fit needs at least one customer")
+    _check_bg_stats(x, t_x, T)
+    if weights is not None:
+        weights = np.asarray(weights, dtype=np.float64).ravel()
+        if weights.shape != x.shape or np.any(weights < 0) or not np.all(np.isfinite(weights)):
+            raise ValueError("weights must be finite, >= 0 and one per customer")
+    has_rep = (x > 0) if weights is None else ((x > 0) & (weights > 0))
+    if not np.any(has_rep):
+        raise ValueError("BG/NBD fit needs at least one repeat buyer (x > 0)")
+    d = _bg_data(x, t_x, T, weights)
+    if not np.any(d.T > 0):
+        raise ValueError("BG/NBD fit needs at least one customer with T > 0")
+
+    def fun(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        par = np.exp(theta)
+        ll, g = _bg_terms(*par, d, True)
+        # chain rule for log-parameters; divide by n so the objective is O(1)
+        return -ll / d.n, -(g * par) / d.n
+
+    # Start: r = 1 and alpha matching the pooled repeat rate (rate ~ r / alpha);
+    # a = b = 1 is a flat Beta prior on the drop-out probability.
+    rate = float(d.w @ d.x) / max(float(d.w @ d.T), 1e-12)
+    alpha0 = float(np.clip(1.0 / max(rate, 1e-12), math.exp(_LOG_LO + 1), math.exp(_LOG_HI - 1)))
+    res = _minimise(fun, np.log([1.0, alpha0, 1.0, 1.0]))
+    r, alpha, a, b = (float(v) for v in np.exp(res.x))
+    ll, _ = _bg_terms(r, alpha, a, b, d, False)
+    return BgNbdParams(r, alpha, a, b), ll
+
+
+def fit_gamma_gamma(x: Any, m: Any) -> tuple[GammaGammaParams, float]:
+    """Maximum-likelihood Gamma-Gamma fit on customers with x > 0 repeat purchases of mean
+    value m > 0 (minor units). Returns (params, total log-likelihood in the units of m).
+
+    Internally m is divided by its mean so the optimiser works at O(1) scale; gamma is
+    scaled back (the model is scale-equivariant: p and q are unit-free).
+    Raises ValueError on empty input, x <= 0, m <= 0 or optimiser failure.
+    """
+    x, m = _as_float_arrays(x, m)
+    x, m = x.ravel(), m.ravel()
+    if x.size == 0:
+        raise ValueError("Gamma-Gamma fit needs at least one customer with x > 0")
+    if np.any(~np.isfinite(x)) or np.any(~np.isfinite(m)) or np.any(x <= 0) or np.any(m <= 0):
+        raise ValueError("Gamma-Gamma fit needs finite x > 0 and m > 0")
+    scale = float(np.mean(m))
+    ms = m / scale
+    lx, lm = np.log(x), np.log(ms)
+    n = float(x.size)
+
+    def fun(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        par = np.exp(theta)
+        ll, g = _gg_terms(*par, x, ms, lx, lm, True)
+        return -ll / n, -(g * par) / n
+
+    # Start: p = 2, q = 3 and gamma so that the population mean p*gamma/(q-1) equals
+    # the observed mean (1 after scaling).
+    res = _minimise(fun, np.log([2.0, 3.0, 1.0]))
+    p, q, g = (float(v) for v in np.exp(res.x))
+    ll, _ = _gg_terms(p, q, g, x, ms, lx, lm, False)
+    # density of m = scale * ms: each customer's density picks up a 1/scale Jacobian
+    return GammaGammaParams(p, q, g * scale), ll - n * math.log(scale)
+
+
+# -------------------------------------------------------------------- closed forms
+
+
+def _scalar_or_array(v: np.ndarray) -> float | np.ndarray:
+    return float(v) if v.ndim == 0 else v
+
+
+def p_alive(params: BgNbdParams, x: Any, t_x: Any, T: Any) -> float | np.ndarray:
+    """P(customer still alive at T | x, t_x, T) under BG/NBD.
+
+    = 1 / (1 + [x>0] * a/(b+x-1) * ((alpha+T)/(alpha+t_x))^(r+x)), computed through the
+    log of the odds (no overflow for large x or T).  Guarantees a value in (0, 1]; it is
+    exactly 1 for x == 0 (drop-out only happens right after a purchase) and for
+    t_x == T.  Times in the model unit; scalars in, float out; arrays broadcast.
+    Raises ValueError unless x >= 0 and 0 <= t_x <= T.
+    """
+    x, t_x, T = _as_float_arrays(x, t_x, T)
+    _check_bg_stats(x, t_x, T)
+    log_odds_dead = np.full(x.shape, -np.inf)
+    rep = x > 0
+    xr = x[rep]
+    log_odds_dead[rep] = (
+        math.log(params.a) - np.log(params.b + xr - 1.0)
+        + (params.r + xr) * (np.log(params.alpha + T[rep]) - np.log(params.alpha + t_x[rep]))
+    )
+    return _scalar_or_array(special.expit(-log_odds_dead))
+
+
+def _future_core(r: float, alpha: float, a: float, b: float, t: float, x: float, T: float) -> float:
+    """E[purchases in (T, T+t] | alive at T, x, T] (scalar), Euler-transformed form.
+
+    Paper, eq. (10) without the P(alive) factor:
+        (a+b+x-1)/(a-1) * [1 - ((alpha+T)/(alpha+T+t))^(r+x) 2F1(r+x, b+x; a+b+x-1; z)]
+    with z = t/(alpha+T+t).  Euler's transformation 2F1(A,B;C;z) = (1-z)^(C-A-B)
+    2F1(C-A, C-B; C; z) turns the bracket into
+        1 - (1-z)^(a-1) 2F1(a-1, a+b-1-r; a+b+x-1; z),
+    whose first hypergeometric parameter a-1 no longer grows with x (the original
+    series has huge, nearly cancelling terms for large x) and whose deviation from 1
+    is O(a-1), so dividing by (a-1) is well conditioned.  At a == 1 (and for x == 0 at
+    a+b == 1, where C == 0) the singularity is removable; those points are linearly
+    interpolated from +-_EDGE, an error of O(_EDGE^2).
+    """
+    if t <= 0.0:
+        return 0.0
+    am1 = a - 1.0
+    if abs(am1) < _EDGE:
+        lo = _future_core(r, alpha, 1.0 - _EDGE, b, t, x, T)
+        hi = _future_core(r, alpha, 1.0 + _EDGE, b, t, x, T)
+        return lo + (hi - lo) * (a - (1.0 - _EDGE)) / (2.0 * _EDGE)
+    c = a + b + x - 1.0
+    if abs(c) < _EDGE:  # only possible for x == 0
+        b_lo, b_hi = 1.0 - a - _EDGE, 1.0 - a + _EDGE
+        lo = _future_core(r, alpha, a, b_lo, t, x, T)
+        hi = _future_core(r, alpha, a, b_hi, t, x, T)
+        return lo + (hi - lo) * (b - b_lo) / (2.0 * _EDGE)
+    s = alpha + T + t
+    z = t / s
+    log1mz = math.log(alpha + T) - math.log(s)  # ln(1-z), without forming 1-z
+    f = float(special.hyp2f1(am1, a + b - 1.0 - r, c, z))
+    u = am1 * log1mz
+    # 1 - e^u * F = -(e^u - 1) - e^u (F - 1)
+    return c / am1 * (-math.expm1(u) - math.exp(u) * (f - 1.0))
+
+
+def _p_alive_scalar(r: float, alpha: float, a: float, b: float, x: float, t_x: float, T: float) -> float:
+    if x <= 0:
+        return 1.0
+    lo = math.log(a) - math.log(b + x - 1.0) + (r + x) * (
+        math.log(alpha + T) - math.log(alpha + t_x)
+    )
+    if lo > 0.0:
+        e = math.exp(-lo)
+        return e / (1.0 + e)
+    return 1.0 / (1.0 + math.exp(lo))
+
+
+def expected_purchases(params: BgNbdParams, t: Any, x: Any, t_x: Any, T: Any) -> float | np.ndarray:
+    """E[number of repeat purchases in (T, T+t] | x, t_x, T] under BG/NBD (paper eq. 10).
+
+    = P(alive) * E[purchases in the next t | alive]; see :func:`_future_core` for the
+    numerically careful hypergeometric evaluation and the a == 1 edge.  Guarantees:
+    0 for t == 0, >= 0 and non-decreasing in t (up to floating-point rounding).  With
+    a <= 1 the expectation grows without bound as t grows (E[1/p] is infinite), which
+    is a property of the model, not an error.  Times in the model unit; scalars in, float
+    out; arrays broadcast.  Raises ValueError on t < 0 or invalid statistics.
+    """
+    t_arr, x, t_x, T = _as_float_arrays(t, x, t_x, T)
+    _check_bg_stats(x, t_x, T)
+    if np.any(t_arr < 0) or not np.all(np.isfinite(t_arr)):
+        raise ValueError("t must be finite and >= 0")
+    r, alpha, a, b = params.r, params.alpha, params.a, params.b
+    out = np.empty(x.shape)
+    for idx in np.ndindex(x.shape):
+        xi, txi, Ti = float(x[idx]), float(t_x[idx]), float(T[idx])
+        out[idx] = _p_alive_scalar(r, alpha, a, b, xi, txi, Ti) * _future_core(
+            r, alpha, a, b, float(t_arr[idx]), xi, Ti
+        )
+    return _scalar_or_array(out)
+
+
+def expected_avg_value(gg: GammaGammaParams, x: Any, m: Any) -> float | np.ndarray:
+    """Posterior mean value of a future purchase under Gamma-Gamma (minor units).
+
+    = p (gamma + x m) / (p x + q - 1): a weighted average of the population mean
+    p*gamma/(q-1) and the customer's own mean m, the weight on m growing with x.  For
+    x == 0, m is ignored and the population mean is returned.  Raises ValueError for
+    q <= 1 (infinite population mean), x < 0 or m < 0.
+    """
+    x, m = _as_float_arrays(x, m)
+    if gg.q <= 1.0:
+        raise ValueError("Gamma-Gamma with q <= 1 has no finite mean spend")
+    if np.any(x < 0) or np.any(~np.isfinite(x)):
+        raise ValueError("x must be finite and >= 0")
+    m = np.where(x > 0, m, 0.0)
+    if np.any(m < 0) or np.any(~np.isfinite(m)):
+        raise ValueError("m must be finite and >= 0 where x > 0")
+    return _scalar_or_array(gg.p * (gg.gamma + x * m) / (gg.p * x + gg.q - 1.0))
+
+
+# --------------------------------------------------------------- day-based entry
+
+
+def fit_shop(
+    stats: Sequence[tuple[int, int, int, int]],
+    unit_days: int,
+    *,
+    as_of: date | None = None,
+) -> ShopModel:
+    """Fit a shop's BG/NBD (+ Gamma-Gamma) model from per-customer day statistics.
+
+    ``stats``: one ``(x, t_x_days, T_days, repeat_spend_minor)`` per customer with at
+    least one purchase; ``unit_days``: 1 (days) or 7 (weeks); ``as_of`` is recorded.
+
+    Customers with ``T_days <= 0`` are left out: at T == 0 (first purchase on the as-of
+    date) their BG/NBD likelihood is identically 1, i.e. they carry no information, and
+    T < 0 (first purchase after the as-of date) lies outside the observation window.
+    For the rest the tuple must be consistent, else ValueError: 0 <= x <= t_x_days <=
+    T_days (x repeat *days* fit in t_x days), x == 0 iff t_x_days == 0, and
+    repeat_spend >= 0 with repeat_spend == 0 when x == 0.
+
+    Gamma-Gamma uses the repeat buyers with repeat_spend > 0 (its density needs m > 0;
+    fully refunded or free repeat days are left out) and is None if there are fewer than
+    :data:`MIN_GG_CUSTOMERS` of them, if its fit fails, or if q <= 1.
+
+    Raises ValueError if no customer has T_days > 0 or none has x > 0 (BG/NBD
+    unidentified), on malformed input, or if the BG/NBD optimisation fails.
+    """
+    if isinstance(unit_days, bool) or unit_days not in (1, 7):
+        raise ValueError(f"unit_days must be 1 or 7, got {unit_days!r}")
+    arr = np.asarray(stats, dtype=np.int64) if len(stats) else np.empty((0, 4), np.int64)
+    if arr.ndim != 2 or arr.shape[1] != 4:
+        raise ValueError("stats must be a sequence of (x, t_x_days, T_days, repeat_spend) tuples")
+    arr = arr[arr[:, 2] > 0]
+    if arr.shape[0] == 0:
+        raise ValueError("no customer with T_days > 0 to fit")
+    x, tx, tt, spend = arr.T
+    bad = (
+        (x < 0) | (tx < x) | (tx > tt) | ((x == 0) != (tx == 0))
+        | (spend < 0) | ((x == 0) & (spend != 0))
+    )
+    if np.any(bad):
+        i = int(np.argmax(bad))
+        raise ValueError(f"inconsistent customer statistics {tuple(int(v) for v in arr[i])}")
+    if not np.any(x > 0):
+        raise ValueError("no repeat buyer (x > 0): BG/NBD cannot be fitted")
+    u = float(unit_days)
+    bg, ll = fit_bgnbd(x.astype(np.float64), tx / u, tt / u)
+
+    sel = (x > 0) & (spend > 0)
+    gg: GammaGammaParams | None = None
+    gll: float | None = None
+    n_gg = int(sel.sum())
+    if n_gg >= MIN_GG_CUSTOMERS:
+        xs = x[sel].astype(np.float64)
+        try:
+            cand, cll = fit_gamma_gamma(xs, spend[sel] / xs)
+        except ValueError:
+            cand = None  # documented: the shop then has no spend model
+        if cand is not None and cand.q > 1.0:
+            gg, gll = cand, cll
+    return ShopModel(
+        bgnbd=bg,
+        gamma_gamma=gg,
+        customers=int(arr.shape[0]),
+        repeat_customers=int((x > 0).sum()),
+        gg_customers=n_gg if gg is not None else 0,
+        log_likelihood=ll,
+        gg_log_likelihood=gll,
+        unit_days=unit_days,
+        fitted_as_of=as_of,
+    )
+
+
+def _finite_or_none(v: float, ndigits: int) -> float | None:
+    return round(v, ndigits) if math.isfinite(v) else None
+
+
+def score(
+    model: ShopModel,
+    x: int,
+    t_x_days: int,
+    T_days: int,
+    repeat_spend: int,
+    margin_rate: Fraction | Decimal,
+) -> dict[str, float | int | None]:
+    """Score one customer (with at least one purchase) in closed form. Runs per event.
+
+    Returns a JSON-ready dict:
+
+    * ``p_alive``: float rounded to 6 decimals, in (0, 1].
+    * ``expected_purchases_90d``: expected repeat purchase days in the next 90 days,
+      rounded to 4 decimals.
+    * ``expected_avg_value``: Gamma-Gamma posterior mean spend per purchase day, integer
+      minor units rounded half-even; None when the model has no Gamma-Gamma part.
+    * ``clv_365d``: expected purchase days in the next 365 days x ``expected_avg_value``
+      (the reported integer, so the fields stay mutually consistent) x ``margin_rate``,
+      computed exactly (the float expectation taken at its exact binary value, the
+      rate as written) and rounded half-even to minor units; None when
+      ``expected_avg_value`` is None.
+
+    A value that comes out non-finite (only conceivable for degenerate parameters at
+    the optimiser's bounds) is reported as None rather than raising, so scoring never
+    stops the stream.  Raises ValueError for inconsistent statistics (same rules as
+    :func:`fit_shop`, plus T_days >= 0) or a margin_rate outside [0, 1], and TypeError
+    for a float margin_rate (exactness would be lost).
+    """
+    if isinstance(margin_rate, Decimal):
+        if not margin_rate.is_finite():
+            raise ValueError(f"margin_rate must be finite, got {margin_rate!r}")
+        rate = Fraction(margin_rate)
+    elif isinstance(margin_rate, (Fraction, int)) and not isinstance(margin_rate, bool):
+        rate = Fraction(margin_rate)
+    else:
+        raise TypeError(f"margin_rate must be a Fraction or Decimal, got {type(margin_rate).__name__}")
+    if not 0 <= rate <= 1:
+        raise ValueError(f"margin_rate must be in [0, 1], got {margin_rate}")
+    if not (
+        0 <= x <= t_x_days <= T_days and (x == 0) == (t_x_days == 0)
+        and repeat_spend >= 0 and (x > 0 or repeat_spend == 0)
+    ):
+        raise ValueError(
+            f"inconsistent customer statistics x={x} t_x_days={t_x_days} T_days={T_days} "
+            f"repeat_spend={repeat_spend}"
+        )
+    bg = model.bgnbd
+    r, alpha, a, b = bg.r, bg.alpha, bg.a, bg.b
+    u = model.unit_days
+    xf, txf, Tf = float(x), t_x_days / u, T_days / u
+    pa = _p_alive_scalar(r, alpha, a, b, xf, txf, Tf)
+    e90 = pa * _future_core(r, alpha, a, b, 90.0 / u, xf, Tf)
+    e365 = pa * _future_core(r, alpha, a, b, 365.0 / u, xf, Tf)
+
+    avg: int | None = None
+    clv: int | None = None
+    gg = model.gamma_gamma
+    if gg is not None:
+        # p(gamma + x m)/(p x + q - 1) with x m == repeat_spend: no division by x needed
+        v = gg.p * (gg.gamma + repeat_spend) / (gg.p * xf + gg.q - 1.0)
+        if math.isfinite(v):
+            avg = round(v)  # float round() is half-even on the exact binary value
+            if math.isfinite(e365):
+                clv = round(Fraction(e365) * avg * rate)  # Fraction round(): half-even
+    return {
+        "p_alive": _finite_or_none(pa, 6),
+        "expected_purchases_90d": _finite_or_none(e90, 4),
+        "expected_avg_value": avg,
+        "clv_365d": clv,
+    }
