@@ -1,0 +1,150 @@
+"""Fixtures shared by every test tier.
+
+Kafka fixtures (``bootstrap``, ``create_topic``) talk to the real local broker
+(``make test`` / ``loyalty broker start``). If it does not answer, tests that
+need it FAIL with instructions - they are never skipped, so CI cannot go
+green without having exercised the broker. Any test using ``bootstrap`` is
+marked ``integration`` automatically.
+
+Isolation: tests share one broker, and other people's test runs may share it
+at the same time, so every topic and consumer group a test creates must come
+from ``unique_name``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import uuid
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, TypeVar
+
+import pytest
+
+T = TypeVar("T")
+
+
+def run_async(coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
+    """Run ``coro`` to completion on a fresh event loop in a helper thread.
+
+    Works from sync tests and from inside async tests (where ``asyncio.run``
+    would refuse to nest); it blocks the calling loop, which is fine for setup.
+    """
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result(timeout=timeout)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # A test that needs the broker is an integration test wherever it lives.
+    for item in items:
+        if "bootstrap" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def bootstrap() -> str:
+    """``"127.0.0.1:PORT"`` of the local broker (port from settings); fails if it is down."""
+    from streams.broker import probe_metadata
+    from streams.settings import get_settings
+
+    settings = get_settings()
+    host, port = settings.broker_host, settings.broker_port
+    # A few tries: a broker started a moment ago by `make test` is already up,
+    # but a loaded machine can make the first request slow.
+    for _ in range(3):
+        if probe_metadata(host, port, timeout=3.0) is not None:
+            return f"{host}:{port}"
+    pytest.fail(
+        f"no Kafka broker answers a metadata request on {host}:{port} "
+        f"(LOYALTY_BROKER={settings.broker}). Integration tests need the real broker: "
+        "run `make test` (starts and stops it for you) or `.venv/bin/loyalty broker start` "
+        "first.",
+        pytrace=False,
+    )
+
+
+@pytest.fixture
+def unique_name(request: pytest.FixtureRequest) -> Callable[[str], str]:
+    """Factory of collision-free topic / group names: ``unique_name("scores")``.
+
+    Names embed the test name (for debugging leftovers on the broker) and a
+    random suffix (for concurrent runs against the same broker).
+    """
+    test = "".join(c if c.isalnum() else "-" for c in request.node.name)[:40].strip("-")
+
+    def make(prefix: str = "t") -> str:
+        return f"test.{prefix}.{test}.{uuid.uuid4().hex[:10]}"
+
+    return make
+
+
+class TopicFactory:
+    """Creates topics via the admin client and deletes them at teardown.
+
+    Call it: ``name = create_topic(partitions=4)``; ``track(name)`` registers a
+    topic created some other way (e.g. by the CLI) for deletion too.
+    """
+
+    def __init__(self, bootstrap: str, unique_name: Callable[[str], str]) -> None:
+        self.bootstrap = bootstrap
+        self._unique_name = unique_name
+        self.created: list[str] = []
+
+    def __call__(self, partitions: int = 1, *, name: str | None = None,
+                 compacted: bool = False, prefix: str = "topic") -> str:
+        """Create one topic (replication 1) and return its name; raises on broker errors."""
+        name = name or self._unique_name(prefix)
+        configs = {"cleanup.policy": "compact" if compacted else "delete"}
+
+        async def create() -> None:
+            from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+            await admin.start()
+            try:
+                resp = await admin.create_topics(
+                    [NewTopic(name, partitions, 1, topic_configs=configs)])
+                for topic, code, *rest in resp.topic_errors:
+                    if code != 0:
+                        raise RuntimeError(f"creating {topic}: error {code} {rest}")
+            finally:
+                await admin.close()
+
+        run_async(create())
+        self.created.append(name)
+        return name
+
+    def track(self, *names: str) -> None:
+        """Delete these topics at teardown as well."""
+        self.created.extend(names)
+
+    def cleanup(self) -> None:
+        """Best-effort deletion of every created/tracked topic that exists."""
+        if not self.created:
+            return
+
+        async def delete() -> None:
+            from aiokafka.admin import AIOKafkaAdminClient
+
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+            await admin.start()
+            try:
+                existing = set(await admin.list_topics())
+                doomed = [t for t in dict.fromkeys(self.created) if t in existing]
+                if doomed:
+                    await admin.delete_topics(doomed)
+            finally:
+                await admin.close()
+
+        try:
+            run_async(delete(), timeout=30)
+        except Exception:  # noqa: BLE001 - leftovers are harmless: names are unique
+            pass
+
+
+@pytest.fixture
+def create_topic(bootstrap: str, unique_name: Callable[[str], str]) -> Iterator[TopicFactory]:
+    """Create topics with N partitions on the real broker; deleted after the test."""
+    factory = TopicFactory(bootstrap, unique_name)
+    yield factory
+    factory.cleanup()
