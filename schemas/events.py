@@ -1,0 +1,231 @@
+"""Event contract v1: what shops send (DOMAIN.md, "Event contract v1").
+
+Validation is strict, as the contract demands:
+
+* integers must be JSON integers: a float (even ``5.0``) or a boolean is invalid;
+* strings must be JSON strings: a number where a string is due is invalid;
+* NaN and Infinity are not JSON and never parse;
+* ``occurred_at`` is RFC 3339 with an explicit offset (``Z`` or ``+hh:mm``) and
+  may not lie more than the policy's ``max_future_seconds`` (1 day) ahead of
+  the wall clock;
+* a message larger than 64 KiB is invalid before it is parsed;
+* purchases and refunds must be in the shop's currency;
+* unknown extra fields are ignored (and are not part of the event's content).
+
+:func:`parse_event` is the only entry point. It never raises anything but
+:class:`InvalidEvent`, whose ``reason`` is a short stable code (safe as a
+metric label and dead-letter reason) and whose ``detail`` names the field.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+)
+
+from schemas.codec import CodecError, loads
+from schemas.policy import PolicyBook
+
+MAX_EVENT_BYTES = 64 * 1024
+
+EVENT_TYPES = ("purchase", "refund", "visit", "feedback", "redemption")
+
+_RFC3339 = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
+)
+
+
+def _parse_rfc3339(value: Any) -> datetime:
+    if not isinstance(value, str):
+        raise ValueError("must be an RFC 3339 timestamp string")
+    m = _RFC3339.match(value)
+    if not m:
+        raise ValueError("must be RFC 3339 with an offset, e.g. 2024-05-01T12:00:00Z or +02:00")
+    frac = m.group(7) or ""
+    # datetime keeps microseconds; finer digits are truncated (documented).
+    text = f"{value[:19]}{frac[:7]}{'+00:00' if m.group(8) in 'Zz' else m.group(8)}"
+    try:
+        dt = datetime.fromisoformat(text.replace("t", "T"))
+    except ValueError as exc:
+        raise ValueError(f"not a valid date/time: {exc}") from None
+    return dt.astimezone(UTC)
+
+
+def _strict_rate(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a JSON number between 0 and 1")
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError("must be finite")
+        return Decimal(repr(value))  # the rate as written
+    return Decimal(value)
+
+
+Timestamp = Annotated[datetime, BeforeValidator(_parse_rfc3339)]
+MarginRate = Annotated[Decimal, BeforeValidator(_strict_rate), Field(ge=0, le=1)]
+Str128 = Annotated[StrictStr, Field(min_length=1, max_length=128)]
+ShopId = Annotated[StrictStr, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
+# "printable": no control characters (C0, DEL, C1).
+CustomerId = Annotated[StrictStr, Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f-\x9f]+$")]
+Currency = Annotated[StrictStr, Field(pattern=r"^[A-Z]{3}$")]
+PositiveInt = Annotated[StrictInt, Field(gt=0)]
+Channel = Literal["store", "web", "app", "phone", "other"]
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=False)
+
+    event_id: Str128
+    shop_id: ShopId
+    customer_id: CustomerId
+    occurred_at: Timestamp
+
+
+class Item(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    sku: Annotated[StrictStr, Field(min_length=1, max_length=128)]
+    category: Annotated[StrictStr, Field(max_length=128)] | None = None
+    quantity: PositiveInt
+    unit_amount: Annotated[StrictInt, Field(ge=0)]
+
+
+class Purchase(_Event):
+    type: Literal["purchase"]
+    order_id: Str128
+    amount: PositiveInt
+    currency: Currency
+    margin_rate: MarginRate | None = None
+    items: Annotated[list[Item], Field(max_length=500)] | None = None
+    channel: Channel | None = None
+
+
+class Refund(_Event):
+    type: Literal["refund"]
+    order_id: Str128
+    amount: PositiveInt
+    currency: Currency
+
+
+class Visit(_Event):
+    type: Literal["visit"]
+    channel: Channel | None = None
+
+
+class Feedback(_Event):
+    type: Literal["feedback"]
+    nps: Annotated[StrictInt, Field(ge=0, le=10)]
+    comment: Annotated[StrictStr, Field(max_length=2000)] | None = None
+    share_of_wallet: Annotated[StrictInt, Field(ge=0, le=100)] | None = None
+    touchpoint: Annotated[StrictStr, Field(max_length=64)] | None = None
+
+
+class Redemption(_Event):
+    type: Literal["redemption"]
+    points: PositiveInt
+    reward: Annotated[StrictStr, Field(max_length=64)] | None = None
+
+
+Event = Purchase | Refund | Visit | Feedback | Redemption
+
+MODELS: dict[str, type[_Event]] = {
+    "purchase": Purchase,
+    "refund": Refund,
+    "visit": Visit,
+    "feedback": Feedback,
+    "redemption": Redemption,
+}
+
+
+class InvalidEvent(ValueError):
+    """An input record violates the contract. Nothing was applied.
+
+    ``reason`` is one of a small fixed set of codes (see :data:`REASONS`);
+    ``detail`` is a human sentence naming the offending field.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+REASONS = (
+    "too_large", "invalid_encoding", "invalid_json", "not_an_object", "unknown_type",
+    "missing_field", "wrong_type", "out_of_range", "invalid_format", "invalid_timestamp",
+    "future_timestamp", "currency_mismatch",
+)
+
+_PYDANTIC_REASON = {
+    "missing": "missing_field",
+    "int_type": "wrong_type", "int_from_float": "wrong_type", "string_type": "wrong_type",
+    "list_type": "wrong_type", "model_type": "wrong_type", "model_attributes_type": "wrong_type",
+    "dict_type": "wrong_type", "decimal_type": "wrong_type", "bool_type": "wrong_type",
+    "greater_than": "out_of_range", "greater_than_equal": "out_of_range",
+    "less_than": "out_of_range", "less_than_equal": "out_of_range",
+    "string_too_short": "out_of_range", "string_too_long": "out_of_range",
+    "too_long": "out_of_range", "too_short": "out_of_range",
+    "string_pattern_mismatch": "invalid_format", "literal_error": "invalid_format",
+}
+
+
+def _reason_from(error: ValidationError) -> InvalidEvent:
+    first = error.errors(include_url=False)[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "event"
+    kind = first["type"]
+    reason = _PYDANTIC_REASON.get(kind)
+    if reason is None:
+        reason = "invalid_timestamp" if loc == "occurred_at" else (
+            "wrong_type" if "type" in kind or "must be" in first["msg"] else "invalid_format")
+    return InvalidEvent(reason, f"{loc}: {first['msg']}")
+
+
+def parse_event(raw: bytes | str, *, now: datetime, policies: PolicyBook) -> Event:
+    """Decode and validate one message value.
+
+    ``now`` is the wall clock used for the future-timestamp rule (aware).
+    Raises :class:`InvalidEvent`; never anything else for any input bytes.
+    """
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8", "surrogatepass")
+    if len(raw) > MAX_EVENT_BYTES:
+        raise InvalidEvent("too_large", f"message is {len(raw)} bytes; the limit is {MAX_EVENT_BYTES}")
+    try:
+        data = loads(raw)
+    except CodecError as exc:
+        msg = str(exc)
+        reason = "invalid_encoding" if "utf-8" in msg.lower() or "surrogates" in msg else "invalid_json"
+        raise InvalidEvent(reason, msg) from None
+    if not isinstance(data, dict):
+        raise InvalidEvent("not_an_object", f"the message is a JSON {type(data).__name__}, not an object")
+    kind = data.get("type")
+    model = MODELS.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        if "type" not in data:
+            raise InvalidEvent("missing_field", "type: Field required")
+        raise InvalidEvent("unknown_type", f"type: {kind!r} is not one of {', '.join(EVENT_TYPES)}")
+    try:
+        event = model.model_validate(data)
+    except ValidationError as exc:
+        raise _reason_from(exc) from None
+    policy = policies.for_shop(event.shop_id)
+    if event.occurred_at > now + timedelta(seconds=policy.max_future_seconds):
+        raise InvalidEvent("future_timestamp",
+                           f"occurred_at: {event.occurred_at.isoformat()} is more than "
+                           f"{policy.max_future_seconds}s ahead of the clock ({now.isoformat()})")
+    currency = getattr(event, "currency", None)
+    if currency is not None and currency != policy.currency:
+        raise InvalidEvent("currency_mismatch",
+                           f"currency: {currency} but shop {event.shop_id} settles in {policy.currency}")
+    return event  # type: ignore[return-value]

@@ -1,0 +1,456 @@
+"""The fold: ``apply(state, event, policy) -> Outcome(state, effects)``.
+
+Pure and deterministic: no I/O, no clock reads (time comes in as arguments).
+
+How one event is applied (:func:`apply`)
+---------------------------------------
+1. Duplicate check on the event id: same content -> ``duplicate`` (nothing
+   changes); different content -> ``rejected/conflicting_duplicate`` (the
+   first one stands).
+2. Lateness check: an event older than the frontier (newest event time minus
+   the allowed lateness) -> ``rejected/too_late``; nothing changes.
+3. The event is inserted into the open buffer at its canonical position
+   ``(occurred_at, event_id)``.
+4. The *truth* is recomputed: the finalized aggregate, then every buffered
+   event in canonical order, then time advanced to the clock. This is exactly
+   the fold of all the customer's accepted events in canonical order, which is
+   what DOMAIN.md requires whatever the arrival order.
+5. The effects of the truth are compared with what was already published for
+   the open window (by id and content digest): new ones are emitted, changed
+   ones are emitted again with ``restated``, vanished ones as ``void``.
+6. Events that fell behind the new frontier are finalized into the aggregate;
+   bookkeeping older than the frontier is dropped.
+
+A new state object is returned; the input state is never mutated, so a caller
+that fails half way (say, a crash before the changelog write) still holds the
+old value and can simply apply the event again.
+"""
+
+from __future__ import annotations
+
+from bisect import insort
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+from schemas.events import Event
+from schemas.policy import ShopPolicy
+from scoring import effects as fx
+from scoring.aggregate import (
+    L_EXPIRES,
+    L_ORDER,
+    L_REMAINING,
+    O_AMOUNT,
+    O_CLAWED,
+    O_DAY,
+    O_MARGIN,
+    O_POINTS,
+    O_RATE_DEN,
+    O_RATE_NUM,
+    O_REFUNDED,
+    Agg,
+)
+from scoring.clock import US_PER_DAY, day_of, day_start_us
+from scoring.ltv import margin_of
+from scoring.nps import classify
+from scoring.records import (
+    FEEDBACK,
+    PURCHASE,
+    REDEMPTION,
+    REFUND,
+    content_digest,
+    id_hash,
+    to_record,
+)
+from scoring.rewards import expire_due, points_for, take_for_clawback, take_oldest, tier_on
+from scoring.stages import change_days, stage_on
+from scoring.state import CustomerState
+
+APPLIED, DUPLICATE, REJECTED = "applied", "duplicate", "rejected"
+_FAR_DAYS = 100_000
+
+
+@dataclass
+class Outcome:
+    """What :func:`apply` or :func:`advance` did.
+
+    ``changed`` is False exactly when ``state`` is the input object unchanged
+    (duplicates, rejections, a sweep with nothing due): the caller then writes
+    nothing. ``effects`` are JSON-ready dicts (see :mod:`scoring.effects`).
+    """
+
+    state: CustomerState
+    status: str
+    changed: bool
+    effects: list[dict[str, Any]] = field(default_factory=list)
+    reason: str | None = None
+    detail: str | None = None
+    stage_before: str | None = None
+    stage_after: str | None = None
+    points: dict[str, int] = field(default_factory=dict)
+
+
+class _Ctx:
+    """Per-call constants, so the inner loop reads locals, not policy attributes."""
+
+    __slots__ = ("shop", "cust", "policy", "expiry_us", "shop_margin")
+
+    def __init__(self, shop: str, cust: str, policy: ShopPolicy) -> None:
+        self.shop = shop
+        self.cust = cust
+        self.policy = policy
+        self.expiry_us = policy.points_expiry_days * US_PER_DAY
+        self.shop_margin: Fraction = policy.margin_fraction
+
+
+# Effects travel through the fold as (id, at_us, kind, dict).
+_Eff = tuple[int, int, str, dict]
+
+
+def _set_stage(agg: Agg, stage: str, at_us: int, cause: dict, ctx: _Ctx, out: list[_Eff]) -> None:
+    if stage != agg.stage:
+        eid = fx.effect_id(ctx.shop, ctx.cust, "transition", agg.stage, stage, at_us)
+        out.append((eid, at_us, fx.TRANSITION,
+                    fx.transition(ctx.shop, ctx.cust, eid, agg.stage, stage, at_us, cause)))
+        agg.stage = stage
+
+
+def advance_time(agg: Agg, to_us: int, ctx: _Ctx, out: list[_Eff]) -> None:
+    """Let time pass to ``to_us``: expire due lots, move the stage at midnights."""
+    if agg.t_us is None or to_us <= agg.t_us:
+        return
+    for lot in expire_due(agg, to_us):
+        if lot[L_REMAINING]:
+            at = lot[L_EXPIRES]
+            eid = fx.effect_id(ctx.shop, ctx.cust, "expire", lot[L_ORDER], at)
+            out.append((eid, at, fx.LEDGER, fx.ledger(
+                ctx.shop, ctx.cust, eid, "expire", lot[L_REMAINING], at, agg.points_balance,
+                order_id=lot[L_ORDER])))
+    # Stage and lots are independent, so their effects need not interleave in time.
+    for day in change_days(agg, day_of(agg.t_us), day_of(to_us), ctx.policy):
+        _set_stage(agg, stage_on(agg, day, ctx.policy), day_start_us(day), {"type": "time"}, ctx, out)
+    agg.t_us = to_us
+
+
+def apply_record(agg: Agg, rec: list, ctx: _Ctx, out: list[_Eff]) -> None:
+    """Fold one accepted event into ``agg`` (mutated), appending its effects."""
+    ts, event_id, kind, a, b, c = rec
+    advance_time(agg, ts, ctx, out)  # lots due by the event's instant expire first
+    policy = ctx.policy
+    day = ts // US_PER_DAY
+    if agg.first_seen_us is None:
+        agg.first_seen_us = ts
+    if kind == PURCHASE:
+        _purchase(agg, ts, day, event_id, a, b, c, ctx, out)
+    elif kind == REFUND:
+        _refund(agg, ts, event_id, a, b, ctx, out)
+    elif kind == FEEDBACK:
+        agg.nps_last, agg.sow_last = a, b
+        cls = classify(a, policy)
+        agg.fb_counts[cls] += 1
+        agg.fb_recent.append([day, cls])
+    elif kind == REDEMPTION:
+        _redeem(agg, ts, event_id, a, ctx, out)
+    else:
+        _visit_day(agg, day)
+    agg.t_us = ts
+    _set_stage(agg, stage_on(agg, day, policy), ts, {"type": "event", "event_id": event_id}, ctx, out)
+
+
+def _visit_day(agg: Agg, day: int) -> None:
+    # visit_days: distinct dates with a visit or an accepted purchase. In
+    # canonical order dates never decrease, so "new" is "not the last one".
+    if agg.last_visit_day != day:
+        agg.visit_days += 1
+        agg.last_visit_day = day
+
+
+def _purchase(agg: Agg, ts: int, day: int, event_id: str, order_id: str, amount: int,
+              rate: str | None, ctx: _Ctx, out: list[_Eff]) -> None:
+    if order_id in agg.orders:
+        agg.duplicate_orders += 1  # same order_id as an earlier purchase: ignored, counted
+        return
+    policy = ctx.policy
+    if agg.last_purchase_us is None or agg.last_purchase_us // US_PER_DAY != day:
+        agg.purchase_days += 1
+        agg.pdays.append(day)
+    if agg.first_purchase_us is None:
+        agg.first_purchase_us = ts
+    agg.purchase_count += 1
+    agg.last_purchase_us = ts
+    _visit_day(agg, day)
+    if day == agg.first_purchase_us // US_PER_DAY:
+        agg.first_day_net += amount
+    if rate is None:
+        num, den = ctx.shop_margin.numerator, ctx.shop_margin.denominator
+    else:
+        n, d = rate.split("/")
+        num, den = int(n), int(d)
+    margin = margin_of(amount, num, den)
+    agg.margin_total += margin
+    agg.spend_total += amount
+    order = [day, amount, 0, num, den, margin, 0, 0, ts]
+    agg.orders[order_id] = order
+    if policy.bonus_enabled:
+        tier, mult, _pct = tier_on(agg, day, policy)  # as of this purchase, purchase included
+        points = points_for(amount, mult, policy)
+        if points:
+            order[O_POINTS] = points
+            agg.lots.append([ts + ctx.expiry_us, points, order_id, points])
+            agg.earned += points
+            eid = fx.effect_id(ctx.shop, ctx.cust, "earn", event_id)
+            out.append((eid, ts, fx.LEDGER, fx.ledger(
+                ctx.shop, ctx.cust, eid, "earn", points, ts, agg.points_balance,
+                event_id=event_id, order_id=order_id, tier=tier)))
+    if policy.stamps_enabled:
+        agg.stamps += 1
+        if agg.stamps >= policy.stamps_per_free_item:
+            agg.stamps = 0
+            agg.free_items += 1
+            eid = fx.effect_id(ctx.shop, ctx.cust, "free_item", event_id)
+            out.append((eid, ts, fx.LEDGER, fx.ledger(
+                ctx.shop, ctx.cust, eid, "free_item", 0, ts, agg.points_balance,
+                event_id=event_id, order_id=order_id, free_items_issued=agg.free_items)))
+
+
+def _refund(agg: Agg, ts: int, event_id: str, order_id: str, amount: int, ctx: _Ctx,
+            out: list[_Eff]) -> None:
+    order = agg.orders.get(order_id)
+    if order is None:
+        agg.orphan_refunds += 1  # no purchase earlier in canonical order
+        return
+    applied = min(amount, order[O_AMOUNT] - order[O_REFUNDED])
+    if applied < amount:
+        agg.refunds_capped += 1
+    if applied <= 0:
+        return
+    order[O_REFUNDED] += applied
+    agg.refund_total += applied
+    agg.spend_total -= applied
+    margin = margin_of(order[O_AMOUNT] - order[O_REFUNDED], order[O_RATE_NUM], order[O_RATE_DEN])
+    agg.margin_total += margin - order[O_MARGIN]
+    order[O_MARGIN] = margin
+    if order[O_DAY] == agg.first_purchase_us // US_PER_DAY:  # type: ignore[operator]
+        agg.first_day_net -= applied
+    target = order[O_POINTS] * order[O_REFUNDED] // order[O_AMOUNT]
+    due = target - order[O_CLAWED]
+    if due > 0:
+        order[O_CLAWED] = target
+        taken = take_for_clawback(agg, order_id, due)
+        agg.clawed += taken
+        agg.shortfall += due - taken
+        eid = fx.effect_id(ctx.shop, ctx.cust, "clawback", event_id)
+        out.append((eid, ts, fx.LEDGER, fx.ledger(
+            ctx.shop, ctx.cust, eid, "clawback", taken, ts, agg.points_balance,
+            event_id=event_id, order_id=order_id, shortfall=due - taken)))
+
+
+def _redeem(agg: Agg, ts: int, event_id: str, points: int, ctx: _Ctx, out: list[_Eff]) -> None:
+    eid = fx.effect_id(ctx.shop, ctx.cust, "redeem", event_id)
+    balance = agg.points_balance
+    if balance >= points:
+        take_oldest(agg, points)
+        agg.redeemed += points
+        out.append((eid, ts, fx.LEDGER, fx.ledger(
+            ctx.shop, ctx.cust, eid, "redeem", points, ts, balance - points, event_id=event_id)))
+    else:
+        agg.redemptions_rejected += 1
+        out.append((eid, ts, fx.LEDGER, fx.ledger(
+            ctx.shop, ctx.cust, eid, "redemption_rejected", points, ts, balance, event_id=event_id)))
+
+
+# ---------------------------------------------------------------------------
+# State-level operations
+# ---------------------------------------------------------------------------
+
+
+def fold_open(state: CustomerState, policy: ShopPolicy, until_us: int | None = None,
+              retire_before: int | None = None) -> tuple[Agg, list[_Eff], Agg, int]:
+    """Re-fold the finalized aggregate with the open buffer.
+
+    Applies buffered events with ``ts <= until_us`` (all if None), then advances
+    time to ``until_us`` (if given). Returns (head, effects, aggregate after the
+    events with ``ts < retire_before``, how many those are).
+    """
+    ctx = _Ctx(state.shop_id, state.customer_id, policy)
+    agg = state.ckpt.copy()
+    out: list[_Eff] = []
+    ckpt_new, retired = state.ckpt, 0
+    for rec in state.buf:
+        if until_us is not None and rec[0] > until_us:
+            break
+        apply_record(agg, rec, ctx, out)
+        if retire_before is not None and rec[0] < retire_before:
+            retired += 1
+    if retired:
+        # Re-run only the finalized prefix on a fresh copy: cheap, and keeps the
+        # head and the new checkpoint independent values.
+        ckpt_new = state.ckpt.copy()
+        scratch: list[_Eff] = []
+        for rec in state.buf[:retired]:
+            apply_record(ckpt_new, rec, ctx, scratch)
+    if until_us is not None:
+        advance_time(agg, until_us, ctx, out)
+    return agg, out, ckpt_new, retired
+
+
+def _next_due(head: Agg, policy: ShopPolicy) -> int | None:
+    """Earliest instant after ``head.t_us`` at which time alone changes the head."""
+    if head.t_us is None:
+        return None
+    due = [lot[L_EXPIRES] for lot in head.lots[:1] if lot[L_REMAINING]]
+    day0 = day_of(head.t_us)
+    for day in change_days(head, day0, day0 + _FAR_DAYS, policy):
+        if stage_on(head, day, policy) != head.stage:
+            due.append(day_start_us(day))
+            break
+    return min(due) if due else None
+
+
+def _publish(old: CustomerState, truth: list[_Eff], frontier: int | None) -> tuple[list[dict], dict[int, list]]:
+    """Diff the truth against what was already published for the open window."""
+    emitted: dict[int, list] = {}
+    out: list[dict] = []
+    prev = old.emitted
+    for eid, at, kind, eff in truth:
+        if frontier is not None and at < frontier:
+            continue  # finalized history: published when it was still open
+        dg = fx.digest(eff)
+        emitted[eid] = [dg, at, kind]
+        before = prev.get(eid)
+        if before is None:
+            out.append(eff)
+        elif before[0] != dg:
+            eff["restated"] = True
+            out.append(eff)
+    for eid, (_dg, at, kind) in prev.items():
+        if eid not in emitted and (frontier is None or at >= frontier):
+            out.append(fx.void(kind, old.shop_id, old.customer_id, eid))
+    return out, emitted
+
+
+def _totals(head: Agg) -> list[int]:
+    return [head.earned, head.redeemed, head.expired, head.clawed]
+
+
+def _points_delta(before: list[int], after: list[int]) -> dict[str, int]:
+    return {name: a - b for name, a, b in zip(("earned", "redeemed", "expired", "clawed_back"),
+                                               after, before, strict=True)}
+
+
+def _reject(state: CustomerState, reason: str, detail: str) -> Outcome:
+    return Outcome(state, REJECTED, False, reason=reason, detail=detail,
+                   stage_before=state.stage, stage_after=state.stage)
+
+
+def apply(state: CustomerState | None, event: Event, policy: ShopPolicy) -> Outcome:
+    """Apply one validated event. See the module docstring for the steps."""
+    if state is None:
+        state = CustomerState(event.shop_id, event.customer_id)
+    elif (state.shop_id, state.customer_id) != (event.shop_id, event.customer_id):
+        raise ValueError(f"event for {event.shop_id}|{event.customer_id} applied to {state.key}")
+    digest = content_digest(event)
+    key = id_hash(event.event_id)
+    seen = state.seen.get(key)
+    if seen is not None:
+        if seen[0] == digest:
+            return Outcome(state, DUPLICATE, False, stage_before=state.stage, stage_after=state.stage)
+        return _reject(state, "conflicting_duplicate",
+                       f"event_id {event.event_id!r} was already accepted with different content")
+    rec = to_record(event)
+    ts = rec[0]
+    if state.frontier is not None and ts < state.frontier:
+        return _reject(state, "too_late",
+                       f"occurred_at is {(state.frontier - ts) / US_PER_DAY:.2f} days behind the "
+                       f"customer's finalized history (allowed lateness {policy.allowed_lateness_days} days)")
+
+    new = CustomerState(state.shop_id, state.customer_id)
+    new.ckpt = state.ckpt
+    new.buf = state.buf[:]
+    insort(new.buf, rec, key=lambda r: (r[0], r[1]))
+    new.seen = dict(state.seen)
+    new.seen[key] = [digest, ts]
+    new.max_ts = ts if state.max_ts is None else max(state.max_ts, ts)
+    new.clock = new.max_ts if state.clock is None else max(state.clock, new.max_ts)
+    lateness = policy.allowed_lateness_days * US_PER_DAY
+    frontier = new.max_ts - lateness
+    if state.frontier is not None:
+        frontier = max(frontier, state.frontier)
+
+    head, truth, ckpt_new, retired = fold_open(new, policy, new.clock, retire_before=frontier)
+    effects, emitted = _publish(state, truth, state.frontier)
+
+    new.ckpt = ckpt_new
+    new.buf = new.buf[retired:]
+    if len(new.buf) > policy.max_buffer_events:
+        frontier = _force_finalize(new, policy, len(new.buf) - policy.max_buffer_events)
+    new.frontier = frontier
+    new.emitted = {k: v for k, v in emitted.items() if v[1] >= frontier}
+    _prune_seen(new, policy)
+    if retired:
+        _prune_finalized(new.ckpt, policy)
+    new.stage = head.stage
+    new.next_due = _next_due(head, policy)
+    new.totals = _totals(head)
+    return Outcome(new, APPLIED, True, effects, stage_before=state.stage, stage_after=new.stage,
+                   points=_points_delta(state.totals, new.totals))
+
+
+def advance(state: CustomerState, now_us: int, policy: ShopPolicy) -> Outcome:
+    """Account for the passage of time up to ``now_us`` (the periodic sweep).
+
+    Publishes point expiries and time-driven stage transitions due by
+    ``now_us``. Cheap when nothing is due: it only compares with ``next_due``.
+    """
+    if state.clock is None or now_us <= state.clock or state.next_due is None or now_us < state.next_due:
+        return Outcome(state, APPLIED, False, stage_before=state.stage, stage_after=state.stage)
+    head, truth, _, _ = fold_open(state, policy, now_us)
+    effects, emitted = _publish(state, truth, state.frontier)
+    new = CustomerState(state.shop_id, state.customer_id)
+    new.ckpt, new.buf, new.seen = state.ckpt, state.buf, state.seen
+    new.max_ts, new.frontier = state.max_ts, state.frontier
+    new.clock = now_us
+    new.emitted = emitted
+    new.stage = head.stage
+    new.next_due = _next_due(head, policy)
+    new.totals = _totals(head)
+    return Outcome(new, APPLIED, True, effects, stage_before=state.stage, stage_after=new.stage,
+                   points=_points_delta(state.totals, new.totals))
+
+
+def _force_finalize(state: CustomerState, policy: ShopPolicy, n: int) -> int:
+    """Finalize the ``n`` oldest buffered events early (buffer cap); returns the new frontier."""
+    ctx = _Ctx(state.shop_id, state.customer_id, policy)
+    ckpt = state.ckpt.copy()
+    for rec in state.buf[:n]:
+        apply_record(ckpt, rec, ctx, [])
+    state.ckpt = ckpt
+    frontier = state.buf[n - 1][0] + 1
+    state.buf = state.buf[n:]
+    return frontier
+
+
+def _prune_seen(state: CustomerState, policy: ShopPolicy) -> None:
+    horizon = state.max_ts - policy.dedup_retention_days * US_PER_DAY  # type: ignore[operator]
+    seen = state.seen
+    if len(seen) > policy.max_seen_ids or any(v[1] < horizon for v in seen.values()):
+        rows = sorted(((v[1], k) for k, v in seen.items() if v[1] >= horizon), reverse=True)
+        state.seen = {k: seen[k] for _, k in rows[: policy.max_seen_ids]}
+
+
+def _prune_finalized(agg: Agg, policy: ShopPolicy) -> None:
+    """Drop detail no snapshot at or after the finalized instant can need."""
+    day = day_of(agg.t_us)  # type: ignore[arg-type]
+    horizon = day - policy.order_retention_days
+    if agg.orders and next(iter(agg.orders.values()))[O_DAY] < horizon:
+        agg.orders = {k: v for k, v in agg.orders.items() if v[O_DAY] >= horizon}
+    keep_from = day - 366
+    if agg.pdays and agg.pdays[0] < keep_from:
+        agg.pdays = [d for d in agg.pdays if d >= keep_from]
+    fb_from = day - policy.shop_nps_window_days
+    if agg.fb_recent and agg.fb_recent[0][0] <= fb_from:
+        agg.fb_recent = [x for x in agg.fb_recent if x[0] > fb_from]
+
+
+__all__ = ["APPLIED", "DUPLICATE", "REJECTED", "Outcome", "advance", "apply", "apply_record",
+           "fold_open"]

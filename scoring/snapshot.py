@@ -1,0 +1,126 @@
+"""The customer snapshot as of an instant A (DOMAIN.md "The customer snapshot").
+
+:func:`snapshot` returns the exact JSON object that ``loyalty replay`` prints
+and ``GET /customers/...`` serves: every DOMAIN.md field under its DOMAIN.md
+name, datetimes as RFC 3339 UTC, absent values as null, money as integer
+minor units. A few counters the rules call "counted" are added
+(``orphan_refunds``, ``duplicate_orders``, ``refunds_capped``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from fractions import Fraction
+from typing import Any
+
+from schemas.policy import ShopPolicy
+from scoring.aggregate import Agg
+from scoring.clock import day_of, rfc3339, to_us
+from scoring.fold import fold_open
+from scoring.ltv import ltv_formula
+from scoring.rewards import spend_in_window, tier_on
+from scoring.stages import loyalty_type, mean_interpurchase, purchase_days_in_window, stage_on
+from scoring.state import CustomerState
+
+CLV_FIELDS = ("p_alive", "expected_purchases_90d", "expected_avg_value", "clv_365d")
+
+
+class AsOfTooEarly(ValueError):
+    """The requested instant precedes the customer's finalized history."""
+
+
+def head_as_of(state: CustomerState, as_of_us: int, policy: ShopPolicy) -> Agg:
+    """The fold of the customer's events with ``occurred_at <= as_of``, time advanced to it."""
+    if state.ckpt.t_us is not None and as_of_us < state.ckpt.t_us:
+        raise AsOfTooEarly(
+            f"as_of {rfc3339(as_of_us)} is before {rfc3339(state.ckpt.t_us)}, the end of this "
+            "customer's finalized history; ask for a later instant")
+    head, _, _, _ = fold_open(state, policy, as_of_us)
+    return head
+
+
+def clv_inputs(head: Agg, day: int) -> tuple[int, int, int, int] | None:
+    """(x, t_x_days, T_days, repeat_spend) for BG/NBD + Gamma-Gamma; None without purchases."""
+    if head.purchase_count == 0:
+        return None
+    first = day_of(head.first_purchase_us)  # type: ignore[arg-type]
+    last = day_of(head.last_purchase_us)  # type: ignore[arg-type]
+    return head.purchase_days - 1, last - first, day - first, head.spend_total - head.first_day_net
+
+
+def snapshot(state: CustomerState, as_of: datetime | int | None, policy: ShopPolicy,
+             clv_model: Any = None) -> dict[str, Any]:
+    """Snapshot of ``state`` as of ``as_of`` (default: the state's clock)."""
+    if as_of is None:
+        as_of_us = state.clock if state.clock is not None else 0
+    elif isinstance(as_of, int):
+        as_of_us = as_of
+    else:
+        as_of_us = to_us(as_of)
+    head = head_as_of(state, as_of_us, policy)
+    return snapshot_of_head(state.shop_id, state.customer_id, head, as_of_us, policy, clv_model)
+
+
+def snapshot_of_head(shop_id: str, customer_id: str, h: Agg, as_of_us: int, policy: ShopPolicy,
+                     clv_model: Any = None) -> dict[str, Any]:
+    day = day_of(as_of_us)
+    purchased = h.purchase_count > 0
+    stage = stage_on(h, day, policy) if h.first_seen_us is not None else None
+    tenure = day - day_of(h.first_seen_us) if h.first_seen_us is not None else None
+    mip = mean_interpurchase(h)
+    pd90 = purchase_days_in_window(h, day, 90)
+    tier, _mult, pct = tier_on(h, day, policy)
+    out: dict[str, Any] = {
+        "shop_id": shop_id,
+        "customer_id": customer_id,
+        "as_of": rfc3339(as_of_us),
+        "first_seen_at": rfc3339(h.first_seen_us),
+        "purchase_count": h.purchase_count,
+        "purchase_days": h.purchase_days,
+        "first_purchase_at": rfc3339(h.first_purchase_us),
+        "last_purchase_at": rfc3339(h.last_purchase_us),
+        "spend_total": h.spend_total,
+        "refund_total": h.refund_total,
+        "margin_total": h.margin_total,
+        "spend_30d": spend_in_window(h, day, 30),
+        "spend_90d": spend_in_window(h, day, 90),
+        "spend_365d": spend_in_window(h, day, 365),
+        "purchase_days_30d": purchase_days_in_window(h, day, 30),
+        "purchase_days_90d": pd90,
+        "purchase_days_180d": purchase_days_in_window(h, day, 180),
+        "purchase_days_365d": purchase_days_in_window(h, day, 365),
+        "visit_days": h.visit_days,
+        "recency_days": day - day_of(h.last_purchase_us) if purchased else None,  # type: ignore[arg-type]
+        "tenure_days": tenure,
+        "frequency_per_month": round(pd90 / 3, 4),
+        "mean_interpurchase_days": None if mip is None else round(float(mip), 4),
+        "ltv_historical": h.margin_total,
+        "ltv_formula": ltv_formula(h, day, tenure or 0, policy.margin_fraction, policy.ltv_months),
+        "nps_last": h.nps_last,
+        "share_of_wallet_last": h.sow_last,
+        "stage": stage,
+        "loyalty_type": loyalty_type(stage, h.nps_last, policy) if stage else "unknown",
+        "tier": tier,
+        "discount_pct": pct,
+        "points_balance": h.points_balance,
+        "points_earned_total": h.earned,
+        "points_redeemed_total": h.redeemed,
+        "points_expired_total": h.expired,
+        "points_clawed_back_total": h.clawed,
+        "clawback_shortfall": h.shortfall,
+        "redemptions_rejected": h.redemptions_rejected,
+        "stamps": h.stamps,
+        "free_items_issued": h.free_items,
+        "orphan_refunds": h.orphan_refunds,
+        "duplicate_orders": h.duplicate_orders,
+        "refunds_capped": h.refunds_capped,
+    }
+    for name in CLV_FIELDS:
+        out[name] = None
+    inputs = clv_inputs(h, day)
+    if clv_model is not None and inputs is not None:
+        from scoring import clv  # scipy: imported only when a model exists
+
+        margin = Fraction(h.margin_total, h.spend_total) if h.spend_total else policy.margin_fraction
+        out.update(clv.score(clv_model, *inputs, margin))
+    return out

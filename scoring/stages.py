@@ -1,0 +1,94 @@
+"""Loyalty stage and loyalty type (DOMAIN.md "Stage, evaluated in this order").
+
+A stage is a function of the folded value and a calendar date only, so between
+two events it can change only at UTC midnights; :func:`change_days` lists the
+only dates at which it may change, which lets the fold and the sweep publish
+time-driven transitions at their exact instant without scanning day by day.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from fractions import Fraction
+
+from schemas.policy import ShopPolicy
+from scoring.aggregate import Agg
+from scoring.clock import day_of
+
+FIRST_VISIT, FIRST_PURCHASE, REPEAT, ATTACHED, LOYAL, AT_RISK, LAPSED = (
+    "first_visit", "first_purchase", "repeat", "attached", "loyal", "at_risk", "lapsed",
+)
+STAGES = (FIRST_VISIT, FIRST_PURCHASE, REPEAT, ATTACHED, LOYAL, AT_RISK, LAPSED)
+
+
+def purchase_days_in_window(agg: Agg, day: int, window: int) -> int:
+    """Distinct purchase dates d with ``day - window < d <= day``."""
+    return bisect_right(agg.pdays, day) - bisect_right(agg.pdays, day - window)
+
+
+def mean_interpurchase(agg: Agg) -> Fraction | None:
+    if agg.purchase_days < 2:
+        return None
+    span = day_of(agg.last_purchase_us) - day_of(agg.first_purchase_us)  # type: ignore[arg-type]
+    return Fraction(span, agg.purchase_days - 1)
+
+
+def _at_risk_threshold(agg: Agg, policy: ShopPolicy) -> Fraction:
+    mip = mean_interpurchase(agg)
+    return max(Fraction(policy.at_risk_min_days), policy.at_risk_interval_factor * mip)  # type: ignore[operator]
+
+
+def stage_on(agg: Agg, day: int, policy: ShopPolicy) -> str:
+    """The stage as of any instant on calendar date ``day``."""
+    if agg.purchase_count == 0:
+        return FIRST_VISIT
+    recency = day - day_of(agg.last_purchase_us)  # type: ignore[arg-type]
+    if recency > policy.lapsed_days:
+        return LAPSED
+    if agg.purchase_days >= 2 and recency > _at_risk_threshold(agg, policy):
+        return AT_RISK
+    in_window = purchase_days_in_window(agg, day, policy.attached_window_days)
+    if in_window >= policy.attached_min_purchase_days:
+        tenure = day - day_of(agg.first_seen_us)  # type: ignore[arg-type]
+        if (agg.purchase_days >= policy.loyal_min_purchase_days
+                and tenure >= policy.loyal_min_tenure_days
+                and not (agg.nps_last is not None and agg.nps_last <= policy.loyal_excluded_max_nps)):
+            return LOYAL
+        return ATTACHED
+    if agg.purchase_days >= 2:
+        return REPEAT
+    return FIRST_PURCHASE
+
+
+def change_days(agg: Agg, after_day: int, through_day: int, policy: ShopPolicy) -> list[int]:
+    """Sorted dates in ``(after_day, through_day]`` on which the stage may differ
+    from the day before, with no new event: a purchase date leaving the attached
+    window, the at-risk and lapse thresholds, and tenure reaching the loyal minimum.
+    """
+    if agg.purchase_count == 0 or through_day <= after_day:
+        return []
+    last = day_of(agg.last_purchase_us)  # type: ignore[arg-type]
+    cands = {last + policy.lapsed_days + 1,
+             day_of(agg.first_seen_us) + policy.loyal_min_tenure_days}  # type: ignore[arg-type]
+    if agg.purchase_days >= 2:
+        thr = _at_risk_threshold(agg, policy)
+        cands.add(last + thr.numerator // thr.denominator + 1)
+    w = policy.attached_window_days
+    for p in agg.pdays[bisect_right(agg.pdays, after_day - w):]:
+        cands.add(p + w)
+    return sorted(d for d in cands if after_day < d <= through_day)
+
+
+def loyalty_type(stage: str, nps_last: int | None, policy: ShopPolicy) -> str:
+    """true / latent / spurious / none from attitude x behaviour; unknown without feedback."""
+    if nps_last is None:
+        return "unknown"
+    attitude = nps_last >= policy.attitude_high_min_nps
+    behaviour = stage in (ATTACHED, LOYAL)
+    if attitude and behaviour:
+        return "true"
+    if attitude:
+        return "latent"
+    if behaviour:
+        return "spurious"
+    return "none"
