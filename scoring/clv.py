@@ -74,8 +74,13 @@ MIN_GG_CUSTOMERS = 10
 # parameter (e.g. no observed drop-out drives b -> infinity); it is returned as is.
 _LOG_LO, _LOG_HI = -20.0, 20.0
 # |a - 1| (and, for x = 0, |a + b - 1|) below this are removable singularities of the
-# conditional expectation; the value there is interpolated from both sides.
+# hypergeometric form of the conditional expectation; the value there is interpolated
+# from both sides (only on the z > 1/2 path; the series path has no singularity).
 _EDGE = 1e-6
+# z = t/(alpha+T+t) up to which the power series is summed directly (terms shrink
+# roughly like z^n, so ~60 terms at 1/2), and its iteration cap.
+_SERIES_Z = 0.5
+_SERIES_MAX_TERMS = 2000
 
 
 # --------------------------------------------------------------------------- params
@@ -534,53 +539,90 @@ def p_alive(params: BgNbdParams, x: Any, t_x: Any, T: Any) -> float | np.ndarray
     xr = x[rep]
     log_odds_dead[rep] = (
         math.log(params.a) - np.log(params.b + xr - 1.0)
-        + (params.r + xr) * (np.log(params.alpha + T[rep]) - np.log(params.alpha + t_x[rep]))
+        + (params.r + xr) * np.log1p((T[rep] - t_x[rep]) / (params.alpha + t_x[rep]))
     )
     return _scalar_or_array(special.expit(-log_odds_dead))
 
 
 def _future_core(r: float, alpha: float, a: float, b: float, t: float, x: float, T: float) -> float:
-    """E[purchases in (T, T+t] | alive at T, x, T] (scalar), Euler-transformed form.
+    """E[purchases in (T, T+t] | alive at T, x, T] (scalar), numerically careful form.
 
     Paper, eq. (10) without the P(alive) factor:
         (a+b+x-1)/(a-1) * [1 - ((alpha+T)/(alpha+T+t))^(r+x) 2F1(r+x, b+x; a+b+x-1; z)]
     with z = t/(alpha+T+t).  Euler's transformation 2F1(A,B;C;z) = (1-z)^(C-A-B)
     2F1(C-A, C-B; C; z) turns the bracket into
-        1 - (1-z)^(a-1) 2F1(a-1, a+b-1-r; a+b+x-1; z),
-    whose first hypergeometric parameter a-1 no longer grows with x (the original
-    series has huge, nearly cancelling terms for large x) and whose deviation from 1
-    is O(a-1), so dividing by (a-1) is well conditioned.  At a == 1 (and for x == 0 at
-    a+b == 1, where C == 0) the singularity is removable; those points are linearly
-    interpolated from +-_EDGE, an error of O(_EDGE^2).
+        1 - (1-z)^A F,   F = 2F1(A, B; C; z),  A = a-1, B = a+b-1-r, C = a+b+x-1,
+    whose first parameter no longer grows with x (the original series has huge, nearly
+    cancelling terms for large x).  Writing F = 1 + A*S and (1-z)^A = e^u, u = A ln(1-z):
+        core = -C ln(1-z) (e^u - 1)/u  -  e^u * C*S,
+    where C*S = sum_n C s_n, C s_1 = B z, C s_{n+1} = C s_n (A+n)(B+n) z / ((C+n)(n+1)).
+    Summing C*S directly has no removable singularity left: neither a == 1 (A == 0)
+    nor, for x == 0, a+b == 1 (C == 0) needs special treatment, and no 1 - F
+    cancellation occurs.  The series is used for z <= 1/2 (fast convergence); beyond,
+    scipy's hyp2f1 is used (see :func:`_future_core_hyp`).
     """
     if t <= 0.0:
         return 0.0
-    am1 = a - 1.0
-    if abs(am1) < _EDGE:
-        lo = _future_core(r, alpha, 1.0 - _EDGE, b, t, x, T)
-        hi = _future_core(r, alpha, 1.0 + _EDGE, b, t, x, T)
-        return lo + (hi - lo) * (a - (1.0 - _EDGE)) / (2.0 * _EDGE)
-    c = a + b + x - 1.0
-    if abs(c) < _EDGE:  # only possible for x == 0
-        b_lo, b_hi = 1.0 - a - _EDGE, 1.0 - a + _EDGE
-        lo = _future_core(r, alpha, a, b_lo, t, x, T)
-        hi = _future_core(r, alpha, a, b_hi, t, x, T)
-        return lo + (hi - lo) * (b - b_lo) / (2.0 * _EDGE)
-    s = alpha + T + t
-    z = t / s
-    log1mz = math.log(alpha + T) - math.log(s)  # ln(1-z), without forming 1-z
-    f = float(special.hyp2f1(am1, a + b - 1.0 - r, c, z))
-    u = am1 * log1mz
-    # 1 - e^u * F = -(e^u - 1) - e^u (F - 1)
-    return c / am1 * (-math.expm1(u) - math.exp(u) * (f - 1.0))
+    A, B, C = a - 1.0, a + b - 1.0 - r, a + b + x - 1.0
+    z = t / (alpha + T + t)
+    # ln(1-z) = -ln(1 + t/(alpha+T)); log1p keeps full relative precision for small t,
+    # where the difference of two logs would cancel
+    log1mz = -math.log1p(t / (alpha + T))
+    u = A * log1mz
+    if z <= _SERIES_Z:
+        cs = _cs_series(A, B, C, z)
+        if cs is not None:
+            phi = math.expm1(u) / u if u != 0.0 else 1.0
+            return -C * log1mz * phi - math.exp(u) * cs
+    return _future_core_hyp(A, B, C, z, log1mz, b)
+
+
+def _cs_series(A: float, B: float, C: float, z: float) -> float | None:
+    """C * (2F1(A,B;C;z) - 1) / A by its power series; None if not converged."""
+    term = B * z
+    total = term
+    n = 1
+    # Terms may change sign while n < -B; only stop once past that and negligible.
+    while n < _SERIES_MAX_TERMS:
+        term *= (A + n) * (B + n) * z / ((C + n) * (n + 1))
+        total += term
+        n += 1
+        if n > -B and abs(term) <= 1e-17 * abs(total):
+            return total
+    return None
+
+
+def _future_core_hyp(A: float, B: float, C: float, z: float, log1mz: float, b: float) -> float:
+    """The bracket of :func:`_future_core` via scipy's hyp2f1, for z > 1/2.
+
+    core = C/A * (-(e^u - 1) - e^u (F - 1)).  Here |ln(1-z)| > ln 2, so the rounding
+    error of F - 1 (about eps, amplified by C/A) stays small next to the first term unless
+    A is tiny.  The removable singularities A == 0 and (x == 0) C == 0 are interpolated
+    linearly from nodes at +-2*_EDGE, an error of O(_EDGE^2).
+    """
+    if abs(A) < _EDGE:
+        # shifting a moves A, B and C together; nodes at 2*_EDGE are safely outside
+        lo_d, hi_d = -2.0 * _EDGE - A, 2.0 * _EDGE - A
+        lo = _future_core_hyp(A + lo_d, B + lo_d, C + lo_d, z, log1mz, b + 0.0)
+        hi = _future_core_hyp(A + hi_d, B + hi_d, C + hi_d, z, log1mz, b + 0.0)
+        return lo + (hi - lo) * (-lo_d) / (hi_d - lo_d)
+    if abs(C) < _EDGE:  # only possible for x == 0; shift b (moves B and C together)
+        lo_d, hi_d = -2.0 * _EDGE - C, 2.0 * _EDGE - C
+        if b + lo_d <= 0.0:  # b itself ~ 0: extrapolate from two nodes on the right
+            lo_d, hi_d = hi_d, hi_d + 2.0 * _EDGE
+        lo = _future_core_hyp(A, B + lo_d, C + lo_d, z, log1mz, b + lo_d)
+        hi = _future_core_hyp(A, B + hi_d, C + hi_d, z, log1mz, b + hi_d)
+        return lo + (hi - lo) * (-lo_d) / (hi_d - lo_d)
+    f = float(special.hyp2f1(A, B, C, z))
+    u = A * log1mz
+    return C / A * (-math.expm1(u) - math.exp(u) * (f - 1.0))
 
 
 def _p_alive_scalar(r: float, alpha: float, a: float, b: float, x: float, t_x: float, T: float) -> float:
     if x <= 0:
         return 1.0
-    lo = math.log(a) - math.log(b + x - 1.0) + (r + x) * (
-        math.log(alpha + T) - math.log(alpha + t_x)
-    )
+    # ln((alpha+T)/(alpha+t_x)) via log1p: exact-ish when t_x is close to T
+    lo = math.log(a) - math.log(b + x - 1.0) + (r + x) * math.log1p((T - t_x) / (alpha + t_x))
     if lo > 0.0:
         e = math.exp(-lo)
         return e / (1.0 + e)
