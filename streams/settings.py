@@ -241,6 +241,14 @@ class Settings(BaseSettings):
         return self.kafka_cache_dir
 
 
+def broker_addresses(url: str) -> list[tuple[str, int]]:
+    """``(host, port)`` pairs of a broker URL such as ``kafka://h1:9092;h2:9092``.
+
+    A missing port means 9092. Raises :class:`ValueError` for a bad port.
+    """
+    return [_parse_host_port(x) for x in _split_hosts(url)]
+
+
 def _split_hosts(url: str) -> list[str]:
     # Faust accepts "kafka://h1:9092;h2:9092"; aiokafka wants "h1:9092,h2:9092".
     rest = url.split("://", 1)[1] if "://" in url else url

@@ -4,7 +4,8 @@ Kafka fixtures (``bootstrap``, ``create_topic``) talk to the real local broker
 (``make test`` / ``loyalty broker start``). If it does not answer, tests that
 need it FAIL with instructions - they are never skipped, so CI cannot go
 green without having exercised the broker. Any test using ``bootstrap`` is
-marked ``integration`` automatically.
+marked ``integration`` automatically, and with ``CI_FORBID_INTEGRATION_SKIPS=1``
+(set by ``.ci/run``) a skipped integration test is reported as a failure.
 
 Isolation: tests share one broker, and other people's test runs may share it
 at the same time, so every topic and consumer group a test creates must come
@@ -15,8 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import uuid
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Generator, Iterator
 from typing import Any, TypeVar
 
 import pytest
@@ -39,6 +41,32 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "bootstrap" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None]:
+    # CI (.ci/run sets CI_FORBID_INTEGRATION_SKIPS=1) must never go green with
+    # integration tests skipped, whoever wrote the skip: report them as failures.
+    outcome = yield
+    report = outcome.get_result()
+    if (os.environ.get("CI_FORBID_INTEGRATION_SKIPS") == "1" and report.skipped
+            and not hasattr(report, "wasxfail")
+            and item.get_closest_marker("integration") is not None):
+        report.outcome = "failed"
+        report.longrepr = (f"integration test skipped in CI ({report.longrepr}); "
+                           "skips are forbidden here (CI_FORBID_INTEGRATION_SKIPS=1)")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Generator[None]:
+    # Same rule for a whole integration module skipped at import (importorskip,
+    # allow_module_level skips); changed before any reporter sees the report.
+    outcome = yield
+    report = outcome.get_result()
+    if (os.environ.get("CI_FORBID_INTEGRATION_SKIPS") == "1" and report.skipped
+            and "/integration/" in f"/{report.nodeid}"):
+        report.outcome = "failed"
+        report.longrepr = f"integration module skipped in CI: {report.longrepr}"
 
 
 @pytest.fixture(scope="session")

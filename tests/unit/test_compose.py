@@ -1,0 +1,102 @@
+"""docker-compose.yml, deploy/prometheus.yml and deploy/Dockerfile agree with the settings.
+
+No Docker engine is needed: these check the files' structure and that every
+port and address in them matches the defaults in streams/settings.py, which is
+what drifts when one side is edited.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from streams.settings import Settings, broker_addresses
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def default(field: str) -> Any:
+    # The declared default, not Settings(): the test environment may set LOYALTY_*.
+    return Settings.model_fields[field].default
+
+
+WEB_PORT = default("web_port")
+BROKER_PORT = broker_addresses(default("broker"))[0][1]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def env_of(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment", {})
+    if isinstance(env, list):  # "KEY=value" list form
+        env = dict(item.split("=", 1) for item in env)
+    return {k: str(v) for k, v in env.items()}
+
+
+def test_services(compose: dict[str, Any]) -> None:
+    assert {"kafka", "worker", "prometheus"} <= set(compose["services"])
+
+
+def test_kafka_is_kraft_3_9_1_on_the_default_port(compose: dict[str, Any]) -> None:
+    kafka = compose["services"]["kafka"]
+    assert kafka["image"] == f"apache/kafka:{default('kafka_version')}"
+    env = env_of(kafka)
+    assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
+    assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"].startswith(f"{env['KAFKA_NODE_ID']}@kafka:")
+    assert f"PLAINTEXT://kafka:{BROKER_PORT}" in env["KAFKA_ADVERTISED_LISTENERS"]
+    assert f"PLAINTEXT://:{BROKER_PORT}" in env["KAFKA_LISTENERS"]
+    assert env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == "1"
+    assert env["KAFKA_NUM_PARTITIONS"] == str(default("partitions"))
+
+
+def test_worker_runs_loyalty_worker_against_kafka(compose: dict[str, Any]) -> None:
+    worker = compose["services"]["worker"]
+    build = worker["build"]
+    assert (ROOT / build["context"] / build["dockerfile"]).resolve() == ROOT / "deploy/Dockerfile"
+    command = worker["command"]
+    command = command.split() if isinstance(command, str) else command
+    assert command == ["loyalty", "worker"]
+    env = env_of(worker)
+    assert env["LOYALTY_BROKER"] == f"kafka://kafka:{BROKER_PORT}"
+    assert env.get("LOYALTY_WEB_PORT", str(WEB_PORT)) == str(WEB_PORT)
+    assert env["LOYALTY_WEB_HOST"] == "0.0.0.0"  # reachable by prometheus
+    assert f"{WEB_PORT}:{WEB_PORT}" in [str(p) for p in worker["ports"]]
+    # Every LOYALTY_* variable used must be a real setting (typos are silently ignored).
+    fields = {f"LOYALTY_{name.upper()}" for name in Settings.model_fields}
+    for name, service in compose["services"].items():
+        unknown = {k for k in env_of(service) if k.startswith("LOYALTY_")} - fields
+        assert not unknown, f"{name}: unknown settings {unknown}"
+
+
+def test_topics_are_created_before_the_worker(compose: dict[str, Any]) -> None:
+    topics = compose["services"]["topics"]
+    assert topics["command"] == ["loyalty", "topics", "create"]
+    assert env_of(topics)["LOYALTY_BROKER"] == f"kafka://kafka:{BROKER_PORT}"
+    depends = compose["services"]["worker"]["depends_on"]
+    assert depends["topics"]["condition"] == "service_completed_successfully"
+
+
+def test_prometheus_scrapes_the_worker(compose: dict[str, Any]) -> None:
+    prometheus = compose["services"]["prometheus"]
+    mounts = [str(v).split(":") for v in prometheus["volumes"]]
+    assert ["./deploy/prometheus.yml", "/etc/prometheus/prometheus.yml", "ro"] in mounts
+    config = yaml.safe_load((ROOT / "deploy/prometheus.yml").read_text())
+    jobs = config["scrape_configs"]
+    targets = [(job.get("metrics_path", "/metrics"), t)
+               for job in jobs for sc in job["static_configs"] for t in sc["targets"]]
+    assert ("/metrics", f"worker:{WEB_PORT}") in targets
+
+
+def test_dockerfile_matches_settings() -> None:
+    text = (ROOT / "deploy/Dockerfile").read_text()
+    assert f"EXPOSE {WEB_PORT}" in text
+    assert 'CMD ["loyalty", "worker"]' in text
+    assert "LOYALTY_WEB_HOST=0.0.0.0" in text
+    # pyproject names README.md as the package readme: the build needs it.
+    assert "README.md" in text
