@@ -411,8 +411,8 @@ def ensure_jars(cfg: BrokerConfig, echo: Echo = print) -> Path:
         if not mvn:
             raise MavenNotFoundError(
                 f"the Kafka {cfg.kafka_version} jars are not in {cfg.jars_dir} and `mvn` is not "
-                "installed to fetch them. Install Maven 3.6+ (e.g. `apt-get install maven`) or "
-                "copy the jars there yourself."
+                "installed to fetch them. Install Maven 3.6+ (e.g. `apt-get install maven`); "
+                "it is needed only for this first download."
             )
         if not POM_PATH.exists():
             raise BrokerError(f"{POM_PATH} is missing: cannot resolve the Kafka jars")
