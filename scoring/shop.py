@@ -118,3 +118,62 @@ def record_outcome(tally: ShopTally, event_type: str | None, event_day: int | No
     tally.move(stage_before, stage_after)
     if event_type == "feedback" and nps_value is not None and event_day is not None:
         tally.add_feedback(event_day, nps.classify(nps_value, policy))
+
+
+class Contribution:
+    """One customer's part of a shop tally: a pure function of the state."""
+
+    __slots__ = ("stage", "fb_counts", "fb_recent")
+
+    def __init__(self, stage: str | None, fb_counts: list[int], fb_recent: list[list[int]]) -> None:
+        self.stage, self.fb_counts, self.fb_recent = stage, fb_counts, fb_recent
+
+
+def contribution(state: Any, as_of: Any, policy: ShopPolicy) -> Contribution:
+    """The customer's contribution as of ``as_of`` (None: the state's own clock).
+
+    Pure: the same state (and as_of) always gives the same contribution, so
+    ``tally.remove(contribution(old)); tally.add(contribution(new))`` is exact.
+    It re-folds the open buffer; :func:`record_outcome` is the cheaper exact
+    incremental path when the fold's Outcome is at hand.
+    """
+    from scoring.snapshot import head_as_of
+
+    as_of_us = state.clock if as_of is None else (as_of if isinstance(as_of, int) else _to_us(as_of))
+    head = head_as_of(state, as_of_us, policy)
+    return Contribution(state.stage if as_of is None else _stage(head, as_of_us, policy),
+                        head.fb_counts[:], [x[:] for x in head.fb_recent])
+
+
+def _to_us(dt: Any) -> int:
+    from scoring.clock import to_us
+
+    return to_us(dt)
+
+
+def _stage(head: Agg, as_of_us: int, policy: ShopPolicy) -> str | None:
+    from scoring.clock import day_of
+    from scoring.stages import stage_on
+
+    return stage_on(head, day_of(as_of_us), policy) if head.first_seen_us is not None else None
+
+
+def _apply_contribution(tally: ShopTally, c: Contribution, sign: int) -> None:
+    if c.stage is not None:
+        tally.funnel[c.stage] = tally.funnel.get(c.stage, 0) + sign
+    for cls in range(3):
+        tally.nps_all[cls] += sign * c.fb_counts[cls]
+    for day, cls in c.fb_recent:
+        tally.nps_days.setdefault(day, [0, 0, 0])[cls] += sign
+
+
+def _add(self: ShopTally, c: Contribution) -> None:
+    _apply_contribution(self, c, 1)
+
+
+def _remove(self: ShopTally, c: Contribution) -> None:
+    _apply_contribution(self, c, -1)
+
+
+ShopTally.add = _add  # type: ignore[attr-defined]
+ShopTally.remove = _remove  # type: ignore[attr-defined]

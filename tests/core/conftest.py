@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from schemas.policy import PolicyBook
+from scoring.fold import apply
+from scoring.snapshot import snapshot
+from tests.core.factory import parse
+
+
+class Customer:
+    """Feeds events through the fold the way the service does (state encoded between events)."""
+
+    def __init__(self, policies: PolicyBook | None = None) -> None:
+        self.policies = policies or PolicyBook()
+        self.state = None
+        self.effects: list[dict[str, Any]] = []
+        self.outcomes: list[Any] = []
+
+    def send(self, *events: bytes) -> Customer:
+        from scoring.state import CustomerState
+
+        for data in events:
+            ev = parse(data, self.policies)
+            out = apply(self.state, ev, self.policies.for_shop(ev.shop_id))
+            self.outcomes.append(out)
+            self.effects.extend(out.effects)
+            if out.changed:
+                self.state = CustomerState.decode(out.state.encode())
+        return self
+
+    def snap(self, as_of: datetime | None = None) -> dict[str, Any]:
+        return snapshot(self.state, as_of, self.policies.for_shop(self.state.shop_id))
+
+
+@pytest.fixture
+def customer() -> Customer:
+    return Customer()
