@@ -32,6 +32,7 @@ from pydantic import (
     StrictInt,
     StrictStr,
     ValidationError,
+    WithJsonSchema,
 )
 
 from schemas.codec import CodecError, loads
@@ -72,8 +73,12 @@ def _strict_rate(value: Any) -> Any:
     return Decimal(value)
 
 
-Timestamp = Annotated[datetime, BeforeValidator(_parse_rfc3339)]
-MarginRate = Annotated[Decimal, BeforeValidator(_strict_rate), Field(ge=0, le=1)]
+Timestamp = Annotated[datetime, BeforeValidator(_parse_rfc3339), WithJsonSchema({
+    "type": "string", "format": "date-time", "pattern": _RFC3339.pattern,
+    "description": "RFC 3339 with an offset (Z or +hh:mm); at most 1 day ahead of the wall clock"})]
+MarginRate = Annotated[Decimal, BeforeValidator(_strict_rate), Field(ge=0, le=1), WithJsonSchema({
+    "type": "number", "minimum": 0, "maximum": 1,
+    "description": "exact decimal as written, e.g. 0.35"})]
 Str128 = Annotated[StrictStr, Field(min_length=1, max_length=128)]
 ShopId = Annotated[StrictStr, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
 # "printable": no control characters (C0, DEL, C1).

@@ -1,0 +1,127 @@
+"""Output contracts: what downstream services read from our topics.
+
+The core builds these records as plain dicts on the hot path (validation per
+record would cost more than the fold); these models are the documented
+contract, used by tests to check every emitted record, and exported as JSON
+Schema next to the input events.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.events import REASONS
+
+Stage = Literal["first_visit", "first_purchase", "repeat", "attached", "loyal", "at_risk", "lapsed"]
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CustomerSnapshot(_Out):
+    """One customer as of ``as_of`` (the ``loyalty.scores`` value, the API body, a replay line)."""
+
+    shop_id: str
+    customer_id: str
+    as_of: str
+    first_seen_at: str | None
+    purchase_count: int
+    purchase_days: int
+    first_purchase_at: str | None
+    last_purchase_at: str | None
+    spend_total: int
+    refund_total: int
+    margin_total: int
+    spend_30d: int
+    spend_90d: int
+    spend_365d: int
+    purchase_days_30d: int
+    purchase_days_90d: int
+    purchase_days_180d: int
+    purchase_days_365d: int
+    visit_days: int
+    recency_days: int | None
+    tenure_days: int | None
+    frequency_per_month: float
+    mean_interpurchase_days: float | None
+    ltv_historical: int
+    ltv_formula: int
+    nps_last: int | None
+    share_of_wallet_last: int | None
+    stage: Stage | None
+    loyalty_type: Literal["true", "latent", "spurious", "none", "unknown"]
+    tier: str
+    discount_pct: int
+    points_balance: int = Field(ge=0)
+    points_earned_total: int
+    points_redeemed_total: int
+    points_expired_total: int
+    points_clawed_back_total: int
+    clawback_shortfall: int
+    redemptions_rejected: int
+    stamps: int
+    free_items_issued: int
+    orphan_refunds: int = Field(description="refunds whose order has no earlier purchase")
+    duplicate_orders: int = Field(description="purchases ignored because their order_id was taken")
+    refunds_capped: int = Field(description="refunds larger than what was left of their order")
+    p_alive: float | None
+    expected_purchases_90d: float | None
+    expected_avg_value: int | None
+    clv_365d: int | None
+
+
+class _Effect(_Out):
+    id: str = Field(pattern=r"^[0-9a-f]{16}$", description="deterministic: dedupe and upsert by it")
+    shop_id: str
+    customer_id: str
+    restated: bool | None = Field(None, description="a late event changed this already-published record")
+
+
+class StageTransition(_Effect):
+    """``loyalty.stage-transitions``: a stage change, caused by an event or by time."""
+
+    kind: Literal["transition"]
+    from_: Stage | None = Field(alias="from")
+    to: Stage
+    at: str
+    cause: dict[str, Any] = Field(description='{"type": "event", "event_id": ...} or {"type": "time"}')
+
+
+class LedgerEntry(_Effect):
+    """``loyalty.rewards``: one reward-ledger entry."""
+
+    kind: Literal["ledger"]
+    entry: Literal["earn", "expire", "redeem", "redemption_rejected", "clawback", "free_item"]
+    points: int = Field(ge=0)
+    at: str
+    balance_after: int = Field(ge=0)
+    event_id: str | None = None
+    order_id: str | None = None
+    tier: str | None = None
+    shortfall: int | None = None
+    free_items_issued: int | None = None
+
+
+class VoidRecord(_Effect):
+    """A previously published record that no longer holds (a late event changed history)."""
+
+    kind: Literal["ledger", "transition"]
+    void: Literal[True]
+
+
+class DeadLetter(_Out):
+    """``loyalty.dead-letter``: a record we could not apply, with the reason and its origin."""
+
+    reason: str = Field(description="one of " + ", ".join(REASONS)
+                        + ", conflicting_duplicate, too_late, wrong_partition, internal_error")
+    detail: str
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int | None = Field(None, description="Kafka record timestamp, ms")
+    key: str | None = None
+    value: str | None = Field(None, description="original bytes as UTF-8 text, when they are valid UTF-8")
+    value_b64: str | None = Field(None, description="original bytes, base64, when they are not")
