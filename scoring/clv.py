@@ -527,9 +527,12 @@ def p_alive(params: BgNbdParams, x: Any, t_x: Any, T: Any) -> float | np.ndarray
     """P(customer still alive at T | x, t_x, T) under BG/NBD.
 
     = 1 / (1 + [x>0] * a/(b+x-1) * ((alpha+T)/(alpha+t_x))^(r+x)), computed through the
-    log of the odds (no overflow for large x or T).  Guarantees a value in (0, 1]; it is
-    exactly 1 for x == 0 (drop-out only happens right after a purchase) and for
-    t_x == T.  Times in the model unit; scalars in, float out; arrays broadcast.
+    log of the odds (no overflow for large x or T).  Guarantees a value in [0, 1]
+    (mathematically > 0; it underflows to 0.0 only for extreme histories); it is
+    exactly 1 for x == 0 (drop-out only happens right after a repeat purchase), and for
+    x > 0 it is at most 1/(1 + a/(b+x-1)) (reached at t_x == T: even a purchase made
+    just now may have been the last), increasing in t_x and decreasing in T.
+    Times in the model unit; scalars in, float out; arrays broadcast.
     Raises ValueError unless x >= 0 and 0 <= t_x <= T.
     """
     x, t_x, T = _as_float_arrays(x, t_x, T)
