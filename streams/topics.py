@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:  # keep the import cheap: the CLI imports this for --help
     from streams.settings import Settings
@@ -150,6 +150,30 @@ def parse_message_key(key: bytes | str) -> tuple[str, str]:
     return shop_id, customer_id
 
 
+async def partition_counts(admin: Any, names: list[str], wait_s: float = 10.0) -> dict[str, int]:
+    """Partition count of each topic in ``names``, waiting for fresh metadata.
+
+    A topic created moments ago (by anyone) can be missing from the broker's
+    metadata, or listed with a leader error, for a short while; comparing
+    against that would hide a mismatch. So retry until every topic has a clean
+    answer or ``wait_s`` passes; topics still unresolved are left out.
+    """
+    import asyncio
+
+    counts: dict[str, int] = {}
+    deadline = asyncio.get_running_loop().time() + wait_s
+    pending = list(names)
+    while pending:
+        for d in await admin.describe_topics(pending):
+            if d["error_code"] == 0 and d["partitions"]:
+                counts[d["topic"]] = len(d["partitions"])
+        pending = [n for n in pending if n not in counts]
+        if not pending or asyncio.get_running_loop().time() >= deadline:
+            break
+        await asyncio.sleep(0.2)
+    return counts
+
+
 async def ensure_topics(
     bootstrap_servers: str | list[str],
     specs: Iterable[TopicSpec],
@@ -192,8 +216,7 @@ async def ensure_topics(
             if errors:
                 raise RuntimeError("could not create topics: " + "; ".join(errors))
         mismatches = []
-        described = await admin.describe_topics([s.name for s in specs])
-        counts = {d["topic"]: len(d["partitions"]) for d in described if d["error_code"] == 0}
+        counts = await partition_counts(admin, [s.name for s in specs if s.name not in created])
         for s in specs:
             have = counts.get(s.name)
             if have is not None and have != s.partitions:

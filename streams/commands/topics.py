@@ -37,15 +37,15 @@ def _err(message: str) -> None:
 async def _list(settings: Settings, timeout_ms: int) -> int:
     from aiokafka.admin import AIOKafkaAdminClient
 
-    from streams.topics import topic_specs
+    from streams.topics import partition_counts, topic_specs
 
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers,
                                 request_timeout_ms=timeout_ms)
     await admin.start()
     try:
         specs = topic_specs(settings)
-        described = await admin.describe_topics([s.name for s in specs])
-        counts = {d["topic"]: len(d["partitions"]) for d in described if d["error_code"] == 0}
+        existing = set(await admin.list_topics())
+        counts = await partition_counts(admin, [s.name for s in specs if s.name in existing])
     finally:
         await admin.close()
     print(f"{'topic':<32} {'role':<7} {'policy':<8} {'want':>4} {'have':>5}  key")
