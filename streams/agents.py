@@ -1,0 +1,367 @@
+"""The state agent: folds every input record into the customer table.
+
+One agent, ``concurrency=1``, subscribed to the four input topics and the
+internal rekey topic (all co-partitioned). With more than one concurrent
+actor per partition Faust may commit an offset past a record that another
+actor is still processing, which breaks at-least-once; one actor keeps the
+per-partition order and the commit point honest.
+
+Per record, in this order (:meth:`Processor.plan` computes everything first,
+:meth:`Processor.execute` then writes and sends - an exception while planning
+changes nothing):
+
+1. size check (``max_event_bytes``) -> dead letter ``too_large``;
+2. ``parse_event`` -> :class:`InvalidEvent` -> dead letter with its reason;
+3. keying: if the record's key is not ``b"shop|customer"`` of the event or
+   its partition is not ``murmur2(key) % partitions``, forward the original
+   bytes, correctly keyed, to the rekey topic and stop (the same agent
+   consumes it there, on the right partition). Correctly keyed input is
+   processed directly, without a hop;
+4. table lookup, ``fold.apply``;
+5. if the outcome changed the state: write the new state (one changelog
+   write), update the shop tally of this partition (a second write), publish
+   the effects (transitions, ledger entries) and the new snapshot (scores);
+6. a ``rejected`` outcome goes to the dead letter with the fold's reason.
+
+Failure modes:
+
+* Any unexpected exception is caught: the record is dead-lettered with reason
+  ``internal_error`` and a traceback summary, counted, and processing
+  continues. The worker never dies of a record and never ``noack``s.
+* Outputs are published and acknowledged by the broker *before* the state
+  write (see :meth:`Processor.handle`). kill -9 before the state write: the
+  record is redelivered and applied again, outputs repeat with the same ids.
+  kill -9 after the state write but before the offset commit: the record is
+  redelivered, the fold sees an exact duplicate and changes nothing; its
+  outputs were already acknowledged. Nothing is lost, nothing counted twice.
+* kill -9 between the state write and the tally write: the tally drifts
+  until the next sweep recomputes it exactly from the customer table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from schemas import codec
+from streams.app import partition_for
+from streams.shops import TallyDelta, delta_for_event, shop_of, tally_key, update_row
+from streams.topics import message_key
+
+if TYPE_CHECKING:
+    from streams.app import LoyaltyService
+
+log = logging.getLogger(__name__)
+
+ORIGIN_HEADER = "loyalty-origin"
+
+
+@dataclass(frozen=True)
+class Record:
+    """The parts of a Kafka message the processor needs (decoupled from Faust)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: float | None = None  # seconds since the epoch (Kafka record timestamp)
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+    @classmethod
+    def from_message(cls, message: Any) -> Record:
+        headers = message.headers or ()
+        if isinstance(headers, dict):
+            headers = tuple(headers.items())
+        return cls(topic=message.topic, partition=message.partition, offset=message.offset,
+                   key=message.key, value=message.value, timestamp=message.timestamp,
+                   headers=tuple((str(k), bytes(v or b"")) for k, v in headers))
+
+    def origin(self) -> dict[str, Any]:
+        """Where the record first entered the system (follows a rekey hop)."""
+        for name, value in self.headers:
+            if name == ORIGIN_HEADER:
+                try:
+                    data = codec.loads(value)
+                    if isinstance(data, dict):
+                        return data
+                except ValueError:
+                    break
+        return {"topic": self.topic, "partition": self.partition, "offset": self.offset,
+                "timestamp": self.timestamp}
+
+
+@dataclass
+class Outgoing:
+    """One record to publish."""
+
+    topic: Any  # faust Topic
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]] | None = None
+
+
+@dataclass
+class Plan:
+    """Everything one record causes, computed before anything is written."""
+
+    state_write: tuple[bytes, bytes] | None = None
+    # (partition, customer key, delta); applied to the tally row at write time,
+    # not plan time, because the sweep may rewrite the row while the agent
+    # waits for the broker.
+    tally_delta: tuple[int, bytes, TallyDelta] | None = None
+    sends: list[Outgoing] = field(default_factory=list)
+    event_type: str = "invalid"
+    status: str = "invalid"
+    occurred_at: datetime | None = None
+    effects: list[dict[str, Any]] = field(default_factory=list)
+
+
+def text_or_base64(data: bytes | None) -> tuple[str | None, str]:
+    """``(text, encoding)``: UTF-8 text if it decodes, else base64."""
+    if data is None:
+        return None, "none"
+    try:
+        return data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        return base64.b64encode(data).decode("ascii"), "base64"
+
+
+def dead_letter_record(record: Record, reason: str, detail: str) -> bytes:
+    """The JSON value written to the dead-letter topic for ``record``.
+
+    Carries the original value (UTF-8 text, or base64 with
+    ``value_encoding="base64"``), the original key the same way, the reason
+    code, a human detail, the source topic/partition/offset/timestamp where
+    the record first entered (before any rekey hop) and when it was rejected.
+    """
+    value, value_enc = text_or_base64(record.value)
+    key, key_enc = text_or_base64(record.key)
+    origin = record.origin()
+    return codec.dumps({
+        "reason": reason,
+        "detail": detail[:4000],
+        "topic": origin.get("topic", record.topic),
+        "partition": origin.get("partition", record.partition),
+        "offset": origin.get("offset", record.offset),
+        "timestamp": origin.get("timestamp", record.timestamp),
+        "via_topic": record.topic if origin.get("topic") != record.topic else None,
+        "key": key,
+        "key_encoding": key_enc,
+        "value": value,
+        "value_encoding": value_enc,
+        "dead_lettered_at": datetime.now(UTC).isoformat(),
+    })
+
+
+class Processor:
+    """Turns one input record into a :class:`Plan` and executes it."""
+
+    def __init__(self, service: LoyaltyService) -> None:
+        self.service = service
+        self.settings = service.settings
+        self.metrics = service.metrics
+        self.rekey_name = service.rekey.get_topic_name()
+        #: customer key whose outputs are being acknowledged (see :meth:`handle`)
+        self.in_flight: bytes | None = None
+
+    # -- planning (pure apart from table reads) ----------------------------------------
+    def plan(self, record: Record, *, now: datetime | None = None) -> Plan:
+        """Compute what ``record`` causes. Reads the tables, writes nothing.
+
+        ``now`` (wall clock UTC by default) is only used by ``parse_event`` to
+        reject timestamps more than a day in the future.
+        """
+        from schemas.events import InvalidEvent, parse_event
+        from scoring import fold
+        from scoring.snapshot import snapshot
+
+        svc = self.service
+        now = now or datetime.now(UTC)
+        raw = record.value
+        if raw is None or len(raw) == 0:
+            return self._reject(record, "empty", "record has no value")
+        if len(raw) > self.settings.max_event_bytes:
+            return self._reject(record, "too_large",
+                                f"{len(raw)} bytes > max_event_bytes={self.settings.max_event_bytes}")
+        try:
+            event = parse_event(raw, now=now, policies=svc.policies)
+        except InvalidEvent as exc:
+            return self._reject(record, exc.reason, exc.detail)
+
+        key = message_key(event.shop_id, event.customer_id)
+        want_partition = partition_for(key, svc.partitions)
+        if record.key != key or record.partition != want_partition:
+            if record.topic == self.rekey_name:
+                # Already re-keyed and still misplaced: the rekey topic's partition
+                # count differs from settings.partitions. Looping would never end.
+                return self._reject(record, "partition_mismatch",
+                                    f"rekeyed record on partition {record.partition}, "
+                                    f"expected {want_partition}")
+            origin = codec.dumps(record.origin())
+            plan = Plan(event_type=event.type, status="rekeyed")
+            plan.sends.append(Outgoing(svc.rekey, key, raw, [(ORIGIN_HEADER, origin)]))
+            return plan
+
+        policy = svc.policies.for_shop(event.shop_id)
+        old_raw = svc.customers.get(key)
+        old = _decode_state(old_raw)
+        outcome = fold.apply(old, event, policy)
+        plan = Plan(event_type=event.type, status=outcome.status, occurred_at=event.occurred_at)
+        if outcome.changed:
+            new_state = outcome.state
+            plan.state_write = (key, bytes(new_state.encode()))
+            plan.tally_delta = (record.partition, key,
+                                delta_for_event(outcome, event, policy, old is None))
+            plan.sends.append(Outgoing(svc.scores, key,
+                                       codec.dumps(snapshot(new_state, None, policy))))
+        plan.effects = list(outcome.effects)
+        plan.sends.extend(self.effect_messages(plan.effects))
+        if outcome.status == "rejected":
+            reason = getattr(outcome, "reason", None) or "rejected"
+            detail = getattr(outcome, "detail", None) or reason
+            plan.sends.append(Outgoing(svc.dead_letter, record.key,
+                                       dead_letter_record(record, reason, detail)))
+        return plan
+
+    def effect_messages(self, effects: list[dict[str, Any]]) -> list[Outgoing]:
+        """Output records for fold effects: ledger -> rewards, transition -> transitions."""
+        svc = self.service
+        out = []
+        for eff in effects:
+            topic = svc.rewards if eff.get("kind") == "ledger" else svc.transitions
+            out.append(Outgoing(topic, message_key(eff["shop_id"], eff["customer_id"]),
+                                codec.dumps(eff)))
+        return out
+
+    def _reject(self, record: Record, reason: str, detail: str) -> Plan:
+        plan = Plan(event_type="invalid", status="invalid")
+        plan.sends.append(Outgoing(self.service.dead_letter, record.key,
+                                   dead_letter_record(record, reason, detail)))
+        plan.status = f"invalid:{reason}"
+        return plan
+
+    # -- execution ---------------------------------------------------------------------
+    def write(self, plan: Plan) -> None:
+        """Apply the table writes of ``plan`` (synchronous: no await in between).
+
+        Must run inside the agent's event context so Faust picks the record's
+        partition for the store and the changelog.
+        """
+        svc = self.service
+        tally_write = None
+        if plan.tally_delta is not None:
+            # Computed before either write so a failing tally update cannot
+            # leave the state written and the tally not.
+            partition, key, delta = plan.tally_delta
+            tkey = tally_key(shop_of(key), partition)
+            tally_write = (tkey, update_row(svc.tallies.get(tkey), delta))
+        if plan.state_write is not None:
+            key, value = plan.state_write
+            svc.customers[key] = value
+        if tally_write is not None:
+            svc.tallies[tally_write[0]] = tally_write[1]
+        if plan.tally_delta is not None and svc.sweeper is not None:
+            svc.sweeper.note_change(*plan.tally_delta)
+
+    async def send(self, plan: Plan) -> list[Any]:
+        """Hand the output records of ``plan`` to the producer; returns delivery futures.
+
+        ``force=True`` bypasses Faust's "attachments" (which would hold the
+        records back until the offset commit): outputs must be able to reach
+        Kafka *before* the state write, see :meth:`handle`.
+        """
+        futures = []
+        for out in plan.sends:
+            futures.append(await out.topic.send(key=out.key, value=out.value,
+                                                headers=out.headers, force=True))
+        return futures
+
+    def observe(self, record: Record, plan: Plan, started: float) -> None:
+        """Update metrics for a processed record."""
+        m = self.metrics
+        m.events_consumed.labels(record.topic, plan.event_type).inc()
+        if plan.status.startswith("invalid:"):
+            m.invalid_events.labels(plan.status.split(":", 1)[1]).inc()
+        elif plan.status == "duplicate":
+            m.duplicates.inc()
+        elif plan.status == "rekeyed":
+            m.rekeyed.labels(record.topic).inc()
+        elif plan.status == "rejected":
+            m.invalid_events.labels("rejected").inc()
+        elif plan.status == "applied":
+            m.events_applied.labels(plan.event_type).inc()
+        m.observe_effects(plan.effects)
+        if plan.occurred_at is not None:
+            lag = time.time() - plan.occurred_at.timestamp()
+            m.event_lag.labels(record.topic).set(lag)
+        m.latency.observe(time.perf_counter() - started)
+
+    async def handle(self, record: Record) -> str:
+        """Process one record end to end; never raises. Returns the plan status.
+
+        Order matters for at-least-once outputs: the outputs are published and
+        acknowledged by the broker *before* the state is written. If the worker
+        dies in between, the record is redelivered, the fold applies it again
+        (the state never recorded it) and the outputs repeat with the same ids.
+        Writing the state first would let a crash leave the state updated but
+        the outputs unsent, and the redelivered record would then be a silent
+        duplicate: outputs lost for good.
+
+        While the broker acknowledges, the customer's key is marked in flight so
+        the time sweep neither reads nor overwrites it (no lost update).
+        """
+        started = time.perf_counter()
+        try:
+            plan = self.plan(record)
+            self.in_flight = plan.state_write[0] if plan.state_write else None
+            futures = await self.send(plan)
+            if plan.state_write is not None and futures:
+                await asyncio.gather(*futures)
+            self.write(plan)
+            self.observe(record, plan, started)
+            return plan.status
+        except Exception as exc:  # noqa: BLE001 - the worker must survive any record
+            summary = "".join(traceback.format_exception(exc, limit=6))[-3000:]
+            log.exception("internal error on %s[%d]@%d", record.topic, record.partition,
+                          record.offset)
+            self.metrics.internal_errors.inc()
+            self.metrics.invalid_events.labels("internal_error").inc()
+            self.metrics.events_consumed.labels(record.topic, "error").inc()
+            try:
+                await self.service.dead_letter.send(
+                    key=record.key, value=dead_letter_record(record, "internal_error", summary),
+                    force=True)
+            except Exception:  # noqa: BLE001
+                log.exception("could not dead-letter %s[%d]@%d", record.topic,
+                              record.partition, record.offset)
+            return "internal_error"
+        finally:
+            self.in_flight = None
+
+
+def _decode_state(raw: bytes | None) -> Any:
+    from scoring.state import CustomerState
+
+    if raw is None:
+        return None
+    return CustomerState.decode(raw)
+
+
+def register_agents(service: LoyaltyService) -> Processor:
+    """Attach the state agent to ``service.app``; returns its :class:`Processor`."""
+    processor = Processor(service)
+
+    async def loyalty_state(stream: Any) -> None:
+        async for event in stream.events():
+            await processor.handle(Record.from_message(event.message))
+
+    service.app.agent(service.inputs, name="loyalty-state", concurrency=1)(loyalty_state)
+    service.processor = processor  # type: ignore[attr-defined]
+    return processor

@@ -1,0 +1,146 @@
+"""Prometheus metrics of the streaming worker.
+
+Every metric lives in one :class:`Metrics` object with its own
+:class:`prometheus_client.CollectorRegistry`, so several apps in one process
+(unit tests) never collide on the global registry and ``/metrics`` shows only
+this worker's series.
+
+Label policy: labels are bounded sets only - topic names, event types,
+reasons, stages, shop ids. **No customer id ever appears in a label** (the
+cardinality would be unbounded and it would leak personal data into the
+monitoring stack).
+
+Counters are per worker process and start at zero on every start (Prometheus'
+``rate()`` handles resets). After a crash the redelivered messages are counted
+again: counters measure work done, not distinct events; the *state* is what is
+exactly-once (see README "Guarantees and failure modes").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+# Ledger entry kinds that move points, mapped to the counter label they feed.
+_POINT_ENTRIES = {"earn": "earned", "redeem": "redeemed", "expire": "expired", "clawback": "clawed_back"}
+
+
+class Metrics:
+    """All metrics of one worker. Cheap to construct; never raises on update."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.events_consumed = Counter(
+            "loyalty_events_consumed_total",
+            "Input records consumed, by source topic and event type ('invalid' if unparseable).",
+            ["topic", "type"], registry=r)
+        self.events_applied = Counter(
+            "loyalty_events_applied_total", "Events that changed customer state, by type.",
+            ["type"], registry=r)
+        self.invalid_events = Counter(
+            "loyalty_invalid_events_total", "Records sent to the dead-letter topic, by reason.",
+            ["reason"], registry=r)
+        self.duplicates = Counter(
+            "loyalty_duplicates_ignored_total",
+            "Exact duplicate events ignored (same event_id, same content).", registry=r)
+        self.rekeyed = Counter(
+            "loyalty_rekeyed_total",
+            "Wrongly keyed or partitioned input records forwarded to the rekey topic.",
+            ["topic"], registry=r)
+        self.internal_errors = Counter(
+            "loyalty_internal_errors_total",
+            "Unexpected exceptions while processing a record (record dead-lettered).",
+            registry=r)
+        self.latency = Histogram(
+            "loyalty_processing_seconds", "Wall time to process one input record.",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r)
+        self.event_lag = Gauge(
+            "loyalty_event_time_lag_seconds",
+            "Wall clock minus occurred_at of the last processed event, by source topic.",
+            ["topic"], registry=r)
+        self.transitions = Counter(
+            "loyalty_stage_transitions_total", "Stage transitions published, by from/to.",
+            ["from_stage", "to_stage"], registry=r)
+        self.points = Counter(
+            "loyalty_points_total",
+            "Points moved by published ledger entries, by kind "
+            "(earned, redeemed, expired, clawed_back).",
+            ["kind"], registry=r)
+        self.ledger_entries = Counter(
+            "loyalty_ledger_entries_total", "Ledger entries published, by entry kind.",
+            ["entry"], registry=r)
+        self.voided = Counter(
+            "loyalty_effects_voided_total",
+            "Published retractions of earlier effects (late events rewrote history), by kind.",
+            ["kind"], registry=r)
+        self.customers_per_stage = Gauge(
+            "loyalty_customers", "Customers per stage per shop (partitions owned by this worker).",
+            ["shop", "stage"], registry=r)
+        self.nps = Gauge(
+            "loyalty_shop_nps", "All-time NPS per shop (partitions owned by this worker).",
+            ["shop"], registry=r)
+        self.table_rows = Gauge(
+            "loyalty_table_rows", "Rows in the locally owned partitions of each table.",
+            ["table"], registry=r)
+        self.sweeps = Counter(
+            "loyalty_sweeps_total", "Completed time sweeps.", registry=r)
+        self.sweep_changed = Counter(
+            "loyalty_sweep_changed_total", "Customer states changed by the time sweep.",
+            registry=r)
+        self.sweep_seconds = Histogram(
+            "loyalty_sweep_seconds", "Duration of one full time sweep.",
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60), registry=r)
+
+    def observe_effects(self, effects: Iterable[Mapping[str, Any]]) -> None:
+        """Count published effects (ledger entries and transitions)."""
+        for eff in effects:
+            kind = eff.get("kind")
+            if eff.get("void"):
+                # A retraction of an earlier effect (a late event changed history).
+                self.voided.labels(str(kind)).inc()
+                continue
+            if kind == "transition":
+                # from is null for a customer's first stage: label it "none".
+                self.transitions.labels(str(eff.get("from") or "none"), str(eff.get("to"))).inc()
+            elif kind == "ledger":
+                entry = str(eff.get("entry"))
+                self.ledger_entries.labels(entry).inc()
+                label = _POINT_ENTRIES.get(entry)
+                points = eff.get("points")
+                if label and isinstance(points, int) and not isinstance(points, bool):
+                    self.points.labels(label).inc(abs(points))
+
+    def set_shop_figures(self, shop_id: str, figures: Mapping[str, Any]) -> None:
+        """Publish one shop's funnel and NPS gauges from ``ShopTally.figures()`` output.
+
+        Tolerant of the figure layout: looks for a ``funnel``/``stages`` mapping
+        and an ``nps`` number at the top level or under ``all_time``.
+        """
+        funnel = figures.get("funnel") or figures.get("stages") or {}
+        if isinstance(funnel, Mapping):
+            for stage, count in funnel.items():
+                if isinstance(count, int | float):
+                    self.customers_per_stage.labels(shop_id, str(stage)).set(count)
+        nps: Any = None
+        node = figures.get("nps")
+        if isinstance(node, Mapping):
+            node = node.get("all_time", node)
+            if isinstance(node, Mapping):
+                nps = node.get("score", node.get("nps"))
+            else:
+                nps = node
+        elif isinstance(node, int | float):
+            nps = node
+        if isinstance(nps, int | float) and not isinstance(nps, bool):
+            self.nps.labels(shop_id).set(nps)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of this registry."""
+        return generate_latest(self.registry)

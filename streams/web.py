@@ -1,0 +1,220 @@
+"""HTTP API on the worker's Faust web server (aiohttp).
+
+Endpoints:
+
+* ``GET /customers/{shop_id}/{customer_id}[?as_of=RFC3339]`` - the snapshot,
+  the same JSON object ``loyalty replay`` prints. 404 for an unknown customer,
+  400 for a bad ``as_of`` or one before the customer's finalized history.
+  When several workers share the partitions, the request is proxied to the
+  worker that actively owns the customer's partition (one hop at most: a
+  proxied request carries ``X-Loyalty-Routed`` and is always answered
+  locally, so inconsistent routing metadata during a rebalance cannot loop).
+* ``GET /shops/{shop_id}[?as_of=RFC3339]`` - NPS (all time and window) and the
+  stage funnel. Shop tallies are partitioned like the customers; the answering
+  worker merges its own partitions with those of every other worker (fan-out
+  over ``/internal/shops/{shop}/tally``). Chosen over a ``GlobalTable``
+  because every worker would otherwise replay every shop's changelog and
+  Faust's global tables have a history of recovery bugs; fan-out costs one
+  request per worker and reads only active (never standby) rows. 503 if some
+  partition has no owner right now (rebalance in progress).
+* ``GET /health`` - liveness plus owned partitions; ``GET /metrics`` - the
+  Prometheus text format. Neither needs the token.
+
+Authentication: when ``LOYALTY_API_TOKEN`` is set, data endpoints need
+``Authorization: Bearer <token>`` (compared in constant time), else 401.
+Malformed requests get a JSON 4xx (bad ids, bad/oversized query);
+aiohttp itself answers 400 for oversized request lines and headers.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import logging
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from faust.web import View
+from yarl import URL
+
+from schemas import codec
+from streams.metrics import CONTENT_TYPE_LATEST
+from streams.topics import message_key
+
+if TYPE_CHECKING:
+    from streams.app import LoyaltyService
+
+log = logging.getLogger(__name__)
+
+ROUTED_HEADER = "X-Loyalty-Routed"
+MAX_QUERY_CHARS = 256
+_ID_LIMITS = {"shop_id": 64, "customer_id": 128}
+
+
+def _ident(url: URL | str) -> tuple[str, int]:
+    u = URL(str(url))
+    return (u.host or "", int(u.port or 80))
+
+
+def parse_as_of(text: str | None) -> datetime | None:
+    """``?as_of=`` as an aware UTC datetime; ``None`` when absent.
+
+    Raises :class:`ValueError` for anything that is not an RFC 3339 instant
+    with an offset.
+    """
+    if text is None or text == "":
+        return None
+    if len(text) > 64:
+        raise ValueError("as_of too long")
+    from scoring.clock import parse_instant
+
+    try:
+        return parse_instant(text).astimezone(UTC)
+    except Exception as exc:  # the parser may raise its own error types
+        raise ValueError(f"as_of is not an RFC 3339 instant with offset: {text!r}") from exc
+
+
+def register_web(service: LoyaltyService) -> None:
+    """Add the API views to ``service.app``."""
+    app = service.app
+    token = service.settings.api_token
+    expected = f"Bearer {token}".encode() if token else None
+
+    def json(view: View, obj: Any, status: int = 200) -> Any:
+        return view.bytes(codec.dumps(obj), content_type="application/json", status=status)
+
+    def error(view: View, status: int, code: str, detail: str = "") -> Any:
+        return json(view, {"error": code, "detail": detail}, status)
+
+    def check(view: View, request: Any, **ids: str) -> Any:
+        """Common request validation; returns an error response or None."""
+        if expected is not None:
+            got = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(got, expected):
+                return error(view, 401, "unauthorized", "missing or wrong bearer token")
+        if len(request.query_string) > MAX_QUERY_CHARS:
+            return error(view, 400, "bad_request", "query string too long")
+        for name, value in ids.items():
+            if not value or len(value) > _ID_LIMITS.get(name, 128):
+                return error(view, 400, "bad_request", f"invalid {name}")
+            if name == "shop_id" and "|" in value:
+                return error(view, 400, "bad_request", "shop_id may not contain '|'")
+        return None
+
+    def forward_headers(request: Any) -> dict[str, str]:
+        headers = {ROUTED_HEADER: "1"}
+        if "Authorization" in request.headers:
+            headers["Authorization"] = request.headers["Authorization"]
+        return headers
+
+    async def proxy(view: View, request: Any, dest: URL) -> Any:
+        host, port = _ident(dest)
+        url = request.url.with_host(host).with_port(port)
+        async with app.http_client.get(url, headers=forward_headers(request)) as resp:
+            body = await resp.read()
+            return view.bytes(body, content_type=resp.content_type, status=resp.status)
+
+    @app.page("/customers/{shop_id}/{customer_id:.+}")
+    class CustomerView(View):
+        async def get(self, request: Any, shop_id: str, customer_id: str) -> Any:
+            bad = check(self, request, shop_id=shop_id, customer_id=customer_id)
+            if bad is not None:
+                return bad
+            try:
+                as_of = parse_as_of(request.query.get("as_of"))
+            except ValueError as exc:
+                return error(self, 400, "bad_as_of", str(exc))
+            key = message_key(shop_id, customer_id)
+            if not request.headers.get(ROUTED_HEADER):
+                try:
+                    dest = app.router.key_store(service.customers.name, key)
+                except KeyError:
+                    dest = None  # no assignment yet: answer from local data
+                if dest is not None and _ident(dest) != _ident(app.conf.canonical_url):
+                    return await proxy(self, request, dest)
+            raw = service.customers.get(key)
+            if raw is None:
+                return error(self, 404, "not_found", "unknown customer")
+            from scoring.snapshot import AsOfTooEarly, snapshot
+            from scoring.state import CustomerState
+
+            state = CustomerState.decode(raw)
+            try:
+                snap = snapshot(state, as_of, service.policies.for_shop(shop_id))
+            except AsOfTooEarly as exc:
+                return error(self, 400, "as_of_too_early", str(exc))
+            return json(self, snap)
+
+    @app.page("/internal/shops/{shop_id}/tally")
+    class ShopTallyView(View):
+        async def get(self, request: Any, shop_id: str) -> Any:
+            bad = check(self, request, shop_id=shop_id)
+            if bad is not None:
+                return bad
+            owned, tally = service.sweeper.local_tally(shop_id)
+            return json(self, {"partitions": owned,
+                               "tally": base64.b64encode(tally.encode()).decode()})
+
+    @app.page("/shops/{shop_id}")
+    class ShopView(View):
+        async def get(self, request: Any, shop_id: str) -> Any:
+            bad = check(self, request, shop_id=shop_id)
+            if bad is not None:
+                return bad
+            try:
+                as_of = parse_as_of(request.query.get("as_of")) or datetime.now(UTC)
+            except ValueError as exc:
+                return error(self, 400, "bad_as_of", str(exc))
+            from scoring.clock import day_of, to_us
+            from scoring.shop import ShopTally
+
+            covered, tally = service.sweeper.local_tally(shop_id)
+            covered = set(covered)
+            me = _ident(app.conf.canonical_url)
+            try:
+                hosts = list(app.router.table_metadata(service.tallies.name))
+            except Exception:  # noqa: BLE001 - no assignment yet
+                hosts = []
+            for host in hosts:
+                if _ident(host) == me:
+                    continue
+                url = URL(str(host)).with_path(f"/internal/shops/{shop_id}/tally")
+                try:
+                    async with app.http_client.get(url, headers=forward_headers(request)) as r:
+                        if r.status != 200:
+                            continue
+                        data = codec.loads(await r.read())
+                except Exception as exc:  # noqa: BLE001 - a peer may be leaving
+                    log.warning("shop fan-out to %s failed: %r", host, exc)
+                    continue
+                parts = set(data["partitions"]) - covered
+                if parts == set(data["partitions"]):
+                    tally = tally.merge(ShopTally.decode(base64.b64decode(data["tally"])))
+                    covered |= parts
+            missing = sorted(set(range(service.partitions)) - covered)
+            if missing:
+                return error(self, 503, "partitions_unavailable",
+                             f"no reachable owner for partitions {missing}; retry shortly")
+            policy = service.policies.for_shop(shop_id)
+            return json(self, tally.figures(shop_id, day_of(to_us(as_of)), policy))
+
+    @app.page("/health")
+    class HealthView(View):
+        async def get(self, request: Any) -> Any:
+            last = service.sweeper.last if service.sweeper else None
+            return json(self, {
+                "status": "ok",
+                "app_id": service.settings.app_id,
+                "partitions": service.partitions,
+                "owned_partitions": service.owned_partitions(),
+                "last_sweep": None if last is None else {
+                    "now": last.now.isoformat(), "customers": last.customers,
+                    "changed": last.changed, "seconds": round(last.seconds, 3)},
+            })
+
+    @app.page("/metrics")
+    class MetricsView(View):
+        async def get(self, request: Any) -> Any:
+            # aiohttp refuses a charset inside content_type=, so set the header.
+            return self.bytes(service.metrics.render(),
+                              headers={"Content-Type": CONTENT_TYPE_LATEST})
