@@ -154,7 +154,7 @@ async def partition_counts(admin: Any, names: list[str], wait_s: float = 10.0) -
     """Partition count of each topic in ``names``, waiting for fresh metadata.
 
     A topic created moments ago (by anyone) can be missing from the broker's
-    metadata, or listed with a leader error, for a short while; comparing
+    metadata, or listed without partition leaders, for a short while; comparing
     against that would hide a mismatch. So retry until every topic has a clean
     answer or ``wait_s`` passes; topics still unresolved are left out.
     """
@@ -165,7 +165,9 @@ async def partition_counts(admin: Any, names: list[str], wait_s: float = 10.0) -
     pending = list(names)
     while pending:
         for d in await admin.describe_topics(pending):
-            if d["error_code"] == 0 and d["partitions"]:
+            parts = d["partitions"]
+            if d["error_code"] == 0 and parts and all(
+                    p["error_code"] == 0 and p["leader"] >= 0 for p in parts):
                 counts[d["topic"]] = len(d["partitions"])
         pending = [n for n in pending if n not in counts]
         if not pending or asyncio.get_running_loop().time() >= deadline:

@@ -120,12 +120,17 @@ class TopicFactory:
 
     def __call__(self, partitions: int = 1, *, name: str | None = None,
                  compacted: bool = False, prefix: str = "topic") -> str:
-        """Create one topic (replication 1) and return its name; raises on broker errors."""
+        """Create one topic (replication 1) and return its name once it has leaders.
+
+        Raises :class:`RuntimeError` on a broker error (e.g. the name exists).
+        """
         name = name or self._unique_name(prefix)
         configs = {"cleanup.policy": "compact" if compacted else "delete"}
 
         async def create() -> None:
             from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+            from streams.topics import partition_counts
 
             admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
             await admin.start()
@@ -135,6 +140,9 @@ class TopicFactory:
                 for topic, code, *rest in resp.topic_errors:
                     if code != 0:
                         raise RuntimeError(f"creating {topic}: error {code} {rest}")
+                # Return only once the topic has leaders in the metadata, so the
+                # test's first produce/describe does not race topic creation.
+                await partition_counts(admin, [name])
             finally:
                 await admin.close()
 
