@@ -119,6 +119,7 @@ class Plan:
     sends: list[Outgoing] = field(default_factory=list)
     event_type: str = "invalid"
     status: str = "invalid"
+    reason: str | None = None  # dead-letter reason of an invalid record or rejected outcome
     occurred_at: datetime | None = None
     effects: list[dict[str, Any]] = field(default_factory=list)
 
@@ -226,6 +227,7 @@ class Processor:
         if outcome.status == "rejected":
             reason = getattr(outcome, "reason", None) or "rejected"
             detail = getattr(outcome, "detail", None) or reason
+            plan.reason = reason
             plan.sends.append(Outgoing(svc.dead_letter, record.key,
                                        dead_letter_record(record, reason, detail)))
         return plan
@@ -244,7 +246,8 @@ class Processor:
         plan = Plan(event_type="invalid", status="invalid")
         plan.sends.append(Outgoing(self.service.dead_letter, record.key,
                                    dead_letter_record(record, reason, detail)))
-        plan.status = f"invalid:{reason}"
+        plan.status = "invalid"
+        plan.reason = reason
         return plan
 
     # -- execution ---------------------------------------------------------------------
@@ -287,14 +290,12 @@ class Processor:
         """Update metrics for a processed record."""
         m = self.metrics
         m.events_consumed.labels(record.topic, plan.event_type).inc()
-        if plan.status.startswith("invalid:"):
-            m.invalid_events.labels(plan.status.split(":", 1)[1]).inc()
+        if plan.status in ("invalid", "rejected"):
+            m.invalid_events.labels(plan.reason or plan.status).inc()
         elif plan.status == "duplicate":
             m.duplicates.inc()
         elif plan.status == "rekeyed":
             m.rekeyed.labels(record.topic).inc()
-        elif plan.status == "rejected":
-            m.invalid_events.labels("rejected").inc()
         elif plan.status == "applied":
             m.events_applied.labels(plan.event_type).inc()
         m.observe_effects(plan.effects)

@@ -1,0 +1,299 @@
+"""Run real ``loyalty worker`` subprocesses against the real broker, for service tests.
+
+Each :class:`ServiceEnv` has its own app id (consumer group and changelog
+prefix), topic names, data directories and web ports, so tests never share
+state with each other or with concurrent runs on the same broker. Settings
+reach the worker only through ``LOYALTY_*`` environment variables, exactly as
+in production.
+
+The test policy sets ``allowed_lateness_days`` to 60 and the synthetic
+population spans 45 days: the fold is then independent of the order in which
+the worker consumes the four input topics (Kafka orders records only within
+one partition of one topic), so HTTP snapshots must equal ``replay`` of the
+file whatever the interleaving, restarts or rebalances.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+LOYALTY = [sys.executable, "-m", "streams.cli"]
+AS_OF = datetime(2026, 1, 1, tzinfo=UTC)
+AS_OF_TEXT = "2026-01-01T00:00:00Z"
+LATENESS_DAYS = 60
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Worker:
+    """One ``loyalty worker`` subprocess."""
+
+    env: ServiceEnv
+    index: int
+    port: int
+    data_dir: Path
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_path = self.env.tmp / f"worker-{self.index}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Worker:
+        env = {**os.environ, **self.env.env, "LOYALTY_WEB_PORT": str(self.port),
+               "LOYALTY_DATA_DIR": str(self.data_dir), "PYTHONUNBUFFERED": "1"}
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([*LOYALTY, "worker", "--loglevel", "warning"], cwd=REPO,
+                                     env=env, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        return self
+
+    def wait_ready(self, timeout: float = 90.0) -> dict[str, Any]:
+        """Wait until /health answers and the worker owns partitions."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._check_alive()
+            try:
+                health = self.get_json("/health")
+                if health.get("owned_partitions"):
+                    return health
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.5)
+        raise AssertionError(f"worker {self.index} not ready in {timeout}s; log tail:\n"
+                             + self.log_tail())
+
+    def _check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"worker {self.index} exited with {self.proc.returncode}:\n"
+                                 + self.log_tail())
+
+    def get(self, path: str, headers: dict[str, str] | None = None,
+            timeout: float = 10.0) -> tuple[int, bytes]:
+        req = urllib.request.Request(self.url + path, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def get_json(self, path: str, **kw: Any) -> Any:
+        status, body = self.get(path, **kw)
+        if status != 200:
+            raise ValueError(f"{path}: HTTP {status} {body[:200]!r}")
+        return json.loads(body)
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Graceful stop (SIGTERM), SIGKILL if it hangs."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def kill(self) -> None:
+        """kill -9: no flush, no commit, no cleanup."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def log_tail(self, n: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return "(no log)"
+
+
+class ServiceEnv:
+    """Unique names, topics and directories for one test's service."""
+
+    def __init__(self, bootstrap: str, tmp: Path, *, sweep_interval_s: float = 5.0,
+                 extra_env: dict[str, str] | None = None) -> None:
+        self.bootstrap = bootstrap
+        self.tmp = tmp
+        self.name = f"svc-{uuid.uuid4().hex[:10]}"
+        self.policy_file = tmp / "policy.json"
+        self.policy_file.write_text(json.dumps(
+            {"defaults": {"allowed_lateness_days": LATENESS_DAYS}}))
+        n = self.name
+        self.env: dict[str, str] = {
+            "LOYALTY_BROKER": f"kafka://{bootstrap}",
+            "LOYALTY_APP_ID": n,
+            "LOYALTY_POLICY_FILE": str(self.policy_file),
+            "LOYALTY_SWEEP_INTERVAL_S": str(sweep_interval_s),
+            "LOYALTY_WEB_HOST": "127.0.0.1",
+            "LOYALTY_TOPIC_PURCHASES": f"{n}.purchases",
+            "LOYALTY_TOPIC_VISITS": f"{n}.visits",
+            "LOYALTY_TOPIC_FEEDBACK": f"{n}.feedback",
+            "LOYALTY_TOPIC_REDEMPTIONS": f"{n}.redemptions",
+            "LOYALTY_TOPIC_TRANSITIONS": f"{n}.stage-transitions",
+            "LOYALTY_TOPIC_REWARDS": f"{n}.rewards",
+            "LOYALTY_TOPIC_SCORES": f"{n}.scores",
+            "LOYALTY_TOPIC_DEAD_LETTER": f"{n}.dead-letter",
+            "LOYALTY_TOPIC_CLV_PARAMS": f"{n}.clv-params",
+            **(extra_env or {}),
+        }
+        self.workers: list[Worker] = []
+
+    def settings(self) -> Any:
+        """The Settings a worker of this env sees."""
+        from streams.settings import Settings
+
+        kw = {k[len("LOYALTY_"):].lower(): v for k, v in self.env.items()}
+        return Settings(**kw)
+
+    def policies(self) -> Any:
+        from schemas.policy import PolicyBook
+
+        return PolicyBook.load(self.policy_file)
+
+    def worker(self, index: int | None = None) -> Worker:
+        """A new (not started) worker with its own data dir and port."""
+        index = len(self.workers) if index is None else index
+        w = Worker(self, index, free_port(), self.tmp / f"data-{index}")
+        self.workers.append(w)
+        return w
+
+    def create_topics(self) -> None:
+        from streams.app import all_topic_specs
+        from streams.topics import ensure_topics
+
+        asyncio.run(ensure_topics(self.bootstrap, all_topic_specs(self.settings())))
+
+    def produce(self, records: Iterable[Any], rate: float | None = None) -> int:
+        """Produce synthetic records with *their* keys (misrouted ones stay wrong)."""
+        from streams.commands.produce import produce_records
+        from streams.topics import input_topic_for_event_type
+
+        s = self.settings()
+
+        def topic(r: Any) -> str:
+            try:
+                return input_topic_for_event_type(s, r.event_type)
+            except (ValueError, TypeError):
+                return s.topic_purchases
+
+        triples = [(topic(r), r.key, r.value) for r in records]
+        return asyncio.run(produce_records(s, triples, rate=rate, show_progress=False))
+
+    def read_topic(self, topic: str, timeout: float = 5.0) -> list[Any]:
+        """Every record currently in ``topic`` (from the beginning)."""
+        from aiokafka import AIOKafkaConsumer
+
+        async def read() -> list[Any]:
+            c = AIOKafkaConsumer(topic, bootstrap_servers=self.bootstrap,
+                                 auto_offset_reset="earliest", enable_auto_commit=False,
+                                 group_id=None)
+            await c.start()
+            out: list[Any] = []
+            try:
+                idle_until = time.monotonic() + timeout
+                while time.monotonic() < idle_until:
+                    batch = await c.getmany(timeout_ms=500)
+                    for msgs in batch.values():
+                        out.extend(msgs)
+                        idle_until = time.monotonic() + 1.5
+            finally:
+                await c.stop()
+            return out
+
+        return asyncio.run(read())
+
+    def stop_all(self) -> None:
+        for w in self.workers:
+            w.stop(timeout=20)
+
+
+def expected_snapshots(env: ServiceEnv, records: Iterable[Any]) -> list[dict[str, Any]]:
+    """``loyalty replay`` of the records' lines at :data:`AS_OF` (no CLV model)."""
+    from scoring.replay import replay
+    from streams import synthetic
+
+    return replay(synthetic.lines(records), policies=env.policies(), as_of=AS_OF,
+                  with_clv=False)
+
+
+def served_snapshots(worker: Worker, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Any]:
+    """HTTP snapshot per (shop, customer) at :data:`AS_OF`; ``None`` for non-200."""
+    from urllib.parse import quote
+
+    out = {}
+    for shop, cust in keys:
+        status, body = worker.get(f"/customers/{quote(shop)}/{quote(cust, safe='')}"
+                                  f"?as_of={AS_OF_TEXT}")
+        out[(shop, cust)] = json.loads(body) if status == 200 else None
+    return out
+
+
+def mismatches(expected: list[dict[str, Any]], served: dict[tuple[str, str], Any]) -> list[str]:
+    """Human-readable differences between replay and the service (empty: equal)."""
+    diffs = []
+    for snap in expected:
+        key = (snap["shop_id"], snap["customer_id"])
+        got = served.get(key)
+        if got is None:
+            diffs.append(f"{key}: missing")
+        elif got != snap:
+            fields = {k: (snap[k], got.get(k)) for k in snap if got.get(k) != snap[k]}
+            diffs.append(f"{key}: {fields}")
+    return diffs
+
+
+def wait_equal(worker: Worker, expected: list[dict[str, Any]], timeout: float = 120.0,
+               alive: Callable[[], None] | None = None) -> float:
+    """Poll until every served snapshot equals ``expected``; returns seconds waited."""
+    started = time.monotonic()
+    keys = [(s["shop_id"], s["customer_id"]) for s in expected]
+    diffs: list[str] = []
+    while time.monotonic() - started < timeout:
+        worker._check_alive()
+        if alive:
+            alive()
+        diffs = mismatches(expected, served_snapshots(worker, keys))
+        if not diffs:
+            return time.monotonic() - started
+        time.sleep(1.0)
+    raise AssertionError(f"{len(diffs)} of {len(expected)} snapshots differ after {timeout}s, "
+                         f"e.g.:\n" + "\n".join(diffs[:5]) + "\nworker log:\n"
+                         + worker.log_tail(30))
+
+
+def metric_samples(worker: Worker) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """``/metrics`` parsed by prometheus_client: {(sample name, labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, body = worker.get("/metrics")
+    assert status == 200
+    out = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
