@@ -7,6 +7,7 @@ windows, recency, tenure) are UTC day numbers since 1970-01-01.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 US_PER_DAY = 86_400_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -35,10 +36,15 @@ def rfc3339(us: int | None) -> str | None:
     """RFC 3339 in UTC with a ``Z``; microseconds only when non-zero."""
     if us is None:
         return None
+    return _rfc3339(us)
+
+
+@lru_cache(maxsize=1 << 16)  # the same instants are formatted again on every re-fold
+def _rfc3339(us: int) -> str:
     dt = from_us(us)
-    if dt.microsecond:
-        return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    base = (f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T"
+            f"{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}")
+    return f"{base}.{dt.microsecond:06d}Z" if dt.microsecond else f"{base}Z"
 
 
 def parse_instant(text: str) -> datetime:

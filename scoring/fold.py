@@ -275,23 +275,43 @@ def fold_open(state: CustomerState, policy: ShopPolicy, until_us: int | None = N
     ctx = _Ctx(state.shop_id, state.customer_id, policy)
     agg = state.ckpt.copy()
     out: list[_Eff] = []
-    ckpt_new, retired = state.ckpt, 0
     for rec in state.buf:
         if until_us is not None and rec[0] > until_us:
             break
         apply_record(agg, rec, ctx, out)
-        if retire_before is not None and rec[0] < retire_before:
-            retired += 1
-    if retired:
-        # Re-run only the finalized prefix on a fresh copy: cheap, and keeps the
-        # head and the new checkpoint independent values.
-        ckpt_new = state.ckpt.copy()
-        scratch: list[_Eff] = []
-        for rec in state.buf[:retired]:
-            apply_record(ckpt_new, rec, ctx, scratch)
     if until_us is not None:
         advance_time(agg, until_us, ctx, out)
-    return agg, out, ckpt_new, retired
+    retired = _count_before(state.buf, retire_before) if retire_before is not None else 0
+    return agg, out, _finalize(state, retired, ctx), retired
+
+
+def _count_before(buf: list[list], ts: int) -> int:
+    n = 0
+    for rec in buf:
+        if rec[0] >= ts:
+            break
+        n += 1
+    return n
+
+
+def _finalize(state: CustomerState, n: int, ctx: _Ctx) -> Agg:
+    """The finalized aggregate after the ``n`` oldest buffered events (a new value)."""
+    if not n:
+        return state.ckpt
+    ckpt = state.ckpt.copy()
+    scratch: list[_Eff] = []
+    for rec in state.buf[:n]:
+        apply_record(ckpt, rec, ctx, scratch)
+    return ckpt
+
+
+def cached_head(state: CustomerState, policy: ShopPolicy) -> Agg | None:
+    """The in-memory re-fold as of ``state.clock`` if this object has one for ``policy``.
+
+    Callers must copy it before mutating: it is shared with the state.
+    """
+    head = state.head
+    return head[1] if head is not None and head[0] is policy else None  # type: ignore[return-value]
 
 
 def _next_due(head: Agg, policy: ShopPolicy) -> int | None:
@@ -331,6 +351,23 @@ def _publish(old: CustomerState, truth: list[_Eff], frontier: int | None) -> tup
 
 def _totals(head: Agg) -> list[int]:
     return [head.earned, head.redeemed, head.expired, head.clawed]
+
+
+def _publish_appended(old: CustomerState, new_effects: list[_Eff]) -> tuple[list[dict], dict[int, list]]:
+    """Fast-path diff: history before the new event is unchanged, so only the
+    new effects need comparing (no restatement of older ones, no voids)."""
+    emitted = dict(old.emitted)
+    out: list[dict] = []
+    for eid, at, kind, eff in new_effects:
+        dg = fx.digest(eff)
+        before = emitted.get(eid)
+        if before is None:
+            out.append(eff)
+        elif before[0] != dg:
+            eff["restated"] = True
+            out.append(eff)
+        emitted[eid] = [dg, at, kind]
+    return out, emitted
 
 
 def _points_delta(before: list[int], after: list[int]) -> dict[str, int]:
@@ -377,8 +414,23 @@ def apply(state: CustomerState | None, event: Event, policy: ShopPolicy) -> Outc
     if state.frontier is not None:
         frontier = max(frontier, state.frontier)
 
-    head, truth, ckpt_new, retired = fold_open(new, policy, new.clock, retire_before=frontier)
-    effects, emitted = _publish(state, truth, state.frontier)
+    cached = cached_head(state, policy)
+    last = state.buf[-1] if state.buf else None
+    if cached is not None and state.clock is not None and ts >= state.clock and (
+            last is None or (ts, rec[1]) > (last[0], last[1])):
+        # In-order arrival: the truth is the previous truth plus this event.
+        # Exactly what the full re-fold below computes (time advanced to the
+        # clock and then to ts is time advanced to ts), at the cost of one event.
+        ctx = _Ctx(state.shop_id, state.customer_id, policy)
+        head = cached.copy()
+        appended: list[_Eff] = []
+        apply_record(head, rec, ctx, appended)
+        effects, emitted = _publish_appended(state, appended)
+        retired = _count_before(new.buf, frontier)
+        ckpt_new = _finalize(new, retired, ctx)
+    else:
+        head, truth, ckpt_new, retired = fold_open(new, policy, new.clock, retire_before=frontier)
+        effects, emitted = _publish(state, truth, state.frontier)
 
     new.ckpt = ckpt_new
     new.buf = new.buf[retired:]
@@ -392,6 +444,7 @@ def apply(state: CustomerState | None, event: Event, policy: ShopPolicy) -> Outc
     new.stage = head.stage
     new.next_due = _next_due(head, policy)
     new.totals = _totals(head)
+    new.head = (policy, head)
     return Outcome(new, APPLIED, True, effects, stage_before=state.stage, stage_after=new.stage,
                    points=_points_delta(state.totals, new.totals))
 
@@ -404,8 +457,15 @@ def advance(state: CustomerState, now_us: int, policy: ShopPolicy) -> Outcome:
     """
     if state.clock is None or now_us <= state.clock or state.next_due is None or now_us < state.next_due:
         return Outcome(state, APPLIED, False, stage_before=state.stage, stage_after=state.stage)
-    head, truth, _, _ = fold_open(state, policy, now_us)
-    effects, emitted = _publish(state, truth, state.frontier)
+    cached = cached_head(state, policy)
+    if cached is not None:
+        head = cached.copy()
+        later: list[_Eff] = []
+        advance_time(head, now_us, _Ctx(state.shop_id, state.customer_id, policy), later)
+        effects, emitted = _publish_appended(state, later)
+    else:
+        head, truth, _, _ = fold_open(state, policy, now_us)
+        effects, emitted = _publish(state, truth, state.frontier)
     new = CustomerState(state.shop_id, state.customer_id)
     new.ckpt, new.buf, new.seen = state.ckpt, state.buf, state.seen
     new.max_ts, new.frontier = state.max_ts, state.frontier
@@ -414,17 +474,14 @@ def advance(state: CustomerState, now_us: int, policy: ShopPolicy) -> Outcome:
     new.stage = head.stage
     new.next_due = _next_due(head, policy)
     new.totals = _totals(head)
+    new.head = (policy, head)
     return Outcome(new, APPLIED, True, effects, stage_before=state.stage, stage_after=new.stage,
                    points=_points_delta(state.totals, new.totals))
 
 
 def _force_finalize(state: CustomerState, policy: ShopPolicy, n: int) -> int:
     """Finalize the ``n`` oldest buffered events early (buffer cap); returns the new frontier."""
-    ctx = _Ctx(state.shop_id, state.customer_id, policy)
-    ckpt = state.ckpt.copy()
-    for rec in state.buf[:n]:
-        apply_record(ckpt, rec, ctx, [])
-    state.ckpt = ckpt
+    state.ckpt = _finalize(state, n, _Ctx(state.shop_id, state.customer_id, policy))
     frontier = state.buf[n - 1][0] + 1
     state.buf = state.buf[n:]
     return frontier

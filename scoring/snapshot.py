@@ -16,7 +16,7 @@ from typing import Any
 from schemas.policy import ShopPolicy
 from scoring.aggregate import Agg
 from scoring.clock import day_of, rfc3339, to_us
-from scoring.fold import fold_open
+from scoring.fold import _Ctx, advance_time, cached_head, fold_open
 from scoring.ltv import ltv_formula
 from scoring.rewards import spend_in_window, tier_on
 from scoring.stages import loyalty_type, mean_interpurchase, purchase_days_in_window, stage_on
@@ -35,6 +35,11 @@ def head_as_of(state: CustomerState, as_of_us: int, policy: ShopPolicy) -> Agg:
         raise AsOfTooEarly(
             f"as_of {rfc3339(as_of_us)} is before {rfc3339(state.ckpt.t_us)}, the end of this "
             "customer's finalized history; ask for a later instant")
+    cached = cached_head(state, policy)
+    if cached is not None and state.clock is not None and as_of_us >= state.clock:
+        head = cached.copy()
+        advance_time(head, as_of_us, _Ctx(state.shop_id, state.customer_id, policy), [])
+        return head
     head, _, _, _ = fold_open(state, policy, as_of_us)
     return head
 

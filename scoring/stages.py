@@ -33,9 +33,11 @@ def mean_interpurchase(agg: Agg) -> Fraction | None:
     return Fraction(span, agg.purchase_days - 1)
 
 
-def _at_risk_threshold(agg: Agg, policy: ShopPolicy) -> Fraction:
-    mip = mean_interpurchase(agg)
-    return max(Fraction(policy.at_risk_min_days), policy.at_risk_interval_factor * mip)  # type: ignore[operator]
+def _at_risk_days(agg: Agg, policy: ShopPolicy) -> int:
+    """floor(max(60, 2 x mean_interpurchase_days)); for an integer recency,
+    ``recency > threshold`` is exactly ``recency > floor(threshold)``."""
+    span = day_of(agg.last_purchase_us) - day_of(agg.first_purchase_us)  # type: ignore[arg-type]
+    return max(policy.at_risk_min_days, policy.at_risk_interval_factor * span // (agg.purchase_days - 1))
 
 
 def stage_on(agg: Agg, day: int, policy: ShopPolicy) -> str:
@@ -45,7 +47,7 @@ def stage_on(agg: Agg, day: int, policy: ShopPolicy) -> str:
     recency = day - day_of(agg.last_purchase_us)  # type: ignore[arg-type]
     if recency > policy.lapsed_days:
         return LAPSED
-    if agg.purchase_days >= 2 and recency > _at_risk_threshold(agg, policy):
+    if agg.purchase_days >= 2 and recency > _at_risk_days(agg, policy):
         return AT_RISK
     in_window = purchase_days_in_window(agg, day, policy.attached_window_days)
     if in_window >= policy.attached_min_purchase_days:
@@ -71,8 +73,7 @@ def change_days(agg: Agg, after_day: int, through_day: int, policy: ShopPolicy) 
     cands = {last + policy.lapsed_days + 1,
              day_of(agg.first_seen_us) + policy.loyal_min_tenure_days}  # type: ignore[arg-type]
     if agg.purchase_days >= 2:
-        thr = _at_risk_threshold(agg, policy)
-        cands.add(last + thr.numerator // thr.denominator + 1)
+        cands.add(last + _at_risk_days(agg, policy) + 1)
     w = policy.attached_window_days
     for p in agg.pdays[bisect_right(agg.pdays, after_day - w):]:
         cands.add(p + w)

@@ -48,7 +48,7 @@ class StateFormatError(ValueError):
 
 class CustomerState:
     __slots__ = ("shop_id", "customer_id", "ckpt", "buf", "seen", "emitted", "max_ts",
-                 "frontier", "clock", "stage", "next_due", "totals")
+                 "frontier", "clock", "stage", "next_due", "totals", "head")
 
     def __init__(self, shop_id: str, customer_id: str) -> None:
         self.shop_id = shop_id
@@ -63,6 +63,10 @@ class CustomerState:
         self.stage: str | None = None
         self.next_due: int | None = None
         self.totals = [0, 0, 0, 0]  # head points earned, redeemed, expired, clawed back (metrics)
+        # Not serialized: (policy, Agg) = the re-fold as of ``clock`` under that
+        # policy object, kept while the object lives so that in-order events
+        # need not re-fold the buffer. A decoded state starts without it.
+        self.head: tuple[object, object] | None = None
 
     @property
     def key(self) -> str:
@@ -86,6 +90,7 @@ class CustomerState:
             (_, new.shop_id, new.customer_id, ckpt, new.buf, seen, emitted, new.max_ts,
              new.frontier, new.clock, new.stage, new.next_due, new.totals) = raw
             new.ckpt = Agg.from_list(ckpt)
+            new.head = None
             new.seen = {row[0]: row[1:] for row in seen}
             new.emitted = {row[0]: row[1:] for row in emitted}
         except StateFormatError:

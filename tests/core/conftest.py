@@ -14,7 +14,11 @@ from tests.core.factory import parse
 class Customer:
     """Feeds events through the fold the way the service does (state encoded between events)."""
 
-    def __init__(self, policies: PolicyBook | None = None) -> None:
+    def __init__(self, policies: PolicyBook | None = None, *, keep_objects: bool = False) -> None:
+        # keep_objects=False round-trips the state through its encoding after
+        # every event, as the service's changelog table does (full re-fold path);
+        # True keeps the live object, as replay does (in-order fast path).
+        self.keep_objects = keep_objects
         self.policies = policies or PolicyBook()
         self.state = None
         self.effects: list[dict[str, Any]] = []
@@ -29,7 +33,7 @@ class Customer:
             self.outcomes.append(out)
             self.effects.extend(out.effects)
             if out.changed:
-                self.state = CustomerState.decode(out.state.encode())
+                self.state = out.state if self.keep_objects else CustomerState.decode(out.state.encode())
         return self
 
     def snap(self, as_of: datetime | None = None) -> dict[str, Any]:
