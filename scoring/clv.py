@@ -73,6 +73,11 @@ MIN_GG_CUSTOMERS = 10
 # evaluation finite.  An estimate on a bound means the data do not identify that
 # parameter (e.g. no observed drop-out drives b -> infinity); it is returned as is.
 _LOG_LO, _LOG_HI = -20.0, 20.0
+# Slope of the quadratic wall that extends the objective beyond those bounds for the
+# unconstrained optimiser, and the gradient (of the mean log-likelihood) accepted as
+# converged.
+_WALL = 1e3
+_GTOL_ACCEPT = 1e-7
 # |a - 1| (and, for x = 0, |a + b - 1|) below this are removable singularities of the
 # hypergeometric form of the conditional expectation; the value there is interpolated
 # from both sides (only on the z > 1/2 path; the series path has no singularity).
@@ -444,30 +449,56 @@ def gamma_gamma_log_likelihood(params: GammaGammaParams, x: Any, m: Any) -> np.n
 
 
 def _minimise(fun: Any, theta0: np.ndarray) -> optimize.OptimizeResult:
-    """Minimise a smooth mean-negative-log-likelihood over log-parameters.
+    """Minimise a smooth mean-negative-log-likelihood ``fun -> (value, gradient)`` over
+    log-parameters; returns a result whose ``x`` lies in the box [_LOG_LO, _LOG_HI].
 
-    L-BFGS-B with the analytic gradient; tolerances are tight because the objective is
-    a *mean* (O(1)), so 1e-14 relative is far below the statistical error yet well
-    above rounding noise.  If L-BFGS-B stops abnormally (typically a line search
-    failing in the flat valley near the optimum) a Nelder-Mead polish followed by a
-    second L-BFGS-B run is tried; the best point wins.
+    Primary: BFGS with the analytic gradient on an unconstrained extension of the
+    objective (outside the box: the value at the clipped point plus a steep quadratic
+    wall), accepted when the final gradient is below _GTOL_ACCEPT.  The objective is
+    a *mean* (O(1)), so that threshold is far below the statistical error yet above
+    rounding noise.  BFGS rather than L-BFGS-B because L-BFGS-B's many tiny BLAS/LAPACK
+    calls wake a multi-threaded BLAS each iteration, which on a busy 2-core machine
+    made it 3-5x slower than BFGS for the same iterations.
+    Fallback (BFGS not converged): L-BFGS-B from the best point so far, then a
+    Nelder-Mead polish and L-BFGS-B again if that still stops abnormally; the best
+    point wins.  Raises ValueError if no finite optimum is found.
     """
-    bounds = [(_LOG_LO, _LOG_HI)] * len(theta0)
-    opts = {"maxiter": 5000, "ftol": 1e-14, "gtol": 1e-9, "maxcor": 5}
-    best = optimize.minimize(fun, theta0, jac=True, method="L-BFGS-B", bounds=bounds, options=opts)
-    if not best.success:
-        nm = optimize.minimize(
-            lambda th: fun(th)[0], best.x, method="Nelder-Mead", bounds=bounds,
-            options={"xatol": 1e-10, "fatol": 1e-15, "maxiter": 20000, "maxfev": 20000},
-        )
-        again = optimize.minimize(
-            fun, nm.x, jac=True, method="L-BFGS-B", bounds=bounds, options=opts
-        )
-        for cand in (nm, again):
-            if np.isfinite(cand.fun) and cand.fun < best.fun:
-                best = cand
+    lo, hi = _LOG_LO, _LOG_HI
+
+    def walled(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        th = np.clip(theta, lo, hi)
+        out = theta - th
+        f, g = fun(th)
+        return f + _WALL * float(np.sum(out * out)), g + 2.0 * _WALL * out
+
+    def gnorm(res: optimize.OptimizeResult) -> float:
+        f, g = walled(res.x)
+        return float(np.max(np.abs(g))) if np.isfinite(f) else math.inf
+
+    best = optimize.minimize(
+        walled, theta0, jac=True, method="BFGS", options={"gtol": 1e-11, "maxiter": 2000}
+    )
+    if not (np.isfinite(best.fun) and gnorm(best) <= _GTOL_ACCEPT):
+        start = best.x if np.all(np.isfinite(best.x)) and np.isfinite(best.fun) else theta0
+        bounds = [(lo, hi)] * len(theta0)
+        opts = {"maxiter": 5000, "ftol": 1e-14, "gtol": 1e-9}
+        cands = [best, optimize.minimize(
+            fun, np.clip(start, lo, hi), jac=True, method="L-BFGS-B", bounds=bounds, options=opts
+        )]
+        if not cands[-1].success:
+            nm = optimize.minimize(
+                lambda th: fun(th)[0], cands[-1].x, method="Nelder-Mead", bounds=bounds,
+                options={"xatol": 1e-10, "fatol": 1e-15, "maxiter": 20000, "maxfev": 20000},
+            )
+            cands += [nm, optimize.minimize(
+                fun, nm.x, jac=True, method="L-BFGS-B", bounds=bounds, options=opts
+            )]
+        finite = [c for c in cands if np.isfinite(c.fun) and np.all(np.isfinite(c.x))]
+        if finite:
+            best = min(finite, key=lambda c: float(c.fun))
     if not (np.isfinite(best.fun) and np.all(np.isfinite(best.x))):
         raise ValueError(f"likelihood maximisation failed: {best.message}")
+    best.x = np.clip(best.x, lo, hi)
     return best
 
 
