@@ -36,6 +36,7 @@ hypergeometric form (see :func:`expected_purchases`).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -44,7 +45,7 @@ from fractions import Fraction
 from typing import Any
 
 import numpy as np
-from scipy import optimize, special
+from scipy import integrate, optimize, special
 
 __all__ = [
     "BgNbdParams",
@@ -86,6 +87,9 @@ _EDGE = 1e-6
 # roughly like z^n, so ~60 terms at 1/2), and its iteration cap.
 _SERIES_Z = 0.5
 _SERIES_MAX_TERMS = 2000
+# cap when the series stands in for an untrusted hyp2f1 at z > 1/2 (z = 0.99 needs ~4e3)
+_SERIES_MAX_TERMS_FAR = 20000
+_EPS = 2.220446049250313e-16
 
 
 # --------------------------------------------------------------------------- params
@@ -190,6 +194,10 @@ class ShopModel:
     def __post_init__(self) -> None:
         if self.unit_days not in (1, 7):
             raise ValueError(f"unit_days must be 1 or 7, got {self.unit_days!r}")
+        if self.gamma_gamma is not None and self.gamma_gamma.q <= 1.0:
+            # fit_shop never stores one; rejecting it here keeps score() total (its
+            # posterior-mean denominator p*x + q - 1 could otherwise be <= 0)
+            raise ValueError("a Gamma-Gamma model needs q > 1 (finite mean spend)")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (only str/int/float/None/dict values)."""
@@ -627,7 +635,10 @@ def _future_core(r: float, alpha: float, a: float, b: float, t: float, x: float,
     Summing C*S directly has no removable singularity left: neither a == 1 (A == 0)
     nor, for x == 0, a+b == 1 (C == 0) needs special treatment, and no 1 - F
     cancellation occurs.  The series is used for z <= 1/2 (fast convergence); beyond,
-    scipy's hyp2f1 is used (see :func:`_future_core_hyp`).
+    or if the series is unusable (see :func:`_cs_series`), scipy's hyp2f1 is used (see
+    :func:`_future_core_hyp`).  Should that come out non-finite too -- only for
+    degenerate parameters such as r ~ 1e6, which tiny or pathological shops can produce
+    -- the expectation is integrated numerically (:func:`_future_core_quad`).
     """
     if t <= 0.0:
         return 0.0
@@ -637,36 +648,96 @@ def _future_core(r: float, alpha: float, a: float, b: float, t: float, x: float,
     # where the difference of two logs would cancel
     log1mz = -math.log1p(t / (alpha + T))
     u = A * log1mz
+    phi = math.expm1(u) / u if u != 0.0 else 1.0
     if z <= _SERIES_Z:
-        cs = _cs_series(A, B, C, z)
+        cs = _cs_series(A, B, C, z, _SERIES_MAX_TERMS)
         if cs is not None:
-            phi = math.expm1(u) / u if u != 0.0 else 1.0
             return -C * log1mz * phi - math.exp(u) * cs
-    return _future_core_hyp(A, B, C, z, log1mz, b)
+        v = _future_core_hyp(A, B, C, z, log1mz, b)
+    else:
+        v = _future_core_hyp(A, B, C, z, log1mz, b)
+        if not math.isfinite(v):
+            # hyp2f1 untrusted here (e.g. a ~ 1 with large C): the series still
+            # converges for z < 1, only more slowly (~1e3 terms at z = 0.97)
+            cs = _cs_series(A, B, C, z, _SERIES_MAX_TERMS_FAR)
+            if cs is not None:
+                return -C * log1mz * phi - math.exp(u) * cs
+    if math.isfinite(v):
+        return v
+    return _future_core_quad(r, alpha, a, b, t, x, T)
 
 
-def _cs_series(A: float, B: float, C: float, z: float) -> float | None:
-    """C * (2F1(A,B;C;z) - 1) / A by its power series; None if not converged."""
+def _cs_series(A: float, B: float, C: float, z: float, max_terms: int) -> float | None:
+    """C * (2F1(A,B;C;z) - 1) / A by its power series; None if unusable.
+
+    Stops once a term is negligible *and* the terms are shrinking for good: the term
+    ratio (A+n)(B+n)z/((C+n)(n+1)) is below 1 and n > A+B-C-1 (beyond which, with
+    z <= 1/2, it stays below 1; for z > 1/2 it approaches z < 1 from either side).
+    Returns None if that takes more than ``max_terms`` terms, or if the partial sums cancelled so much (largest term
+    > 1e8 x the sum, i.e. r so large that B ~ -r and the terms alternate with huge
+    magnitude) that fewer than ~8 digits would be left.
+    """
     term = B * z
     total = term
+    biggest = abs(term)
     n = 1
-    # Terms may change sign while n < -B; only stop once past that and negligible.
-    while n < _SERIES_MAX_TERMS:
-        term *= (A + n) * (B + n) * z / ((C + n) * (n + 1))
+    settle = A + B - C - 1.0
+    while n < max_terms:
+        ratio = (A + n) * (B + n) * z / ((C + n) * (n + 1))
+        term *= ratio
         total += term
+        biggest = max(biggest, abs(term))
         n += 1
-        if n > -B and abs(term) <= 1e-17 * abs(total):
+        if abs(term) <= 1e-17 * abs(total) and abs(ratio) < 1.0 and n > settle:
+            if biggest > 1e8 * abs(total) or not math.isfinite(total):
+                return None
             return total
     return None
 
 
-def _future_core_hyp(A: float, B: float, C: float, z: float, log1mz: float, b: float) -> float:
-    """The bracket of :func:`_future_core` via scipy's hyp2f1, for z > 1/2.
+def _future_core_quad(
+    r: float, alpha: float, a: float, b: float, t: float, x: float, T: float
+) -> float:
+    """Last-resort evaluation of the conditional expectation by 1-D quadrature.
 
-    core = C/A * (-(e^u - 1) - e^u (F - 1)).  Here |ln(1-z)| > ln 2, so the rounding
-    error of F - 1 (about eps, amplified by C/A) stays small next to the first term unless
-    A is tiny.  The removable singularities A == 0 and (x == 0) C == 0 are interpolated
-    linearly from nodes at +-2*_EDGE, an error of O(_EDGE^2).
+    Given alive, lambda ~ Gamma(r+x, alpha+T) and p ~ Beta(a, b+x); integrating lambda
+    out analytically leaves E_p[(1 - (1 + p t/(alpha+T))^-(r+x)) / p], integrated with
+    QUADPACK's algebraic end-point weight p^(a-1) (1-p)^(b+x-1).  Slow (~1 ms) but
+    valid for any parameters; NaN if even this fails (score() then reports null).
+    """
+    k = t / (alpha + T)
+    rx = r + x
+
+    def g(p: float) -> float:
+        return rx * k if p == 0.0 else -math.expm1(-rx * math.log1p(p * k)) / p
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # accuracy warnings: the result is best effort
+        try:
+            v, _ = integrate.quad(
+                g, 0.0, 1.0, weight="alg", wvar=(a - 1.0, b + x - 1.0), limit=200
+            )
+        except (ValueError, ZeroDivisionError, OverflowError):
+            return math.nan
+    if not (math.isfinite(v) and v >= 0.0):
+        return math.nan
+    if v == 0.0:
+        return 0.0
+    # divide by B(a, b+x) in log space: the Beta function itself under/overflows here
+    e = math.log(v) - float(special.betaln(a, b + x))
+    return math.exp(e) if e < 709.0 else math.inf
+
+
+def _future_core_hyp(A: float, B: float, C: float, z: float, log1mz: float, b: float) -> float:
+    """The bracket of :func:`_future_core` via scipy's hyp2f1 (used for z > 1/2).
+
+    core = C/A * (-(e^u - 1) - e^u (F - 1)).  The rounding error of F - 1 (a few eps
+    times |F|) is amplified by |C/A|; the result is returned only if that error
+    estimate, with a 10x allowance for hyp2f1's own error, is below 1e-9 of the value
+    and the value is >= 0 -- otherwise NaN, so that the caller falls back to the series
+    or quadrature (this is what happens for a ~ 1 with large C, or degenerate
+    parameters).  The removable singularities A == 0 and (x == 0) C == 0 are
+    interpolated linearly from nodes at +-2*_EDGE, an error of O(_EDGE^2).
     """
     if abs(A) < _EDGE:
         # shifting a moves A, B and C together; nodes at 2*_EDGE are safely outside
@@ -683,7 +754,12 @@ def _future_core_hyp(A: float, B: float, C: float, z: float, log1mz: float, b: f
         return lo + (hi - lo) * (-lo_d) / (hi_d - lo_d)
     f = float(special.hyp2f1(A, B, C, z))
     u = A * log1mz
-    return C / A * (-math.expm1(u) - math.exp(u) * (f - 1.0))
+    eu = math.exp(u)
+    v = C / A * (-math.expm1(u) - eu * (f - 1.0))
+    err = abs(C / A) * eu * max(abs(f), 1.0) * 10.0 * _EPS
+    if not (math.isfinite(v) and v >= 0.0 and err <= 1e-9 * v):
+        return math.nan
+    return v
 
 
 def _p_alive_scalar(r: float, alpha: float, a: float, b: float, x: float, t_x: float, T: float) -> float:

@@ -605,3 +605,46 @@ def test_score_clv_rounds_half_even() -> None:
         if rate <= 1:
             got = clv.score(m, 0, 0, 0, 0, rate)["clv_365d"]
             assert got == (k if k % 2 == 0 else k + 1)
+
+
+def test_quadrature_fallback_agrees_with_closed_form() -> None:
+    # The last-resort quadrature (used only when series and hyp2f1 both fail) must
+    # compute the same quantity as the closed form where both work.
+    for par in (PAPER, BgNbdParams(2.0, 10.0, 1.5, 3.0), BgNbdParams(1.0, 5.0, 0.3, 0.7)):
+        for x, T, t in ((0, 0.0, 10.0), (3, 30.0, 52.0), (25, 39.0, 5.0)):
+            closed = clv._future_core(par.r, par.alpha, par.a, par.b, t, x, T)
+            quad = clv._future_core_quad(par.r, par.alpha, par.a, par.b, t, x, T)
+            assert quad == pytest.approx(closed, rel=1e-6)
+
+
+def test_shop_model_rejects_gamma_gamma_without_finite_mean() -> None:
+    with pytest.raises(ValueError, match="q > 1"):
+        ShopModel(PAPER, GammaGammaParams(2.0, 1.0, 10.0), 1, 1, 1, -1.0, -1.0, 7)
+
+
+extreme = st.floats(-20.0, 20.0).map(math.exp)  # the optimiser's whole parameter box
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    bg=st.builds(BgNbdParams, r=extreme, alpha=extreme, a=extreme, b=extreme),
+    p=extreme, q=st.floats(1.0001, 1e6), g=extreme,
+    T=st.integers(0, 20_000), data=st.data(),
+)
+def test_score_is_total_even_for_degenerate_models(
+    bg: BgNbdParams, p: float, q: float, g: float, T: int, data: st.DataObject
+) -> None:
+    """Tiny or pathological shops can yield parameters anywhere in the optimiser's box;
+    score() must still answer (a value or null), never raise, on every event."""
+    t_x = data.draw(st.integers(0, T))
+    x = 0 if t_x == 0 else data.draw(st.integers(1, min(t_x, 2000)))
+    spend = 0 if x == 0 else data.draw(st.integers(0, 10**9))
+    m = ShopModel(bg, GammaGammaParams(p, q, g), 1, 1, 1, -1.0, -1.0, data.draw(st.sampled_from([1, 7])))
+    out = clv.score(m, x, t_x, T, spend, Fraction(1, 3))
+    assert out["p_alive"] is None or 0.0 <= out["p_alive"] <= 1.0
+    e = out["expected_purchases_90d"]
+    assert e is None or (isinstance(e, float) and e >= 0.0)
+    assert out["expected_avg_value"] is None or isinstance(out["expected_avg_value"], int)
+    assert out["clv_365d"] is None or isinstance(out["clv_365d"], int)
+    json.dumps(out)
+
