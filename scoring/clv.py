@@ -6,9 +6,9 @@ Models
 ------
 * BG/NBD (Fader, Hardie & Lee 2005, "Counting your customers the easy way"): while
   alive, a customer makes purchases as a Poisson process with rate ``lambda ~
-  Gamma(r, alpha)``; after every purchase the customer drops out with probability
-  ``p ~ Beta(a, b)``.  Drop-out can only happen right after a purchase, so a customer
-  with no repeat purchase is alive with probability 1 by construction.
+  Gamma(shape r, rate alpha)``; right after every repeat purchase the customer drops
+  out with probability ``p ~ Beta(a, b)``.  A customer with no repeat purchase is
+  therefore alive with probability 1 by construction (a known limitation of BG/NBD).
 * Gamma-Gamma (Fader, Hardie & Lee 2005, "RFM and CLV"; Fader & Hardie 2013 note): the
   value of each repeat purchase is Gamma(p, nu) with ``nu ~ Gamma(q, gamma)``,
   independent of the purchase process.
@@ -30,7 +30,19 @@ expected spend comes out in minor units.
 Numerics: log-likelihoods are evaluated in log space with ``gammaln``/``betaln`` and a
 log-sum-exp for the two-term BG/NBD likelihood, so large ``x`` and ``T`` neither
 overflow nor underflow.  The conditional expectation uses the Euler-transformed
-hypergeometric form (see :func:`expected_purchases`).
+hypergeometric form summed as a series without removable singularities, with hyp2f1
+and quadrature fallbacks (see :func:`_future_core`); it agrees with independent
+quadrature to ~1e-8 relative or better.
+
+Speed: fitting is vectorised (identical rows merged, x-only gamma-function terms
+evaluated once per distinct x): ~0.05 s for the 23 570-customer CDNOW cohort and
+~0.1-0.2 s for 100 000 customers on a 2-core machine; :func:`score` takes ~10-15 us.
+
+Small or pathological shops (a handful of customers, nobody dropping out, identical
+histories) give legitimate but meaningless maximum-likelihood estimates far out in
+parameter space; fitting still succeeds and :func:`score` stays total (a quantity it
+cannot evaluate is reported as null), but callers should not trust models fitted on
+few repeat buyers.
 """
 
 from __future__ import annotations
