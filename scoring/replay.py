@@ -75,9 +75,18 @@ def fold_lines(lines: Iterable[bytes | str], *, policies: PolicyBook, as_of: dat
     return res
 
 
+MIN_CLV_CUSTOMERS = 50
+MIN_CLV_REPEAT_BUYERS = 20
+
+
 def fit_clv_models(heads: dict[tuple[str, str], Any], as_of_us: int, policies: PolicyBook,
-                   min_customers: int = 50) -> dict[str, Any]:
-    """Fit one BG/NBD + Gamma-Gamma model per shop as of A; shops that cannot be fitted get none."""
+                   min_customers: int = MIN_CLV_CUSTOMERS) -> dict[str, Any]:
+    """Fit one BG/NBD + Gamma-Gamma model per shop as of A; shops that cannot be fitted get none.
+
+    A shop needs ``min_customers`` buyers of whom ``MIN_CLV_REPEAT_BUYERS`` repeat:
+    with fewer, the likelihood is flat and the estimates are meaningless (a
+    handful of customers can give r ~ 1e6), so the fields stay null.
+    """
     from scoring import clv
 
     by_shop: dict[str, list[tuple[int, int, int, int]]] = {}
@@ -90,10 +99,12 @@ def fit_clv_models(heads: dict[tuple[str, str], Any], as_of_us: int, policies: P
     for shop, stats in by_shop.items():
         if len(stats) < min_customers:
             continue
+        if sum(1 for s in stats if s[0] > 0) < MIN_CLV_REPEAT_BUYERS:
+            continue
         try:
             models[shop] = clv.fit_shop(stats, unit_days=7)
         except ValueError:
-            continue  # e.g. no repeat buyers yet: fields stay null
+            continue  # not identifiable yet: fields stay null
     return models
 
 
