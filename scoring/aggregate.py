@@ -16,6 +16,7 @@ Everything else is a fixed number of counters.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 # Order entry slots.
@@ -100,3 +101,18 @@ class Agg:
         # Conservation (earned = balance + redeemed + expired + clawed) makes the
         # balance derivable in O(1); the property tests check it against the lots.
         return self.earned - self.redeemed - self.expired - self.clawed
+
+
+def orders_in_window(agg: Agg, day: int, window: int) -> Iterator[list]:
+    """Orders whose purchase date d satisfies ``day - window < d <= day``.
+
+    Orders are kept in canonical (date) order, so the scan walks back from the
+    newest and stops at the window's start.
+    """
+    lo = day - window
+    for order in reversed(agg.orders.values()):
+        d = order[O_DAY]
+        if d <= lo:
+            return
+        if d <= day:
+            yield order

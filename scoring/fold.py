@@ -441,12 +441,7 @@ def apply(state: CustomerState | None, event: Event, policy: ShopPolicy) -> Outc
     _prune_seen(new, policy)
     if retired:
         _prune_finalized(new.ckpt, policy)
-    new.stage = head.stage
-    new.next_due = _next_due(head, policy)
-    new.totals = _totals(head)
-    new.head = (policy, head)
-    return Outcome(new, APPLIED, True, effects, stage_before=state.stage, stage_after=new.stage,
-                   points=_points_delta(state.totals, new.totals))
+    return _applied(state, new, head, effects, policy)
 
 
 def advance(state: CustomerState, now_us: int, policy: ShopPolicy) -> Outcome:
@@ -471,12 +466,18 @@ def advance(state: CustomerState, now_us: int, policy: ShopPolicy) -> Outcome:
     new.max_ts, new.frontier = state.max_ts, state.frontier
     new.clock = now_us
     new.emitted = emitted
+    return _applied(state, new, head, effects, policy)
+
+
+def _applied(old: CustomerState, new: CustomerState, head: Agg, effects: list[dict],
+             policy: ShopPolicy) -> Outcome:
+    """Record the head's derived fields on ``new`` and report the change from ``old``."""
     new.stage = head.stage
     new.next_due = _next_due(head, policy)
     new.totals = _totals(head)
     new.head = (policy, head)
-    return Outcome(new, APPLIED, True, effects, stage_before=state.stage, stage_after=new.stage,
-                   points=_points_delta(state.totals, new.totals))
+    return Outcome(new, APPLIED, True, effects, stage_before=old.stage, stage_after=new.stage,
+                   points=_points_delta(old.totals, new.totals))
 
 
 def _force_finalize(state: CustomerState, policy: ShopPolicy, n: int) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 
-from scoring.aggregate import O_DAY, Agg
+from scoring.aggregate import Agg, orders_in_window
 
 
 def round_half_even(value: Fraction) -> int:
@@ -26,19 +26,6 @@ def margin_of(net: int, rate_num: int, rate_den: int) -> int:
     return round_half_even(Fraction(net * rate_num, rate_den))
 
 
-def orders_in_window(agg: Agg, day: int, window: int) -> int:
-    """Number of orders whose purchase date d satisfies ``day - window < d <= day``."""
-    lo = day - window
-    n = 0
-    for order in reversed(agg.orders.values()):  # canonical order = date order
-        d = order[O_DAY]
-        if d <= lo:
-            break
-        if d <= day:
-            n += 1
-    return n
-
-
 def ltv_formula(agg: Agg, day: int, tenure_days: int, shop_margin: Fraction, months: int) -> int:
     """DOMAIN.md's S x C x P x t, rounded half-even to an integer number of minor units.
 
@@ -50,6 +37,6 @@ def ltv_formula(agg: Agg, day: int, tenure_days: int, shop_margin: Fraction, mon
         return 0
     s = Fraction(agg.spend_total, agg.purchase_count)
     span = min(Fraction(12), Fraction((tenure_days + 1) * 10_000, 304_375))
-    c = Fraction(orders_in_window(agg, day, 365)) / max(Fraction(1), span)
+    c = Fraction(sum(1 for _ in orders_in_window(agg, day, 365))) / max(Fraction(1), span)
     p = Fraction(agg.margin_total, agg.spend_total) if agg.spend_total else shop_margin
     return round_half_even(s * c * p * months)

@@ -9,20 +9,21 @@ Conservation invariant (checked by property tests)::
 from __future__ import annotations
 
 from schemas.policy import ShopPolicy
-from scoring.aggregate import L_EXPIRES, L_ORDER, L_REMAINING, O_AMOUNT, O_DAY, O_REFUNDED, Agg
+from scoring.aggregate import (
+    L_EXPIRES,
+    L_ORDER,
+    L_REMAINING,
+    O_AMOUNT,
+    O_DAY,
+    O_REFUNDED,
+    Agg,
+    orders_in_window,
+)
 
 
 def spend_in_window(agg: Agg, day: int, window: int) -> int:
     """Net amount of orders whose purchase date d has ``day - window < d <= day``."""
-    lo = day - window
-    total = 0
-    for order in reversed(agg.orders.values()):  # canonical order = date order
-        d = order[O_DAY]
-        if d <= lo:
-            break
-        if d <= day:
-            total += order[O_AMOUNT] - order[O_REFUNDED]
-    return total
+    return sum(o[O_AMOUNT] - o[O_REFUNDED] for o in orders_in_window(agg, day, window))
 
 
 def tier_on(agg: Agg, day: int, policy: ShopPolicy) -> tuple[str, object, int]:

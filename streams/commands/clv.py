@@ -32,22 +32,18 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from schemas.codec import dumps_pretty
-    from schemas.policy import PolicyBook, PolicyError
     from scoring import clv
-    from scoring.clock import day_of, parse_instant, to_us
+    from scoring.clock import day_of, to_us
     from scoring.replay import fold_lines
     from scoring.snapshot import clv_inputs, head_as_of
+    from streams.commands._inputs import load_policies, open_events, parse_as_of
 
-    try:
-        policies = PolicyBook.load(args.policy)
-        as_of = parse_instant(args.as_of) if args.as_of else None
-    except (PolicyError, ValueError) as exc:
-        print(f"loyalty clv fit: {exc}", file=sys.stderr)
+    policies = load_policies("clv fit", args.policy)
+    as_of = parse_as_of("clv fit", args.as_of)
+    if policies is None or as_of is False:
         return 2
-    try:
-        src = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")  # noqa: SIM115
-    except OSError as exc:
-        print(f"loyalty clv fit: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+    src = open_events("clv fit", args.file)
+    if src is None:
         return 2
     with src:
         res = fold_lines(src, policies=policies, as_of=as_of)

@@ -29,26 +29,16 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from schemas.codec import dumps, dumps_pretty
-    from schemas.policy import PolicyBook, PolicyError
-    from scoring.clock import day_of, parse_instant
+    from scoring.clock import day_of
     from scoring.replay import fold_lines, snapshots
+    from streams.commands._inputs import load_policies, open_events, parse_as_of
 
-    try:
-        policies = PolicyBook.load(args.policy)
-    except PolicyError as exc:
-        print(f"loyalty replay: {exc}", file=sys.stderr)
+    policies = load_policies("replay", args.policy)
+    as_of = parse_as_of("replay", args.as_of)
+    if policies is None or as_of is False:
         return 2
-    as_of = None
-    if args.as_of:
-        try:
-            as_of = parse_instant(args.as_of)
-        except ValueError as exc:
-            print(f"loyalty replay: --as-of {args.as_of!r}: {exc}", file=sys.stderr)
-            return 2
-    try:
-        src = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")  # noqa: SIM115
-    except OSError as exc:
-        print(f"loyalty replay: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+    src = open_events("replay", args.file)
+    if src is None:
         return 2
     with src:
         res = fold_lines(src, policies=policies, as_of=as_of)
