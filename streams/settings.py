@@ -138,8 +138,8 @@ class Settings(BaseSettings):
     )
     topic_clv_params: str = Field(
         "loyalty.clv-params",
-        description="Default loyalty.clv-params. Fitted CLV model parameters per shop, "
-        "written by the periodic refit and read back by the workers.",
+        description="Default loyalty.clv-params. Output (compacted): fitted CLV model "
+        "parameters per shop, written by the periodic refit and read back by the workers.",
     )
 
     # --- Processing ------------------------------------------------------------------

@@ -69,8 +69,10 @@ class PartitionMismatch:
 def topic_specs(settings: Settings) -> list[TopicSpec]:
     """All project topics, inputs first, each with ``settings.partitions`` partitions.
 
-    Only ``topic_scores`` is compacted (it holds the latest snapshot per
-    customer); all others use time-based deletion.
+    ``topic_scores`` (latest snapshot per customer) and ``topic_clv_params``
+    (latest fitted model per shop, read from the beginning by every worker as
+    its table of record) are compacted, so their latest value per key survives
+    retention; all others use time-based deletion.
     """
     n = settings.partitions
 
@@ -90,7 +92,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
              key="the rejected record's original key (raw bytes)"),
         spec(settings.topic_clv_params, "output",
              "fitted CLV model parameters per shop (written by the refit, read by workers)",
-             key="utf-8 text '<shop_id>'"),
+             compacted=True, key="utf-8 text '<shop_id>'"),
     ]
 
 

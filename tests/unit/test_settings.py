@@ -128,7 +128,8 @@ def test_registry_names_partitions_and_policies(clean_env: pytest.MonkeyPatch) -
              if field.startswith("topic_")}
     assert sorted(spec.name for spec in specs) == sorted(names.values())
     assert {spec.partitions for spec in specs} == {6}
-    assert [spec.name for spec in specs if spec.compacted] == [s.topic_scores]
+    assert [spec.name for spec in specs if spec.compacted] == [s.topic_scores,
+                                                               s.topic_clv_params]
     assert {spec.name: spec.config["cleanup.policy"] for spec in specs}[s.topic_rewards] == "delete"
     assert input_topics(s) == [s.topic_purchases, s.topic_visits, s.topic_feedback,
                                s.topic_redemptions]
