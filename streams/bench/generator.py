@@ -1,0 +1,209 @@
+"""Input streams for the benchmark, as ``(event_type, key, value)`` triples in arrival order.
+
+Two generators:
+
+* :func:`fast_stream` (default) - exactly ``events`` valid contract-v1 events
+  over exactly ``min(events, customers)`` customers in 5 shops. Every customer
+  gets one first event (a purchase or a visit); the remaining events are
+  spread over customers with log-normal activity weights, so a few customers
+  are very active and many are nearly silent, like a real shop. The type mix
+  follows :mod:`streams.synthetic`'s (purchases ~45 %, visits ~35 %, feedback
+  ~12 %, refunds and redemptions ~4 % each); a refund always refers to an
+  earlier order of the customer and a redemption never asks for more points
+  than the purchases earned, so almost every event changes state. Events are
+  spread over ``span_days`` ending a few minutes before the wall clock (the
+  service rejects timestamps in the future), in time order per customer.
+  Generation is vectorised with numpy and streams its output (nothing is held
+  per event), about 200 000 events/s on one core, so 10^6 customers are fine.
+* :func:`synthetic_stream` - :func:`streams.synthetic.generate` with its
+  segments and injected faults (duplicates, late, too-late, misrouted and
+  invalid records). Its event count follows from the customer count (about
+  4.2 events per customer) and it holds the whole population in memory
+  (about 70 000 events/s), so ``--events`` is ignored with it.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from schemas import codec
+from streams.synthetic import SHOP_NAMES
+
+Triple = tuple[str, bytes, bytes]  # (event_type, key, value)
+
+#: extra-event type mix: (type, cumulative probability)
+_MIX = (("purchase", 0.45), ("visit", 0.80), ("feedback", 0.92), ("refund", 0.96),
+        ("redemption", 1.0))
+_CHANNELS = ("store", "web", "app")
+_REWARDS = ("coffee", "voucher", "tote")
+
+
+@dataclass
+class StreamStats:
+    """What a generator produced (filled while the stream is consumed)."""
+
+    events: int = 0
+    customers: int = 0
+    by_type: dict[str, int] = field(default_factory=dict)
+    generator: str = "fast"
+    first_us: int | None = None
+    last_us: int | None = None
+    keys_sample: list[bytes] = field(default_factory=list)  # customer keys, for latency
+
+
+def customer_ids(customers: int) -> list[tuple[str, str]]:
+    """``(shop_id, customer_id)`` of customer ``0..customers-1`` (round robin over shops)."""
+    shops = SHOP_NAMES
+    return [(shops[i % len(shops)], f"c{i:07d}") for i in range(customers)]
+
+
+class _Formatter:
+    """RFC 3339 with microseconds, ~5x faster than ``datetime.isoformat``.
+
+    The date part is cached per day; the service parses the same text either way.
+    Microseconds are always printed (a value of 0 is nudged to 1 by the
+    callers that need unique text, see :func:`rfc3339_us`).
+    """
+
+    def __init__(self) -> None:
+        self._days: dict[int, str] = {}
+
+    def __call__(self, us: int) -> str:
+        day, rest = divmod(us, 86_400_000_000)
+        prefix = self._days.get(day)
+        if prefix is None:
+            d = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(days=day)
+            prefix = self._days[day] = f"{d.year:04d}-{d.month:02d}-{d.day:02d}T"
+        secs, micro = divmod(rest, 1_000_000)
+        h, rem = divmod(secs, 3600)
+        m, s = divmod(rem, 60)
+        return f"{prefix}{h:02d}:{m:02d}:{s:02d}.{micro:06d}Z"
+
+
+rfc3339_us = _Formatter()
+
+
+def fast_stream(events: int, customers: int, *, seed: int = 7, span_days: float = 6.0,
+                end: datetime | None = None, stats: StreamStats | None = None) -> Iterator[Triple]:
+    """Yield ``events`` valid events over ``min(events, customers)`` customers, in arrival order.
+
+    ``end`` (default: wall clock minus 5 minutes) is the newest ``occurred_at``.
+    ``stats`` is filled as the stream is consumed.
+    """
+    import numpy as np
+
+    stats = stats if stats is not None else StreamStats()
+    stats.generator = "fast"
+    n_cust = min(events, customers)
+    if n_cust <= 0:
+        return
+    end = end or datetime.now(UTC) - timedelta(minutes=5)
+    end_us = int(end.timestamp() * 1_000_000)
+    span_us = int(span_days * 86_400_000_000)
+    start_us = end_us - span_us
+    rng = np.random.default_rng(seed)
+    # First appearance in the first 80 % of the span, so most customers have a history.
+    first = start_us + (rng.random(n_cust) * 0.8 * span_us).astype(np.int64)
+    extra = events - n_cust
+    weights = rng.lognormal(0.0, 1.2, n_cust)
+    owner = rng.choice(n_cust, size=extra, p=weights / weights.sum()) if extra else \
+        np.empty(0, dtype=np.int64)
+    t_extra = first[owner] + (rng.random(extra) * (end_us - first[owner])).astype(np.int64)
+    who = np.concatenate([np.arange(n_cust), owner])
+    when = np.concatenate([first, t_extra])
+    order = np.argsort(when, kind="stable")  # arrival order = event time order
+    who, when = who[order].tolist(), when[order].tolist()
+    is_first = np.concatenate([np.ones(n_cust, bool), np.zeros(extra, bool)])[order].tolist()
+    rolls = rng.random(events).tolist()
+    amounts = np.maximum(100, rng.lognormal(7.8, 0.7, events).astype(np.int64)).tolist()
+    rnd = random.Random(seed)
+    ids = customer_ids(n_cust)
+    keys = [f"{s}|{c}".encode() for s, c in ids]
+    last_order: list[tuple[str, int] | None] = [None] * n_cust
+    points = [0] * n_cust
+    orders = [0] * n_cust
+    by_type = stats.by_type
+    stats.customers = n_cust
+    stats.keys_sample = keys
+    fmt = rfc3339_us
+    dumps = codec.dumps
+    for i in range(events):
+        c = who[i]
+        t = when[i]
+        roll = rolls[i]
+        if is_first[i]:
+            typ = "purchase" if roll < 0.7 else "visit"
+        else:
+            typ = next(name for name, cum in _MIX if roll < cum)
+        shop, cid = ids[c]
+        ev: dict[str, object] = {"type": typ, "event_id": f"{typ[:2]}-{i:010d}",
+                                 "shop_id": shop, "customer_id": cid, "occurred_at": fmt(t)}
+        if typ == "refund":
+            lo = last_order[c]
+            if lo is None:  # nothing to refund yet: a visit keeps the stream valid
+                typ = ev["type"] = "visit"
+            else:
+                ev["order_id"], amount = lo
+                ev["amount"] = amount if roll < 0.94 else max(1, amount // 2)
+                ev["currency"] = "USD"
+                last_order[c] = None  # refund an order once
+        elif typ == "redemption":
+            want = 50 if points[c] >= 50 else 20
+            if points[c] < want:
+                typ = ev["type"] = "visit"
+            else:
+                ev["points"] = want
+                ev["reward"] = _REWARDS[i % 3]
+                points[c] -= want
+        elif typ == "feedback":
+            ev["nps"] = rnd.randint(0, 10)
+            if roll < 0.85:
+                ev["share_of_wallet"] = rnd.randint(20, 95)
+        if typ == "purchase":
+            orders[c] += 1
+            order_id = f"o-{cid}-{orders[c]}"
+            amount = amounts[i]
+            ev["order_id"] = order_id
+            ev["amount"] = amount
+            ev["currency"] = "USD"
+            ev["channel"] = _CHANNELS[i % 3]
+            last_order[c] = (order_id, amount)
+            points[c] += amount // 100
+        elif typ == "visit":
+            ev["channel"] = _CHANNELS[i % 3]
+        by_type[typ] = by_type.get(typ, 0) + 1
+        stats.events += 1
+        yield typ, keys[c], dumps(ev)
+    stats.first_us, stats.last_us = when[0], when[-1]
+
+
+def synthetic_stream(customers: int, *, seed: int = 7, stats: StreamStats | None = None,
+                     ) -> Iterator[Triple]:
+    """Yield :func:`streams.synthetic.generate` records (with faults) for ~``customers``.
+
+    Unroutable records (no type) go to the purchases topic like ``loyalty
+    produce`` sends them; records without a key are sent unkeyed.
+    """
+    from streams import synthetic
+
+    stats = stats if stats is not None else StreamStats()
+    stats.generator = "synthetic"
+    shops = len(SHOP_NAMES)
+    per_shop = max(1, math.ceil(customers / shops))
+    end = datetime.now(UTC) - timedelta(minutes=5)
+    records = synthetic.generate(seed=seed, shops=shops, customers_per_shop=per_shop, end=end)
+    seen: set[bytes] = set()
+    for r in records:
+        if r.kind == "valid" and r.key:
+            seen.add(r.key)
+    stats.customers = len(seen)
+    stats.keys_sample = sorted(seen)
+    for r in records:
+        typ = r.event_type or "invalid"
+        stats.by_type[typ] = stats.by_type.get(typ, 0) + 1
+        stats.events += 1
+        yield (r.event_type or "purchase"), r.key or b"", r.value

@@ -1,0 +1,385 @@
+"""Plumbing of one benchmark run: unique names, preload, worker subprocess, probes, cleanup.
+
+Isolation: every run gets an app id ``bench-<10 hex>``; every topic it creates
+(inputs, outputs, rekey, changelogs, the baseline's output) starts with that
+id, and its files live under ``/tmp/bench_<id>/``. Several runs, and the test
+suite, can share one broker. :meth:`BenchEnv.cleanup` deletes exactly those
+topics, consumer groups and files.
+
+The worker is the real ``loyalty worker`` started as a subprocess with
+``LOYALTY_*`` environment variables only (as in production and in
+``tests/integration/service_harness.py``). It runs in its own session, so a
+Ctrl-C in the terminal reaches only the bench, which then stops the worker
+itself (gracefully, then SIGKILL); on Linux the worker also gets SIGTERM if
+the bench process dies without cleaning up (``PR_SET_PDEATHSIG``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from streams.bench.generator import Triple
+from streams.settings import Settings
+
+
+class BenchError(RuntimeError):
+    """A benchmark step failed or timed out; the message says what to do."""
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def check_broker(settings: Settings) -> None:
+    """Raise :class:`BenchError` with instructions if the broker does not answer."""
+    from streams.broker import probe_metadata
+
+    host, port = settings.broker_host, settings.broker_port
+    for _ in range(3):  # a loaded machine can make the first request slow
+        if probe_metadata(host, port, timeout=3.0) is not None:
+            return
+    raise BenchError(
+        f"no Kafka broker answers on {host}:{port} (LOYALTY_BROKER={settings.broker}); "
+        "start the local one with `loyalty broker start` and run the bench again")
+
+
+def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child before exec
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: die with the bench
+    except Exception:  # noqa: BLE001 - not Linux / no libc: the finally still stops it
+        pass
+
+
+def read_proc_status(pid: int) -> dict[str, int]:
+    """``VmRSS`` and ``VmHWM`` (peak RSS) of ``pid`` in KiB, from ``/proc/<pid>/status``."""
+    out: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    name, value = line.split(":", 1)
+                    out[name] = int(value.split()[0])
+    except OSError:
+        pass
+    return out
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of ``pid`` so far (``/proc/<pid>/stat``), None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus text -> {sample name: sum over label sets} (only what the bench needs)."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name_labels, _, value = line.rpartition(" ")
+        name = name_labels.split("{", 1)[0]
+        try:
+            out[name] = out.get(name, 0.0) + float(value)
+        except ValueError:
+            continue
+    return out
+
+
+def parse_labelled(text: str, metric: str) -> dict[str, float]:
+    """Samples of one metric keyed by their label text (e.g. ``type="purchase"``)."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(metric + "{"):
+            labels, _, value = line[len(metric) + 1:].rpartition("} ")
+            try:
+                out[labels] = float(value)
+            except ValueError:
+                pass
+    return out
+
+
+@dataclass
+class WorkerProc:
+    """One ``loyalty worker`` subprocess and its probes."""
+
+    env: dict[str, str]
+    port: int
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, wrapper: list[str] | None = None) -> None:
+        """Launch the worker (optionally under ``wrapper``, e.g. ``py-spy record ... --``)."""
+        cmd = [*(wrapper or []), sys.executable, "-m", "streams.cli", "worker",
+               "--loglevel", "warning"]
+        with open(self.log_path, "ab") as log:
+            self.started_at = time.monotonic()
+            self.proc = subprocess.Popen(cmd, cwd=self.log_path.parent, env=self.env,
+                                         stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True, preexec_fn=_set_pdeathsig)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise BenchError(f"the worker exited with code {self.proc.returncode}; log tail:\n"
+                             + self.log_tail())
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Graceful stop (SIGTERM: flush + commit), SIGKILL if it hangs. Idempotent."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return "(no log)"
+
+
+@dataclass
+class BenchEnv:
+    """Names, settings and resources of one run."""
+
+    base: Settings
+    partitions: int
+    keep: bool = False
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
+    workers: list[WorkerProc] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.app_id = f"bench-{self.run_id}"
+        self.tmp = Path(f"/tmp/bench_{self.run_id}")
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        self.data_dir = self.tmp / "data"
+        n = self.app_id
+        self.env: dict[str, str] = {
+            "LOYALTY_BROKER": self.base.broker,
+            "LOYALTY_APP_ID": n,
+            "LOYALTY_DATA_DIR": str(self.data_dir),
+            "LOYALTY_WEB_HOST": "127.0.0.1",
+            "LOYALTY_PARTITIONS": str(self.partitions),
+            "LOYALTY_REPLICATION_FACTOR": "1",
+            "LOYALTY_TOPIC_PURCHASES": f"{n}.purchases",
+            "LOYALTY_TOPIC_VISITS": f"{n}.visits",
+            "LOYALTY_TOPIC_FEEDBACK": f"{n}.feedback",
+            "LOYALTY_TOPIC_REDEMPTIONS": f"{n}.redemptions",
+            "LOYALTY_TOPIC_TRANSITIONS": f"{n}.stage-transitions",
+            "LOYALTY_TOPIC_REWARDS": f"{n}.rewards",
+            "LOYALTY_TOPIC_SCORES": f"{n}.scores",
+            "LOYALTY_TOPIC_DEAD_LETTER": f"{n}.dead-letter",
+            "LOYALTY_TOPIC_CLV_PARAMS": f"{n}.clv-params",
+        }
+        self.settings = Settings(**{k[len("LOYALTY_"):].lower(): v for k, v in self.env.items()})
+        self.baseline_topic = f"{n}.baseline-out"
+        self.baseline_group = f"{n}-baseline"
+
+    @property
+    def bootstrap(self) -> list[str]:
+        return self.settings.bootstrap_servers
+
+    @property
+    def input_topics(self) -> list[str]:
+        from streams.topics import input_topics
+
+        return input_topics(self.settings)
+
+    @property
+    def changelog_topic(self) -> str:
+        """Faust's changelog of the customer table: ``<app id>-<table>-changelog``."""
+        from streams.app import CUSTOMERS_TABLE
+
+        return f"{self.app_id}-{CUSTOMERS_TABLE}-changelog"
+
+    @property
+    def rekey_topic(self) -> str:
+        from streams.app import rekey_topic_name
+
+        return rekey_topic_name(self.settings)
+
+    # -- topics and data ----------------------------------------------------------------
+    async def create_topics(self) -> None:
+        """All project topics of this run plus the baseline output, with P partitions."""
+        from streams.app import all_topic_specs
+        from streams.topics import TopicSpec, ensure_topics
+
+        specs = all_topic_specs(self.settings)
+        specs.append(TopicSpec(self.baseline_topic, self.partitions, False, "output",
+                               "bench", "bench", "baseline loop output"))
+        _, mismatches = await ensure_topics(self.bootstrap, specs)
+        if mismatches:
+            raise BenchError("; ".join(str(m) for m in mismatches))
+        # Wait for partition leaders, so the preload does not start with a burst of
+        # NotLeaderForPartition retries (noise on stderr, and a slower first second).
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        from streams.topics import partition_counts
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        try:
+            await partition_counts(admin, [s.name for s in specs], wait_s=30)
+        finally:
+            await admin.close()
+
+    async def preload(self, stream: Iterable[Triple], *, compression: str | None = None,
+                      ) -> int:
+        """Produce ``stream`` to the input topics (routed by type); returns the count.
+
+        Batching (linger 20 ms, 256 KiB batches) and many un-awaited sends keep
+        the preload fast; every record is acknowledged (acks=all) before return.
+        """
+        from aiokafka import AIOKafkaProducer
+
+        from streams.topics import input_topic_for_event_type
+
+        topic_of = {t: input_topic_for_event_type(self.settings, t)
+                    for t in ("purchase", "refund", "visit", "feedback", "redemption")}
+        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all",
+                                    linger_ms=20, max_batch_size=256 * 1024,
+                                    compression_type=compression)
+        await producer.start()
+        n = 0
+        pending: list[Any] = []
+        try:
+            for typ, key, value in stream:
+                topic = topic_of.get(typ, self.settings.topic_purchases)
+                pending.append(await producer.send(topic, value, key=key or None))
+                n += 1
+                if len(pending) >= 20000:
+                    await asyncio.gather(*pending)
+                    pending.clear()
+            await asyncio.gather(*pending)
+        finally:
+            await producer.stop()
+        return n
+
+    # -- broker probes ------------------------------------------------------------------
+    async def end_offsets(self, topics: list[str]) -> dict[Any, int]:
+        """End offset of every partition of ``topics``."""
+        from aiokafka import AIOKafkaConsumer
+
+        c = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+        await c.start()
+        try:
+            tps = [tp for t in topics for tp in await topic_partitions(c, t)]
+            return dict(await c.end_offsets(tps)) if tps else {}
+        finally:
+            await c.stop()
+
+    async def committed(self, admin: Any, group: str) -> dict[Any, int]:
+        """Committed offsets of consumer group ``group`` (empty before its first commit)."""
+        got = await admin.list_consumer_group_offsets(group)
+        return {tp: om.offset for tp, om in got.items() if om.offset >= 0}
+
+    # -- worker -------------------------------------------------------------------------
+    def new_worker(self, name: str) -> WorkerProc:
+        """A worker (not started) on a free port with this run's settings."""
+        port = free_port()
+        env = {**os.environ, **self.env, "LOYALTY_WEB_PORT": str(port),
+               "PYTHONUNBUFFERED": "1"}
+        w = WorkerProc(env=env, port=port, log_path=self.tmp / f"worker-{name}.log")
+        self.workers.append(w)
+        return w
+
+    def stop_workers(self) -> None:
+        for w in self.workers:
+            w.stop(timeout=30)
+
+    def wipe_data(self) -> None:
+        """Delete the worker's local table stores (rebuilt from the changelogs)."""
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    # -- cleanup ------------------------------------------------------------------------
+    async def cleanup_broker(self) -> list[str]:
+        """Delete this run's topics and consumer groups (best effort); returns topics deleted."""
+        from aiokafka.admin import AIOKafkaAdminClient
+        from aiokafka.protocol.admin import DeleteGroupsRequest
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=20000)
+        await admin.start()
+        try:
+            mine = sorted(t for t in await admin.list_topics() if t.startswith(self.app_id))
+            if mine:
+                await admin.delete_topics(mine)
+            for group in (self.app_id, self.baseline_group):
+                try:  # aiokafka has no delete_consumer_groups(); send the request directly
+                    node = await admin.find_coordinator(group)
+                    await admin._client.send(node, DeleteGroupsRequest([group]))
+                except Exception:  # noqa: BLE001 - an empty group expires on its own
+                    pass
+            return mine
+        finally:
+            await admin.close()
+
+    def cleanup_files(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+async def topic_partitions(consumer: Any, topic: str, wait_s: float = 10.0) -> list[Any]:
+    """Partitions of ``topic`` as seen by ``consumer`` (refreshing metadata until known).
+
+    A consumer that never subscribed to the topic has no metadata for it yet.
+    """
+    from aiokafka import TopicPartition
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        parts = consumer.partitions_for_topic(topic)
+        if parts:
+            return [TopicPartition(topic, p) for p in sorted(parts)]
+        if time.monotonic() > deadline:
+            raise BenchError(f"topic {topic!r} has no partitions in the broker metadata")
+        consumer._client.add_topic(topic)  # aiokafka fetches metadata only for known topics
+        await consumer._client.force_metadata_update()
+        await asyncio.sleep(0.1)
+
+
+async def http_get(session: Any, url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    """``(status, body)``; ``(0, b"")`` when nothing answers (worker starting or busy)."""
+    import aiohttp
+
+    try:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+            return resp.status, await resp.read()
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        return 0, b""

@@ -1,0 +1,415 @@
+"""The measurements of ``loyalty bench``, in the order they run.
+
+1. :func:`baseline` - the plain aiokafka loop (:mod:`streams.bench.baseline`)
+   over the preloaded input, in a subprocess.
+2. :func:`throughput` - a cold ``loyalty worker`` on the same preloaded input.
+3. :func:`latency` - the same worker, caught up, under a fixed offered load.
+4. :func:`recovery` - stop, wipe the local stores, restart, wait for the table.
+
+Every wait is bounded; a timeout raises :class:`BenchError` naming the phase
+and the worker's log tail. Polling uses a 0.2 s period; the figures that
+depend on it say so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from schemas import codec
+from streams.bench.generator import rfc3339_us
+from streams.bench.harness import (
+    BenchEnv,
+    BenchError,
+    WorkerProc,
+    cpu_seconds,
+    http_get,
+    parse_labelled,
+    parse_metrics,
+    read_proc_status,
+    topic_partitions,
+)
+
+POLL_S = 0.2
+CONSUMED = "loyalty_events_consumed_total"
+
+
+@dataclass
+class Throughput:
+    """Result of :func:`throughput`."""
+
+    events: int
+    events_per_s: float
+    cold_start_s: float
+    seconds: float  # first observed processed event -> all offsets committed
+    processed_at_s: float  # first observed processed event -> metric count reached N
+    worker_cpu_s: float | None
+    statuses: dict[str, float] = field(default_factory=dict)
+
+
+async def baseline(env: BenchEnv, expected: int, timeout_s: float) -> dict[str, Any]:
+    """Run the plain loop in a subprocess on the run's input topics; return its JSON."""
+    cmd = [sys.executable, "-m", "streams.bench.baseline",
+           "--bootstrap", ",".join(env.bootstrap), "--out", env.baseline_topic,
+           "--group", env.baseline_group, "--expected", str(expected),
+           "--timeout", str(timeout_s)]
+    for t in env.input_topics:
+        cmd += ["--topic", t]
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout_s + 90)
+    except (TimeoutError, asyncio.CancelledError):
+        proc.kill()
+        await proc.wait()
+        raise
+    if proc.returncode != 0:
+        raise BenchError(f"baseline loop failed (exit {proc.returncode}): "
+                         f"{err.decode(errors='replace')[-2000:]}")
+    return dict(json.loads(out))
+
+
+async def _metrics(session: Any, worker: WorkerProc) -> str | None:
+    status, body = await http_get(session, worker.url + "/metrics")
+    return body.decode() if status == 200 else None
+
+
+async def _all_committed(env: BenchEnv, admin: Any, ends: dict[Any, int]) -> bool:
+    """True when the worker's group has committed every input (and rekey) partition's end."""
+    committed = await env.committed(admin, env.app_id)
+    rekey = await env.end_offsets([env.rekey_topic])
+    targets = {**ends, **rekey}
+    return all(committed.get(tp, 0) >= end for tp, end in targets.items() if end > 0)
+
+
+async def throughput(env: BenchEnv, worker: WorkerProc, total: int, timeout_s: float,
+                     ) -> Throughput:
+    """Start ``worker`` cold on the preloaded topics; time it until everything is committed.
+
+    * ``cold_start_s``: process launch -> first poll of ``/metrics`` that shows
+      a processed event (imports, topic check, group join, empty-table recovery).
+    * ``seconds``: that first poll -> first check where the worker's consumer
+      group (group id = app id) has committed offsets at the end offsets of
+      every input partition (and of the rekey topic), i.e. every event's state
+      write and outputs are done and will not be redelivered. Commits happen
+      every second (``broker_commit_interval``), so this includes up to ~1 s
+      of commit delay plus one poll period.
+    * ``events_per_s = (N - events already counted at the first poll) / seconds``:
+      the sustained rate, without the cold start.
+    """
+    import aiohttp
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    ends = await env.end_offsets(env.input_topics)
+    admin = AIOKafkaAdminClient(bootstrap_servers=env.bootstrap)
+    await admin.start()
+    worker.start()
+    t_first = c_first = cpu_first = None
+    t_counted = None
+    deadline = time.monotonic() + timeout_s
+    last_commit_check = 0.0
+    text: str | None = None
+    try:
+        async with aiohttp.ClientSession() as session:
+            while True:
+                now = time.monotonic()
+                if now > deadline:
+                    raise BenchError(
+                        f"throughput phase: not all {total} events committed in {timeout_s:.0f} s "
+                        f"(last count {c_first and text and parse_metrics(text).get(CONSUMED)}); "
+                        f"worker log:\n{worker.log_tail()}")
+                worker.check_alive()
+                text = await _metrics(session, worker)
+                count = parse_metrics(text).get(CONSUMED, 0.0) if text else 0.0
+                if t_first is None and count > 0:
+                    t_first, c_first, cpu_first = now, count, cpu_seconds(worker.pid)
+                if t_counted is None and count >= total:
+                    t_counted = now
+                # Offset checks are broker requests: once a second until the count
+                # says "all processed", then every poll.
+                if t_first is not None and (t_counted is not None or now - last_commit_check > 1):
+                    last_commit_check = now
+                    if await _all_committed(env, admin, ends):
+                        t_done = time.monotonic()
+                        break
+                await asyncio.sleep(POLL_S)
+    finally:
+        await admin.close()
+    assert t_first is not None and c_first is not None
+    cpu_now = cpu_seconds(worker.pid)
+    seconds = max(t_done - t_first, 1e-6)
+    statuses = parse_labelled(text or "", CONSUMED)
+    applied = parse_metrics(text or "").get("loyalty_events_applied_total", 0.0)
+    invalid = parse_labelled(text or "", "loyalty_invalid_events_total")
+    summary: dict[str, float] = {"applied": applied,
+                                 "duplicates": parse_metrics(text or "").get(
+                                     "loyalty_duplicates_ignored_total", 0.0)}
+    summary.update({f"dead_letter:{k.split('=', 1)[1].strip(chr(34))}": v
+                    for k, v in invalid.items()})
+    summary["consumed"] = sum(statuses.values())
+    return Throughput(
+        events=total,
+        events_per_s=(total - c_first) / seconds if total > c_first else total / seconds,
+        cold_start_s=t_first - worker.started_at,
+        seconds=seconds,
+        processed_at_s=(t_counted or t_done) - t_first,
+        worker_cpu_s=(cpu_now - cpu_first) if cpu_now is not None and cpu_first is not None
+        else None,
+        statuses=summary,
+    )
+
+
+@dataclass
+class Latency:
+    """Result of :func:`latency` (milliseconds)."""
+
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    mean_ms: float
+    offered_per_s: float
+    achieved_per_s: float
+    sent: int
+    matched: int
+    duration_s: float
+
+
+async def latency(env: BenchEnv, worker: WorkerProc, keys: list[bytes], rate: float,
+                  duration_s: float, drain_s: float = 30.0, seed: int = 11) -> Latency:
+    """Offer purchases at ``rate``/s for ``duration_s``; time produce -> snapshot on scores.
+
+    Each event is a purchase of an existing customer with ``occurred_at`` =
+    the wall clock in microseconds, made strictly increasing, so it is the
+    customer's newest event and its text is unique. The worker publishes the
+    customer's new snapshot to the scores topic after folding it, and that
+    snapshot's ``last_purchase_at`` is exactly this text: ``(key,
+    last_purchase_at)`` identifies the output of each event, whatever the sweep
+    publishes meanwhile. Latency = time the scores consumer (this process)
+    receives it - time just before ``producer.send``. Sends follow a fixed
+    schedule (k / rate); a late sender catches up without changing the
+    schedule, so the offered rate stays fixed even when the worker stalls.
+    Events whose snapshot does not arrive within ``drain_s`` after the last
+    send are counted as unmatched (not in the percentiles).
+    """
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    topic = env.settings.topic_scores
+    consumer = AIOKafkaConsumer(bootstrap_servers=env.bootstrap, enable_auto_commit=False,
+                                fetch_max_wait_ms=100)
+    producer = AIOKafkaProducer(bootstrap_servers=env.bootstrap, acks="all", linger_ms=0)
+    await consumer.start()
+    await producer.start()
+    pending: dict[tuple[bytes, str], float] = {}
+    lat: list[float] = []
+    stop = asyncio.Event()
+    try:
+        tps = await topic_partitions(consumer, topic)
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        for tp in tps:  # resolve positions now, before anything is produced
+            await consumer.position(tp)
+
+        async def receive() -> None:
+            while not stop.is_set() or pending:
+                batch = await consumer.getmany(timeout_ms=100)
+                got = time.monotonic()
+                for records in batch.values():
+                    for rec in records:
+                        try:
+                            last = codec.loads(rec.value).get("last_purchase_at")
+                        except (ValueError, AttributeError):
+                            continue
+                        sent = pending.pop((rec.key, last), None)
+                        if sent is not None:
+                            lat.append(got - sent)
+
+        receiver = asyncio.create_task(receive())
+        order = list(keys)
+        random.Random(seed).shuffle(order)  # spread the load over shops and partitions
+        topic_in = env.settings.topic_purchases
+        sent_n = 0
+        last_us = 0
+        started = time.monotonic()
+        total = max(1, int(rate * duration_s))
+        futures = []
+        while sent_n < total:
+            due = started + sent_n / rate
+            now = time.monotonic()
+            if due > now:
+                await asyncio.sleep(due - now)
+            key = order[sent_n % len(order)]
+            shop, _, cid = key.decode().partition("|")
+            us = max(last_us + 1, time.time_ns() // 1000)
+            if us % 1_000_000 == 0:
+                us += 1  # rfc3339 drops ".000000": keep the text identical to the service's
+            last_us = us
+            at = rfc3339_us(us)
+            ev = {"type": "purchase", "event_id": f"lat-{env.run_id}-{sent_n}", "shop_id": shop,
+                  "customer_id": cid, "occurred_at": at, "order_id": f"lat-{sent_n}",
+                  "amount": 1000 + sent_n % 5000, "currency": "USD", "channel": "store"}
+            pending[(key, at)] = time.monotonic()
+            futures.append(await producer.send(topic_in, codec.dumps(ev), key=key))
+            sent_n += 1
+        send_s = time.monotonic() - started
+        await asyncio.gather(*futures)
+        stop.set()
+        try:
+            await asyncio.wait_for(receiver, drain_s)
+        except TimeoutError:
+            pass  # what is still pending is reported as unmatched
+        worker.check_alive()
+    finally:
+        stop.set()
+        await consumer.stop()
+        await producer.stop()
+    if not lat:
+        raise BenchError(f"latency phase: no snapshot of the {sent_n} events arrived on {topic} "
+                         f"within {drain_s:.0f} s; worker log:\n{worker.log_tail()}")
+    ms = sorted(x * 1000 for x in lat)
+    return Latency(p50_ms=_pct(ms, 50), p99_ms=_pct(ms, 99), max_ms=ms[-1],
+                   mean_ms=statistics.fmean(ms), offered_per_s=rate,
+                   achieved_per_s=sent_n / send_s if send_s > 0 else float(sent_n),
+                   sent=sent_n, matched=len(ms), duration_s=send_s)
+
+
+def _pct(sorted_ms: list[float], p: float) -> float:
+    """Nearest-rank percentile (no interpolation: p99 is a latency that really happened)."""
+    k = max(0, min(len(sorted_ms) - 1, int(-(-p * len(sorted_ms) // 100)) - 1))
+    return sorted_ms[k]
+
+
+@dataclass
+class Recovery:
+    """Result of :func:`recovery`."""
+
+    customers: int
+    seconds: float  # partitions assigned -> last changelog record of every partition served
+    restart_s: float  # process launch -> same
+    customers_per_s: float
+    rss_mb: float
+
+
+async def _last_changelog_records(env: BenchEnv) -> dict[int, tuple[bytes, bytes]]:
+    """Key and value of the last record of each customer changelog partition."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    ends = await env.end_offsets([env.changelog_topic])
+    consumer = AIOKafkaConsumer(bootstrap_servers=env.bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    out: dict[int, tuple[bytes, bytes]] = {}
+    try:
+        for tp, end in ends.items():
+            if end <= 0:
+                continue
+            consumer.assign([tp])
+            consumer.seek(tp, end - 1)
+            deadline = time.monotonic() + 30
+            while tp.partition not in out:
+                if time.monotonic() > deadline:
+                    raise BenchError(f"recovery phase: could not read the end of {tp}")
+                batch = await consumer.getmany(TopicPartition(tp.topic, tp.partition),
+                                               timeout_ms=500)
+                for recs in batch.values():
+                    for rec in recs:
+                        if rec.offset == end - 1 and rec.value is not None:
+                            out[tp.partition] = (rec.key, rec.value)
+    finally:
+        await consumer.stop()
+    return out
+
+
+def _expected_snapshot(value: bytes) -> Any:
+    """The JSON ``GET /customers/...`` must return for a state written as ``value``."""
+    from schemas.policy import PolicyBook
+    from scoring.snapshot import snapshot
+    from scoring.state import CustomerState
+
+    state = CustomerState.decode(value)
+    policy = PolicyBook.load(None).for_shop(state.shop_id)  # the bench runs the default policy
+    return codec.loads(codec.dumps(snapshot(state, None, policy)))
+
+
+async def recovery(env: BenchEnv, old: WorkerProc, customers: int, timeout_s: float,
+                   ) -> Recovery:
+    """Stop ``old``, wipe the stores, start a new worker, time the table rebuild.
+
+    The table is rebuilt when, for every partition of the customer changelog,
+    the key of the partition's *last* record is served by ``GET /customers``
+    with exactly the snapshot of that record's value: Faust restores each
+    partition in offset order, so the last record being visible means the whole
+    partition is. ``seconds`` runs from the first ``/health`` answer that lists
+    owned partitions (the group assignment, after which Faust starts
+    restoring) to that moment; ``customers_per_s = customers / seconds``.
+    ``restart_s`` includes the process start and group join as well.
+    """
+    from urllib.parse import quote
+
+    import aiohttp
+
+    old.stop()
+    last = await _last_changelog_records(env)
+    expected = {k: _expected_snapshot(v) for k, v in last.values()}
+    env.wipe_data()
+    worker = env.new_worker("recovery")
+    worker.start()
+    t_assigned = None
+    deadline = time.monotonic() + timeout_s
+    waiting = dict(expected)
+    async with aiohttp.ClientSession() as session:
+        while waiting:
+            now = time.monotonic()
+            if now > deadline:
+                raise BenchError(f"recovery phase: table not rebuilt in {timeout_s:.0f} s "
+                                 f"({len(waiting)} partitions pending); worker log:\n"
+                                 + worker.log_tail())
+            worker.check_alive()
+            if t_assigned is None:
+                status, body = await http_get(session, worker.url + "/health")
+                if status == 200 and json.loads(body).get("owned_partitions"):
+                    t_assigned = now
+            if t_assigned is not None:
+                for key in list(waiting):
+                    shop, _, cid = key.decode().partition("|")
+                    status, body = await http_get(
+                        session, f"{worker.url}/customers/{quote(shop)}/{quote(cid, safe='')}")
+                    if status == 200 and json.loads(body) == waiting[key]:
+                        del waiting[key]
+            if waiting:
+                await asyncio.sleep(POLL_S)
+    t_ready = time.monotonic()
+    assert t_assigned is not None
+    seconds = max(t_ready - t_assigned, POLL_S)  # one poll period is the resolution
+    rss = read_proc_status(worker.pid).get("VmHWM", 0) / 1024
+    return Recovery(customers=customers, seconds=seconds,
+                    restart_s=t_ready - worker.started_at,
+                    customers_per_s=customers / seconds, rss_mb=rss)
+
+
+def worker_peak_rss_mb(worker: WorkerProc) -> float:
+    """Peak RSS (``VmHWM``) of the worker so far, MiB; the kernel tracks the peak exactly."""
+    return read_proc_status(worker.pid).get("VmHWM", 0) / 1024
+
+
+async def table_rows(worker: WorkerProc) -> float | None:
+    """``loyalty_table_rows{table="customers"}`` (set by each sweep), None before a sweep."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        status, body = await http_get(session, worker.url + "/metrics")
+    if status != 200:
+        return None
+    rows = parse_labelled(body.decode(), "loyalty_table_rows")
+    return rows.get('table="customers"')
+
+
+def loadavg() -> list[float]:
+    """1/5/15-minute load averages (other load on the machine skews every figure)."""
+    return [round(x, 2) for x in os.getloadavg()]

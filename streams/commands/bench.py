@@ -1,0 +1,229 @@
+"""Measure the service against a plain aiokafka loop on the local broker.
+
+  loyalty bench [--events N] [--customers N] [--partitions P] [--json] [--keep]
+
+One run, on fresh topics (named after a unique app id, deleted at the end
+unless --keep):
+
+  1. preload N generated events for the customers into the input topics;
+  2. baseline_events_per_s: a plain aiokafka consume-parse-produce-commit loop;
+  3. events_per_s and cold_start_s: a cold `loyalty worker` on the same input,
+     until its committed offsets reach the end of every input partition;
+  4. latency_p50_ms / latency_p99_ms: produce -> output snapshot on the scores
+     topic, at half the measured events_per_s, for --latency-seconds;
+  5. rss_mb: the worker's peak RSS with the population in its table;
+  6. recovery_customers_per_s: stop, wipe the local stores, restart, time
+     until the table is rebuilt from its changelog.
+
+Needs the local broker (`loyalty broker start`). The default size takes
+about 3-5 minutes on 2 cores; the figures depend on the machine, so compare
+events_per_s with baseline_events_per_s of the same run. See README
+"Performance" for what each number means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the bench options."""
+    parser.add_argument("--events", type=int, default=200_000,
+                        help="events to preload (default 200000; ignored by --generator synthetic)")
+    parser.add_argument("--customers", type=int, default=20_000,
+                        help="customers (default 20000)")
+    parser.add_argument("--partitions", type=int, default=None,
+                        help="partitions of every topic (default: LOYALTY_PARTITIONS, 4)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the topics, groups and /tmp/bench_<id> files")
+    parser.add_argument("--generator", choices=["fast", "synthetic"], default="fast",
+                        help="fast: exact counts, valid events (default); synthetic: "
+                             "streams.synthetic with faults, ~4.2 events per customer")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--span-days", type=float, default=6.0,
+                        help="event-time span of the fast generator's stream (default 6: "
+                             "less than the 7-day allowed lateness, see README)")
+    parser.add_argument("--latency-seconds", type=float, default=30.0,
+                        help="duration of the fixed-rate latency phase (default 30, i.e. "
+                             "at least one sweep with the default LOYALTY_SWEEP_INTERVAL_S)")
+    parser.add_argument("--compression", choices=["none", "gzip", "snappy", "lz4", "zstd"],
+                        default="none", help="compression of the preloaded input (default none)")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="seconds allowed per phase (default 120 + events/200)")
+    parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                        help="record the worker with py-spy during throughput and latency; "
+                             "writes DIR/worker.speedscope.json (py-spy on PATH or --py-spy)")
+    parser.add_argument("--py-spy", default=None, help="path of the py-spy executable")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark; 0 on success, 1 when a phase fails (reason on stderr)."""
+    import asyncio
+
+    from streams.bench.harness import BenchError
+
+    try:
+        result = asyncio.run(_run(args))
+    except BenchError as exc:
+        print(f"loyalty bench: {exc}", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("loyalty bench: interrupted; worker stopped and run cleaned up", file=sys.stderr)
+        return 130
+    if args.json:
+        from schemas import codec
+
+        sys.stdout.write(codec.dumps(result).decode() + "\n")
+    else:
+        from streams.bench.report import table
+
+        print(table(result))
+    return 0
+
+
+def _progress(args: argparse.Namespace, message: str) -> None:
+    # Progress goes to stderr so `--json` output stays one clean object.
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+async def _run(args: argparse.Namespace) -> dict[str, Any]:
+    import asyncio
+    import shutil
+    import signal
+    import subprocess
+
+    from streams.bench import phases
+    from streams.bench.generator import StreamStats, fast_stream, synthetic_stream
+    from streams.bench.harness import BenchEnv, BenchError, check_broker
+    from streams.bench.report import machine
+    from streams.settings import get_settings
+
+    settings = get_settings()
+    check_broker(settings)
+    if args.events < 1 or args.customers < 1:
+        raise BenchError("--events and --customers must be at least 1")
+    partitions = args.partitions or settings.partitions
+    timeout = args.timeout or 120.0 + args.events / 200.0
+    env = BenchEnv(settings, partitions, keep=args.keep)
+    mach = machine(settings.kafka_version)
+    # SIGTERM should clean up like Ctrl-C does: cancel the run, finally-blocks stop the worker.
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    if task is not None:
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    profiler: subprocess.Popen[bytes] | None = None
+    observed: dict[str, Any] = {}
+    try:
+        _progress(args, f"run {env.app_id}: creating topics ({partitions} partitions)")
+        await env.create_topics()
+        stats = StreamStats()
+        stream = (fast_stream(args.events, args.customers, seed=args.seed,
+                              span_days=args.span_days, stats=stats)
+                  if args.generator == "fast"
+                  else synthetic_stream(args.customers, seed=args.seed, stats=stats))
+        t0 = loop.time()
+        total = await env.preload(stream, compression=None if args.compression == "none"
+                                  else args.compression)
+        observed["preload_s"] = round(loop.time() - t0, 2)
+        observed["event_types"] = stats.by_type
+        _progress(args, f"preloaded {total} events for {stats.customers} customers "
+                        f"in {observed['preload_s']} s")
+
+        _progress(args, "baseline: plain aiokafka loop")
+        base = await phases.baseline(env, total, timeout)
+        observed["baseline_s"] = round(base["seconds"], 3)
+        observed["baseline_cpu_s"] = round(base["cpu_s"], 3)
+        _progress(args, f"baseline: {base['events_per_s']:,.0f} events/s")
+
+        _progress(args, "throughput: cold worker on the preloaded topics")
+        worker = env.new_worker("main")
+        if args.profile is not None:
+            spy = args.py_spy or shutil.which("py-spy")
+            if not spy:
+                raise BenchError("--profile needs py-spy: `pip install py-spy` or pass --py-spy")
+        tp_task = asyncio.ensure_future(phases.throughput(env, worker, total, timeout))
+        if args.profile is not None:
+            # Attach once the process exists, so the profile covers startup too.
+            while worker.proc is None and not tp_task.done():
+                await asyncio.sleep(0.01)
+            args.profile.mkdir(parents=True, exist_ok=True)
+            profiler = subprocess.Popen(
+                [spy, "record", "--pid", str(worker.pid), "--rate", "100", "--format",
+                 "speedscope", "-o", str(args.profile / "worker.speedscope.json")],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        tput = await tp_task
+        observed["throughput_s"] = round(tput.seconds, 3)
+        observed["processed_s"] = round(tput.processed_at_s, 3)
+        observed["worker_cpu_s"] = None if tput.worker_cpu_s is None else round(
+            tput.worker_cpu_s, 2)
+        observed["statuses"] = tput.statuses
+        if tput.worker_cpu_s and base["cpu_s"]:
+            observed["events_per_cpu_s"] = {
+                "service": round(total / tput.worker_cpu_s, 1),
+                "baseline": round(total / base["cpu_s"], 1)}
+        _progress(args, f"throughput: {tput.events_per_s:,.0f} events/s "
+                        f"(cold start {tput.cold_start_s:.1f} s)")
+
+        rate = max(1.0, tput.events_per_s / 2)
+        _progress(args, f"latency: {rate:,.0f} events/s for {args.latency_seconds:.0f} s")
+        lat = await phases.latency(env, worker, stats.keys_sample, rate, args.latency_seconds)
+        observed["latency"] = {"offered_per_s": round(lat.offered_per_s, 1),
+                               "achieved_per_s": round(lat.achieved_per_s, 1),
+                               "sent": lat.sent, "matched": lat.matched,
+                               "mean_ms": round(lat.mean_ms, 2), "max_ms": round(lat.max_ms, 2)}
+        _progress(args, f"latency: p50 {lat.p50_ms:.1f} ms, p99 {lat.p99_ms:.1f} ms")
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)  # py-spy writes the profile on SIGINT
+            try:
+                profiler.wait(60)
+            except subprocess.TimeoutExpired:
+                profiler.kill()
+            profiler = None
+
+        rss = phases.worker_peak_rss_mb(worker)
+        rows = await phases.table_rows(worker)
+        observed["table_rows_gauge"] = rows
+        observed["worker_pids"] = [worker.pid]
+
+        _progress(args, "recovery: stop, wipe local stores, restart")
+        rec = await phases.recovery(env, worker, stats.customers, timeout)
+        observed["worker_pids"] = [w.pid for w in env.workers if w.proc is not None]
+        observed["recovery_s"] = round(rec.seconds, 3)
+        observed["recovery_restart_s"] = round(rec.restart_s, 3)
+        observed["recovery_rss_mb"] = round(rec.rss_mb, 1)
+        _progress(args, f"recovery: {rec.customers_per_s:,.0f} customers/s")
+        observed["loadavg_end"] = phases.loadavg()
+        return {
+            "events_per_s": round(tput.events_per_s, 1),
+            "baseline_events_per_s": round(base["events_per_s"], 1),
+            "cold_start_s": round(tput.cold_start_s, 3),
+            "latency_p50_ms": round(lat.p50_ms, 2),
+            "latency_p99_ms": round(lat.p99_ms, 2),
+            "rss_mb": round(rss, 1),
+            "customers": stats.customers,
+            "recovery_customers_per_s": round(rec.customers_per_s, 1),
+            "machine": mach,
+            "params": {"events": total, "customers": args.customers,
+                       "partitions": partitions, "generator": stats.generator,
+                       "seed": args.seed, "span_days": args.span_days,
+                       "latency_seconds": args.latency_seconds,
+                       "compression": args.compression, "app_id": env.app_id,
+                       "keep": args.keep, "observed": observed},
+        }
+    finally:
+        if profiler is not None and profiler.poll() is None:
+            profiler.kill()
+        env.stop_workers()
+        if not args.keep:
+            try:
+                await asyncio.wait_for(env.cleanup_broker(), 60)
+            except Exception as exc:  # noqa: BLE001 - report, but keep the real error
+                print(f"loyalty bench: could not delete the run's topics: {exc!r}",
+                      file=sys.stderr)
+            env.cleanup_files()
+        else:
+            _progress(args, f"kept: topics {env.app_id}*, files {env.tmp}")
