@@ -551,7 +551,7 @@ def _wait_ready(cfg: BrokerConfig, deadline: float,
         if time.monotonic() >= deadline:
             raise BrokerStartError(
                 f"the broker did not answer a metadata request on {cfg.bootstrap} within "
-                f"{cfg.start_timeout_s:.0f}s\n" + _log_excerpt(cfg))
+                f"{cfg.start_timeout_s:g}s\n" + _log_excerpt(cfg))
         time.sleep(0.2)
 
 
