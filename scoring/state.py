@@ -104,3 +104,48 @@ class CustomerState:
 
     def __repr__(self) -> str:
         return f"CustomerState({self.key!r}, buffered={len(self.buf)}, stage={self.stage!r})"
+
+
+class StateCache:
+    """A bounded LRU of live state objects, keyed like the table, validated by bytes.
+
+    The service reads each customer's state as bytes from its table. Decoding
+    gives an object without the in-memory head, so the fold must re-fold the
+    open buffer. This cache hands back the live object produced by the last
+    :func:`scoring.fold.apply` instead, when, and only when, the table still
+    holds exactly the bytes that object encoded to. Any other writer (a
+    rebalance, a restore from the changelog, the sweep) changes the bytes and
+    the cache falls back to decoding: it can never serve a stale state.
+    """
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        from collections import OrderedDict
+
+        self.capacity = capacity
+        self._items: OrderedDict[bytes, tuple[bytes, CustomerState]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: bytes, raw: bytes | None) -> CustomerState | None:
+        """The state the table's ``raw`` bytes hold (None for a new customer)."""
+        if raw is None:
+            return None
+        item = self._items.get(key)
+        if item is not None and item[0] == raw:
+            self._items.move_to_end(key)
+            self.hits += 1
+            return item[1]
+        self.misses += 1
+        return CustomerState.decode(raw)
+
+    def put(self, key: bytes, raw: bytes, state: CustomerState) -> None:
+        """Remember ``state`` as what ``raw`` (its encoding, just written) holds."""
+        if self.capacity <= 0:
+            return
+        self._items[key] = (raw, state)
+        self._items.move_to_end(key)
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)

@@ -163,3 +163,24 @@ def test_sweep_publishes_what_a_later_event_would_and_changes_no_snapshot(events
     assert not any(e["kind"] == "ledger" and e["entry"] == "expire" for e in again.values())
     # and a second sweep at the same instant has nothing to do
     assert advance(swept.state, to_us(now), policy).changed is False
+
+
+def test_state_cache_serves_live_objects_only_for_identical_bytes() -> None:
+    from scoring.fold import apply
+    from scoring.state import StateCache
+    from tests.core.factory import parse
+
+    policy = PolicyBook().default
+    cache = StateCache(capacity=2)
+    key = b"shop-1|c1"
+    out = apply(None, parse(purchase(T0, 100, order_id="a")), policy)
+    raw = out.state.encode()
+    cache.put(key, raw, out.state)
+    assert cache.get(key, raw) is out.state and cache.hits == 1
+    other = apply(out.state, parse(visit(T0 + timedelta(days=1))), policy).state.encode()
+    decoded = cache.get(key, other)  # someone else wrote the row: decode, never the stale object
+    assert decoded is not out.state and decoded.encode() == other and cache.misses == 1
+    assert cache.get(key, None) is None
+    cache.put(b"k2", raw, out.state)
+    cache.put(b"k3", raw, out.state)
+    assert len(cache) == 2 and cache.get(key, raw) is not out.state  # evicted (LRU)
