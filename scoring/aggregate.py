@@ -72,10 +72,12 @@ class Agg:
         new = Agg.__new__(Agg)
         for name in Agg.__slots__:
             setattr(new, name, getattr(self, name))
-        new.orders = {k: v[:] for k, v in self.orders.items()}
+        # Order entries are shared and copied on write (only a refund changes
+        # one); feedback entries are never mutated. Lots are small and mutable.
+        new.orders = dict(self.orders)
         new.pdays = self.pdays[:]
         new.fb_counts = self.fb_counts[:]
-        new.fb_recent = [x[:] for x in self.fb_recent]
+        new.fb_recent = self.fb_recent[:]
         new.lots = [x[:] for x in self.lots]
         return new
 

@@ -224,6 +224,8 @@ def _refund(agg: Agg, ts: int, event_id: str, order_id: str, amount: int, ctx: _
         agg.refunds_capped += 1
     if applied <= 0:
         return
+    # Copy-on-write: Agg.copy shares order entries, and this one is about to change.
+    order = agg.orders[order_id] = order[:]
     order[O_REFUNDED] += applied
     agg.refund_total += applied
     agg.spend_total -= applied
@@ -427,7 +429,13 @@ def apply(state: CustomerState | None, event: Event, policy: ShopPolicy) -> Outc
         apply_record(head, rec, ctx, appended)
         effects, emitted = _publish_appended(state, appended)
         retired = _count_before(new.buf, frontier)
-        ckpt_new = _finalize(new, retired, ctx)
+        if retired and retired == len(state.buf) and state.clock == state.max_ts:
+            # Every earlier event is now final, and the cached head is exactly
+            # their fold as of the newest of them (the clock never moved past
+            # it): it is the new checkpoint, no second application needed.
+            ckpt_new = cached.copy()
+        else:
+            ckpt_new = _finalize(new, retired, ctx)
     else:
         head, truth, ckpt_new, retired = fold_open(new, policy, new.clock, retire_before=frontier)
         effects, emitted = _publish(state, truth, state.frontier)
@@ -489,9 +497,15 @@ def _force_finalize(state: CustomerState, policy: ShopPolicy, n: int) -> int:
 
 
 def _prune_seen(state: CustomerState, policy: ShopPolicy) -> None:
+    """Forget event ids older than the dedup horizon, keeping at most max_seen_ids.
+
+    Ids are remembered for *at least* ``dedup_retention_days``: the check looks
+    only at the oldest-inserted id (O(1)), since ids mostly arrive in time
+    order; a full pass runs when that one is due or the cap is exceeded.
+    """
     horizon = state.max_ts - policy.dedup_retention_days * US_PER_DAY  # type: ignore[operator]
     seen = state.seen
-    if len(seen) > policy.max_seen_ids or any(v[1] < horizon for v in seen.values()):
+    if len(seen) > policy.max_seen_ids or (seen and next(iter(seen.values()))[1] < horizon):
         rows = sorted(((v[1], k) for k, v in seen.items() if v[1] >= horizon), reverse=True)
         state.seen = {k: seen[k] for _, k in rows[: policy.max_seen_ids]}
 

@@ -22,6 +22,20 @@ from scoring.snapshot import clv_inputs, head_as_of, snapshot_of_head
 from scoring.state import CustomerState
 
 
+def tune_gc() -> None:
+    """Make the cyclic garbage collector rare.
+
+    Customer states are trees of lists, dicts and ints: they hold no reference
+    cycles, so reference counting frees them. With default thresholds the
+    collector keeps re-walking every live state (tens of thousands of objects
+    per customer table), which measured 2-3x the cost of the fold itself.
+    """
+    import gc
+
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 1_000)
+
+
 @dataclass
 class ReplayResult:
     states: dict[tuple[str, str], CustomerState] = field(default_factory=dict)
@@ -45,6 +59,7 @@ def fold_lines(lines: Iterable[bytes | str], *, policies: PolicyBook, as_of: dat
     """Validate and fold every line; events after ``as_of`` are counted and skipped."""
     now = now or datetime.now(UTC)
     limit = to_us(as_of) if as_of is not None else None
+    tune_gc()
     res = ReplayResult()
     states = res.states
     for line in lines:
