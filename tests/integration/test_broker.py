@@ -22,6 +22,7 @@ from streams.settings import Settings
 CLI = [sys.executable, "-m", "streams.cli"]
 
 
+@pytest.mark.timeout(120)
 async def test_produce_and_consume_one_message(bootstrap: str, create_topic, unique_name) -> None:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
@@ -36,9 +37,11 @@ async def test_produce_and_consume_one_message(bootstrap: str, create_topic, uni
                                 auto_offset_reset="earliest")
     await consumer.start()
     try:
-        batch = await consumer.getmany(timeout_ms=15000, max_records=1)
-        while not batch:  # the first fetch can return empty while the group joins
+        batch = {}
+        for _ in range(4):  # a fetch can return empty while the group joins
             batch = await consumer.getmany(timeout_ms=15000, max_records=1)
+            if batch:
+                break
     finally:
         await consumer.stop()
     records = [r for rs in batch.values() for r in rs]
