@@ -180,6 +180,13 @@ class Latency:
     sent: int
     matched: int
     duration_s: float
+    p50_first_quarter_ms: float = 0.0
+    p50_last_quarter_ms: float = 0.0
+
+    @property
+    def kept_up(self) -> bool:
+        """False when latency grew during the phase: the worker queued, it did not keep up."""
+        return self.p50_last_quarter_ms <= 2 * self.p50_first_quarter_ms + 50
 
 
 async def latency(env: BenchEnv, worker: WorkerProc, keys: list[bytes], rate: float,
@@ -274,10 +281,16 @@ async def latency(env: BenchEnv, worker: WorkerProc, keys: list[bytes], rate: fl
         raise BenchError(f"latency phase: no snapshot of the {sent_n} events arrived on {topic} "
                          f"within {drain_s:.0f} s; worker log:\n{worker.log_tail()}")
     ms = sorted(x * 1000 for x in lat)
+    # In arrival order: the first and last quarter's medians show whether the
+    # worker kept up (flat) or queued (growing) at the offered rate.
+    q = max(1, len(lat) // 4)
+    first_q = sorted(x * 1000 for x in lat[:q])
+    last_q = sorted(x * 1000 for x in lat[-q:])
     return Latency(p50_ms=_pct(ms, 50), p99_ms=_pct(ms, 99), max_ms=ms[-1],
                    mean_ms=statistics.fmean(ms), offered_per_s=rate,
                    achieved_per_s=sent_n / send_s if send_s > 0 else float(sent_n),
-                   sent=sent_n, matched=len(ms), duration_s=send_s)
+                   sent=sent_n, matched=len(ms), duration_s=send_s,
+                   p50_first_quarter_ms=_pct(first_q, 50), p50_last_quarter_ms=_pct(last_q, 50))
 
 
 def _pct(sorted_ms: list[float], p: float) -> float:
@@ -291,6 +304,7 @@ class Recovery:
     """Result of :func:`recovery`."""
 
     customers: int
+    changelog_records: int  # what Faust replays: every write not yet compacted away
     seconds: float  # partitions assigned -> last changelog record of every partition served
     restart_s: float  # process launch -> same
     customers_per_s: float
@@ -349,12 +363,16 @@ async def recovery(env: BenchEnv, old: WorkerProc, customers: int, timeout_s: fl
     owned partitions (the group assignment, after which Faust starts
     restoring) to that moment; ``customers_per_s = customers / seconds``.
     ``restart_s`` includes the process start and group join as well.
+    ``changelog_records`` is the number of records Faust has to replay: one per
+    state write, not one per customer, until the broker compacts closed log
+    segments (Faust's changelogs are compacted, but the active segment never is).
     """
     from urllib.parse import quote
 
     import aiohttp
 
     old.stop()
+    records = sum((await env.end_offsets([env.changelog_topic])).values())
     last = await _last_changelog_records(env)
     expected = {k: _expected_snapshot(v) for k, v in last.values()}
     env.wipe_data()
@@ -388,7 +406,7 @@ async def recovery(env: BenchEnv, old: WorkerProc, customers: int, timeout_s: fl
     assert t_assigned is not None
     seconds = max(t_ready - t_assigned, POLL_S)  # one poll period is the resolution
     rss = read_proc_status(worker.pid).get("VmHWM", 0) / 1024
-    return Recovery(customers=customers, seconds=seconds,
+    return Recovery(customers=customers, changelog_records=records, seconds=seconds,
                     restart_s=t_ready - worker.started_at,
                     customers_per_s=customers / seconds, rss_mb=rss)
 

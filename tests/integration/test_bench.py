@@ -1,0 +1,118 @@
+"""``loyalty bench`` end to end on the real broker, at a tiny size.
+
+The figures of a tiny run mean nothing as performance numbers; what is checked
+is that every phase runs, every figure is present and sane, the run cleans up
+after itself (worker processes, topics) and fails clearly without a broker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+KEYS = {"events_per_s", "baseline_events_per_s", "cold_start_s", "latency_p50_ms",
+        "latency_p99_ms", "rss_mb", "customers", "recovery_customers_per_s",
+        "machine", "params"}
+
+
+def _bench(*args: str, broker: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "LOYALTY_BROKER": broker}
+    return subprocess.run([sys.executable, "-m", "streams.cli", "bench", *args], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _is_our_worker(pid: int) -> bool:
+    """True if ``pid`` is (still) a `loyalty worker` process (pids can be reused)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"streams.cli" in cmdline and b"worker" in cmdline
+
+
+@pytest.mark.timeout(240)
+def test_bench_tiny_run_reports_every_figure_and_cleans_up(bootstrap: str) -> None:
+    proc = _bench("--events", "3000", "--customers", "300", "--partitions", "2",
+                  "--latency-seconds", "5", "--json", broker=f"kafka://{bootstrap}",
+                  timeout=220)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert set(result) == KEYS
+
+    assert result["events_per_s"] > 0
+    assert result["baseline_events_per_s"] > 0
+    assert result["cold_start_s"] > 0
+    assert 0 < result["latency_p50_ms"] <= result["latency_p99_ms"]
+    assert result["latency_p99_ms"] < 60_000
+    assert 0 < result["rss_mb"] < 24 * 1024
+    assert result["customers"] == 300
+    assert result["recovery_customers_per_s"] > 0
+
+    params = result["params"]
+    assert params["events"] == 3000 and params["partitions"] == 2
+    obs = params["observed"]
+    # Every preloaded event went through the worker; nothing was lost in the latency phase.
+    assert obs["statuses"]["consumed"] >= 3000
+    assert obs["latency"]["matched"] == obs["latency"]["sent"] > 0
+    machine = result["machine"]
+    assert machine["cores"] >= 1 and machine["python"] and machine["kafka"]
+    assert datetime.fromisoformat(machine["date"].replace("Z", "+00:00")) <= datetime.now(UTC)
+
+    # Both workers (measured and recovery) are gone, and so are the run's topics.
+    assert len(obs["worker_pids"]) == 2
+    assert not [pid for pid in obs["worker_pids"] if _is_our_worker(pid)]
+    from tests.conftest import run_async
+
+    async def leftovers() -> list[str]:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            return [t for t in await admin.list_topics() if t.startswith(params["app_id"])]
+        finally:
+            await admin.close()
+
+    assert run_async(leftovers()) == []
+    assert not Path(f"/tmp/bench_{params['app_id'].removeprefix('bench-')}").exists()
+
+
+def test_bench_without_broker_says_how_to_start_it() -> None:
+    import socket
+
+    with socket.socket() as s:  # a port where certainly no broker listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = _bench("--events", "10", "--customers", "2", "--json",
+                  broker=f"kafka://127.0.0.1:{port}", timeout=60)
+    assert proc.returncode == 1
+    assert "loyalty broker start" in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_fast_generator_gives_exact_counts_of_valid_events() -> None:
+    from schemas.events import parse_event
+    from schemas.policy import PolicyBook
+    from streams.bench.generator import StreamStats, fast_stream
+    from streams.topics import message_key
+
+    stats = StreamStats()
+    triples = list(fast_stream(2000, 150, seed=3, stats=stats))
+    assert len(triples) == stats.events == 2000
+    assert stats.customers == 150
+    policies, now = PolicyBook.load(None), datetime.now(UTC)
+    keys = set()
+    for typ, key, value in triples:
+        ev = parse_event(value, now=now, policies=policies)  # raises if invalid
+        assert ev.type == typ
+        assert key == message_key(ev.shop_id, ev.customer_id)
+        keys.add(key)
+    assert len(keys) == 150
+    assert set(stats.by_type) == {"purchase", "visit", "feedback", "refund", "redemption"}
