@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -352,7 +353,7 @@ def _expected_snapshot(value: bytes) -> Any:
 
 
 async def recovery(env: BenchEnv, old: WorkerProc, customers: int, timeout_s: float,
-                   ) -> Recovery:
+                   on_start: Callable[[int], None] | None = None) -> Recovery:
     """Stop ``old``, wipe the stores, start a new worker, time the table rebuild.
 
     The table is rebuilt when, for every partition of the customer changelog,
@@ -378,6 +379,8 @@ async def recovery(env: BenchEnv, old: WorkerProc, customers: int, timeout_s: fl
     env.wipe_data()
     worker = env.new_worker("recovery")
     worker.start()
+    if on_start is not None:
+        on_start(worker.pid)  # e.g. attach a profiler
     t_assigned = None
     deadline = time.monotonic() + timeout_s
     waiting = dict(expected)

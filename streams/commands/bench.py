@@ -57,8 +57,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=None,
                         help="seconds allowed per phase (default 120 + events/200)")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
-                        help="record the worker with py-spy during throughput and latency; "
-                             "writes DIR/worker.speedscope.json (py-spy on PATH or --py-spy)")
+                        help="record the workers with py-spy: DIR/throughput.speedscope.json, "
+                             "latency.speedscope.json, recovery.speedscope.json "
+                             "(py-spy on PATH or --py-spy)")
     parser.add_argument("--py-spy", default=None, help="path of the py-spy executable")
 
 
@@ -92,11 +93,32 @@ def _progress(args: argparse.Namespace, message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
+def _start_profile(spy: str, pid: int, out: Path) -> Any:
+    """Attach ``py-spy record`` to ``pid``; it writes ``out`` (speedscope) when stopped."""
+    import subprocess
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen([spy, "record", "--pid", str(pid), "--rate", "100", "--format",
+                             "speedscope", "-o", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def _stop_profile(profiler: Any) -> None:
+    import signal
+    import subprocess
+
+    profiler.send_signal(signal.SIGINT)  # py-spy writes the profile on SIGINT
+    try:
+        profiler.wait(60)
+    except subprocess.TimeoutExpired:
+        profiler.kill()
+
+
 async def _run(args: argparse.Namespace) -> dict[str, Any]:
     import asyncio
     import shutil
     import signal
-    import subprocess
 
     from streams.bench import phases
     from streams.bench.generator import StreamStats, fast_stream, synthetic_stream
@@ -117,7 +139,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     if task is not None:
         loop.add_signal_handler(signal.SIGTERM, task.cancel)
-    profiler: subprocess.Popen[bytes] | None = None
+    profiler: Any = None
     observed: dict[str, Any] = {}
     try:
         _progress(args, f"run {env.app_id}: creating topics ({partitions} partitions)")
@@ -143,8 +165,9 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
 
         _progress(args, "throughput: cold worker on the preloaded topics")
         worker = env.new_worker("main")
+        spy = ""
         if args.profile is not None:
-            spy = args.py_spy or shutil.which("py-spy")
+            spy = args.py_spy or shutil.which("py-spy") or ""
             if not spy:
                 raise BenchError("--profile needs py-spy: `pip install py-spy` or pass --py-spy")
         tp_task = asyncio.ensure_future(phases.throughput(env, worker, total, timeout))
@@ -152,11 +175,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
             # Attach once the process exists, so the profile covers startup too.
             while worker.proc is None and not tp_task.done():
                 await asyncio.sleep(0.01)
-            args.profile.mkdir(parents=True, exist_ok=True)
-            profiler = subprocess.Popen(
-                [spy, "record", "--pid", str(worker.pid), "--rate", "100", "--format",
-                 "speedscope", "-o", str(args.profile / "worker.speedscope.json")],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            profiler = _start_profile(spy, worker.pid, args.profile / "throughput.speedscope.json")
         tput = await tp_task
         observed["throughput_s"] = round(tput.seconds, 3)
         observed["processed_s"] = round(tput.processed_at_s, 3)
@@ -170,6 +189,9 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         _progress(args, f"throughput: {tput.events_per_s:,.0f} events/s "
                         f"(cold start {tput.cold_start_s:.1f} s)")
 
+        if profiler is not None:
+            _stop_profile(profiler)
+            profiler = _start_profile(spy, worker.pid, args.profile / "latency.speedscope.json")
         rate = max(1.0, tput.events_per_s / 2)
         _progress(args, f"latency: {rate:,.0f} events/s for {args.latency_seconds:.0f} s")
         lat = await phases.latency(env, worker, stats.keys_sample, rate, args.latency_seconds)
@@ -185,11 +207,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
                             "(latency grew during the phase); p50/p99 include queueing")
         _progress(args, f"latency: p50 {lat.p50_ms:.1f} ms, p99 {lat.p99_ms:.1f} ms")
         if profiler is not None:
-            profiler.send_signal(signal.SIGINT)  # py-spy writes the profile on SIGINT
-            try:
-                profiler.wait(60)
-            except subprocess.TimeoutExpired:
-                profiler.kill()
+            _stop_profile(profiler)
             profiler = None
 
         rss = phases.worker_peak_rss_mb(worker)
@@ -198,7 +216,16 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         observed["worker_pids"] = [worker.pid]
 
         _progress(args, "recovery: stop, wipe local stores, restart")
-        rec = await phases.recovery(env, worker, stats.customers, timeout)
+        def on_recovery_start(pid: int) -> None:
+            nonlocal profiler
+            if args.profile is not None:
+                profiler = _start_profile(spy, pid, args.profile / "recovery.speedscope.json")
+
+        rec = await phases.recovery(env, worker, stats.customers, timeout,
+                                    on_start=on_recovery_start)
+        if profiler is not None:
+            _stop_profile(profiler)
+            profiler = None
         observed["worker_pids"] = [w.pid for w in env.workers if w.proc is not None]
         observed["recovery_s"] = round(rec.seconds, 3)
         observed["recovery_restart_s"] = round(rec.restart_s, 3)
