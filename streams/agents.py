@@ -25,8 +25,9 @@ changes nothing):
 
 Failure modes:
 
-* Any unexpected exception is caught: the record is dead-lettered with reason
-  ``internal_error`` and a traceback summary, counted, and processing
+* Any unexpected exception is caught and the record retried twice (safe:
+  see :meth:`Processor.handle`); if it still fails it is dead-lettered with
+  reason ``internal_error`` and a traceback summary, counted, and processing
   continues. The worker never dies of a record and never ``noack``s.
 * Outputs are published and acknowledged by the broker *before* the state
   write (see :meth:`Processor.handle`). kill -9 before the state write: the
@@ -60,6 +61,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ORIGIN_HEADER = "loyalty-origin"
+RETRIES = 2  # extra attempts before a record is dead-lettered as internal_error
+RETRY_DELAY_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -171,6 +174,41 @@ class Processor:
         self.rekey_name = service.rekey.get_topic_name()
         #: customer key whose outputs are being acknowledged (see :meth:`handle`)
         self.in_flight: bytes | None = None
+        self._last_offset: dict[tuple[str, int], tuple[int | None, int]] = {}
+        self.repair = GapReader(service)
+
+    async def find_gap(self, record: Record, generation: int | None) -> tuple[int, int] | None:
+        """The offsets ``[start, end)`` of this record's partition that the consumer skipped.
+
+        Input topics are delete-policy and written without transactions, so
+        their offsets are contiguous. Faust has known bugs around rebalances
+        (records prefetched before a rebalance delivered after it, and its
+        "gap" bookkeeping then treating the skipped range as done:
+        faust-streaming#216, #221, #606) that make the stream jump ahead. We
+        detect a jump within a generation, and at the first record of a new
+        generation we compare with the group's committed offset. A false
+        positive only costs a re-read: re-applying records is idempotent.
+        """
+        tp = (record.topic, record.partition)
+        last = self._last_offset.get(tp)
+        self._last_offset[tp] = (generation, record.offset)
+        if last is not None and last[0] == generation:
+            start = last[1] + 1
+        else:
+            try:
+                committed = await self.repair.committed(record.topic, record.partition)
+            except Exception:  # noqa: BLE001 - detection is best effort
+                log.exception("cannot read committed offset of %s[%d]", *tp)
+                return None
+            if committed is None:
+                return None
+            start = committed
+        if record.offset > start:
+            self.metrics.offset_gaps.labels(record.topic).inc(record.offset - start)
+            log.warning("consumer skipped %s[%d] offsets %d..%d (generation %s): re-reading",
+                        record.topic, record.partition, start, record.offset - 1, generation)
+            return start, record.offset
+        return None
 
     # -- planning (pure apart from table reads) ----------------------------------------
     def plan(self, record: Record, *, now: datetime | None = None) -> Plan:
@@ -319,32 +357,102 @@ class Processor:
         the time sweep neither reads nor overwrites it (no lost update).
         """
         started = time.perf_counter()
-        try:
-            plan = self.plan(record)
-            self.in_flight = plan.state_write[0] if plan.state_write else None
-            futures = await self.send(plan)
-            if plan.state_write is not None and futures:
-                await asyncio.gather(*futures)
-            self.write(plan)
-            self.observe(record, plan, started)
-            return plan.status
-        except Exception as exc:  # noqa: BLE001 - the worker must survive any record
-            summary = "".join(traceback.format_exception(exc, limit=6))[-3000:]
-            log.exception("internal error on %s[%d]@%d", record.topic, record.partition,
-                          record.offset)
-            self.metrics.internal_errors.inc()
-            self.metrics.invalid_events.labels("internal_error").inc()
-            self.metrics.events_consumed.labels(record.topic, "error").inc()
+        for attempt in range(RETRIES + 1):
             try:
-                await self.service.dead_letter.send(
-                    key=record.key, value=dead_letter_record(record, "internal_error", summary),
-                    force=True)
-            except Exception:  # noqa: BLE001
-                log.exception("could not dead-letter %s[%d]@%d", record.topic,
-                              record.partition, record.offset)
-            return "internal_error"
-        finally:
-            self.in_flight = None
+                plan = self.plan(record)
+                self.in_flight = plan.state_write[0] if plan.state_write else None
+                futures = await self.send(plan)
+                if plan.state_write is not None and futures:
+                    await asyncio.gather(*futures)
+                self.write(plan)
+                self.in_flight = None
+                self.observe(record, plan, started)
+                return plan.status
+            except Exception as exc:  # noqa: BLE001 - the worker must survive any record
+                self.in_flight = None
+                if attempt < RETRIES:
+                    # Transient trouble (broker hiccup, metadata not yet fresh) must
+                    # not cost an event. A retry is safe: the plan is recomputed
+                    # from the table, and a write that did land makes the record
+                    # an exact duplicate for the fold.
+                    log.warning("retrying %s[%d]@%d after %r", record.topic,
+                                record.partition, record.offset, exc)
+                    await asyncio.sleep(RETRY_DELAY_S * (attempt + 1))
+                    continue
+                await self._internal_error(record, exc)
+        return "internal_error"
+
+    async def _internal_error(self, record: Record, exc: BaseException) -> None:
+        """Dead-letter ``record`` with reason ``internal_error``; never raises."""
+        summary = "".join(traceback.format_exception(exc, limit=6))[-3000:]
+        log.error("internal error on %s[%d]@%d: %s", record.topic, record.partition,
+                  record.offset, summary)
+        self.metrics.internal_errors.inc()
+        self.metrics.invalid_events.labels("internal_error").inc()
+        self.metrics.events_consumed.labels(record.topic, "error").inc()
+        try:
+            await self.service.dead_letter.send(
+                key=record.key, value=dead_letter_record(record, "internal_error", summary),
+                force=True)
+        except Exception:  # noqa: BLE001
+            log.exception("could not dead-letter %s[%d]@%d", record.topic,
+                          record.partition, record.offset)
+
+
+class GapReader:
+    """Reads ranges of input records and committed offsets outside Faust's consumer."""
+
+    def __init__(self, service: LoyaltyService) -> None:
+        self.settings = service.settings
+        self._consumer: Any = None
+        self._admin: Any = None
+
+    async def _start(self) -> None:
+        from aiokafka import AIOKafkaConsumer
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        if self._consumer is None:
+            self._consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap_servers,
+                                              group_id=None, enable_auto_commit=False)
+            await self._consumer.start()
+            self._admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.bootstrap_servers)
+            await self._admin.start()
+
+    async def committed(self, topic: str, partition: int) -> int | None:
+        """The consumer group's committed offset of one partition (None: none yet)."""
+        from aiokafka import TopicPartition
+
+        await self._start()
+        tp = TopicPartition(topic, partition)
+        offsets = await self._admin.list_consumer_group_offsets(self.settings.app_id,
+                                                                partitions=[tp])
+        meta = offsets.get(tp)
+        return None if meta is None or meta.offset < 0 else int(meta.offset)
+
+    async def fetch(self, topic: str, partition: int, start: int, end: int,
+                    timeout: float = 30.0) -> list[Record]:
+        """Records with ``start <= offset < end`` of one partition, in order."""
+        from aiokafka import TopicPartition
+
+        await self._start()
+        tp = TopicPartition(topic, partition)
+        self._consumer.assign([tp])
+        self._consumer.seek(tp, start)
+        out: list[Record] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            batch = await self._consumer.getmany(tp, timeout_ms=500)
+            for m in batch.get(tp, []):
+                if m.offset >= end:
+                    return out
+                out.append(Record(topic=m.topic, partition=m.partition, offset=m.offset,
+                                  key=m.key, value=m.value, timestamp=m.timestamp / 1000.0,
+                                  headers=tuple((k, bytes(v or b"")) for k, v in m.headers)))
+            if out and out[-1].offset >= end - 1:
+                return out
+        log.error("could only re-read %d of %d skipped records of %s[%d]", len(out),
+                  end - start, topic, partition)
+        return out
 
 
 def _decode_state(raw: bytes | None) -> Any:
@@ -361,7 +469,14 @@ def register_agents(service: LoyaltyService) -> Processor:
 
     async def loyalty_state(stream: Any) -> None:
         async for event in stream.events():
-            await processor.handle(Record.from_message(event.message))
+            record = Record.from_message(event.message)
+            gap = await processor.find_gap(record, getattr(event.message, "generation_id", None))
+            if gap is not None:
+                # Same partition as the current event, so table writes made in
+                # its context land in the right store and changelog partition.
+                for missed in await processor.repair.fetch(record.topic, record.partition, *gap):
+                    await processor.handle(missed)
+            await processor.handle(record)
 
     service.app.agent(service.inputs, name="loyalty-state", concurrency=1)(loyalty_state)
     service.processor = processor  # type: ignore[attr-defined]

@@ -29,6 +29,7 @@ so a customer's row always lives in that partition's store and changelog.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,8 @@ if TYPE_CHECKING:
 CUSTOMERS_TABLE = "customers"
 TALLIES_TABLE = "shop-tallies"
 MiB = 1024 * 1024
+#: consumer group session timeout: how long a killed worker stays a group member
+SESSION_TIMEOUT_S = 10.0
 
 
 def partition_for(key: bytes, partitions: int) -> int:
@@ -68,9 +71,24 @@ def rekey_topic_spec(settings: Settings) -> TopicSpec:
     )
 
 
+def changelog_topic_specs(settings: Settings) -> list[TopicSpec]:
+    """The tables' changelog topics (compacted), named as Faust names them.
+
+    Created before Faust starts: when Faust creates them itself, the first
+    records can be processed before the consumer's metadata knows the new
+    topic, and Faust's co-partitioning check then fails with
+    ``PartitionsMismatch`` ("changelog has 0 partitions").
+    """
+    return [TopicSpec(name=f"{settings.app_id}-{table}-changelog",
+                      partitions=settings.partitions, compacted=True, role="output",
+                      key_codec="table key", value_codec="table value",
+                      description=f"changelog of the {table} table")
+            for table in (CUSTOMERS_TABLE, TALLIES_TABLE)]
+
+
 def all_topic_specs(settings: Settings) -> list[TopicSpec]:
-    """Registry topics plus the service's internal rekey topic."""
-    return [*topic_specs(settings), rekey_topic_spec(settings)]
+    """Registry topics plus the service's internal rekey and changelog topics."""
+    return [*topic_specs(settings), rekey_topic_spec(settings), *changelog_topic_specs(settings)]
 
 
 def rocksdb_options(settings: Settings) -> dict[str, Any]:
@@ -141,6 +159,29 @@ class LoyaltyService:
         return sorted(tp.partition for tp in actives if tp.topic == changelog)
 
 
+def _harden_producer_flush(app: faust.App) -> None:
+    """Make ``producer.flush()`` really drain Faust's send buffer.
+
+    Faust commits offsets right after ``producer.flush()``. Its buffer flush
+    gives up as soon as no message left the buffer for 0.1 s, so a slow
+    broker round could let an offset be committed while that record's
+    changelog write still sat in the buffer - and a kill -9 then would lose
+    the write. The commit path looks the method up on the instance, so
+    wrapping it here keeps "flushed before committed" true.
+    """
+    producer = app.producer
+    original = producer.flush
+
+    async def flush() -> None:
+        while producer.buffer.size:
+            await producer.buffer.flush()
+            if producer.buffer.size:
+                await asyncio.sleep(0.01)
+        await original()
+
+    producer.flush = flush  # type: ignore[method-assign]
+
+
 def create_service(
     settings: Settings,
     *,
@@ -181,9 +222,14 @@ def create_service(
         processing_guarantee="at_least_once",
         table_standby_replicas=1,
         broker_commit_interval=1.0,
+        # A worker killed with -9 keeps its group membership until the session
+        # times out; the default 60 s would stall its restart's rebalance.
+        broker_session_timeout=SESSION_TIMEOUT_S,
+        broker_heartbeat_interval=2.0,
     )
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
            "value_serializer": "raw"}
+    _harden_producer_flush(app)
     # Tables take key/value *types* only; with bytes types Faust passes the raw
     # bytes through (the app-wide serializers are "raw").
     tbl = {"key_type": bytes, "value_type": bytes, "default": None,

@@ -53,6 +53,10 @@ class Metrics:
             "loyalty_rekeyed_total",
             "Wrongly keyed or partitioned input records forwarded to the rekey topic.",
             ["topic"], registry=r)
+        self.offset_gaps = Counter(
+            "loyalty_input_offset_gaps_total",
+            "Input records the consumer skipped (offset jumps); they are re-read and processed.",
+            ["topic"], registry=r)
         self.internal_errors = Counter(
             "loyalty_internal_errors_total",
             "Unexpected exceptions while processing a record (record dead-lettered).",

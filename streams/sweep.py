@@ -153,6 +153,7 @@ class Sweeper:
         self._passes: dict[int, _Pass] = {}
         self._lock = asyncio.Lock()
         self.last: SweepStats | None = None
+        self._generation = -1
 
     # -- called by the agent ---------------------------------------------------------
     def note_change(self, partition: int, key: bytes, delta: TallyDelta) -> None:
@@ -171,6 +172,19 @@ class Sweeper:
         p.acc[shop] = delta.apply(p.acc.get(shop) or ShopTally.empty())
 
     # -- the sweep ---------------------------------------------------------------------
+    def tables_ready(self) -> bool:
+        """True when no rebalance or changelog recovery is under way.
+
+        Faust keeps agents paused during recovery, but timers keep running. A
+        sweep during recovery would advance a half-restored row and append it
+        to the changelog *after* the newer values still being restored: the
+        stale row would win. Flow control is suspended from rebalance start
+        until recovery has finished, so it is the gate.
+        """
+        app = self.service.app
+        return (app.flow_control.is_active() and not app.rebalancing
+                and not getattr(app, "in_recovery", False))
+
     def keys_of_partition(self, partition: int) -> list[bytes]:
         """Customer keys stored in ``partition`` (materialised: iteration never
         spans an ``await``, so a partition revoked mid-sweep cannot invalidate
@@ -193,7 +207,8 @@ class Sweeper:
         async with self._lock:  # a slow sweep must not overlap the next timer tick
             stats = SweepStats(now=now or datetime.now(UTC))
             started = time.perf_counter()
-            for partition in self.service.owned_partitions():
+            self._generation = self.service.app.consumer_generation_id
+            for partition in self.service.owned_partitions() if self.tables_ready() else []:
                 try:
                     await self._sweep_partition(partition, stats)
                 except Exception:  # noqa: BLE001 - the timer must keep running
@@ -225,8 +240,8 @@ class Sweeper:
         keys = self.keys_of_partition(partition)
         run = self._passes[partition] = _Pass(pending=set(keys))
         for start in range(0, len(keys), CHUNK):
-            if partition not in svc.owned_partitions():
-                return  # revoked mid-pass: the new owner sweeps it
+            if not self._still_owner(partition):
+                return  # rebalanced mid-pass: the (new) owner sweeps it next time
             chunk = keys[start:start + CHUNK]
             work: list[tuple[bytes, bytes, Any, Any]] = []
             with partition_context(ctx_topic, partition):
@@ -255,6 +270,8 @@ class Sweeper:
                 svc.metrics.observe_effects(effects)
             if futures:
                 await asyncio.gather(*futures)
+            if not self._still_owner(partition):
+                return
             with partition_context(ctx_topic, partition):
                 for key, raw, outcome, _policy in work:
                     if key == processor.in_flight or table.get(key) != raw:
@@ -278,7 +295,7 @@ class Sweeper:
                     recount_contribution(tally, state, svc.policies.for_shop(shop))
                     run.acc[shop] = tally
             await asyncio.sleep(0)  # let the agent run between chunks
-        if partition not in svc.owned_partitions():
+        if not self._still_owner(partition):
             return
         with partition_context(ctx_topic, partition):
             for shop, tally in run.acc.items():
@@ -292,6 +309,11 @@ class Sweeper:
                     svc.tallies[tkey] = exact
         svc.metrics.table_rows.labels("customers").set(
             sum(len(self.keys_of_partition(p)) for p in svc.owned_partitions()))
+
+    def _still_owner(self, partition: int) -> bool:
+        return (self.tables_ready()
+                and self.service.app.consumer_generation_id == self._generation
+                and partition in self.service.owned_partitions())
 
     def local_tally(self, shop_id: str) -> tuple[list[int], Any]:
         """Merge this worker's tallies of ``shop_id`` over its owned partitions."""

@@ -92,6 +92,15 @@ def run(args: argparse.Namespace) -> int:
     if prepare_data_dir(data_dir):
         log.warning("previous run of %s did not stop cleanly: local stores discarded, "
                     "rebuilding from the changelogs", settings.app_id)
+        # The dead process is still a group member until its session expires.
+        # Joining now means two rebalances in a row (join, then eviction), and
+        # Faust has known bugs with records prefetched across back-to-back
+        # rebalances (faust-streaming#216/#221). Waiting it out costs seconds.
+        import time
+
+        from streams.app import SESSION_TIMEOUT_S
+
+        time.sleep(SESSION_TIMEOUT_S + 1.0)
     service = create_service(settings)
 
     class Worker(faust.Worker):
