@@ -117,6 +117,7 @@ def _stop_profile(profiler: Any) -> None:
 
 async def _run(args: argparse.Namespace) -> dict[str, Any]:
     import asyncio
+    import logging
     import shutil
     import signal
 
@@ -126,6 +127,9 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     from streams.bench.report import machine
     from streams.settings import get_settings
 
+    # Produce retries right after topic creation (NotLeaderForPartition) are
+    # handled by aiokafka; its warnings would only clutter the report.
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)
     settings = get_settings()
     check_broker(settings)
     if args.events < 1 or args.customers < 1:
