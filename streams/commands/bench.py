@@ -52,6 +52,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latency-seconds", type=float, default=30.0,
                         help="duration of the fixed-rate latency phase (default 30, i.e. "
                              "at least one sweep with the default LOYALTY_SWEEP_INTERVAL_S)")
+    parser.add_argument("--latency-rate", type=float, default=None,
+                        help="offered events/s in the latency phase (default: half the measured "
+                             "events_per_s, as the issue specifies)")
     parser.add_argument("--compression", choices=["none", "gzip", "snappy", "lz4", "zstd"],
                         default="none", help="compression of the preloaded input (default none)")
     parser.add_argument("--timeout", type=float, default=None,
@@ -196,7 +199,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         if profiler is not None:
             _stop_profile(profiler)
             profiler = _start_profile(spy, worker.pid, args.profile / "latency.speedscope.json")
-        rate = max(1.0, tput.events_per_s / 2)
+        rate = args.latency_rate or max(1.0, tput.events_per_s / 2)
         _progress(args, f"latency: {rate:,.0f} events/s for {args.latency_seconds:.0f} s")
         lat = await phases.latency(env, worker, stats.keys_sample, rate, args.latency_seconds)
         observed["latency"] = {"offered_per_s": round(lat.offered_per_s, 1),
@@ -252,6 +255,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
                        "partitions": partitions, "generator": stats.generator,
                        "seed": args.seed, "span_days": args.span_days,
                        "latency_seconds": args.latency_seconds,
+                       "latency_rate": args.latency_rate,
                        "compression": args.compression, "app_id": env.app_id,
                        "keep": args.keep, "observed": observed},
         }
