@@ -176,18 +176,22 @@ class Processor:
         self.in_flight: bytes | None = None
         self._last_offset: dict[tuple[str, int], tuple[int | None, int]] = {}
         self.repair = GapReader(service)
+        #: (topic, partition) -> (generation, offset positioned at, monotonic time)
+        self.seeks: dict[tuple[str, int], tuple[int, int, float]] = {}
 
-    async def find_gap(self, record: Record, generation: int | None) -> tuple[int, int] | None:
+    def find_gap(self, record: Record, generation: int | None) -> tuple[int, int] | None:
         """The offsets ``[start, end)`` of this record's partition that the consumer skipped.
 
         Input topics are delete-policy and written without transactions, so
         their offsets are contiguous. Faust has known bugs around rebalances
         (records prefetched before a rebalance delivered after it, and its
         "gap" bookkeeping then treating the skipped range as done:
-        faust-streaming#216, #221, #606) that make the stream jump ahead. We
-        detect a jump within a generation, and at the first record of a new
-        generation we compare with the group's committed offset. A false
-        positive only costs a re-read: re-applying records is idempotent.
+        faust-streaming#216, #221, #606) that make the stream jump ahead:
+        records fetched just before a rebalance are dropped *and acknowledged*
+        after it. We detect a jump within one group generation, and a first
+        record of a generation that is not the one the consumer was positioned
+        at on assignment (see :func:`install_seek_tracking`). A false positive
+        only costs a re-read: re-applying records is idempotent.
         """
         tp = (record.topic, record.partition)
         last = self._last_offset.get(tp)
@@ -195,14 +199,12 @@ class Processor:
         if last is not None and last[0] == generation:
             start = last[1] + 1
         else:
-            try:
-                committed = await self.repair.committed(record.topic, record.partition)
-            except Exception:  # noqa: BLE001 - detection is best effort
-                log.exception("cannot read committed offset of %s[%d]", *tp)
+            # First record of this partition in this generation: it must be the
+            # one the consumer was positioned at when the partition was assigned.
+            seek = self.seeks.get(tp)
+            if seek is None or seek[0] != generation:
                 return None
-            if committed is None:
-                return None
-            start = committed
+            start = seek[1]
         if record.offset > start:
             self.metrics.offset_gaps.labels(record.topic).inc(record.offset - start)
             log.warning("consumer skipped %s[%d] offsets %d..%d (generation %s): re-reading",
@@ -400,34 +402,19 @@ class Processor:
 
 
 class GapReader:
-    """Reads ranges of input records and committed offsets outside Faust's consumer."""
+    """Reads ranges of input records with its own consumer (no group, no commits)."""
 
     def __init__(self, service: LoyaltyService) -> None:
         self.settings = service.settings
         self._consumer: Any = None
-        self._admin: Any = None
 
     async def _start(self) -> None:
         from aiokafka import AIOKafkaConsumer
-        from aiokafka.admin import AIOKafkaAdminClient
 
         if self._consumer is None:
             self._consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap_servers,
                                               group_id=None, enable_auto_commit=False)
             await self._consumer.start()
-            self._admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.bootstrap_servers)
-            await self._admin.start()
-
-    async def committed(self, topic: str, partition: int) -> int | None:
-        """The consumer group's committed offset of one partition (None: none yet)."""
-        from aiokafka import TopicPartition
-
-        await self._start()
-        tp = TopicPartition(topic, partition)
-        offsets = await self._admin.list_consumer_group_offsets(self.settings.app_id,
-                                                                partitions=[tp])
-        meta = offsets.get(tp)
-        return None if meta is None or meta.offset < 0 else int(meta.offset)
 
     async def fetch(self, topic: str, partition: int, start: int, end: int,
                     timeout: float = 30.0) -> list[Record]:
@@ -455,6 +442,85 @@ class GapReader:
         return out
 
 
+def install_seek_tracking(service: LoyaltyService, processor: Processor) -> None:
+    """Remember, per input partition and generation, where the consumer was positioned.
+
+    Faust positions every assigned partition at its committed offset in
+    ``perform_seek`` (after each rebalance's recovery); the first record the
+    agent then sees must be that offset. Wrapping the instance method is the
+    only hook Faust offers at that moment.
+    """
+    app = service.app
+    consumer = app.consumer
+    original = consumer.perform_seek
+    watched = {*service.input_topic_names, service.rekey.get_topic_name()}
+
+    async def perform_seek() -> None:
+        await original()
+        generation = app.consumer_generation_id
+        now = time.monotonic()
+        for tp, offset in list(consumer._committed_offset.items()):
+            if tp.topic in watched and offset is not None:
+                processor.seeks[(tp.topic, tp.partition)] = (generation, int(offset), now)
+
+    consumer.perform_seek = perform_seek
+
+
+async def redrive_idle_partitions(service: LoyaltyService, processor: Processor,
+                                  idle_s: float = 10.0) -> int:
+    """Re-read records of partitions that went quiet right after an assignment.
+
+    The agent's sequence check needs a later record on the same partition; on
+    a sparse partition (few redemptions) records dropped by the consumer would
+    stay unnoticed. For a partition assigned more than ``idle_s`` ago that has
+    delivered nothing since, while the log has records past the position, the
+    records are fetched and forwarded, correctly keyed, to the rekey topic,
+    where the agent processes them in order (duplicates are harmless).
+    Returns the number of records re-driven.
+    """
+    from aiokafka import TopicPartition
+
+    app = service.app
+    generation = app.consumer_generation_id
+    now = time.monotonic()
+    candidates = []
+    for tp, (gen, offset, at) in list(processor.seeks.items()):
+        last = processor._last_offset.get(tp)
+        if gen != generation or now - at < idle_s or (last is not None and last[0] == gen):
+            continue
+        candidates.append((tp, offset))
+    if not candidates:
+        return 0
+    await processor.repair._start()
+    ends = await processor.repair._consumer.end_offsets(
+        [TopicPartition(t, p) for (t, p), _ in candidates])
+    total = 0
+    for (topic, partition), offset in candidates:
+        end = ends.get(TopicPartition(topic, partition), 0)
+        if end <= offset or app.consumer_generation_id != generation:
+            continue
+        records = await processor.repair.fetch(topic, partition, offset, end)
+        for r in records:
+            await service.rekey.send(key=_redrive_key(r), value=r.value or b"",
+                                     headers=[(ORIGIN_HEADER, codec.dumps(r.origin()))],
+                                     force=True)
+        processor._last_offset[(topic, partition)] = (generation, end - 1)
+        service.metrics.offset_gaps.labels(topic).inc(len(records))
+        log.warning("partition %s[%d] idle since assignment with records %d..%d unread: "
+                    "re-driven through the rekey topic", topic, partition, offset, end - 1)
+        total += len(records)
+    return total
+
+
+def _redrive_key(record: Record) -> bytes | None:
+    """Correct key for a re-driven record (its own key if the value is unparseable)."""
+    try:
+        data = codec.loads(record.value or b"")
+        return message_key(data["shop_id"], data["customer_id"])
+    except Exception:  # noqa: BLE001 - invalid records are dead-lettered downstream
+        return record.key
+
+
 def _decode_state(raw: bytes | None) -> Any:
     from scoring.state import CustomerState
 
@@ -470,7 +536,7 @@ def register_agents(service: LoyaltyService) -> Processor:
     async def loyalty_state(stream: Any) -> None:
         async for event in stream.events():
             record = Record.from_message(event.message)
-            gap = await processor.find_gap(record, getattr(event.message, "generation_id", None))
+            gap = processor.find_gap(record, getattr(event.message, "generation_id", None))
             if gap is not None:
                 # Same partition as the current event, so table writes made in
                 # its context land in the right store and changelog partition.
@@ -479,5 +545,14 @@ def register_agents(service: LoyaltyService) -> Processor:
             await processor.handle(record)
 
     service.app.agent(service.inputs, name="loyalty-state", concurrency=1)(loyalty_state)
+    install_seek_tracking(service, processor)
+
+    async def loyalty_redrive() -> None:
+        try:
+            await redrive_idle_partitions(service, processor)
+        except Exception:  # noqa: BLE001 - best effort; retried next tick
+            log.exception("re-drive check failed")
+
+    service.app.timer(interval=5.0, on_leader=False, name="loyalty-redrive")(loyalty_redrive)
     service.processor = processor  # type: ignore[attr-defined]
     return processor

@@ -172,8 +172,15 @@ def run(args: argparse.Namespace) -> int:
         if args.exit:
             return 0
         print("\nserving until Ctrl-C ...", flush=True)
-        signal.sigwait({signal.SIGINT, signal.SIGTERM}) if hasattr(signal, "sigwait") else None
-        return 0
+
+        def _stop(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, _stop)  # stop cleanly on SIGTERM too
+        while worker.poll() is None:
+            time.sleep(1.0)
+        say(f"the worker exited ({worker.returncode}); see {repo_var / 'worker.log'}")
+        return 1
     except KeyboardInterrupt:
         return 0
     finally:
