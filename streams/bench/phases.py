@@ -183,6 +183,8 @@ class Latency:
     duration_s: float
     p50_first_quarter_ms: float = 0.0
     p50_last_quarter_ms: float = 0.0
+    #: bursts of events at or above p99: (start s into the phase, span s, count, max ms)
+    stalls: list[tuple[float, float, int, float]] = field(default_factory=list)
 
     @property
     def kept_up(self) -> bool:
@@ -217,6 +219,7 @@ async def latency(env: BenchEnv, worker: WorkerProc, keys: list[bytes], rate: fl
     await producer.start()
     pending: dict[tuple[bytes, str], float] = {}
     lat: list[float] = []
+    sent_at: list[float] = []  # send instant of each latency sample, same order
     stop = asyncio.Event()
     try:
         tps = await topic_partitions(consumer, topic)
@@ -238,6 +241,7 @@ async def latency(env: BenchEnv, worker: WorkerProc, keys: list[bytes], rate: fl
                         sent = pending.pop((rec.key, last), None)
                         if sent is not None:
                             lat.append(got - sent)
+                            sent_at.append(sent)
 
         receiver = asyncio.create_task(receive())
         order = list(keys)
@@ -287,11 +291,34 @@ async def latency(env: BenchEnv, worker: WorkerProc, keys: list[bytes], rate: fl
     q = max(1, len(lat) // 4)
     first_q = sorted(x * 1000 for x in lat[:q])
     last_q = sorted(x * 1000 for x in lat[-q:])
-    return Latency(p50_ms=_pct(ms, 50), p99_ms=_pct(ms, 99), max_ms=ms[-1],
+    p99 = _pct(ms, 99)
+    return Latency(p50_ms=_pct(ms, 50), p99_ms=p99, max_ms=ms[-1],
+                   stalls=_stalls([(t - started, x * 1000) for t, x in zip(sent_at, lat, strict=True)],
+                                  p99),
                    mean_ms=statistics.fmean(ms), offered_per_s=rate,
                    achieved_per_s=sent_n / send_s if send_s > 0 else float(sent_n),
                    sent=sent_n, matched=len(ms), duration_s=send_s,
                    p50_first_quarter_ms=_pct(first_q, 50), p50_last_quarter_ms=_pct(last_q, 50))
+
+
+def _stalls(samples: list[tuple[float, float]], threshold_ms: float,
+            ) -> list[tuple[float, float, int, float]]:
+    """Group the events at or above ``threshold_ms`` into bursts by send time.
+
+    Events sent less than 1 s apart belong to one burst. Bursts that recur at
+    a fixed period point at a timer in the worker (the sweep runs every
+    ``LOYALTY_SWEEP_INTERVAL_S``, commits every second) rather than at
+    per-event cost. Returns ``(start_s, span_s, events, max_ms)`` per burst.
+    """
+    slow = sorted((t, ms) for t, ms in samples if ms >= threshold_ms)
+    bursts: list[list[float]] = []
+    for t, ms in slow:
+        if bursts and t - (bursts[-1][0] + bursts[-1][1]) <= 1.0:
+            b = bursts[-1]
+            b[1], b[2], b[3] = t - b[0], b[2] + 1, max(b[3], ms)
+        else:
+            bursts.append([t, 0.0, 1, ms])
+    return [(round(a, 2), round(b, 2), int(c), round(d, 1)) for a, b, c, d in bursts]
 
 
 def _pct(sorted_ms: list[float], p: float) -> float:

@@ -208,7 +208,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
                                "mean_ms": round(lat.mean_ms, 2), "max_ms": round(lat.max_ms, 2),
                                "p50_first_quarter_ms": round(lat.p50_first_quarter_ms, 2),
                                "p50_last_quarter_ms": round(lat.p50_last_quarter_ms, 2),
-                               "kept_up": lat.kept_up}
+                               "kept_up": lat.kept_up, "stalls": lat.stalls[:20]}
         if not lat.kept_up:
             _progress(args, "latency: the worker did not keep up with the offered rate "
                             "(latency grew during the phase); p50/p99 include queueing")
