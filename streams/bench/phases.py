@@ -221,6 +221,7 @@ async def latency(env: BenchEnv, worker: WorkerProc, keys: list[bytes], rate: fl
     lat: list[float] = []
     sent_at: list[float] = []  # send instant of each latency sample, same order
     stop = asyncio.Event()
+    receiver: asyncio.Task[None] | None = None
     try:
         tps = await topic_partitions(consumer, topic)
         consumer.assign(tps)
@@ -280,6 +281,8 @@ async def latency(env: BenchEnv, worker: WorkerProc, keys: list[bytes], rate: fl
         worker.check_alive()
     finally:
         stop.set()
+        if receiver is not None and not receiver.done():
+            receiver.cancel()  # an error while sending: do not leave it polling
         await consumer.stop()
         await producer.stop()
     if not lat:
