@@ -110,9 +110,14 @@ def register_web(service: LoyaltyService) -> None:
     async def proxy(view: View, request: Any, dest: URL) -> Any:
         host, port = _ident(dest)
         url = request.url.with_host(host).with_port(port)
-        async with app.http_client.get(url, headers=forward_headers(request)) as resp:
-            body = await resp.read()
-            return view.bytes(body, content_type=resp.content_type, status=resp.status)
+        try:
+            async with app.http_client.get(url, headers=forward_headers(request)) as resp:
+                body = await resp.read()
+                return view.bytes(body, content_type=resp.content_type, status=resp.status)
+        except Exception as exc:  # noqa: BLE001 - the owner may be leaving right now
+            log.warning("routing to %s failed: %r", dest, exc)
+            return error(view, 503, "owner_unavailable",
+                         f"the worker owning this customer ({dest}) did not answer; retry")
 
     @app.page("/customers/{shop_id}/{customer_id:.+}")
     class CustomerView(View):

@@ -43,18 +43,22 @@ def _render(msg: Any) -> bytes:
 
 async def _tail(settings: Any, topic: str, n: int, from_beginning: bool, follow: bool) -> int:
     from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
 
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    parts = [p["partition"] for d in described if d["error_code"] == 0 for p in d["partitions"]]
+    if not parts:
+        print(f"loyalty tail: no such topic {topic!r}", file=sys.stderr)
+        return 1
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers,
                                 enable_auto_commit=False, group_id=None)
     await consumer.start()
     try:
-        parts = consumer.partitions_for_topic(topic)
-        if parts is None:
-            await consumer.topics()  # fetches cluster metadata
-            parts = consumer.partitions_for_topic(topic)
-        if not parts:
-            print(f"loyalty tail: no such topic {topic!r}", file=sys.stderr)
-            return 1
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)

@@ -95,7 +95,11 @@ class Worker:
 
     def get(self, path: str, headers: dict[str, str] | None = None,
             timeout: float = 10.0) -> tuple[int, bytes]:
-        req = urllib.request.Request(self.url + path, headers=headers or {})
+        """GET with the env's bearer token (if any) unless ``headers`` are given."""
+        if headers is None:
+            token = self.env.env.get("LOYALTY_API_TOKEN")
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+        req = urllib.request.Request(self.url + path, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 return resp.status, resp.read()

@@ -17,7 +17,7 @@ from tests.integration.service_harness import (
 
 
 def test_service_poison(bootstrap: str, tmp_path) -> None:
-    env = ServiceEnv(bootstrap, tmp_path)
+    env = ServiceEnv(bootstrap, tmp_path, extra_env={"LOYALTY_API_TOKEN": "s3cret-token"})
     env.create_topics()
     records = synthetic.generate(seed=51, shops=1, customers_per_shop=30,
                                  lateness_days=LATENESS_DAYS, end=AS_OF)
@@ -55,5 +55,21 @@ def test_service_poison(bootstrap: str, tmp_path) -> None:
         # Still alive and serving after the poison.
         assert w.get_json("/health")["status"] == "ok"
         assert w.get("/metrics")[0] == 200
+
+        # Malformed or unauthorised HTTP requests get clean 4xx answers.
+        shop = synthetic.SHOP_NAMES[0]  # shops=1
+        cust = next(codec.loads(r.value)["customer_id"] for r in records if r.kind == "valid")
+        path = f"/customers/{shop}/{cust}"
+        assert w.get(path)[0] == 200
+        assert w.get(path, headers={})[0] == 401
+        assert w.get(path, headers={"Authorization": "Bearer wrong"})[0] == 401
+        assert w.get(f"/shops/{shop}", headers={})[0] == 401
+        assert w.get(path + "?as_of=yesterday")[0] == 400
+        assert w.get(path + "?as_of=" + "9" * 300)[0] == 400
+        assert w.get(path + "?as_of=2000-01-01T00:00:00Z")[0] in (200, 400)
+        assert w.get(f"/customers/{shop}/nobody-here")[0] == 404
+        assert w.get(f"/customers/{'x' * 65}/{cust}")[0] == 400
+        status, body = w.get(path)
+        assert codec.loads(body)["customer_id"] == cust
     finally:
         env.stop_all()
