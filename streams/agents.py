@@ -260,8 +260,8 @@ class Processor:
             plan.state_write = (key, bytes(new_state.encode()))
             plan.tally_delta = (record.partition, key,
                                 delta_for_event(outcome, event, policy, old is None))
-            plan.sends.append(Outgoing(svc.scores, key,
-                                       codec.dumps(snapshot(new_state, None, policy))))
+            snap = snapshot(new_state, None, policy, svc.clv_model(event.shop_id))
+            plan.sends.append(Outgoing(svc.scores, key, codec.dumps(snap)))
         plan.effects = list(outcome.effects)
         plan.sends.extend(self.effect_messages(plan.effects))
         if outcome.status == "rejected":

@@ -143,11 +143,16 @@ class LoyaltyService:
     policies: PolicyBook
     metrics: Metrics = field(default_factory=Metrics)
     sweeper: Any = None
+    clv: Any = None  # streams.clv_service.ClvService when CLV is enabled
     input_topic_names: tuple[str, ...] = ()
 
     @property
     def partitions(self) -> int:
         return self.settings.partitions
+
+    def clv_model(self, shop_id: str) -> Any:
+        """The shop's fitted CLV model, or None (snapshot CLV fields are then null)."""
+        return self.clv.models.get(shop_id) if self.clv is not None else None
 
     def owned_partitions(self) -> list[int]:
         """Partitions of the customer table this worker actively owns (not standbys)."""
@@ -261,6 +266,9 @@ def create_service(
     register_agents(service)
     if sweep_enabled:
         register_sweep(service)
+        from streams.clv_service import register_clv
+
+        register_clv(service)  # periodic refit + model reader (streams/clv_service.py)
     if web_enabled:
         from streams.web import register_web
 

@@ -266,7 +266,9 @@ class Sweeper:
                 for out in processor.effect_messages(effects):
                     futures.append(await out.topic.send(key=out.key, value=out.value, force=True))
                 futures.append(await svc.scores.send(
-                    key=key, value=codec.dumps(snapshot(outcome.state, None, policy)), force=True))
+                    key=key, value=codec.dumps(snapshot(outcome.state, None, policy,
+                                               svc.clv_model(outcome.state.shop_id))),
+                    force=True))
                 svc.metrics.observe_effects(effects)
             if futures:
                 await asyncio.gather(*futures)

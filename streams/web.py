@@ -17,7 +17,8 @@ Endpoints:
   Faust's global tables have a history of recovery bugs; fan-out costs one
   request per worker and reads only active (never standby) rows. 503 if some
   partition has no owner right now (rebalance in progress).
-* ``GET /health`` - liveness plus owned partitions; ``GET /metrics`` - the
+* ``GET /health`` - liveness, ``ready`` (false while a rebalance or changelog
+  recovery is under way; data endpoints then answer 503) and owned partitions; ``GET /metrics`` - the
   Prometheus text format. Neither needs the token.
 
 Authentication: when ``LOYALTY_API_TOKEN`` is set, data endpoints need
@@ -137,6 +138,10 @@ def register_web(service: LoyaltyService) -> None:
                     dest = None  # no assignment yet: answer from local data
                 if dest is not None and _ident(dest) != _ident(app.conf.canonical_url):
                     return await proxy(self, request, dest)
+            if not service.sweeper.tables_ready():
+                # During a rebalance or changelog recovery the table is partial:
+                # "unknown customer" would be a lie.
+                return error(self, 503, "recovering", "tables are being restored; retry shortly")
             raw = service.customers.get(key)
             if raw is None:
                 return error(self, 404, "not_found", "unknown customer")
@@ -145,7 +150,8 @@ def register_web(service: LoyaltyService) -> None:
 
             state = CustomerState.decode(raw)
             try:
-                snap = snapshot(state, as_of, service.policies.for_shop(shop_id))
+                snap = snapshot(state, as_of, service.policies.for_shop(shop_id),
+                                service.clv_model(shop_id))
             except AsOfTooEarly as exc:
                 return error(self, 400, "as_of_too_early", str(exc))
             return json(self, snap)
@@ -173,6 +179,8 @@ def register_web(service: LoyaltyService) -> None:
             from scoring.clock import day_of, to_us
             from scoring.shop import ShopTally
 
+            if not service.sweeper.tables_ready():
+                return error(self, 503, "recovering", "tables are being restored; retry shortly")
             covered, tally = service.sweeper.local_tally(shop_id)
             covered = set(covered)
             me = _ident(app.conf.canonical_url)
@@ -209,6 +217,8 @@ def register_web(service: LoyaltyService) -> None:
             last = service.sweeper.last if service.sweeper else None
             return json(self, {
                 "status": "ok",
+                # False during rebalances and changelog recovery (data endpoints answer 503).
+                "ready": bool(service.owned_partitions()) and service.sweeper.tables_ready(),
                 "app_id": service.settings.app_id,
                 "partitions": service.partitions,
                 "owned_partitions": service.owned_partitions(),

@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
                 say(f"the worker exited ({worker.returncode}); see {repo_var / 'worker.log'}")
                 return 1
             try:
-                if _get(f"{base}/health", None, 2).get("owned_partitions"):
+                if _get(f"{base}/health", None, 2).get("ready"):
                     break
             except OSError:
                 pass

@@ -74,13 +74,13 @@ class Worker:
         return self
 
     def wait_ready(self, timeout: float = 90.0) -> dict[str, Any]:
-        """Wait until /health answers and the worker owns partitions."""
+        """Wait until /health answers ready: partitions owned and recovered."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self._check_alive()
             try:
                 health = self.get_json("/health")
-                if health.get("owned_partitions"):
+                if health.get("owned_partitions") and health.get("ready"):
                     return health
             except (OSError, ValueError):
                 pass

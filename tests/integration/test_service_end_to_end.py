@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
+from schemas import codec
 from streams import synthetic
 from tests.integration.service_harness import (
     AS_OF,
@@ -58,5 +59,13 @@ def test_service_end_to_end(bootstrap: str, tmp_path) -> None:
                 break
             time.sleep(2)
         assert got == want
+
+        # The data ends 2026-01-01, so the funnel at wall-clock now only matches
+        # because the time sweep moved customers (at_risk, lapsed) and expired
+        # points with no event: those transitions are published with cause "time".
+        transitions = [codec.loads(m.value)
+                       for m in env.read_topic(env.settings().topic_transitions)]
+        assert any(t.get("cause", {}).get("type") == "time" for t in transitions)
+        assert any(t.get("cause", {}).get("type") == "event" for t in transitions)
     finally:
         env.stop_all()
