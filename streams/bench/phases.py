@@ -340,6 +340,7 @@ class Recovery:
     restart_s: float  # process launch -> same
     customers_per_s: float
     rss_mb: float
+    health_ready_s: float | None = None  # assignment -> /health "ready" (cross-check)
 
 
 async def _last_changelog_records(env: BenchEnv) -> dict[int, tuple[bytes, bytes]]:
@@ -394,6 +395,9 @@ async def recovery(env: BenchEnv, old: WorkerProc, customers: int, timeout_s: fl
     owned partitions (the group assignment, after which Faust starts
     restoring) to that moment; ``customers_per_s = customers / seconds``.
     ``restart_s`` includes the process start and group join as well.
+    ``health_ready_s`` is when ``/health`` first said ``"ready": true`` (the
+    worker's own end-of-recovery flag), for comparison; None if never seen
+    before the table check passed.
     ``changelog_records`` is the number of records Faust has to replay: one per
     state write, not one per customer, until the broker compacts closed log
     segments (Faust's changelogs are compacted, but the active segment never is).
@@ -411,7 +415,7 @@ async def recovery(env: BenchEnv, old: WorkerProc, customers: int, timeout_s: fl
     worker.start()
     if on_start is not None:
         on_start(worker.pid)  # e.g. attach a profiler
-    t_assigned = None
+    t_assigned = t_health_ready = None
     deadline = time.monotonic() + timeout_s
     waiting = dict(expected)
     async with aiohttp.ClientSession() as session:
@@ -422,10 +426,13 @@ async def recovery(env: BenchEnv, old: WorkerProc, customers: int, timeout_s: fl
                                  f"({len(waiting)} partitions pending); worker log:\n"
                                  + worker.log_tail())
             worker.check_alive()
-            if t_assigned is None:
+            if t_assigned is None or t_health_ready is None:
                 status, body = await http_get(session, worker.url + "/health")
-                if status == 200 and json.loads(body).get("owned_partitions"):
+                health = json.loads(body) if status == 200 else {}
+                if t_assigned is None and health.get("owned_partitions"):
                     t_assigned = now
+                if t_health_ready is None and health.get("ready"):
+                    t_health_ready = now  # the worker's own "recovery finished" flag
             if t_assigned is not None:
                 for key in list(waiting):
                     shop, _, cid = key.decode().partition("|")
@@ -441,7 +448,9 @@ async def recovery(env: BenchEnv, old: WorkerProc, customers: int, timeout_s: fl
     rss = read_proc_status(worker.pid).get("VmHWM", 0) / 1024
     return Recovery(customers=customers, changelog_records=records, seconds=seconds,
                     restart_s=t_ready - worker.started_at,
-                    customers_per_s=customers / seconds, rss_mb=rss)
+                    customers_per_s=customers / seconds, rss_mb=rss,
+                    health_ready_s=None if t_health_ready is None
+                    else t_health_ready - t_assigned)
 
 
 def worker_peak_rss_mb(worker: WorkerProc) -> float:

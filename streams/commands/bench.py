@@ -237,6 +237,8 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         observed["recovery_s"] = round(rec.seconds, 3)
         observed["recovery_restart_s"] = round(rec.restart_s, 3)
         observed["recovery_rss_mb"] = round(rec.rss_mb, 1)
+        observed["recovery_health_ready_s"] = None if rec.health_ready_s is None else round(
+            rec.health_ready_s, 3)
         observed["changelog_records"] = rec.changelog_records
         observed["recovery_records_per_s"] = round(rec.changelog_records / rec.seconds, 1)
         _progress(args, f"recovery: {rec.customers_per_s:,.0f} customers/s")
