@@ -103,7 +103,19 @@ def run(args: argparse.Namespace) -> int:
         time.sleep(SESSION_TIMEOUT_S + 1.0)
     service = create_service(settings)
 
+    from scoring.replay import tune_gc
+
+    tune_gc()  # states hold no cycles; the default GC re-walks them all (2-3x the fold)
+
     class Worker(faust.Worker):
+        def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+            # Faust's terminal spinner sets the root logger to DEBUG so that it
+            # spins on every record: every aiokafka/Faust debug call then builds
+            # a log record (8% of CPU in processing, 17% in changelog recovery,
+            # measured with py-spy). No spinner, and the chosen level stands.
+            self.spinner = None
+            super().on_setup_root_logger(logger, level)
+
         def stop_and_shutdown(self) -> None:
             super().stop_and_shutdown()
             # Reached only after a graceful stop (producer flushed, offsets committed).
