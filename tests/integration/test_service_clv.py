@@ -1,0 +1,112 @@
+"""Predictive CLV live in the real service: refit, params topic, snapshot fields.
+
+CDNOW customers (the published data set) are shifted in time so that the log
+ends yesterday; the worker refits every few seconds on its customer table.
+The served CLV fields must equal those of an offline fit of the same
+customers as of the same day, and the fitted parameters must be on the
+compacted params topic.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import namedtuple
+from datetime import UTC, date, datetime, timedelta
+from urllib.parse import quote
+
+import pytest
+
+from schemas import codec
+from scoring.clock import to_us
+from scoring.replay import fold_lines
+from scoring.snapshot import head_as_of, snapshot_of_head
+from streams.clv_service import collect_stats, fit_all
+from streams.topics import message_key
+from tests.cdnow import load_transactions
+from tests.integration.service_harness import ServiceEnv
+
+Rec = namedtuple("Rec", "event_type key value")
+CUSTOMERS = 1500
+CLV = ("p_alive", "expected_purchases_90d", "expected_avg_value", "clv_365d")
+
+
+def shifted_cdnow() -> list[bytes]:
+    shift = (date.today() - timedelta(days=1)) - date(1998, 6, 30)
+    wanted = {f"{i:05d}" for i in range(1, CUSTOMERS + 1)}
+    out = []
+    for i, t in enumerate(load_transactions()):
+        if t.customer_id in wanted and t.amount_cents > 0:
+            day = t.day + shift
+            out.append(codec.dumps({
+                "type": "purchase", "event_id": f"t{i}", "shop_id": "cdnow",
+                "customer_id": t.customer_id, "occurred_at": f"{day.isoformat()}T12:00:00Z",
+                "order_id": f"t{i}", "amount": t.amount_cents, "currency": "USD"}))
+    return out
+
+
+def test_clv_fields_are_live_in_the_service(bootstrap: str, tmp_path) -> None:
+    env = ServiceEnv(bootstrap, tmp_path, extra_env={
+        "LOYALTY_CLV_REFIT_INTERVAL_S": "3", "LOYALTY_CLV_MIN_CUSTOMERS": "200"})
+    env.create_topics()
+    lines = shifted_cdnow()
+    records = [Rec("purchase", message_key("cdnow", codec.loads(v)["customer_id"]), v) for v in lines]
+    w = env.worker().start()
+    try:
+        w.wait_ready()
+        env.produce(records)
+        probe = f"/customers/cdnow/{quote('00002')}?as_of="
+        deadline = time.monotonic() + 180
+        served = None
+        while time.monotonic() < deadline:
+            now = datetime.now(UTC)
+            status, body = w.get(probe + quote(now.isoformat().replace("+00:00", "Z")))
+            if status == 200 and codec.loads(body)["p_alive"] is not None:
+                served = codec.loads(body)
+                break
+            time.sleep(2)
+        assert served is not None, "no CLV fields within 180 s\n" + w.log_tail(40)
+
+        # The offline fit of the same customers, as of the same day. The worker
+        # refits every 3 s, also while the events were still arriving, so poll
+        # until its latest model covers them all.
+        policies = env.policies()
+        res = fold_lines(lines, policies=policies)
+        assert res.applied == len(lines) and len(res.states) > 0.99 * CUSTOMERS
+        probes = ("00002", "00010", "00123", "01000")
+        diffs: list[str] = []
+        while time.monotonic() < deadline:
+            now = datetime.now(UTC)
+            by_shop = collect_stats([s.encode() for s in res.states.values()], to_us(now), policies)
+            models, errors = fit_all(by_shop, min_customers=200)
+            assert not errors
+            model = models["cdnow"]
+            diffs = []
+            for cust in probes:
+                status, body = w.get(f"/customers/cdnow/{cust}?as_of="
+                                     + quote(now.isoformat().replace("+00:00", "Z")))
+                if status != 200:  # not processed yet
+                    diffs.append(f"{cust}: HTTP {status}")
+                    continue
+                got = codec.loads(body)
+                state = res.states[("cdnow", cust)]
+                want = snapshot_of_head("cdnow", cust, head_as_of(state, to_us(now), policies.default),
+                                        to_us(now), policies.default, model)
+                assert {k: got[k] for k in got if k not in CLV} == {
+                    k: want[k] for k in want if k not in CLV}
+                for field in CLV:
+                    tol = pytest.approx(want[field], abs=1) if isinstance(want[field], int) else \
+                        pytest.approx(want[field], rel=1e-6, abs=1e-9)
+                    if got[field] != tol:
+                        diffs.append(f"{cust}.{field}: served {got[field]} offline {want[field]}")
+            if not diffs:
+                break
+            time.sleep(3)
+        assert not diffs, "\n".join(diffs[:8])
+
+        # ... and the parameters are on the compacted params topic.
+        params = [r for r in env.read_topic(env.env["LOYALTY_TOPIC_CLV_PARAMS"]) if r.key == b"cdnow"]
+        assert params, "no record on the CLV params topic"
+        published = codec.loads(params[-1].value)["model"]["bgnbd"]
+        assert published["r"] == pytest.approx(model.bgnbd.r, rel=1e-6)
+    finally:
+        env.stop_all()
