@@ -416,6 +416,12 @@ class GapReader:
                                               group_id=None, enable_auto_commit=False)
             await self._consumer.start()
 
+    async def close(self) -> None:
+        """Stop the private consumer (called on worker shutdown)."""
+        if self._consumer is not None:
+            consumer, self._consumer = self._consumer, None
+            await consumer.stop()
+
     async def fetch(self, topic: str, partition: int, start: int, end: int,
                     timeout: float = 30.0) -> list[Record]:
         """Records with ``start <= offset < end`` of one partition, in order."""
@@ -554,5 +560,9 @@ def register_agents(service: LoyaltyService) -> Processor:
             log.exception("re-drive check failed")
 
     service.app.timer(interval=5.0, on_leader=False, name="loyalty-redrive")(loyalty_redrive)
+
+    @service.app.on_before_shutdown.connect
+    async def close_gap_reader(app: Any, **kwargs: Any) -> None:
+        await processor.repair.close()
     service.processor = processor  # type: ignore[attr-defined]
     return processor
