@@ -67,5 +67,19 @@ def test_service_end_to_end(bootstrap: str, tmp_path) -> None:
                        for m in env.read_topic(env.settings().topic_transitions)]
         assert any(t.get("cause", {}).get("type") == "time" for t in transitions)
         assert any(t.get("cause", {}).get("type") == "event" for t in transitions)
+
+        # Every changelog write - from the agent and from the sweep's timer
+        # (written through a stand-in event) - is on the key's own partition.
+        from streams.app import partition_for
+
+        n = env.settings().partitions
+        for table in ("customers", "shop-tallies"):
+            log = env.read_topic(f"{env.name}-{table}-changelog")
+            assert log
+            for m in log:
+                if table == "customers":
+                    assert m.partition == partition_for(m.key, n), m.key
+                else:  # tally rows are keyed shop|partition
+                    assert m.key.decode().rsplit("|", 1)[1] == str(m.partition), m.key
     finally:
         env.stop_all()
