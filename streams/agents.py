@@ -175,6 +175,9 @@ class Processor:
         #: customer key whose outputs are being acknowledged (see :meth:`handle`)
         self.in_flight: bytes | None = None
         self._last_offset: dict[tuple[str, int], tuple[int | None, int]] = {}
+        self._last_seen_at: dict[tuple[str, int], float] = {}
+        #: (topic, partition) -> highest offset up to which every record was processed
+        self.done: dict[tuple[str, int], int] = {}
         self.repair = GapReader(service)
         #: (topic, partition) -> (generation, offset positioned at, monotonic time)
         self.seeks: dict[tuple[str, int], tuple[int, int, float]] = {}
@@ -196,6 +199,7 @@ class Processor:
         tp = (record.topic, record.partition)
         last = self._last_offset.get(tp)
         self._last_offset[tp] = (generation, record.offset)
+        self._last_seen_at[tp] = time.monotonic()
         if last is not None and last[0] == generation:
             start = last[1] + 1
         else:
@@ -468,52 +472,97 @@ def install_seek_tracking(service: LoyaltyService, processor: Processor) -> None
         for tp, offset in list(consumer._committed_offset.items()):
             if tp.topic in watched and offset is not None:
                 processor.seeks[(tp.topic, tp.partition)] = (generation, int(offset), now)
+                # Everything before the committed position is done by definition.
+                processor.done[(tp.topic, tp.partition)] = int(offset) - 1
 
     consumer.perform_seek = perform_seek
+
+    original_commit = consumer._commit
+
+    async def commit(offsets: Any) -> bool:
+        """Never commit an input offset past what the agent has processed.
+
+        Faust acknowledges records it drops around rebalances, so its own
+        committable offset can run ahead of the agent; a kill -9 after such a
+        commit would lose those records for good. Capping at the agent's
+        contiguous progress turns that into a harmless redelivery.
+        """
+        capped = {}
+        for tp, offset in offsets.items():
+            if tp.topic in watched:
+                done = processor.done.get((tp.topic, tp.partition))
+                if done is None:
+                    continue  # nothing processed here yet: leave the broker's offset
+                if offset > done + 1:
+                    log.info("capping commit of %s[%d] at %d (consumer wanted %d)",
+                             tp.topic, tp.partition, done + 1, offset)
+                    offset = done + 1
+            capped[tp] = offset
+        if not capped:
+            return True
+        return bool(await original_commit(capped))
+
+    consumer._commit = commit
 
 
 async def redrive_idle_partitions(service: LoyaltyService, processor: Processor,
                                   idle_s: float = 10.0) -> int:
-    """Re-read records of partitions that went quiet right after an assignment.
+    """Re-read records the consumer read but never handed to the agent.
 
-    The agent's sequence check needs a later record on the same partition; on
-    a sparse partition (few redemptions) records dropped by the consumer would
-    stay unnoticed. For a partition assigned more than ``idle_s`` ago that has
-    delivered nothing since, while the log has records past the position, the
-    records are fetched and forwarded, correctly keyed, to the rekey topic,
-    where the agent processes them in order (duplicates are harmless).
-    Returns the number of records re-driven.
+    The agent's sequence check needs a *later* record on the same partition;
+    on a sparse partition (feedback, redemptions) records dropped by the
+    consumer would stay unnoticed. So, for each input partition of the current
+    generation on which the agent has seen nothing for ``idle_s`` seconds:
+    if Faust's consumer has read past the next offset the agent expects, the
+    records in between were dropped. They are fetched and forwarded, correctly
+    keyed, to the rekey topic, where the agent processes them in order
+    (re-applying a record is harmless). Returns the number re-driven.
     """
     from aiokafka import TopicPartition
+    from faust.types import TP
 
     app = service.app
     generation = app.consumer_generation_id
     now = time.monotonic()
+    read_offsets = getattr(app.consumer, "_read_offset", {})
     candidates = []
-    for tp, (gen, offset, at) in list(processor.seeks.items()):
-        last = processor._last_offset.get(tp)
-        if gen != generation or now - at < idle_s or (last is not None and last[0] == gen):
+    for tp, (gen, seek_offset, at) in list(processor.seeks.items()):
+        if gen != generation:
             continue
-        candidates.append((tp, offset))
+        last = processor._last_offset.get(tp)
+        expected = last[1] + 1 if last is not None and last[0] == gen else seek_offset
+        if now - max(at, processor._last_seen_at.get(tp, 0.0)) < idle_s:
+            continue
+        read = read_offsets.get(TP(*tp))
+        if read is None or read < expected:
+            continue
+        candidates.append((tp, expected, read + 1))
     if not candidates:
         return 0
     await processor.repair._start()
     ends = await processor.repair._consumer.end_offsets(
-        [TopicPartition(t, p) for (t, p), _ in candidates])
+        [TopicPartition(t, p) for (t, p), _, _ in candidates])
     total = 0
-    for (topic, partition), offset in candidates:
-        end = ends.get(TopicPartition(topic, partition), 0)
-        if end <= offset or app.consumer_generation_id != generation:
+    for (topic, partition), start, stop in candidates:
+        end = min(stop, ends.get(TopicPartition(topic, partition), 0))
+        if end <= start or app.consumer_generation_id != generation:
             continue
-        records = await processor.repair.fetch(topic, partition, offset, end)
-        for r in records:
-            await service.rekey.send(key=_redrive_key(r), value=r.value or b"",
-                                     headers=[(ORIGIN_HEADER, codec.dumps(r.origin()))],
-                                     force=True)
+        records = await processor.repair.fetch(topic, partition, start, end)
+        futures = [await service.rekey.send(key=_redrive_key(r), value=r.value or b"",
+                                            headers=[(ORIGIN_HEADER, codec.dumps(r.origin()))],
+                                            force=True)
+                   for r in records]
+        if futures:
+            await asyncio.gather(*futures)  # durable in the rekey topic before "done"
         processor._last_offset[(topic, partition)] = (generation, end - 1)
+        if records and records[-1].offset == end - 1:
+            processor.done[(topic, partition)] = max(
+                processor.done.get((topic, partition), -1), end - 1)
+        processor._last_seen_at[(topic, partition)] = time.monotonic()
         service.metrics.offset_gaps.labels(topic).inc(len(records))
-        log.warning("partition %s[%d] idle since assignment with records %d..%d unread: "
-                    "re-driven through the rekey topic", topic, partition, offset, end - 1)
+        log.warning("consumer read %s[%d] up to %d but the agent got nothing after %d: "
+                    "re-driving %d records through the rekey topic", topic, partition,
+                    end - 1, start - 1, len(records))
         total += len(records)
     return total
 
@@ -549,6 +598,8 @@ def register_agents(service: LoyaltyService) -> Processor:
                 for missed in await processor.repair.fetch(record.topic, record.partition, *gap):
                     await processor.handle(missed)
             await processor.handle(record)
+            # Everything up to this offset of the partition is now processed.
+            processor.done[(record.topic, record.partition)] = record.offset
 
     service.app.agent(service.inputs, name="loyalty-state", concurrency=1)(loyalty_state)
     install_seek_tracking(service, processor)
