@@ -37,6 +37,11 @@ Failure modes:
   outputs were already acknowledged. Nothing is lost, nothing counted twice.
 * kill -9 between the state write and the tally write: the tally drifts
   until the next sweep recomputes it exactly from the customer table.
+* Faust may drop *and acknowledge* records around rebalances. Input offsets
+  are never committed past the agent's contiguous progress
+  (:func:`install_seek_tracking`), skipped ranges are read back
+  (:meth:`Processor.find_gap`, :class:`GapReader`) and silent partitions are
+  re-driven through the rekey topic (:func:`redrive_idle_partitions`).
 """
 
 from __future__ import annotations
