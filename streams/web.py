@@ -145,10 +145,18 @@ def register_web(service: LoyaltyService) -> None:
             raw = service.customers.get(key)
             if raw is None:
                 return error(self, 404, "not_found", "unknown customer")
+            from scoring.clock import from_us, to_us
             from scoring.snapshot import AsOfTooEarly, snapshot
             from scoring.state import CustomerState
 
             state = CustomerState.decode(raw)
+            if as_of is None:
+                # Default: now (wall clock), so recency, tenure and windows are
+                # current. An instant inside already-finalized history (events
+                # may be up to a day ahead of the clock) reads at its end.
+                as_of = datetime.now(UTC)
+                if state.ckpt.t_us is not None and to_us(as_of) < state.ckpt.t_us:
+                    as_of = from_us(state.ckpt.t_us)
             try:
                 snap = snapshot(state, as_of, service.policies.for_shop(shop_id),
                                 service.clv_model(shop_id))

@@ -103,6 +103,12 @@ def test_clv_fields_are_live_in_the_service(bootstrap: str, tmp_path) -> None:
             time.sleep(3)
         assert not diffs, "\n".join(diffs[:8])
 
+        # Without ?as_of the API answers as of now: recency counts to today.
+        plain = w.get_json("/customers/cdnow/00002")
+        assert plain["as_of"][:10] == datetime.now(UTC).date().isoformat()
+        last = date.fromisoformat(plain["last_purchase_at"][:10])
+        assert plain["recency_days"] == (datetime.now(UTC).date() - last).days
+
         # ... and the parameters are on the compacted params topic.
         params = [r for r in env.read_topic(env.env["LOYALTY_TOPIC_CLV_PARAMS"]) if r.key == b"cdnow"]
         assert params, "no record on the CLV params topic"
