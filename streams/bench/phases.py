@@ -372,15 +372,18 @@ async def _last_changelog_records(env: BenchEnv) -> dict[int, tuple[bytes, bytes
     return out
 
 
-def _expected_snapshot(value: bytes) -> Any:
-    """The JSON ``GET /customers/...`` must return for a state written as ``value``."""
+def _expected_snapshot(value: bytes) -> tuple[str, Any]:
+    """(as_of query text, the JSON ``GET /customers/...?as_of=`` must return) for a
+    state written as ``value``. The instant is the state's own clock, asked for
+    explicitly: the API's default is the wall clock, which keeps moving."""
     from schemas.policy import PolicyBook
+    from scoring.clock import rfc3339
     from scoring.snapshot import snapshot
     from scoring.state import CustomerState
 
     state = CustomerState.decode(value)
     policy = PolicyBook.load(None).for_shop(state.shop_id)  # the bench runs the default policy
-    return codec.loads(codec.dumps(snapshot(state, None, policy)))
+    return rfc3339(state.clock), codec.loads(codec.dumps(snapshot(state, state.clock, policy)))
 
 
 async def recovery(env: BenchEnv, old: WorkerProc, customers: int, timeout_s: float,
@@ -436,9 +439,11 @@ async def recovery(env: BenchEnv, old: WorkerProc, customers: int, timeout_s: fl
             if t_assigned is not None:
                 for key in list(waiting):
                     shop, _, cid = key.decode().partition("|")
+                    as_of, want = waiting[key]
                     status, body = await http_get(
-                        session, f"{worker.url}/customers/{quote(shop)}/{quote(cid, safe='')}")
-                    if status == 200 and json.loads(body) == waiting[key]:
+                        session, f"{worker.url}/customers/{quote(shop)}/{quote(cid, safe='')}"
+                                 f"?as_of={quote(as_of)}")
+                    if status == 200 and json.loads(body) == want:
                         del waiting[key]
             if waiting:
                 await asyncio.sleep(POLL_S)
