@@ -1,12 +1,16 @@
 from __future__ import annotations
 
+import os
 from datetime import datetime
 from typing import Any
 
-import os
-
 import pytest
 from hypothesis import settings
+
+from schemas.policy import PolicyBook
+from scoring.fold import apply
+from scoring.snapshot import snapshot
+from tests.core.factory import parse
 
 # CI must be reproducible: the same examples on every run (a failure there is
 # a real regression, not a lucky draw). Locally, exploration stays random so
@@ -14,11 +18,6 @@ from hypothesis import settings
 settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
-
-from schemas.policy import PolicyBook
-from scoring.fold import apply
-from scoring.snapshot import snapshot
-from tests.core.factory import parse
 
 
 class Customer:
