@@ -337,14 +337,7 @@ def _publish(old: CustomerState, truth: list[_Eff], frontier: int | None) -> tup
     for eid, at, kind, eff in truth:
         if frontier is not None and at < frontier:
             continue  # finalized history: published when it was still open
-        dg = fx.digest(eff)
-        emitted[eid] = [dg, at, kind]
-        before = prev.get(eid)
-        if before is None:
-            out.append(eff)
-        elif before[0] != dg:
-            eff["restated"] = True
-            out.append(eff)
+        _compare(eid, at, kind, eff, prev, emitted, out)
     for eid, (_dg, at, kind) in prev.items():
         if eid not in emitted and (frontier is None or at >= frontier):
             out.append(fx.void(kind, old.shop_id, old.customer_id, eid))
@@ -361,15 +354,21 @@ def _publish_appended(old: CustomerState, new_effects: list[_Eff]) -> tuple[list
     emitted = dict(old.emitted)
     out: list[dict] = []
     for eid, at, kind, eff in new_effects:
-        dg = fx.digest(eff)
-        before = emitted.get(eid)
-        if before is None:
-            out.append(eff)
-        elif before[0] != dg:
-            eff["restated"] = True
-            out.append(eff)
-        emitted[eid] = [dg, at, kind]
+        _compare(eid, at, kind, eff, emitted, emitted, out)
     return out, emitted
+
+
+def _compare(eid: int, at: int, kind: str, eff: dict, prev: dict[int, list],
+             emitted: dict[int, list], out: list[dict]) -> None:
+    """Publish ``eff`` if it is new or changed since ``prev``; record it in ``emitted``."""
+    dg = fx.digest(eff)
+    before = prev.get(eid)
+    if before is None:
+        out.append(eff)
+    elif before[0] != dg:
+        eff["restated"] = True
+        out.append(eff)
+    emitted[eid] = [dg, at, kind]
 
 
 def _points_delta(before: list[int], after: list[int]) -> dict[str, int]:
