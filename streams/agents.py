@@ -177,8 +177,8 @@ class Processor:
         self.settings = service.settings
         self.metrics = service.metrics
         self.rekey_name = service.rekey.get_topic_name()
-        #: customer key whose outputs are being acknowledged (see :meth:`handle`)
-        self.in_flight: bytes | None = None
+        #: customer keys whose outputs are being acknowledged (see :meth:`handle_batch`)
+        self.in_flight: set[bytes] = set()
         self._last_offset: dict[tuple[str, int], tuple[int | None, int]] = {}
         self._last_seen_at: dict[tuple[str, int], float] = {}
         #: (topic, partition) -> highest offset up to which every record was processed
@@ -222,11 +222,14 @@ class Processor:
         return None
 
     # -- planning (pure apart from table reads) ----------------------------------------
-    def plan(self, record: Record, *, now: datetime | None = None) -> Plan:
+    def plan(self, record: Record, *, now: datetime | None = None,
+             overlay: dict[bytes, bytes] | None = None) -> Plan:
         """Compute what ``record`` causes. Reads the tables, writes nothing.
 
         ``now`` (wall clock UTC by default) is only used by ``parse_event`` to
-        reject timestamps more than a day in the future.
+        reject timestamps more than a day in the future. ``overlay`` holds the
+        states planned (not yet written) for earlier records of the same batch:
+        a customer's second record in a batch folds onto the first one's result.
         """
         from schemas.events import InvalidEvent, parse_event
         from scoring import fold
@@ -260,7 +263,7 @@ class Processor:
             return plan
 
         policy = svc.policies.for_shop(event.shop_id)
-        old_raw = svc.customers.get(key)
+        old_raw = overlay[key] if overlay is not None and key in overlay else svc.customers.get(key)
         old = _decode_state(old_raw)
         outcome = fold.apply(old, event, policy)
         plan = Plan(event_type=event.type, status=outcome.status, occurred_at=event.occurred_at)
@@ -303,9 +306,19 @@ class Processor:
     def write(self, plan: Plan) -> None:
         """Apply the table writes of ``plan`` (synchronous: no await in between).
 
-        Must run inside the agent's event context so Faust picks the record's
-        partition for the store and the changelog.
+        The writes run in the record's partition context, so Faust picks the
+        record's partition for the store and the changelog whether or not a
+        stream event is current (batches are taken with ``take_events``, which
+        leaves none).
         """
+        if plan.tally_delta is None:
+            return  # state and tally writes always come together (see plan())
+        from streams.sweep import partition_context
+
+        with partition_context(self.rekey_name, plan.tally_delta[0]):
+            self._write(plan)
+
+    def _write(self, plan: Plan) -> None:
         svc = self.service
         tally_write = None
         if plan.tally_delta is not None:
@@ -371,16 +384,16 @@ class Processor:
         for attempt in range(RETRIES + 1):
             try:
                 plan = self.plan(record)
-                self.in_flight = plan.state_write[0] if plan.state_write else None
+                self.in_flight = {plan.state_write[0]} if plan.state_write else set()
                 futures = await self.send(plan)
                 if plan.state_write is not None and futures:
                     await asyncio.gather(*futures)
                 self.write(plan)
-                self.in_flight = None
+                self.in_flight = set()
                 self.observe(record, plan, started)
                 return plan.status
             except Exception as exc:  # noqa: BLE001 - the worker must survive any record
-                self.in_flight = None
+                self.in_flight = set()
                 if attempt < RETRIES:
                     # Transient trouble (broker hiccup, metadata not yet fresh) must
                     # not cost an event. A retry is safe: the plan is recomputed
@@ -392,6 +405,52 @@ class Processor:
                     continue
                 await self._internal_error(record, exc)
         return "internal_error"
+
+    async def handle_batch(self, records: list[Record]) -> None:
+        """Process a batch with one broker round trip; never raises.
+
+        The order of :meth:`handle` holds for the batch as a whole: plan every
+        record (each on top of the states planned before it), publish all
+        outputs and wait for all acknowledgements once, then write every
+        state and tally, each in its record's partition context, in one
+        synchronous run. A crash before the writes means the whole batch is
+        redelivered and folded again (outputs repeat with the same ids); a
+        crash after them leaves exact duplicates. If anything fails before
+        the writes, nothing was written and the batch is processed again one
+        record at a time, with :meth:`handle`'s retries and dead letter.
+        """
+        if len(records) == 1:
+            await self.handle(records[0])
+            return
+        started = time.perf_counter()
+        overlay: dict[bytes, bytes] = {}
+        planned: list[tuple[Record, Plan]] = []
+        try:
+            for record in records:
+                plan = self.plan(record, overlay=overlay)
+                if plan.state_write is not None:
+                    overlay[plan.state_write[0]] = plan.state_write[1]
+                planned.append((record, plan))
+            self.in_flight = set(overlay)
+            futures: list[Any] = []
+            for _, plan in planned:
+                futures.extend(await self.send(plan))
+            if futures:
+                await asyncio.gather(*futures)
+        except Exception as exc:  # noqa: BLE001 - fall back; handle() never raises
+            self.in_flight = set()
+            log.warning("batch of %d records failed before its writes (%r): "
+                        "processing them one at a time", len(records), exc)
+            for record in records:
+                await self.handle(record)
+            return
+        try:
+            for _, plan in planned:
+                self.write(plan)
+        finally:
+            self.in_flight = set()
+        for record, plan in planned:
+            self.observe(record, plan, started)
 
     async def _internal_error(self, record: Record, exc: BaseException) -> None:
         """Dead-letter ``record`` with reason ``internal_error``; never raises."""
@@ -593,18 +652,23 @@ def register_agents(service: LoyaltyService) -> Processor:
     """Attach the state agent to ``service.app``; returns its :class:`Processor`."""
     processor = Processor(service)
 
+    settings = service.settings
+
     async def loyalty_state(stream: Any) -> None:
-        async for event in stream.events():
-            record = Record.from_message(event.message)
-            gap = processor.find_gap(record, getattr(event.message, "generation_id", None))
-            if gap is not None:
-                # Same partition as the current event, so table writes made in
-                # its context land in the right store and changelog partition.
-                for missed in await processor.repair.fetch(record.topic, record.partition, *gap):
-                    await processor.handle(missed)
-            await processor.handle(record)
-            # Everything up to this offset of the partition is now processed.
-            processor.done[(record.topic, record.partition)] = record.offset
+        # Faust acks the events of a batch only when the next one is taken,
+        # and offsets are capped at ``processor.done`` (contiguous progress).
+        async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
+            batch: list[Record] = []
+            for event in events:
+                record = Record.from_message(event.message)
+                gap = processor.find_gap(record, getattr(event.message, "generation_id", None))
+                if gap is not None:
+                    batch.extend(await processor.repair.fetch(record.topic, record.partition, *gap))
+                batch.append(record)
+            await processor.handle_batch(batch)
+            # Everything up to these offsets of their partitions is now processed.
+            for record in batch:  # in order: the last record of each partition wins
+                processor.done[(record.topic, record.partition)] = record.offset
 
     service.app.agent(service.inputs, name="loyalty-state", concurrency=1)(loyalty_state)
     install_seek_tracking(service, processor)

@@ -143,6 +143,17 @@ class Settings(BaseSettings):
     )
 
     # --- Processing ------------------------------------------------------------------
+    batch_max: int = Field(
+        200, ge=1,
+        description="Default 200. Records the state agent folds per batch: their outputs are "
+        "acknowledged by the broker together, then their states written (1 = one round trip "
+        "per record).",
+    )
+    batch_within_s: float = Field(
+        0.02, gt=0,
+        description="Default 0.02. Seconds the agent waits to fill a batch before processing "
+        "what it has (adds at most this much latency at low rates).",
+    )
     sweep_interval_s: float = Field(
         30.0, gt=0,
         description="Default 30. Seconds between sweeps that apply time-based changes "

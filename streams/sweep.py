@@ -246,7 +246,7 @@ class Sweeper:
             work: list[tuple[bytes, bytes, Any, Any]] = []
             with partition_context(ctx_topic, partition):
                 for key in chunk:
-                    if key == processor.in_flight:
+                    if key in processor.in_flight:
                         stats.skipped += 1
                         continue
                     raw = table.get(key)
@@ -276,7 +276,7 @@ class Sweeper:
                 return
             with partition_context(ctx_topic, partition):
                 for key, raw, outcome, _policy in work:
-                    if key == processor.in_flight or table.get(key) != raw:
+                    if key in processor.in_flight or table.get(key) != raw:
                         stats.skipped += 1  # the agent got there first: keep its state
                         continue
                     delta = delta_for_advance(outcome)
