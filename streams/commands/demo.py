@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -106,6 +107,12 @@ def run(args: argparse.Namespace) -> int:
         }
         settings = base_settings.model_copy(update={
             k[len("LOYALTY_"):].lower(): v for k, v in env.items()})
+        # Start from empty local stores: the tables are rebuilt from their
+        # changelogs (or start empty on a broker that was reset). Stores left by
+        # an earlier run can be ahead of a reset broker, which Faust refuses to
+        # start with (ConsistencyError). Re-streaming the same seeded
+        # population is idempotent: every event is a duplicate the second time.
+        shutil.rmtree(repo_var / "data", ignore_errors=True)
         asyncio.run(ensure_topics(settings.bootstrap_servers, all_topic_specs(settings),
                                   settings.replication_factor))
         host = "127.0.0.1" if settings.web_host in ("0.0.0.0", "::") else settings.web_host
