@@ -260,10 +260,12 @@ def create_service(
         input_topic_names=names,
     )
     from streams.agents import register_agents
+    from streams.restore import install_bulk_restore
     from streams.sweep import Sweeper, register_sweep
 
     service.sweeper = Sweeper(service)
     register_agents(service)
+    install_bulk_restore(service)
     if sweep_enabled:
         register_sweep(service)
         from streams.clv_service import register_clv

@@ -101,6 +101,10 @@ class Metrics:
         self.sweep_seconds = Histogram(
             "loyalty_sweep_seconds", "Duration of one full time sweep.",
             buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60), registry=r)
+        self.restored_records = Counter(
+            "loyalty_restored_records_total",
+            "Changelog records written to local stores by the bulk restore "
+            "(the rest of a recovery is replayed by Faust).", registry=r)
 
     def observe_effects(self, effects: Iterable[Mapping[str, Any]]) -> None:
         """Count published effects (ledger entries and transitions)."""

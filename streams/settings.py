@@ -159,6 +159,13 @@ class Settings(BaseSettings):
         description="Default 30. Seconds between sweeps that apply time-based changes "
         "(e.g. stage decay of inactive customers).",
     )
+    restore_budget_s: float = Field(
+        60.0, ge=0,
+        description="Default 60. Seconds a recovery may spend bulk-restoring the changelogs "
+        "of newly assigned partitions into RocksDB (large fetches, one write batch per fetch) "
+        "before Faust's record-at-a-time recovery replays the rest; capped at 80% of Faust's "
+        "broker request timeout. 0 disables the bulk restore.",
+    )
     clv_refit_interval_s: float = Field(
         3600.0, gt=0,
         description="Default 3600. Seconds between refits of the predictive CLV models.",

@@ -12,6 +12,7 @@ from tests.integration.service_harness import (
     LATENESS_DAYS,
     ServiceEnv,
     expected_snapshots,
+    metric_samples,
     served_snapshots,
     wait_equal,
 )
@@ -41,10 +42,13 @@ def test_service_restart(bootstrap: str, tmp_path) -> None:
         assert served_snapshots(w, keys) == before
         w.stop()
 
-        # Fresh data dir: everything restored from the changelog topics.
+        # Fresh data dir: everything restored from the changelog topics, by the
+        # bulk restore (streams/restore.py), not record by record.
         w2 = env.worker().start()
         w2.wait_ready()
         assert served_snapshots(w2, keys) == before
+        restored = metric_samples(w2)[("loyalty_restored_records_total", ())]
+        assert restored >= len(keys), w2.log_tail()
 
         env.produce(second)
         wait_equal(w2, expected_snapshots(env, records))
