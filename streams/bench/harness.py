@@ -263,17 +263,24 @@ class BenchEnv:
 
     async def preload(self, stream: Iterable[Triple], *, compression: str | None = None,
                       ) -> int:
-        """Produce ``stream`` to the input topics (routed by type); returns the count.
-
-        Batching (linger 20 ms, 256 KiB batches) and many un-awaited sends keep
-        the preload fast; every record is acknowledged (acks=all) before return.
-        """
-        from aiokafka import AIOKafkaProducer
-
+        """Produce ``stream`` to the input topics (routed by type); returns the count."""
         from streams.topics import input_topic_for_event_type
 
         topic_of = {t: input_topic_for_event_type(self.settings, t)
                     for t in ("purchase", "refund", "visit", "feedback", "redemption")}
+        return await self.produce(
+            ((topic_of.get(typ, self.settings.topic_purchases), key or None, value, None)
+             for typ, key, value in stream), compression=compression)
+
+    async def produce(self, records: Iterable[tuple[str, bytes | None, bytes, int | None]],
+                      *, compression: str | None = None) -> int:
+        """Produce ``(topic, key, value, partition or None)`` records; returns the count.
+
+        Batching (linger 20 ms, 256 KiB batches) and many un-awaited sends keep
+        it fast; every record is acknowledged (acks=all) before return.
+        """
+        from aiokafka import AIOKafkaProducer
+
         producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all",
                                     linger_ms=20, max_batch_size=256 * 1024,
                                     compression_type=compression)
@@ -281,9 +288,8 @@ class BenchEnv:
         n = 0
         pending: list[Any] = []
         try:
-            for typ, key, value in stream:
-                topic = topic_of.get(typ, self.settings.topic_purchases)
-                pending.append(await producer.send(topic, value, key=key or None))
+            for topic, key, value, partition in records:
+                pending.append(await producer.send(topic, value, key=key, partition=partition))
                 n += 1
                 if len(pending) >= 20000:
                     await asyncio.gather(*pending)

@@ -21,8 +21,9 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from schemas import codec
@@ -405,27 +406,52 @@ async def recovery(env: BenchEnv, old: WorkerProc, customers: int, timeout_s: fl
     state write, not one per customer, until the broker compacts closed log
     segments (Faust's changelogs are compacted, but the active segment never is).
     """
-    from urllib.parse import quote
-
-    import aiohttp
-
     old.stop()
     records = sum((await env.end_offsets([env.changelog_topic])).values())
-    last = await _last_changelog_records(env)
-    expected = {k: _expected_snapshot(v) for k, v in last.values()}
+    expected = await _expected_last(env)
     env.wipe_data()
     worker = env.new_worker("recovery")
     worker.start()
     if on_start is not None:
         on_start(worker.pid)  # e.g. attach a profiler
+    t_assigned, t_ready, t_health_ready = await _wait_rebuilt(worker, expected, timeout_s,
+                                                              "recovery")
+    seconds = max(t_ready - t_assigned, POLL_S)  # one poll period is the resolution
+    rss = read_proc_status(worker.pid).get("VmHWM", 0) / 1024
+    return Recovery(customers=customers, changelog_records=records, seconds=seconds,
+                    restart_s=t_ready - worker.started_at,
+                    customers_per_s=customers / seconds, rss_mb=rss,
+                    health_ready_s=None if t_health_ready is None
+                    else t_health_ready - t_assigned)
+
+
+async def _expected_last(env: BenchEnv) -> dict[bytes, tuple[str, Any]]:
+    """Key -> (as_of, snapshot) of the last record of every customer changelog
+    partition: read *before* the worker starts, so polling starts at once."""
+    last = await _last_changelog_records(env)
+    return {k: _expected_snapshot(v) for k, v in last.values()}
+
+
+async def _wait_rebuilt(worker: WorkerProc, expected: dict[bytes, tuple[str, Any]],
+                        timeout_s: float, phase: str) -> tuple[float, float, float | None]:
+    """Wait until ``worker`` serves ``expected`` (see :func:`_expected_last`).
+
+    Returns monotonic ``(t_assigned, t_ready, t_health_ready)``: the first
+    ``/health`` listing owned partitions, the moment the table check passed,
+    and the first ``/health`` saying ``"ready": true`` (None if not seen).
+    """
+    from urllib.parse import quote
+
+    import aiohttp
+
+    waiting = dict(expected)
     t_assigned = t_health_ready = None
     deadline = time.monotonic() + timeout_s
-    waiting = dict(expected)
     async with aiohttp.ClientSession() as session:
         while waiting:
             now = time.monotonic()
             if now > deadline:
-                raise BenchError(f"recovery phase: table not rebuilt in {timeout_s:.0f} s "
+                raise BenchError(f"{phase} phase: table not rebuilt in {timeout_s:.0f} s "
                                  f"({len(waiting)} partitions pending); worker log:\n"
                                  + worker.log_tail())
             worker.check_alive()
@@ -447,15 +473,78 @@ async def recovery(env: BenchEnv, old: WorkerProc, customers: int, timeout_s: fl
                         del waiting[key]
             if waiting:
                 await asyncio.sleep(POLL_S)
-    t_ready = time.monotonic()
     assert t_assigned is not None
-    seconds = max(t_ready - t_assigned, POLL_S)  # one poll period is the resolution
-    rss = read_proc_status(worker.pid).get("VmHWM", 0) / 1024
-    return Recovery(customers=customers, changelog_records=records, seconds=seconds,
-                    restart_s=t_ready - worker.started_at,
-                    customers_per_s=customers / seconds, rss_mb=rss,
-                    health_ready_s=None if t_health_ready is None
-                    else t_health_ready - t_assigned)
+    return t_assigned, time.monotonic(), t_health_ready
+
+
+@dataclass
+class Population:
+    """Result of :func:`population`."""
+
+    customers: int
+    build_s: float  # fold one event per customer with the core + produce the states
+    seconds: float  # partitions assigned -> table rebuilt
+    customers_per_s: float
+    rss_restored_mb: float  # peak RSS once the table is rebuilt
+    rss_swept_mb: float | None  # peak RSS after the first sweep pass (None: none finished)
+    sweep_s: float | None  # duration of that first pass (it builds the due index)
+    worker_pid: int = 0
+
+
+async def population(env: BenchEnv, customers: int, timeout_s: float, seed: int,
+                     sweep_timeout_s: float) -> Population:
+    """Peak RSS and restore speed with ``customers`` customers in the table.
+
+    Writes one state per customer straight into the customer changelog of
+    ``env`` (an app id of its own): each state is what the core's fold makes
+    of one generated first event, as the worker would have written it. That
+    is the shape of a compacted changelog: one record per customer. Then a
+    worker starts on empty local stores; it must restore all of them, and the
+    peak RSS is read once the table serves every partition's last record and
+    again after the first time sweep has passed over all customers.
+    """
+    import aiohttp
+
+    from schemas.events import parse_event
+    from schemas.policy import PolicyBook
+    from scoring import fold
+    from streams.app import partition_for
+    from streams.bench.generator import fast_stream
+
+    policies = PolicyBook.load(None)
+    t0 = time.monotonic()
+    now = datetime.now(UTC)
+
+    def states() -> Iterator[tuple[str, bytes | None, bytes, int | None]]:
+        for _typ, key, value in fast_stream(customers, customers, seed=seed):
+            event = parse_event(value, now=now, policies=policies)
+            outcome = fold.apply(None, event, policies.for_shop(event.shop_id))
+            yield (env.changelog_topic, key, bytes(outcome.state.encode()),
+                   partition_for(key, env.partitions))
+
+    await env.produce(states())
+    build_s = time.monotonic() - t0
+    expected = await _expected_last(env)
+    worker = env.new_worker("population")
+    worker.start()
+    t_assigned, t_ready, _ = await _wait_rebuilt(worker, expected, timeout_s, "population")
+    seconds = max(t_ready - t_assigned, POLL_S)
+    rss_restored = worker_peak_rss_mb(worker)
+    rss_swept = sweep_s = None
+    deadline = time.monotonic() + sweep_timeout_s
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            worker.check_alive()
+            status, body = await http_get(session, worker.url + "/metrics")
+            m = parse_metrics(body.decode()) if status == 200 else {}
+            if m.get("loyalty_sweeps_total", 0) >= 1:
+                rss_swept = worker_peak_rss_mb(worker)
+                sweep_s = m.get("loyalty_sweep_seconds_sum")
+                break
+            await asyncio.sleep(1.0)
+    return Population(customers=customers, build_s=build_s, seconds=seconds,
+                      customers_per_s=customers / seconds, rss_restored_mb=rss_restored,
+                      rss_swept_mb=rss_swept, sweep_s=sweep_s, worker_pid=worker.pid)
 
 
 def worker_peak_rss_mb(worker: WorkerProc) -> float:

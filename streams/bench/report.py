@@ -1,7 +1,8 @@
 """The machine description and the two output formats of ``loyalty bench``.
 
 JSON (``--json``): one object with exactly the keys of :data:`RESULT_KEYS`
-plus ``"machine"`` and ``"params"``. ``params`` holds the run's inputs and,
+plus ``"population"`` (the ``--population`` figures, or null), ``"machine"``
+and ``"params"``. ``params`` holds the run's inputs and,
 under ``params["observed"]``, the conditions each figure was measured under
 (offered latency rate, samples, phase durations, CPU seconds, event statuses,
 load average), so a number can be judged without re-running.
@@ -83,6 +84,14 @@ def table(result: dict[str, Any]) -> str:
     base = result["baseline_events_per_s"]
     if base:
         lines.append(f"{'service / baseline':<{width}}  {result['events_per_s'] / base:>12.2f}")
+    pop = result.get("population")
+    if pop:
+        n = f"{pop['customers']:,}"
+        lines.append(f"{'population rss_mb':<{width}}  {_fmt(pop['rss_mb']):>12} {'MiB':<11}  "
+                     f"peak RSS with {n} customers in the table, after the first sweep")
+        lines.append(f"{'population recovery':<{width}}  "
+                     f"{_fmt(pop['recovery_customers_per_s']):>12} {'customers/s':<11}  "
+                     f"restore of {n} customers, one changelog record each (compacted)")
     lines.append("")
     m = result["machine"]
     lines.append(f"machine: {m['cores']} cores, {m['mem_total_mb']} MiB, Python {m['python']}, "

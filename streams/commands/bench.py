@@ -64,6 +64,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "latency.speedscope.json, recovery.speedscope.json "
                              "(py-spy on PATH or --py-spy)")
     parser.add_argument("--py-spy", default=None, help="path of the py-spy executable")
+    parser.add_argument("--population", type=int, default=0, metavar="N",
+                        help="also measure with N customers in the table (e.g. 1000000): "
+                             "write N states folded by the core into the customer changelog "
+                             "of a second run, start a worker on empty stores, report its "
+                             "restore speed and peak RSS after the first sweep (default 0: "
+                             "skip; about 2 minutes per million on 2 cores)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -148,6 +154,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         loop.add_signal_handler(signal.SIGTERM, task.cancel)
     profiler: Any = None
     observed: dict[str, Any] = {}
+    extra_envs: list[Any] = []
     try:
         _progress(args, f"run {env.app_id}: creating topics ({partitions} partitions)")
         await env.create_topics()
@@ -242,6 +249,27 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         observed["changelog_records"] = rec.changelog_records
         observed["recovery_records_per_s"] = round(rec.changelog_records / rec.seconds, 1)
         _progress(args, f"recovery: {rec.customers_per_s:,.0f} customers/s")
+        pop = None
+        if args.population > 0:
+            _progress(args, f"population: {args.population:,} customers into a fresh changelog")
+            pop_env = BenchEnv(settings, partitions, keep=args.keep)
+            extra_envs.append(pop_env)
+            await pop_env.create_topics()
+            p = await phases.population(pop_env, args.population, timeout_s=timeout
+                                        + args.population / 2000.0, seed=args.seed,
+                                        sweep_timeout_s=settings.sweep_interval_s + 60.0
+                                        + args.population / 5000.0)
+            pop = {"customers": p.customers,
+                   "rss_mb": round(p.rss_swept_mb if p.rss_swept_mb is not None
+                                   else p.rss_restored_mb, 1),
+                   "rss_restored_mb": round(p.rss_restored_mb, 1),
+                   "rss_swept_mb": None if p.rss_swept_mb is None else round(p.rss_swept_mb, 1),
+                   "recovery_customers_per_s": round(p.customers_per_s, 1),
+                   "recovery_s": round(p.seconds, 3), "build_s": round(p.build_s, 1),
+                   "first_sweep_s": None if p.sweep_s is None else round(p.sweep_s, 1),
+                   "app_id": pop_env.app_id, "worker_pid": p.worker_pid}
+            _progress(args, f"population: restored at {p.customers_per_s:,.0f} customers/s, "
+                            f"peak RSS {pop['rss_mb']:,.0f} MiB")
         observed["loadavg_end"] = phases.loadavg()
         return {
             "events_per_s": round(tput.events_per_s, 1),
@@ -252,6 +280,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
             "rss_mb": round(rss, 1),
             "customers": stats.customers,
             "recovery_customers_per_s": round(rec.customers_per_s, 1),
+            "population": pop,
             "machine": mach,
             "params": {"events": total, "customers": args.customers,
                        "partitions": partitions, "generator": stats.generator,
@@ -264,13 +293,14 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         if profiler is not None and profiler.poll() is None:
             profiler.kill()
-        env.stop_workers()
-        if not args.keep:
-            try:
-                await asyncio.wait_for(env.cleanup_broker(), 60)
-            except Exception as exc:  # noqa: BLE001 - report, but keep the real error
-                print(f"loyalty bench: could not delete the run's topics: {exc!r}",
-                      file=sys.stderr)
-            env.cleanup_files()
-        else:
-            _progress(args, f"kept: topics {env.app_id}*, files {env.tmp}")
+        for e in (env, *extra_envs):
+            e.stop_workers()
+            if not args.keep:
+                try:
+                    await asyncio.wait_for(e.cleanup_broker(), 60)
+                except Exception as exc:  # noqa: BLE001 - report, but keep the real error
+                    print(f"loyalty bench: could not delete the run's topics: {exc!r}",
+                          file=sys.stderr)
+                e.cleanup_files()
+            else:
+                _progress(args, f"kept: topics {e.app_id}*, files {e.tmp}")

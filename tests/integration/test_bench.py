@@ -19,7 +19,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 KEYS = {"events_per_s", "baseline_events_per_s", "cold_start_s", "latency_p50_ms",
         "latency_p99_ms", "rss_mb", "customers", "recovery_customers_per_s",
-        "machine", "params"}
+        "population", "machine", "params"}
 
 
 def _bench(*args: str, broker: str, timeout: float) -> subprocess.CompletedProcess[str]:
@@ -40,8 +40,8 @@ def _is_our_worker(pid: int) -> bool:
 @pytest.mark.timeout(240)
 def test_bench_tiny_run_reports_every_figure_and_cleans_up(bootstrap: str) -> None:
     proc = _bench("--events", "3000", "--customers", "300", "--partitions", "2",
-                  "--latency-seconds", "5", "--json", broker=f"kafka://{bootstrap}",
-                  timeout=220)
+                  "--latency-seconds", "5", "--population", "2000", "--json",
+                  broker=f"kafka://{bootstrap}", timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
     assert set(result) == KEYS
@@ -54,6 +54,12 @@ def test_bench_tiny_run_reports_every_figure_and_cleans_up(bootstrap: str) -> No
     assert 0 < result["rss_mb"] < 24 * 1024
     assert result["customers"] == 300
     assert result["recovery_customers_per_s"] > 0
+    # --population: a second run whose table was restored from one state per
+    # customer; the first sweep passed over all of them.
+    pop = result["population"]
+    assert pop["customers"] == 2000 and pop["recovery_customers_per_s"] > 0
+    assert pop["rss_swept_mb"] is not None and 0 < pop["rss_mb"] < 24 * 1024
+    assert pop["first_sweep_s"] is not None and pop["first_sweep_s"] >= 0
 
     params = result["params"]
     assert params["events"] == 3000 and params["partitions"] == 2
@@ -67,7 +73,7 @@ def test_bench_tiny_run_reports_every_figure_and_cleans_up(bootstrap: str) -> No
 
     # Both workers (measured and recovery) are gone, and so are the run's topics.
     assert len(obs["worker_pids"]) == 2
-    assert not [pid for pid in obs["worker_pids"] if _is_our_worker(pid)]
+    assert not [pid for pid in [*obs["worker_pids"], pop["worker_pid"]] if _is_our_worker(pid)]
     from tests.conftest import run_async
 
     async def leftovers() -> list[str]:
@@ -76,7 +82,8 @@ def test_bench_tiny_run_reports_every_figure_and_cleans_up(bootstrap: str) -> No
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
         await admin.start()
         try:
-            return [t for t in await admin.list_topics() if t.startswith(params["app_id"])]
+            return [t for t in await admin.list_topics()
+                    if t.startswith((params["app_id"], pop["app_id"]))]
         finally:
             await admin.close()
 
