@@ -124,6 +124,8 @@ class Plan:
     # not plan time, because the sweep may rewrite the row while the agent
     # waits for the broker.
     tally_delta: tuple[int, bytes, TallyDelta] | None = None
+    # next_due of the state written (for the time sweep's due index)
+    next_due: int | None = None
     sends: list[Outgoing] = field(default_factory=list)
     event_type: str = "invalid"
     status: str = "invalid"
@@ -272,6 +274,7 @@ class Processor:
             plan.state_write = (key, bytes(new_state.encode()))
             plan.tally_delta = (record.partition, key,
                                 delta_for_event(outcome, event, policy, old is None))
+            plan.next_due = new_state.next_due
             snap = snapshot(new_state, None, policy, svc.clv_model(event.shop_id))
             plan.sends.append(Outgoing(svc.scores, key, codec.dumps(snap)))
         plan.effects = list(outcome.effects)
@@ -333,7 +336,7 @@ class Processor:
         if tally_write is not None:
             svc.tallies[tally_write[0]] = tally_write[1]
         if plan.tally_delta is not None and svc.sweeper is not None:
-            svc.sweeper.note_change(*plan.tally_delta)
+            svc.sweeper.note_change(*plan.tally_delta, plan.next_due)
 
     async def send(self, plan: Plan) -> list[Any]:
         """Hand the output records of ``plan`` to the producer; returns delivery futures.
