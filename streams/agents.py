@@ -125,6 +125,8 @@ class Plan:
     # not plan time, because the sweep may rewrite the row while the agent
     # waits for the broker.
     tally_delta: tuple[int, bytes, TallyDelta] | None = None
+    # next_due of the state written (for the time sweep's due index)
+    next_due: int | None = None
     sends: list[Outgoing] = field(default_factory=list)
     event_type: str = "invalid"
     status: str = "invalid"
@@ -277,6 +279,7 @@ class Processor:
             plan.state_write = (key, bytes(new_state.encode()))
             plan.tally_delta = (record.partition, key,
                                 delta_for_event(outcome, event, policy, old is None))
+            plan.next_due = new_state.next_due
             snap = snapshot(new_state, None, policy, svc.clv_model(event.shop_id))
             plan.sends.append(Outgoing(svc.scores, key, codec.dumps(snap)))
         plan.effects = list(outcome.effects)
@@ -359,7 +362,7 @@ class Processor:
                 svc.tallies[tkey] = row
         if svc.sweeper is not None:
             for plan in changed:
-                svc.sweeper.note_change(*plan.tally_delta)  # type: ignore[misc]
+                svc.sweeper.note_change(*plan.tally_delta, plan.next_due)  # type: ignore[misc]
 
     async def send(self, plan: Plan) -> list[Any]:
         """Hand the output records of ``plan`` to the producer; returns delivery futures.

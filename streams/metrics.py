@@ -98,8 +98,16 @@ class Metrics:
         self.sweep_changed = Counter(
             "loyalty_sweep_changed_total", "Customer states changed by the time sweep.",
             registry=r)
+        self.sweep_visited = Counter(
+            "loyalty_sweep_visited_total",
+            "Customer states the time sweep read (every row in a full scan, due ones otherwise).",
+            registry=r)
+        self.sweep_index_keys = Gauge(
+            "loyalty_sweep_due_index_keys",
+            "Customers in the sweep's due index (due before the next full scan), owned partitions.",
+            registry=r)
         self.sweep_seconds = Histogram(
-            "loyalty_sweep_seconds", "Duration of one full time sweep.",
+            "loyalty_sweep_seconds", "Duration of one time sweep over all owned partitions.",
             buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60), registry=r)
         self.restored_records = Counter(
             "loyalty_restored_records_total",

@@ -166,6 +166,14 @@ class Settings(BaseSettings):
         "before Faust's record-at-a-time recovery replays the rest; capped at 80% of Faust's "
         "broker request timeout. 0 disables the bulk restore.",
     )
+    tally_recount_interval_s: float = Field(
+        3600.0, ge=0,
+        description="Default 3600. Seconds between full scans of a partition by the time sweep, "
+        "which recount the shop tallies exactly from the customer rows (repairing drift a crash "
+        "left) and rebuild the index of due customers; in between, a sweep visits only "
+        "customers whose next change is due. A partition is also fully scanned on its first "
+        "sweep after every restart or rebalance. 0 scans every row on every sweep.",
+    )
     clv_refit_interval_s: float = Field(
         3600.0, gt=0,
         description="Default 3600. Seconds between refits of the predictive CLV models.",

@@ -2,23 +2,76 @@
 
 Customers move to ``at_risk``/``lapsed`` or drop out of ``attached`` and points
 expire just because time passes. Every ``settings.sweep_interval_s`` seconds a
-timer walks the customer rows of the partitions this worker *actively* owns
-and calls ``fold.advance(state, now)``; changed states are written back and
-their effects (transitions, expiry ledger entries, the new snapshot) are
-published.
+timer calls ``fold.advance(state, now)`` for the customers of the partitions
+this worker *actively* owns whose time has come; changed states are written
+back and their effects (transitions, expiry ledger entries, the new snapshot)
+are published.
 
 **How "now" is defined.** ``now`` is the worker's wall clock in UTC
-(``datetime.now(UTC)``), read once at the start of each sweep pass and used for
-every customer of that pass. Event processing never uses the wall clock for
+(``datetime.now(UTC)``), read once at the start of each sweep and used for
+every customer of that sweep. Event processing never uses the wall clock for
 scoring: an event is folded at its own ``occurred_at``, and the fold expires
 lots due by that instant first. The wall clock only decides *when* a
 time-driven change is noticed, never what the resulting state is, so a
 worker with a skewed clock publishes changes early or late but computes the
 same state as ``loyalty replay --as-of`` for the same instant.
 
-**Never stalling event processing.** Keys are processed in chunks of
-:data:`CHUNK` with ``await asyncio.sleep(0)`` between chunks, so the agent gets
-the event loop between chunks.
+**What is visited when.** ``CustomerState.next_due`` is the earliest instant
+at which time alone changes a state (``fold.advance`` is a no-op before it).
+Each owned partition gets one of two passes per sweep:
+
+* a *full scan* reads every customer row of the partition in key order. It
+  advances the customers that are due, recomputes the partition's shop
+  tallies exactly (below) and rebuilds the partition's *due index*: customer
+  key -> ``next_due`` for every customer due before the *next* full scan
+  (``now + settings.tally_recount_interval_s``). A partition is fully scanned
+  on its first sweep in a consumer generation (``app.consumer_generation_id``
+  changes on every rebalance, so after a restart, a crash or a change of
+  ownership), again once ``tally_recount_interval_s`` has passed since the
+  last full scan, and after a full scan that did not finish (error, lost
+  ownership);
+* otherwise a *due pass* visits only the keys of the index whose ``next_due``
+  is at or before ``now``; with nothing due it reads no customer row at all.
+
+The index stays current without reading rows: every state the agent writes
+reports its new ``next_due`` through :meth:`Sweeper.note_change` (and every
+state the sweep writes is filed the same way). A key whose ``next_due`` is
+None, or not before the next full scan, is not in the index: that scan finds
+it. So a due customer is advanced by the first sweep at or after its
+``next_due``, as with a scan of every row. The index holds only keys due
+within one recount interval, so its memory follows the customers due soon,
+not all customers (about 140 bytes per indexed key). A key the sweep had to
+skip (the agent was processing it, or the row changed under the sweep) keeps
+an entry from the row's current state, so it is re-checked by the next sweep
+if it is still due. Every key a sweep visits is re-filed from its state, so
+an entry that was ever too early costs one no-op visit, nothing more.
+
+The index lives in memory only: the customer table and its changelog stay
+the truth. A crash or restart loses it; the new process joins a new consumer
+generation, whose first sweep rebuilds it with a full scan (and repairs the
+tallies). A rebalance drops every index the same way, since ownership and
+local stores may have changed. The only writers of the customer table are
+the agent and the sweep, and both report every write, so between full scans
+an index misses nothing; the periodic full scan would also correct one that
+did.
+
+**Never stalling event processing.** Work is done in slices: a slice reads
+customers until it has spent :data:`SLICE_BUDGET_S`, publishes what changed
+(waiting for the broker yields), writes it, then yields to the event loop
+(``await asyncio.sleep(0)``) before the next slice. The agent therefore waits
+only a few milliseconds for the sweep, in a full scan as well as in a due
+pass. A full scan reads a RocksDB partition with a fresh iterator per slice,
+from the last key it reached, so it neither lists all keys in memory nor
+keeps an iterator open across an ``await``.
+
+**Cost.** A due pass reads no row unless something is due: the index keeps
+a lower bound of its entries, so a partition with nothing due costs a
+comparison. Otherwise the pass reads the index entries (about 0.2 us each, in
+budgeted slices) and, per due customer, one row, ``fold.advance`` and, if it
+changed, a publish and a write. A full scan costs what every sweep used to:
+one decode, ``fold.advance`` and a tally contribution per customer (0.05-0.3
+ms each depending on the state's size, so one to five minutes of CPU per
+hour for a million customers, spread over slices).
 
 **Writing from a timer.** Faust decides the store partition *and* the
 changelog partition of a table write from the event being processed
@@ -34,14 +87,21 @@ acknowledgement of the effects (published before the state write, like the
 agent does). A key the agent is processing right now is skipped, and the
 write is a compare-and-set: if the row changed while the sweep waited, the
 sweep's result is dropped (the next sweep advances the newer state; effects
-have deterministic ids, so a repeat is harmless).
+have deterministic ids, so a repeat is harmless). A skipped key stays in the
+index as due.
 
-**Shop tallies.** Each pass also recomputes every shop's tally of the partition
-exactly from the customer rows and overwrites drifted rows (a crash between the
-agent's state write and tally write leaves such drift). Changes made by the
-agent while a pass is under way are folded into the recomputation through
-:meth:`Sweeper.note_change`, so the result is exact even though the pass
-yields between chunks.
+**Shop tallies.** The agent and the sweep update a partition's tally rows
+incrementally with every state change. A crash between the agent's state
+write and its tally write leaves a row drifted, so every full scan also
+recomputes each shop's tally of the partition exactly from the customer rows
+and overwrites drifted rows: on the first sweep after a restart (a crash
+always means a new generation), and then every
+``settings.tally_recount_interval_s`` (default one hour). Changes made by the
+agent while a full scan is under way are folded into the recomputation
+through :meth:`Sweeper.note_change`, so the result is exact even though the
+scan yields between slices: a change to a key the scan has already counted is
+applied as a delta, a change to a key it has not reached yet is counted when
+it gets there.
 """
 
 from __future__ import annotations
@@ -51,7 +111,8 @@ import contextlib
 import logging
 import time
 import weakref
-from collections.abc import Iterator
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -71,12 +132,21 @@ from streams.shops import (
 
 if TYPE_CHECKING:
     from scoring.shop import ShopTally
+    from scoring.state import CustomerState
     from streams.app import LoyaltyService
 
 log = logging.getLogger(__name__)
 
-#: customers advanced between two yields to the event loop
-CHUNK = 200
+#: Seconds (wall clock) a slice of a sweep may spend reading customers before
+#: it publishes, writes what it found due and yields to the event loop. The
+#: agent cannot run while a slice does, so this bounds the latency the sweep
+#: adds to an event to a few milliseconds; reading a customer costs 0.05-0.3 ms,
+#: so a slice still amortises the broker round trip over dozens of them.
+SLICE_BUDGET_S = 0.005
+
+_US_PER_S = 1_000_000
+#: index entries a due pass examines between two looks at the clock
+_SELECT_CHUNK = 2048
 
 
 class _Message:
@@ -114,11 +184,84 @@ def partition_context(topic: str, partition: int) -> Iterator[None]:
 
 
 @dataclass
-class _Pass:
-    """Exact recomputation of one partition's shop tallies, in progress."""
+class _DueIndex:
+    """One partition's due index (see the module docstring)."""
 
-    pending: set[bytes]
+    #: keys due at or after this instant are left to the next full scan
+    horizon_us: int
+    #: customer key -> next_due (microseconds), for keys due before ``horizon_us``
+    due: dict[bytes, int] = field(default_factory=dict)
+    #: no value in ``due`` is smaller (a lower bound: lets a sweep skip the partition)
+    earliest: int | None = None
+    #: the full scan that built the index finished (else the next sweep scans again)
+    complete: bool = False
+    #: customer rows of the partition (counted by the full scan, then new rows added)
+    rows: int = 0
+
+    def file(self, key: bytes, next_due: int | None) -> None:
+        """Record ``key``'s current ``next_due`` (None: nothing is ever due)."""
+        if next_due is None or next_due >= self.horizon_us:
+            self.due.pop(key, None)
+            return
+        self.due[key] = next_due
+        if self.earliest is None or next_due < self.earliest:
+            self.earliest = next_due
+
+
+@dataclass
+class _Pass:
+    """A full scan of one partition in progress: the exact tally recount.
+
+    The scan reads keys in byte order; ``cursor`` is the last key it has
+    reached. A key is *pending* (its current state will be counted when the
+    scan gets there) if it is after the cursor - and, when the keys were
+    listed up front (``listed``), among them - or if the scan holds it
+    uncounted while its new state is being acknowledged (``held``).
+    """
+
+    listed: list[bytes] | None
+    cursor: bytes | None = None
+    held: set[bytes] = field(default_factory=set)
     acc: dict[str, ShopTally] = field(default_factory=dict)
+
+    def pending(self, key: bytes) -> bool:
+        if key in self.held:
+            return True
+        if self.cursor is not None and key <= self.cursor:
+            return False
+        if self.listed is None:
+            return True
+        i = bisect_left(self.listed, key)
+        return i < len(self.listed) and self.listed[i] == key
+
+
+class _Budget:
+    """The time a slice has left before it must yield (:data:`SLICE_BUDGET_S`)."""
+
+    def __init__(self) -> None:
+        self.restart()
+
+    def restart(self) -> None:
+        self.started = time.perf_counter()
+
+    def spent(self) -> bool:
+        return time.perf_counter() - self.started >= SLICE_BUDGET_S
+
+    async def pause(self) -> None:
+        """Yield to the event loop, then start a new slice."""
+        await asyncio.sleep(0)
+        self.restart()
+
+
+@dataclass
+class _Work:
+    """A customer the sweep advanced: published, then written if the row is unchanged."""
+
+    key: bytes
+    raw: bytes  # the row the advance started from (compare-and-set)
+    outcome: Any  # fold.Outcome
+    effects: list[dict[str, Any]]
+    messages: list[tuple[Any, bytes, bytes]]  # (topic, key, value) to publish
 
 
 @dataclass
@@ -126,11 +269,22 @@ class SweepStats:
     """What one sweep did."""
 
     now: datetime
+    #: customer rows in the swept partitions (as counted by the due index)
     customers: int = 0
+    #: customer states read and advanced (every row in a full scan, due keys otherwise)
+    visited: int = 0
+    #: partitions that got a full scan (index rebuild and tally recount)
+    full_scans: int = 0
+    #: keys in the due indexes of the swept partitions after the sweep
+    indexed: int = 0
     changed: int = 0
     skipped: int = 0
     tallies_repaired: int = 0
     seconds: float = 0.0
+
+    @property
+    def full_scan(self) -> bool:
+        return self.full_scans > 0
 
 
 def _same_tally(a: bytes, b: bytes) -> bool:
@@ -151,25 +305,36 @@ class Sweeper:
     def __init__(self, service: LoyaltyService) -> None:
         self.service = service
         self._passes: dict[int, _Pass] = {}
+        self._index: dict[int, _DueIndex] = {}
         self._lock = asyncio.Lock()
         self.last: SweepStats | None = None
         self._generation = -1
 
     # -- called by the agent ---------------------------------------------------------
-    def note_change(self, partition: int, key: bytes, delta: TallyDelta) -> None:
-        """Record a customer change so a running recomputation stays exact.
+    def note_change(self, partition: int, key: bytes, delta: TallyDelta,
+                    next_due: int | None) -> None:
+        """Record a customer state the agent just wrote.
 
-        Keys the pass has not reached yet are ignored: their current state is
-        counted when the pass gets there. Keys already counted (or created
-        after the pass started) get the delta applied.
+        ``next_due`` is the new state's: it goes to the partition's due index
+        (the sweep files the states it writes itself).
+        For a running full scan's recount, keys the scan has not counted yet
+        are ignored (their current state is counted when the scan gets
+        there); keys already counted (or created where the scan will not
+        look) get the delta applied.
         """
-        p = self._passes.get(partition)
-        if p is None or key in p.pending:
+        run = self._passes.get(partition)
+        pending = run is not None and run.pending(key)
+        index = self._index.get(partition)
+        if index is not None:
+            index.file(key, next_due)
+            if delta.stage_before is None and delta.stage_after is not None and not pending:
+                index.rows += 1  # a new row always enters the tally from no stage
+        if run is None or pending:
             return
         from scoring.shop import ShopTally
 
         shop = shop_of(key)
-        p.acc[shop] = delta.apply(p.acc.get(shop) or ShopTally.empty())
+        run.acc[shop] = delta.apply(run.acc.get(shop) or ShopTally.empty())
 
     # -- the sweep ---------------------------------------------------------------------
     def tables_ready(self) -> bool:
@@ -185,120 +350,103 @@ class Sweeper:
         return (app.flow_control.is_active() and not app.rebalancing
                 and not getattr(app, "in_recovery", False))
 
-    def keys_of_partition(self, partition: int) -> list[bytes]:
-        """Customer keys stored in ``partition`` (materialised: iteration never
-        spans an ``await``, so a partition revoked mid-sweep cannot invalidate
-        a live RocksDB iterator)."""
-        table = self.service.customers
-        store = table.data
-        dbs = getattr(store, "_dbs", None)
-        if isinstance(dbs, dict) and partition in dbs:
-            offset_key = getattr(store, "offset_key", None)
-            return sorted(k for k in dbs[partition].keys() if k != offset_key)
-        n = self.service.partitions
-        return sorted(k for k in table.keys() if partition_for(k, n) == partition)
+    def _keys_after(self, partition: int, run: _Pass) -> Iterator[bytes]:
+        """Keys of ``partition`` after ``run.cursor``, in byte order.
+
+        A RocksDB partition is read with a fresh iterator per slice (opened at
+        the cursor), so a full scan never holds all keys in memory and never
+        keeps an iterator across an ``await``. Other stores were listed up
+        front (``run.listed``: every key of the table; the memory store keeps
+        all partitions in one dict, so other partitions' keys are skipped here,
+        inside the time-budgeted slices).
+        """
+        after = run.cursor
+        if run.listed is not None:
+            listed, n = run.listed, self.service.partitions
+            start = 0 if after is None else bisect_right(listed, after)
+            return (listed[i] for i in range(start, len(listed))
+                    if partition_for(listed[i], n) == partition)
+        store = self.service.customers.data
+        db = store._dbs[partition]
+        offset_key = getattr(store, "offset_key", None)
+        keys = db.keys() if after is None else db.keys(from_key=after)
+        return (k for k in keys if k != after and k != offset_key)
+
+    def _scan_listing(self, partition: int) -> list[bytes] | None:
+        """None when the partition's keys can be read in order from its store;
+        else every key of the table, sorted (a copy: no iterator spans an
+        ``await``, so a partition revoked mid-sweep cannot invalidate it)."""
+        dbs = getattr(self.service.customers.data, "_dbs", None)
+        if isinstance(dbs, dict) and partition in dbs and hasattr(dbs[partition], "keys"):
+            return None
+        return sorted(self.service.customers.keys())
 
     async def sweep(self, now: datetime | None = None) -> SweepStats:
-        """One pass over every actively owned partition. Never raises.
+        """One sweep of every actively owned partition. Never raises.
 
         A failure in one partition is logged and counted as an internal error;
         the other partitions are still swept.
         """
+        from scoring.clock import to_us
+
         async with self._lock:  # a slow sweep must not overlap the next timer tick
             stats = SweepStats(now=now or datetime.now(UTC))
             started = time.perf_counter()
-            self._generation = self.service.app.consumer_generation_id
-            for partition in self.service.owned_partitions() if self.tables_ready() else []:
+            generation = self.service.app.consumer_generation_id
+            if generation != self._generation:
+                # Ownership may have changed and stores may have been restored:
+                # every index is rebuilt by a full scan.
+                self._index.clear()
+                self._generation = generation
+            now_us = to_us(stats.now)
+            owned = self.service.owned_partitions() if self.tables_ready() else []
+            for partition in owned:
+                await asyncio.sleep(0)  # partitions are slices too
                 try:
-                    await self._sweep_partition(partition, stats)
+                    index = self._index.get(partition)
+                    if index is None or not index.complete or now_us >= index.horizon_us:
+                        await self._full_scan(partition, now_us, stats)
+                    else:
+                        await self._due_pass(partition, index, now_us, stats)
                 except Exception:  # noqa: BLE001 - the timer must keep running
                     log.exception("sweep of partition %d failed", partition)
                     self.service.metrics.internal_errors.inc()
+                    if partition in self._index:
+                        # Part of the index may not have been visited or filed
+                        # again: the next sweep scans the partition in full.
+                        self._index[partition].complete = False
                 finally:
                     self._passes.pop(partition, None)
+            indexes = [self._index[p] for p in owned if p in self._index]
+            stats.customers = sum(ix.rows for ix in indexes)
+            stats.indexed = sum(len(ix.due) for ix in indexes)
             stats.seconds = time.perf_counter() - started
             self._publish_gauges()
             m = self.service.metrics
+            if owned:
+                m.table_rows.labels("customers").set(stats.customers)
+                m.sweep_index_keys.set(stats.indexed)
             m.sweeps.inc()
             m.sweep_changed.inc(stats.changed)
+            m.sweep_visited.inc(stats.visited)
             m.sweep_seconds.observe(stats.seconds)
             self.last = stats
             return stats
 
-    async def _sweep_partition(self, partition: int, stats: SweepStats) -> None:
-        from scoring import fold
-        from scoring.clock import to_us
-        from scoring.shop import ShopTally
-        from scoring.snapshot import snapshot
-        from scoring.state import CustomerState
-
+    async def _full_scan(self, partition: int, now_us: int, stats: SweepStats) -> None:
+        """Read every row: advance the due, rebuild the index, recount the tallies."""
         svc = self.service
-        table = svc.customers
+        interval_us = int(svc.settings.tally_recount_interval_s * _US_PER_S)
+        index = self._index[partition] = _DueIndex(horizon_us=now_us + interval_us)
+        run = self._passes[partition] = _Pass(listed=self._scan_listing(partition))
+        stats.full_scans += 1
+        budget = _Budget()
+        if run.listed is not None:
+            await budget.pause()  # the listing was a slice of its own
+        if not await self._advance(partition, index, now_us, stats, run, budget,
+                                   lambda: self._keys_after(partition, run)):
+            return  # rebalanced mid-scan: the index stays incomplete
         ctx_topic = svc.rekey.get_topic_name()
-        processor = svc.processor  # type: ignore[attr-defined]
-        now_us = to_us(stats.now)
-        keys = self.keys_of_partition(partition)
-        run = self._passes[partition] = _Pass(pending=set(keys))
-        for start in range(0, len(keys), CHUNK):
-            if not self._still_owner(partition):
-                return  # rebalanced mid-pass: the (new) owner sweeps it next time
-            chunk = keys[start:start + CHUNK]
-            work: list[tuple[bytes, bytes, Any, Any]] = []
-            with partition_context(ctx_topic, partition):
-                for key in chunk:
-                    if key in processor.in_flight:
-                        stats.skipped += 1
-                        continue
-                    raw = table.get(key)
-                    if raw is None:
-                        continue
-                    state = CustomerState.decode(raw)
-                    policy = svc.policies.for_shop(state.shop_id)
-                    outcome = fold.advance(state, now_us, policy)
-                    if outcome.changed:
-                        work.append((key, raw, outcome, policy))
-            stats.customers += len(chunk)
-            # Publish effects + snapshots and wait for the broker before writing
-            # state (same ordering argument as the agent's).
-            futures = []
-            for key, _raw, outcome, policy in work:
-                effects = list(outcome.effects)
-                for out in processor.effect_messages(effects):
-                    futures.append(await out.topic.send(key=out.key, value=out.value, force=True))
-                futures.append(await svc.scores.send(
-                    key=key, value=codec.dumps(snapshot(outcome.state, None, policy,
-                                               svc.clv_model(outcome.state.shop_id))),
-                    force=True))
-                svc.metrics.observe_effects(effects)
-            if futures:
-                await asyncio.gather(*futures)
-            if not self._still_owner(partition):
-                return
-            with partition_context(ctx_topic, partition):
-                for key, raw, outcome, _policy in work:
-                    if key in processor.in_flight or table.get(key) != raw:
-                        stats.skipped += 1  # the agent got there first: keep its state
-                        continue
-                    delta = delta_for_advance(outcome)
-                    tkey = tally_key(shop_of(key), partition)
-                    row = update_row(svc.tallies.get(tkey), delta)
-                    table[key] = bytes(outcome.state.encode())
-                    svc.tallies[tkey] = row
-                    stats.changed += 1
-                # Count the chunk into the exact recomputation (still no await).
-                for key in chunk:
-                    run.pending.discard(key)
-                    raw = table.get(key)
-                    if raw is None:
-                        continue
-                    state = CustomerState.decode(raw)
-                    shop = shop_of(key)
-                    tally = run.acc.get(shop) or ShopTally.empty()
-                    recount_contribution(tally, state, svc.policies.for_shop(shop))
-                    run.acc[shop] = tally
-            await asyncio.sleep(0)  # let the agent run between chunks
-        if not self._still_owner(partition):
-            return
         with partition_context(ctx_topic, partition):
             for shop, tally in run.acc.items():
                 exact = bytes(tally.encode())
@@ -309,8 +457,200 @@ class Sweeper:
                         stats.tallies_repaired += 1
                         log.warning("repaired drifted tally %s", tkey)
                     svc.tallies[tkey] = exact
-        svc.metrics.table_rows.labels("customers").set(
-            sum(len(self.keys_of_partition(p)) for p in svc.owned_partitions()))
+        index.complete = True
+
+    async def _due_pass(self, partition: int, index: _DueIndex, now_us: int,
+                        stats: SweepStats) -> None:
+        """Advance only the keys the index says are due."""
+        if index.earliest is None or index.earliest > now_us:
+            return  # nothing can be due: not even the index is read
+        budget = _Budget()
+        # Each slice resumes the same iterator where the last one stopped.
+        due = iter(await self._select_due(index, now_us, budget))
+        if not await self._advance(partition, index, now_us, stats, None, budget,
+                                   lambda: due):
+            index.complete = False  # interrupted: ``earliest`` may now be too late
+
+    @staticmethod
+    async def _select_due(index: _DueIndex, now_us: int, budget: _Budget) -> list[bytes]:
+        """The keys of ``index`` due at ``now_us``, sorted; recomputes ``earliest``.
+
+        Reads a copy of the keys (a large index is read in budgeted slices;
+        no iterator spans an ``await``). Every key left out is either not due
+        or filed again meanwhile, and each of those lowers ``earliest``; every
+        key returned is filed again when the due pass visits it.
+        """
+        keys = list(index.due)
+        index.earliest = None  # file() lowers it again from here on
+        get = index.due.get
+        due: list[bytes] = []
+        rest: int | None = None
+        for start in range(0, len(keys), _SELECT_CHUNK):
+            for key in keys[start:start + _SELECT_CHUNK]:
+                t = get(key)
+                if t is None:
+                    continue
+                if t <= now_us:
+                    due.append(key)
+                elif rest is None or t < rest:
+                    rest = t
+            if budget.spent():
+                await budget.pause()
+        if rest is not None and (index.earliest is None or rest < index.earliest):
+            index.earliest = rest
+        due.sort()
+        return due
+
+    async def _advance(self, partition: int, index: _DueIndex, now_us: int,
+                       stats: SweepStats, run: _Pass | None, budget: _Budget,
+                       next_keys: Callable[[], Iterator[bytes]]) -> bool:
+        """Advance the keys ``next_keys()`` yields, slice by slice.
+
+        ``next_keys`` is called once per slice and must resume where the last
+        slice stopped. With ``run`` (a full scan) every key is also counted
+        into the recount and filed in the index. Each step - reading, sending,
+        writing - stops at the slice budget and yields; ownership is checked
+        again after every yield. False if the partition was lost mid-way.
+        """
+        from scoring import fold
+        from scoring.state import CustomerState
+
+        svc = self.service
+        table = svc.customers
+        ctx_topic = svc.rekey.get_topic_name()
+        processor = svc.processor  # type: ignore[attr-defined]
+        while True:
+            if not self._still_owner(partition):
+                return False
+            work: list[_Work] = []
+            finished = True
+            with partition_context(ctx_topic, partition):
+                for key in next_keys():
+                    if run is not None:
+                        run.cursor = key
+                    elif key in processor.in_flight:
+                        stats.skipped += 1  # stays due: re-checked next sweep
+                        index.file(key, index.due.get(key))
+                        continue
+                    raw = table.get(key)
+                    if raw is None:
+                        index.due.pop(key, None)
+                        continue
+                    stats.visited += 1
+                    state = CustomerState.decode(raw)
+                    if run is not None:
+                        index.rows += 1
+                    if key in processor.in_flight:
+                        # Full scan only: count the row as it is now; the agent's
+                        # write brings its delta and its next_due.
+                        stats.skipped += 1
+                        self._count(run, key, state)
+                        index.file(key, state.next_due)
+                    else:
+                        policy = svc.policies.for_shop(state.shop_id)
+                        outcome = fold.advance(state, now_us, policy)
+                        if outcome.changed:
+                            work.append(self._prepare(key, raw, outcome, policy))
+                            if run is not None:
+                                run.held.add(key)
+                        else:
+                            self._count(run, key, state)
+                            index.file(key, state.next_due)
+                    if budget.spent():
+                        finished = False
+                        break
+            if work and not (await self._publish(partition, work, budget)
+                             and await self._write(partition, work, index, stats, run, budget)):
+                return False
+            if finished:
+                return True
+            await budget.pause()  # let the agent run between slices
+
+    def _prepare(self, key: bytes, raw: bytes, outcome: Any, policy: Any) -> _Work:
+        """Encode what an advanced customer publishes: its effects and new snapshot.
+
+        Done while reading the slice, so the slice budget covers it (a
+        snapshot costs more than the advance itself).
+        """
+        from scoring.snapshot import snapshot
+
+        svc = self.service
+        effects = list(outcome.effects)
+        messages = [(out.topic, out.key, out.value)
+                    for out in svc.processor.effect_messages(effects)]  # type: ignore[attr-defined]
+        messages.append((svc.scores, key, codec.dumps(snapshot(
+            outcome.state, None, policy, svc.clv_model(outcome.state.shop_id)))))
+        return _Work(key, raw, outcome, effects, messages)
+
+    async def _publish(self, partition: int, work: list[_Work], budget: _Budget) -> bool:
+        """Publish effects + snapshots and wait for the broker before any state
+        is written (same ordering argument as the agent's). False if the
+        partition was lost meanwhile."""
+        futures = []
+        for item in work:
+            for topic, key, value in item.messages:
+                futures.append(await topic.send(key=key, value=value, force=True))
+            self.service.metrics.observe_effects(item.effects)
+            if budget.spent():
+                await budget.pause()
+        await asyncio.gather(*futures)
+        budget.restart()
+        return self._still_owner(partition)
+
+    async def _write(self, partition: int, work: list[_Work], index: _DueIndex,
+                     stats: SweepStats, run: _Pass | None, budget: _Budget) -> bool:
+        """Compare-and-set the advanced states, yielding at the budget. False if
+        the partition was lost meanwhile (the rest is not written)."""
+        from scoring.state import CustomerState
+
+        svc = self.service
+        table = svc.customers
+        ctx_topic = svc.rekey.get_topic_name()
+        processor = svc.processor  # type: ignore[attr-defined]
+        items = iter(work)
+        while True:
+            if not self._still_owner(partition):
+                return False
+            with partition_context(ctx_topic, partition):
+                for item in items:
+                    key, raw, outcome = item.key, item.raw, item.outcome
+                    if run is not None:
+                        run.held.discard(key)
+                    # The check and the write of one key never span an await.
+                    if key in processor.in_flight or table.get(key) != raw:
+                        stats.skipped += 1  # the agent got there first: keep its state
+                        current = table.get(key)
+                        if current is None:
+                            index.due.pop(key, None)
+                        else:
+                            state = CustomerState.decode(current)
+                            self._count(run, key, state)
+                            index.file(key, state.next_due)  # still due unless the agent moved it
+                    else:
+                        delta = delta_for_advance(outcome)
+                        tkey = tally_key(shop_of(key), partition)
+                        row = update_row(svc.tallies.get(tkey), delta)
+                        table[key] = bytes(outcome.state.encode())
+                        svc.tallies[tkey] = row
+                        stats.changed += 1
+                        self._count(run, key, outcome.state)
+                        index.file(key, outcome.state.next_due)
+                    if budget.spent():
+                        break
+                else:
+                    return True
+            await budget.pause()
+
+    def _count(self, run: _Pass | None, key: bytes, state: CustomerState) -> None:
+        """Count one customer's current state into the running recount."""
+        if run is None:
+            return
+        from scoring.shop import ShopTally
+
+        shop = shop_of(key)
+        tally = run.acc.get(shop) or ShopTally.empty()
+        recount_contribution(tally, state, self.service.policies.for_shop(shop))
+        run.acc[shop] = tally
 
     def _still_owner(self, partition: int) -> bool:
         return (self.tables_ready()
@@ -359,9 +699,10 @@ def register_sweep(service: LoyaltyService) -> None:
 
     async def loyalty_sweep() -> None:
         stats = await sweeper.sweep()
-        log.info("sweep: %d customers, %d changed, %d skipped, %d tallies repaired in %.2fs",
-                 stats.customers, stats.changed, stats.skipped, stats.tallies_repaired,
-                 stats.seconds)
+        log.info("sweep: %d customers, %d visited (%d partitions fully scanned), %d changed, "
+                 "%d skipped, %d tallies repaired, %d keys due-indexed in %.2fs",
+                 stats.customers, stats.visited, stats.full_scans, stats.changed,
+                 stats.skipped, stats.tallies_repaired, stats.indexed, stats.seconds)
 
     service.app.timer(interval=service.settings.sweep_interval_s,
                       on_leader=False, name="loyalty-sweep")(loyalty_sweep)

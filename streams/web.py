@@ -232,6 +232,7 @@ def register_web(service: LoyaltyService) -> None:
                 "owned_partitions": service.owned_partitions(),
                 "last_sweep": None if last is None else {
                     "now": last.now.isoformat(), "customers": last.customers,
+                    "visited": last.visited, "full_scans": last.full_scans,
                     "changed": last.changed, "seconds": round(last.seconds, 3)},
             })
 
