@@ -139,3 +139,54 @@ def test_bulk_restore_stops_at_budget_with_consistent_offset(bootstrap: str, cre
         assert db[OFFSET_KEY] == str(len(records) - 1).encode()
     finally:
         db.close()
+
+
+def test_cancelled_bulk_restore_leaves_a_consistent_prefix(bootstrap: str, create_topic,
+                                                           tmp_path: Path, monkeypatch) -> None:
+    """A rebalance cancels the bulk restore mid-way (Faust's RebalanceAgain).
+
+    Whatever was written must be exactly the changelog up to the persisted
+    offset, so Faust's recovery can resume there. Small fetches force many
+    write batches; the task is cancelled after the third one.
+    """
+    import streams.restore as restore
+
+    monkeypatch.setattr(restore, "FETCH_MAX_BYTES", 8 * 1024)
+    monkeypatch.setattr(restore, "PARTITION_FETCH_MAX_BYTES", 8 * 1024)
+    topic = create_topic(partitions=1, compacted=True, prefix="changelog")
+    records, _ = _changelog(seed=13, n=4000)
+    records = [(0, k, v) for _, k, v in records]
+    _produce(bootstrap, topic, records)
+    db = _open(tmp_path / "p0")
+    batches: list[int] = []
+
+    async def run() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+
+        def progress(_tp: tuple[str, int], offset: int) -> None:
+            batches.append(offset)
+            if len(batches) == 3:
+                task.cancel()
+
+        try:
+            await bulk_restore([bootstrap], {(topic, 0): Target(db, None)},
+                               offset_key=OFFSET_KEY, budget_s=60, on_progress=progress)
+        except asyncio.CancelledError:
+            return
+        raise AssertionError("the restore was not cancelled")
+
+    try:
+        asyncio.run(run())
+        assert len(batches) == 3 and batches[-1] < len(records) - 1, batches
+        persisted = int(db[OFFSET_KEY])
+        assert persisted == batches[-1]
+        prefix: dict[bytes, bytes] = {}
+        for _, k, v in records[:persisted + 1]:
+            if v is None:
+                prefix.pop(k, None)
+            else:
+                prefix[k] = v
+        assert _rows(db) == prefix
+    finally:
+        db.close()
