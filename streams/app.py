@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,7 +55,15 @@ SESSION_TIMEOUT_S = 10.0
 
 def partition_for(key: bytes, partitions: int) -> int:
     """Partition Kafka's default partitioner (Java and aiokafka) picks for ``key``."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    return _key_hash(key) % partitions
+
+
+@lru_cache(maxsize=1 << 16)
+def _key_hash(key: bytes) -> int:
+    # aiokafka's murmur2 is pure Python (~4 us); an event hashes its customer
+    # key for its own partition and for each output record, and active
+    # customers come back, so a bounded cache pays for itself.
+    return murmur2(key) & 0x7FFFFFFF
 
 
 def rekey_topic_name(settings: Settings) -> str:

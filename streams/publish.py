@@ -13,10 +13,14 @@ Guarantees:
 * Same partitioning as Kafka's default partitioner (and ``Topic.send``): a
   keyed record goes to ``murmur2(key) % partitions`` of its topic; an unkeyed
   one to a random partition.
+* A record may name its partition (a changelog record goes to its store's
+  partition, whatever its key hashes to).
 * Records for the same (topic, partition) keep their order: they are appended
-  to builders in call order and builders are submitted in that order.
+  to builders in call order and builders are submitted in that order, so
+  their offsets are contiguous within a builder and increasing across them
+  (:func:`last_offsets`).
 * :meth:`Publisher.publish` returns only after every builder is queued; the
-  caller awaits the returned futures to know the broker acknowledged them
+  caller awaits the returned batches' futures to know the broker acknowledged them
   (with the app's ``acks=-1``). A failed future raises there; nothing is
   retried here, the caller (the agent) retries or dead-letters its records.
 * Uses Faust's own aiokafka producer, so ``app.producer.flush()`` (run by
@@ -28,9 +32,43 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from streams.app import partition_for
+
+#: ``(topic, key, value, headers, partition)``; partition None: Kafka's default
+OutRecord = tuple[str, bytes | None, bytes, list[tuple[str, bytes]] | None, int | None]
+
+
+@dataclass
+class Sent:
+    """One submitted batch: ``count`` records of one topic-partition."""
+
+    topic: str
+    partition: int
+    count: int
+    future: asyncio.Future[Any]
+
+
+def futures(sent: list[Sent]) -> list[asyncio.Future[Any]]:
+    """The delivery futures of ``sent`` (await them all before relying on the records)."""
+    return [s.future for s in sent]
+
+
+def last_offsets(sent: list[Sent]) -> dict[tuple[str, int], int]:
+    """``(topic, partition) -> offset of the last record`` of acknowledged batches.
+
+    Only valid once every future is done: a batch's future resolves to the
+    offset of its first record, and its records are contiguous.
+    """
+    out: dict[tuple[str, int], int] = {}
+    for s in sent:
+        last = s.future.result().offset + s.count - 1
+        tp = (s.topic, s.partition)
+        if last > out.get(tp, -1):
+            out[tp] = last
+    return out
 
 
 class Publisher:
@@ -39,33 +77,35 @@ class Publisher:
     def __init__(self, app: Any) -> None:
         self.app = app
 
-    async def publish(self, records: Iterable[tuple[str, bytes | None, bytes,
-                                                    list[tuple[str, bytes]] | None]]
-                      ) -> list[asyncio.Future[Any]]:
-        """Queue ``(topic, key, value, headers)`` records; return their delivery futures."""
+    async def publish(self, records: Iterable[OutRecord]) -> list[Sent]:
+        """Queue the records; return one :class:`Sent` per submitted batch."""
         producer = self.app.producer._ensure_producer()
         counts: dict[str, int] = {}
-        builders: dict[tuple[str, int], Any] = {}
-        futures: list[asyncio.Future[Any]] = []
-        for topic, key, value, headers in records:
-            n = counts.get(topic)
-            if n is None:
-                # Waits for metadata only the first time a topic is seen.
-                n = counts[topic] = len(await producer.partitions_for(topic))
-            partition = partition_for(key, n) if key is not None else random.randrange(n)
+        builders: dict[tuple[str, int], list[Any]] = {}  # tp -> [builder, records in it]
+        sent: list[Sent] = []
+        for topic, key, value, headers, partition in records:
+            if partition is None:
+                n = counts.get(topic)
+                if n is None:
+                    # Waits for metadata only the first time a topic is seen.
+                    n = counts[topic] = len(await producer.partitions_for(topic))
+                partition = partition_for(key, n) if key is not None else random.randrange(n)
             tp = (topic, partition)
-            builder = builders.get(tp)
-            if builder is None:
-                builder = builders[tp] = producer.create_batch()
-            if builder.append(key=key, value=value, timestamp=None,
+            slot = builders.get(tp)
+            if slot is None:
+                slot = builders[tp] = [producer.create_batch(), 0]
+            if slot[0].append(key=key, value=value, timestamp=None,
                               headers=headers or []) is None:
                 # Builder full: submit it and start the next one for this partition.
-                futures.append(await producer.send_batch(builder, topic, partition=partition))
-                builder = builders[tp] = producer.create_batch()
-                if builder.append(key=key, value=value, timestamp=None,
+                sent.append(Sent(topic, partition, slot[1],
+                                 await producer.send_batch(slot[0], topic, partition=partition)))
+                slot[0], slot[1] = producer.create_batch(), 0
+                if slot[0].append(key=key, value=value, timestamp=None,
                                   headers=headers or []) is None:
                     raise ValueError(f"record of {len(value)} bytes does not fit a batch "
                                      f"of {topic}")
-        for (topic, partition), builder in builders.items():
-            futures.append(await producer.send_batch(builder, topic, partition=partition))
-        return futures
+            slot[1] += 1
+        for (topic, partition), (builder, count) in builders.items():
+            sent.append(Sent(topic, partition, count,
+                             await producer.send_batch(builder, topic, partition=partition)))
+        return sent
