@@ -60,9 +60,9 @@ customers until it has spent :data:`SLICE_BUDGET_S`, publishes what changed
 (waiting for the broker yields), writes it, then yields to the event loop
 (``await asyncio.sleep(0)``) before the next slice. The agent therefore waits
 only a few milliseconds for the sweep, in a full scan as well as in a due
-pass. A full scan also sleeps between slices so it uses at most
-:data:`FULL_SCAN_DUTY` of the wall clock: it may take minutes at a million
-customers, but never halves the agent's throughput. A full scan reads a RocksDB partition with a fresh iterator per slice,
+pass. Slices are also spaced so the sweep uses at most :data:`SWEEP_DUTY`
+of the wall clock: a full scan may take minutes at a million customers, but
+never halves the agent's throughput. A full scan reads a RocksDB partition with a fresh iterator per slice,
 from the last key it reached, so it neither lists all keys in memory nor
 keeps an iterator open across an ``await``.
 
@@ -145,13 +145,13 @@ log = logging.getLogger(__name__)
 #: adds to an event to a few milliseconds; reading a customer costs 0.05-0.3 ms,
 #: so a slice still amortises the broker round trip over dozens of them.
 SLICE_BUDGET_S = 0.005
-#: Share of the wall clock a *full scan* may use: after each slice it sleeps
-#: three times as long as the slice ran. A full scan reads every customer
-#: (~50 us each: 50 s of CPU at 1 M customers) and runs after every rebalance;
-#: back-to-back slices would take half the CPU from an agent already busy with
-#: a backlog, and queue its events (measured: p99 120 ms instead of ~70 ms at
-#: half the maximum rate). A due pass is small and runs at full speed.
-FULL_SCAN_DUTY = 0.25
+#: Share of the wall clock the sweep may use: after each slice it sleeps three
+#: times as long as the slice ran. A full scan reads every customer (~50 us
+#: each: 50 s of CPU at 1 M customers) and runs after every rebalance, and a
+#: due pass can find thousands due at once (a day boundary); back-to-back
+#: slices would take half the CPU from an agent busy at half its maximum rate
+#: and queue its events (measured: p99 120 ms instead of ~70 ms).
+SWEEP_DUTY = 0.25
 
 _US_PER_S = 1_000_000
 #: index entries a due pass examines between two looks at the clock
@@ -248,7 +248,7 @@ class _Budget:
     """The time a slice has left before it must yield (:data:`SLICE_BUDGET_S`).
 
     ``duty`` < 1 makes :meth:`pause` sleep so that slices use at most that
-    share of the wall clock (:data:`FULL_SCAN_DUTY`).
+    share of the wall clock (:data:`SWEEP_DUTY`).
     """
 
     def __init__(self, duty: float = 1.0) -> None:
@@ -455,7 +455,7 @@ class Sweeper:
         index = self._index[partition] = _DueIndex(horizon_us=now_us + interval_us)
         run = self._passes[partition] = _Pass(listed=self._scan_listing(partition))
         stats.full_scans += 1
-        budget = _Budget(FULL_SCAN_DUTY)
+        budget = _Budget(SWEEP_DUTY)
         if run.listed is not None:
             await budget.pause()  # the listing was a slice of its own
         if not await self._advance(partition, index, now_us, stats, run, budget,
@@ -479,7 +479,7 @@ class Sweeper:
         """Advance only the keys the index says are due."""
         if index.earliest is None or index.earliest > now_us:
             return  # nothing can be due: not even the index is read
-        budget = _Budget()
+        budget = _Budget(SWEEP_DUTY)
         # Each slice resumes the same iterator where the last one stopped.
         due = iter(await self._select_due(index, now_us, budget))
         if not await self._advance(partition, index, now_us, stats, None, budget,

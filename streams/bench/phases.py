@@ -41,6 +41,9 @@ from streams.bench.harness import (
 )
 
 POLL_S = 0.2
+#: Event types of the latency phase with cumulative probabilities: the fast
+#: generator's purchase/visit/feedback shares (45/35/12 %), renormalised.
+LATENCY_MIX = (("purchase", 0.49), ("visit", 0.87), ("feedback", 1.0))
 CONSUMED = "loyalty_events_consumed_total"
 
 
@@ -195,14 +198,17 @@ class Latency:
 
 async def latency(env: BenchEnv, worker: WorkerProc, keys: list[bytes], rate: float,
                   duration_s: float, drain_s: float = 30.0, seed: int = 11) -> Latency:
-    """Offer purchases at ``rate``/s for ``duration_s``; time produce -> snapshot on scores.
+    """Offer events at ``rate``/s for ``duration_s``; time produce -> snapshot on scores.
 
-    Each event is a purchase of an existing customer with ``occurred_at`` =
-    the wall clock in microseconds, made strictly increasing, so it is the
-    customer's newest event and its text is unique. The worker publishes the
-    customer's new snapshot to the scores topic after folding it, and that
-    snapshot's ``last_purchase_at`` is exactly this text: ``(key,
-    last_purchase_at)`` identifies the output of each event, whatever the sweep
+    Each event is a purchase, visit or feedback of an existing customer, in the
+    proportions the fast generator uses for them (:data:`LATENCY_MIX`: the
+    throughput phase measured the maximum on that mix, so half of it is half
+    the load; refunds and redemptions need history and are left out). Its
+    ``occurred_at`` is the wall clock in microseconds, made strictly
+    increasing, so it is the customer's newest event and its text is unique.
+    The worker publishes the customer's new snapshot to the scores topic
+    after folding it, as of the state's clock, which is exactly this text:
+    ``(key, as_of)`` identifies the output of each event, whatever the sweep
     publishes meanwhile. Latency = time the scores consumer (this process)
     receives it - time just before ``producer.send``. Sends follow a fixed
     schedule (k / rate); a late sender catches up without changing the
@@ -237,7 +243,7 @@ async def latency(env: BenchEnv, worker: WorkerProc, keys: list[bytes], rate: fl
                 for records in batch.values():
                     for rec in records:
                         try:
-                            last = codec.loads(rec.value).get("last_purchase_at")
+                            last = codec.loads(rec.value).get("as_of")
                         except (ValueError, AttributeError):
                             continue
                         sent = pending.pop((rec.key, last), None)
@@ -248,7 +254,10 @@ async def latency(env: BenchEnv, worker: WorkerProc, keys: list[bytes], rate: fl
         receiver = asyncio.create_task(receive())
         order = list(keys)
         random.Random(seed).shuffle(order)  # spread the load over shops and partitions
-        topic_in = env.settings.topic_purchases
+        from streams.topics import input_topic_for_event_type
+
+        topic_of = {t: input_topic_for_event_type(env.settings, t) for t, _ in LATENCY_MIX}
+        rolls = random.Random(seed + 1)
         sent_n = 0
         last_us = 0
         started = time.monotonic()
@@ -266,11 +275,19 @@ async def latency(env: BenchEnv, worker: WorkerProc, keys: list[bytes], rate: fl
                 us += 1  # rfc3339 drops ".000000": keep the text identical to the service's
             last_us = us
             at = rfc3339_us(us)
-            ev = {"type": "purchase", "event_id": f"lat-{env.run_id}-{sent_n}", "shop_id": shop,
-                  "customer_id": cid, "occurred_at": at, "order_id": f"lat-{sent_n}",
-                  "amount": 1000 + sent_n % 5000, "currency": "USD", "channel": "store"}
+            roll = rolls.random()
+            typ = next(t for t, cum in LATENCY_MIX if roll < cum)
+            ev: dict[str, Any] = {"type": typ, "event_id": f"lat-{env.run_id}-{sent_n}",
+                                  "shop_id": shop, "customer_id": cid, "occurred_at": at}
+            if typ == "purchase":
+                ev.update(order_id=f"lat-{sent_n}", amount=1000 + sent_n % 5000,
+                          currency="USD", channel="store")
+            elif typ == "visit":
+                ev["channel"] = "store"
+            else:
+                ev["nps"] = sent_n % 11
             pending[(key, at)] = time.monotonic()
-            futures.append(await producer.send(topic_in, codec.dumps(ev), key=key))
+            futures.append(await producer.send(topic_of[typ], codec.dumps(ev), key=key))
             sent_n += 1
         send_s = time.monotonic() - started
         await asyncio.gather(*futures)
