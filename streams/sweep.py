@@ -123,6 +123,7 @@ from faust.streams import _current_event
 
 from schemas import codec
 from streams.app import partition_for
+from streams.publish import futures, last_offsets
 from streams.shops import (
     TallyDelta,
     delta_for_advance,
@@ -614,47 +615,97 @@ class Sweeper:
 
     async def _write(self, partition: int, work: list[_Work], index: _DueIndex,
                      stats: SweepStats, run: _Pass | None, budget: _Budget) -> bool:
-        """Compare-and-set the advanced states, yielding at the budget. False if
-        the partition was lost meanwhile (the rest is not written)."""
+        """Compare-and-set the advanced states. False if the partition was lost
+        meanwhile (nothing more is written).
+
+        The agent writes states straight into RocksDB after publishing their
+        changelog records itself (streams/agents.py ``Processor.deliver``).
+        The sweep does the same, through the same producer, so one key's
+        changelog records are appended in the order their writes were
+        decided: a changelog record sent through Faust's table instead could
+        overtake or trail an agent's record and leave the changelog's last
+        state for the key different from the local one, which a restore
+        would then bring back. In three steps:
+
+        1. without an await: keep the items whose row is unchanged since it was
+           read and which the agent is not processing;
+        2. publish their changelog records and wait for the acknowledgements;
+        3. without an await: write each kept item whose row is *still*
+           unchanged (else the agent's newer state, published after ours,
+           stays), with Faust's persisted offset, and its tally delta.
+
+        With the ``memory://`` store (unit tests) states go through Faust's
+        table, in one synchronous compare-and-set.
+        """
         from scoring.state import CustomerState
 
         svc = self.service
         table = svc.customers
         ctx_topic = svc.rekey.get_topic_name()
         processor = svc.processor  # type: ignore[attr-defined]
-        items = iter(work)
-        while True:
+        direct = processor._state_db(partition) is not None
+
+        def keep_agents_state(key: bytes) -> None:
+            stats.skipped += 1  # the agent got there first: keep its state
+            current = table.get(key)
+            if current is None:
+                index.due.pop(key, None)
+            else:
+                state = CustomerState.decode(current)
+                self._count(run, key, state)
+                index.file(key, state.next_due)  # still due unless the agent moved it
+
+        if not self._still_owner(partition):
+            return False
+        kept: list[_Work] = []
+        with partition_context(ctx_topic, partition):
+            for item in work:
+                if run is not None:
+                    run.held.discard(item.key)
+                if item.key in processor.in_flight or table.get(item.key) != item.raw:
+                    keep_agents_state(item.key)
+                else:
+                    kept.append(item)
+        if not kept:
+            return True
+        offset = None
+        if direct:
+            sent = await processor.publisher.publish(
+                [(processor.changelog_name, item.key, bytes(item.outcome.state.encode()), None,
+                  partition) for item in kept])
+            await asyncio.gather(*futures(sent))
+            offset = max(last_offsets(sent).values())
             if not self._still_owner(partition):
                 return False
-            with partition_context(ctx_topic, partition):
-                for item in items:
-                    key, raw, outcome = item.key, item.raw, item.outcome
-                    if run is not None:
-                        run.held.discard(key)
-                    # The check and the write of one key never span an await.
-                    if key in processor.in_flight or table.get(key) != raw:
-                        stats.skipped += 1  # the agent got there first: keep its state
-                        current = table.get(key)
-                        if current is None:
-                            index.due.pop(key, None)
-                        else:
-                            state = CustomerState.decode(current)
-                            self._count(run, key, state)
-                            index.file(key, state.next_due)  # still due unless the agent moved it
-                    else:
-                        delta = delta_for_advance(outcome)
-                        tkey = tally_key(shop_of(key), partition)
-                        row = update_row(svc.tallies.get(tkey), delta)
-                        table[key] = bytes(outcome.state.encode())
-                        svc.tallies[tkey] = row
-                        stats.changed += 1
-                        self._count(run, key, outcome.state)
-                        index.file(key, outcome.state.next_due)
-                    if budget.spent():
-                        break
+        batch = None
+        with partition_context(ctx_topic, partition):
+            for item in kept:
+                key, outcome = item.key, item.outcome
+                if table.get(key) != item.raw:
+                    keep_agents_state(key)
+                    continue
+                delta = delta_for_advance(outcome)
+                tkey = tally_key(shop_of(key), partition)
+                row = update_row(svc.tallies.get(tkey), delta)
+                if direct:
+                    if batch is None:
+                        from rocksdict import WriteBatch
+
+                        batch = WriteBatch(raw_mode=True)
+                    batch.put(key, bytes(outcome.state.encode()))
                 else:
-                    return True
-            await budget.pause()
+                    table[key] = bytes(outcome.state.encode())
+                svc.tallies[tkey] = row
+                stats.changed += 1
+                self._count(run, key, outcome.state)
+                index.file(key, outcome.state.next_due)
+            if batch is not None:
+                db = processor._state_db(partition)
+                if db is not None:
+                    batch.put(table.data.offset_key, str(offset).encode())
+                    db.write(batch)
+        budget.restart()
+        return True
 
     def _count(self, run: _Pass | None, key: bytes, state: CustomerState) -> None:
         """Count one customer's current state into the running recount."""
