@@ -69,7 +69,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "write N states folded by the core into the customer changelog "
                              "of a second run, start a worker on empty stores, report its "
                              "restore speed and peak RSS after the first sweep (default 0: "
-                             "skip; about 2 minutes per million on 2 cores)")
+                             "skip; about 10 minutes per million on 2 cores, most of it the "
+                             "first sweep, which uses a tenth of the wall clock)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -258,7 +259,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
             p = await phases.population(pop_env, args.population, timeout_s=timeout
                                         + args.population / 2000.0, seed=args.seed,
                                         sweep_timeout_s=settings.sweep_interval_s + 60.0
-                                        + args.population / 5000.0)
+                                        + args.population / 1500.0)
             pop = {"customers": p.customers,
                    "rss_mb": round(p.rss_swept_mb if p.rss_swept_mb is not None
                                    else p.rss_restored_mb, 1),
