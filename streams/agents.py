@@ -72,6 +72,7 @@ from schemas import codec
 from streams.app import partition_for
 from streams.publish import Publisher, futures, last_offsets
 from streams.shops import TallyDelta, delta_for_event, shop_of, tally_key
+from streams.stores import partition_db, write_rows
 from streams.topics import message_key
 
 if TYPE_CHECKING:
@@ -331,18 +332,6 @@ class Processor:
         """Apply the table writes of one plan (see :meth:`write_all`)."""
         self.write_all([plan], changelog_offsets or {})
 
-    def _state_db(self, partition: int) -> Any:
-        """The customer store's RocksDB database of ``partition``, or None.
-
-        None for any other store (``memory://``) or a partition whose database
-        is not open: states then go through Faust's table.
-        """
-        store = self.service.customers.data
-        if not getattr(store, "use_rocksdict", False):
-            return None
-        dbs = getattr(store, "_dbs", None)
-        return dbs.get(partition) if isinstance(dbs, dict) else None
-
     async def deliver(self, plans: list[Plan]) -> dict[int, int]:
         """Publish everything ``plans`` send, wait for every acknowledgement.
 
@@ -376,7 +365,7 @@ class Processor:
             if plan.state_write is None or plan.tally_delta is None:
                 continue
             partition = plan.tally_delta[0]
-            if self._state_db(partition) is not None:
+            if partition_db(self.service.customers, partition) is not None:
                 plan.changelog_sent = True
                 changelog.append((self.changelog_name, plan.state_write[0], plan.state_write[1],
                                   None, partition))
@@ -413,8 +402,6 @@ class Processor:
         event is current (batches are taken with ``take_events``, which
         leaves none).
         """
-        from rocksdict import WriteBatch
-
         from scoring.shop import ShopTally
         from streams.sweep import partition_context
 
@@ -433,26 +420,18 @@ class Processor:
                 tally = tallies[tkey] = ShopTally.decode(raw) if raw else ShopTally.empty()
             delta.apply(tally)
         rows = {tkey: bytes(tally.encode()) for tkey, tally in tallies.items()}
-        direct: dict[int, Any] = {}
+        direct: dict[int, list[tuple[bytes, bytes]]] = {}
         for plan in changed:
             if plan.state_write is None:
                 continue
             partition = plan.tally_delta[0]  # type: ignore[index]
             if plan.changelog_sent:
-                batch = direct.get(partition)
-                if batch is None:
-                    batch = direct[partition] = WriteBatch(raw_mode=True)
-                batch.put(plan.state_write[0], plan.state_write[1])
+                direct.setdefault(partition, []).append(plan.state_write)
             else:
                 with partition_context(self.rekey_name, partition):
                     svc.customers[plan.state_write[0]] = plan.state_write[1]
-        for partition, batch in direct.items():
-            db = self._state_db(partition)
-            if db is not None:
-                # Faust's Store.set_persisted_offset encoding, in the same batch.
-                batch.put(svc.customers.data.offset_key,
-                          str(changelog_offsets[partition]).encode())
-                db.write(batch)
+        for partition, states in direct.items():
+            write_rows(svc.customers, partition, states, changelog_offsets[partition])
         for (partition, tkey), row in rows.items():
             with partition_context(self.rekey_name, partition):
                 svc.tallies[tkey] = row
@@ -756,11 +735,10 @@ def read_row(table: Any, partition: int, key: bytes) -> bytes | None:
     Faust's ``Table.get`` checks membership and then reads (two RocksDB
     lookups plus key-index bookkeeping, ~22 us per call profiled). The agent
     knows the partition (the record's, which is the key's), so it reads that
-    database directly. Any other store (``memory://``), or a partition whose
-    database is not open, goes through ``table.get``.
+    database directly (:func:`streams.stores.partition_db`); without one it
+    goes through ``table.get``.
     """
-    dbs = getattr(table.data, "_dbs", None)
-    db = dbs.get(partition) if isinstance(dbs, dict) else None
+    db = partition_db(table, partition)
     if db is None:
         return table.get(key)
     value = db.get(key)

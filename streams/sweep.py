@@ -132,6 +132,7 @@ from streams.shops import (
     tally_key,
     update_row,
 )
+from streams.stores import partition_db, write_rows
 
 if TYPE_CHECKING:
     from scoring.shop import ShopTally
@@ -645,7 +646,7 @@ class Sweeper:
         table = svc.customers
         ctx_topic = svc.rekey.get_topic_name()
         processor = svc.processor  # type: ignore[attr-defined]
-        direct = processor._state_db(partition) is not None
+        direct = partition_db(table, partition) is not None
 
         def keep_agents_state(key: bytes) -> None:
             stats.skipped += 1  # the agent got there first: keep its state
@@ -670,18 +671,19 @@ class Sweeper:
                     kept.append(item)
         if not kept:
             return True
-        offset = None
+        encoded = [bytes(item.outcome.state.encode()) for item in kept]
+        offset = -1
         if direct:
             sent = await processor.publisher.publish(
-                [(processor.changelog_name, item.key, bytes(item.outcome.state.encode()), None,
-                  partition) for item in kept])
+                [(processor.changelog_name, item.key, value, None, partition)
+                 for item, value in zip(kept, encoded, strict=True)])
             await asyncio.gather(*futures(sent))
             offset = max(last_offsets(sent).values())
             if not self._still_owner(partition):
                 return False
-        batch = None
+        rows: list[tuple[bytes, bytes]] = []
         with partition_context(ctx_topic, partition):
-            for item in kept:
+            for item, value in zip(kept, encoded, strict=True):
                 key, outcome = item.key, item.outcome
                 if table.get(key) != item.raw:
                     keep_agents_state(key)
@@ -690,22 +692,15 @@ class Sweeper:
                 tkey = tally_key(shop_of(key), partition)
                 row = update_row(svc.tallies.get(tkey), delta)
                 if direct:
-                    if batch is None:
-                        from rocksdict import WriteBatch
-
-                        batch = WriteBatch(raw_mode=True)
-                    batch.put(key, bytes(outcome.state.encode()))
+                    rows.append((key, value))
                 else:
-                    table[key] = bytes(outcome.state.encode())
+                    table[key] = value
                 svc.tallies[tkey] = row
                 stats.changed += 1
                 self._count(run, key, outcome.state)
                 index.file(key, outcome.state.next_due)
-            if batch is not None:
-                db = processor._state_db(partition)
-                if db is not None:
-                    batch.put(table.data.offset_key, str(offset).encode())
-                    db.write(batch)
+            if rows:
+                write_rows(table, partition, rows, offset)
         budget.restart()
         return True
 
