@@ -113,6 +113,23 @@ class Metrics:
             "loyalty_restored_records_total",
             "Changelog records written to local stores by the bulk restore "
             "(the rest of a recovery is replayed by Faust).", registry=r)
+        self.align_held = Gauge(
+            "loyalty_align_held_records",
+            "Input records received and held back by the event-time alignment.", registry=r)
+        self.align_skew = Gauge(
+            "loyalty_align_event_time_skew_seconds",
+            "Newest minus oldest event time at the heads of the held input partitions, "
+            "per partition number.", ["partition"], registry=r)
+        self.align_pauses = Counter(
+            "loyalty_align_pauses_total",
+            "Times the alignment paused fetching an input partition that ran ahead.", registry=r)
+        self.align_idle_timeouts = Counter(
+            "loyalty_align_idle_timeouts_total",
+            "Times an input partition stopped holding the others back after "
+            "LOYALTY_MAX_IDLE_MS without records.", registry=r)
+        self.align_forced = Counter(
+            "loyalty_align_forced_records_total",
+            "Records released while an idle input partition was not waited for.", registry=r)
 
     def observe_effects(self, effects: Iterable[Mapping[str, Any]]) -> None:
         """Count published effects (ledger entries and transitions)."""

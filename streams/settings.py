@@ -174,6 +174,18 @@ class Settings(BaseSettings):
         "customers whose next change is due. A partition is also fully scanned on its first "
         "sweep after every restart or rebalance. 0 scans every row on every sweep.",
     )
+    max_idle_ms: int = Field(
+        2000, ge=0,
+        description="Default 2000. Event-time alignment of the input topics: how long, in "
+        "milliseconds, an input partition with nothing received yet but records waiting in the "
+        "broker may hold the others back, so that its older records go first (see Aligned "
+        "input). A caught-up partition never holds anything back.",
+    )
+    align_max_buffered: int = Field(
+        1000, ge=2,
+        description="Default 1000. Records the alignment holds per input partition before it "
+        "pauses fetching that partition (resumed at half); bounds the memory of a backlog.",
+    )
     clv_refit_interval_s: float = Field(
         3600.0, gt=0,
         description="Default 3600. Seconds between refits of the predictive CLV models.",
