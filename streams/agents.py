@@ -755,13 +755,16 @@ def _decode_state(raw: bytes | None) -> Any:
 
 def register_agents(service: LoyaltyService) -> Processor:
     """Attach the state agent to ``service.app``; returns its :class:`Processor`."""
+    from streams.aligned_input import install as install_aligned_input
+
     processor = Processor(service)
 
     settings = service.settings
 
     async def loyalty_state(stream: Any) -> None:
         # Faust acks the events of a batch only when the next one is taken,
-        # and offsets are capped at ``processor.done`` (contiguous progress).
+        # and offsets are capped at ``processor.done`` (contiguous progress of
+        # the records actually processed, not of those held for alignment).
         async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
             batch: list[Record] = []
             for event in events:
@@ -770,11 +773,12 @@ def register_agents(service: LoyaltyService) -> Processor:
                 if gap is not None:
                     batch.extend(await processor.repair.fetch(record.topic, record.partition, *gap))
                 batch.append(record)
-            await processor.handle_batch(batch)
-            # Everything up to these offsets of their partitions is now processed.
-            for record in batch:  # in order: the last record of each partition wins
-                processor.done[(record.topic, record.partition)] = record.offset
+            # Held back and released in event-time order across the input
+            # topics (streams/aligned_input.py), which also advances ``done``.
+            aligned.receive(batch)
+            await aligned.drain()
 
+    aligned = install_aligned_input(service, processor)
     service.app.agent(service.inputs, name="loyalty-state", concurrency=1)(loyalty_state)
     install_seek_tracking(service, processor)
 

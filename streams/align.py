@@ -54,7 +54,7 @@ import heapq
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from schemas import codec
 from schemas.events import _parse_rfc3339
@@ -69,20 +69,27 @@ TimeKey = tuple[int, str]
 UNREADABLE: TimeKey = (-1, "")
 
 
-def time_key(value: bytes | None) -> TimeKey:
-    """The canonical-order key ``(occurred_at, event_id)`` read from a record value.
+def time_key_of(obj: Any) -> TimeKey:
+    """The canonical-order key ``(occurred_at, event_id)`` of a parsed record value.
 
-    Reads only what ordering needs, with the contract's own timestamp rule;
-    anything unreadable (not JSON, no or a malformed ``occurred_at``) gives
-    :data:`UNREADABLE`, which sorts first: the agent rejects such a record
-    with its specific reason without holding it back.
+    Uses the contract's own timestamp rule; anything unreadable (not an
+    object, no or a malformed ``occurred_at``) gives :data:`UNREADABLE`,
+    which sorts first: the agent rejects such a record with its specific
+    reason without holding it back.
     """
     try:
-        obj = codec.loads(value or b"")
         at = to_us(_parse_rfc3339(obj["occurred_at"]))
-        event_id = obj.get("event_id")
-        return at, event_id if isinstance(event_id, str) else ""
     except Exception:  # noqa: BLE001 - any unreadable value sorts first, by design
+        return UNREADABLE
+    event_id = obj.get("event_id")
+    return at, event_id if isinstance(event_id, str) else ""
+
+
+def time_key(value: bytes | None) -> TimeKey:
+    """:func:`time_key_of` of a raw record value (UNREADABLE if it is not JSON)."""
+    try:
+        return time_key_of(codec.loads(value or b""))
+    except ValueError:
         return UNREADABLE
 
 
@@ -107,6 +114,8 @@ class AlignStats:
     #: times a topic-partition was declared idle after ``max_idle_s``
     idle_timeouts: int = 0
     pauses: int = 0
+    #: received offsets ignored because they had been received already
+    redelivered: int = 0
 
 
 class Aligner(Generic[R]):
@@ -129,11 +138,19 @@ class Aligner(Generic[R]):
         self.stats = AlignStats()
 
     # -- input ---------------------------------------------------------------------
-    def add(self, tp: TP, offset: int, key: TimeKey, record: R) -> None:
-        """Buffer a received record (records of one tp must come in offset order)."""
+    def add(self, tp: TP, offset: int, key: TimeKey, record: R) -> bool:
+        """Buffer a received record; False (ignored) if ``offset`` was received before.
+
+        Records of one tp must come in offset order. A redelivery of an offset
+        already received (the consumer seeks back to the committed offset after
+        a rebalance) is ignored: the record is held or was released already.
+        """
         q = self._queues.get(tp)
         if q is None:
             q = self._queues[tp] = _Queue()
+        elif q.next_offset is not None and offset < q.next_offset:
+            self.stats.redelivered += 1
+            return False
         if not q.items:
             heapq.heappush(self._heap, (key, tp))
         q.items.append((key, offset, record))
@@ -142,6 +159,7 @@ class Aligner(Generic[R]):
             q.awaited = None
         self._held += 1
         self._idle.discard(tp)
+        return True
 
     def expect(self, tp: TP, offset: int) -> None:
         """``tp`` is not caught up before the record at ``offset`` was received.
@@ -224,17 +242,27 @@ class Aligner(Generic[R]):
         self.stats.pauses += len(pause)
         return pause, resume
 
-    def clear(self) -> set[TP]:
-        """Drop everything (a rebalance: held records are redelivered, since
-        nothing held was committed). Returns the paused tps to resume."""
-        paused = self._paused
-        self._queues.clear()
-        self._heap.clear()
-        self._held = 0
-        self._waiting_since = None
-        self._idle.clear()
+    def retain(self, assigned: Iterable[TP]) -> int:
+        """Forget the tps not in ``assigned`` (a rebalance moved them away).
+
+        Their held records are dropped: nothing held was committed, so the
+        new owner receives them. Held records of tps that stay are kept: the
+        consumer may or may not deliver them again, and :meth:`add` ignores a
+        repeat. Returns the number of records dropped.
+        """
+        keep = set(assigned)
+        dropped = 0
+        # A new assignment starts every partition unpaused in the consumer.
         self._paused = set()
-        return paused
+        for tp in [tp for tp in self._queues if tp not in keep]:
+            dropped += len(self._queues.pop(tp).items)
+            self._idle.discard(tp)
+        if dropped:
+            self._held -= dropped
+            self._heap = [(k, tp) for k, tp in self._heap if tp in keep]
+            heapq.heapify(self._heap)
+        self._waiting_since = None
+        return dropped
 
     # -- observation ---------------------------------------------------------------
     @property

@@ -140,13 +140,14 @@ class ServiceEnv:
     """Unique names, topics and directories for one test's service."""
 
     def __init__(self, bootstrap: str, tmp: Path, *, sweep_interval_s: float = 5.0,
-                 extra_env: dict[str, str] | None = None) -> None:
+                 extra_env: dict[str, str] | None = None,
+                 lateness_days: int = LATENESS_DAYS) -> None:
         self.bootstrap = bootstrap
         self.tmp = tmp
         self.name = f"svc-{uuid.uuid4().hex[:10]}"
         self.policy_file = tmp / "policy.json"
         self.policy_file.write_text(json.dumps(
-            {"defaults": {"allowed_lateness_days": LATENESS_DAYS}}))
+            {"defaults": {"allowed_lateness_days": lateness_days}}))
         n = self.name
         self.env: dict[str, str] = {
             "LOYALTY_BROKER": f"kafka://{bootstrap}",

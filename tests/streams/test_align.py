@@ -111,7 +111,20 @@ def test_flow_pauses_a_partition_that_runs_ahead_and_resumes_it_at_half() -> Non
     for i in range(4, 6):
         a.add(P, i, (150 + i, ""), i)
     assert a.flow() == ({P}, set())
-    assert a.clear() == {P} and a.held == 0 and a.paused == frozenset()
+
+
+def test_a_rebalance_keeps_what_stays_drops_what_moved_and_ignores_repeats() -> None:
+    a: Aligner[str] = Aligner(max_idle_s=5.0, max_buffered=2)
+    a.add(P, 10, (5, ""), "p10")
+    a.add(P, 11, (6, ""), "p11")
+    a.add(V, 3, (1, ""), "v3")
+    assert a.flow() == ({P}, set())
+    assert a.retain([V]) == 2  # purchases moved to another worker
+    assert a.held == 1 and a.paused == frozenset()
+    assert a.add(V, 3, (1, ""), "v3 again") is False  # redelivered from the committed offset
+    assert a.add(V, 4, (2, ""), "v4") is True
+    assert a.stats.redelivered == 1
+    assert a.pop_ready(0.0, [V], everything_caught_up) == ["v3", "v4"]
 
 
 def test_skew_is_reported_per_partition_number() -> None:

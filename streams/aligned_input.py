@@ -1,0 +1,250 @@
+"""The agent's input, released in event-time order (:mod:`streams.align` applied to Faust).
+
+The agent hands every received record (after the gap check) to
+:meth:`AlignedInput.receive` and then calls :meth:`AlignedInput.drain`, which
+releases what the aligner allows, in event-time order, to the processor in
+batches of at most ``settings.batch_max``. A timer calls ``drain`` as well, so
+a partition that stays silent holds the others back for at most
+``settings.max_idle_ms`` even when nothing else arrives. One lock serialises
+the two callers: records are folded by one task at a time, as before.
+
+What "caught up" means here: the worker has received every record of the
+topic-partition up to the high-water mark of the consumer's last fetch
+response (Faust's public ``Consumer.highwater``); before any record of the
+current consumer generation, the position is the committed offset Faust
+seeked to (0 when the group has none). A record the worker itself forwarded
+to the rekey topic is awaited explicitly (:meth:`Aligner.expect`), because
+the consumer's high-water mark of that partition is older than the write.
+
+At-least-once: only released records are processed, and ``processor.done``
+(the cap on every offset commit) advances only over processed records, so a
+crash or rebalance while records are held makes them redelivered. On a new
+consumer generation the held records of partitions that moved away are
+dropped (never committed, so their new owner receives them); those of
+partitions that stay are kept, and a repeat delivery of an offset already
+received is ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from faust.types import TP
+
+from schemas import codec
+from streams.align import UNREADABLE, Aligner, TimeKey, time_key_of
+from streams.app import partition_for
+from streams.topics import message_key
+
+if TYPE_CHECKING:
+    from streams.agents import Processor, Record
+    from streams.app import LoyaltyService
+
+log = logging.getLogger(__name__)
+
+
+def inspect(value: bytes | None) -> tuple[TimeKey, bytes | None]:
+    """``(time key, correct message key)`` of a record value, parsing it once.
+
+    The key is None when the value does not name a shop and a customer (the
+    agent dead-letters such a record); the time key is
+    :data:`streams.align.UNREADABLE` when ``occurred_at`` cannot be read.
+    :meth:`AlignedInput.receive` also sorts first a record whose time lies
+    beyond the policy's ``max_future_seconds``: it is rejected as
+    ``future_timestamp``, and a future time at the head of a partition would
+    hold back every record behind it.
+    """
+    try:
+        obj = codec.loads(value or b"")
+    except ValueError:
+        return UNREADABLE, None
+    if not isinstance(obj, dict):
+        return UNREADABLE, None
+    try:
+        key: bytes | None = message_key(obj["shop_id"], obj["customer_id"])
+    except Exception:  # noqa: BLE001 - no usable ids: the agent rejects it
+        key = None
+    return time_key_of(obj), key
+
+
+class AlignedInput:
+    """Holds the agent's records in an :class:`Aligner` and processes them when released."""
+
+    def __init__(self, service: LoyaltyService, processor: Processor) -> None:
+        settings = service.settings
+        self.service = service
+        self.processor = processor
+        self.aligner: Aligner[Record] = Aligner(settings.max_idle_ms / 1000.0,
+                                                settings.align_max_buffered)
+        self.rekey_name = service.rekey.get_topic_name()
+        self.watched = frozenset({*service.input_topic_names, self.rekey_name})
+        self.batch_max = settings.batch_max
+        self.lock = asyncio.Lock()
+        self.generation: int | None = None
+        #: rekey partitions that records of the current batch were forwarded to
+        self._forwarded: set[int] = set()
+        self._reported = (0, 0, 0)
+        self._skew_labels: set[int] = set()
+
+    # -- called by the agent -------------------------------------------------------
+    def receive(self, records: list[Record]) -> None:
+        """Buffer records in arrival order (per topic-partition: offset order)."""
+        self._check_generation()
+        partitions = self.service.partitions
+        now_us = int(time.time() * 1_000_000)
+        for r in records:
+            at, key = inspect(r.value)
+            if key is not None and at[0] > now_us + self._max_future_us(key):
+                # Dead-lettered as future_timestamp when processed: at the head of
+                # its partition with a time in the future it would hold back every
+                # record behind it until the others caught up with that time.
+                at = UNREADABLE
+            if (r.topic != self.rekey_name and key is not None
+                    and (r.key != key or r.partition != partition_for(key, partitions))):
+                # The agent will forward it to the rekey topic: await it there.
+                self._forwarded.add(partition_for(key, partitions))
+            self.aligner.add((r.topic, r.partition), r.offset, at, r)
+
+    def _max_future_us(self, key: bytes) -> int:
+        shop = key.split(b"|", 1)[0].decode("utf-8", "replace")
+        return self.service.policies.for_shop(shop).max_future_seconds * 1_000_000
+
+    async def drain(self) -> int:
+        """Process every record the aligner releases now; returns how many."""
+        async with self.lock:
+            self._check_generation()
+            done = 0
+            while True:
+                ready = self.aligner.pop_ready(time.monotonic(), self._members(),
+                                               self._caught_up)
+                if not ready:
+                    break
+                for start in range(0, len(ready), self.batch_max):
+                    chunk = ready[start:start + self.batch_max]
+                    await self.processor.handle_batch(chunk)
+                    for r in chunk:  # per topic-partition in offset order: the last wins
+                        self.processor.done[(r.topic, r.partition)] = r.offset
+                    done += len(chunk)
+                await self._await_forwarded()
+            await self._apply_flow()
+            self._observe()
+            return done
+
+    async def tick(self) -> None:
+        """Timer: release records whose wait for a silent partition has expired."""
+        if self.aligner.held:
+            await self.drain()
+
+    # -- internals -----------------------------------------------------------------
+    def _check_generation(self) -> None:
+        generation = self.service.app.consumer_generation_id
+        if generation != self.generation:
+            dropped = self.aligner.retain(self._members())
+            if dropped:
+                log.warning("rebalance: %d held records of partitions moved away dropped "
+                            "(their new owner receives them: none was committed)", dropped)
+            self._forwarded.clear()
+            self.generation = generation
+
+    def _members(self) -> list[tuple[str, int]]:
+        try:
+            assigned = self.service.app.consumer.assignment()
+        except Exception:  # noqa: BLE001 - no consumer yet: nothing can hold back
+            return []
+        return [(tp.topic, tp.partition) for tp in assigned if tp.topic in self.watched]
+
+    def _caught_up(self, tp: tuple[str, int]) -> bool:
+        highwater = self.service.app.consumer.highwater(TP(*tp))
+        if highwater is None:
+            return False  # not fetched yet: unknown, so assume records are coming
+        position = self.aligner.position(tp)
+        if position is None:
+            seek = self.processor.seeks.get(tp)
+            position = seek[1] if seek is not None and seek[0] == self.generation else 0
+        return position >= highwater
+
+    async def _await_forwarded(self) -> None:
+        """Make the rekey partitions just written to wait for the forwarded records."""
+        if not self._forwarded:
+            return
+        partitions, self._forwarded = self._forwarded, set()
+        from aiokafka import TopicPartition
+
+        reader = self.processor.repair
+        await reader._start()
+        ends = await reader._consumer.end_offsets(
+            [TopicPartition(self.rekey_name, p) for p in partitions])
+        for tp, end in ends.items():
+            if end > 0:
+                self.aligner.expect((tp.topic, tp.partition), end - 1)
+
+    async def _apply_flow(self) -> None:
+        pause, resume = self.aligner.flow()
+        if pause or resume:
+            try:
+                await set_fetching(self.service.app, pause, resume)
+            except Exception as exc:  # noqa: BLE001 - a rebalance raced us: it resets pauses
+                log.warning("could not pause %s / resume %s: %r", sorted(pause),
+                            sorted(resume), exc)
+
+    def _observe(self) -> None:
+        m = self.service.metrics
+        stats = self.aligner.stats
+        m.align_held.set(self.aligner.held)
+        last_pauses, last_idle, last_forced = self._reported
+        m.align_pauses.inc(stats.pauses - last_pauses)
+        m.align_idle_timeouts.inc(stats.idle_timeouts - last_idle)
+        m.align_forced.inc(stats.forced - last_forced)
+        self._reported = (stats.pauses, stats.idle_timeouts, stats.forced)
+        skews = self.aligner.skew_us()
+        for partition in self._skew_labels - skews.keys():
+            m.align_skew.labels(str(partition)).set(0)
+        for partition, skew in skews.items():
+            m.align_skew.labels(str(partition)).set(skew / 1e6)
+        self._skew_labels = set(skews)
+
+
+async def set_fetching(app: Any, pause: set[tuple[str, int]],
+                       resume: set[tuple[str, int]]) -> None:
+    """Pause / resume fetching of topic-partitions in the consumer itself.
+
+    Not Faust's ``Consumer.pause_partitions``: Faust drops, unacknowledged,
+    the records of a partition that was made inactive while a fetched batch
+    is being handed out (its ``getmany`` filters by the live set of active
+    partitions), and the consumer's position has already moved past them.
+    aiokafka's own ``pause`` discards fetched records of a paused partition
+    *without* advancing its position, so they are fetched again on resume.
+    The call runs in Faust's consumer thread, which owns the aiokafka client.
+    Uses Faust's private ``Consumer._thread`` and ``_ensure_consumer``.
+    """
+    from aiokafka import TopicPartition
+
+    thread = app.consumer._thread
+    consumer = thread._ensure_consumer()
+
+    async def apply() -> None:
+        if pause:
+            consumer.pause(*(TopicPartition(*tp) for tp in pause))
+        if resume:
+            consumer.resume(*(TopicPartition(*tp) for tp in resume))
+
+    await thread.call_thread(apply)
+
+
+def install(service: LoyaltyService, processor: Processor) -> AlignedInput:
+    """Create the aligned input and its idle timer on ``service.app``."""
+    aligned = AlignedInput(service, processor)
+    interval = max(0.05, min(1.0, service.settings.max_idle_ms / 4000.0))
+
+    async def loyalty_align_idle() -> None:
+        try:
+            await aligned.tick()
+        except Exception:  # noqa: BLE001 - retried next tick; the agent drains too
+            log.exception("aligned input: idle drain failed")
+
+    service.app.timer(interval=interval, on_leader=False,
+                      name="loyalty-align-idle")(loyalty_align_idle)
+    return aligned

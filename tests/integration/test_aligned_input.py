@@ -1,0 +1,146 @@
+"""Backlogs against the real broker: the service equals ``loyalty replay`` with the
+production lateness (7 days) over a year of history.
+
+Without event-time alignment these fail: the worker reads the four input
+topics of a backlog in an interleaving of the consumer's choosing, and a
+purchase read before the visits of months earlier makes those visits
+``too_late``. Each test checks every customer's served snapshot against the
+offline fold, and that the only ``too_late`` dead letters are the records
+that are too late in any order (the synthetic ``too_late`` faults).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+from schemas import codec
+from streams import synthetic
+from tests.integration.service_harness import (
+    AS_OF,
+    LOYALTY,
+    REPO,
+    ServiceEnv,
+    expected_snapshots,
+    metric_samples,
+    wait_equal,
+)
+
+LATENESS = 7  # the production default, not the harness' forgiving 60 days
+SPAN_DAYS = 400.0
+
+
+def history(seed: int, customers_per_shop: int) -> list[synthetic.SyntheticRecord]:
+    records = synthetic.generate(seed=seed, shops=5, customers_per_shop=customers_per_shop,
+                                 span_days=SPAN_DAYS, lateness_days=LATENESS, end=AS_OF)
+    kinds = {r.kind for r in records}
+    assert {"duplicate", "conflicting_duplicate", "late", "too_late", "orphan_refund",
+            "misrouted"} <= kinds, kinds
+    assert any(r.is_invalid for r in records)
+    return records
+
+
+def too_late_dead_letters(env: ServiceEnv) -> int:
+    """Distinct input records dead-lettered as ``too_late`` (outputs may repeat after a crash)."""
+    letters = [codec.loads(m.value)
+               for m in env.read_topic(env.settings().topic_dead_letter, timeout=3.0)]
+    return len({(d["topic"], d["partition"], d["offset"])
+                for d in letters if d["reason"] == "too_late"})
+
+
+def expected_too_late(env: ServiceEnv, records: list[synthetic.SyntheticRecord]) -> int:
+    """What ``loyalty replay`` rejects as ``too_late``: records too late in any order."""
+    from scoring.replay import fold_lines
+
+    res = fold_lines(synthetic.lines(records), policies=env.policies(), as_of=AS_OF)
+    assert res.rejected["too_late"] > 0  # the synthetic faults are there
+    return res.rejected["too_late"]
+
+
+def test_history_import_with_loyalty_produce_before_the_worker_starts(bootstrap: str,
+                                                                      tmp_path) -> None:
+    env = ServiceEnv(bootstrap, tmp_path, lateness_days=LATENESS)
+    env.create_topics()
+    records = history(seed=101, customers_per_shop=210)
+    path = tmp_path / "history.jsonl"
+    synthetic.write_jsonl(records, path)
+    expected = expected_snapshots(env, records)
+    assert len(expected) >= 1000
+    # The documented import path, as a user runs it.
+    done = subprocess.run([*LOYALTY, "produce", str(path), "--quiet"], cwd=REPO,
+                          env={**os.environ, **env.env},
+                          capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    w = env.worker().start()
+    try:
+        w.wait_ready()
+        waited = wait_equal(w, expected, timeout=300)
+        print(f"{len(records)} records over {SPAN_DAYS:.0f} days -> {len(expected)} customers "
+              f"equal replay {waited:.1f}s after the worker was ready")
+        assert too_late_dead_letters(env) == expected_too_late(env, records)
+        samples = metric_samples(w)
+        assert samples[("loyalty_align_held_records", ())] == 0
+    finally:
+        env.stop_all()
+
+
+def test_topic_after_topic_backlog_then_a_live_tail(bootstrap: str, tmp_path) -> None:
+    """All purchases, then all visits, feedback, redemptions, then the wrongly keyed
+    records (through the rekey hop) are in the topics before the worker starts; the
+    last weeks of the history then arrive live while it runs."""
+    env = ServiceEnv(bootstrap, tmp_path, lateness_days=LATENESS)
+    env.create_topics()
+    records = history(seed=202, customers_per_shop=120)
+    cutoff = max(r.arrival for r in records) - 21 * 86400
+    backlog = [r for r in records if r.arrival <= cutoff]
+    tail = [r for r in records if r.arrival > cutoff]
+    assert backlog and tail
+    order = ["purchase", "refund", "visit", "feedback", "redemption"]
+
+    def group(r: synthetic.SyntheticRecord) -> int:
+        if r.kind == "misrouted" or r.event_type not in order:
+            return len(order)  # wrongly keyed or unroutable: last
+        return order.index(r.event_type)
+
+    for g in range(len(order) + 1):
+        env.produce([r for r in backlog if group(r) == g])
+    w = env.worker().start()
+    try:
+        w.wait_ready()
+        wait_equal(w, expected_snapshots(env, backlog), timeout=300)
+        env.produce(tail, rate=400.0)
+        wait_equal(w, expected_snapshots(env, records), timeout=180)
+        assert too_late_dead_letters(env) == expected_too_late(env, records)
+        samples = metric_samples(w)
+        rekeyed = sum(v for (name, _), v in samples.items() if name == "loyalty_rekeyed_total")
+        assert rekeyed > 0  # the wrongly keyed records really took the hop
+    finally:
+        env.stop_all()
+
+
+def test_two_workers_on_a_backlog_one_killed(bootstrap: str, tmp_path) -> None:
+    env = ServiceEnv(bootstrap, tmp_path, lateness_days=LATENESS, sweep_interval_s=2.0)
+    env.create_topics()
+    records = history(seed=303, customers_per_shop=300)
+    expected = expected_snapshots(env, records)
+    env.produce(records)
+    a, b = env.worker().start(), env.worker().start()
+    try:
+        a.wait_ready()
+        b.wait_ready()
+        # Kill b as soon as it has processed part of the backlog.
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            consumed = sum(v for (name, _), v in metric_samples(b).items()
+                           if name == "loyalty_events_consumed_total")
+            if consumed > 0:
+                break
+            time.sleep(0.2)
+        assert consumed > 0, b.log_tail()
+        b.kill()
+        assert consumed < len(records)  # killed mid-way, not after the end
+        wait_equal(a, expected, timeout=300)
+        assert too_late_dead_letters(env) == expected_too_late(env, records)
+    finally:
+        env.stop_all()
