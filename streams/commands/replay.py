@@ -2,7 +2,7 @@
 
 Input: one event per line, in arrival order (FILE, or - for stdin).
 Output (stdout): one JSON object per customer, sorted by shop_id then
-customer_id, with every snapshot field of DOMAIN.md. Invalid lines and
+customer_id, with every snapshot field of docs/domain.md. Invalid lines and
 rejected events are counted by reason in a summary on stderr; the exit code
 is 0 unless the input cannot be read or an option is invalid.
 
@@ -22,7 +22,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", nargs="?", default="-", help="JSON-lines events in arrival order, or - for stdin (default)")
     p.add_argument("--as-of", metavar="INSTANT", help="RFC 3339 instant; only events at or before it count "
                    "(default: the newest occurred_at in the input)")
-    p.add_argument("--policy", metavar="FILE", help="shop policy overrides (JSON); default: DOMAIN.md defaults")
+    p.add_argument("--policy", metavar="FILE", help="shop policy overrides (JSON); default: the built-in defaults of docs/domain.md")
     p.add_argument("--shops-out", metavar="FILE", help="also write per-shop figures (NPS, funnel) as JSON")
     p.add_argument("--no-clv", action="store_true", help="skip fitting the predictive CLV models")
 
