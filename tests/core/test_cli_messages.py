@@ -147,3 +147,19 @@ def test_replay_command_counts_like_the_core_replay(tmp_path: Path) -> None:
     counts = {**summary["invalid"], **summary["rejected"]}
     assert {k: len(v) for k, v in summary["rejected_lines"].items()} == {
         k: min(n, 10) for k, n in counts.items()}
+
+
+@pytest.mark.parametrize("command", ["worker", "bench", "replay", "broker", "tail", "demo", "topics"])
+def test_every_option_has_help_and_no_development_jargon(command: str) -> None:
+    """Every option of the command's --help says something, and nothing refers to our issues."""
+    import argparse
+
+    from streams.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    for action in sub._actions:
+        if action.option_strings and not isinstance(action, argparse._HelpAction):
+            assert action.help, f"loyalty {command} {action.option_strings[0]} has no help text"
+    text = loyalty(command, "--help").stdout.decode()
+    assert "issue" not in text.lower() and "this round" not in text.lower()
