@@ -163,3 +163,29 @@ def test_every_option_has_help_and_no_development_jargon(command: str) -> None:
             assert action.help, f"loyalty {command} {action.option_strings[0]} has no help text"
     text = loyalty(command, "--help").stdout.decode()
     assert "issue" not in text.lower() and "this round" not in text.lower()
+
+
+def test_replay_shows_progress_when_stderr_is_a_terminal(tmp_path: Path) -> None:
+    import pty
+
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(purchase(at(0), 1_000, order_id="o1") + b"\n")
+    controller, terminal = pty.openpty()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "streams.cli", "replay", str(events), "--no-clv"],
+                              env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                              stderr=terminal, timeout=120, check=False)
+        os.close(terminal)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # EIO: the terminal's other side is closed and drained
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(controller)
+    assert proc.returncode == 0 and loads(proc.stdout)["purchase_count"] == 1
+    assert b"events folded" in seen and b'"applied":1' in seen
