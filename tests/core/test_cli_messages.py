@@ -189,3 +189,13 @@ def test_replay_shows_progress_when_stderr_is_a_terminal(tmp_path: Path) -> None
         os.close(controller)
     assert proc.returncode == 0 and loads(proc.stdout)["purchase_count"] == 1
     assert b"events folded" in seen and b'"applied":1' in seen
+
+
+def test_unwritable_outputs_are_a_message(tmp_path: Path) -> None:
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(purchase(at(0), 1_000, order_id="o1") + b"\n")
+    nowhere = tmp_path / "no-such-dir"
+    proc = loyalty("replay", str(events), "--no-clv", "--rejects", str(nowhere / "r.jsonl"))
+    assert_one_line_error(proc, 2, b"loyalty replay: cannot write", b"r.jsonl")
+    proc = loyalty("replay", str(events), "--no-clv", "--shops-out", str(nowhere / "shops.json"))
+    assert_one_line_error(proc, 2, b"loyalty replay: No such file or directory", b"shops.json")
