@@ -25,8 +25,20 @@ import pytest
 from tests.integration.test_broker import _free_port_pair
 
 REPO = Path(__file__).resolve().parents[2]
-# What deploy/Dockerfile copies before `pip install .`.
-SOURCES = ("pyproject.toml", "README.md", "schemas", "scoring", "streams")
+
+
+def dockerfile_sources() -> list[str]:
+    """What deploy/Dockerfile copies into the image before `pip install .` (its COPY sources)."""
+    sources = []
+    for line in (REPO / "deploy" / "Dockerfile").read_text().splitlines():
+        parts = line.split()
+        if parts[:1] == ["COPY"] and not any(p.startswith("--from") for p in parts):
+            sources.extend(parts[1:-1])
+    return sources
+
+
+# Build from exactly those files, so the test also fails if the image would miss one.
+SOURCES = dockerfile_sources()
 
 
 def _run(*cmd: str | Path, cwd: Path, env: dict[str, str] | None = None,
@@ -66,6 +78,10 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, 
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
     yield bin_dir, env
+
+
+def test_the_image_sources_are_what_the_package_needs() -> None:
+    assert {"pyproject.toml", "schemas", "scoring", "streams"} <= set(SOURCES)
 
 
 def test_the_wheel_runs_from_site_packages(installed: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
