@@ -109,7 +109,7 @@ def fold_numbered(lines: Iterable[tuple[int, bytes]], policies: Any, as_of: Any,
     The counting is fold_lines' own (same ReplayResult, same statuses), so the
     summary is what fold_lines gives; the line numbers are the only addition.
     The loop repeats fold_lines' because fold_lines has no per-line hook; a
-    ``tests/core/test_cli_messages.py`` test keeps the two equal. (Moving an
+    ``tests/core/test_cli_messages.py`` test keeps the counts and snapshots equal. (Moving an
     ``on_reject`` callback into fold_lines would remove this copy.)
     """
     from datetime import UTC, datetime

@@ -144,6 +144,10 @@ def test_replay_command_counts_like_the_core_replay(tmp_path: Path) -> None:
     core = fold_lines([line.replace(b"\n", b" ") for line in data], policies=PolicyBook()).summary()
     assert summary["invalid"] and summary["rejected"]  # the synthetic faults are there
     assert {k: summary[k] for k in core} == core
+    from scoring.replay import replay
+
+    expected = replay([line.replace(b"\n", b" ") for line in data], policies=PolicyBook(), with_clv=False)
+    assert [loads(row) for row in proc.stdout.splitlines()] == loads(dumps(expected))
     counts = {**summary["invalid"], **summary["rejected"]}
     assert {k: len(v) for k, v in summary["rejected_lines"].items()} == {
         k: min(n, 10) for k, n in counts.items()}
