@@ -55,8 +55,8 @@ from streams.settings import Settings
 
 Echo = Callable[[str], None]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-POM_PATH = REPO_ROOT / "deploy" / "kafka" / "pom.xml"
+# Package data (pyproject.toml), so a non-editable install (`pip install .`) has it too.
+POM_PATH = Path(__file__).resolve().parent / "kafka" / "pom.xml"
 JARS_STAMP = ".complete"
 MAIN_CLASS = "kafka.Kafka"
 
@@ -415,12 +415,20 @@ def ensure_jars(cfg: BrokerConfig, echo: Echo = print) -> Path:
                 "it is needed only for this first download."
             )
         if not POM_PATH.exists():
-            raise BrokerError(f"{POM_PATH} is missing: cannot resolve the Kafka jars")
+            raise BrokerError(f"{POM_PATH} is missing: cannot resolve the Kafka jars "
+                              "(the installed package is incomplete; reinstall loyalty-scorer)")
         tmp = parent / f".{cfg.jars_dir.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
+        # Maven runs on a copy: it may write beside its pom, and the installed
+        # package (site-packages) can be read-only.
+        pom_dir = parent / f".{cfg.jars_dir.name}.pom-{os.getpid()}"
+        shutil.rmtree(pom_dir, ignore_errors=True)
+        pom_dir.mkdir()
+        pom = pom_dir / "pom.xml"
+        shutil.copyfile(POM_PATH, pom)
         echo(f"resolving Apache Kafka {cfg.kafka_version} jars with Maven into {cfg.jars_dir} "
              "(first run only) ...")
-        cmd = [mvn, "-q", "-B", "-f", str(POM_PATH), "dependency:copy-dependencies",
+        cmd = [mvn, "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
                f"-DoutputDirectory={tmp}", "-DincludeScope=runtime",
                f"-Dkafka.version={cfg.kafka_version}"]
         try:
@@ -438,6 +446,7 @@ def ensure_jars(cfg: BrokerConfig, echo: Echo = print) -> Path:
             raise BrokerError("Maven did not finish within 30 minutes") from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(pom_dir, ignore_errors=True)
     return cfg.jars_dir
 
 

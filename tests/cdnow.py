@@ -1,8 +1,8 @@
 """Loader for the CDNOW purchase log used to validate the CLV models (tests only).
 
-The file lives in the ``shared/`` folder that sits *beside* the repository (in CI the
-repo is cloned elsewhere with ``shared/`` next to it), so its location is resolved
-from this file, never hard-coded.  A missing file raises FileNotFoundError with an
+The file is part of the repository (``data/cdnow_master.txt``, described in
+``data/README.md``); its location is resolved from this file, so the tests find it
+from any working directory.  A missing file raises FileNotFoundError with an
 explanation: the acceptance tests must fail, not skip, without their data.
 """
 
@@ -14,7 +14,7 @@ from datetime import date
 from decimal import Decimal
 from pathlib import Path
 
-CDNOW_PATH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cdnow_master.txt"
+CDNOW_PATH = Path(__file__).resolve().parents[1] / "data" / "cdnow_master.txt"
 
 #: End of the paper's 39-week calibration period (transactions through this date).
 CALIBRATION_END = date(1997, 9, 30)
@@ -35,8 +35,8 @@ def load_transactions(path: Path = CDNOW_PATH) -> list[Transaction]:
     """
     if not path.is_file():
         raise FileNotFoundError(
-            f"CDNOW data set not found at {path}. The CLV acceptance tests need the "
-            "shared/ folder (with data/cdnow_master.txt) beside the repository root."
+            f"CDNOW data set not found at {path}. It ships with the repository as "
+            "data/cdnow_master.txt (see data/README.md)."
         )
     out: list[Transaction] = []
     with path.open(encoding="ascii") as fh:

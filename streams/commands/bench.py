@@ -45,7 +45,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--generator", choices=["fast", "synthetic"], default="fast",
                         help="fast: exact counts, valid events (default); synthetic: "
                              "streams.synthetic with faults, ~4.2 events per customer")
-    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--seed", type=int, default=7,
+                        help="random seed of the generated population (default 7)")
     parser.add_argument("--span-days", type=float, default=6.0,
                         help="event-time span of the fast generator's stream (default 6: "
                              "less than the 7-day allowed lateness, see README)")
@@ -54,7 +55,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "at least one sweep with the default LOYALTY_SWEEP_INTERVAL_S)")
     parser.add_argument("--latency-rate", type=float, default=None,
                         help="offered events/s in the latency phase (default: half the measured "
-                             "events_per_s, as the issue specifies)")
+                             "events_per_s, the rate at which the latency target applies)")
     parser.add_argument("--compression", choices=["none", "gzip", "snappy", "lz4", "zstd"],
                         default="none", help="compression of the preloaded input (default none)")
     parser.add_argument("--timeout", type=float, default=None,

@@ -90,10 +90,14 @@ def consumer_position_lt(end: int, begin: int) -> bool:
 def run(args: argparse.Namespace) -> int:
     """Print the records."""
     import asyncio
+    import logging
 
     from streams.settings import get_settings
 
     settings = get_settings()
+    # aiokafka logs every failed connection attempt; the CLI reports an
+    # unreachable broker once, as one line (streams.cli.explain).
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     topic = args.topic
     if topic in ALIASES:
         topic = getattr(settings, ALIASES[topic])

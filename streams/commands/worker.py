@@ -32,7 +32,35 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="table data directory (default: LOYALTY_DATA_DIR, ./var/data)")
     parser.add_argument("--loglevel", default="info",
-                        choices=["debug", "info", "warning", "error"])
+                        choices=["debug", "info", "warning", "error"],
+                        help="lowest level of the log lines written to stderr (default: info)")
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise CommandError if ``host:port`` cannot be bound (another process listens on it).
+
+    Checked before Faust starts, whose own bind failure is a traceback deep in
+    its startup. SO_REUSEADDR as aiohttp sets it, so a port in TIME_WAIT counts
+    as free. A process that takes the port between this check and Faust's bind
+    still fails Faust's way.
+    """
+    import socket
+
+    from streams.commands import CommandError
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise CommandError(f"cannot resolve LOYALTY_WEB_HOST {host!r}: {exc.strerror}", 2) from None
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(addr)
+        except OSError as exc:
+            raise CommandError(
+                f"cannot listen on {host}:{port} ({exc.strerror}): another process uses the port; "
+                "choose another with --web-port or LOYALTY_WEB_PORT") from None
 
 
 def marker_path(data_dir: Path) -> Path:
@@ -61,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
 
     import faust
 
+    from schemas.policy import PolicyBook
     from streams.app import all_topic_specs, app_data_dir, create_service
     from streams.settings import get_settings
     from streams.topics import ensure_topics
@@ -73,6 +102,9 @@ def run(args: argparse.Namespace) -> int:
         update["data_dir"] = args.data_dir
     if update:
         settings = settings.model_copy(update=update)
+    # Fail on a bad policy file or a taken port before touching the broker or the data dir.
+    PolicyBook.load(settings.policy_file)
+    check_port_free(settings.web_host, settings.web_port)
     logging.basicConfig(level=args.loglevel.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("loyalty.worker")

@@ -45,8 +45,10 @@ def test_replay_prints_sorted_snapshots_and_a_summary(events_file: Path, tmp_pat
     assert rows[0]["spend_total"] == 1_000 and rows[0]["refund_total"] == 1_000
     assert rows[1]["tier"] == "silver" and rows[1]["as_of"] == "2024-01-10T12:00:00Z"
     assert rows[1]["p_alive"] is None  # too few customers to fit a model
-    summary = loads(proc.stderr.decode().split("loyalty replay: ", 1)[1])
+    summary = loads(proc.stderr.splitlines()[-1])  # the summary is the last stderr line, JSON
     assert summary["invalid"] == {"invalid_json": 1, "missing_field": 1}
+    # physical line numbers (the blank line 9 counts), so a user can find them
+    assert summary["rejected_lines"] == {"invalid_json": [8], "missing_field": [7], "too_late": [11]}
     assert summary["rejected"] == {"too_late": 1} and summary["applied"] == 7
     figures = loads(shops.read_bytes())["shops"]
     assert figures["shop-0"]["nps"]["score"] == -100.0 and figures["shop-1"]["nps"]["band"] == "leader"

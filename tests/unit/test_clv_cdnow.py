@@ -92,8 +92,8 @@ def _hessian(f, theta: np.ndarray, h: float = 1e-4) -> np.ndarray:  # type: igno
 
 def test_cdnow_file_present_and_shaped() -> None:
     assert CDNOW_PATH.is_file(), (
-        f"CDNOW data missing at {CDNOW_PATH}: shared/data/cdnow_master.txt must sit beside "
-        "the repository root"
+        f"CDNOW data missing at {CDNOW_PATH}: it ships with the repository as "
+        "data/cdnow_master.txt"
     )
     d = _data()
     tr = d["transactions"]

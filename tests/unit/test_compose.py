@@ -7,6 +7,8 @@ what drifts when one side is edited.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -100,3 +102,32 @@ def test_dockerfile_matches_settings() -> None:
     assert "LOYALTY_WEB_HOST=0.0.0.0" in text
     # pyproject names README.md as the package readme: the build needs it.
     assert "README.md" in text
+
+
+# Top-level keys Compose v1 (docker-compose 1.29, the file format without `version:`) accepts.
+COMPOSE_V1_TOP_LEVEL = {"version", "services", "volumes", "networks", "secrets", "configs"}
+
+
+def check_compose_spec(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema",
+                           "vendor.compose-spec", str(path)],
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_compose_file_is_valid_for_the_compose_spec() -> None:
+    proc = check_compose_spec(ROOT / "docker-compose.yml")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_compose_spec_check_rejects_an_invalid_file(tmp_path: Path) -> None:
+    bad = tmp_path / "docker-compose.yml"
+    bad.write_text("services:\n  worker:\n    image: loyalty-scorer:local\n    restart_policy: always\n")
+    proc = check_compose_spec(bad)
+    assert proc.returncode == 1 and "restart_policy" in proc.stdout + proc.stderr
+
+
+def test_compose_file_is_valid_for_compose_v1(compose: dict[str, Any]) -> None:
+    # check-jsonschema ships no Compose v1 schema; v1 rejects any other top-level key
+    # (docker-compose 1.29 fails on `name:`), except extension fields.
+    extra = {k for k in compose if not k.startswith("x-")} - COMPOSE_V1_TOP_LEVEL
+    assert not extra, f"top-level keys Compose v1 rejects: {sorted(extra)}"
