@@ -50,7 +50,7 @@ from scoring.aggregate import (
     O_REFUNDED,
     Agg,
 )
-from scoring.clock import US_PER_DAY, day_of, day_start_us
+from scoring.clock import US_PER_DAY, day_of, day_start_us, rfc3339
 from scoring.ltv import margin_of
 from scoring.nps import classify
 from scoring.records import (
@@ -63,7 +63,13 @@ from scoring.records import (
     to_record,
 )
 from scoring.rewards import expire_due, points_for, take_for_clawback, take_oldest, tier_on
-from scoring.stages import change_days, stage_on
+from scoring.stages import (
+    DETRACTOR_STATUS,
+    RECOVERED_STATUS,
+    change_days,
+    detractor_status,
+    stage_on,
+)
 from scoring.state import CustomerState
 
 APPLIED, DUPLICATE, REJECTED = "applied", "duplicate", "rejected"
@@ -145,16 +151,49 @@ def apply_record(agg: Agg, rec: list, ctx: _Ctx, out: list[_Eff]) -> None:
     elif kind == REFUND:
         _refund(agg, ts, event_id, a, b, ctx, out)
     elif kind == FEEDBACK:
-        agg.nps_last, agg.sow_last = a, b
-        cls = classify(a, policy)
-        agg.fb_counts[cls] += 1
-        agg.fb_recent.append([day, cls])
+        _feedback(agg, ts, day, event_id, a, b, c, ctx, out)
     elif kind == REDEMPTION:
         _redeem(agg, ts, event_id, a, ctx, out)
     else:
         _visit_day(agg, day)
     agg.t_us = ts
     _set_stage(agg, stage_on(agg, day, policy), ts, {"type": "event", "event_id": event_id}, ctx, out)
+
+
+def _feedback(agg: Agg, ts: int, day: int, event_id: str, nps: int, sow: int | None,
+              extra: list | None, ctx: _Ctx, out: list[_Eff]) -> None:
+    """An NPS answer: shop NPS classes, the detractor run, and a detractor alert
+    when the customer's ``detractor_status`` turns ``detractor`` or ``recovered``."""
+    policy = ctx.policy
+    touchpoint, comment = extra if extra is not None else (None, None)
+    before = detractor_status(agg, policy)
+    agg.nps_last, agg.sow_last = nps, sow
+    cls = classify(nps, policy)
+    agg.fb_counts[cls] += 1
+    agg.fb_recent.append([day, cls])
+    for i, row in enumerate(agg.fb_tp):
+        if row[0] == touchpoint:
+            row = agg.fb_tp[i] = row[:]  # rows are shared with copies: replace, never mutate
+            break
+    else:
+        row = [touchpoint, 0, 0, 0]
+        agg.fb_tp.append(row)
+    row[1 + cls] += 1
+    if nps <= policy.detractor_status_max_nps:
+        if agg.det_since is None:
+            agg.det_since = ts  # first answer of a new run of detractor answers
+        agg.ever_det = True
+    else:
+        agg.det_since = None
+    after = detractor_status(agg, policy)
+    if after != before and after in (DETRACTOR_STATUS, RECOVERED_STATUS):
+        # One id per feedback event: a late answer can turn this alert into
+        # the other kind (restated) or make it vanish (void).
+        eid = fx.effect_id(ctx.shop, ctx.cust, "alert", event_id)
+        out.append((eid, ts, fx.ALERT, fx.alert(
+            ctx.shop, ctx.cust, eid, after, ts, event_id=event_id, nps=nps, comment=comment,
+            touchpoint=touchpoint,
+            detractor_since=rfc3339(agg.det_since) if after == DETRACTOR_STATUS else None)))
 
 
 def _visit_day(agg: Agg, day: int) -> None:

@@ -39,7 +39,11 @@ from typing import Any
 from schemas.codec import dumps, loads
 from scoring.aggregate import Agg
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Formats this build decodes. Version 1 (before rule v2) lacks the aggregate's
+# detractor and touchpoint slots; changelogs in production still hold such
+# states, and they are upgraded on read (scoring.aggregate.Agg.from_list).
+READABLE_VERSIONS = (1, 2)
 
 
 class StateFormatError(ValueError):
@@ -84,8 +88,8 @@ class CustomerState:
     def decode(cls, data: bytes) -> CustomerState:
         try:
             raw: list[Any] = loads(data)
-            if raw[0] != FORMAT_VERSION:
-                raise StateFormatError(f"state format {raw[0]!r}; this build reads {FORMAT_VERSION}")
+            if raw[0] not in READABLE_VERSIONS:
+                raise StateFormatError(f"state format {raw[0]!r}; this build reads {READABLE_VERSIONS}")
             new = cls.__new__(cls)
             (_, new.shop_id, new.customer_id, ckpt, new.buf, seen, emitted, new.max_ts,
              new.frontier, new.clock, new.stage, new.next_due, new.totals) = raw
