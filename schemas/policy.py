@@ -44,7 +44,7 @@ class Tier(BaseModel):
 
     name: str = Field(min_length=1, max_length=32)
     min_spend_365d: int = Field(ge=0, description="minor units")
-    points_multiplier: Rate = Field(ge=0)
+    points_multiplier: Rate = Field(ge=0, le=100)
     discount_pct: int = Field(ge=0, le=100)
 
 
@@ -66,7 +66,7 @@ class ShopPolicy(BaseModel):
     allowed_lateness_days: int = Field(7, ge=0, le=60, description="event-time lateness accepted behind the newest event of the customer")
     max_future_seconds: int = Field(86_400, ge=0, description="how far ahead of the wall clock occurred_at may be")
     # LTV
-    ltv_months: int = Field(36, gt=0, description="t of the LTV formula")
+    ltv_months: int = Field(36, gt=0, le=1200, description="t of the LTV formula")
     # stages
     at_risk_min_days: int = 60
     at_risk_interval_factor: int = 2
@@ -96,7 +96,7 @@ class ShopPolicy(BaseModel):
     discount_enabled: bool = True
     stamps_enabled: bool = True
     tiers: tuple[Tier, ...] = DEFAULT_TIERS
-    points_per_unit: Rate = Field(Decimal("1"), ge=0, description="points per major currency unit")
+    points_per_unit: Rate = Field(Decimal("1"), ge=0, le=1000, description="points per major currency unit")
     points_expiry_days: int = Field(365, gt=0)
     stamps_per_free_item: int = Field(5, gt=0)
     # state bounds (see scoring/state.py)

@@ -9,6 +9,8 @@ How one event is applied (:func:`apply`)
    first one stands).
 2. Lateness check: an event older than the frontier (newest event time minus
    the allowed lateness) -> ``rejected/too_late``; nothing changes.
+   (After step 4, an event that would take the customer's gross purchases
+   past :data:`MAX_CUSTOMER_GROSS` -> ``rejected/out_of_range``.)
 3. The event is inserted into the open buffer at its canonical position
    ``(occurred_at, event_id)``.
 4. The *truth* is recomputed: the finalized aggregate, then every buffered
@@ -74,6 +76,11 @@ from scoring.state import CustomerState
 
 APPLIED, DUPLICATE, REJECTED = "applied", "duplicate", "rejected"
 _FAR_DAYS = 100_000
+#: Cap on a customer's gross purchases (sum of accepted order amounts, minor
+#: units). With amounts <= 10**12 and the policy's bounds on points per unit,
+#: tier multipliers and ltv_months, every total, points count and the LTV
+#: formula then stay below 2**63, so states and snapshots always encode.
+MAX_CUSTOMER_GROSS = 10**15
 
 
 @dataclass
@@ -478,6 +485,10 @@ def apply(state: CustomerState | None, event: Event, policy: ShopPolicy) -> Outc
         head, truth, ckpt_new, retired = fold_open(new, policy, new.clock, retire_before=frontier)
         effects, emitted = _publish(state, truth, state.frontier)
 
+    if head.spend_total + head.refund_total > MAX_CUSTOMER_GROSS:
+        return _reject(state, "out_of_range",
+                       f"amount: the customer's purchases would total more than {MAX_CUSTOMER_GROSS} "
+                       "minor units")
     new.ckpt = ckpt_new
     new.buf = new.buf[retired:]
     if len(new.buf) > policy.max_buffer_events:
