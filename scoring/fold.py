@@ -65,6 +65,7 @@ from scoring.records import (
     to_record,
 )
 from scoring.rewards import expire_due, points_for, take_for_clawback, take_oldest, tier_on
+from scoring.shop import contribution
 from scoring.stages import (
     DETRACTOR_STATUS,
     RECOVERED_STATUS,
@@ -101,6 +102,10 @@ class Outcome:
     stage_before: str | None = None
     stage_after: str | None = None
     points: dict[str, int] = field(default_factory=dict)
+    #: the customer's shop-KPI contribution before and after (None: not a
+    #: customer yet); set when ``changed``: the tally moves by their difference
+    kpi_before: list[Any] | None = None
+    kpi_after: list[Any] | None = None
 
 
 class _Ctx:
@@ -532,9 +537,21 @@ def _applied(old: CustomerState, new: CustomerState, head: Agg, effects: list[di
     new.stage = head.stage
     new.next_due = _next_due(head, policy)
     new.totals = _totals(head)
+    new.kpi = contribution(head, head.stage, day_of(head.t_us), policy)  # type: ignore[arg-type]
+    before = _kpi_of(old, policy)
     new.head = (policy, head)
     return Outcome(new, APPLIED, True, effects, stage_before=old.stage, stage_after=new.stage,
-                   points=_points_delta(old.totals, new.totals))
+                   points=_points_delta(old.totals, new.totals), kpi_before=before, kpi_after=new.kpi)
+
+
+def _kpi_of(state: CustomerState, policy: ShopPolicy) -> list[Any] | None:
+    """The state's shop-KPI contribution; recomputed once for a version-1 state."""
+    if state.kpi is not None or state.clock is None:
+        return state.kpi
+    head = cached_head(state, policy)
+    if head is None:
+        head, _, _, _ = fold_open(state, policy, state.clock)
+    return contribution(head, state.stage, day_of(state.clock), policy)
 
 
 def _force_finalize(state: CustomerState, policy: ShopPolicy, n: int) -> int:
