@@ -65,7 +65,7 @@ from scoring.records import (
     to_record,
 )
 from scoring.rewards import expire_due, points_for, take_for_clawback, take_oldest, tier_on
-from scoring.shop import contribution
+from scoring.shop import ShopTally, contribution
 from scoring.stages import (
     DETRACTOR_STATUS,
     RECOVERED_STATUS,
@@ -554,6 +554,42 @@ def _kpi_of(state: CustomerState, policy: ShopPolicy) -> list[Any] | None:
     return contribution(head, state.stage, day_of(state.clock), policy)
 
 
+@dataclass
+class Erasure:
+    """What :func:`forget` leaves behind: nothing of the customer but the undo
+    of its share in the shop figures.
+
+    ``tally`` holds the customer's whole contribution with negative counts:
+    merged into the tally that counted the customer (its shop's, or its shop
+    and partition's), the customer no longer counts in any shop figure.
+    """
+
+    shop_id: str
+    customer_id: str
+    stage_before: str | None
+    tally: ShopTally
+
+
+def forget(state: CustomerState, policy: ShopPolicy) -> Erasure:
+    """Erase a customer (right to erasure): a fold operation that leaves no state.
+
+    The caller drops the state (a tombstone in a table) and merges
+    ``Erasure.tally``. No effect is emitted: records already published stay
+    where they are. An event of the customer folded afterwards starts a new,
+    empty history (``apply(None, event, policy)``); its event ids are not
+    remembered either. Pure: ``state`` is not changed.
+    """
+    head = cached_head(state, policy)
+    if head is None and state.clock is not None:
+        head, _, _, _ = fold_open(state, policy, state.clock)
+    tally = ShopTally()
+    if head is not None:
+        # NPS answers of the last 90 days come from the finalized part plus the
+        # open buffer; fold_open's head holds both, as a recount would count them.
+        tally.add_customer(head, state.stage, policy, sign=-1)
+    return Erasure(state.shop_id, state.customer_id, state.stage, tally)
+
+
 def _force_finalize(state: CustomerState, policy: ShopPolicy, n: int) -> int:
     """Finalize the ``n`` oldest buffered events early (buffer cap); returns the new frontier."""
     state.ckpt = _finalize(state, n, _Ctx(state.shop_id, state.customer_id, policy))
@@ -590,5 +626,5 @@ def _prune_finalized(agg: Agg, policy: ShopPolicy) -> None:
         agg.fb_recent = [x for x in agg.fb_recent if x[0] > fb_from]
 
 
-__all__ = ["APPLIED", "DUPLICATE", "REJECTED", "Outcome", "advance", "apply", "apply_record",
-           "fold_open"]
+__all__ = ["APPLIED", "DUPLICATE", "REJECTED", "Erasure", "Outcome", "advance", "apply", "apply_record",
+           "fold_open", "forget"]

@@ -144,19 +144,23 @@ class ShopTally:
             if row == [0, 0]:
                 del self.spend_days[day]  # keeps rows small: quiet days leave
 
-    def add_customer(self, head: Agg, stage: str | None, policy: ShopPolicy) -> None:
-        """Add one customer's whole contribution as of ``head.t_us`` (full recounts)."""
-        self.move(None, stage)
+    def add_customer(self, head: Agg, stage: str | None, policy: ShopPolicy, sign: int = 1) -> None:
+        """Add (``sign`` 1: full recounts) or remove (-1: erasure) one customer's
+        whole contribution as of ``head.t_us``."""
+        if sign > 0:
+            self.move(None, stage)
+        else:
+            self.move(stage, None)
         for cls in range(3):
-            self.nps_all[cls] += head.fb_counts[cls]
+            self.nps_all[cls] += sign * head.fb_counts[cls]
         for day, cls in head.fb_recent:
-            self.nps_days.setdefault(day, [0, 0, 0])[cls] += 1
+            self.nps_days.setdefault(day, [0, 0, 0])[cls] += sign
         for tp, *counts in head.fb_tp:
             acc = self.nps_tp.setdefault(tp, [0, 0, 0])
             for i in range(3):
-                acc[i] += counts[i]
+                acc[i] += sign * counts[i]
         if head.t_us is not None:
-            self.add_contribution(contribution(head, stage, day_of(head.t_us), policy))
+            self.add_contribution(contribution(head, stage, day_of(head.t_us), policy), sign)
 
     def merge(self, other: ShopTally) -> ShopTally:
         out = ShopTally()
