@@ -156,6 +156,13 @@ def test_a_state_written_by_version_1_still_decodes_and_folds_on() -> None:
     assert (snap["detractor_status"], snap["loyalty_type"]) == ("recovered", "true")
     assert c.state.encode().startswith(b"[2,")
     assert [a["alert"] for a in alerts(c)] == ["recovered"]
+    # Version 1 kept no shop-KPI contribution: it is computed from the old
+    # state, so the service's tally moves from what the customer counted as.
+    from scoring.shop import C_DET, C_SPEND, C_TYPE
+
+    before, after = c.outcomes[-1].kpi_before, c.outcomes[-1].kpi_after
+    assert (before[C_DET], before[C_TYPE], before[C_SPEND]) == ("detractor", "spurious", 4500)
+    assert (after[C_DET], after[C_TYPE]) == ("recovered", "true")
 
 
 def test_an_unknown_state_format_is_refused_with_a_clear_error() -> None:
