@@ -39,6 +39,9 @@ from schemas.codec import CodecError, loads
 from schemas.policy import PolicyBook
 
 MAX_EVENT_BYTES = 64 * 1024
+#: upper bound of every amount and points count (DOMAIN.md): far above any real
+#: figure, and low enough that sums and products of them stay exact 64-bit integers
+MAX_AMOUNT = 10**12
 
 EVENT_TYPES = ("purchase", "refund", "visit", "feedback", "redemption")
 
@@ -58,9 +61,12 @@ def _parse_rfc3339(value: Any) -> datetime:
     text = f"{value[:19]}{frac[:7]}{'+00:00' if m.group(8) in 'Zz' else m.group(8)}"
     try:
         dt = datetime.fromisoformat(text.replace("t", "T"))
+        return dt.astimezone(UTC)
     except ValueError as exc:
         raise ValueError(f"not a valid date/time: {exc}") from None
-    return dt.astimezone(UTC)
+    except OverflowError:
+        # e.g. 0001-01-01T00:00:00+01:00: before year 1 in UTC
+        raise ValueError("outside the representable years 1-9999 once converted to UTC") from None
 
 
 def _strict_rate(value: Any) -> Any:
@@ -84,7 +90,7 @@ ShopId = Annotated[StrictStr, Field(min_length=1, max_length=64, pattern=r"^[A-Z
 # "printable": no control characters (C0, DEL, C1).
 CustomerId = Annotated[StrictStr, Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f-\x9f]+$")]
 Currency = Annotated[StrictStr, Field(pattern=r"^[A-Z]{3}$")]
-PositiveInt = Annotated[StrictInt, Field(gt=0)]
+Amount = Annotated[StrictInt, Field(gt=0, le=MAX_AMOUNT)]
 Channel = Literal["store", "web", "app", "phone", "other"]
 
 
@@ -102,14 +108,14 @@ class Item(BaseModel):
 
     sku: Annotated[StrictStr, Field(min_length=1, max_length=128)]
     category: Annotated[StrictStr, Field(max_length=128)] | None = None
-    quantity: PositiveInt
-    unit_amount: Annotated[StrictInt, Field(ge=0)]
+    quantity: Amount
+    unit_amount: Annotated[StrictInt, Field(ge=0, le=MAX_AMOUNT)]
 
 
 class Purchase(_Event):
     type: Literal["purchase"]
     order_id: Str128
-    amount: PositiveInt
+    amount: Amount
     currency: Currency
     margin_rate: MarginRate | None = None
     items: Annotated[list[Item], Field(max_length=500)] | None = None
@@ -119,7 +125,7 @@ class Purchase(_Event):
 class Refund(_Event):
     type: Literal["refund"]
     order_id: Str128
-    amount: PositiveInt
+    amount: Amount
     currency: Currency
 
 
@@ -138,7 +144,7 @@ class Feedback(_Event):
 
 class Redemption(_Event):
     type: Literal["redemption"]
-    points: PositiveInt
+    points: Amount
     reward: Annotated[StrictStr, Field(max_length=64)] | None = None
 
 
@@ -196,6 +202,48 @@ def _reason_from(error: ValidationError) -> InvalidEvent:
     return InvalidEvent(reason, f"{loc}: {first['msg']}")
 
 
+_HUGE = 2**63
+
+
+def _has_huge_float(data: dict[str, Any]) -> bool:
+    """True if a top-level or item value is a float of 64-bit magnitude or more.
+
+    orjson decodes integer literals beyond 64 bits as floats; such a literal
+    must be reported as an out-of-range integer, not as a float.
+    """
+    for v in data.values():
+        if isinstance(v, float) and abs(v) >= _HUGE:
+            return True
+        if isinstance(v, list):
+            for item in v[:500]:
+                if isinstance(item, dict) and _has_huge_float(item):
+                    return True
+    return False
+
+
+def _exact_decode(raw: bytes) -> Any:
+    """Decode with Python's exact integers (rare path: only for huge numbers).
+
+    Float literals stay floats, so ``1e30`` is still a wrong type, while
+    ``10**30`` written as digits becomes an int and fails its field's bound as
+    ``out_of_range``. Integers of more than 40 digits are read as a 41-digit
+    one (every bound fails the same way, and nothing converts thousands of
+    digits). Raises ValueError when the stdlib decoder refuses the bytes.
+    """
+    import json
+
+    def bounded_int(text: str) -> int:
+        return int(text) if len(text) <= 40 else (-1 if text[0] == "-" else 1) * 10**40
+
+    def no_constants(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    try:
+        return json.loads(raw, parse_int=bounded_int, parse_constant=no_constants)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
 def parse_event(raw: bytes | str, *, now: datetime, policies: PolicyBook) -> Event:
     """Decode and validate one message value.
 
@@ -210,8 +258,20 @@ def parse_event(raw: bytes | str, *, now: datetime, policies: PolicyBook) -> Eve
         data = loads(raw)
     except CodecError as exc:
         msg = str(exc)
-        reason = "invalid_encoding" if "utf-8" in msg.lower() or "surrogates" in msg else "invalid_json"
-        raise InvalidEvent(reason, msg) from None
+        data = None
+        if "infinity when parsed as double" in msg:  # an integer literal of 309+ digits
+            try:
+                data = _exact_decode(raw)
+            except ValueError:
+                data = None
+        if data is None:
+            reason = "invalid_encoding" if "utf-8" in msg.lower() or "surrogates" in msg else "invalid_json"
+            raise InvalidEvent(reason, msg) from None
+    if isinstance(data, dict) and _has_huge_float(data):
+        try:
+            data = _exact_decode(raw)
+        except ValueError:
+            pass  # orjson accepted it: keep orjson's reading
     if not isinstance(data, dict):
         raise InvalidEvent("not_an_object", f"the message is a JSON {type(data).__name__}, not an object")
     kind = data.get("type")

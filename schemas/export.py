@@ -14,7 +14,13 @@ from pathlib import Path
 
 from schemas.codec import dumps_pretty
 from schemas.events import MODELS
-from schemas.outputs import CustomerSnapshot, DeadLetter, LedgerEntry, StageTransition
+from schemas.outputs import (
+    CustomerSnapshot,
+    DeadLetter,
+    DetractorAlert,
+    LedgerEntry,
+    StageTransition,
+)
 
 OUT_DIR = Path(__file__).parent / "jsonschema"
 
@@ -26,7 +32,7 @@ def documents() -> dict[str, bytes]:
         schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
         schema["$id"] = f"loyalty-scorer/v1/{name}.json"
         docs[f"{name}.json"] = dumps_pretty(schema)
-    for model in (CustomerSnapshot, StageTransition, LedgerEntry, DeadLetter):
+    for model in (CustomerSnapshot, StageTransition, LedgerEntry, DetractorAlert, DeadLetter):
         schema = model.model_json_schema(by_alias=True)
         schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
         docs[f"out-{model.__name__}.json"] = dumps_pretty(schema)

@@ -52,7 +52,14 @@ class CustomerSnapshot(_Out):
     nps_last: int | None
     share_of_wallet_last: int | None
     stage: Stage | None
-    loyalty_type: Literal["true", "latent", "spurious", "none", "unknown"]
+    loyalty_type: Literal["true", "latent", "spurious", "none", "unknown"] = Field(
+        description="attitude (nps_last >= 9) x behaviour (stage repeat, attached or loyal); unknown without feedback")
+    wallet_band: Literal["committed", "moderate", "vulnerable"] | None = Field(
+        description="share_of_wallet_last >= 70 committed, 50-69 moderate, < 50 vulnerable; null without one")
+    detractor_status: Literal["detractor", "recovered", "none"] | None = Field(
+        description="nps_last <= 6 detractor; >= 7 after an earlier answer <= 6 recovered; else none; null without feedback")
+    detractor_since: str | None = Field(
+        description="while a detractor: occurred_at of the first answer of the current run of answers <= 6")
     tier: str
     discount_pct: int
     points_balance: int = Field(ge=0)
@@ -105,10 +112,24 @@ class LedgerEntry(_Effect):
     free_items_issued: int | None = None
 
 
+class DetractorAlert(_Effect):
+    """``loyalty.stage-transitions``, ``kind: "alert"``: a feedback made the customer's
+    ``detractor_status`` become ``detractor`` or ``recovered`` (rule v2)."""
+
+    kind: Literal["alert"]
+    alert: Literal["detractor", "recovered"]
+    at: str = Field(description="the feedback's occurred_at")
+    event_id: str = Field(description="the feedback event")
+    nps: int = Field(ge=0, le=10)
+    comment: str | None
+    touchpoint: str | None
+    detractor_since: str | None = Field(description="for `detractor`: start of the current run of detractor answers")
+
+
 class VoidRecord(_Effect):
     """A previously published record that no longer holds (a late event changed history)."""
 
-    kind: Literal["ledger", "transition"]
+    kind: Literal["ledger", "transition", "alert"]
     void: Literal[True]
 
 

@@ -44,7 +44,7 @@ class Tier(BaseModel):
 
     name: str = Field(min_length=1, max_length=32)
     min_spend_365d: int = Field(ge=0, description="minor units")
-    points_multiplier: Rate = Field(ge=0)
+    points_multiplier: Rate = Field(ge=0, le=100)
     discount_pct: int = Field(ge=0, le=100)
 
 
@@ -66,7 +66,7 @@ class ShopPolicy(BaseModel):
     allowed_lateness_days: int = Field(7, ge=0, le=60, description="event-time lateness accepted behind the newest event of the customer")
     max_future_seconds: int = Field(86_400, ge=0, description="how far ahead of the wall clock occurred_at may be")
     # LTV
-    ltv_months: int = Field(36, gt=0, description="t of the LTV formula")
+    ltv_months: int = Field(36, gt=0, le=1200, description="t of the LTV formula")
     # stages
     at_risk_min_days: int = 60
     at_risk_interval_factor: int = 2
@@ -81,12 +81,22 @@ class ShopPolicy(BaseModel):
     detractor_max_nps: int = 6
     attitude_high_min_nps: int = 9
     shop_nps_window_days: int = 90
+    # NPS bands (rule v2): poor <= poor_max < average <= average_max < good <= good_max < strong < leader_min <= leader
+    nps_band_poor_max: int = Field(0, ge=-100, le=100, description="shop NPS at or below this is `poor`")
+    nps_band_average_max: int = Field(30, ge=-100, le=100, description="shop NPS at or below this (above poor) is `average`")
+    nps_band_good_max: int = Field(50, ge=-100, le=100, description="shop NPS at or below this (above average) is `good`")
+    nps_band_leader_min: int = Field(70, ge=-100, le=100, description="shop NPS at or above this is `leader`; between good and this, `strong`")
+    # attitude follow-up (rule v2)
+    wallet_committed_min_pct: int = Field(70, ge=0, le=100, description="share_of_wallet_last at or above this: wallet_band `committed`")
+    wallet_moderate_min_pct: int = Field(50, ge=0, le=100, description="at or above this (below committed): `moderate`; below: `vulnerable`")
+    detractor_status_max_nps: int = Field(6, ge=0, le=10, description="nps_last at or below this: detractor_status `detractor`")
+    recovered_min_nps: int = Field(7, ge=0, le=10, description="nps_last at or above this after an earlier detractor answer: `recovered`")
     # rewards
     bonus_enabled: bool = True
     discount_enabled: bool = True
     stamps_enabled: bool = True
     tiers: tuple[Tier, ...] = DEFAULT_TIERS
-    points_per_unit: Rate = Field(Decimal("1"), ge=0, description="points per major currency unit")
+    points_per_unit: Rate = Field(Decimal("1"), ge=0, le=1000, description="points per major currency unit")
     points_expiry_days: int = Field(365, gt=0)
     stamps_per_free_item: int = Field(5, gt=0)
     # state bounds (see scoring/state.py)
@@ -108,6 +118,18 @@ class ShopPolicy(BaseModel):
     def _dedup_longer_than_lateness(self) -> ShopPolicy:
         if self.dedup_retention_days <= self.allowed_lateness_days:
             raise ValueError("dedup_retention_days must exceed allowed_lateness_days")
+        return self
+
+    @model_validator(mode="after")
+    def _v2_thresholds_ordered(self) -> ShopPolicy:
+        if not (self.nps_band_poor_max < self.nps_band_average_max < self.nps_band_good_max
+                < self.nps_band_leader_min):
+            raise ValueError("NPS band edges must increase: nps_band_poor_max < nps_band_average_max"
+                             " < nps_band_good_max < nps_band_leader_min")
+        if self.wallet_moderate_min_pct >= self.wallet_committed_min_pct:
+            raise ValueError("wallet_moderate_min_pct must be below wallet_committed_min_pct")
+        if self.recovered_min_nps <= self.detractor_status_max_nps:
+            raise ValueError("recovered_min_nps must exceed detractor_status_max_nps")
         return self
 
     # Exact rationals, computed once per policy object (the fold runs per event).

@@ -9,6 +9,8 @@ How one event is applied (:func:`apply`)
    first one stands).
 2. Lateness check: an event older than the frontier (newest event time minus
    the allowed lateness) -> ``rejected/too_late``; nothing changes.
+   (After step 4, an event that would take the customer's gross purchases
+   past :data:`MAX_CUSTOMER_GROSS` -> ``rejected/out_of_range``.)
 3. The event is inserted into the open buffer at its canonical position
    ``(occurred_at, event_id)``.
 4. The *truth* is recomputed: the finalized aggregate, then every buffered
@@ -50,7 +52,7 @@ from scoring.aggregate import (
     O_REFUNDED,
     Agg,
 )
-from scoring.clock import US_PER_DAY, day_of, day_start_us
+from scoring.clock import US_PER_DAY, day_of, day_start_us, rfc3339
 from scoring.ltv import margin_of
 from scoring.nps import classify
 from scoring.records import (
@@ -63,11 +65,23 @@ from scoring.records import (
     to_record,
 )
 from scoring.rewards import expire_due, points_for, take_for_clawback, take_oldest, tier_on
-from scoring.stages import change_days, stage_on
+from scoring.shop import ShopTally, contribution
+from scoring.stages import (
+    DETRACTOR_STATUS,
+    RECOVERED_STATUS,
+    change_days,
+    detractor_status,
+    stage_on,
+)
 from scoring.state import CustomerState
 
 APPLIED, DUPLICATE, REJECTED = "applied", "duplicate", "rejected"
 _FAR_DAYS = 100_000
+#: Cap on a customer's gross purchases (sum of accepted order amounts, minor
+#: units). With amounts <= 10**12 and the policy's bounds on points per unit,
+#: tier multipliers and ltv_months, every total, points count and the LTV
+#: formula then stay below 2**63, so states and snapshots always encode.
+MAX_CUSTOMER_GROSS = 10**15
 
 
 @dataclass
@@ -88,6 +102,10 @@ class Outcome:
     stage_before: str | None = None
     stage_after: str | None = None
     points: dict[str, int] = field(default_factory=dict)
+    #: the customer's shop-KPI contribution before and after (None: not a
+    #: customer yet); set when ``changed``: the tally moves by their difference
+    kpi_before: list[Any] | None = None
+    kpi_after: list[Any] | None = None
 
 
 class _Ctx:
@@ -145,16 +163,49 @@ def apply_record(agg: Agg, rec: list, ctx: _Ctx, out: list[_Eff]) -> None:
     elif kind == REFUND:
         _refund(agg, ts, event_id, a, b, ctx, out)
     elif kind == FEEDBACK:
-        agg.nps_last, agg.sow_last = a, b
-        cls = classify(a, policy)
-        agg.fb_counts[cls] += 1
-        agg.fb_recent.append([day, cls])
+        _feedback(agg, ts, day, event_id, a, b, c, ctx, out)
     elif kind == REDEMPTION:
         _redeem(agg, ts, event_id, a, ctx, out)
     else:
         _visit_day(agg, day)
     agg.t_us = ts
     _set_stage(agg, stage_on(agg, day, policy), ts, {"type": "event", "event_id": event_id}, ctx, out)
+
+
+def _feedback(agg: Agg, ts: int, day: int, event_id: str, nps: int, sow: int | None,
+              extra: list | None, ctx: _Ctx, out: list[_Eff]) -> None:
+    """An NPS answer: shop NPS classes, the detractor run, and a detractor alert
+    when the customer's ``detractor_status`` turns ``detractor`` or ``recovered``."""
+    policy = ctx.policy
+    touchpoint, comment = extra if extra is not None else (None, None)
+    before = detractor_status(agg, policy)
+    agg.nps_last, agg.sow_last = nps, sow
+    cls = classify(nps, policy)
+    agg.fb_counts[cls] += 1
+    agg.fb_recent.append([day, cls])
+    for i, row in enumerate(agg.fb_tp):
+        if row[0] == touchpoint:
+            row = agg.fb_tp[i] = row[:]  # rows are shared with copies: replace, never mutate
+            break
+    else:
+        row = [touchpoint, 0, 0, 0]
+        agg.fb_tp.append(row)
+    row[1 + cls] += 1
+    if nps <= policy.detractor_status_max_nps:
+        if agg.det_since is None:
+            agg.det_since = ts  # first answer of a new run of detractor answers
+        agg.ever_det = True
+    else:
+        agg.det_since = None
+    after = detractor_status(agg, policy)
+    if after != before and after in (DETRACTOR_STATUS, RECOVERED_STATUS):
+        # One id per feedback event: a late answer can turn this alert into
+        # the other kind (restated) or make it vanish (void).
+        eid = fx.effect_id(ctx.shop, ctx.cust, "alert", event_id)
+        out.append((eid, ts, fx.ALERT, fx.alert(
+            ctx.shop, ctx.cust, eid, after, ts, event_id=event_id, nps=nps, comment=comment,
+            touchpoint=touchpoint,
+            detractor_since=rfc3339(agg.det_since) if after == DETRACTOR_STATUS else None)))
 
 
 def _visit_day(agg: Agg, day: int) -> None:
@@ -439,6 +490,10 @@ def apply(state: CustomerState | None, event: Event, policy: ShopPolicy) -> Outc
         head, truth, ckpt_new, retired = fold_open(new, policy, new.clock, retire_before=frontier)
         effects, emitted = _publish(state, truth, state.frontier)
 
+    if head.spend_total + head.refund_total > MAX_CUSTOMER_GROSS:
+        return _reject(state, "out_of_range",
+                       f"amount: the customer's purchases would total more than {MAX_CUSTOMER_GROSS} "
+                       "minor units")
     new.ckpt = ckpt_new
     new.buf = new.buf[retired:]
     if len(new.buf) > policy.max_buffer_events:
@@ -482,9 +537,57 @@ def _applied(old: CustomerState, new: CustomerState, head: Agg, effects: list[di
     new.stage = head.stage
     new.next_due = _next_due(head, policy)
     new.totals = _totals(head)
+    new.kpi = contribution(head, head.stage, day_of(head.t_us), policy)  # type: ignore[arg-type]
+    before = _kpi_of(old, policy)
     new.head = (policy, head)
     return Outcome(new, APPLIED, True, effects, stage_before=old.stage, stage_after=new.stage,
-                   points=_points_delta(old.totals, new.totals))
+                   points=_points_delta(old.totals, new.totals), kpi_before=before, kpi_after=new.kpi)
+
+
+def _kpi_of(state: CustomerState, policy: ShopPolicy) -> list[Any] | None:
+    """The state's shop-KPI contribution; recomputed once for a version-1 state."""
+    if state.kpi is not None or state.clock is None:
+        return state.kpi
+    head = cached_head(state, policy)
+    if head is None:
+        head, _, _, _ = fold_open(state, policy, state.clock)
+    return contribution(head, state.stage, day_of(state.clock), policy)
+
+
+@dataclass
+class Erasure:
+    """What :func:`forget` leaves behind: nothing of the customer but the undo
+    of its share in the shop figures.
+
+    ``tally`` holds the customer's whole contribution with negative counts:
+    merged into the tally that counted the customer (its shop's, or its shop
+    and partition's), the customer no longer counts in any shop figure.
+    """
+
+    shop_id: str
+    customer_id: str
+    stage_before: str | None
+    tally: ShopTally
+
+
+def forget(state: CustomerState, policy: ShopPolicy) -> Erasure:
+    """Erase a customer (right to erasure): a fold operation that leaves no state.
+
+    The caller drops the state (a tombstone in a table) and merges
+    ``Erasure.tally``. No effect is emitted: records already published stay
+    where they are. An event of the customer folded afterwards starts a new,
+    empty history (``apply(None, event, policy)``); its event ids are not
+    remembered either. Pure: ``state`` is not changed.
+    """
+    head = cached_head(state, policy)
+    if head is None and state.clock is not None:
+        head, _, _, _ = fold_open(state, policy, state.clock)
+    tally = ShopTally()
+    if head is not None:
+        # NPS answers of the last 90 days come from the finalized part plus the
+        # open buffer; fold_open's head holds both, as a recount would count them.
+        tally.add_customer(head, state.stage, policy, sign=-1)
+    return Erasure(state.shop_id, state.customer_id, state.stage, tally)
 
 
 def _force_finalize(state: CustomerState, policy: ShopPolicy, n: int) -> int:
@@ -523,5 +626,5 @@ def _prune_finalized(agg: Agg, policy: ShopPolicy) -> None:
         agg.fb_recent = [x for x in agg.fb_recent if x[0] > fb_from]
 
 
-__all__ = ["APPLIED", "DUPLICATE", "REJECTED", "Outcome", "advance", "apply", "apply_record",
-           "fold_open"]
+__all__ = ["APPLIED", "DUPLICATE", "REJECTED", "Erasure", "Outcome", "advance", "apply", "apply_record",
+           "fold_open", "forget"]

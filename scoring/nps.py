@@ -29,16 +29,24 @@ def score(promoters: int, passives: int, detractors: int) -> float | None:
     return tenths / 10
 
 
-def band(nps: float | None) -> str | None:
-    """poor (<= 0), average (<= 30), good (<= 50), strong (<= 70), leader (> 70)."""
+def band(nps: float | None, policy: ShopPolicy | None = None) -> str | None:
+    """poor (<= 0), average (<= 30), good (<= 50), strong (< 70), leader (>= 70).
+
+    Rule v2: 70 itself is `leader`. The edges are the policy's ``nps_band_*``
+    settings (the defaults above without a policy); None for no score.
+    """
     if nps is None:
         return None
-    if nps <= 0:
+    p = policy or _DEFAULT
+    if nps <= p.nps_band_poor_max:
         return "poor"
-    if nps <= 30:
+    if nps <= p.nps_band_average_max:
         return "average"
-    if nps <= 50:
+    if nps <= p.nps_band_good_max:
         return "good"
-    if nps <= 70:
+    if nps < p.nps_band_leader_min:
         return "strong"
     return "leader"
+
+
+_DEFAULT = ShopPolicy()

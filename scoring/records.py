@@ -10,14 +10,16 @@ kind   event       a, b, c
 "P"    purchase    order_id, amount, margin rate "num/den" or None
 "R"    refund      order_id, amount, None
 "V"    visit       None, None, None
-"F"    feedback    nps, share_of_wallet or None, None
+"F"    feedback    nps, share_of_wallet or None, [touchpoint, comment] or None
 "X"    redemption  points, None, None
 =====  ==========  ==========================================
 
 The canonical order of DOMAIN.md is ``(ts_us, event_id)``, i.e. list order of
-the first two slots. Fields the fold never reads (items, comment, channel...)
+the first two slots. Fields the fold never reads (items, channel, reward...)
 are not stored, but they are part of the content digest, so a retry that
-changes them is still recognised as a conflicting duplicate.
+changes them is still recognised as a conflicting duplicate. A feedback's
+touchpoint and comment are stored since state version 2 (NPS per touchpoint,
+detractor alerts); a record written by version 1 has None there.
 """
 
 from __future__ import annotations
@@ -58,7 +60,9 @@ def to_record(event: Event) -> Record:
     if t == "visit":
         return [ts, event.event_id, VISIT, None, None, None]
     if t == "feedback":
-        return [ts, event.event_id, FEEDBACK, event.nps, event.share_of_wallet, None]  # type: ignore[union-attr]
+        tp, comment = event.touchpoint, event.comment  # type: ignore[union-attr]
+        extra = None if tp is None and comment is None else [tp, comment]
+        return [ts, event.event_id, FEEDBACK, event.nps, event.share_of_wallet, extra]  # type: ignore[union-attr]
     return [ts, event.event_id, REDEMPTION, event.points, None, None]  # type: ignore[union-attr]
 
 

@@ -138,7 +138,7 @@ def snapshots(res: ReplayResult, policies: PolicyBook, as_of: datetime | None = 
         policy = policies.for_shop(key[0])
         head = head_as_of(res.states[key], as_of_us, policy)
         heads[key] = head
-        tallies.setdefault(key[0], ShopTally()).add_customer(head, stage_on(head, day, policy))
+        tallies.setdefault(key[0], ShopTally()).add_customer(head, stage_on(head, day, policy), policy)
     models = fit_clv_models(heads, as_of_us, policies) if with_clv else {}
 
     def gen() -> Iterator[dict[str, Any]]:

@@ -1,31 +1,106 @@
-"""Shop-level figures: NPS (all time and over a trailing window) and the stage funnel.
+"""Shop-level figures: NPS, the stage funnel and the shop KPIs of rule v2.
 
 :class:`ShopTally` is a mergeable count (per shop, or per shop and partition
 in the service): a sum of per-customer contributions. Merging the tallies of
 all partitions gives the shop's figures.
 
-* Every accepted feedback event counts once (DOMAIN.md), by its date.
+* Every accepted feedback event counts once (DOMAIN.md), by its date, and,
+  all time, under its touchpoint.
 * The funnel counts customers by their current stage.
+* The KPIs (buyers, repeat buyers, loyalty types, wallet bands, detractor
+  statuses, spend and order sums, net spend per purchase date of the last
+  365 days split by "attached or loyal") are sums of one
+  :func:`contribution` per customer, taken from the customer's folded value.
+
+What ``as of`` means for a tally: every contribution is the customer's as of
+the instant its state was last changed by an event or by the time sweep, and
+every event the tally has seen counts. The 90-day NPS window and the 365-day
+spend window are placed exactly at the requested day (the tally keeps the
+per-day sums); everything that depends on the stage (funnel, loyal share,
+loyalty types, the attached group of the spend uplift) is as of the last
+event or sweep. ``loyalty replay`` computes the same figures as of its
+``--as-of`` from the events up to then; the two agree whenever no event
+after that instant has been seen and the sweep has run at it.
 """
 
 from __future__ import annotations
 
+from fractions import Fraction
 from typing import Any
 
 from schemas.codec import dumps, loads
 from schemas.policy import ShopPolicy
 from scoring import nps
-from scoring.aggregate import Agg
-from scoring.stages import STAGES
+from scoring.aggregate import O_AMOUNT, O_DAY, O_REFUNDED, Agg, orders_in_window
+from scoring.clock import day_of
+from scoring.ltv import round_half_even
+from scoring.stages import (
+    ATTACHED,
+    LOYAL,
+    STAGES,
+    detractor_status,
+    loyalty_type,
+    wallet_band,
+)
+
+LOYALTY_TYPES = ("true", "latent", "spurious", "none", "unknown")
+WALLET_BANDS = ("committed", "moderate", "vulnerable")
+DETRACTOR_STATUSES = ("detractor", "recovered", "none")
+SPEND_WINDOW_DAYS = 365  # attached_spend_uplift compares spend_365d
+
+# Contribution slots: [buyer, repeater, loyalty type, wallet band, detractor
+# status, spend_total, purchase_count, attached-or-loyal, [[day, net], ...]]
+C_BUYER, C_REPEAT, C_TYPE, C_WALLET, C_DET, C_SPEND, C_COUNT, C_ATTACHED, C_DAYS = range(9)
+
+
+def contribution(head: Agg, stage: str | None, day: int, policy: ShopPolicy) -> list[Any] | None:
+    """One customer's share of the shop KPIs as of calendar date ``day`` (None: no customer).
+
+    ``head`` is the fold of the customer's events as of that date and
+    ``stage`` its stage then. Net spend is kept per purchase date for the
+    dates of the last 365 days, so the spend window can later be placed at any
+    date from ``day`` on. A JSON-ready list (it is stored in the state).
+    """
+    if head.first_seen_us is None:
+        return None
+    days: dict[int, int] = {}
+    for order in orders_in_window(head, day, SPEND_WINDOW_DAYS):
+        net = order[O_AMOUNT] - order[O_REFUNDED]
+        if net:
+            days[order[O_DAY]] = days.get(order[O_DAY], 0) + net
+    return [int(head.purchase_count > 0), int(head.purchase_days >= 2),
+            loyalty_type(stage, head.nps_last, policy) if stage else "unknown",
+            wallet_band(head.sow_last, policy), detractor_status(head, policy),
+            head.spend_total, head.purchase_count, int(stage in (ATTACHED, LOYAL)),
+            sorted([d, v] for d, v in days.items())]
+
+
+def _key(value: str | None) -> str:
+    return "null" if value is None else value
+
+
+def _ratio(num: int, den: int) -> float | None:
+    """num / den rounded half-even to 4 decimals (exact until then); None when den is 0."""
+    return None if den == 0 else float(round(Fraction(num, den), 4))
 
 
 class ShopTally:
-    __slots__ = ("funnel", "nps_all", "nps_days")
+    __slots__ = ("funnel", "nps_all", "nps_days", "nps_tp", "buyers", "repeaters", "types",
+                 "wallets", "detractors", "spend_sum", "count_sum", "spend_days")
 
     def __init__(self) -> None:
         self.funnel: dict[str, int] = {}
         self.nps_all = [0, 0, 0]  # promoters, passives, detractors
         self.nps_days: dict[int, list[int]] = {}  # day -> [p, pa, d], trimmed to the window
+        self.nps_tp: dict[str | None, list[int]] = {}  # touchpoint -> [p, pa, d], all time
+        self.buyers = 0
+        self.repeaters = 0
+        self.types: dict[str, int] = {}  # loyalty type -> customers
+        self.wallets: dict[str, int] = {}  # wallet band ("null": none) -> customers
+        self.detractors: dict[str, int] = {}  # detractor status ("null": none) -> customers
+        self.spend_sum = 0  # sum of spend_total
+        self.count_sum = 0  # sum of purchase_count
+        self.spend_days: dict[int, list[int]] = {}  # purchase date -> [net all, net attached/loyal]
 
     @classmethod
     def empty(cls) -> ShopTally:
@@ -40,17 +115,52 @@ class ShopTally:
         if stage_to is not None:
             self.funnel[stage_to] = self.funnel.get(stage_to, 0) + 1
 
-    def add_feedback(self, day: int, cls: int, n: int = 1) -> None:
+    def add_feedback(self, day: int, cls: int, n: int = 1, touchpoint: str | None = None) -> None:
         self.nps_all[cls] += n
         self.nps_days.setdefault(day, [0, 0, 0])[cls] += n
+        self.nps_tp.setdefault(touchpoint, [0, 0, 0])[cls] += n
 
-    def add_customer(self, head: Agg, stage: str | None) -> None:
-        """Add one customer's whole contribution (used by full recounts)."""
-        self.move(None, stage)
+    def add_contribution(self, contrib: list[Any] | None, sign: int = 1) -> None:
+        """Add (``sign`` 1) or remove (-1) one customer's :func:`contribution`."""
+        if contrib is None:
+            return
+        self.buyers += sign * contrib[C_BUYER]
+        self.repeaters += sign * contrib[C_REPEAT]
+        for counts, value in ((self.types, contrib[C_TYPE]), (self.wallets, _key(contrib[C_WALLET])),
+                              (self.detractors, _key(contrib[C_DET]))):
+            left = counts.get(value, 0) + sign
+            if left:
+                counts[value] = left
+            else:
+                del counts[value]
+        self.spend_sum += sign * contrib[C_SPEND]
+        self.count_sum += sign * contrib[C_COUNT]
+        attached = contrib[C_ATTACHED]
+        for day, net in contrib[C_DAYS]:
+            row = self.spend_days.setdefault(day, [0, 0])
+            row[0] += sign * net
+            if attached:
+                row[1] += sign * net
+            if row == [0, 0]:
+                del self.spend_days[day]  # keeps rows small: quiet days leave
+
+    def add_customer(self, head: Agg, stage: str | None, policy: ShopPolicy, sign: int = 1) -> None:
+        """Add (``sign`` 1: full recounts) or remove (-1: erasure) one customer's
+        whole contribution as of ``head.t_us``."""
+        if sign > 0:
+            self.move(None, stage)
+        else:
+            self.move(stage, None)
         for cls in range(3):
-            self.nps_all[cls] += head.fb_counts[cls]
+            self.nps_all[cls] += sign * head.fb_counts[cls]
         for day, cls in head.fb_recent:
-            self.nps_days.setdefault(day, [0, 0, 0])[cls] += 1
+            self.nps_days.setdefault(day, [0, 0, 0])[cls] += sign
+        for tp, *counts in head.fb_tp:
+            acc = self.nps_tp.setdefault(tp, [0, 0, 0])
+            for i in range(3):
+                acc[i] += sign * counts[i]
+        if head.t_us is not None:
+            self.add_contribution(contribution(head, stage, day_of(head.t_us), policy), sign)
 
     def merge(self, other: ShopTally) -> ShopTally:
         out = ShopTally()
@@ -59,10 +169,20 @@ class ShopTally:
                 out.funnel[k] = out.funnel.get(k, 0) + v
             for i in range(3):
                 out.nps_all[i] += t.nps_all[i]
-            for d, row in t.nps_days.items():
-                acc = out.nps_days.setdefault(d, [0, 0, 0])
-                for i in range(3):
-                    acc[i] += row[i]
+            for table, acc_table, width in ((t.nps_days, out.nps_days, 3), (t.nps_tp, out.nps_tp, 3),
+                                            (t.spend_days, out.spend_days, 2)):
+                for k, row in table.items():
+                    acc = acc_table.setdefault(k, [0] * width)
+                    for i in range(width):
+                        acc[i] += row[i]
+            for counts, acc in ((t.types, out.types), (t.wallets, out.wallets),
+                                (t.detractors, out.detractors)):
+                for k, v in counts.items():
+                    acc[k] = acc.get(k, 0) + v
+            out.buyers += t.buyers
+            out.repeaters += t.repeaters
+            out.spend_sum += t.spend_sum
+            out.count_sum += t.count_sum
         return out
 
     def trim(self, day: int, window_days: int) -> None:
@@ -71,6 +191,15 @@ class ShopTally:
         for d in [d for d in self.nps_days if d <= lo]:
             del self.nps_days[d]
 
+    def _spend_365d(self, as_of_day: int) -> tuple[int, int]:
+        lo = as_of_day - SPEND_WINDOW_DAYS
+        total = attached = 0
+        for d, row in self.spend_days.items():
+            if lo < d <= as_of_day:
+                total += row[0]
+                attached += row[1]
+        return total, attached
+
     def figures(self, shop_id: str, as_of_day: int, policy: ShopPolicy) -> dict[str, Any]:
         lo = as_of_day - policy.shop_nps_window_days
         win = [0, 0, 0]
@@ -78,27 +207,62 @@ class ShopTally:
             if lo < d <= as_of_day:
                 for i in range(3):
                     win[i] += row[i]
-        all_score = nps.score(*self.nps_all)
-        win_score = nps.score(*win)
+        spend_all, spend_attached = self._spend_365d(as_of_day)
+        n_attached = self.funnel.get(ATTACHED, 0) + self.funnel.get(LOYAL, 0)
+        uplift = None
+        if n_attached and self.buyers and spend_all:
+            uplift = float(round(Fraction(spend_attached * self.buyers, n_attached * spend_all) - 1, 4))
+        recovered = self.detractors.get("recovered", 0)
         return {
             "shop_id": shop_id,
-            "nps": {"score": all_score, "band": nps.band(all_score), "responses": sum(self.nps_all),
-                    "promoters": self.nps_all[0], "passives": self.nps_all[1],
-                    "detractors": self.nps_all[2]},
-            f"nps_{policy.shop_nps_window_days}d": {
-                "score": win_score, "band": nps.band(win_score), "responses": sum(win),
-                "promoters": win[0], "passives": win[1], "detractors": win[2]},
+            "nps": _nps(self.nps_all, policy),
+            f"nps_{policy.shop_nps_window_days}d": _nps(win, policy),
             "funnel": {s: self.funnel.get(s, 0) for s in STAGES},
             "customers": sum(self.funnel.values()),
+            "buyers": self.buyers,
+            "repeat_rate": _ratio(self.repeaters, self.buyers),
+            "loyal_share_of_buyers": _ratio(self.funnel.get(LOYAL, 0), self.buyers),
+            "attached_spend_uplift": uplift,
+            "average_check": (round_half_even(Fraction(self.spend_sum, self.count_sum))
+                              if self.count_sum else None),
+            "loyalty_types": {t: self.types.get(t, 0) for t in LOYALTY_TYPES},
+            "wallet_bands": {b: self.wallets.get(b, 0) for b in (*WALLET_BANDS, "null")},
+            "detractor_statuses": {s: self.detractors.get(s, 0) for s in (*DETRACTOR_STATUSES, "null")},
+            "detractors_recovered_rate": _ratio(recovered, recovered + self.detractors.get("detractor", 0)),
+            "nps_by_touchpoint": [
+                {"touchpoint": tp, **_nps(counts, policy)}
+                for tp, counts in sorted(self.nps_tp.items(), key=lambda kv: (kv[0] is not None, kv[0] or ""))
+                if any(counts)],
         }
 
     def encode(self) -> bytes:
-        return dumps([self.funnel, self.nps_all, [[d, *r] for d, r in self.nps_days.items()]])
+        # Money sums are written as decimal strings: a shop's sum of customer
+        # totals may leave 64 bits (orjson's integer range) where no single
+        # customer's can.
+        return dumps([self.funnel, self.nps_all, [[d, *r] for d, r in self.nps_days.items()],
+                      [[tp, *r] for tp, r in self.nps_tp.items()], self.buyers, self.repeaters,
+                      self.types, self.wallets, self.detractors, str(self.spend_sum), str(self.count_sum),
+                      [[d, str(a), str(b)] for d, (a, b) in self.spend_days.items()]])
 
     @classmethod
     def decode(cls, data: bytes) -> ShopTally:
-        funnel, nps_all, days = loads(data)
+        """Read :meth:`encode` output; a row written before rule v2 (funnel and NPS
+        only) decodes with empty KPI counts, which the next full recount fills."""
+        raw = loads(data)
+        funnel, nps_all, days = raw[:3]
         out = cls()
         out.funnel, out.nps_all = funnel, nps_all
         out.nps_days = {row[0]: row[1:] for row in days}
+        if len(raw) > 3:
+            (tps, out.buyers, out.repeaters, out.types, out.wallets, out.detractors, spend_sum,
+             count_sum, spend_days) = raw[3:]
+            out.nps_tp = {row[0]: row[1:] for row in tps}
+            out.spend_sum, out.count_sum = int(spend_sum), int(count_sum)
+            out.spend_days = {row[0]: [int(row[1]), int(row[2])] for row in spend_days}
         return out
+
+
+def _nps(counts: list[int], policy: ShopPolicy) -> dict[str, Any]:
+    score = nps.score(*counts)
+    return {"score": score, "band": nps.band(score, policy), "responses": sum(counts),
+            "promoters": counts[0], "passives": counts[1], "detractors": counts[2]}

@@ -19,7 +19,15 @@ from scoring.clock import day_of, rfc3339, to_us
 from scoring.fold import _Ctx, advance_time, cached_head, fold_open
 from scoring.ltv import ltv_formula
 from scoring.rewards import spend_in_window, tier_on
-from scoring.stages import loyalty_type, mean_interpurchase, purchase_days_in_window, stage_on
+from scoring.stages import (
+    DETRACTOR_STATUS,
+    detractor_status,
+    loyalty_type,
+    mean_interpurchase,
+    purchase_days_in_window,
+    stage_on,
+    wallet_band,
+)
 from scoring.state import CustomerState
 
 CLV_FIELDS = ("p_alive", "expected_purchases_90d", "expected_avg_value", "clv_365d")
@@ -75,6 +83,7 @@ def snapshot_of_head(shop_id: str, customer_id: str, h: Agg, as_of_us: int, poli
     mip = mean_interpurchase(h)
     pd90 = purchase_days_in_window(h, day, 90)
     tier, _mult, pct = tier_on(h, day, policy)
+    det_status = detractor_status(h, policy)
     out: dict[str, Any] = {
         "shop_id": shop_id,
         "customer_id": customer_id,
@@ -105,6 +114,9 @@ def snapshot_of_head(shop_id: str, customer_id: str, h: Agg, as_of_us: int, poli
         "share_of_wallet_last": h.sow_last,
         "stage": stage,
         "loyalty_type": loyalty_type(stage, h.nps_last, policy) if stage else "unknown",
+        "wallet_band": wallet_band(h.sow_last, policy),
+        "detractor_status": det_status,
+        "detractor_since": rfc3339(h.det_since) if det_status == DETRACTOR_STATUS else None,
         "tier": tier,
         "discount_pct": pct,
         "points_balance": h.points_balance,

@@ -19,6 +19,9 @@ FIRST_VISIT, FIRST_PURCHASE, REPEAT, ATTACHED, LOYAL, AT_RISK, LAPSED = (
     "first_visit", "first_purchase", "repeat", "attached", "loyal", "at_risk", "lapsed",
 )
 STAGES = (FIRST_VISIT, FIRST_PURCHASE, REPEAT, ATTACHED, LOYAL, AT_RISK, LAPSED)
+#: stages in which the customer "currently makes repeat purchases" (loyalty type, rule v2)
+REPEAT_BEHAVIOUR = frozenset((REPEAT, ATTACHED, LOYAL))
+DETRACTOR_STATUS, RECOVERED_STATUS = "detractor", "recovered"
 
 
 def purchase_days_in_window(agg: Agg, day: int, window: int) -> int:
@@ -62,6 +65,30 @@ def stage_on(agg: Agg, day: int, policy: ShopPolicy) -> str:
     return FIRST_PURCHASE
 
 
+def wallet_band(share_of_wallet: int | None, policy: ShopPolicy) -> str | None:
+    """committed (>= 70) / moderate (50-69) / vulnerable (< 50); None without an answer."""
+    if share_of_wallet is None:
+        return None
+    if share_of_wallet >= policy.wallet_committed_min_pct:
+        return "committed"
+    if share_of_wallet >= policy.wallet_moderate_min_pct:
+        return "moderate"
+    return "vulnerable"
+
+
+def detractor_status(agg: Agg, policy: ShopPolicy) -> str | None:
+    """None without feedback; detractor (nps_last <= 6); recovered (nps_last >= 7 after
+    an earlier answer <= 6); else none. ``agg.ever_det`` covers "earlier": the
+    latest answer is above 6 whenever it matters."""
+    if agg.nps_last is None:
+        return None
+    if agg.nps_last <= policy.detractor_status_max_nps:
+        return DETRACTOR_STATUS
+    if agg.nps_last >= policy.recovered_min_nps and agg.ever_det:
+        return RECOVERED_STATUS
+    return "none"
+
+
 def change_days(agg: Agg, after_day: int, through_day: int, policy: ShopPolicy) -> list[int]:
     """Sorted dates in ``(after_day, through_day]`` on which the stage may differ
     from the day before, with no new event: a purchase date leaving the attached
@@ -81,11 +108,15 @@ def change_days(agg: Agg, after_day: int, through_day: int, policy: ShopPolicy) 
 
 
 def loyalty_type(stage: str, nps_last: int | None, policy: ShopPolicy) -> str:
-    """true / latent / spurious / none from attitude x behaviour; unknown without feedback."""
+    """true / latent / spurious / none from attitude x behaviour; unknown without feedback.
+
+    Rule v2: behaviour is high while the customer makes repeat purchases,
+    i.e. in stage ``repeat``, ``attached`` or ``loyal`` (v1 excluded ``repeat``).
+    """
     if nps_last is None:
         return "unknown"
     attitude = nps_last >= policy.attitude_high_min_nps
-    behaviour = stage in (ATTACHED, LOYAL)
+    behaviour = stage in REPEAT_BEHAVIOUR
     if attitude and behaviour:
         return "true"
     if attitude:

@@ -15,6 +15,9 @@ Layout (see :mod:`scoring.fold` for how it moves)::
     next_due  earliest instant after ``clock`` at which time alone changes
               something (a lot expires, the stage moves); None if never
     totals    points earned/redeemed/expired/clawed back as of ``clock``
+    kpi       the customer's contribution to its shop's KPIs as of ``clock``
+              (:func:`scoring.shop.contribution`), so that the service can
+              update shop tallies by difference; None in a version-1 state
 
 Size bounds (defaults; all are policy settings):
 
@@ -39,7 +42,11 @@ from typing import Any
 from schemas.codec import dumps, loads
 from scoring.aggregate import Agg
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Formats this build decodes. Version 1 (before rule v2) lacks the aggregate's
+# detractor and touchpoint slots; changelogs in production still hold such
+# states, and they are upgraded on read (scoring.aggregate.Agg.from_list).
+READABLE_VERSIONS = (1, 2)
 
 
 class StateFormatError(ValueError):
@@ -48,7 +55,7 @@ class StateFormatError(ValueError):
 
 class CustomerState:
     __slots__ = ("shop_id", "customer_id", "ckpt", "buf", "seen", "emitted", "max_ts",
-                 "frontier", "clock", "stage", "next_due", "totals", "head")
+                 "frontier", "clock", "stage", "next_due", "totals", "kpi", "head")
 
     def __init__(self, shop_id: str, customer_id: str) -> None:
         self.shop_id = shop_id
@@ -63,6 +70,7 @@ class CustomerState:
         self.stage: str | None = None
         self.next_due: int | None = None
         self.totals = [0, 0, 0, 0]  # head points earned, redeemed, expired, clawed back (metrics)
+        self.kpi: list[Any] | None = None
         # Not serialized: (policy, Agg) = the re-fold as of ``clock`` under that
         # policy object, kept while the object lives so that in-order events
         # need not re-fold the buffer. A decoded state starts without it.
@@ -77,18 +85,20 @@ class CustomerState:
             FORMAT_VERSION, self.shop_id, self.customer_id, self.ckpt.to_list(), self.buf,
             [[k, *v] for k, v in self.seen.items()],
             [[k, *v] for k, v in self.emitted.items()],
-            self.max_ts, self.frontier, self.clock, self.stage, self.next_due, self.totals,
+            self.max_ts, self.frontier, self.clock, self.stage, self.next_due, self.totals, self.kpi,
         ])
 
     @classmethod
     def decode(cls, data: bytes) -> CustomerState:
         try:
             raw: list[Any] = loads(data)
-            if raw[0] != FORMAT_VERSION:
-                raise StateFormatError(f"state format {raw[0]!r}; this build reads {FORMAT_VERSION}")
+            if raw[0] not in READABLE_VERSIONS:
+                raise StateFormatError(f"state format {raw[0]!r}; this build reads {READABLE_VERSIONS}")
             new = cls.__new__(cls)
+            if raw[0] == 1:
+                raw = [*raw, None]  # version 1 had no shop KPI contribution
             (_, new.shop_id, new.customer_id, ckpt, new.buf, seen, emitted, new.max_ts,
-             new.frontier, new.clock, new.stage, new.next_due, new.totals) = raw
+             new.frontier, new.clock, new.stage, new.next_due, new.totals, new.kpi) = raw
             new.ckpt = Agg.from_list(ckpt)
             new.head = None
             new.seen = {row[0]: row[1:] for row in seen}

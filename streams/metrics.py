@@ -177,3 +177,54 @@ class Metrics:
     def render(self) -> bytes:
         """The Prometheus text exposition of this registry."""
         return generate_latest(self.registry)
+
+
+# -- Shop KPIs (rule v2) ---------------------------------------------------------
+# Kept as one appended block: the sweep publishes shop gauges through
+# Metrics.set_shop_figures, which is extended here to also publish the numeric
+# KPIs of ShopTally.figures(). Like loyalty_shop_nps, they cover the partitions
+# this worker owns: with several workers, the counts add up across workers and
+# the ratios are per worker (GET /shops/{shop} has the merged figures).
+_KPI_SCALARS = ("buyers", "repeat_rate", "loyal_share_of_buyers", "attached_spend_uplift",
+                "average_check", "detractors_recovered_rate")
+_KPI_COUNTS = ("loyalty_types", "wallet_bands", "detractor_statuses")
+
+
+def _kpi_gauges(metrics: Metrics) -> tuple[Gauge, Gauge]:
+    gauges = metrics.__dict__.get("_kpi_gauges")
+    if gauges is None:
+        gauges = metrics.__dict__["_kpi_gauges"] = (
+            Gauge("loyalty_shop_kpi", "Shop KPI (rule v2) over the partitions this worker owns; "
+                  "ratios as fractions, average_check in minor units.",
+                  ["shop", "kpi"], registry=metrics.registry),
+            Gauge("loyalty_shop_customers_by", "Customers per loyalty type, wallet band or detractor "
+                  "status ('null': none) over the partitions this worker owns.",
+                  ["shop", "dimension", "value"], registry=metrics.registry))
+    return gauges
+
+
+def set_shop_kpis(metrics: Metrics, shop_id: str, figures: Mapping[str, Any]) -> None:
+    """Publish the numeric KPIs of ``figures``; a null KPI leaves its gauge as it was."""
+    scalars, counts = _kpi_gauges(metrics)
+    for name in _KPI_SCALARS:
+        value = figures.get(name)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            scalars.labels(shop_id, name).set(value)
+    for dimension in _KPI_COUNTS:
+        node = figures.get(dimension)
+        if isinstance(node, Mapping):
+            for value, n in node.items():
+                if isinstance(n, int) and not isinstance(n, bool):
+                    counts.labels(shop_id, dimension, str(value)).set(n)
+
+
+_set_funnel_and_nps = Metrics.set_shop_figures
+
+
+def _set_shop_figures(self: Metrics, shop_id: str, figures: Mapping[str, Any]) -> None:
+    _set_funnel_and_nps(self, shop_id, figures)
+    set_shop_kpis(self, shop_id, figures)
+
+
+_set_shop_figures.__doc__ = _set_funnel_and_nps.__doc__
+Metrics.set_shop_figures = _set_shop_figures  # type: ignore[method-assign]

@@ -1,19 +1,24 @@
 """Per-partition shop tallies: how the service maintains ``scoring.shop.ShopTally``.
 
 A tally row (key ``b"shop|<partition>"``) counts the customers of one shop
-stored in one partition: the stage funnel and the NPS answers. It changes in
-two ways:
+stored in one partition: the stage funnel, the NPS answers (by date and by
+touchpoint) and the rule-v2 KPI sums. It changes in two ways:
 
 * incrementally, by a :class:`TallyDelta` per state change (the agent and the
   sweep): the customer's stage moved from ``stage_before`` to ``stage_after``,
-  and, for an accepted feedback event, one answer of class ``cls`` on ``day``;
+  its KPI contribution (:func:`scoring.shop.contribution`, kept in the state as
+  of its clock) changed from ``kpi_before`` to ``kpi_after``, and, for an
+  accepted feedback event, one answer of class ``cls`` on ``day`` at a touchpoint;
 * exactly, by :func:`recount_contribution` summed over every customer row of
   the partition (the sweep), which repairs any drift left by a crash between
   the state write and the tally write.
 
 The two agree because every accepted feedback event is in the customer's
-fold (``head.fb_counts``) exactly once, and the stage in the state is the one
-the last transition moved the customer to.
+fold (``head.fb_counts``, ``head.fb_tp``) exactly once, the stage in the state
+is the one the last transition moved the customer to, and the KPI
+contribution in the state is computed from the same fold as of the same
+instant as the recount's. So the figures are as of each customer's last event
+or sweep (see :mod:`scoring.shop` for what that means per figure).
 """
 
 from __future__ import annotations
@@ -33,13 +38,19 @@ class TallyDelta:
 
     stage_before: str | None
     stage_after: str | None
-    feedback: tuple[int, int] | None = None  # (day number, NPS class) of an accepted answer
+    # (day number, NPS class, touchpoint) of an accepted answer
+    feedback: tuple[int, int, str | None] | None = None
+    kpi_before: list[Any] | None = None
+    kpi_after: list[Any] | None = None
 
     def apply(self, tally: ShopTally) -> ShopTally:
         """Apply to ``tally`` in place and return it."""
         tally.move(self.stage_before, self.stage_after)
         if self.feedback is not None:
-            tally.add_feedback(self.feedback[0], self.feedback[1])
+            tally.add_feedback(self.feedback[0], self.feedback[1], touchpoint=self.feedback[2])
+        if self.kpi_before != self.kpi_after:
+            tally.add_contribution(self.kpi_before, -1)
+            tally.add_contribution(self.kpi_after)
         return tally
 
 
@@ -50,14 +61,16 @@ def delta_for_event(outcome: Any, event: Any, policy: ShopPolicy, was_new: bool)
 
     feedback = None
     if event.type == "feedback" and outcome.status == "applied":
-        feedback = (day_of(to_us(event.occurred_at)), nps.classify(event.nps, policy))
+        feedback = (day_of(to_us(event.occurred_at)), nps.classify(event.nps, policy), event.touchpoint)
     before = None if was_new else outcome.stage_before
-    return TallyDelta(before, outcome.stage_after, feedback)
+    return TallyDelta(before, outcome.stage_after, feedback,
+                      None if was_new else outcome.kpi_before, outcome.kpi_after)
 
 
 def delta_for_advance(outcome: Any) -> TallyDelta:
-    """The tally change of a time sweep (stage only)."""
-    return TallyDelta(outcome.stage_before, outcome.stage_after)
+    """The tally change of a time sweep (stage and KPI contribution)."""
+    return TallyDelta(outcome.stage_before, outcome.stage_after,
+                      kpi_before=outcome.kpi_before, kpi_after=outcome.kpi_after)
 
 
 def recount_contribution(tally: ShopTally, state: CustomerState, policy: ShopPolicy) -> None:
@@ -65,7 +78,7 @@ def recount_contribution(tally: ShopTally, state: CustomerState, policy: ShopPol
     from scoring.snapshot import head_as_of
 
     head = head_as_of(state, state.clock if state.clock is not None else 0, policy)
-    tally.add_customer(head, state.stage)
+    tally.add_customer(head, state.stage, policy)
 
 
 def update_row(raw: bytes | None, delta: TallyDelta) -> bytes:

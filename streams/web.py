@@ -9,8 +9,12 @@ Endpoints:
   worker that actively owns the customer's partition (one hop at most: a
   proxied request carries ``X-Loyalty-Routed`` and is always answered
   locally, so inconsistent routing metadata during a rebalance cannot loop).
-* ``GET /shops/{shop_id}[?as_of=RFC3339]`` - NPS (all time and window) and the
-  stage funnel. Shop tallies are partitioned like the customers; the answering
+* ``GET /shops/{shop_id}[?as_of=RFC3339]`` - NPS (all time, window, per
+  touchpoint), the stage funnel and the rule-v2 KPIs (``ShopTally.figures``:
+  the same object ``loyalty replay --shops-out`` writes per shop). ``as_of``
+  places the 90-day NPS and 365-day spend windows; stage-dependent figures
+  are as of each customer's last event or time sweep (see
+  :mod:`scoring.shop`). Shop tallies are partitioned like the customers; the answering
   worker merges its own partitions with those of every other worker (fan-out
   over ``/internal/shops/{shop}/tally``). Chosen over a ``GlobalTable``
   because every worker would otherwise replay every shop's changelog and

@@ -37,7 +37,8 @@ def customer_events(draw: Any) -> list[tuple[Any, bytes]]:
         elif kind == "visit":
             data = visit(when, event_id=eid)
         elif kind == "feedback":
-            data = feedback(when, draw(st.integers(0, 10)), event_id=eid)
+            data = feedback(when, draw(st.integers(0, 10)), event_id=eid,
+                            touchpoint=draw(st.sampled_from([None, "web", "store"])))
         else:
             data = redeem(when, draw(st.integers(1, 900)), event_id=eid)
         out.append((when, data))

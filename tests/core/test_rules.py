@@ -55,7 +55,7 @@ def test_round_half_even_on_margin() -> None:
 
 @pytest.mark.parametrize(("value", "band"), [
     (-100, "poor"), (0, "poor"), (0.1, "average"), (30, "average"), (30.1, "good"), (50, "good"),
-    (50.1, "strong"), (70, "strong"), (70.1, "leader"), (100, "leader"), (None, None)])
+    (50.1, "strong"), (69.9, "strong"), (70, "leader"), (100, "leader"), (None, None)])
 def test_nps_bands_at_their_edges(value: float | None, band: str | None) -> None:
     assert nps.band(value) == band
 
@@ -245,7 +245,8 @@ def test_time_moves_customers_out_of_attached() -> None:
 
 
 @pytest.mark.parametrize(("nps_value", "stage_days", "expected"), [
-    (None, 1, "unknown"), (9, 4, "true"), (9, 1, "latent"), (8, 4, "spurious"), (3, 1, "none")])
+    (None, 1, "unknown"), (9, 4, "true"), (9, 2, "true"), (9, 1, "latent"), (8, 4, "spurious"),
+    (8, 2, "spurious"), (3, 1, "none")])
 def test_loyalty_types(nps_value: int | None, stage_days: int, expected: str) -> None:
     c = Customer()
     for d in range(stage_days):

@@ -9,7 +9,13 @@ import pytest
 from schemas import export
 from schemas.codec import dumps, loads
 from schemas.events import MAX_EVENT_BYTES, InvalidEvent, parse_event
-from schemas.outputs import CustomerSnapshot, LedgerEntry, StageTransition, VoidRecord
+from schemas.outputs import (
+    CustomerSnapshot,
+    DetractorAlert,
+    LedgerEntry,
+    StageTransition,
+    VoidRecord,
+)
 from schemas.policy import PolicyBook, PolicyError
 from tests.core.conftest import Customer
 from tests.core.factory import NOW, at, feedback, iso, purchase, redeem, refund, visit
@@ -133,15 +139,17 @@ def test_every_output_record_matches_its_contract() -> None:
     c = Customer()
     c.send(visit(at(-1)), purchase(at(0), 60_000, order_id="a"), purchase(at(1), 300, order_id="b"),
            refund(at(2), "a", 30_000), redeem(at(3), 10_000), redeem(at(4), 10), feedback(at(5), 9),
+           feedback(at(5.5), 2, comment="slow", touchpoint="store"), feedback(at(5.7), 9),
            purchase(at(6), 100, order_id="c"), purchase(at(7), 100, order_id="d"),
            purchase(at(8), 100, order_id="e"), purchase(at(4.5), 100, order_id="late"))
     # the late purchase makes "d" the 5th purchase: e's free item is voided, d's is issued
     assert [e for e in c.effects if e.get("void")], "the free item of 'e' should have been voided"
     kinds = set()
     for e in c.effects:
-        model = VoidRecord if e.get("void") else (LedgerEntry if e["kind"] == "ledger" else StageTransition)
+        model = VoidRecord if e.get("void") else {
+            "ledger": LedgerEntry, "transition": StageTransition, "alert": DetractorAlert}[e["kind"]]
         model.model_validate(e)
         kinds.add(e.get("entry", e["kind"]))
-    assert {"earn", "clawback", "redeem", "redemption_rejected", "free_item", "transition"} <= kinds
+    assert {"earn", "clawback", "redeem", "redemption_rejected", "free_item", "transition", "alert"} <= kinds
     CustomerSnapshot.model_validate(c.snap(at(800)))
     assert c.snap(at(800))["points_expired_total"] > 0
