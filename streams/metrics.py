@@ -113,6 +113,20 @@ class Metrics:
             "loyalty_restored_records_total",
             "Changelog records written to local stores by the bulk restore "
             "(the rest of a recovery is replayed by Faust).", registry=r)
+        # --- Operations (streams/health.py; README "Operations") ---------------------
+        self.consumer_lag = Gauge(
+            "loyalty_consumer_lag",
+            "Records not yet processed per input partition assigned to this worker: "
+            "end offset minus the group's committed offset.",
+            ["topic", "partition"], registry=r)
+        self.ready = Gauge(
+            "loyalty_ready",
+            "1 when /health/ready answers 200 (partitions assigned, tables recovered, "
+            "broker reachable), else 0.", registry=r)
+        self.broker_contact_age = Gauge(
+            "loyalty_broker_last_contact_age_seconds",
+            "Seconds since the worker's last successful request to the broker "
+            "(updated every probe round).", registry=r)
 
     def observe_effects(self, effects: Iterable[Mapping[str, Any]]) -> None:
         """Count published effects (ledger entries and transitions)."""
@@ -160,3 +174,19 @@ class Metrics:
     def render(self) -> bytes:
         """The Prometheus text exposition of this registry."""
         return generate_latest(self.registry)
+
+
+def add_process_metrics(metrics: Metrics) -> None:
+    """Register prometheus_client's default collectors on this worker's registry.
+
+    ``process_*`` (CPU seconds, resident memory, open fds, start time; Linux
+    only), ``python_info`` and ``python_gc_*``, the series every Prometheus
+    dashboard expects. Called once per worker process (a second call raises
+    ``ValueError``: duplicated time series); not in :class:`Metrics` itself
+    because several test apps in one process would report the same process.
+    """
+    from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
+
+    ProcessCollector(registry=metrics.registry)
+    PlatformCollector(registry=metrics.registry)
+    GCCollector(registry=metrics.registry)
