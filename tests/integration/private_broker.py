@@ -10,6 +10,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tests.integration.test_broker import _free_port_pair
@@ -34,12 +37,32 @@ class PrivateBroker:
                               text=True, timeout=timeout,
                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
-    def start(self) -> None:
-        """Start (or restart on the same data); raises with the CLI's output on failure."""
-        done = self._cli("start")
-        if done.returncode != 0:
-            raise AssertionError(f"private broker did not start:\n{done.stdout}{done.stderr}")
+    def start(self, attempts: int = 3) -> None:
+        """Start (or restart on the same data); raises with the CLI's output on failure.
+
+        A restart right after a stop can find the controller port not yet
+        released by the kernel ("Address already in use"): it is retried.
+        """
+        for attempt in range(attempts):
+            done = self._cli("start")
+            if done.returncode == 0:
+                return
+            if "already in use" not in done.stdout + done.stderr or attempt == attempts - 1:
+                break
+            time.sleep(2.0)
+        raise AssertionError(f"private broker did not start:\n{done.stdout}{done.stderr}")
 
     def stop(self) -> None:
         """Graceful stop; idempotent."""
         self._cli("stop", timeout=60)
+
+
+@contextmanager
+def running_broker(directory: Path) -> Iterator[PrivateBroker]:
+    """A started :class:`PrivateBroker`, stopped on exit whatever happened."""
+    broker = PrivateBroker(directory)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()

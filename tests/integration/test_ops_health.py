@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.private_broker import PrivateBroker
+from tests.integration.private_broker import PrivateBroker, running_broker
 from tests.integration.service_harness import ServiceEnv
 
 MAX_AGE_S = 4.0  # LOYALTY_READY_BROKER_MAX_AGE_S: probe every 4/3 s
@@ -25,10 +25,8 @@ REPEAT_S = 5.0  # LOYALTY_LOG_REPEAT_INTERVAL_S
 
 @pytest.fixture
 def private_broker(tmp_path: Path) -> Iterator[PrivateBroker]:
-    broker = PrivateBroker(tmp_path / "broker")
-    broker.start()
-    yield broker
-    broker.stop()
+    with running_broker(tmp_path / "broker") as broker:
+        yield broker
 
 
 def _wait_status(worker, path: str, status: int, timeout: float) -> tuple[float, dict]:
