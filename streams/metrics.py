@@ -88,7 +88,9 @@ class Metrics:
             "loyalty_customers", "Customers per stage per shop (partitions owned by this worker).",
             ["shop", "stage"], registry=r)
         self.nps = Gauge(
-            "loyalty_shop_nps", "All-time NPS per shop (partitions owned by this worker).",
+            "loyalty_shop_nps",
+            "Deprecated (a ratio cannot be summed across workers): use loyalty_shop_nps_promoters, "
+            "_detractors and _responses. All-time NPS per shop, partitions owned by this worker.",
             ["shop"], registry=r)
         self.table_rows = Gauge(
             "loyalty_table_rows", "Rows in the locally owned partitions of each table.",
@@ -127,6 +129,22 @@ class Metrics:
             "loyalty_broker_last_contact_age_seconds",
             "Seconds since the worker's last successful request to the broker "
             "(updated every probe round).", registry=r)
+        # NPS as counts, so workers can be summed: NPS = 100 * (promoters - detractors) /
+        # responses over the sums (the loyalty_shop_nps ratio above cannot be summed).
+        self.nps_promoters = Gauge(
+            "loyalty_shop_nps_promoters",
+            "All-time NPS promoters per shop (thresholds from the shop policy), "
+            "partitions owned by this worker.",
+            ["shop"], registry=r)
+        self.nps_detractors = Gauge(
+            "loyalty_shop_nps_detractors",
+            "All-time NPS detractors per shop (thresholds from the shop policy), "
+            "partitions owned by this worker.",
+            ["shop"], registry=r)
+        self.nps_responses = Gauge(
+            "loyalty_shop_nps_responses",
+            "All-time NPS responses per shop, partitions owned by this worker.",
+            ["shop"], registry=r)
 
     def observe_effects(self, effects: Iterable[Mapping[str, Any]]) -> None:
         """Count published effects (ledger entries and transitions)."""
@@ -170,6 +188,14 @@ class Metrics:
             nps = node
         if isinstance(nps, int | float) and not isinstance(nps, bool):
             self.nps.labels(shop_id).set(nps)
+        counts = figures.get("nps")
+        if isinstance(counts, Mapping):
+            for gauge, name in ((self.nps_promoters, "promoters"),
+                                (self.nps_detractors, "detractors"),
+                                (self.nps_responses, "responses")):
+                value = counts.get(name)
+                if isinstance(value, int) and not isinstance(value, bool):
+                    gauge.labels(shop_id).set(value)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of this registry."""
