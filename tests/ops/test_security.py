@@ -1,10 +1,9 @@
 """Kafka security settings: validation and the client configuration they generate.
 
-A real SASL round trip is not tested here: ``loyalty broker`` writes a fixed
-PLAINTEXT-only ``server.properties`` with no hook for extra listeners, so the
-local broker cannot offer a SASL listener without changing the broker
-command. The generated aiokafka and Faust configuration is checked for every
-protocol instead, with real TLS contexts built from real certificate files.
+Checked for every protocol and mechanism, with real TLS contexts built from
+real certificate files, and against Faust's own conversion of its
+credentials. The real SASL_PLAINTEXT round trip through a broker is in
+tests/integration/test_ops_sasl.py.
 """
 
 from __future__ import annotations
