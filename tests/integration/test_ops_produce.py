@@ -140,9 +140,11 @@ def _stop_after(broker: PrivateBroker, proc: subprocess.Popen[str], seconds: flo
     return t
 
 
-@pytest.fixture
-def private_broker(tmp_path: Path) -> Iterator[PrivateBroker]:
-    with running_broker(tmp_path / "broker") as broker:
+@pytest.fixture(scope="module")
+def private_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateBroker]:
+    """One private broker for the outage tests (a start costs 15-30 s); each test
+    leaves it running and uses its own topics (ServiceEnv names)."""
+    with running_broker(tmp_path_factory.mktemp("broker")) as broker:
         yield broker
 
 
@@ -150,6 +152,7 @@ def _produce_through_outage(broker: PrivateBroker, tmp_path: Path, tag: str,
                             delivery_timeout: float, restart: bool,
                             ) -> tuple[ServiceEnv, list[bytes], subprocess.Popen[str], str, str]:
     """Produce 1500 lines at 300/s and stop the broker 1.5 s in (restart it if asked)."""
+    broker.start()  # a no-op when running; restarts it if an earlier test left it stopped
     env = ServiceEnv(broker.bootstrap, tmp_path)
     env.create_topics()
     lines = _write(tmp_path / "events.jsonl", 1500, tag)
