@@ -209,12 +209,15 @@ def create_service(
     misconfigured worker fails at startup, not at the first event.
     """
     from schemas.policy import PolicyBook
+    from streams.security import faust_credentials
 
     if policies is None:
         policies = PolicyBook.load(settings.policy_file)
     app = faust.App(
         settings.app_id,
         broker=settings.broker,
+        # SSL/SASL for managed Kafka (LOYALTY_SECURITY_PROTOCOL ...); None = PLAINTEXT.
+        broker_credentials=faust_credentials(settings),
         store=settings.store,
         # One directory per app id: Faust names local stores after the table
         # only, so two apps sharing a data dir would share (corrupt) stores.

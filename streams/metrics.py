@@ -88,7 +88,9 @@ class Metrics:
             "loyalty_customers", "Customers per stage per shop (partitions owned by this worker).",
             ["shop", "stage"], registry=r)
         self.nps = Gauge(
-            "loyalty_shop_nps", "All-time NPS per shop (partitions owned by this worker).",
+            "loyalty_shop_nps",
+            "Deprecated (a ratio cannot be summed across workers): use loyalty_shop_nps_promoters, "
+            "_detractors and _responses. All-time NPS per shop, partitions owned by this worker.",
             ["shop"], registry=r)
         self.table_rows = Gauge(
             "loyalty_table_rows", "Rows in the locally owned partitions of each table.",
@@ -130,6 +132,43 @@ class Metrics:
         self.align_forced = Counter(
             "loyalty_align_forced_records_total",
             "Records released while an idle input partition was not waited for.", registry=r)
+        self.shop_kpi = Gauge(
+            "loyalty_shop_kpi", "Shop KPI (rule v2) over the partitions this worker owns; "
+            "ratios as fractions, average_check in minor units.", ["shop", "kpi"], registry=r)
+        self.shop_customers_by = Gauge(
+            "loyalty_shop_customers_by", "Customers per loyalty type, wallet band or detractor "
+            "status ('null': none) over the partitions this worker owns.",
+            ["shop", "dimension", "value"], registry=r)
+        # --- Operations (streams/health.py; README "Operations") ---------------------
+        self.consumer_lag = Gauge(
+            "loyalty_consumer_lag",
+            "Records not yet processed per input partition assigned to this worker: "
+            "end offset minus the group's committed offset.",
+            ["topic", "partition"], registry=r)
+        self.ready = Gauge(
+            "loyalty_ready",
+            "1 when /health/ready answers 200 (partitions assigned, tables recovered, "
+            "broker reachable), else 0.", registry=r)
+        self.broker_contact_age = Gauge(
+            "loyalty_broker_last_contact_age_seconds",
+            "Seconds since the worker's last successful request to the broker "
+            "(updated every probe round).", registry=r)
+        # NPS as counts, so workers can be summed: NPS = 100 * (promoters - detractors) /
+        # responses over the sums (the loyalty_shop_nps ratio above cannot be summed).
+        self.nps_promoters = Gauge(
+            "loyalty_shop_nps_promoters",
+            "All-time NPS promoters per shop (thresholds from the shop policy), "
+            "partitions owned by this worker.",
+            ["shop"], registry=r)
+        self.nps_detractors = Gauge(
+            "loyalty_shop_nps_detractors",
+            "All-time NPS detractors per shop (thresholds from the shop policy), "
+            "partitions owned by this worker.",
+            ["shop"], registry=r)
+        self.nps_responses = Gauge(
+            "loyalty_shop_nps_responses",
+            "All-time NPS responses per shop, partitions owned by this worker.",
+            ["shop"], registry=r)
 
     def observe_effects(self, effects: Iterable[Mapping[str, Any]]) -> None:
         """Count published effects (ledger entries and transitions)."""
@@ -173,6 +212,15 @@ class Metrics:
             nps = node
         if isinstance(nps, int | float) and not isinstance(nps, bool):
             self.nps.labels(shop_id).set(nps)
+        counts = figures.get("nps")
+        if isinstance(counts, Mapping):
+            for gauge, name in ((self.nps_promoters, "promoters"),
+                                (self.nps_detractors, "detractors"),
+                                (self.nps_responses, "responses")):
+                value = counts.get(name)
+                if isinstance(value, int) and not isinstance(value, bool):
+                    gauge.labels(shop_id).set(value)
+        set_shop_kpis(self, shop_id, figures)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of this registry."""
@@ -180,8 +228,7 @@ class Metrics:
 
 
 # -- Shop KPIs (rule v2) ---------------------------------------------------------
-# Kept as one appended block: the sweep publishes shop gauges through
-# Metrics.set_shop_figures, which is extended here to also publish the numeric
+# Metrics.set_shop_figures (called by the sweep) also publishes the numeric
 # KPIs of ShopTally.figures(). Like loyalty_shop_nps, they cover the partitions
 # this worker owns: with several workers, the counts add up across workers and
 # the ratios are per worker (GET /shops/{shop} has the merged figures).
@@ -190,22 +237,9 @@ _KPI_SCALARS = ("buyers", "repeat_rate", "loyal_share_of_buyers", "attached_spen
 _KPI_COUNTS = ("loyalty_types", "wallet_bands", "detractor_statuses")
 
 
-def _kpi_gauges(metrics: Metrics) -> tuple[Gauge, Gauge]:
-    gauges = metrics.__dict__.get("_kpi_gauges")
-    if gauges is None:
-        gauges = metrics.__dict__["_kpi_gauges"] = (
-            Gauge("loyalty_shop_kpi", "Shop KPI (rule v2) over the partitions this worker owns; "
-                  "ratios as fractions, average_check in minor units.",
-                  ["shop", "kpi"], registry=metrics.registry),
-            Gauge("loyalty_shop_customers_by", "Customers per loyalty type, wallet band or detractor "
-                  "status ('null': none) over the partitions this worker owns.",
-                  ["shop", "dimension", "value"], registry=metrics.registry))
-    return gauges
-
-
 def set_shop_kpis(metrics: Metrics, shop_id: str, figures: Mapping[str, Any]) -> None:
     """Publish the numeric KPIs of ``figures``; a null KPI leaves its gauge as it was."""
-    scalars, counts = _kpi_gauges(metrics)
+    scalars, counts = metrics.shop_kpi, metrics.shop_customers_by
     for name in _KPI_SCALARS:
         value = figures.get(name)
         if isinstance(value, int | float) and not isinstance(value, bool):
@@ -218,13 +252,17 @@ def set_shop_kpis(metrics: Metrics, shop_id: str, figures: Mapping[str, Any]) ->
                     counts.labels(shop_id, dimension, str(value)).set(n)
 
 
-_set_funnel_and_nps = Metrics.set_shop_figures
+def add_process_metrics(metrics: Metrics) -> None:
+    """Register prometheus_client's default collectors on this worker's registry.
 
+    ``process_*`` (CPU seconds, resident memory, open fds, start time; Linux
+    only), ``python_info`` and ``python_gc_*``, the series every Prometheus
+    dashboard expects. Called once per worker process (a second call raises
+    ``ValueError``: duplicated time series); not in :class:`Metrics` itself
+    because several test apps in one process would report the same process.
+    """
+    from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
 
-def _set_shop_figures(self: Metrics, shop_id: str, figures: Mapping[str, Any]) -> None:
-    _set_funnel_and_nps(self, shop_id, figures)
-    set_shop_kpis(self, shop_id, figures)
-
-
-_set_shop_figures.__doc__ = _set_funnel_and_nps.__doc__
-Metrics.set_shop_figures = _set_shop_figures  # type: ignore[method-assign]
+    ProcessCollector(registry=metrics.registry)
+    PlatformCollector(registry=metrics.registry)
+    GCCollector(registry=metrics.registry)

@@ -26,8 +26,9 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_KAFKA_VERSION = "3.9.1"
@@ -226,6 +227,54 @@ class Settings(BaseSettings):
         "a metadata request before killing it and failing.",
     )
 
+    # --- Operations: health and logging ------------------------------------------------
+    ready_broker_max_age_s: float = Field(
+        15.0, gt=0,
+        description="Default 15. /health/ready answers 503 when the worker's last successful "
+        "request to the broker (a metadata and end-offsets probe every third of this, at most "
+        "every 5 s) is older than this many seconds.",
+    )
+    log_repeat_interval_s: float = Field(
+        30.0, ge=0,
+        description="Default 30. The worker logs a repeated message (same logger, same "
+        "template, e.g. a connection error during a broker outage) at most once per this "
+        "many seconds, then reports how many it suppressed. 0 disables the rate limit.",
+    )
+
+    # --- Kafka security (managed Kafka: Confluent Cloud, MSK, Aiven ...) ----------------
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT",
+        description="Default PLAINTEXT. Kafka security protocol: PLAINTEXT, SSL, "
+        "SASL_PLAINTEXT or SASL_SSL.",
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "PLAIN",
+        description="Default PLAIN. SASL mechanism for the SASL_* protocols: PLAIN, "
+        "SCRAM-SHA-256 or SCRAM-SHA-512.",
+    )
+    sasl_username: str | None = Field(
+        None, description="Default unset. SASL user name (required by the SASL_* protocols).",
+    )
+    sasl_password: SecretStr | None = Field(
+        None,
+        description="Default unset. SASL password (required by the SASL_* protocols); a "
+        "secret: never logged or printed.",
+    )
+    ssl_cafile: Path | None = Field(
+        None,
+        description="Default unset (the system CAs). PEM file of the CAs that sign the "
+        "broker certificates (SSL and SASL_SSL).",
+    )
+    ssl_certfile: Path | None = Field(
+        None,
+        description="Default unset. PEM client certificate for mutual TLS (SSL and SASL_SSL); "
+        "needs LOYALTY_SSL_KEYFILE unless the key is in the same file.",
+    )
+    ssl_keyfile: Path | None = Field(
+        None,
+        description="Default unset. PEM private key of LOYALTY_SSL_CERTFILE.",
+    )
+
     @field_validator("broker")
     @classmethod
     def _check_broker(cls, value: str) -> str:
@@ -249,6 +298,43 @@ class Settings(BaseSettings):
             path = _default_cache_root() / "loyalty-scorer" / f"kafka-{self.kafka_version}"
             # frozen model: bypass the frozen check exactly once, during validation.
             object.__setattr__(self, "kafka_cache_dir", path)
+        return self
+
+    @field_validator("sasl_username", "ssl_cafile", "ssl_certfile", "ssl_keyfile", mode="before")
+    @classmethod
+    def _empty_security_is_none(cls, value: object) -> object:
+        # An empty variable in a ConfigMap or compose file means "unset".
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _check_security(self) -> Settings:
+        # Fail at startup naming the variables, not at the first connection with
+        # an opaque handshake error (see streams/security.py for the clients).
+        protocol = self.security_protocol
+        password = self.sasl_password.get_secret_value() if self.sasl_password else ""
+        if protocol.startswith("SASL_"):
+            missing = [name for name, value in (("LOYALTY_SASL_USERNAME", self.sasl_username),
+                                                ("LOYALTY_SASL_PASSWORD", password))
+                       if not value]
+            if missing:
+                raise ValueError(f"LOYALTY_SECURITY_PROTOCOL={protocol} needs "
+                                 + " and ".join(missing))
+        elif self.sasl_username or password:
+            raise ValueError("LOYALTY_SASL_USERNAME/LOYALTY_SASL_PASSWORD are set but "
+                             f"LOYALTY_SECURITY_PROTOCOL={protocol} does not use SASL "
+                             "(use SASL_PLAINTEXT or SASL_SSL)")
+        files = {"LOYALTY_SSL_CAFILE": self.ssl_cafile, "LOYALTY_SSL_CERTFILE": self.ssl_certfile,
+                 "LOYALTY_SSL_KEYFILE": self.ssl_keyfile}
+        if protocol not in ("SSL", "SASL_SSL"):
+            given = [name for name, path in files.items() if path is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)} set but LOYALTY_SECURITY_PROTOCOL="
+                                 f"{protocol} does not use TLS (use SSL or SASL_SSL)")
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            raise ValueError("LOYALTY_SSL_KEYFILE needs LOYALTY_SSL_CERTFILE")
+        for name, path in files.items():
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name}={path}: no such file")
         return self
 
     # --- Derived values ----------------------------------------------------------------

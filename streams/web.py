@@ -21,9 +21,9 @@ Endpoints:
   Faust's global tables have a history of recovery bugs; fan-out costs one
   request per worker and reads only active (never standby) rows. 503 if some
   partition has no owner right now (rebalance in progress).
-* ``GET /health`` - liveness, ``ready`` (false while a rebalance or changelog
-  recovery is under way; data endpoints then answer 503) and owned partitions; ``GET /metrics`` - the
-  Prometheus text format. Neither needs the token.
+* ``GET /health/live``, ``GET /health/ready`` (200 or 503 with a JSON reason) and
+  the ``GET /health`` summary: see :func:`register_health`. ``GET /metrics`` - the
+  Prometheus text format. None of them needs the token.
 
 Authentication: when ``LOYALTY_API_TOKEN`` is set, data endpoints need
 ``Authorization: Bearer <token>`` (compared in constant time), else 401.
@@ -223,14 +223,64 @@ def register_web(service: LoyaltyService) -> None:
             policy = service.policies.for_shop(shop_id)
             return json(self, tally.figures(shop_id, day_of(to_us(as_of)), policy))
 
+    register_health(service)
+
+    @app.page("/metrics")
+    class MetricsView(View):
+        async def get(self, request: Any) -> Any:
+            # aiohttp refuses a charset inside content_type=, so set the header.
+            return self.bytes(service.metrics.render(),
+                              headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def register_health(service: LoyaltyService) -> None:
+    """Add ``/health``, ``/health/live`` and ``/health/ready`` and start the broker probe.
+
+    * ``/health/live``: 200 ``{"live": true}`` whenever the web server answers (the
+      event loop runs). For liveness probes: restart the worker only when this fails.
+    * ``/health/ready``: 200 when partitions are assigned, the tables are recovered
+      and the broker answered within ``LOYALTY_READY_BROKER_MAX_AGE_S``; else 503.
+      The body has ``ready``, ``reason`` (the failing checks, or null) and ``checks``.
+    * ``/health``: the summary for people and dashboards: always 200 while the
+      process serves (existing clients read its body), with ``ready``, ``reason``,
+      ``checks``, owned partitions and the last sweep. Gate traffic on ``/health/ready``.
+
+    None of them needs the API token.
+    """
+    from streams.health import BrokerProbe, not_ready_reason, readiness
+
+    app = service.app
+    probe = BrokerProbe(service, max_age_s=service.settings.ready_broker_max_age_s)
+
+    @app.task
+    async def broker_probe() -> None:  # runs for the life of the worker
+        await probe.run()
+
+    def respond(view: View, obj: Any, status: int = 200) -> Any:
+        return view.bytes(codec.dumps(obj), content_type="application/json", status=status)
+
+    @app.page("/health/live")
+    class LiveView(View):
+        async def get(self, request: Any) -> Any:
+            return respond(self, {"live": True, "app_id": service.settings.app_id})
+
+    @app.page("/health/ready")
+    class ReadyView(View):
+        async def get(self, request: Any) -> Any:
+            ready, checks = readiness(service, probe)
+            return respond(self, {"ready": ready, "reason": not_ready_reason(checks),
+                                  "checks": checks}, 200 if ready else 503)
+
     @app.page("/health")
     class HealthView(View):
         async def get(self, request: Any) -> Any:
             last = service.sweeper.last if service.sweeper else None
-            return json(self, {
+            ready, checks = readiness(service, probe)
+            return respond(self, {
                 "status": "ok",
-                # False during rebalances and changelog recovery (data endpoints answer 503).
-                "ready": bool(service.owned_partitions()) and service.sweeper.tables_ready(),
+                "ready": ready,
+                "reason": not_ready_reason(checks),
+                "checks": checks,
                 "app_id": service.settings.app_id,
                 "partitions": service.partitions,
                 "owned_partitions": service.owned_partitions(),
@@ -239,10 +289,3 @@ def register_web(service: LoyaltyService) -> None:
                     "visited": last.visited, "full_scans": last.full_scans,
                     "changed": last.changed, "seconds": round(last.seconds, 3)},
             })
-
-    @app.page("/metrics")
-    class MetricsView(View):
-        async def get(self, request: Any) -> Any:
-            # aiohttp refuses a charset inside content_type=, so set the header.
-            return self.bytes(service.metrics.render(),
-                              headers={"Content-Type": CONTENT_TYPE_LATEST})

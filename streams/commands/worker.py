@@ -134,6 +134,9 @@ def run(args: argparse.Namespace) -> int:
 
         time.sleep(SESSION_TIMEOUT_S + 1.0)
     service = create_service(settings)
+    from streams.metrics import add_process_metrics
+
+    add_process_metrics(service.metrics)  # process_* / python_* series on /metrics
 
     from scoring.replay import tune_gc
 
@@ -147,6 +150,11 @@ def run(args: argparse.Namespace) -> int:
             # measured with py-spy). No spinner, and the chosen level stands.
             self.spinner = None
             super().on_setup_root_logger(logger, level)
+            # A broker outage makes aiokafka/Faust log the same error thousands of
+            # times per second: one line per cause per interval, with a count.
+            from streams.logfilter import install
+
+            install(settings.log_repeat_interval_s)
 
         def stop_and_shutdown(self) -> None:
             super().stop_and_shutdown()
