@@ -83,6 +83,9 @@ __all__ = [
     "ShopFit",
     "ClvFits",
     "fit_models",
+    "fit_models_for",
+    "pool_name",
+    "describe",
 ]
 
 MODEL_VERSION = 2
@@ -1204,6 +1207,17 @@ class ClvFits:
         pooled = self.pooled.get(fit.pool)
         return pooled if pooled is not None and pooled.sound else None
 
+    def describe(self, shop_id: str) -> dict[str, Any]:
+        """:func:`describe` for ``shop_id`` (a pool's failure is added to the reason)."""
+        fit = self.shops.get(shop_id)
+        if fit is None:
+            return describe(None, None, "no buyers", None)
+        served = self.select(shop_id)
+        reason = fit.reason
+        if served is None and reason is not None and fit.pool in self.pooled_reasons:
+            reason += f"; pooled model: {self.pooled_reasons[fit.pool]}"
+        return describe(served, fit.model, reason, fit.pool)
+
 
 def fit_models(
     by_shop: Mapping[str, Sequence[tuple[int, int, int, int]]],
@@ -1258,6 +1272,53 @@ def fit_models(
         if pm.problem is not None:
             pooled_reasons[pool] = pm.problem
     return ClvFits(shops, pooled, pooled_reasons)
+
+
+def pool_name(policy: Any) -> str:
+    """The pool of a shop with this policy: its ``clv_pool`` within its currency (spends in
+    different currencies cannot share a spend model)."""
+    return f"{policy.clv_pool}/{policy.currency}"
+
+
+def fit_models_for(
+    by_shop: Mapping[str, Sequence[tuple[int, int, int, int]]],
+    policies: Any,
+    unit_days: int = 7,
+    *,
+    min_customers: int = MIN_CUSTOMERS,
+    as_of: date | None = None,
+) -> ClvFits:
+    """:func:`fit_models` with each shop's pool and spend floor read from its policy
+    (``policies.for_shop(shop)``; the pooled fits use ``policies.default``'s floor)."""
+    pols = {shop: policies.for_shop(shop) for shop in by_shop}
+    return fit_models(
+        by_shop, unit_days, min_customers=min_customers,
+        pools={s: pool_name(p) for s, p in pols.items()},
+        spend_floors={s: float(p.clv_spend_floor) for s, p in pols.items()},
+        pooled_spend_floor=float(policies.default.clv_spend_floor), as_of=as_of)
+
+
+def describe(served: ShopModel | None, own: ShopModel | None, reason: str | None,
+             pool: str | None) -> dict[str, Any]:
+    """What a shop is told about its CLV model (``clv fit``, ``GET /shops/{shop}``).
+
+    ``model``: ``"shop"``, ``"pooled"`` or None (no CLV); ``reason``: why the shop's own
+    fit is not served (None when it is); ``parameters``/``diagnostics``: those of the
+    served model; ``shop_fit``: the diagnostics of the shop's own fit when it exists but
+    is not served (degenerate or not converged), so the problem is visible.
+    """
+    out: dict[str, Any] = {"model": None if served is None else served.kind, "pool": pool,
+                           "reason": reason, "parameters": None, "diagnostics": None,
+                           "customers": None, "shop_fit": None}
+    if served is not None:
+        d = served.to_dict()
+        out["parameters"] = {"bgnbd": d["bgnbd"], "gamma_gamma": d["gamma_gamma"],
+                             "unit_days": served.unit_days}
+        out["diagnostics"] = d["diagnostics"]
+        out["customers"] = served.customers
+    if own is not None and own is not served:
+        out["shop_fit"] = {"customers": own.customers, **own.to_dict()["diagnostics"]}
+    return out
 
 
 def _finite_or_none(v: float, ndigits: int) -> float | None:

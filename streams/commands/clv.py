@@ -1,25 +1,34 @@
-"""Fit the predictive lifetime-value models per shop: BG/NBD and Gamma-Gamma.
+"""Fit and validate the predictive lifetime-value models per shop: BG/NBD and Gamma-Gamma.
 
   loyalty clv fit FILE|- [--as-of INSTANT] [--unit days|weeks] [--policy FILE]
+                         [--min-customers N]
 
 Reads contract-v1 events (JSON lines, arrival order), folds them with the
 scoring core (same rules as the service: duplicates, refunds, lateness), and
-fits one model per shop by maximum likelihood on each customer's repeat
-purchase days x, recency t_x, age T (in the chosen unit) and mean repeat-day
-spend. Only events at or before --as-of count (default: the newest event).
+fits the models as the service and `loyalty replay` do: each shop with at
+least --min-customers buyers (20 of them repeat buyers) gets its own fit;
+every shop whose own fit is missing, degenerate or not converged is scored by
+the pooled model of its pool (policy key clv_pool, within its currency).
+Only events at or before --as-of count (default: the newest event).
 
-Prints {"shops": {SHOP: {"bgnbd": {"r","alpha","a","b"}, "gamma_gamma":
-{"p","q","gamma"} | null, "customers": N, "log_likelihood": LL}}}. A shop whose
-model cannot be identified (no repeat buyer) is reported with an "error".
+Prints JSON: {"as_of", "unit_days", "min_customers", "shops": {SHOP: {"model":
+"shop"|"pooled"|null, "pool", "reason" (why the shop's own fit is not served),
+"parameters", "diagnostics" (of the served model), "customers", "shop_fit"
+(diagnostics of an own fit that is not served)}}, "pools": {POOL: {"model",
+"reason"}}}. The fold summary goes to stderr as JSON. Exit 0, or 2 for an
+unreadable file or a bad option.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 
 def configure(p: argparse.ArgumentParser) -> None:
+    from scoring.clv import MIN_CUSTOMERS
+
     sub = p.add_subparsers(dest="clv_command", metavar="SUBCOMMAND", required=True)
     fit = sub.add_parser("fit", help="fit BG/NBD + Gamma-Gamma per shop from an event file",
                          description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -28,16 +37,34 @@ def configure(p: argparse.ArgumentParser) -> None:
     fit.add_argument("--unit", choices=("days", "weeks"), default="weeks",
                      help="time unit of t_x and T (default: weeks, as in Fader, Hardie & Lee 2005)")
     fit.add_argument("--policy", metavar="FILE", help="shop policy overrides (JSON)")
+    fit.add_argument("--min-customers", type=int, default=MIN_CUSTOMERS, metavar="N",
+                     help=f"buyers a shop needs for its own model (default {MIN_CUSTOMERS})")
+
+
+def _fit_report(fits: Any, as_of_us: int | None, unit_days: int, min_customers: int) -> dict[str, Any]:
+    from scoring.clock import rfc3339
+
+    shops = {} if fits is None else {s: fits.describe(s) for s in sorted(fits.shops)}
+    pools: dict[str, Any] = {}
+    if fits is not None:
+        for pool in sorted(fits.pooled):
+            model = fits.pooled[pool]
+            pools[pool] = {"model": None if model is None else model.to_dict(),
+                           "reason": fits.pooled_reasons.get(pool)}
+    return {"as_of": None if as_of_us is None else rfc3339(as_of_us), "unit_days": unit_days,
+            "min_customers": min_customers, "shops": shops, "pools": pools}
 
 
 def run(args: argparse.Namespace) -> int:
-    from schemas.codec import dumps_pretty
-    from scoring import clv
-    from scoring.clock import day_of, to_us
-    from scoring.replay import fold_lines
-    from scoring.snapshot import clv_inputs, head_as_of
+    from schemas.codec import dumps, dumps_pretty
+    from scoring.clock import to_us
+    from scoring.replay import fit_clv_models, fold_lines
+    from scoring.snapshot import head_as_of
     from streams.commands._inputs import load_policies, open_events, parse_as_of
 
+    if args.min_customers < 1:
+        print("loyalty clv fit: --min-customers must be >= 1", file=sys.stderr)
+        return 2
     policies = load_policies("clv fit", args.policy)
     as_of = parse_as_of("clv fit", args.as_of)
     if policies is None or as_of is False:
@@ -48,29 +75,12 @@ def run(args: argparse.Namespace) -> int:
     with src:
         res = fold_lines(src, policies=policies, as_of=as_of)
     as_of_us = to_us(as_of) if as_of is not None else res.max_ts
-    shops: dict[str, object] = {}
+    unit_days = 7 if args.unit == "weeks" else 1
+    fits = None
     if as_of_us is not None:
-        by_shop: dict[str, list[tuple[int, int, int, int]]] = {}
-        day = day_of(as_of_us)
-        for (shop, _), state in res.states.items():
-            inputs = clv_inputs(head_as_of(state, as_of_us, policies.for_shop(shop)), day)
-            if inputs is not None:
-                by_shop.setdefault(shop, []).append(inputs)
-        unit_days = 7 if args.unit == "weeks" else 1
-        for shop in sorted(by_shop):
-            try:
-                model = clv.fit_shop(by_shop[shop], unit_days)
-            except ValueError as exc:
-                shops[shop] = {"error": str(exc), "customers": len(by_shop[shop])}
-                continue
-            gg = model.gamma_gamma
-            shops[shop] = {
-                "bgnbd": {"r": model.bgnbd.r, "alpha": model.bgnbd.alpha, "a": model.bgnbd.a,
-                          "b": model.bgnbd.b},
-                "gamma_gamma": None if gg is None else {"p": gg.p, "q": gg.q, "gamma": gg.gamma},
-                "customers": model.customers,
-                "log_likelihood": model.log_likelihood,
-            }
-    sys.stdout.buffer.write(dumps_pretty({"shops": shops}))
-    print("loyalty clv fit: " + str(res.summary()), file=sys.stderr)
+        heads = {key: head_as_of(state, as_of_us, policies.for_shop(key[0]))
+                 for key, state in res.states.items()}
+        fits = fit_clv_models(heads, as_of_us, policies, args.min_customers, unit_days)
+    sys.stdout.buffer.write(dumps_pretty(_fit_report(fits, as_of_us, unit_days, args.min_customers)) + b"\n")
+    sys.stderr.buffer.write(dumps({"command": "clv fit", **res.summary()}) + b"\n")
     return 0
