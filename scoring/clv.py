@@ -35,14 +35,16 @@ and quadrature fallbacks (see :func:`_future_core`); it agrees with independent
 quadrature to ~1e-8 relative or better.
 
 Speed: fitting is vectorised (identical rows merged, x-only gamma-function terms
-evaluated once per distinct x): ~0.05 s for the 23 570-customer CDNOW cohort and
-~0.1-0.2 s for 100 000 customers on a 2-core machine; :func:`score` takes ~10-15 us.
+evaluated once per distinct x); see the README for measured times.
 
-Small or pathological shops (a handful of customers, nobody dropping out, identical
-histories) give legitimate but meaningless maximum-likelihood estimates far out in
-parameter space; fitting still succeeds and :func:`score` stays total (a quantity it
-cannot evaluate is reported as null), but callers should not trust models fitted on
-few repeat buyers.
+Trust: every fit carries :class:`FitDiagnostics` (convergence, log-likelihood, Hessian
+standard errors, a ``degenerate`` flag with its reason).  Small or pathological shops
+(a handful of customers, nobody dropping out, identical histories) give legitimate but
+meaningless maximum-likelihood estimates far out in parameter space; fitting still
+succeeds and :func:`score` stays total (a quantity it cannot evaluate is reported as
+null), but such a model is not :attr:`ShopModel.sound` and must not be served.
+:func:`ineligibility` is the one rule for which shops get a fit of their own and
+:func:`fit_models` adds the pooled fallback for the others.
 """
 
 from __future__ import annotations

@@ -157,3 +157,33 @@ def test_clv_check_errors_are_clear(tmp_path: Path) -> None:
     proc = loyalty("clv", "check", str(bad), "--format", "cdnow", "--calibration-end", CAL,
                    "--holdout-end", HOLD, "--out-dir", str(tmp_path / "o"))
     assert proc.returncode == 2 and b"line 2" in proc.stderr and b"Traceback" not in proc.stderr
+
+
+def test_clv_fit_shows_why_a_shop_gets_no_model(tmp_path: Path) -> None:
+    """The synthetic demo shops: every customer has the same drop-out probability, so the
+    BG/NBD a and b are not identified. `clv fit` must say so rather than print runaway
+    parameters: below the minimum each shop falls back to the pool, whose fit is refused
+    with its reason; fitted on their own (--min-customers 50) the shops' fits are shown
+    in shop_fit, flagged degenerate, and still not served."""
+    from datetime import UTC, datetime
+
+    from streams import synthetic
+
+    path = tmp_path / "demo.jsonl"
+    synthetic.write_jsonl(synthetic.generate(seed=2024, shops=3, customers_per_shop=120,
+                                             span_days=400, end=datetime(2026, 1, 1, tzinfo=UTC)), path)
+    proc = loyalty("clv", "fit", str(path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = loads(proc.stdout)
+    pool = report["pools"]["all/USD"]
+    assert pool["model"]["kind"] == "pooled" and pool["reason"]
+    for shop in report["shops"].values():
+        assert shop["model"] is None and shop["parameters"] is None
+        assert "fewer than the minimum 200" in shop["reason"] and "pooled model: " in shop["reason"]
+    own = loads(loyalty("clv", "fit", str(path), "--min-customers", "50").stdout)["shops"]
+    degenerate = [s for s in own.values() if s["shop_fit"] is not None]
+    assert len(degenerate) == len(own) == 3, own
+    for s in degenerate:
+        fits = [s["shop_fit"]["bgnbd"], s["shop_fit"]["gamma_gamma"]]
+        assert any(f is not None and not (f["converged"] and not f["degenerate"]) for f in fits)
+        assert s["model"] != "shop" and s["reason"].split(":")[0] in ("BG/NBD", "Gamma-Gamma")
