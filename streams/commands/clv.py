@@ -227,12 +227,15 @@ def _plot(shop: str, result: dict[str, Any], out_dir: Any, model_kind: str) -> d
 
     freq = result["by_frequency"]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
-    labels = [b["x"] for b in freq]
+    # customers per bucket under each label: small buckets are noisy, the reader must see it
+    labels = [f"{b['x']}\n(n={b['customers']})" for b in freq]
     xs = range(len(labels))
-    ax.plot(xs, [b["actual_mean"] for b in freq], color="black", marker="o", label="actual")
-    ax.plot(xs, [b["predicted_mean"] for b in freq], color="tab:blue", marker="s",
-            linestyle="--", label=f"BG/NBD ({model_kind} model)")
-    ax.set_xticks(list(xs), labels)
+    nan = float("nan")  # an empty bucket is a gap, not a zero
+    ax.plot(xs, [nan if b["actual_mean"] is None else b["actual_mean"] for b in freq],
+            color="black", marker="o", label="actual")
+    ax.plot(xs, [nan if b["predicted_mean"] is None else b["predicted_mean"] for b in freq],
+            color="tab:blue", marker="s", linestyle="--", label=f"BG/NBD ({model_kind} model)")
+    ax.set_xticks(list(xs), labels, fontsize=8)
     ax.set_xlabel("repeat purchase days in the calibration period")
     ax.set_ylabel("mean repeat purchase days in the holdout")
     ax.set_title(f"{shop}: conditional expectations, holdout "
@@ -266,6 +269,16 @@ def run_check(args: argparse.Namespace) -> int:
         return 2
     if cal >= hold:
         print("loyalty clv check: --calibration-end must be before --holdout-end", file=sys.stderr)
+        return 2
+    try:
+        from pydantic import TypeAdapter
+
+        from schemas.events import ShopId
+
+        TypeAdapter(ShopId).validate_python(args.shop)
+    except ValueError:
+        print(f"loyalty clv check: --shop {args.shop!r} is not a valid shop id "
+              "(1-64 of A-Z a-z 0-9 . _ -)", file=sys.stderr)
         return 2
     lines = _event_source(args)
     if lines is None:

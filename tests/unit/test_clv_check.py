@@ -152,6 +152,9 @@ def test_clv_check_errors_are_clear(tmp_path: Path) -> None:
     assert proc.returncode == 2 and b"must be before" in proc.stderr
     proc = loyalty("clv", "check", str(odd), "--calibration-end", "soon", "--holdout-end", HOLD)
     assert proc.returncode == 2 and b"--calibration-end 'soon'" in proc.stderr
+    proc = loyalty("clv", "check", str(odd), "--shop", "a|b", "--calibration-end", CAL,
+                   "--holdout-end", HOLD)
+    assert proc.returncode == 2 and b"not a valid shop id" in proc.stderr
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b" 00001 19970101  1   11.77\n 00002 19970112  x   12.00\n")
     proc = loyalty("clv", "check", str(bad), "--format", "cdnow", "--calibration-end", CAL,
