@@ -78,6 +78,8 @@ class CustomerSnapshot(_Out):
     expected_purchases_90d: float | None
     expected_avg_value: int | None
     clv_365d: int | None
+    clv_model: Literal["shop", "pooled"] | None = Field(
+        description="the CLV fields come from the shop's own model, its pool's, or none (null)")
 
 
 class _Effect(_Out):

@@ -35,14 +35,16 @@ and quadrature fallbacks (see :func:`_future_core`); it agrees with independent
 quadrature to ~1e-8 relative or better.
 
 Speed: fitting is vectorised (identical rows merged, x-only gamma-function terms
-evaluated once per distinct x): ~0.05 s for the 23 570-customer CDNOW cohort and
-~0.1-0.2 s for 100 000 customers on a 2-core machine; :func:`score` takes ~10-15 us.
+evaluated once per distinct x); see the README for measured times.
 
-Small or pathological shops (a handful of customers, nobody dropping out, identical
-histories) give legitimate but meaningless maximum-likelihood estimates far out in
-parameter space; fitting still succeeds and :func:`score` stays total (a quantity it
-cannot evaluate is reported as null), but callers should not trust models fitted on
-few repeat buyers.
+Trust: every fit carries :class:`FitDiagnostics` (convergence, log-likelihood, Hessian
+standard errors, a ``degenerate`` flag with its reason).  Small or pathological shops
+(a handful of customers, nobody dropping out, identical histories) give legitimate but
+meaningless maximum-likelihood estimates far out in parameter space; fitting still
+succeeds and :func:`score` stays total (a quantity it cannot evaluate is reported as
+null), but such a model is not :attr:`ShopModel.sound` and must not be served.
+:func:`ineligibility` is the one rule for which shops get a fit of their own and
+:func:`fit_models` adds the pooled fallback for the others.
 """
 
 from __future__ import annotations
@@ -74,9 +76,23 @@ __all__ = [
     "expected_avg_value",
     "fit_shop",
     "score",
+    "FitDiagnostics",
+    "bgnbd_diagnostics",
+    "gamma_gamma_diagnostics",
+    "MIN_CUSTOMERS",
+    "MIN_REPEAT_BUYERS",
+    "ineligibility",
+    "ShopFit",
+    "ClvFits",
+    "fit_models",
+    "fit_models_for",
+    "pool_name",
+    "describe",
 ]
 
-MODEL_VERSION = 1
+MODEL_VERSION = 2
+#: ``ShopModel.kind``: fitted on the shop's own customers, or on a pool of shops.
+MODEL_KINDS = ("shop", "pooled")
 #: Fewest customers with x > 0 and positive repeat spend needed to fit Gamma-Gamma.
 #: Below this the three-parameter MLE is dominated by noise (and with all-equal spends
 #: it runs off to infinity), so the shop model carries no spend model instead.
@@ -191,6 +207,13 @@ class ShopModel:
     * ``log_likelihood`` / ``gg_log_likelihood``: maximised total log-likelihoods (the
       BG/NBD value depends on the time unit, as it contains a density in time).
     * ``fitted_as_of``: the as-of date of the statistics, if the caller gave one.
+    * ``bgnbd_fit`` / ``gg_fit``: :class:`FitDiagnostics` of the two fits (``gg_fit``
+      None when Gamma-Gamma was not attempted); both None for a hand-built model,
+      which is then not :attr:`sound`.  A degenerate Gamma-Gamma estimate is kept out
+      of ``gamma_gamma`` when it has q <= 1, but its diagnostics stay here.
+    * ``kind``: ``"shop"`` (fitted on one shop's customers) or ``"pooled"`` (fitted on
+      a group of shops, see :func:`fit_models`).
+    * ``gg_excluded``: repeat buyers left out of the Gamma-Gamma fit by the spend floor.
     """
 
     bgnbd: BgNbdParams
@@ -202,10 +225,16 @@ class ShopModel:
     gg_log_likelihood: float | None
     unit_days: int
     fitted_as_of: date | None = None
+    bgnbd_fit: FitDiagnostics | None = None
+    gg_fit: FitDiagnostics | None = None
+    kind: str = "shop"
+    gg_excluded: int = 0
 
     def __post_init__(self) -> None:
         if self.unit_days not in (1, 7):
             raise ValueError(f"unit_days must be 1 or 7, got {self.unit_days!r}")
+        if self.kind not in MODEL_KINDS:
+            raise ValueError(f"kind must be one of {MODEL_KINDS}, got {self.kind!r}")
         if self.gamma_gamma is not None and self.gamma_gamma.q <= 1.0:
             # fit_shop never stores one; rejecting it here keeps score() total (its
             # posterior-mean denominator p*x + q - 1 could otherwise be <= 0)
@@ -224,7 +253,29 @@ class ShopModel:
             "log_likelihood": self.log_likelihood,
             "gg_log_likelihood": self.gg_log_likelihood,
             "fitted_as_of": None if self.fitted_as_of is None else self.fitted_as_of.isoformat(),
+            "kind": self.kind,
+            "gg_excluded": self.gg_excluded,
+            "diagnostics": {
+                "bgnbd": None if self.bgnbd_fit is None else self.bgnbd_fit.to_dict(),
+                "gamma_gamma": None if self.gg_fit is None else self.gg_fit.to_dict(),
+            },
         }
+
+    @property
+    def problem(self) -> str | None:
+        """Why this model must not be served, or None when it is :attr:`sound`."""
+        if self.bgnbd_fit is None:
+            return "no fit diagnostics (not fitted by fit_shop)"
+        if not self.bgnbd_fit.sound:
+            return f"BG/NBD: {self.bgnbd_fit.reason}"
+        if self.gg_fit is not None and not self.gg_fit.sound:
+            return f"Gamma-Gamma: {self.gg_fit.reason}"
+        return None
+
+    @property
+    def sound(self) -> bool:
+        """True when both fits converged and neither is degenerate: the model may be served."""
+        return self.problem is None
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ShopModel:
@@ -236,6 +287,7 @@ class ShopModel:
         if not isinstance(d, Mapping):
             raise ValueError(f"ShopModel record must be an object, got {type(d).__name__}")
         if d.get("version") != MODEL_VERSION:
+            # version 1 carried no diagnostics: never served, the next refit replaces it
             raise ValueError(f"unsupported ShopModel version {d.get('version')!r}")
         bg = d.get("bgnbd")
         if not isinstance(bg, Mapping):
@@ -262,6 +314,10 @@ class ShopModel:
                 as_of = date.fromisoformat(as_of)
             except ValueError as e:
                 raise ValueError(f"'fitted_as_of' is not an ISO date: {as_of!r}") from e
+        diag = d.get("diagnostics")
+        if not isinstance(diag, Mapping):
+            raise ValueError("'diagnostics' must be an object")
+        gg_diag = diag.get("gamma_gamma")
         return cls(
             bgnbd=BgNbdParams.from_dict(bg),
             gamma_gamma=None if gg_raw is None else GammaGammaParams.from_dict(gg_raw),
@@ -272,6 +328,10 @@ class ShopModel:
             gg_log_likelihood=None if gll is None else float(gll),
             unit_days=int(unit),
             fitted_as_of=as_of,
+            bgnbd_fit=FitDiagnostics.from_dict(diag.get("bgnbd")),
+            gg_fit=None if gg_diag is None else FitDiagnostics.from_dict(gg_diag),
+            kind=d.get("kind"),  # type: ignore[arg-type]  # validated in __post_init__
+            gg_excluded=_nonneg_int(d, "gg_excluded"),
         )
 
 
@@ -601,6 +661,170 @@ def fit_gamma_gamma(x: Any, m: Any) -> tuple[GammaGammaParams, float]:
     return GammaGammaParams(p, q, g * scale), ll - n * math.log(scale)
 
 
+# -------------------------------------------------------------------- diagnostics
+
+#: A fit whose mean log-likelihood gradient (w.r.t. log-parameters, i.e. relative
+#: changes) exceeds this at the returned point has not converged.
+CONVERGED_GTOL = 1e-5
+#: A log-parameter within this distance of the optimiser's box (e^-20 .. e^20) "ran to
+#: its bound": the data push it to 0 or infinity and do not identify it.
+BOUND_MARGIN = 1.0
+#: Largest accepted relative standard error (SE / estimate).  Beyond it the likelihood is
+#: flat along that parameter: the data cannot tell the estimate from zero or from many
+#: times its value.  Measured on CDNOW: the 1/10 sample stays below 0.31, random
+#: 150-customer cuts mostly below 2.7, while runaway fits (a ~ 8e5, b ~ 5e6) reach 6-13.
+MAX_REL_SE = 3.0
+#: Relative step of the central differences of the analytic gradient (Hessian).
+_HESS_STEP = 1e-5
+
+
+@dataclass(frozen=True, slots=True)
+class FitDiagnostics:
+    """How far one maximum-likelihood fit can be trusted.
+
+    * ``converged``: the gradient at the estimate is below :data:`CONVERGED_GTOL`.
+    * ``log_likelihood``: the maximised total log-likelihood.
+    * ``std_errors``: per parameter (published parametrisation: r, alpha, a, b or p, q,
+      gamma), the square root of the diagonal of the inverse Hessian of the negative
+      log-likelihood at the estimate (central differences of the analytic gradient);
+      None where the Hessian cannot be inverted.
+    * ``degenerate`` and ``reason``: the first failed check, in this order: not
+      converged, a parameter at its bound, Hessian not finite / not positive definite,
+      a flat likelihood (relative SE above :data:`MAX_REL_SE`), or a model-specific
+      condition (Gamma-Gamma q <= 1).  ``reason`` is None for a sound fit.
+    """
+
+    converged: bool
+    log_likelihood: float
+    std_errors: Mapping[str, float | None]
+    degenerate: bool
+    reason: str | None
+
+    @property
+    def sound(self) -> bool:
+        """True when the fit may be served (converged and not degenerate)."""
+        return self.converged and not self.degenerate
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (SEs as floats or null)."""
+        return {"converged": self.converged, "log_likelihood": self.log_likelihood,
+                "std_errors": dict(self.std_errors), "degenerate": self.degenerate,
+                "reason": self.reason}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> FitDiagnostics:
+        """Inverse of :meth:`to_dict`; raises ValueError on missing/invalid fields."""
+        if not isinstance(d, Mapping):
+            raise ValueError("diagnostics must be an object")
+        conv, degen, reason = d.get("converged"), d.get("degenerate"), d.get("reason")
+        ll = d.get("log_likelihood")
+        ses = d.get("std_errors")
+        if not isinstance(conv, bool) or not isinstance(degen, bool):
+            raise ValueError("diagnostics need boolean 'converged' and 'degenerate'")
+        if reason is not None and not isinstance(reason, str):
+            raise ValueError("diagnostics 'reason' must be a string or null")
+        if isinstance(ll, bool) or not isinstance(ll, (int, float)) or not math.isfinite(ll):
+            raise ValueError(f"diagnostics 'log_likelihood' must be a finite number, got {ll!r}")
+        if not isinstance(ses, Mapping) or not all(
+            v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in ses.values()
+        ):
+            raise ValueError("diagnostics 'std_errors' must map names to numbers or null")
+        if (conv and not degen) != (reason is None):
+            raise ValueError("diagnostics 'reason' must be given exactly when the fit is not sound")
+        return cls(conv, float(ll), {str(k): None if v is None else float(v) for k, v in ses.items()},
+                   degen, reason)
+
+
+def _diagnose(names: Sequence[str], theta: np.ndarray, ll: float, n: float,
+              grad_nll: Any) -> FitDiagnostics:
+    """Shared checks. ``grad_nll(theta)``: gradient of the *total* negative log-likelihood
+    w.r.t. the natural parameters; ``n`` scales it to the mean for the convergence test."""
+    g = np.asarray(grad_nll(theta), dtype=np.float64)
+    rel_grad = float(np.max(np.abs(g * theta))) / n if np.all(np.isfinite(g)) else math.inf
+    converged = rel_grad <= CONVERGED_GTOL
+    k = len(theta)
+    hess = np.empty((k, k))
+    for i in range(k):
+        h = _HESS_STEP * theta[i]
+        up, dn = theta.copy(), theta.copy()
+        up[i] += h
+        dn[i] -= h
+        hess[:, i] = (np.asarray(grad_nll(up)) - np.asarray(grad_nll(dn))) / (2.0 * h)
+    hess = 0.5 * (hess + hess.T)
+    ses: dict[str, float | None] = dict.fromkeys(names)
+    reason: str | None = None
+    log_theta = np.log(theta)
+    at_bound = [nm for nm, lt in zip(names, log_theta, strict=True)
+                if lt <= _LOG_LO + BOUND_MARGIN or lt >= _LOG_HI - BOUND_MARGIN]
+    pd = False
+    if np.all(np.isfinite(hess)):
+        # curvature in relative terms (the Hessian w.r.t. log-parameters at a stationary
+        # point): scale-free, so one eigenvalue test fits parameters of any magnitude
+        scaled = hess * np.outer(theta, theta)
+        eig = np.linalg.eigvalsh(scaled)
+        pd = bool(eig[0] > 1e-12 * max(abs(eig[-1]), 1.0))
+        if pd:
+            cov = np.linalg.inv(hess)
+            diag = np.diag(cov)
+            ses = {nm: (float(math.sqrt(v)) if v > 0 and math.isfinite(v) else None)
+                   for nm, v in zip(names, diag, strict=True)}
+    if at_bound:
+        reason = "parameter(s) " + ", ".join(at_bound) + " ran to the optimiser's bound"
+    elif not pd:
+        reason = "Hessian is not positive definite: the likelihood does not identify the parameters"
+    else:
+        flat = [f"{nm} {'n/a' if se is None else format(se / t, '.3g')}"
+                for nm, se, t in zip(names, ses.values(), theta, strict=True)
+                if se is None or se / t > MAX_REL_SE]
+        if flat:
+            reason = "flat likelihood: relative standard error " + ", ".join(flat)
+    degenerate = reason is not None
+    if not converged:
+        reason = f"did not converge (relative gradient {rel_grad:.2g})" + (
+            f"; {reason}" if reason else "")
+    return FitDiagnostics(converged, float(ll), ses, degenerate, reason)
+
+
+def bgnbd_diagnostics(params: BgNbdParams, x: Any, t_x: Any, T: Any) -> FitDiagnostics:
+    """Diagnostics of a BG/NBD estimate on its data (times in the model unit)."""
+    x, t_x, T = (a.ravel() for a in _as_float_arrays(x, t_x, T))
+    _check_bg_stats(x, t_x, T)
+    d = _bg_data(x, t_x, T, None)
+
+    def grad(th: np.ndarray) -> np.ndarray:
+        return -_bg_terms(*(float(v) for v in th), d, True)[1]  # type: ignore[operator]
+
+    theta = np.array([params.r, params.alpha, params.a, params.b])
+    ll, _ = _bg_terms(*theta, d, False)
+    return _diagnose(("r", "alpha", "a", "b"), theta, ll, d.n, grad)
+
+
+def gamma_gamma_diagnostics(params: GammaGammaParams, x: Any, m: Any) -> FitDiagnostics:
+    """Diagnostics of a Gamma-Gamma estimate on its data (m in minor units).
+
+    Computed on m scaled to mean 1 (as the fit is); the gamma SE is scaled back.  An
+    estimate with q <= 1 (infinite mean spend) is degenerate whatever its curvature.
+    """
+    x, m = (a.ravel() for a in _as_float_arrays(x, m))
+    scale = float(np.mean(m))
+    d = _gg_data(x, m / scale)
+
+    def grad(th: np.ndarray) -> np.ndarray:
+        return -_gg_terms(*(float(v) for v in th), d, True)[1]  # type: ignore[operator]
+
+    theta = np.array([params.p, params.q, params.gamma / scale])
+    ll, _ = _gg_terms(*theta, d, False)
+    diag = _diagnose(("p", "q", "gamma"), theta, ll - d.n * math.log(scale), d.n, grad)
+    ses = dict(diag.std_errors)
+    if ses["gamma"] is not None:
+        ses["gamma"] *= scale
+    degenerate, reason = diag.degenerate, diag.reason
+    if not degenerate and params.q <= 1.0:
+        degenerate = True
+        reason = "; ".join(r for r in (reason, "q <= 1: the population mean spend is infinite") if r)
+    return FitDiagnostics(diag.converged, diag.log_likelihood, ses, degenerate, reason)
+
+
 # -------------------------------------------------------------------- closed forms
 
 
@@ -836,11 +1060,14 @@ def fit_shop(
     unit_days: int,
     *,
     as_of: date | None = None,
+    spend_floor: float = 0.0,
+    kind: str = "shop",
 ) -> ShopModel:
     """Fit a shop's BG/NBD (+ Gamma-Gamma) model from per-customer day statistics.
 
     ``stats``: one ``(x, t_x_days, T_days, repeat_spend_minor)`` per customer with at
-    least one purchase; ``unit_days``: 1 (days) or 7 (weeks); ``as_of`` is recorded.
+    least one purchase; ``unit_days``: 1 (days) or 7 (weeks); ``as_of`` is recorded;
+    ``kind`` labels the model (``"pooled"`` when the stats come from several shops).
 
     Customers with ``T_days <= 0`` are left out: at T == 0 (first purchase on the as-of
     date) their BG/NBD likelihood is identically 1, i.e. they carry no information, and
@@ -850,14 +1077,20 @@ def fit_shop(
     repeat_spend >= 0 with repeat_spend == 0 when x == 0.
 
     Gamma-Gamma uses the repeat buyers with repeat_spend > 0 (its density needs m > 0;
-    fully refunded or free repeat days are left out) and is None if there are fewer than
-    :data:`MIN_GG_CUSTOMERS` of them, if its fit fails, or if q <= 1.
+    fully refunded or free repeat days are left out) whose mean repeat spend is at least
+    ``spend_floor`` times the median of those means (the robust option: one near-zero
+    mean drags p and gamma far off, see the README); it is None if fewer than
+    :data:`MIN_GG_CUSTOMERS` remain, if its fit fails, or if q <= 1 (then ``gg_fit``
+    says so).  Both fits carry :class:`FitDiagnostics`; check :attr:`ShopModel.sound`
+    before serving the model.
 
     Raises ValueError if no customer has T_days > 0 or none has x > 0 (BG/NBD
     unidentified), on malformed input, or if the BG/NBD optimisation fails.
     """
     if isinstance(unit_days, bool) or unit_days not in (1, 7):
         raise ValueError(f"unit_days must be 1 or 7, got {unit_days!r}")
+    if not (math.isfinite(spend_floor) and 0.0 <= spend_floor < 1.0):
+        raise ValueError(f"spend_floor must be in [0, 1), got {spend_floor!r}")
     arr = np.asarray(stats, dtype=np.int64) if len(stats) else np.empty((0, 4), np.int64)
     if arr.ndim != 2 or arr.shape[1] != 4:
         raise ValueError("stats must be a sequence of (x, t_x_days, T_days, repeat_spend) tuples")
@@ -875,20 +1108,31 @@ def fit_shop(
     if not np.any(x > 0):
         raise ValueError("no repeat buyer (x > 0): BG/NBD cannot be fitted")
     u = float(unit_days)
-    bg, ll = fit_bgnbd(x.astype(np.float64), tx / u, tt / u)
+    xf = x.astype(np.float64)
+    bg, ll = fit_bgnbd(xf, tx / u, tt / u)
+    bg_fit = bgnbd_diagnostics(bg, xf, tx / u, tt / u)
 
     sel = (x > 0) & (spend > 0)
+    excluded = 0
+    if spend_floor > 0.0 and np.any(sel):
+        means = spend / np.maximum(x, 1)
+        keep = sel & (means >= spend_floor * float(np.median(means[sel])))
+        excluded, sel = int(sel.sum() - keep.sum()), keep
     gg: GammaGammaParams | None = None
     gll: float | None = None
+    gg_fit: FitDiagnostics | None = None
     n_gg = int(sel.sum())
     if n_gg >= MIN_GG_CUSTOMERS:
-        xs = x[sel].astype(np.float64)
+        xs = xf[sel]
+        ms = spend[sel] / xs
         try:
-            cand, cll = fit_gamma_gamma(xs, spend[sel] / xs)
+            cand, cll = fit_gamma_gamma(xs, ms)
         except ValueError:
             cand = None  # documented: the shop then has no spend model
-        if cand is not None and cand.q > 1.0:
-            gg, gll = cand, cll
+        if cand is not None:
+            gg_fit = gamma_gamma_diagnostics(cand, xs, ms)
+            if cand.q > 1.0:
+                gg, gll = cand, cll
     return ShopModel(
         bgnbd=bg,
         gamma_gamma=gg,
@@ -899,7 +1143,184 @@ def fit_shop(
         gg_log_likelihood=gll,
         unit_days=unit_days,
         fitted_as_of=as_of,
+        bgnbd_fit=bg_fit,
+        gg_fit=gg_fit,
+        kind=kind,
+        gg_excluded=excluded,
     )
+
+
+# ----------------------------------------------------------- eligibility, pooling
+
+#: Fewest buyers (customers with T > 0) a shop needs for a model of its own.  This is
+#: the one place the default lives: ``loyalty replay``, ``loyalty clv fit``/``check``
+#: and the service (setting ``clv_min_customers``, whose default must equal it) all
+#: decide through :func:`ineligibility`.  Smaller shops are scored by the pooled model.
+MIN_CUSTOMERS = 200
+#: Fewest repeat buyers (x > 0) a shop needs: the drop-out process is learnt from them.
+MIN_REPEAT_BUYERS = 20
+#: Pool of every shop unless a policy names another group.
+DEFAULT_POOL = "all"
+
+
+def ineligibility(stats: Sequence[tuple[int, int, int, int]],
+                  min_customers: int = MIN_CUSTOMERS) -> str | None:
+    """Why a shop with these ``(x, t_x_days, T_days, spend)`` statistics gets no model of
+    its own, or None when it is eligible: at least ``min_customers`` buyers with
+    T_days > 0 and :data:`MIN_REPEAT_BUYERS` of them repeat buyers.  Below that the
+    likelihood is too flat for meaningful estimates (a handful of customers can give
+    r ~ 1e6); the shop is scored by its pool's model instead."""
+    buyers = sum(1 for s in stats if s[2] > 0)
+    repeat = sum(1 for s in stats if s[2] > 0 and s[0] > 0)
+    if buyers < min_customers:
+        return f"{buyers} buyers, fewer than the minimum {min_customers}"
+    if repeat < MIN_REPEAT_BUYERS:
+        return f"{repeat} repeat buyers, fewer than the minimum {MIN_REPEAT_BUYERS}"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class ShopFit:
+    """One shop's outcome: its own ``model`` (None if ineligible or failed; present but
+    not sound if degenerate), the ``reason`` it is not served (None when it is), and
+    its ``pool`` name."""
+
+    model: ShopModel | None
+    reason: str | None
+    pool: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClvFits:
+    """Every shop's fit plus one pooled model per pool; :meth:`select` picks what to serve."""
+
+    shops: Mapping[str, ShopFit]
+    pooled: Mapping[str, ShopModel | None]
+    pooled_reasons: Mapping[str, str]
+
+    def select(self, shop_id: str) -> ShopModel | None:
+        """The model that scores ``shop_id``: its own if sound, else its pool's if sound,
+        else None (CLV fields null)."""
+        fit = self.shops.get(shop_id)
+        if fit is None:
+            return None
+        if fit.model is not None and fit.reason is None:
+            return fit.model
+        pooled = self.pooled.get(fit.pool)
+        return pooled if pooled is not None and pooled.sound else None
+
+    def describe(self, shop_id: str) -> dict[str, Any]:
+        """:func:`describe` for ``shop_id`` (a pool's failure is added to the reason)."""
+        fit = self.shops.get(shop_id)
+        if fit is None:
+            return describe(None, None, "no buyers", None)
+        served = self.select(shop_id)
+        reason = fit.reason
+        if served is None and reason is not None and fit.pool in self.pooled_reasons:
+            reason += f"; pooled model: {self.pooled_reasons[fit.pool]}"
+        return describe(served, fit.model, reason, fit.pool)
+
+
+def fit_models(
+    by_shop: Mapping[str, Sequence[tuple[int, int, int, int]]],
+    unit_days: int = 7,
+    *,
+    min_customers: int = MIN_CUSTOMERS,
+    pools: Mapping[str, str] | None = None,
+    spend_floors: Mapping[str, float] | None = None,
+    pooled_spend_floor: float = 0.0,
+    as_of: date | None = None,
+) -> ClvFits:
+    """Fit every eligible shop on its own and every pool on all its shops' customers.
+
+    ``pools``: shop -> pool name (default :data:`DEFAULT_POOL` for every shop; the
+    caller should include the currency, since spends in different currencies cannot
+    share a spend model).  ``spend_floors``: shop -> Gamma-Gamma spend floor (see
+    :func:`fit_shop`); the pooled fits use ``pooled_spend_floor``.
+
+    The pooled model is fitted whenever a pool has a shop that needs it (ineligible,
+    failed, or unsound), from the customers of *every* shop in the pool.  Its limits:
+    it describes the pool's average customer, so a small shop whose customers buy more
+    or less often than the pool's is scored with the pool's rates (its customers are
+    still ranked by their own x, t_x and T), and large shops dominate the estimate.
+    Never raises for a shop: a failure becomes that shop's (or pool's) reason.
+    """
+    pools = pools or {}
+    floors = spend_floors or {}
+    shops: dict[str, ShopFit] = {}
+    for shop, stats in by_shop.items():
+        pool = pools.get(shop, DEFAULT_POOL)
+        why = ineligibility(stats, min_customers)
+        model: ShopModel | None = None
+        if why is None:
+            try:
+                model = fit_shop(stats, unit_days, as_of=as_of, spend_floor=floors.get(shop, 0.0))
+                why = model.problem
+            except ValueError as exc:
+                why = f"fit failed: {exc}"
+        shops[shop] = ShopFit(model, why, pool)
+    pooled: dict[str, ShopModel | None] = {}
+    pooled_reasons: dict[str, str] = {}
+    for pool in sorted({f.pool for f in shops.values() if f.reason is not None}):
+        stats = [s for shop, f in shops.items() if f.pool == pool for s in by_shop[shop]]
+        try:
+            pm = fit_shop(stats, unit_days, as_of=as_of, spend_floor=pooled_spend_floor,
+                          kind="pooled")
+        except ValueError as exc:
+            pooled[pool] = None
+            pooled_reasons[pool] = f"pooled fit failed: {exc}"
+            continue
+        pooled[pool] = pm
+        if pm.problem is not None:
+            pooled_reasons[pool] = pm.problem
+    return ClvFits(shops, pooled, pooled_reasons)
+
+
+def pool_name(policy: Any) -> str:
+    """The pool of a shop with this policy: its ``clv_pool`` within its currency (spends in
+    different currencies cannot share a spend model)."""
+    return f"{policy.clv_pool}/{policy.currency}"
+
+
+def fit_models_for(
+    by_shop: Mapping[str, Sequence[tuple[int, int, int, int]]],
+    policies: Any,
+    unit_days: int = 7,
+    *,
+    min_customers: int = MIN_CUSTOMERS,
+    as_of: date | None = None,
+) -> ClvFits:
+    """:func:`fit_models` with each shop's pool and spend floor read from its policy
+    (``policies.for_shop(shop)``; the pooled fits use ``policies.default``'s floor)."""
+    pols = {shop: policies.for_shop(shop) for shop in by_shop}
+    return fit_models(
+        by_shop, unit_days, min_customers=min_customers,
+        pools={s: pool_name(p) for s, p in pols.items()},
+        spend_floors={s: float(p.clv_spend_floor) for s, p in pols.items()},
+        pooled_spend_floor=float(policies.default.clv_spend_floor), as_of=as_of)
+
+
+def describe(served: ShopModel | None, own: ShopModel | None, reason: str | None,
+             pool: str | None) -> dict[str, Any]:
+    """What a shop is told about its CLV model (``clv fit``, ``GET /shops/{shop}``).
+
+    ``model``: ``"shop"``, ``"pooled"`` or None (no CLV); ``reason``: why the shop's own
+    fit is not served (None when it is); ``parameters``/``diagnostics``: those of the
+    served model; ``shop_fit``: the diagnostics of the shop's own fit when it exists but
+    is not served (degenerate or not converged), so the problem is visible.
+    """
+    out: dict[str, Any] = {"model": None if served is None else served.kind, "pool": pool,
+                           "reason": reason, "parameters": None, "diagnostics": None,
+                           "customers": None, "shop_fit": None}
+    if served is not None:
+        d = served.to_dict()
+        out["parameters"] = {"bgnbd": d["bgnbd"], "gamma_gamma": d["gamma_gamma"],
+                             "unit_days": served.unit_days}
+        out["diagnostics"] = d["diagnostics"]
+        out["customers"] = served.customers
+    if own is not None and own is not served:
+        out["shop_fit"] = {"customers": own.customers, **own.to_dict()["diagnostics"]}
+    return out
 
 
 def _finite_or_none(v: float, ndigits: int) -> float | None:

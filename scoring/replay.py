@@ -15,7 +15,7 @@ from typing import Any
 
 from schemas.events import InvalidEvent, parse_event
 from schemas.policy import PolicyBook
-from scoring.clock import day_of, to_us
+from scoring.clock import day_of, from_us, to_us
 from scoring.fold import APPLIED, DUPLICATE, apply
 from scoring.shop import ShopTally
 from scoring.snapshot import clv_inputs, head_as_of, snapshot_of_head
@@ -90,37 +90,31 @@ def fold_lines(lines: Iterable[bytes | str], *, policies: PolicyBook, as_of: dat
     return res
 
 
-MIN_CLV_CUSTOMERS = 50
-MIN_CLV_REPEAT_BUYERS = 20
-
-
-def fit_clv_models(heads: dict[tuple[str, str], Any], as_of_us: int, policies: PolicyBook,
-                   min_customers: int = MIN_CLV_CUSTOMERS) -> dict[str, Any]:
-    """Fit one BG/NBD + Gamma-Gamma model per shop as of A; shops that cannot be fitted get none.
-
-    A shop needs ``min_customers`` buyers of whom ``MIN_CLV_REPEAT_BUYERS`` repeat:
-    with fewer, the likelihood is flat and the estimates are meaningless (a
-    handful of customers can give r ~ 1e6), so the fields stay null.
-    """
-    from scoring import clv
-
+def clv_stats(heads: dict[tuple[str, str], Any], as_of_us: int) -> dict[str, list[tuple[int, int, int, int]]]:
+    """Per shop, the (x, t_x_days, T_days, repeat_spend) of each buyer as of A."""
     by_shop: dict[str, list[tuple[int, int, int, int]]] = {}
     day = day_of(as_of_us)
     for (shop, _cust), head in heads.items():
         inputs = clv_inputs(head, day)
         if inputs is not None:
             by_shop.setdefault(shop, []).append(inputs)
-    models = {}
-    for shop, stats in by_shop.items():
-        if len(stats) < min_customers:
-            continue
-        if sum(1 for s in stats if s[0] > 0) < MIN_CLV_REPEAT_BUYERS:
-            continue
-        try:
-            models[shop] = clv.fit_shop(stats, unit_days=7)
-        except ValueError:
-            continue  # not identifiable yet: fields stay null
-    return models
+    return by_shop
+
+
+def fit_clv_models(heads: dict[tuple[str, str], Any], as_of_us: int, policies: PolicyBook,
+                   min_customers: int | None = None, unit_days: int = 7) -> Any:
+    """Fit the CLV models as of A: every eligible shop its own, plus the pooled models.
+
+    Returns a ``scoring.clv.ClvFits``; ``.select(shop)`` is the model that scores the
+    shop (its own if sound, else its pool's, else None). ``min_customers`` defaults
+    to ``scoring.clv.MIN_CUSTOMERS`` (the eligibility rule is ``clv.ineligibility``).
+    """
+    from scoring import clv
+
+    return clv.fit_models_for(
+        clv_stats(heads, as_of_us), policies, unit_days,
+        min_customers=clv.MIN_CUSTOMERS if min_customers is None else min_customers,
+        as_of=from_us(as_of_us).date())
 
 
 def snapshots(res: ReplayResult, policies: PolicyBook, as_of: datetime | None = None,
@@ -139,12 +133,12 @@ def snapshots(res: ReplayResult, policies: PolicyBook, as_of: datetime | None = 
         head = head_as_of(res.states[key], as_of_us, policy)
         heads[key] = head
         tallies.setdefault(key[0], ShopTally()).add_customer(head, stage_on(head, day, policy), policy)
-    models = fit_clv_models(heads, as_of_us, policies) if with_clv else {}
+    fits = fit_clv_models(heads, as_of_us, policies) if with_clv else None
 
     def gen() -> Iterator[dict[str, Any]]:
         for key, head in heads.items():
             yield snapshot_of_head(key[0], key[1], head, as_of_us, policies.for_shop(key[0]),
-                                   models.get(key[0]))
+                                   None if fits is None else fits.select(key[0]))
 
     return as_of_us, gen(), tallies
 

@@ -30,7 +30,9 @@ from scoring.stages import (
 )
 from scoring.state import CustomerState
 
-CLV_FIELDS = ("p_alive", "expected_purchases_90d", "expected_avg_value", "clv_365d")
+#: Predictive CLV fields; ``clv_model`` names the model they come from ("shop": the
+#: shop's own fit, "pooled": its pool's, null: none).
+CLV_FIELDS = ("p_alive", "expected_purchases_90d", "expected_avg_value", "clv_365d", "clv_model")
 
 
 class AsOfTooEarly(ValueError):
@@ -140,4 +142,5 @@ def snapshot_of_head(shop_id: str, customer_id: str, h: Agg, as_of_us: int, poli
 
         margin = Fraction(h.margin_total, h.spend_total) if h.spend_total else policy.margin_fraction
         out.update(clv.score(clv_model, *inputs, margin))
+        out["clv_model"] = clv_model.kind
     return out

@@ -1,33 +1,47 @@
-"""Predictive CLV in the service: a periodic per-shop refit and a model table.
+"""Predictive CLV in the service: a periodic refit and a model table.
 
 Where the models live
 ---------------------
-The compacted topic ``settings.topic_clv_params`` (key: shop id, value: the
-fitted :class:`scoring.clv.ShopModel` as JSON, ``to_dict`` form) is the table
-of record. Every worker materializes it into :class:`ClvModels`, an
-in-memory ``shop -> model`` map, with a plain aiokafka reader that assigns
-every partition and reads from the beginning, then follows new records: a
-GlobalKTable in Kafka Streams terms. (Faust's own GlobalTable is avoided on
-purpose: faust-streaming issue #283, replicas stop following with several
-workers.)
+The compacted topic ``settings.topic_clv_params`` is the table of record. Key:
+a shop id, value ``{"shop_id", "pool", "fitted_at", "model": ShopModel.to_dict()
+or null, "reason": why the shop's own model is not served, or null}``; key
+``|pooled|<pool>`` (``|`` never occurs in a shop id, so it cannot collide), value
+``{"pool", "fitted_at", "model", "reason"}``: the pooled model of that pool.
+Every worker materializes the topic into :class:`ClvModels` with a plain
+aiokafka reader that assigns every partition and reads from the beginning,
+then follows new records: a GlobalKTable in Kafka Streams terms. (Faust's own
+GlobalTable is avoided on purpose: faust-streaming issue #283, replicas stop
+following with several workers.)
+
+Which model scores a shop
+-------------------------
+Its own if that fit is sound (converged, not degenerate: see
+``scoring.clv.FitDiagnostics``), else its pool's if that one is sound, else
+none (CLV fields null). The choice is made in one place,
+:meth:`ClvModels.get`, and exported as the ``loyalty_clv_model`` and
+``loyalty_clv_fit_degenerate`` metrics; ``GET /shops/{shop}`` shows it with
+parameters and diagnostics.
 
 Who fits, on what
 -----------------
 Every ``clv_refit_interval_s`` the worker that actively owns partition 0 of
-the customer table refits each shop that has at least ``clv_min_customers``
-buyers (and 20 repeat buyers), from the customers of the partitions it owns.
-Customers are spread over partitions by a hash of their key, so with several
-workers this is a uniform random sample of each shop, enough for a 4+3
-parameter model. Statistics are computed as of the worker's wall clock, in
-weeks (the paper's unit). The fit runs in a thread so it does not hold the
-event loop; the customer scan yields every :data:`CHUNK` rows.
+the customer table fits every shop (``scoring.clv.fit_models_for``: shops
+passing ``scoring.clv.ineligibility`` with ``clv_min_customers`` get their own
+fit; every pool with a shop that needs it gets a pooled fit), from the
+customers of the partitions it owns. Customers are spread over partitions by a
+hash of their key, so with several workers this is a uniform random sample of
+each shop. Statistics are computed as of the worker's wall clock, in weeks
+(the paper's unit). The fit runs in a thread so it does not hold the event
+loop; the customer scan yields every :data:`CHUNK` rows.
 
 Failure modes
 -------------
-* A refit that fails for a shop (not identifiable yet) leaves its previous
-  model in place; the error is logged and counted.
+* A degenerate or failed fit is published with its reason and never served:
+  the shop falls back to its pool's model.
 * A crash during a refit publishes nothing; the next interval tries again.
-* Until a shop's first model arrives its CLV fields are null, as DOMAIN.md says.
+* A record that cannot be read (corrupt, or version 1 without diagnostics) is
+  logged and ignored; the next refit replaces it.
+* Until a shop's first record arrives its CLV fields are null.
 """
 
 from __future__ import annotations
@@ -41,28 +55,75 @@ from typing import TYPE_CHECKING, Any
 from schemas import codec
 
 if TYPE_CHECKING:
-    from scoring.clv import ShopModel
+    from collections.abc import Callable
+
+    from scoring.clv import ClvFits, ShopModel
     from streams.app import LoyaltyService
 
 log = logging.getLogger(__name__)
 
 CHUNK = 500
-MIN_REPEAT_BUYERS = 20
+#: Key prefix of pooled models on the params topic (shop ids never contain ``|``).
+POOLED_PREFIX = "|pooled|"
 
 
 class ClvModels:
-    """The latest model per shop (read by snapshot builders; written by the reader)."""
+    """The latest fit per shop and per pool, and the model that scores each shop.
 
-    def __init__(self) -> None:
-        self._models: dict[str, ShopModel] = {}
+    Read by snapshot builders on every event (:meth:`get` is a dict lookup);
+    written by the params-topic reader. ``on_change(shop, model_kind, degenerate)``
+    is called whenever a shop's served model may have changed (metrics).
+    """
+
+    def __init__(self, on_change: Callable[[str, str | None, bool], None] | None = None) -> None:
+        self._own: dict[str, tuple[ShopModel | None, str | None, str]] = {}
+        self._pooled: dict[str, tuple[ShopModel | None, str | None]] = {}
+        self._served: dict[str, ShopModel | None] = {}
+        self._on_change = on_change
         self.updated_at: float | None = None
 
     def get(self, shop_id: str) -> ShopModel | None:
-        return self._models.get(shop_id)
+        """The model that scores ``shop_id``: its own if sound, else its pool's if sound, else None."""
+        return self._served.get(shop_id)
 
-    def put(self, shop_id: str, model: ShopModel) -> None:
-        self._models[shop_id] = model
+    def put_shop(self, shop_id: str, model: ShopModel | None, reason: str | None, pool: str) -> None:
+        if model is not None and reason is None and not model.sound:
+            reason = model.problem  # never serve an unsound model, whatever the record says
+        self._own[shop_id] = (model, reason, pool)
+        self._refresh(shop_id)
+
+    def put_pooled(self, pool: str, model: ShopModel | None, reason: str | None) -> None:
+        self._pooled[pool] = (model, reason)
+        for shop, (_m, _r, p) in self._own.items():
+            if p == pool:
+                self._refresh(shop)
+
+    def _refresh(self, shop_id: str) -> None:
+        model, reason, pool = self._own[shop_id]
+        served: ShopModel | None = None
+        if model is not None and reason is None:
+            served = model
+        else:
+            pooled = self._pooled.get(pool, (None, None))[0]
+            served = pooled if pooled is not None and pooled.sound else None
+        self._served[shop_id] = served
         self.updated_at = time.time()
+        if self._on_change is not None:
+            self._on_change(shop_id, None if served is None else served.kind,
+                            model is not None and not model.sound)
+
+    def describe(self, shop_id: str) -> dict[str, Any]:
+        """The ``clv`` object of ``GET /shops/{shop}`` (see ``scoring.clv.describe``)."""
+        from scoring.clv import describe
+
+        if shop_id not in self._own:
+            return describe(None, None, "not fitted yet", None)
+        model, reason, pool = self._own[shop_id]
+        served = self._served.get(shop_id)
+        pooled_reason = self._pooled.get(pool, (None, "no pooled model yet"))[1]
+        if served is None and reason is not None and pooled_reason:
+            reason += f"; pooled model: {pooled_reason}"
+        return describe(served, model, reason, pool)
 
     def apply_record(self, key: bytes | None, value: bytes | None) -> None:
         """Fold one params-topic record in; a malformed record is logged and ignored."""
@@ -70,15 +131,42 @@ class ClvModels:
 
         if key is None or value is None:
             return
+        name = key.decode("utf-8", "replace")
         try:
-            model = ShopModel.from_dict(codec.loads(value)["model"])
+            rec = codec.loads(value)
+            raw = rec["model"]
+            model = None if raw is None else ShopModel.from_dict(raw)
+            reason = rec.get("reason")
+            if model is None and not isinstance(reason, str):
+                raise ValueError("a record without a model needs a reason")
+            if reason is not None and not isinstance(reason, str):
+                raise ValueError("'reason' must be a string or null")
+            if name.startswith(POOLED_PREFIX):
+                self.put_pooled(name[len(POOLED_PREFIX):], model, reason)
+            else:
+                pool = rec["pool"]
+                if not isinstance(pool, str):
+                    raise ValueError("'pool' must be a string")
+                self.put_shop(name, model, reason, pool)
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("ignoring malformed CLV params record for %r: %s", key, exc)
-            return
-        self.put(key.decode("utf-8", "replace"), model)
 
     def __len__(self) -> int:
-        return len(self._models)
+        return sum(1 for m in self._served.values() if m is not None)
+
+
+def params_records(fits: ClvFits, fitted_at: str) -> list[tuple[bytes, bytes]]:
+    """The (key, value) records a refit publishes: one per shop, one per fitted pool."""
+    out = []
+    for shop, fit in sorted(fits.shops.items()):
+        out.append((shop.encode(), codec.dumps({
+            "shop_id": shop, "pool": fit.pool, "fitted_at": fitted_at, "reason": fit.reason,
+            "model": None if fit.model is None else fit.model.to_dict()})))
+    for pool, model in sorted(fits.pooled.items()):
+        out.append(((POOLED_PREFIX + pool).encode(), codec.dumps({
+            "pool": pool, "fitted_at": fitted_at, "reason": fits.pooled_reasons.get(pool),
+            "model": None if model is None else model.to_dict()})))
+    return out
 
 
 def collect_stats(states: Any, now_us: int, policies: Any) -> dict[str, list[tuple[int, int, int, int]]]:
@@ -100,20 +188,12 @@ def collect_stats(states: Any, now_us: int, policies: Any) -> dict[str, list[tup
     return by_shop
 
 
-def fit_all(by_shop: dict[str, list[tuple[int, int, int, int]]], min_customers: int,
-            as_of_day: Any = None) -> tuple[dict[str, ShopModel], dict[str, str]]:
-    """Fit every shop with enough data; returns (models, errors by shop)."""
+def fit_all(by_shop: dict[str, list[tuple[int, int, int, int]]], policies: Any, min_customers: int,
+            as_of_day: Any = None) -> ClvFits:
+    """Every shop's own fit (if eligible) and the pooled fits, in weeks (never raises per shop)."""
     from scoring import clv
 
-    models, errors = {}, {}
-    for shop, stats in by_shop.items():
-        if len(stats) < min_customers or sum(1 for s in stats if s[0] > 0) < MIN_REPEAT_BUYERS:
-            continue
-        try:
-            models[shop] = clv.fit_shop(stats, unit_days=7, as_of=as_of_day)
-        except ValueError as exc:
-            errors[shop] = str(exc)
-    return models, errors
+    return clv.fit_models_for(by_shop, policies, 7, min_customers=min_customers, as_of=as_of_day)
 
 
 class ClvService:
@@ -121,7 +201,7 @@ class ClvService:
 
     def __init__(self, service: LoyaltyService) -> None:
         self.service = service
-        self.models = ClvModels()
+        self.models = ClvModels(service.metrics.set_clv)
         self.topic = service.app.topic(service.settings.topic_clv_params, key_type=bytes,
                                        value_type=bytes, key_serializer="raw",
                                        value_serializer="raw")
@@ -176,17 +256,17 @@ class ClvService:
                 await asyncio.sleep(0)  # let the agent run between chunks
         loop = asyncio.get_running_loop()
         by_shop = await loop.run_in_executor(None, collect_stats, rows, now_us, svc.policies)
-        models, errors = await loop.run_in_executor(
-            None, fit_all, by_shop, svc.settings.clv_min_customers, from_us(now_us).date())
-        for shop, model in models.items():
-            self.models.put(shop, model)
-            value = codec.dumps({"shop_id": shop, "fitted_at": datetime.now(UTC).isoformat(),
-                                 "model": model.to_dict()})
-            await self.topic.send(key=shop.encode(), value=value, force=True)
-        for shop, err in errors.items():
-            log.warning("CLV refit for shop %s failed: %s", shop, err)
-        self.last_refit = {"shops": sorted(models), "errors": errors, "customers": len(rows),
-                           "seconds": round(time.perf_counter() - started, 3)}
+        fits = await loop.run_in_executor(
+            None, fit_all, by_shop, svc.policies, svc.settings.clv_min_customers,
+            from_us(now_us).date())
+        for key, value in params_records(fits, datetime.now(UTC).isoformat()):
+            self.models.apply_record(key, value)  # serve at once; the topic follows
+            await self.topic.send(key=key, value=value, force=True)
+        own = sorted(s for s, f in fits.shops.items() if f.reason is None)
+        self.last_refit = {"own": own, "fallback": {s: f.reason for s, f in sorted(fits.shops.items())
+                                                    if f.reason is not None},
+                           "pools": {p: fits.pooled_reasons.get(p) for p in sorted(fits.pooled)},
+                           "customers": len(rows), "seconds": round(time.perf_counter() - started, 3)}
         log.info("CLV refit: %s", self.last_refit)
         return self.last_refit
 

@@ -169,6 +169,15 @@ class Metrics:
             "loyalty_shop_nps_responses",
             "All-time NPS responses per shop, partitions owned by this worker.",
             ["shop"], registry=r)
+        # Predictive CLV (streams/clv_service.py): which model scores each shop.
+        self.clv_model = Gauge(
+            "loyalty_clv_model",
+            "1 for the CLV model that scores the shop (model: shop, pooled or none), 0 otherwise.",
+            ["shop", "model"], registry=r)
+        self.clv_fit_degenerate = Gauge(
+            "loyalty_clv_fit_degenerate",
+            "1 when the shop's own CLV fit is degenerate or did not converge (never served).",
+            ["shop"], registry=r)
 
     def observe_effects(self, effects: Iterable[Mapping[str, Any]]) -> None:
         """Count published effects (ledger entries and transitions)."""
@@ -221,6 +230,12 @@ class Metrics:
                 if isinstance(value, int) and not isinstance(value, bool):
                     gauge.labels(shop_id).set(value)
         set_shop_kpis(self, shop_id, figures)
+
+    def set_clv(self, shop_id: str, model: str | None, degenerate: bool) -> None:
+        """Record which CLV model scores ``shop_id`` and whether its own fit is degenerate."""
+        for kind in ("shop", "pooled", "none"):
+            self.clv_model.labels(shop_id, kind).set(1 if kind == (model or "none") else 0)
+        self.clv_fit_degenerate.labels(shop_id).set(1 if degenerate else 0)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of this registry."""

@@ -221,7 +221,10 @@ def register_web(service: LoyaltyService) -> None:
                 return error(self, 503, "partitions_unavailable",
                              f"no reachable owner for partitions {missing}; retry shortly")
             policy = service.policies.for_shop(shop_id)
-            return json(self, tally.figures(shop_id, day_of(to_us(as_of)), policy))
+            figures = tally.figures(shop_id, day_of(to_us(as_of)), policy)
+            # which CLV model scores this shop, its parameters and fit diagnostics
+            figures["clv"] = service.clv.models.describe(shop_id) if service.clv else None
+            return json(self, figures)
 
     register_health(service)
 

@@ -81,13 +81,19 @@ def test_clv_fit_on_cdnow_equals_a_fit_of_the_papers_statistics(tmp_path: Path) 
     proc = loyalty("clv", "fit", str(path), "--as-of", "1997-09-30T23:59:59Z", "--unit", "weeks")
     assert proc.returncode == 0, proc.stderr
     got = loads(proc.stdout)["shops"]["cdnow"]
+    assert got["model"] == "shop" and got["reason"] is None and got["shop_fit"] is None
+    assert loads(proc.stderr)["command"] == "clv fit"  # the summary is JSON too
     stats = calibration_stats([t for t in load_transactions() if t.amount_cents])
-    ref = clv.fit_shop(list(stats.values()), unit_days=7)
+    ref = clv.fit_shop(list(stats.values()), unit_days=7, spend_floor=0.01)
     assert got["customers"] == ref.customers
+    params = got["parameters"]
     for k in ("r", "alpha", "a", "b"):
-        assert got["bgnbd"][k] == pytest.approx(getattr(ref.bgnbd, k), rel=1e-6)
+        assert params["bgnbd"][k] == pytest.approx(getattr(ref.bgnbd, k), rel=1e-6)
     # Fader, Hardie & Lee (2005), 1/10 sample: r=0.243 alpha=4.414 a=0.793 b=2.426
-    assert got["bgnbd"]["r"] == pytest.approx(0.243, rel=0.1)
-    assert got["bgnbd"]["alpha"] == pytest.approx(4.414, rel=0.15)
-    assert got["gamma_gamma"]["p"] == pytest.approx(6.25, rel=0.1)
-    assert got["gamma_gamma"]["gamma"] == pytest.approx(1544, rel=0.1)  # $15.44 in cents
+    assert params["bgnbd"]["r"] == pytest.approx(0.243, rel=0.1)
+    assert params["bgnbd"]["alpha"] == pytest.approx(4.414, rel=0.15)
+    assert params["gamma_gamma"]["p"] == pytest.approx(6.25, rel=0.1)
+    assert params["gamma_gamma"]["gamma"] == pytest.approx(1544, rel=0.1)  # $15.44 in cents
+    diag = got["diagnostics"]["bgnbd"]
+    assert diag["converged"] and not diag["degenerate"] and diag["reason"] is None
+    assert diag["std_errors"]["r"] == pytest.approx(ref.bgnbd_fit.std_errors["r"], rel=1e-3)

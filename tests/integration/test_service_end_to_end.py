@@ -55,6 +55,8 @@ def test_service_end_to_end(bootstrap: str, tmp_path) -> None:
                     for shop, t in tallies.items()}
             got = {shop: w.get_json(f"/shops/{shop}?as_of={now.isoformat()}".replace("+", "%2B"))
                    for shop in want}
+            # the CLV model description is checked in test_service_clv.py
+            assert all("model" in g.pop("clv") for g in got.values())
             if got == want or time.monotonic() > deadline:
                 break
             time.sleep(2)

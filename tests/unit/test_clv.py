@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from scipy import integrate, special
 
 from scoring import clv
-from scoring.clv import BgNbdParams, GammaGammaParams, ShopModel
+from scoring.clv import BgNbdParams, FitDiagnostics, GammaGammaParams, ShopModel
 
 PAPER = BgNbdParams(r=0.243, alpha=4.414, a=0.793, b=2.426)  # CDNOW sample, weeks
 PAPER_GG = GammaGammaParams(p=6.25, q=3.74, gamma=1544.0)  # $15.44 in cents
@@ -504,7 +504,13 @@ def test_shop_model_json_round_trip(shop_model: ShopModel) -> None:
 @pytest.mark.parametrize(
     "mutate",
     [
-        lambda d: d.update(version=2),
+        lambda d: d.update(version=1),  # no diagnostics: never served
+        lambda d: d.update(version=3),
+        lambda d: d.pop("diagnostics"),
+        lambda d: d["diagnostics"].update(bgnbd=None),
+        lambda d: d["diagnostics"]["bgnbd"].update(converged="yes"),
+        lambda d: d["diagnostics"]["bgnbd"].update(reason=None, degenerate=True),
+        lambda d: d.update(kind="global"),
         lambda d: d.pop("bgnbd"),
         lambda d: d["bgnbd"].update(r=-1.0),
         lambda d: d["bgnbd"].update(alpha="4.4"),
@@ -648,3 +654,47 @@ def test_score_is_total_even_for_degenerate_models(
     assert out["clv_365d"] is None or isinstance(out["clv_365d"], int)
     json.dumps(out)
 
+
+
+# ------------------------------------------------------------------ diagnostics
+
+
+def test_unidentified_fits_are_flagged_degenerate() -> None:
+    """Nobody drops out (every repeat buyer bought on the last day): b runs off to
+    infinity, the estimate is degenerate with a stated reason and the model unsound."""
+    stats = [(3, 60, 60, 3000)] * 40 + [(0, 0, 60, 0)] * 40 + [(1, 30, 30, 900)] * 20
+    m = clv.fit_shop(stats, 7)
+    assert m.bgnbd_fit is not None
+    assert m.bgnbd_fit.degenerate and "not positive definite" in (m.bgnbd_fit.reason or "")
+    assert m.gg_fit is not None and "ran to the optimiser's bound" in (m.gg_fit.reason or "")
+    assert not m.sound and m.problem is not None and m.problem.startswith("BG/NBD: ")
+    assert not m.bgnbd_fit.sound
+
+
+def test_sound_fit_has_finite_standard_errors(shop_model: ShopModel) -> None:
+    assert shop_model.sound, shop_model.problem
+    fit = shop_model.bgnbd_fit
+    assert fit is not None and fit.converged and not fit.degenerate and fit.reason is None
+    assert all(v is not None and 0 < v < 10 * getattr(shop_model.bgnbd, k)
+               for k, v in fit.std_errors.items())
+    assert FitDiagnostics.from_dict(json.loads(json.dumps(fit.to_dict()))) == fit
+
+
+def test_gamma_gamma_with_infinite_mean_is_degenerate(day_stats: list[tuple[int, int, int, int]]) -> None:
+    """Heavy-tailed spends (Pareto, index 0.8): the MLE has q < 1, an infinite mean."""
+    rng = np.random.default_rng(3)
+    stats = [(x, tx, T, int(x * (rng.pareto(0.8) * 100 + 1)) if x else 0)
+             for x, tx, T, _ in day_stats]
+    model = clv.fit_shop(stats, 7)
+    assert model.bgnbd_fit is not None and model.bgnbd_fit.sound
+    # the q <= 1 estimate is not stored, but its diagnostics are, and the model is not served
+    assert model.gamma_gamma is None and model.gg_fit is not None
+    assert model.gg_fit.converged and model.gg_fit.degenerate
+    assert "q <= 1" in (model.gg_fit.reason or "")
+    assert not model.sound and (model.problem or "").startswith("Gamma-Gamma: ")
+
+
+def test_hand_built_model_is_not_sound(shop_model: ShopModel) -> None:
+    bare = ShopModel(bgnbd=shop_model.bgnbd, gamma_gamma=None, customers=1, repeat_customers=1,
+                     gg_customers=0, log_likelihood=-1.0, gg_log_likelihood=None, unit_days=7)
+    assert not bare.sound and "no fit diagnostics" in (bare.problem or "")
