@@ -176,11 +176,12 @@ class Settings(BaseSettings):
         "sweep after every restart or rebalance. 0 scans every row on every sweep.",
     )
     max_idle_ms: int = Field(
-        2000, ge=0,
-        description="Default 2000. Event-time alignment of the input topics: how long, in "
+        10000, ge=0,
+        description="Default 10000. Event-time alignment of the input topics: how long, in "
         "milliseconds, an input partition with nothing received yet but records waiting in the "
         "broker may hold the others back, so that its older records go first (see Aligned "
-        "input). A caught-up partition never holds anything back.",
+        "input). A caught-up partition never holds anything back; the wait normally lasts one "
+        "fetch, this is the bound for a fetch that is slow or stuck.",
     )
     align_max_buffered: int = Field(
         1000, ge=2,

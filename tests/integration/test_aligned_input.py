@@ -14,9 +14,12 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from collections import Counter
+from typing import Any
 
 from schemas import codec
 from streams import synthetic
+from streams.topics import input_topic_for_event_type
 from tests.integration.service_harness import (
     AS_OF,
     LOYALTY,
@@ -39,6 +42,20 @@ def history(seed: int, customers_per_shop: int) -> list[synthetic.SyntheticRecor
             "misrouted"} <= kinds, kinds
     assert any(r.is_invalid for r in records)
     return records
+
+
+def equal_or_explain(env: ServiceEnv, worker: Any, expected: list[dict[str, Any]],
+                     timeout: float) -> float:
+    """``wait_equal``, failing with the dead letters by reason and topic-partition."""
+    try:
+        return wait_equal(worker, expected, timeout=timeout)
+    except AssertionError as exc:
+        letters = [codec.loads(m.value)
+                   for m in env.read_topic(env.settings().topic_dead_letter, timeout=3.0)]
+        by = Counter((d["reason"], d["topic"].rsplit(".", 1)[-1], d["partition"])
+                     for d in letters)
+        raise AssertionError(f"{exc}\ndead letters by (reason, topic, partition): "
+                             f"{sorted(by.items())}") from None
 
 
 def too_late_dead_letters(env: ServiceEnv) -> int:
@@ -75,7 +92,7 @@ def test_history_import_with_loyalty_produce_before_the_worker_starts(bootstrap:
     w = env.worker().start()
     try:
         w.wait_ready()
-        waited = wait_equal(w, expected, timeout=300)
+        waited = equal_or_explain(env, w, expected, timeout=300)
         print(f"{len(records)} records over {SPAN_DAYS:.0f} days -> {len(expected)} customers "
               f"equal replay {waited:.1f}s after the worker was ready")
         assert too_late_dead_letters(env) == expected_too_late(env, records)
@@ -96,21 +113,22 @@ def test_topic_after_topic_backlog_then_a_live_tail(bootstrap: str, tmp_path) ->
     backlog = [r for r in records if r.arrival <= cutoff]
     tail = [r for r in records if r.arrival > cutoff]
     assert backlog and tail
-    order = ["purchase", "refund", "visit", "feedback", "redemption"]
+    s = env.settings()
+    order = [s.topic_purchases, s.topic_visits, s.topic_feedback, s.topic_redemptions]
 
     def group(r: synthetic.SyntheticRecord) -> int:
-        if r.kind == "misrouted" or r.event_type not in order:
+        if r.kind == "misrouted" or r.event_type is None:
             return len(order)  # wrongly keyed or unroutable: last
-        return order.index(r.event_type)
+        return order.index(input_topic_for_event_type(s, r.event_type))
 
     for g in range(len(order) + 1):
         env.produce([r for r in backlog if group(r) == g])
     w = env.worker().start()
     try:
         w.wait_ready()
-        wait_equal(w, expected_snapshots(env, backlog), timeout=300)
+        equal_or_explain(env, w, expected_snapshots(env, backlog), timeout=300)
         env.produce(tail, rate=400.0)
-        wait_equal(w, expected_snapshots(env, records), timeout=180)
+        equal_or_explain(env, w, expected_snapshots(env, records), timeout=180)
         assert too_late_dead_letters(env) == expected_too_late(env, records)
         samples = metric_samples(w)
         rekeyed = sum(v for (name, _), v in samples.items() if name == "loyalty_rekeyed_total")
@@ -140,7 +158,7 @@ def test_two_workers_on_a_backlog_one_killed(bootstrap: str, tmp_path) -> None:
         assert consumed > 0, b.log_tail()
         b.kill()
         assert consumed < len(records)  # killed mid-way, not after the end
-        wait_equal(a, expected, timeout=300)
+        equal_or_explain(env, a, expected, timeout=300)
         assert too_late_dead_letters(env) == expected_too_late(env, records)
     finally:
         env.stop_all()
