@@ -616,6 +616,10 @@ def install_seek_tracking(service: LoyaltyService, processor: Processor) -> None
     app = service.app
     consumer = app.consumer
     original = consumer.perform_seek
+    #: tp -> the offset Faust wanted to commit beyond the agent's progress
+    owed: dict[Any, int] = {}
+    #: tp -> the offset committed last (at the seek, or through this wrapper)
+    committed: dict[Any, int] = {}
     watched = {*service.input_topic_names, service.rekey.get_topic_name()}
 
     async def perform_seek() -> None:
@@ -627,6 +631,7 @@ def install_seek_tracking(service: LoyaltyService, processor: Processor) -> None
                 processor.seeks[(tp.topic, tp.partition)] = (generation, int(offset), now)
                 # Everything before the committed position is done by definition.
                 processor.done[(tp.topic, tp.partition)] = int(offset) - 1
+                committed[tp] = int(offset)
 
     consumer.perform_seek = perform_seek
 
@@ -635,27 +640,60 @@ def install_seek_tracking(service: LoyaltyService, processor: Processor) -> None
     async def commit(offsets: Any) -> bool:
         """Never commit an input offset past what the agent has processed.
 
-        Faust acknowledges records it drops around rebalances, so its own
-        committable offset can run ahead of the agent; a kill -9 after such a
-        commit would lose those records for good. Capping at the agent's
-        contiguous progress turns that into a harmless redelivery.
+        Faust acknowledges records it drops around rebalances, and every
+        record the aligned input holds back, so its own committable offset
+        can run ahead of the agent; a kill -9 after such a commit would lose
+        those records for good. Capping at the agent's contiguous progress
+        turns that into a harmless redelivery. Faust then believes the whole
+        offset committed and never asks again, so the rest is remembered as
+        owed and committed by :func:`commit_owed` once the agent gets there.
         """
         capped = {}
         for tp, offset in offsets.items():
             if tp.topic in watched:
                 done = processor.done.get((tp.topic, tp.partition))
                 if done is None:
+                    owed[tp] = max(owed.get(tp, -1), offset)
                     continue  # nothing processed here yet: leave the broker's offset
                 if offset > done + 1:
-                    log.info("capping commit of %s[%d] at %d (consumer wanted %d)",
-                             tp.topic, tp.partition, done + 1, offset)
+                    log.debug("capping commit of %s[%d] at %d (consumer wanted %d)",
+                              tp.topic, tp.partition, done + 1, offset)
+                    owed[tp] = max(owed.get(tp, -1), offset)
                     offset = done + 1
+                committed[tp] = max(committed.get(tp, -1), offset)
             capped[tp] = offset
         if not capped:
             return True
         return bool(await original_commit(capped))
 
+    async def commit_owed() -> None:
+        """Commit the owed offsets the agent has reached since (see ``commit``)."""
+        if not owed:
+            return
+        assignment = consumer.assignment()
+        todo = {}
+        for tp, wanted in list(owed.items()):
+            if tp not in assignment:
+                del owed[tp]  # revoked: the new owner starts from the committed offset
+                continue
+            done = processor.done.get((tp.topic, tp.partition))
+            if done is None:
+                continue
+            target = min(wanted, done + 1)
+            if target > committed.get(tp, -1):
+                todo[tp] = target
+            if target >= wanted:
+                del owed[tp]
+        if todo:
+            # Tally rows still go through Faust's producer buffer: flushed first,
+            # as Faust does before its own commits.
+            await app.producer.flush()
+            if await original_commit(todo):
+                for tp, offset in todo.items():
+                    committed[tp] = offset
+
     consumer._commit = commit
+    processor.commit_owed = commit_owed  # type: ignore[attr-defined]
 
 
 async def redrive_idle_partitions(service: LoyaltyService, processor: Processor,

@@ -134,9 +134,12 @@ class AlignedInput:
             return done
 
     async def tick(self) -> None:
-        """Timer: release records whose wait for a silent partition has expired."""
+        """Timer: release records whose wait for a silent partition has expired,
+        and commit the offsets Faust acknowledged before they were processed."""
         if self.aligner.held:
             await self.drain()
+        async with self.lock:
+            await self.processor.commit_owed()  # type: ignore[attr-defined]
 
     # -- internals -----------------------------------------------------------------
     def _check_generation(self) -> None:
