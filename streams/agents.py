@@ -60,74 +60,45 @@ Failure modes:
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import time
 import traceback
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from faust.types import TP
 
 from schemas import codec
-from streams.app import partition_for
+from schemas.events import InvalidEvent, parse_event
+from scoring import fold
+from scoring.shop import ShopTally
+from scoring.snapshot import snapshot
+from scoring.state import CustomerState
+from streams import compat
+from streams.compat import partition_context
+from streams.context import ServiceContext
 from streams.publish import Publisher, futures, last_offsets
-from streams.shops import TallyDelta, delta_for_event, shop_of, tally_key
+from streams.records import ORIGIN_HEADER, Outgoing, Record, dead_letter_record, effect_messages
+from streams.shops import TallyDelta, delta_for_event
 from streams.stores import partition_db, write_rows
-from streams.topics import message_key
-
-if TYPE_CHECKING:
-    from streams.app import LoyaltyService
+from streams.topics import (
+    CUSTOMERS_TABLE,
+    changelog_topic_name,
+    message_key,
+    partition_for,
+    shop_of,
+    tally_key,
+)
 
 log = logging.getLogger(__name__)
 
-ORIGIN_HEADER = "loyalty-origin"
+#: called with (partition, customer key, tally delta, next_due) after every state write
+ChangeListener = Callable[[int, bytes, TallyDelta, "int | None"], None]
 RETRIES = 2  # extra attempts before a record is dead-lettered as internal_error
 RETRY_DELAY_S = 0.5
-
-
-@dataclass(frozen=True)
-class Record:
-    """The parts of a Kafka message the processor needs (decoupled from Faust)."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp: float | None = None  # seconds since the epoch (Kafka record timestamp)
-    headers: tuple[tuple[str, bytes], ...] = ()
-
-    @classmethod
-    def from_message(cls, message: Any) -> Record:
-        headers = message.headers or ()
-        if isinstance(headers, dict):
-            headers = tuple(headers.items())
-        return cls(topic=message.topic, partition=message.partition, offset=message.offset,
-                   key=message.key, value=message.value, timestamp=message.timestamp,
-                   headers=tuple((str(k), bytes(v or b"")) for k, v in headers))
-
-    def origin(self) -> dict[str, Any]:
-        """Where the record first entered the system (follows a rekey hop)."""
-        for name, value in self.headers:
-            if name == ORIGIN_HEADER:
-                try:
-                    data = codec.loads(value)
-                    if isinstance(data, dict):
-                        return data
-                except ValueError:
-                    break
-        return {"topic": self.topic, "partition": self.partition, "offset": self.offset,
-                "timestamp": self.timestamp}
-
-
-@dataclass
-class Outgoing:
-    """One record to publish."""
-
-    topic: Any  # faust Topic
-    key: bytes | None
-    value: bytes
-    headers: list[tuple[str, bytes]] | None = None
 
 
 @dataclass
@@ -151,60 +122,23 @@ class Plan:
     effects: list[dict[str, Any]] = field(default_factory=list)
 
 
-def text_or_base64(data: bytes | None) -> tuple[str | None, str]:
-    """``(text, encoding)``: UTF-8 text if it decodes, else base64."""
-    if data is None:
-        return None, "none"
-    try:
-        return data.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError:
-        return base64.b64encode(data).decode("ascii"), "base64"
-
-
-def dead_letter_record(record: Record, reason: str, detail: str) -> bytes:
-    """The JSON value written to the dead-letter topic for ``record``.
-
-    Carries the original value (UTF-8 text, or base64 with
-    ``value_encoding="base64"``), the original key the same way, the reason
-    code, a human detail, the source topic/partition/offset/timestamp where
-    the record first entered (before any rekey hop) and when it was rejected.
-    """
-    value, value_enc = text_or_base64(record.value)
-    key, key_enc = text_or_base64(record.key)
-    origin = record.origin()
-    return codec.dumps({
-        "reason": reason,
-        "detail": detail[:4000],
-        "topic": origin.get("topic", record.topic),
-        "partition": origin.get("partition", record.partition),
-        "offset": origin.get("offset", record.offset),
-        "timestamp": origin.get("timestamp", record.timestamp),
-        "via_topic": record.topic if origin.get("topic") != record.topic else None,
-        "key": key,
-        "key_encoding": key_enc,
-        "value": value,
-        "value_encoding": value_enc,
-        "dead_lettered_at": datetime.now(UTC).isoformat(),
-    })
-
-
 class Processor:
     """Turns one input record into a :class:`Plan` and executes it."""
 
-    def __init__(self, service: LoyaltyService) -> None:
+    def __init__(self, service: ServiceContext, on_change: ChangeListener | None = None) -> None:
         self.service = service
         self.settings = service.settings
         self.metrics = service.metrics
         self.rekey_name = service.rekey.get_topic_name()
-        #: customer keys whose outputs are being acknowledged (see :meth:`handle_batch`)
-        self.in_flight: set[bytes] = set()
+        #: told about every state write (the time sweep's due index and recount)
+        self.on_change = on_change
         self._last_offset: dict[tuple[str, int], tuple[int | None, int]] = {}
         self._last_seen_at: dict[tuple[str, int], float] = {}
         #: (topic, partition) -> highest offset up to which every record was processed
         self.done: dict[tuple[str, int], int] = {}
         self.repair = GapReader(service)
         self.publisher = Publisher(service.app)
-        self.changelog_name = service.customers.changelog_topic.get_topic_name()
+        self.changelog_name = changelog_topic_name(service.settings, CUSTOMERS_TABLE)
         #: (topic, partition) -> (generation, offset positioned at, monotonic time)
         self.seeks: dict[tuple[str, int], tuple[int, int, float]] = {}
 
@@ -252,10 +186,6 @@ class Processor:
         states planned (not yet written) for earlier records of the same batch:
         a customer's second record in a batch folds onto the first one's result.
         """
-        from schemas.events import InvalidEvent, parse_event
-        from scoring import fold
-        from scoring.snapshot import snapshot
-
         svc = self.service
         now = now or datetime.now(UTC)
         raw = record.value
@@ -300,7 +230,7 @@ class Processor:
             snap = snapshot(new_state, None, policy, svc.clv_model(event.shop_id))
             plan.sends.append(Outgoing(svc.scores, key, codec.dumps(snap)))
         plan.effects = list(outcome.effects)
-        plan.sends.extend(self.effect_messages(plan.effects))
+        plan.sends.extend(effect_messages(svc, plan.effects))
         if outcome.status == "rejected":
             reason = getattr(outcome, "reason", None) or "rejected"
             detail = getattr(outcome, "detail", None) or reason
@@ -308,16 +238,6 @@ class Processor:
             plan.sends.append(Outgoing(svc.dead_letter, record.key,
                                        dead_letter_record(record, reason, detail)))
         return plan
-
-    def effect_messages(self, effects: list[dict[str, Any]]) -> list[Outgoing]:
-        """Output records for fold effects: ledger -> rewards, transition -> transitions."""
-        svc = self.service
-        out = []
-        for eff in effects:
-            topic = svc.rewards if eff.get("kind") == "ledger" else svc.transitions
-            out.append(Outgoing(topic, message_key(eff["shop_id"], eff["customer_id"]),
-                                codec.dumps(eff)))
-        return out
 
     def _reject(self, record: Record, reason: str, detail: str) -> Plan:
         plan = Plan(event_type="invalid", status="invalid")
@@ -402,9 +322,6 @@ class Processor:
         event is current (batches are taken with ``take_events``, which
         leaves none).
         """
-        from scoring.shop import ShopTally
-        from streams.sweep import partition_context
-
         svc = self.service
         changed = [plan for plan in plans if plan.tally_delta is not None]
         if not changed:
@@ -435,9 +352,9 @@ class Processor:
         for (partition, tkey), row in rows.items():
             with partition_context(self.rekey_name, partition):
                 svc.tallies[tkey] = row
-        if svc.sweeper is not None:
+        if self.on_change is not None:
             for plan in changed:
-                svc.sweeper.note_change(*plan.tally_delta, plan.next_due)  # type: ignore[misc]
+                self.on_change(*plan.tally_delta, plan.next_due)  # type: ignore[misc]
 
     @staticmethod
     def _records(sends: list[Outgoing]) -> list[tuple[str, bytes | None, bytes, Any, None]]:
@@ -480,14 +397,14 @@ class Processor:
         for attempt in range(RETRIES + 1):
             try:
                 plan = self.plan(record)
-                self.in_flight = {plan.state_write[0]} if plan.state_write else set()
+                self._mark_in_flight({plan.state_write[0]} if plan.state_write else ())
                 offsets = await self.deliver([plan])
                 self.write(plan, offsets)
-                self.in_flight = set()
+                self._mark_in_flight(())
                 self.observe(record, plan, started)
                 return plan.status
             except Exception as exc:  # noqa: BLE001 - the worker must survive any record
-                self.in_flight = set()
+                self._mark_in_flight(())
                 if attempt < RETRIES:
                     # Transient trouble (broker hiccup, metadata not yet fresh) must
                     # not cost an event. A retry is safe: the plan is recomputed
@@ -525,10 +442,10 @@ class Processor:
                 if plan.state_write is not None:
                     overlay[plan.state_write[0]] = plan.state_write[1]
                 planned.append((record, plan))
-            self.in_flight = set(overlay)
+            self._mark_in_flight(overlay)
             offsets = await self.deliver([plan for _, plan in planned])
         except Exception as exc:  # noqa: BLE001 - fall back; handle() never raises
-            self.in_flight = set()
+            self._mark_in_flight(())
             log.warning("batch of %d records failed before its writes (%r): "
                         "processing them one at a time", len(records), exc)
             for record in records:
@@ -537,9 +454,14 @@ class Processor:
         try:
             self.write_all([plan for _, plan in planned], offsets)
         finally:
-            self.in_flight = set()
+            self._mark_in_flight(())
         for record, plan in planned:
             self.observe(record, plan, started)
+
+    def _mark_in_flight(self, keys: Any) -> None:
+        """Make ``keys`` the customers the sweep must leave alone (see :meth:`handle`)."""
+        self.service.in_flight.clear()
+        self.service.in_flight.update(keys)
 
     async def _internal_error(self, record: Record, exc: BaseException) -> None:
         """Dead-letter ``record`` with reason ``internal_error``; never raises."""
@@ -561,17 +483,17 @@ class Processor:
 class GapReader:
     """Reads ranges of input records with its own consumer (no group, no commits)."""
 
-    def __init__(self, service: LoyaltyService) -> None:
+    def __init__(self, service: ServiceContext) -> None:
         self.settings = service.settings
-        self._consumer: Any = None
+        self._consumer: AIOKafkaConsumer | None = None
 
-    async def _start(self) -> None:
-        from aiokafka import AIOKafkaConsumer
-
+    async def _start(self) -> AIOKafkaConsumer:
         if self._consumer is None:
-            self._consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap_servers,
-                                              group_id=None, enable_auto_commit=False)
-            await self._consumer.start()
+            consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap_servers,
+                                        group_id=None, enable_auto_commit=False)
+            await consumer.start()
+            self._consumer = consumer
+        return self._consumer
 
     async def close(self) -> None:
         """Stop the private consumer (called on worker shutdown)."""
@@ -579,19 +501,22 @@ class GapReader:
             consumer, self._consumer = self._consumer, None
             await consumer.stop()
 
+    async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """The offset after the last record of each of ``tps``."""
+        consumer = await self._start()
+        return dict(await consumer.end_offsets(tps))
+
     async def fetch(self, topic: str, partition: int, start: int, end: int,
                     timeout: float = 30.0) -> list[Record]:
         """Records with ``start <= offset < end`` of one partition, in order."""
-        from aiokafka import TopicPartition
-
-        await self._start()
+        consumer = await self._start()
         tp = TopicPartition(topic, partition)
-        self._consumer.assign([tp])
-        self._consumer.seek(tp, start)
+        consumer.assign([tp])
+        consumer.seek(tp, start)
         out: list[Record] = []
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            batch = await self._consumer.getmany(tp, timeout_ms=500)
+            batch = await consumer.getmany(tp, timeout_ms=500)
             for m in batch.get(tp, []):
                 if m.offset >= end:
                     return out
@@ -605,41 +530,32 @@ class GapReader:
         return out
 
 
-def install_seek_tracking(service: LoyaltyService, processor: Processor) -> None:
-    """Remember, per input partition and generation, where the consumer was positioned.
+def install_seek_tracking(service: ServiceContext, processor: Processor) -> None:
+    """Remember, per input partition and generation, where the consumer was positioned,
+    and never commit an input offset past what the agent has processed.
 
-    Faust positions every assigned partition at its committed offset in
-    ``perform_seek`` (after each rebalance's recovery); the first record the
-    agent then sees must be that offset. Wrapping the instance method is the
-    only hook Faust offers at that moment.
+    Faust positions every assigned partition at its committed offset after
+    each rebalance's recovery; the first record the agent then sees must be
+    that offset (:func:`streams.compat.on_seek_to_committed`). Faust also
+    acknowledges records it drops around rebalances, so its own committable
+    offset can run ahead of the agent; a kill -9 after such a commit would
+    lose those records for good. Capping every commit at the agent's
+    contiguous progress (:func:`streams.compat.cap_commits`) turns that into
+    a harmless redelivery.
     """
     app = service.app
-    consumer = app.consumer
-    original = consumer.perform_seek
     watched = {*service.input_topic_names, service.rekey.get_topic_name()}
 
-    async def perform_seek() -> None:
-        await original()
-        generation = app.consumer_generation_id
+    def on_seek(committed: Mapping[TP, int | None]) -> None:
+        generation = compat.generation(app)
         now = time.monotonic()
-        for tp, offset in list(consumer._committed_offset.items()):
+        for tp, offset in committed.items():
             if tp.topic in watched and offset is not None:
                 processor.seeks[(tp.topic, tp.partition)] = (generation, int(offset), now)
                 # Everything before the committed position is done by definition.
                 processor.done[(tp.topic, tp.partition)] = int(offset) - 1
 
-    consumer.perform_seek = perform_seek
-
-    original_commit = consumer._commit
-
-    async def commit(offsets: Any) -> bool:
-        """Never commit an input offset past what the agent has processed.
-
-        Faust acknowledges records it drops around rebalances, so its own
-        committable offset can run ahead of the agent; a kill -9 after such a
-        commit would lose those records for good. Capping at the agent's
-        contiguous progress turns that into a harmless redelivery.
-        """
+    def cap(offsets: Mapping[TP, int]) -> dict[TP, int]:
         capped = {}
         for tp, offset in offsets.items():
             if tp.topic in watched:
@@ -651,14 +567,13 @@ def install_seek_tracking(service: LoyaltyService, processor: Processor) -> None
                              tp.topic, tp.partition, done + 1, offset)
                     offset = done + 1
             capped[tp] = offset
-        if not capped:
-            return True
-        return bool(await original_commit(capped))
+        return capped
 
-    consumer._commit = commit
+    compat.on_seek_to_committed(app, on_seek)
+    compat.cap_commits(app, cap)
 
 
-async def redrive_idle_partitions(service: LoyaltyService, processor: Processor,
+async def redrive_idle_partitions(service: ServiceContext, processor: Processor,
                                   idle_s: float = 10.0) -> int:
     """Re-read records the consumer read but never handed to the agent.
 
@@ -671,13 +586,10 @@ async def redrive_idle_partitions(service: LoyaltyService, processor: Processor,
     keyed, to the rekey topic, where the agent processes them in order
     (re-applying a record is harmless). Returns the number re-driven.
     """
-    from aiokafka import TopicPartition
-    from faust.types import TP
-
     app = service.app
-    generation = app.consumer_generation_id
+    generation = compat.generation(app)
     now = time.monotonic()
-    read_offsets = getattr(app.consumer, "_read_offset", {})
+    read_offsets = compat.read_offsets(app)
     candidates = []
     for tp, (gen, seek_offset, at) in list(processor.seeks.items()):
         if gen != generation:
@@ -692,13 +604,12 @@ async def redrive_idle_partitions(service: LoyaltyService, processor: Processor,
         candidates.append((tp, expected, read + 1))
     if not candidates:
         return 0
-    await processor.repair._start()
-    ends = await processor.repair._consumer.end_offsets(
+    ends = await processor.repair.end_offsets(
         [TopicPartition(t, p) for (t, p), _, _ in candidates])
     total = 0
     for (topic, partition), start, stop in candidates:
         end = min(stop, ends.get(TopicPartition(topic, partition), 0))
-        if end <= start or app.consumer_generation_id != generation:
+        if end <= start or compat.generation(app) != generation:
             continue
         records = await processor.repair.fetch(topic, partition, start, end)
         futures = [await service.rekey.send(key=_redrive_key(r), value=r.value or b"",
@@ -745,17 +656,20 @@ def read_row(table: Any, partition: int, key: bytes) -> bytes | None:
     return None if value is None else bytes(value)
 
 
-def _decode_state(raw: bytes | None) -> Any:
-    from scoring.state import CustomerState
-
+def _decode_state(raw: bytes | None) -> CustomerState | None:
     if raw is None:
         return None
     return CustomerState.decode(raw)
 
 
-def register_agents(service: LoyaltyService) -> Processor:
-    """Attach the state agent to ``service.app``; returns its :class:`Processor`."""
-    processor = Processor(service)
+def register_agents(service: ServiceContext,
+                    on_change: ChangeListener | None = None) -> Processor:
+    """Attach the state agent to ``service.app``; returns its :class:`Processor`.
+
+    ``on_change`` is told about every state the agent writes (the time sweep's
+    :meth:`streams.sweep.Sweeper.note_change`).
+    """
+    processor = Processor(service, on_change)
 
     settings = service.settings
 
@@ -766,7 +680,7 @@ def register_agents(service: LoyaltyService) -> Processor:
             batch: list[Record] = []
             for event in events:
                 record = Record.from_message(event.message)
-                gap = processor.find_gap(record, getattr(event.message, "generation_id", None))
+                gap = processor.find_gap(record, event.message.generation_id)
                 if gap is not None:
                     batch.extend(await processor.repair.fetch(record.topic, record.partition, *gap))
                 batch.append(record)
@@ -789,5 +703,4 @@ def register_agents(service: LoyaltyService) -> Processor:
     @service.app.on_before_shutdown.connect
     async def close_gap_reader(app: Any, **kwargs: Any) -> None:
         await processor.repair.close()
-    service.processor = processor  # type: ignore[attr-defined]
     return processor

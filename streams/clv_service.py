@@ -38,11 +38,17 @@ import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
 from schemas import codec
+from scoring.clock import day_of, from_us, to_us
+from scoring.snapshot import clv_inputs, head_as_of
+from scoring.state import CustomerState
+from streams.clv_models import ClvModels
+from streams.context import ServiceContext
 
 if TYPE_CHECKING:
     from scoring.clv import ShopModel
-    from streams.app import LoyaltyService
 
 log = logging.getLogger(__name__)
 
@@ -50,43 +56,8 @@ CHUNK = 500
 MIN_REPEAT_BUYERS = 20
 
 
-class ClvModels:
-    """The latest model per shop (read by snapshot builders; written by the reader)."""
-
-    def __init__(self) -> None:
-        self._models: dict[str, ShopModel] = {}
-        self.updated_at: float | None = None
-
-    def get(self, shop_id: str) -> ShopModel | None:
-        return self._models.get(shop_id)
-
-    def put(self, shop_id: str, model: ShopModel) -> None:
-        self._models[shop_id] = model
-        self.updated_at = time.time()
-
-    def apply_record(self, key: bytes | None, value: bytes | None) -> None:
-        """Fold one params-topic record in; a malformed record is logged and ignored."""
-        from scoring.clv import ShopModel
-
-        if key is None or value is None:
-            return
-        try:
-            model = ShopModel.from_dict(codec.loads(value)["model"])
-        except (ValueError, KeyError, TypeError) as exc:
-            log.warning("ignoring malformed CLV params record for %r: %s", key, exc)
-            return
-        self.put(key.decode("utf-8", "replace"), model)
-
-    def __len__(self) -> int:
-        return len(self._models)
-
-
 def collect_stats(states: Any, now_us: int, policies: Any) -> dict[str, list[tuple[int, int, int, int]]]:
     """Per shop, the (x, t_x_days, T_days, repeat_spend) of each buyer as of ``now_us``."""
-    from scoring.clock import day_of
-    from scoring.snapshot import clv_inputs, head_as_of
-    from scoring.state import CustomerState
-
     by_shop: dict[str, list[tuple[int, int, int, int]]] = {}
     for raw in states:
         state = CustomerState.decode(raw)
@@ -103,6 +74,7 @@ def collect_stats(states: Any, now_us: int, policies: Any) -> dict[str, list[tup
 def fit_all(by_shop: dict[str, list[tuple[int, int, int, int]]], min_customers: int,
             as_of_day: Any = None) -> tuple[dict[str, ShopModel], dict[str, str]]:
     """Fit every shop with enough data; returns (models, errors by shop)."""
+    # scoring.clv pulls in scipy (most of a second): imported by the refit only.
     from scoring import clv
 
     models, errors = {}, {}
@@ -119,9 +91,9 @@ def fit_all(by_shop: dict[str, list[tuple[int, int, int, int]]], min_customers: 
 class ClvService:
     """Owns the params topic, the model table and the refit timer of one worker."""
 
-    def __init__(self, service: LoyaltyService) -> None:
+    def __init__(self, service: ServiceContext) -> None:
         self.service = service
-        self.models = ClvModels()
+        self.models: ClvModels = service.clv_models
         self.topic = service.app.topic(service.settings.topic_clv_params, key_type=bytes,
                                        value_type=bytes, key_serializer="raw",
                                        value_serializer="raw")
@@ -129,8 +101,6 @@ class ClvService:
 
     async def read_forever(self) -> None:
         """Materialize the params topic into :attr:`models` (every partition, from the start)."""
-        from aiokafka import AIOKafkaConsumer, TopicPartition
-
         settings = self.service.settings
         name = settings.topic_clv_params
         while True:
@@ -161,8 +131,6 @@ class ClvService:
 
     async def refit(self, now: datetime | None = None, *, force: bool = False) -> dict[str, Any]:
         """One refit pass (only on the owner of partition 0 unless ``force``)."""
-        from scoring.clock import from_us, to_us
-
         svc = self.service
         if not force and 0 not in svc.owned_partitions():
             return {"skipped": "not the owner of partition 0"}
@@ -191,10 +159,9 @@ class ClvService:
         return self.last_refit
 
 
-def register_clv(service: LoyaltyService) -> ClvService:
+def register_clv(service: ServiceContext) -> ClvService:
     """Attach the model reader task and the refit timer to the app."""
     clv = ClvService(service)
-    service.clv = clv  # type: ignore[attr-defined]
     app = service.app
 
     @app.task

@@ -35,7 +35,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from streams.app import partition_for
+import faust
+
+from streams import compat
+from streams.topics import partition_for
 
 #: ``(topic, key, value, headers, partition)``; partition None: Kafka's default
 OutRecord = tuple[str, bytes | None, bytes, list[tuple[str, bytes]] | None, int | None]
@@ -74,12 +77,12 @@ def last_offsets(sent: list[Sent]) -> dict[tuple[str, int], int]:
 class Publisher:
     """Batch publisher over the Faust app's aiokafka producer."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: faust.App) -> None:
         self.app = app
 
     async def publish(self, records: Iterable[OutRecord]) -> list[Sent]:
         """Queue the records; return one :class:`Sent` per submitted batch."""
-        producer = self.app.producer._ensure_producer()
+        producer = compat.aiokafka_producer(self.app)
         counts: dict[str, int] = {}
         builders: dict[tuple[str, int], list[Any]] = {}  # tp -> [builder, records in it]
         sent: list[Sent] = []

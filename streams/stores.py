@@ -1,11 +1,9 @@
 """Direct access to the RocksDB partition databases behind a Faust table.
 
 The agent and the sweep read and write customer rows in the partition's
-database themselves (streams/agents.py ``Processor.deliver``/``write_all``,
-streams/sweep.py ``Sweeper._write``): Faust's table path costs two lookups
-per read and a buffered changelog message plus a persisted-offset write per
-write. Both go through these two functions so there is one place that knows
-Faust's store internals (``_dbs``, ``offset_key``, ``use_rocksdict``).
+database themselves: Faust's table path costs two lookups per read and a
+buffered changelog message plus a persisted-offset write per write. Where
+Faust keeps those databases is known only to :mod:`streams.compat`.
 
 Guarantee of :func:`write_rows`: the rows and Faust's persisted offset go in
 one RocksDB write batch, so a crash leaves either all of them or none, and
@@ -16,22 +14,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from faust.types import CollectionT
+from rocksdict import WriteBatch
 
-def partition_db(table: Any, partition: int) -> Any:
+from streams import compat
+
+
+def partition_db(table: CollectionT, partition: int) -> Any | None:
     """The open ``rocksdict`` database of ``partition`` behind ``table``, or None.
 
     None for any other store (``memory://`` in unit tests, the python-rocksdb
     driver) and for a partition whose database is not open (not assigned
     here): callers then go through the Faust table.
     """
-    store = table.data
-    if not getattr(store, "use_rocksdict", False):
-        return None
-    dbs = getattr(store, "_dbs", None)
-    return dbs.get(partition) if isinstance(dbs, dict) else None
+    return compat.rocksdict_partition(table, partition)
 
 
-def write_rows(table: Any, partition: int, rows: list[tuple[bytes, bytes]],
+def write_rows(table: CollectionT, partition: int, rows: list[tuple[bytes, bytes]],
                changelog_offset: int) -> bool:
     """Write ``rows`` and Faust's persisted offset in one batch; False if not open.
 
@@ -43,12 +42,10 @@ def write_rows(table: Any, partition: int, rows: list[tuple[bytes, bytes]],
     db = partition_db(table, partition)
     if db is None:
         return False
-    from rocksdict import WriteBatch
-
     batch = WriteBatch(raw_mode=True)
     for key, value in rows:
         batch.put(key, value)
     # Faust's Store.set_persisted_offset encoding, in the same batch.
-    batch.put(table.data.offset_key, str(changelog_offset).encode())
+    batch.put(compat.persisted_offset_key(table), str(changelog_offset).encode())
     db.write(batch)
     return True

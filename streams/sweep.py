@@ -109,35 +109,35 @@ it gets there.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-import weakref
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
-
-from faust.streams import _current_event
+from typing import Any
 
 from schemas import codec
-from streams.app import partition_for
-from streams.publish import futures, last_offsets
+from schemas.policy import ShopPolicy
+from scoring import fold
+from scoring.clock import day_of, to_us
+from scoring.shop import ShopTally
+from scoring.snapshot import snapshot
+from scoring.state import CustomerState
+from streams import compat
+from streams.compat import partition_context
+from streams.context import ServiceContext
+from streams.due_index import DueIndex, Recount, SweepStats
+from streams.publish import Publisher, futures, last_offsets
+from streams.records import effect_messages
 from streams.shops import (
     TallyDelta,
     delta_for_advance,
     recount_contribution,
-    shop_of,
-    tally_key,
     update_row,
 )
 from streams.stores import partition_db, write_rows
-
-if TYPE_CHECKING:
-    from scoring.shop import ShopTally
-    from scoring.state import CustomerState
-    from streams.app import LoyaltyService
+from streams.topics import CUSTOMERS_TABLE, changelog_topic_name, partition_for, shop_of, tally_key
 
 log = logging.getLogger(__name__)
 
@@ -160,92 +160,6 @@ SWEEP_DUTY = 0.1
 _US_PER_S = 1_000_000
 #: index entries a due pass examines between two looks at the clock
 _SELECT_CHUNK = 2048
-
-
-class _Message:
-    __slots__ = ("partition", "topic")
-
-    def __init__(self, topic: str, partition: int) -> None:
-        self.topic = topic
-        self.partition = partition
-
-
-class _SweepEvent:
-    """Stand-in for a Faust event: only ``message.partition``/``topic`` are read."""
-
-    __slots__ = ("message", "__weakref__")
-
-    def __init__(self, topic: str, partition: int) -> None:
-        self.message = _Message(topic, partition)
-
-
-@contextlib.contextmanager
-def partition_context(topic: str, partition: int) -> Iterator[None]:
-    """Make table reads/writes inside the block target ``partition``.
-
-    ``topic`` must have the table's partition count (Faust verifies it); the
-    rekey topic is used. Must not span an ``await``: the context variable is
-    task-local, but a stand-in event must never be seen by ``Topic.send``
-    (it would try to attach the message to it).
-    """
-    event = _SweepEvent(topic, partition)
-    token = _current_event.set(weakref.ref(event))  # type: ignore[arg-type]
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
-
-
-@dataclass
-class _DueIndex:
-    """One partition's due index (see the module docstring)."""
-
-    #: keys due at or after this instant are left to the next full scan
-    horizon_us: int
-    #: customer key -> next_due (microseconds), for keys due before ``horizon_us``
-    due: dict[bytes, int] = field(default_factory=dict)
-    #: no value in ``due`` is smaller (a lower bound: lets a sweep skip the partition)
-    earliest: int | None = None
-    #: the full scan that built the index finished (else the next sweep scans again)
-    complete: bool = False
-    #: customer rows of the partition (counted by the full scan, then new rows added)
-    rows: int = 0
-
-    def file(self, key: bytes, next_due: int | None) -> None:
-        """Record ``key``'s current ``next_due`` (None: nothing is ever due)."""
-        if next_due is None or next_due >= self.horizon_us:
-            self.due.pop(key, None)
-            return
-        self.due[key] = next_due
-        if self.earliest is None or next_due < self.earliest:
-            self.earliest = next_due
-
-
-@dataclass
-class _Pass:
-    """A full scan of one partition in progress: the exact tally recount.
-
-    The scan reads keys in byte order; ``cursor`` is the last key it has
-    reached. A key is *pending* (its current state will be counted when the
-    scan gets there) if it is after the cursor - and, when the keys were
-    listed up front (``listed``), among them - or if the scan holds it
-    uncounted while its new state is being acknowledged (``held``).
-    """
-
-    listed: list[bytes] | None
-    cursor: bytes | None = None
-    held: set[bytes] = field(default_factory=set)
-    acc: dict[str, ShopTally] = field(default_factory=dict)
-
-    def pending(self, key: bytes) -> bool:
-        if key in self.held:
-            return True
-        if self.cursor is not None and key <= self.cursor:
-            return False
-        if self.listed is None:
-            return True
-        i = bisect_left(self.listed, key)
-        return i < len(self.listed) and self.listed[i] == key
 
 
 class _Budget:
@@ -283,33 +197,8 @@ class _Work:
     messages: list[tuple[Any, bytes, bytes]]  # (topic, key, value) to publish
 
 
-@dataclass
-class SweepStats:
-    """What one sweep did."""
-
-    now: datetime
-    #: customer rows in the swept partitions (as counted by the due index)
-    customers: int = 0
-    #: customer states read and advanced (every row in a full scan, due keys otherwise)
-    visited: int = 0
-    #: partitions that got a full scan (index rebuild and tally recount)
-    full_scans: int = 0
-    #: keys in the due indexes of the swept partitions after the sweep
-    indexed: int = 0
-    changed: int = 0
-    skipped: int = 0
-    tallies_repaired: int = 0
-    seconds: float = 0.0
-
-    @property
-    def full_scan(self) -> bool:
-        return self.full_scans > 0
-
-
 def _same_tally(a: bytes, b: bytes) -> bool:
     """Equal figures, ignoring zero counts and order (encodings may differ)."""
-    from scoring.shop import ShopTally
-
     def norm(raw: bytes) -> tuple[Any, ...]:
         t = ShopTally.decode(raw)
         return ({k: v for k, v in t.funnel.items() if v}, list(t.nps_all),
@@ -321,12 +210,13 @@ def _same_tally(a: bytes, b: bytes) -> bool:
 class Sweeper:
     """Time-driven advancement and tally recomputation for owned partitions."""
 
-    def __init__(self, service: LoyaltyService) -> None:
+    def __init__(self, service: ServiceContext) -> None:
         self.service = service
-        self._passes: dict[int, _Pass] = {}
-        self._index: dict[int, _DueIndex] = {}
+        self.publisher = Publisher(service.app)
+        self.changelog_name = changelog_topic_name(service.settings, CUSTOMERS_TABLE)
+        self._passes: dict[int, Recount] = {}
+        self._index: dict[int, DueIndex] = {}
         self._lock = asyncio.Lock()
-        self.last: SweepStats | None = None
         self._generation = -1
 
     # -- called by the agent ---------------------------------------------------------
@@ -350,26 +240,11 @@ class Sweeper:
                 index.rows += 1  # a new row always enters the tally from no stage
         if run is None or pending:
             return
-        from scoring.shop import ShopTally
-
         shop = shop_of(key)
         run.acc[shop] = delta.apply(run.acc.get(shop) or ShopTally.empty())
 
     # -- the sweep ---------------------------------------------------------------------
-    def tables_ready(self) -> bool:
-        """True when no rebalance or changelog recovery is under way.
-
-        Faust keeps agents paused during recovery, but timers keep running. A
-        sweep during recovery would advance a half-restored row and append it
-        to the changelog *after* the newer values still being restored: the
-        stale row would win. Flow control is suspended from rebalance start
-        until recovery has finished, so it is the gate.
-        """
-        app = self.service.app
-        return (app.flow_control.is_active() and not app.rebalancing
-                and not getattr(app, "in_recovery", False))
-
-    def _keys_after(self, partition: int, run: _Pass) -> Iterator[bytes]:
+    def _keys_after(self, partition: int, run: Recount) -> Iterator[bytes]:
         """Keys of ``partition`` after ``run.cursor``, in byte order.
 
         A RocksDB partition is read with a fresh iterator per slice (opened at
@@ -385,9 +260,11 @@ class Sweeper:
             start = 0 if after is None else bisect_right(listed, after)
             return (listed[i] for i in range(start, len(listed))
                     if partition_for(listed[i], n) == partition)
-        store = self.service.customers.data
-        db = store._dbs[partition]
-        offset_key = getattr(store, "offset_key", None)
+        table = self.service.customers
+        db = partition_db(table, partition)
+        if db is None:
+            raise RuntimeError(f"partition {partition} is not open here")  # revoked meanwhile
+        offset_key = compat.persisted_offset_key(table)
         keys = db.keys() if after is None else db.keys(from_key=after)
         return (k for k in keys if k != after and k != offset_key)
 
@@ -395,8 +272,7 @@ class Sweeper:
         """None when the partition's keys can be read in order from its store;
         else every key of the table, sorted (a copy: no iterator spans an
         ``await``, so a partition revoked mid-sweep cannot invalidate it)."""
-        dbs = getattr(self.service.customers.data, "_dbs", None)
-        if isinstance(dbs, dict) and partition in dbs and hasattr(dbs[partition], "keys"):
+        if partition_db(self.service.customers, partition) is not None:
             return None
         return sorted(self.service.customers.keys())
 
@@ -406,19 +282,17 @@ class Sweeper:
         A failure in one partition is logged and counted as an internal error;
         the other partitions are still swept.
         """
-        from scoring.clock import to_us
-
         async with self._lock:  # a slow sweep must not overlap the next timer tick
             stats = SweepStats(now=now or datetime.now(UTC))
             started = time.perf_counter()
-            generation = self.service.app.consumer_generation_id
+            generation = compat.generation(self.service.app)
             if generation != self._generation:
                 # Ownership may have changed and stores may have been restored:
                 # every index is rebuilt by a full scan.
                 self._index.clear()
                 self._generation = generation
             now_us = to_us(stats.now)
-            owned = self.service.owned_partitions() if self.tables_ready() else []
+            owned = self.service.owned_partitions() if self.service.tables_ready() else []
             for partition in owned:
                 await asyncio.sleep(0)  # partitions are slices too
                 try:
@@ -449,15 +323,15 @@ class Sweeper:
             m.sweep_changed.inc(stats.changed)
             m.sweep_visited.inc(stats.visited)
             m.sweep_seconds.observe(stats.seconds)
-            self.last = stats
+            self.service.last_sweep = stats
             return stats
 
     async def _full_scan(self, partition: int, now_us: int, stats: SweepStats) -> None:
         """Read every row: advance the due, rebuild the index, recount the tallies."""
         svc = self.service
         interval_us = int(svc.settings.tally_recount_interval_s * _US_PER_S)
-        index = self._index[partition] = _DueIndex(horizon_us=now_us + interval_us)
-        run = self._passes[partition] = _Pass(listed=self._scan_listing(partition))
+        index = self._index[partition] = DueIndex(horizon_us=now_us + interval_us)
+        run = self._passes[partition] = Recount(listed=self._scan_listing(partition))
         stats.full_scans += 1
         budget = _Budget(SWEEP_DUTY)
         if run.listed is not None:
@@ -478,7 +352,7 @@ class Sweeper:
                     svc.tallies[tkey] = exact
         index.complete = True
 
-    async def _due_pass(self, partition: int, index: _DueIndex, now_us: int,
+    async def _due_pass(self, partition: int, index: DueIndex, now_us: int,
                         stats: SweepStats) -> None:
         """Advance only the keys the index says are due."""
         if index.earliest is None or index.earliest > now_us:
@@ -491,7 +365,7 @@ class Sweeper:
             index.complete = False  # interrupted: ``earliest`` may now be too late
 
     @staticmethod
-    async def _select_due(index: _DueIndex, now_us: int, budget: _Budget) -> list[bytes]:
+    async def _select_due(index: DueIndex, now_us: int, budget: _Budget) -> list[bytes]:
         """The keys of ``index`` due at ``now_us``, sorted; recomputes ``earliest``.
 
         Reads a copy of the keys (a large index is read in budgeted slices;
@@ -520,8 +394,8 @@ class Sweeper:
         due.sort()
         return due
 
-    async def _advance(self, partition: int, index: _DueIndex, now_us: int,
-                       stats: SweepStats, run: _Pass | None, budget: _Budget,
+    async def _advance(self, partition: int, index: DueIndex, now_us: int,
+                       stats: SweepStats, run: Recount | None, budget: _Budget,
                        next_keys: Callable[[], Iterator[bytes]]) -> bool:
         """Advance the keys ``next_keys()`` yields, slice by slice.
 
@@ -531,13 +405,9 @@ class Sweeper:
         writing - stops at the slice budget and yields; ownership is checked
         again after every yield. False if the partition was lost mid-way.
         """
-        from scoring import fold
-        from scoring.state import CustomerState
-
         svc = self.service
         table = svc.customers
         ctx_topic = svc.rekey.get_topic_name()
-        processor = svc.processor  # type: ignore[attr-defined]
         while True:
             if not self._still_owner(partition):
                 return False
@@ -547,7 +417,7 @@ class Sweeper:
                 for key in next_keys():
                     if run is not None:
                         run.cursor = key
-                    elif key in processor.in_flight:
+                    elif key in svc.in_flight:
                         stats.skipped += 1  # stays due: re-checked next sweep
                         index.file(key, index.due.get(key))
                         continue
@@ -559,7 +429,7 @@ class Sweeper:
                     state = CustomerState.decode(raw)
                     if run is not None:
                         index.rows += 1
-                    if key in processor.in_flight:
+                    if key in svc.in_flight:
                         # Full scan only: count the row as it is now; the agent's
                         # write brings its delta and its next_due.
                         stats.skipped += 1
@@ -585,18 +455,16 @@ class Sweeper:
                 return True
             await budget.pause()  # let the agent run between slices
 
-    def _prepare(self, key: bytes, raw: bytes, outcome: Any, policy: Any) -> _Work:
+    def _prepare(self, key: bytes, raw: bytes, outcome: fold.Outcome,
+                 policy: ShopPolicy) -> _Work:
         """Encode what an advanced customer publishes: its effects and new snapshot.
 
         Done while reading the slice, so the slice budget covers it (a
         snapshot costs more than the advance itself).
         """
-        from scoring.snapshot import snapshot
-
         svc = self.service
         effects = list(outcome.effects)
-        messages = [(out.topic, out.key, out.value)
-                    for out in svc.processor.effect_messages(effects)]  # type: ignore[attr-defined]
+        messages = [(out.topic, out.key, out.value) for out in effect_messages(svc, effects)]
         messages.append((svc.scores, key, codec.dumps(snapshot(
             outcome.state, None, policy, svc.clv_model(outcome.state.shop_id)))))
         return _Work(key, raw, outcome, effects, messages)
@@ -616,8 +484,8 @@ class Sweeper:
         budget.restart()
         return self._still_owner(partition)
 
-    async def _write(self, partition: int, work: list[_Work], index: _DueIndex,
-                     stats: SweepStats, run: _Pass | None, budget: _Budget) -> bool:
+    async def _write(self, partition: int, work: list[_Work], index: DueIndex,
+                     stats: SweepStats, run: Recount | None, budget: _Budget) -> bool:
         """Compare-and-set the advanced states. False if the partition was lost
         meanwhile (nothing more is written).
 
@@ -640,12 +508,9 @@ class Sweeper:
         With the ``memory://`` store (unit tests) states go through Faust's
         table, in one synchronous compare-and-set.
         """
-        from scoring.state import CustomerState
-
         svc = self.service
         table = svc.customers
         ctx_topic = svc.rekey.get_topic_name()
-        processor = svc.processor  # type: ignore[attr-defined]
         direct = partition_db(table, partition) is not None
 
         def keep_agents_state(key: bytes) -> None:
@@ -665,7 +530,7 @@ class Sweeper:
             for item in work:
                 if run is not None:
                     run.held.discard(item.key)
-                if item.key in processor.in_flight or table.get(item.key) != item.raw:
+                if item.key in svc.in_flight or table.get(item.key) != item.raw:
                     keep_agents_state(item.key)
                 else:
                     kept.append(item)
@@ -674,8 +539,8 @@ class Sweeper:
         encoded = [bytes(item.outcome.state.encode()) for item in kept]
         offset = -1
         if direct:
-            sent = await processor.publisher.publish(
-                [(processor.changelog_name, item.key, value, None, partition)
+            sent = await self.publisher.publish(
+                [(self.changelog_name, item.key, value, None, partition)
                  for item, value in zip(kept, encoded, strict=True)])
             await asyncio.gather(*futures(sent))
             offset = max(last_offsets(sent).values())
@@ -704,34 +569,19 @@ class Sweeper:
         budget.restart()
         return True
 
-    def _count(self, run: _Pass | None, key: bytes, state: CustomerState) -> None:
+    def _count(self, run: Recount | None, key: bytes, state: CustomerState) -> None:
         """Count one customer's current state into the running recount."""
         if run is None:
             return
-        from scoring.shop import ShopTally
-
         shop = shop_of(key)
         tally = run.acc.get(shop) or ShopTally.empty()
         recount_contribution(tally, state, self.service.policies.for_shop(shop))
         run.acc[shop] = tally
 
     def _still_owner(self, partition: int) -> bool:
-        return (self.tables_ready()
-                and self.service.app.consumer_generation_id == self._generation
+        return (self.service.tables_ready()
+                and compat.generation(self.service.app) == self._generation
                 and partition in self.service.owned_partitions())
-
-    def local_tally(self, shop_id: str) -> tuple[list[int], Any]:
-        """Merge this worker's tallies of ``shop_id`` over its owned partitions."""
-        from scoring.shop import ShopTally
-
-        svc = self.service
-        owned = svc.owned_partitions()
-        total = ShopTally.empty()
-        for p in owned:
-            raw = svc.tallies.get(tally_key(shop_id, p))
-            if raw:
-                total = total.merge(ShopTally.decode(raw))
-        return owned, total
 
     def _publish_gauges(self) -> None:
         svc = self.service
@@ -744,21 +594,18 @@ class Sweeper:
                 shops.add(shop)
                 rows += 1
         svc.metrics.table_rows.labels("shop-tallies").set(rows)
-        from scoring.clock import day_of, to_us
-
         today = day_of(to_us(datetime.now(UTC)))
         for shop in shops:
             try:
-                _, tally = self.local_tally(shop)
+                _, tally = svc.local_tally(shop)
                 figures = tally.figures(shop, today, svc.policies.for_shop(shop))
                 svc.metrics.set_shop_figures(shop, figures)
             except Exception:  # noqa: BLE001 - gauges are best effort
                 log.exception("shop gauges for %s", shop)
 
 
-def register_sweep(service: LoyaltyService) -> None:
+def register_sweep(service: ServiceContext, sweeper: Sweeper) -> None:
     """Run :meth:`Sweeper.sweep` every ``settings.sweep_interval_s`` on every worker."""
-    sweeper = service.sweeper
 
     async def loyalty_sweep() -> None:
         stats = await sweeper.sweep()

@@ -19,12 +19,11 @@ from scoring.clock import from_us, to_us
 from scoring.shop import ShopTally
 from scoring.state import CustomerState
 from streams import sweep as sweep_module
-from streams.agents import Record
-from streams.app import LoyaltyService, create_service, partition_for
+from streams.app import LoyaltyService, create_service
+from streams.compat import partition_context
+from streams.records import Record
 from streams.settings import Settings
-from streams.shops import tally_key
-from streams.sweep import partition_context
-from streams.topics import message_key
+from streams.topics import message_key, partition_for, tally_key
 
 NOW = datetime(2026, 1, 10, tzinfo=UTC)
 PARTITIONS = 4
@@ -50,10 +49,11 @@ class Harness:
             fut.set_result(None)
             return fut
 
-        for topic in (self.svc.scores, self.svc.rewards, self.svc.transitions):
+        ctx = self.svc.context
+        for topic in (ctx.scores, ctx.rewards, ctx.transitions):
             monkeypatch.setattr(topic, "send", send)
-        monkeypatch.setattr(self.svc, "owned_partitions", lambda: list(range(PARTITIONS)))
-        monkeypatch.setattr(self.svc.sweeper, "tables_ready", lambda: True)
+        monkeypatch.setattr(ctx, "owned_partitions", lambda: list(range(PARTITIONS)))
+        monkeypatch.setattr(ctx, "tables_ready", lambda: True)
         self.recounted = 0
         recount = sweep_module.recount_contribution
 
@@ -81,25 +81,25 @@ class Harness:
         return key
 
     def state(self, key: bytes) -> CustomerState:
-        return CustomerState.decode(self.svc.customers.get(key))
+        return CustomerState.decode(self.svc.context.customers.get(key))
 
     def states(self) -> dict[bytes, CustomerState]:
-        return {k: self.state(k) for k in self.svc.customers.keys()}
+        return {k: self.state(k) for k in self.svc.context.customers.keys()}
 
     def indexed(self, key: bytes) -> int | None:
         index = self.sweeper._index.get(partition_for(key, PARTITIONS))
         return None if index is None else index.due.get(key)
 
     def tally(self, partition: int) -> bytes | None:
-        with partition_context(self.svc.rekey.get_topic_name(), partition):
-            return self.svc.tallies.get(tally_key("s1", partition))
+        with partition_context(self.svc.context.rekey.get_topic_name(), partition):
+            return self.svc.context.tallies.get(tally_key("s1", partition))
 
     def set_tally(self, partition: int, raw: bytes) -> None:
-        with partition_context(self.svc.rekey.get_topic_name(), partition):
-            self.svc.tallies[tally_key("s1", partition)] = raw
+        with partition_context(self.svc.context.rekey.get_topic_name(), partition):
+            self.svc.context.tallies[tally_key("s1", partition)] = raw
 
     def rebalance(self) -> None:
-        self.svc.app.consumer_generation_id += 1
+        self.svc.context.app.consumer_generation_id += 1
 
 
 def monthly_customers(h: Harness, n: int = 10) -> list[bytes]:
@@ -245,10 +245,10 @@ async def test_skipped_customer_stays_due(long_index: Harness) -> None:
     due_at = min(s.next_due for s in states.values() if s.next_due is not None)
     [key] = [k for k, s in states.items() if s.next_due == due_at]
 
-    h.svc.processor.in_flight = {key}  # the agent is waiting for this customer's outputs
+    h.svc.context.in_flight.add(key)  # the agent is waiting for this customer's outputs
     busy = await h.sweeper.sweep(from_us(due_at))
     assert (busy.skipped, busy.changed) == (1, 0) and h.indexed(key) == due_at
-    h.svc.processor.in_flight = set()
+    h.svc.context.in_flight.clear()
 
     # The agent writes the row while the sweep waits for its acknowledgements:
     # the sweep's result is dropped and the index follows the agent's state.
@@ -269,11 +269,11 @@ async def test_full_scan_keeps_a_skipped_key_due_and_counts_a_raced_one_once(
     assert h.state(first).next_due <= to_us(NOW)
 
     # The agent takes the key while the scan waits for its acknowledgements.
-    h.on_send.append(lambda: setattr(h.svc.processor, "in_flight", {first}))
+    h.on_send.append(lambda: h.svc.context.in_flight.add(first))
     scan = await h.sweeper.sweep(NOW)
     assert (scan.full_scans, scan.skipped, scan.changed) == (PARTITIONS, 1, 0)
     assert h.indexed(first) == h.state(first).next_due <= to_us(NOW)  # still due
-    h.svc.processor.in_flight = set()
+    h.svc.context.in_flight.clear()
     retry = await h.sweeper.sweep(NOW + timedelta(seconds=30))
     assert (retry.full_scans, retry.visited, retry.changed) == (0, 1, 1)
 
@@ -305,6 +305,6 @@ async def test_a_failed_due_pass_is_followed_by_a_full_scan(
         m.setattr(sweep_module.Sweeper, "_prepare", broken)
         failed = await h.sweeper.sweep(from_us(due_at))
     assert failed.changed == 0
-    assert h.svc.metrics.registry.get_sample_value("loyalty_internal_errors_total") == 1
+    assert h.svc.context.metrics.registry.get_sample_value("loyalty_internal_errors_total") == 1
     recovered = await h.sweeper.sweep(from_us(due_at) + timedelta(seconds=30))
     assert (recovered.full_scans, recovered.changed) == (1, 1)  # the failed partition
