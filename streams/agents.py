@@ -74,23 +74,16 @@ from faust.types import TP
 from schemas import codec
 from schemas.events import InvalidEvent, parse_event
 from scoring import fold
-from scoring.shop import ShopTally
 from scoring.snapshot import snapshot
 from scoring.state import CustomerState
 from streams import compat
-from streams.compat import partition_context
+from streams.commit import Change, Committer, WriteFailed
 from streams.context import ServiceContext
-from streams.publish import Publisher, futures, last_offsets
 from streams.records import ORIGIN_HEADER, Outgoing, Record, dead_letter_record, effect_messages
 from streams.shops import TallyDelta, delta_for_event
-from streams.stores import partition_db, write_rows
 from streams.topics import (
-    CUSTOMERS_TABLE,
-    changelog_topic_name,
     message_key,
     partition_for,
-    shop_of,
-    tally_key,
 )
 
 log = logging.getLogger(__name__)
@@ -112,8 +105,6 @@ class Plan:
     tally_delta: tuple[int, bytes, TallyDelta] | None = None
     # next_due of the state written (for the time sweep's due index)
     next_due: int | None = None
-    # the state's changelog record was published with the outputs (see Processor.deliver)
-    changelog_sent: bool = False
     sends: list[Outgoing] = field(default_factory=list)
     event_type: str = "invalid"
     status: str = "invalid"
@@ -137,8 +128,7 @@ class Processor:
         #: (topic, partition) -> highest offset up to which every record was processed
         self.done: dict[tuple[str, int], int] = {}
         self.repair = GapReader(service)
-        self.publisher = Publisher(service.app)
-        self.changelog_name = changelog_topic_name(service.settings, CUSTOMERS_TABLE)
+        self.committer = Committer(service)
         #: (topic, partition) -> (generation, offset positioned at, monotonic time)
         self.seeks: dict[tuple[str, int], tuple[int, int, float]] = {}
 
@@ -217,7 +207,7 @@ class Processor:
         if overlay is not None and key in overlay:
             old_raw = overlay[key]
         else:
-            old_raw = read_row(svc.customers, record.partition, key)
+            old_raw = svc.rows.get(record.partition, key)
         old = _decode_state(old_raw)
         outcome = fold.apply(old, event, policy)
         plan = Plan(event_type=event.type, status=outcome.status, occurred_at=event.occurred_at)
@@ -248,118 +238,35 @@ class Processor:
         return plan
 
     # -- execution ---------------------------------------------------------------------
+    async def commit(self, plans: list[Plan]) -> None:
+        """Publish what ``plans`` send and write their states: :meth:`Committer.commit`.
+
+        Every output is published and acknowledged first, then each changed
+        state's changelog record, then the states go into the row store with
+        the persisted offset and the tally deltas are applied (the numbered
+        steps of :mod:`streams.commit`). Everything is published through
+        :class:`streams.publish.Publisher`, not ``Topic.send``: Faust's
+        "attachments" would hold the records back until the offset commit,
+        and they must reach Kafka *before* the state write (see
+        :meth:`handle`). Raises what the commit raises.
+        """
+        outputs = [(out.topic.get_topic_name(), out.key, out.value, out.headers, None)
+                   for plan in plans for out in plan.sends]
+        await self.committer.commit(outputs, _changes(plans), on_written=self._written)
+
     def write(self, plan: Plan, changelog_offsets: dict[int, int] | None = None) -> None:
-        """Apply the table writes of one plan (see :meth:`write_all`)."""
-        self.write_all([plan], changelog_offsets or {})
+        """Steps 4-5 of the commit for one plan whose records are already acknowledged.
 
-    async def deliver(self, plans: list[Plan]) -> dict[int, int]:
-        """Publish everything ``plans`` send, wait for every acknowledgement.
-
-        First the outputs, all acknowledged; then the changelog record of
-        each state that :meth:`write_all` will write straight into RocksDB,
-        keyed and partitioned as Faust would (the store's partition), all
-        acknowledged. Returns ``partition -> offset of the last such
-        changelog record``.
-
-        Why not Faust's ``table[key] = value``: it wraps every changelog
-        record in a ``FutureMessage``, buffers it, and on acknowledgement
-        writes Faust's persisted offset to RocksDB, per record (~65 us per
-        event, profiled). Publishing the record with the outputs and
-        acknowledging it *before* the local write also means a crash can
-        never leave the local store ahead of the changelog.
-
-        Everything goes through :class:`streams.publish.Publisher`, not
-        ``Topic.send``: Faust's "attachments" would hold the records back
-        until the offset commit, and they must reach Kafka *before* the state
-        write, see :meth:`handle`.
+        ``changelog_offsets`` (partition -> offset of the state's changelog
+        record) becomes the persisted offset; without it the persisted offset
+        is left as it is (unit tests of the write path).
         """
-        sent = await self.publisher.publish(
-            self._records([out for plan in plans for out in plan.sends]))
-        if sent:
-            await asyncio.gather(*futures(sent))
-        # Only now the changelog records: a state must never be durable before
-        # its outputs are, or a crash in between would make the redelivered
-        # record a duplicate whose outputs were never published.
-        changelog = []
-        for plan in plans:
-            if plan.state_write is None or plan.tally_delta is None:
-                continue
-            partition = plan.tally_delta[0]
-            if partition_db(self.service.customers, partition) is not None:
-                plan.changelog_sent = True
-                changelog.append((self.changelog_name, plan.state_write[0], plan.state_write[1],
-                                  None, partition))
-        if not changelog:
-            return {}
-        sent = await self.publisher.publish(changelog)
-        await asyncio.gather(*futures(sent))
-        return {p: o for (_, p), o in last_offsets(sent).items()}
+        self.committer.write(_changes([plan]), changelog_offsets or {},
+                             on_written=self._written)
 
-    def write_all(self, plans: list[Plan], changelog_offsets: dict[int, int]) -> None:
-        """Apply the table writes of ``plans``, in order (synchronous: no await inside).
-
-        Every state is written. A state whose changelog record
-        :meth:`deliver` published and the broker acknowledged goes straight
-        into its partition's RocksDB database, one write batch per partition
-        that also sets Faust's persisted offset to ``changelog_offsets``
-        (what Faust's recovery resumes from). Any other state goes through
-        Faust's table, which sends its changelog record itself. If the
-        partition was revoked meanwhile, the local write is skipped: its new
-        owner restores the state from the changelog. The tally deltas
-        are summed per tally row first, so a batch writes each shop's row of
-        a partition once, not once per record: the row is read, every delta
-        of the batch applied in order, and written back. The deltas are
-        applied here, at write time, not at plan time, because the sweep may
-        rewrite a row while the agent waits for the broker.
-
-        All tally rows are computed before anything is written, so a failing
-        tally update cannot leave states written and tallies not. A crash
-        between the state writes and the tally writes leaves drift that the
-        sweep's recount repairs (see streams/sweep.py).
-
-        The writes run in their partition's context, so Faust picks that
-        partition for the store and the changelog whether or not a stream
-        event is current (batches are taken with ``take_events``, which
-        leaves none).
-        """
-        svc = self.service
-        changed = [plan for plan in plans if plan.tally_delta is not None]
-        if not changed:
-            return  # state and tally writes always come together (see plan())
-        tallies: dict[tuple[int, bytes], ShopTally] = {}
-        for plan in changed:
-            partition, key, delta = plan.tally_delta  # type: ignore[misc]
-            tkey = (partition, tally_key(shop_of(key), partition))
-            tally = tallies.get(tkey)
-            if tally is None:
-                with partition_context(self.rekey_name, partition):
-                    raw = svc.tallies.get(tkey[1])
-                tally = tallies[tkey] = ShopTally.decode(raw) if raw else ShopTally.empty()
-            delta.apply(tally)
-        rows = {tkey: bytes(tally.encode()) for tkey, tally in tallies.items()}
-        direct: dict[int, list[tuple[bytes, bytes]]] = {}
-        for plan in changed:
-            if plan.state_write is None:
-                continue
-            partition = plan.tally_delta[0]  # type: ignore[index]
-            if plan.changelog_sent:
-                direct.setdefault(partition, []).append(plan.state_write)
-            else:
-                with partition_context(self.rekey_name, partition):
-                    svc.customers[plan.state_write[0]] = plan.state_write[1]
-        for partition, states in direct.items():
-            write_rows(svc.customers, partition, states, changelog_offsets[partition])
-        for (partition, tkey), row in rows.items():
-            with partition_context(self.rekey_name, partition):
-                svc.tallies[tkey] = row
+    def _written(self, change: Change) -> None:
         if self.on_change is not None:
-            for plan in changed:
-                self.on_change(*plan.tally_delta, plan.next_due)  # type: ignore[misc]
-
-    @staticmethod
-    def _records(sends: list[Outgoing]) -> list[tuple[str, bytes | None, bytes, Any, None]]:
-        return [(out.topic.get_topic_name(), out.key, out.value, out.headers, None)
-                for out in sends]
+            self.on_change(change.partition, change.key, change.delta, change.next_due)
 
     def observe(self, record: Record, plan: Plan, started: float) -> None:
         """Update metrics for a processed record."""
@@ -398,8 +305,7 @@ class Processor:
             try:
                 plan = self.plan(record)
                 self._mark_in_flight({plan.state_write[0]} if plan.state_write else ())
-                offsets = await self.deliver([plan])
-                self.write(plan, offsets)
+                await self.commit([plan])
                 self._mark_in_flight(())
                 self.observe(record, plan, started)
                 return plan.status
@@ -421,14 +327,15 @@ class Processor:
         """Process a batch with one broker round trip; never raises.
 
         The order of :meth:`handle` holds for the batch as a whole: plan every
-        record (each on top of the states planned before it), publish all
-        outputs and wait for all acknowledgements once, then write every
-        state and tally, each in its record's partition context, in one
-        synchronous run. A crash before the writes means the whole batch is
-        redelivered and folded again (outputs repeat with the same ids); a
-        crash after them leaves exact duplicates. If anything fails before
-        the writes, nothing was written and the batch is processed again one
-        record at a time, with :meth:`handle`'s retries and dead letter.
+        record (each on top of the states planned before it), then one
+        commit (:mod:`streams.commit`): all outputs published and
+        acknowledged once, all changelog records once, then every state and
+        tally written in one synchronous run. A crash before the writes
+        means the whole batch is redelivered and folded again (outputs repeat
+        with the same ids); a crash after them leaves exact duplicates. If
+        anything fails before the writes, nothing was written and the batch
+        is processed again one record at a time, with :meth:`handle`'s
+        retries and dead letter; a failure while writing is raised.
         """
         if len(records) == 1:
             await self.handle(records[0])
@@ -443,7 +350,10 @@ class Processor:
                     overlay[plan.state_write[0]] = plan.state_write[1]
                 planned.append((record, plan))
             self._mark_in_flight(overlay)
-            offsets = await self.deliver([plan for _, plan in planned])
+            await self.commit([plan for _, plan in planned])
+        except WriteFailed:
+            self._mark_in_flight(())
+            raise
         except Exception as exc:  # noqa: BLE001 - fall back; handle() never raises
             self._mark_in_flight(())
             log.warning("batch of %d records failed before its writes (%r): "
@@ -451,10 +361,7 @@ class Processor:
             for record in records:
                 await self.handle(record)
             return
-        try:
-            self.write_all([plan for _, plan in planned], offsets)
-        finally:
-            self._mark_in_flight(())
+        self._mark_in_flight(())
         for record, plan in planned:
             self.observe(record, plan, started)
 
@@ -640,20 +547,11 @@ def _redrive_key(record: Record) -> bytes | None:
         return record.key
 
 
-def read_row(table: Any, partition: int, key: bytes) -> bytes | None:
-    """``table.get(key)`` with one RocksDB lookup in the key's partition database.
-
-    Faust's ``Table.get`` checks membership and then reads (two RocksDB
-    lookups plus key-index bookkeeping, ~22 us per call profiled). The agent
-    knows the partition (the record's, which is the key's), so it reads that
-    database directly (:func:`streams.stores.partition_db`); without one it
-    goes through ``table.get``.
-    """
-    db = partition_db(table, partition)
-    if db is None:
-        return table.get(key)
-    value = db.get(key)
-    return None if value is None else bytes(value)
+def _changes(plans: list[Plan]) -> list[Change]:
+    """The state changes of ``plans``, in order (state and tally always come together)."""
+    return [Change(plan.tally_delta[0], key, value, plan.tally_delta[2], plan.next_due)
+            for plan in plans if plan.state_write is not None and plan.tally_delta is not None
+            for key, value in (plan.state_write,)]
 
 
 def _decode_state(raw: bytes | None) -> CustomerState | None:

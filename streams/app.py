@@ -44,8 +44,10 @@ from streams.agents import Processor, register_agents
 from streams.clv_service import ClvService, register_clv
 from streams.compat import harden_producer_flush
 from streams.context import ServiceContext
+from streams.publish import Publisher
 from streams.restore import install_bulk_restore
 from streams.settings import Settings
+from streams.store import row_store
 from streams.sweep import Sweeper, register_sweep
 from streams.topics import (
     CUSTOMERS_TABLE,
@@ -193,6 +195,8 @@ def create_service(
         dead_letter=app.topic(settings.topic_dead_letter, **raw),
         policies=policies,
         input_topic_names=names,
+        rows=row_store(customers, settings.partitions),
+        publisher=Publisher(app),
     )
     # The sweeper exists even without its timer: the agent tells it about
     # every write, and tests drive it directly.

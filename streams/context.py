@@ -6,8 +6,10 @@ modules receive it as their only handle on the worker and import this module
 (never :mod:`streams.app`), so the composition root is the only module that
 imports everything.
 
-Besides the tables, topics, policies and metrics, the context owns the
-worker-wide state that more than one part reads:
+Besides the tables, topics, policies and metrics, the context holds the
+customer row store and the batch publisher the commit protocol
+(:mod:`streams.commit`) uses, and owns the worker-wide state that more than
+one part reads:
 
 * :attr:`ServiceContext.in_flight`: customer keys whose outputs the agent is
   waiting for; the time sweep neither reads nor overwrites them meanwhile;
@@ -25,6 +27,8 @@ from typing import TYPE_CHECKING
 from scoring.shop import ShopTally
 from streams.clv_models import ClvModels
 from streams.metrics import Metrics
+from streams.publish import Publisher
+from streams.store import RowStore
 from streams.topics import tally_key
 
 if TYPE_CHECKING:
@@ -56,6 +60,10 @@ class ServiceContext:
     dead_letter: TopicT
     policies: PolicyBook
     input_topic_names: tuple[str, ...]
+    #: the customer rows the agent and the sweep read and write (streams.store)
+    rows: RowStore
+    #: batch publisher over the app's producer (every output and changelog record)
+    publisher: Publisher
     metrics: Metrics = field(default_factory=Metrics)
     #: latest CLV model per shop (filled by streams.clv_service when CLV is enabled)
     clv_models: ClvModels = field(default_factory=ClvModels)

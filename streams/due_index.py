@@ -7,7 +7,6 @@ Nothing here reads a table, a clock or Kafka: :class:`DueIndex` and
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -54,12 +53,10 @@ class Recount:
 
     The scan reads keys in byte order; ``cursor`` is the last key it has
     reached. A key is *pending* (its current state will be counted when the
-    scan gets there) if it is after the cursor - and, when the keys were
-    listed up front (``listed``), among them - or if the scan holds it
+    scan gets there) if it is after the cursor, or if the scan holds it
     uncounted while its new state is being acknowledged (``held``).
     """
 
-    listed: list[bytes] | None
     cursor: bytes | None = None
     held: set[bytes] = field(default_factory=set)
     acc: dict[str, ShopTally] = field(default_factory=dict)
@@ -67,12 +64,7 @@ class Recount:
     def pending(self, key: bytes) -> bool:
         if key in self.held:
             return True
-        if self.cursor is not None and key <= self.cursor:
-            return False
-        if self.listed is None:
-            return True
-        i = bisect_left(self.listed, key)
-        return i < len(self.listed) and self.listed[i] == key
+        return self.cursor is None or key > self.cursor
 
 
 @dataclass

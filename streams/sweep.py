@@ -111,7 +111,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from bisect import bisect_right
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -125,19 +124,17 @@ from scoring.shop import ShopTally
 from scoring.snapshot import snapshot
 from scoring.state import CustomerState
 from streams import compat
+from streams.commit import Change, Committer
 from streams.compat import partition_context
 from streams.context import ServiceContext
 from streams.due_index import DueIndex, Recount, SweepStats
-from streams.publish import Publisher, futures, last_offsets
-from streams.records import effect_messages
+from streams.records import Outgoing, effect_messages
 from streams.shops import (
     TallyDelta,
     delta_for_advance,
     recount_contribution,
-    update_row,
 )
-from streams.stores import partition_db, write_rows
-from streams.topics import CUSTOMERS_TABLE, changelog_topic_name, partition_for, shop_of, tally_key
+from streams.topics import shop_of, tally_key
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +191,7 @@ class _Work:
     raw: bytes  # the row the advance started from (compare-and-set)
     outcome: Any  # fold.Outcome
     effects: list[dict[str, Any]]
-    messages: list[tuple[Any, bytes, bytes]]  # (topic, key, value) to publish
+    messages: list[Outgoing]  # effects and the new snapshot
 
 
 def _same_tally(a: bytes, b: bytes) -> bool:
@@ -212,8 +209,7 @@ class Sweeper:
 
     def __init__(self, service: ServiceContext) -> None:
         self.service = service
-        self.publisher = Publisher(service.app)
-        self.changelog_name = changelog_topic_name(service.settings, CUSTOMERS_TABLE)
+        self.committer = Committer(service)
         self._passes: dict[int, Recount] = {}
         self._index: dict[int, DueIndex] = {}
         self._lock = asyncio.Lock()
@@ -247,34 +243,11 @@ class Sweeper:
     def _keys_after(self, partition: int, run: Recount) -> Iterator[bytes]:
         """Keys of ``partition`` after ``run.cursor``, in byte order.
 
-        A RocksDB partition is read with a fresh iterator per slice (opened at
-        the cursor), so a full scan never holds all keys in memory and never
-        keeps an iterator across an ``await``. Other stores were listed up
-        front (``run.listed``: every key of the table; the memory store keeps
-        all partitions in one dict, so other partitions' keys are skipped here,
-        inside the time-budgeted slices).
+        Read afresh per slice from the row store (for RocksDB an iterator
+        opened at the cursor), so a full scan never holds all keys in memory
+        and never keeps an iterator across an ``await``.
         """
-        after = run.cursor
-        if run.listed is not None:
-            listed, n = run.listed, self.service.partitions
-            start = 0 if after is None else bisect_right(listed, after)
-            return (listed[i] for i in range(start, len(listed))
-                    if partition_for(listed[i], n) == partition)
-        table = self.service.customers
-        db = partition_db(table, partition)
-        if db is None:
-            raise RuntimeError(f"partition {partition} is not open here")  # revoked meanwhile
-        offset_key = compat.persisted_offset_key(table)
-        keys = db.keys() if after is None else db.keys(from_key=after)
-        return (k for k in keys if k != after and k != offset_key)
-
-    def _scan_listing(self, partition: int) -> list[bytes] | None:
-        """None when the partition's keys can be read in order from its store;
-        else every key of the table, sorted (a copy: no iterator spans an
-        ``await``, so a partition revoked mid-sweep cannot invalidate it)."""
-        if partition_db(self.service.customers, partition) is not None:
-            return None
-        return sorted(self.service.customers.keys())
+        return self.service.rows.keys_after(partition, run.cursor)
 
     async def sweep(self, now: datetime | None = None) -> SweepStats:
         """One sweep of every actively owned partition. Never raises.
@@ -331,11 +304,9 @@ class Sweeper:
         svc = self.service
         interval_us = int(svc.settings.tally_recount_interval_s * _US_PER_S)
         index = self._index[partition] = DueIndex(horizon_us=now_us + interval_us)
-        run = self._passes[partition] = Recount(listed=self._scan_listing(partition))
+        run = self._passes[partition] = Recount()
         stats.full_scans += 1
         budget = _Budget(SWEEP_DUTY)
-        if run.listed is not None:
-            await budget.pause()  # the listing was a slice of its own
         if not await self._advance(partition, index, now_us, stats, run, budget,
                                    lambda: self._keys_after(partition, run)):
             return  # rebalanced mid-scan: the index stays incomplete
@@ -406,50 +377,47 @@ class Sweeper:
         again after every yield. False if the partition was lost mid-way.
         """
         svc = self.service
-        table = svc.customers
-        ctx_topic = svc.rekey.get_topic_name()
         while True:
             if not self._still_owner(partition):
                 return False
             work: list[_Work] = []
             finished = True
-            with partition_context(ctx_topic, partition):
-                for key in next_keys():
-                    if run is not None:
-                        run.cursor = key
-                    elif key in svc.in_flight:
-                        stats.skipped += 1  # stays due: re-checked next sweep
-                        index.file(key, index.due.get(key))
-                        continue
-                    raw = table.get(key)
-                    if raw is None:
-                        index.due.pop(key, None)
-                        continue
-                    stats.visited += 1
-                    state = CustomerState.decode(raw)
-                    if run is not None:
-                        index.rows += 1
-                    if key in svc.in_flight:
-                        # Full scan only: count the row as it is now; the agent's
-                        # write brings its delta and its next_due.
-                        stats.skipped += 1
+            # One synchronous slice: no await until the commit.
+            for key in next_keys():
+                if run is not None:
+                    run.cursor = key
+                elif key in svc.in_flight:
+                    stats.skipped += 1  # stays due: re-checked next sweep
+                    index.file(key, index.due.get(key))
+                    continue
+                raw = svc.rows.get(partition, key)
+                if raw is None:
+                    index.due.pop(key, None)
+                    continue
+                stats.visited += 1
+                state = CustomerState.decode(raw)
+                if run is not None:
+                    index.rows += 1
+                if key in svc.in_flight:
+                    # Full scan only: count the row as it is now; the agent's
+                    # write brings its delta and its next_due.
+                    stats.skipped += 1
+                    self._count(run, key, state)
+                    index.file(key, state.next_due)
+                else:
+                    policy = svc.policies.for_shop(state.shop_id)
+                    outcome = fold.advance(state, now_us, policy)
+                    if outcome.changed:
+                        work.append(self._prepare(key, raw, outcome, policy))
+                        if run is not None:
+                            run.held.add(key)
+                    else:
                         self._count(run, key, state)
                         index.file(key, state.next_due)
-                    else:
-                        policy = svc.policies.for_shop(state.shop_id)
-                        outcome = fold.advance(state, now_us, policy)
-                        if outcome.changed:
-                            work.append(self._prepare(key, raw, outcome, policy))
-                            if run is not None:
-                                run.held.add(key)
-                        else:
-                            self._count(run, key, state)
-                            index.file(key, state.next_due)
-                    if budget.spent():
-                        finished = False
-                        break
-            if work and not (await self._publish(partition, work, budget)
-                             and await self._write(partition, work, index, stats, run, budget)):
+                if budget.spent():
+                    finished = False
+                    break
+            if work and not await self._commit(partition, work, index, stats, run, budget):
                 return False
             if finished:
                 return True
@@ -464,110 +432,60 @@ class Sweeper:
         """
         svc = self.service
         effects = list(outcome.effects)
-        messages = [(out.topic, out.key, out.value) for out in effect_messages(svc, effects)]
-        messages.append((svc.scores, key, codec.dumps(snapshot(
+        messages = effect_messages(svc, effects)
+        messages.append(Outgoing(svc.scores, key, codec.dumps(snapshot(
             outcome.state, None, policy, svc.clv_model(outcome.state.shop_id)))))
         return _Work(key, raw, outcome, effects, messages)
 
-    async def _publish(self, partition: int, work: list[_Work], budget: _Budget) -> bool:
-        """Publish effects + snapshots and wait for the broker before any state
-        is written (same ordering argument as the agent's). False if the
-        partition was lost meanwhile."""
-        futures = []
-        for item in work:
-            for topic, key, value in item.messages:
-                futures.append(await topic.send(key=key, value=value, force=True))
-            self.service.metrics.observe_effects(item.effects)
-            if budget.spent():
-                await budget.pause()
-        await asyncio.gather(*futures)
-        budget.restart()
-        return self._still_owner(partition)
+    async def _commit(self, partition: int, work: list[_Work], index: DueIndex,
+                      stats: SweepStats, run: Recount | None, budget: _Budget) -> bool:
+        """Commit the advanced states (:mod:`streams.commit`), guarded against the agent.
 
-    async def _write(self, partition: int, work: list[_Work], index: DueIndex,
-                     stats: SweepStats, run: Recount | None, budget: _Budget) -> bool:
-        """Compare-and-set the advanced states. False if the partition was lost
-        meanwhile (nothing more is written).
-
-        The agent writes states straight into RocksDB after publishing their
-        changelog records itself (streams/agents.py ``Processor.deliver``).
-        The sweep does the same, through the same producer, so one key's
-        changelog records are appended in the order their writes were
-        decided: a changelog record sent through Faust's table instead could
-        overtake or trail an agent's record and leave the changelog's last
-        state for the key different from the local one, which a restore
-        would then bring back. In three steps:
-
-        1. without an await: keep the items whose row is unchanged since it was
-           read and which the agent is not processing;
-        2. publish their changelog records and wait for the acknowledgements;
-        3. without an await: write each kept item whose row is *still*
-           unchanged (else the agent's newer state, published after ours,
-           stays), with Faust's persisted offset, and its tally delta.
-
-        With the ``memory://`` store (unit tests) states go through Faust's
-        table, in one synchronous compare-and-set.
+        The agent may write any of these keys while the sweep waits for the
+        broker, so every change is a compare-and-set on the row it was
+        computed from: it yields if the agent is processing the key or wrote
+        it (the agent's newer state stays; the next sweep advances it). Its
+        changelog record goes through the same producer as the agent's, so
+        one key's changelog records are appended in the order their writes
+        were decided. False if the partition was lost meanwhile (nothing more
+        is written).
         """
         svc = self.service
-        table = svc.customers
-        ctx_topic = svc.rekey.get_topic_name()
-        direct = partition_db(table, partition) is not None
+        states = {item.key: item.outcome.state for item in work}
+        outputs = []
+        for item in work:
+            outputs.extend((out.topic.get_topic_name(), out.key, out.value, None, None)
+                           for out in item.messages)
+            svc.metrics.observe_effects(item.effects)
+        changes = [Change(partition, item.key, bytes(item.outcome.state.encode()),
+                          delta_for_advance(item.outcome), item.outcome.state.next_due,
+                          base=item.raw)
+                   for item in work]
 
-        def keep_agents_state(key: bytes) -> None:
+        def compared(change: Change) -> None:
+            if run is not None:
+                run.held.discard(change.key)  # from here on the row is counted as it is
+
+        def yielded(change: Change) -> None:
             stats.skipped += 1  # the agent got there first: keep its state
-            current = table.get(key)
+            current = svc.rows.get(partition, change.key)
             if current is None:
-                index.due.pop(key, None)
+                index.due.pop(change.key, None)
             else:
                 state = CustomerState.decode(current)
-                self._count(run, key, state)
-                index.file(key, state.next_due)  # still due unless the agent moved it
+                self._count(run, change.key, state)
+                index.file(change.key, state.next_due)  # still due unless the agent moved it
 
-        if not self._still_owner(partition):
-            return False
-        kept: list[_Work] = []
-        with partition_context(ctx_topic, partition):
-            for item in work:
-                if run is not None:
-                    run.held.discard(item.key)
-                if item.key in svc.in_flight or table.get(item.key) != item.raw:
-                    keep_agents_state(item.key)
-                else:
-                    kept.append(item)
-        if not kept:
-            return True
-        encoded = [bytes(item.outcome.state.encode()) for item in kept]
-        offset = -1
-        if direct:
-            sent = await self.publisher.publish(
-                [(self.changelog_name, item.key, value, None, partition)
-                 for item, value in zip(kept, encoded, strict=True)])
-            await asyncio.gather(*futures(sent))
-            offset = max(last_offsets(sent).values())
-            if not self._still_owner(partition):
-                return False
-        rows: list[tuple[bytes, bytes]] = []
-        with partition_context(ctx_topic, partition):
-            for item, value in zip(kept, encoded, strict=True):
-                key, outcome = item.key, item.outcome
-                if table.get(key) != item.raw:
-                    keep_agents_state(key)
-                    continue
-                delta = delta_for_advance(outcome)
-                tkey = tally_key(shop_of(key), partition)
-                row = update_row(svc.tallies.get(tkey), delta)
-                if direct:
-                    rows.append((key, value))
-                else:
-                    table[key] = value
-                svc.tallies[tkey] = row
-                stats.changed += 1
-                self._count(run, key, outcome.state)
-                index.file(key, outcome.state.next_due)
-            if rows:
-                write_rows(table, partition, rows, offset)
+        def written(change: Change) -> None:
+            stats.changed += 1
+            self._count(run, change.key, states[change.key])
+            index.file(change.key, change.next_due)
+
+        done = await self.committer.commit(
+            outputs, changes, owns=lambda: self._still_owner(partition),
+            on_compared=compared, on_yielded=yielded, on_written=written)
         budget.restart()
-        return True
+        return done.complete
 
     def _count(self, run: Recount | None, key: bytes, state: CustomerState) -> None:
         """Count one customer's current state into the running recount."""

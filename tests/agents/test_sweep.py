@@ -1,7 +1,8 @@
 """Unit tests of the time sweep's due index and tally recount (memory store, no broker).
 
-The broker is replaced by sends that are acknowledged at once; ownership and
-readiness are stubbed. The real-broker tests (tests/integration/
+The broker is replaced by a publisher that acknowledges every record at once;
+ownership and readiness are stubbed. States are written through the same
+commit protocol and row-store interface as in production (memory rows). The real-broker tests (tests/integration/
 test_service_end_to_end.py, ..._crash.py, ..._metrics.py) run the sweep in a
 worker against RocksDB.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -21,9 +23,16 @@ from scoring.state import CustomerState
 from streams import sweep as sweep_module
 from streams.app import LoyaltyService, create_service
 from streams.compat import partition_context
+from streams.publish import Sent
 from streams.records import Record
 from streams.settings import Settings
-from streams.topics import message_key, partition_for, tally_key
+from streams.topics import (
+    CUSTOMERS_TABLE,
+    changelog_topic_name,
+    message_key,
+    partition_for,
+    tally_key,
+)
 
 NOW = datetime(2026, 1, 10, tzinfo=UTC)
 PARTITIONS = 4
@@ -38,20 +47,28 @@ class Harness:
                             data_dir=tmp_path, tally_recount_interval_s=recount_interval_s)
         self.svc: LoyaltyService = create_service(settings, web_enabled=False,
                                                   sweep_enabled=False)
-        self.sent: list[dict[str, Any]] = []
-        self.on_send: list[Any] = []  # callables run (once each) at the next send
+        self.sent: list[dict[str, Any]] = []  # output records (not changelog records)
+        self.on_send: list[Any] = []  # callables run (once each) at the next publish
+        ctx = self.svc.context
+        changelog = changelog_topic_name(settings, CUSTOMERS_TABLE)
+        offsets: dict[tuple[str, int], int] = {}
 
-        async def send(**kw: Any) -> asyncio.Future[None]:
-            self.sent.append(kw)
+        async def publish(records: Any) -> list[Sent]:
+            """The broker: acknowledges every record at once, with real offsets."""
+            out = []
+            for topic, key, value, _headers, partition in records:
+                if topic != changelog:
+                    self.sent.append({"topic": topic, "key": key, "value": value})
+                partition = partition if partition is not None else partition_for(key, PARTITIONS)
+                offset = offsets[(topic, partition)] = offsets.get((topic, partition), -1) + 1
+                fut = asyncio.get_running_loop().create_future()
+                fut.set_result(SimpleNamespace(offset=offset))
+                out.append(Sent(topic, partition, 1, fut))
             while self.on_send:
                 self.on_send.pop(0)()
-            fut = asyncio.get_running_loop().create_future()
-            fut.set_result(None)
-            return fut
+            return out
 
-        ctx = self.svc.context
-        for topic in (ctx.scores, ctx.rewards, ctx.transitions):
-            monkeypatch.setattr(topic, "send", send)
+        monkeypatch.setattr(ctx.publisher, "publish", publish)
         monkeypatch.setattr(ctx, "owned_partitions", lambda: list(range(PARTITIONS)))
         monkeypatch.setattr(ctx, "tables_ready", lambda: True)
         self.recounted = 0
