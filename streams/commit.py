@@ -16,7 +16,8 @@ so the order the service's guarantees rest on is written once:
 4. **write each partition's rows and persisted offset** (the offset of the
    partition's last changelog record just acknowledged) in one store write
    batch (:meth:`streams.store.RowStore.write`); a guarded change is dropped
-   if its row changed while step 3 waited (compare-and-set);
+   if its row changed while step 3 waited or the agent took the key
+   meanwhile (compare-and-set);
 5. **apply the tally deltas** of the written changes (one read-modify-write
    per shop tally row, through the Faust table) and report each change.
 
@@ -146,12 +147,16 @@ class Committer:
         this commit, as in unit tests of the write step).
         """
         result = result if result is not None else Committed(written=[], yielded=[])
-        rows = self.ctx.rows
+        rows, in_flight = self.ctx.rows, self.ctx.in_flight
         # 4. one write batch per partition: the rows and the persisted offset
         by_partition: dict[int, list[Change]] = {}
         for change in changes:
-            if change.guarded and rows.get(change.partition, change.key) != change.base:
-                result.yielded.append(change)  # the agent's newer state stays
+            # The agent may have read the row and taken the key while step 3
+            # waited: writing now would leave its tally delta based on a stage
+            # the row no longer has, so a guarded change yields then too.
+            if change.guarded and (change.key in in_flight
+                                   or rows.get(change.partition, change.key) != change.base):
+                result.yielded.append(change)  # the agent's (newer) state stays
                 if on_yielded is not None:
                     on_yielded(change)
                 continue

@@ -1,0 +1,116 @@
+"""Unit tests of the state agent's planning step (memory store, no broker).
+
+These exercise the per-record decisions - size check, parse errors, keying,
+fold, dead-letter format - without Kafka. The real-broker tests in
+tests/integration/test_service_*.py are the proof that the service works.
+"""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+
+import pytest
+
+from schemas import codec
+from streams.app import create_service
+from streams.compat import partition_context
+from streams.records import ORIGIN_HEADER, Record
+from streams.settings import Settings
+from streams.topics import message_key, partition_for
+
+NOW = datetime(2026, 1, 10, tzinfo=UTC)
+
+
+@pytest.fixture
+def service(tmp_path):
+    settings = Settings(app_id="unit-agents", store="memory://", partitions=4,
+                        data_dir=tmp_path)
+    return create_service(settings, web_enabled=False, sweep_enabled=False)
+
+
+def purchase(**kw: object) -> bytes:
+    ev = {"type": "purchase", "event_id": "e1", "shop_id": "s1", "customer_id": "c1",
+          "occurred_at": "2026-01-05T10:00:00Z", "order_id": "o1", "amount": 2500,
+          "currency": "USD", **kw}
+    return codec.dumps(ev)
+
+
+def record(value: bytes | None, key: bytes | None = None, partition: int | None = None,
+           topic: str = "loyalty.purchases") -> Record:
+    key = message_key("s1", "c1") if key is None else key
+    if partition is None:
+        partition = partition_for(message_key("s1", "c1"), 4)
+    return Record(topic=topic, partition=partition, offset=7, key=key, value=value,
+                  timestamp=1.0)
+
+
+@pytest.mark.parametrize("value,reason", [
+    (purchase(amount=10.5), "wrong_type"),
+    (purchase(currency="EUR"), "currency_mismatch"),
+    (b"{not json", "invalid_json"),
+    (b"\xff\xfe", "invalid_encoding"),
+    (purchase(comment="x" * 70000), "too_large"),
+    (None, "empty"),
+])
+def test_invalid_records_are_dead_lettered_with_reason(service, value, reason) -> None:
+    plan = service.processor.plan(record(value), now=NOW)
+    assert plan.status == "invalid" and plan.reason == reason
+    assert plan.state_write is None
+    [out] = plan.sends
+    assert out.topic is service.context.dead_letter
+    letter = codec.loads(out.value)
+    assert letter["reason"] == reason and letter["detail"]
+    assert (letter["topic"], letter["partition"], letter["offset"]) == ("loyalty.purchases",
+                                                                        record(value).partition, 7)
+    if value is not None:
+        raw = (base64.b64decode(letter["value"]) if letter["value_encoding"] == "base64"
+               else letter["value"].encode())
+        assert raw == value
+
+
+@pytest.mark.parametrize("key", [None, b"wrong|key", b"s1|c1 "])
+def test_wrongly_keyed_record_is_forwarded_to_rekey_topic(service, key) -> None:
+    rec = Record(topic="loyalty.purchases", partition=0, offset=3, key=key or b"", value=purchase())
+    if key is None:
+        rec = Record(topic="loyalty.purchases", partition=0, offset=3, key=None, value=purchase())
+    plan = service.processor.plan(rec, now=NOW)
+    assert plan.status == "rekeyed" and plan.state_write is None
+    [out] = plan.sends
+    assert out.topic is service.context.rekey
+    assert out.key == message_key("s1", "c1") and out.value == purchase()
+    origin = codec.loads(dict(out.headers)[ORIGIN_HEADER])
+    assert origin["topic"] == "loyalty.purchases" and origin["offset"] == 3
+
+
+def test_right_key_wrong_partition_is_forwarded(service) -> None:
+    right = partition_for(message_key("s1", "c1"), 4)
+    plan = service.processor.plan(record(purchase(), partition=(right + 1) % 4), now=NOW)
+    assert plan.status == "rekeyed"
+
+
+def test_rekeyed_record_on_wrong_partition_is_not_looped(service) -> None:
+    right = partition_for(message_key("s1", "c1"), 4)
+    rec = record(purchase(), key=b"x|y", partition=(right + 1) % 4,
+                 topic=service.context.rekey.get_topic_name())
+    plan = service.processor.plan(rec, now=NOW)
+    assert plan.status == "invalid" and plan.reason == "partition_mismatch"
+
+
+def test_apply_then_exact_duplicate_changes_nothing(service) -> None:
+    proc = service.processor
+    rec = record(purchase())
+    plan = proc.plan(rec, now=NOW)
+    assert plan.status == "applied" and plan.state_write is not None
+    kinds = {o.topic for o in plan.sends}
+    assert service.context.scores in kinds and service.context.rewards in kinds
+    with partition_context(service.context.rekey.get_topic_name(), rec.partition):
+        proc.write(plan)
+    assert service.context.customers.get(message_key("s1", "c1")) == plan.state_write[1]
+
+    again = proc.plan(rec, now=NOW)
+    assert again.status == "duplicate" and again.state_write is None and again.sends == []
+
+    conflict = proc.plan(record(purchase(amount=9999)), now=NOW)
+    assert conflict.status == "rejected" and conflict.reason == "conflicting_duplicate"
+    assert [o.topic for o in conflict.sends] == [service.context.dead_letter]

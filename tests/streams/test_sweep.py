@@ -1,0 +1,351 @@
+"""Unit tests of the time sweep's due index and tally recount (memory store, no broker).
+
+The broker is replaced by a publisher that acknowledges every record at once;
+ownership and readiness are stubbed. States are written through the same
+commit protocol and row-store interface as in production (memory rows). The real-broker tests (tests/integration/
+test_service_end_to_end.py, ..._crash.py, ..._metrics.py) run the sweep in a
+worker against RocksDB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from schemas import codec
+from scoring.clock import from_us, to_us
+from scoring.shop import ShopTally
+from scoring.state import CustomerState
+from streams import sweep as sweep_module
+from streams.app import LoyaltyService, create_service
+from streams.compat import partition_context
+from streams.publish import Sent
+from streams.records import Record
+from streams.settings import Settings
+from streams.topics import (
+    CUSTOMERS_TABLE,
+    changelog_topic_name,
+    message_key,
+    partition_for,
+    tally_key,
+)
+
+NOW = datetime(2026, 1, 10, tzinfo=UTC)
+PARTITIONS = 4
+
+
+class Harness:
+    """A memory-store service whose sweeper runs without Kafka."""
+
+    def __init__(self, tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
+                 recount_interval_s: float) -> None:
+        settings = Settings(app_id="unit-sweep", store="memory://", partitions=PARTITIONS,
+                            data_dir=tmp_path, tally_recount_interval_s=recount_interval_s)
+        self.svc: LoyaltyService = create_service(settings, web_enabled=False,
+                                                  sweep_enabled=False)
+        self.sent: list[dict[str, Any]] = []  # output records (not changelog records)
+        self.on_send: list[Any] = []  # callables run (once each) at the next publish
+        ctx = self.svc.context
+        changelog = changelog_topic_name(settings, CUSTOMERS_TABLE)
+        offsets: dict[tuple[str, int], int] = {}
+
+        async def publish(records: Any) -> list[Sent]:
+            """The broker: acknowledges every record at once, with real offsets."""
+            out = []
+            for topic, key, value, _headers, partition in records:
+                if topic != changelog:
+                    self.sent.append({"topic": topic, "key": key, "value": value})
+                partition = partition if partition is not None else partition_for(key, PARTITIONS)
+                offset = offsets[(topic, partition)] = offsets.get((topic, partition), -1) + 1
+                fut = asyncio.get_running_loop().create_future()
+                fut.set_result(SimpleNamespace(offset=offset))
+                out.append(Sent(topic, partition, 1, fut))
+            while self.on_send:
+                self.on_send.pop(0)()
+            return out
+
+        monkeypatch.setattr(ctx.publisher, "publish", publish)
+        monkeypatch.setattr(ctx, "owned_partitions", lambda: list(range(PARTITIONS)))
+        monkeypatch.setattr(ctx, "tables_ready", lambda: True)
+        self.recounted = 0
+        recount = sweep_module.recount_contribution
+
+        def counting(*args: Any) -> None:
+            self.recounted += 1
+            recount(*args)
+
+        monkeypatch.setattr(sweep_module, "recount_contribution", counting)
+
+    @property
+    def sweeper(self) -> Any:
+        return self.svc.sweeper
+
+    def purchase(self, customer: str, at: str, event_id: str, amount: int = 2500) -> bytes:
+        """Fold and write one purchase through the agent's plan/write path."""
+        key = message_key("s1", customer)
+        value = codec.dumps({"type": "purchase", "event_id": event_id, "shop_id": "s1",
+                             "customer_id": customer, "occurred_at": at,
+                             "order_id": f"o-{event_id}", "amount": amount, "currency": "USD"})
+        rec = Record(topic="loyalty.purchases", partition=partition_for(key, PARTITIONS),
+                     offset=0, key=key, value=value)
+        plan = self.svc.processor.plan(rec, now=NOW)
+        assert plan.status == "applied"
+        self.svc.processor.write(plan)
+        return key
+
+    def state(self, key: bytes) -> CustomerState:
+        return CustomerState.decode(self.svc.context.customers.get(key))
+
+    def states(self) -> dict[bytes, CustomerState]:
+        return {k: self.state(k) for k in self.svc.context.customers.keys()}
+
+    def indexed(self, key: bytes) -> int | None:
+        index = self.sweeper._index.get(partition_for(key, PARTITIONS))
+        return None if index is None else index.due.get(key)
+
+    def tally(self, partition: int) -> bytes | None:
+        with partition_context(self.svc.context.rekey.get_topic_name(), partition):
+            return self.svc.context.tallies.get(tally_key("s1", partition))
+
+    def set_tally(self, partition: int, raw: bytes) -> None:
+        with partition_context(self.svc.context.rekey.get_topic_name(), partition):
+            self.svc.context.tallies[tally_key("s1", partition)] = raw
+
+    def rebalance(self) -> None:
+        self.svc.context.app.consumer_generation_id += 1
+
+
+def monthly_customers(h: Harness, n: int = 10) -> list[bytes]:
+    """``n`` customers with one purchase each, a month apart (distinct next_due)."""
+    return [h.purchase(f"c{i}", f"2025-{i + 1:02d}-05T10:00:00Z", f"e{i}") for i in range(n)]
+
+
+@pytest.fixture
+def long_index(tmp_path, monkeypatch) -> Harness:
+    """Full scans 400 days apart: the index holds every customer with a next_due."""
+    return Harness(tmp_path, monkeypatch, recount_interval_s=400 * 86400)
+
+
+@pytest.fixture
+def hourly(tmp_path, monkeypatch) -> Harness:
+    return Harness(tmp_path, monkeypatch, recount_interval_s=3600)
+
+
+async def test_sweep_with_nothing_due_visits_nobody_and_a_due_customer_is_advanced(
+        long_index: Harness) -> None:
+    h = long_index
+    keys = monthly_customers(h)
+    first = await h.sweeper.sweep(NOW)
+    assert (first.full_scans, first.visited, first.customers) == (PARTITIONS, 10, 10)
+
+    second = await h.sweeper.sweep(NOW + timedelta(seconds=30))
+    assert (second.full_scans, second.visited, second.changed) == (0, 0, 0)
+
+    states = h.states()
+    assert all(s.next_due is None or s.next_due > to_us(NOW) for s in states.values())
+    due_at = min(s.next_due for s in states.values() if s.next_due is not None)
+    [due_key] = [k for k, s in states.items() if s.next_due == due_at]
+    assert h.indexed(due_key) == due_at
+    sent_before = len(h.sent)
+    third = await h.sweeper.sweep(from_us(due_at))
+    assert (third.full_scans, third.visited, third.changed) == (0, 1, 1)
+    advanced = h.state(due_key)
+    assert advanced.clock == due_at  # advanced to the sweep's now
+    assert h.indexed(due_key) == advanced.next_due  # re-filed with its new next_due
+    assert any(kw["key"] == due_key for kw in h.sent[sent_before:])  # new snapshot published
+    assert all(h.state(k).clock != due_at for k in keys if k != due_key)
+
+    again = await h.sweeper.sweep(from_us(due_at))
+    assert (again.visited, again.changed) == (0, 0)
+
+
+async def test_agent_write_updates_the_index(hourly: Harness) -> None:
+    h = hourly
+    monthly_customers(h, 3)
+    await h.sweeper.sweep(NOW)
+    assert (await h.sweeper.sweep(NOW + timedelta(seconds=30))).visited == 0
+
+    # A new customer whose only purchase is old: time alone changes it already.
+    old = h.purchase("old", "2024-03-01T09:00:00Z", "e-old")
+    assert h.state(old).next_due < to_us(NOW)
+    assert h.indexed(old) == h.state(old).next_due
+    later = NOW + timedelta(seconds=60)
+    stats = await h.sweeper.sweep(later)
+    assert (stats.full_scans, stats.visited, stats.changed, stats.customers) == (0, 1, 1, 4)
+    assert h.state(old).clock == to_us(later)
+
+    # A new purchase pushes the customer's next_due past the next full scan:
+    # it leaves the index (that scan will see it).
+    h.purchase("old", (NOW - timedelta(days=1)).isoformat().replace("+00:00", "Z"), "e-old-2")
+    assert h.state(old).next_due > to_us(NOW) + 3600 * 1_000_000
+    assert h.indexed(old) is None
+
+
+async def test_recount_runs_on_the_first_pass_and_then_only_after_the_interval(
+        hourly: Harness) -> None:
+    h = hourly
+    monthly_customers(h)
+    first = await h.sweeper.sweep(NOW)
+    assert first.full_scans == PARTITIONS and h.recounted == 10
+
+    for seconds in (30, 600, 3599):
+        stats = await h.sweeper.sweep(NOW + timedelta(seconds=seconds))
+        assert stats.full_scans == 0, seconds
+    assert h.recounted == 10
+
+    due = await h.sweeper.sweep(NOW + timedelta(seconds=3600))
+    assert due.full_scans == PARTITIONS and h.recounted == 20
+
+    # A rebalance (or restart: a new process is always a new generation) rebuilds.
+    h.rebalance()
+    rebuilt = await h.sweeper.sweep(NOW + timedelta(seconds=3630))
+    assert rebuilt.full_scans == PARTITIONS and h.recounted == 30
+
+
+async def test_drifted_tally_is_repaired_by_the_recount_pass(hourly: Harness) -> None:
+    h = hourly
+    key = monthly_customers(h)[0]
+    partition = partition_for(key, PARTITIONS)
+    assert (await h.sweeper.sweep(NOW)).tallies_repaired == 0
+    exact = h.tally(partition)
+
+    # As if the worker died between a state write and its tally write.
+    drifted = ShopTally.decode(exact)
+    drifted.move(None, "loyal")
+    h.set_tally(partition, bytes(drifted.encode()))
+
+    assert (await h.sweeper.sweep(NOW + timedelta(seconds=30))).tallies_repaired == 0
+    assert h.tally(partition) != exact  # due passes do not recount
+
+    repaired = await h.sweeper.sweep(NOW + timedelta(seconds=3600))
+    assert repaired.tallies_repaired == 1
+    assert sweep_module._same_tally(h.tally(partition), exact)
+
+    # After a crash the restarted worker's first sweep recounts.
+    h.set_tally(partition, bytes(drifted.encode()))
+    h.rebalance()
+    assert (await h.sweeper.sweep(NOW + timedelta(seconds=3630))).tallies_repaired == 1
+    assert sweep_module._same_tally(h.tally(partition), exact)
+
+
+async def test_full_scan_recount_stays_exact_while_the_agent_writes(
+        hourly: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    h = hourly
+    keys = monthly_customers(h, 12)
+    monkeypatch.setattr(sweep_module, "SLICE_BUDGET_S", 0.0)  # one customer per slice
+
+    async def agent() -> None:
+        # Between the scan's slices: customers it has counted, not reached, and new ones.
+        for i in range(12):
+            h.purchase(f"c{i}", "2025-12-20T10:00:00Z", f"again-{i}")
+            h.purchase(f"new{i}", "2025-12-21T10:00:00Z", f"new-{i}")
+            await asyncio.sleep(0)
+
+    stats, _ = await asyncio.gather(h.sweeper.sweep(NOW), agent())
+    assert stats.full_scans == PARTITIONS and stats.tallies_repaired == 0
+    assert stats.customers == len(keys) + 12
+
+    h.rebalance()  # a second full scan with no concurrent writes finds nothing to repair
+    check = await h.sweeper.sweep(NOW + timedelta(seconds=30))
+    assert check.tallies_repaired == 0 and check.customers == len(keys) + 12
+
+
+async def test_skipped_customer_stays_due(long_index: Harness) -> None:
+    h = long_index
+    monthly_customers(h)
+    await h.sweeper.sweep(NOW)
+    states = h.states()
+    due_at = min(s.next_due for s in states.values() if s.next_due is not None)
+    [key] = [k for k, s in states.items() if s.next_due == due_at]
+
+    h.svc.context.in_flight.add(key)  # the agent is waiting for this customer's outputs
+    busy = await h.sweeper.sweep(from_us(due_at))
+    assert (busy.skipped, busy.changed) == (1, 0) and h.indexed(key) == due_at
+    h.svc.context.in_flight.clear()
+
+    # The agent writes the row while the sweep waits for its acknowledgements:
+    # the sweep's result is dropped and the index follows the agent's state.
+    h.on_send.append(lambda: h.purchase(key.decode().split("|")[1],
+                                        "2025-12-30T10:00:00Z", "while-waiting"))
+    raced = await h.sweeper.sweep(from_us(due_at) + timedelta(seconds=30))
+    assert (raced.visited, raced.skipped, raced.changed) == (1, 1, 0)
+    agent_state = h.state(key)
+    assert agent_state.clock < due_at  # the agent's state, not the sweep's
+    assert h.indexed(key) == agent_state.next_due
+
+
+async def test_full_scan_keeps_a_skipped_key_due_and_counts_a_raced_one_once(
+        hourly: Harness) -> None:
+    h = hourly
+    keys = monthly_customers(h)
+    first = keys[0]  # its first points expired on 2026-01-05: due at NOW
+    assert h.state(first).next_due <= to_us(NOW)
+
+    # The agent takes the key while the scan waits for its acknowledgements.
+    h.on_send.append(lambda: h.svc.context.in_flight.add(first))
+    scan = await h.sweeper.sweep(NOW)
+    assert (scan.full_scans, scan.skipped, scan.changed) == (PARTITIONS, 1, 0)
+    assert h.indexed(first) == h.state(first).next_due <= to_us(NOW)  # still due
+    h.svc.context.in_flight.clear()
+    retry = await h.sweeper.sweep(NOW + timedelta(seconds=30))
+    assert (retry.full_scans, retry.visited, retry.changed) == (0, 1, 1)
+
+    # The agent writes a key the scan has advanced but not yet written: the
+    # scan drops its result and counts the agent's state, once.
+    h.rebalance()
+    fresh = h.purchase("fresh", "2025-01-02T10:00:00Z", "old")  # its points expired
+    assert h.state(fresh).next_due <= to_us(NOW)
+    h.on_send.append(lambda: h.purchase("fresh", "2025-12-30T10:00:00Z", "while-scanning"))
+    raced = await h.sweeper.sweep(NOW + timedelta(seconds=60))
+    assert raced.full_scans == PARTITIONS and raced.skipped == 1
+    assert raced.tallies_repaired == 0
+    h.rebalance()
+    check = await h.sweeper.sweep(NOW + timedelta(seconds=90))
+    assert check.tallies_repaired == 0 and check.customers == len(keys) + 1
+
+
+async def test_a_failed_due_pass_is_followed_by_a_full_scan(
+        long_index: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    h = long_index
+    monthly_customers(h)
+    await h.sweeper.sweep(NOW)
+    due_at = min(s.next_due for s in h.states().values() if s.next_due is not None)
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("boom")
+
+    with monkeypatch.context() as m:
+        m.setattr(sweep_module.Sweeper, "_prepare", broken)
+        failed = await h.sweeper.sweep(from_us(due_at))
+    assert failed.changed == 0
+    assert h.svc.context.metrics.registry.get_sample_value("loyalty_internal_errors_total") == 1
+    recovered = await h.sweeper.sweep(from_us(due_at) + timedelta(seconds=30))
+    assert (recovered.full_scans, recovered.changed) == (1, 1)  # the failed partition
+
+
+async def test_a_key_the_agent_takes_during_the_changelog_ack_is_left_to_the_agent(
+        long_index: Harness) -> None:
+    h = long_index
+    monthly_customers(h)
+    await h.sweeper.sweep(NOW)
+    states = h.states()
+    due_at = min(s.next_due for s in states.values() if s.next_due is not None)
+    [key] = [k for k, s in states.items() if s.next_due == due_at]
+    partition = partition_for(key, PARTITIONS)
+    tally_before = h.tally(partition)
+
+    # The outputs are acknowledged; while the changelog record is, the agent
+    # reads the row and takes the key (it has not written yet).
+    h.on_send.append(lambda: h.on_send.append(lambda: h.svc.context.in_flight.add(key)))
+    raced = await h.sweeper.sweep(from_us(due_at))
+    assert (raced.visited, raced.skipped, raced.changed) == (1, 1, 0)
+    assert h.state(key).clock < due_at  # not written: the agent's delta stays valid
+    assert h.tally(partition) == tally_before
+    assert h.indexed(key) == due_at  # still due
+    h.svc.context.in_flight.clear()
+    again = await h.sweeper.sweep(from_us(due_at) + timedelta(seconds=30))
+    assert (again.visited, again.changed) == (1, 1)
