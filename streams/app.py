@@ -40,7 +40,7 @@ from typing import Any
 import faust
 
 from schemas.policy import PolicyBook
-from streams.agents import Processor, register_agents
+from streams.agent import Processor, register_agents
 from streams.clv_service import ClvService, register_clv
 from streams.compat import harden_producer_flush
 from streams.context import ServiceContext

@@ -7,6 +7,7 @@ Nothing here reads a table, a clock or Kafka: :class:`DueIndex` and
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -43,8 +44,33 @@ class DueIndex:
             self.due.pop(key, None)
             return
         self.due[key] = next_due
-        if self.earliest is None or next_due < self.earliest:
-            self.earliest = next_due
+        self.lower_earliest(next_due)
+
+    def lower_earliest(self, t: int | None) -> None:
+        """Make :attr:`earliest` at most ``t`` (None: no change)."""
+        if t is not None and (self.earliest is None or t < self.earliest):
+            self.earliest = t
+
+    def select_due(self, keys: Iterable[bytes], now_us: int) -> tuple[list[bytes], int | None]:
+        """Of ``keys``, those filed with a ``next_due`` at or before ``now_us``, in input order,
+        and the smallest ``next_due`` of the others (None: no other).
+
+        Keys no longer in the index are skipped. Reads only; the caller
+        resets and lowers :attr:`earliest` (a due pass selects from a copy of
+        the keys, in slices, while new keys are filed).
+        """
+        get = self.due.get
+        due: list[bytes] = []
+        rest: int | None = None
+        for key in keys:
+            t = get(key)
+            if t is None:
+                continue
+            if t <= now_us:
+                due.append(key)
+            elif rest is None or t < rest:
+                rest = t
+        return due, rest
 
 
 @dataclass

@@ -346,22 +346,13 @@ class Sweeper:
         """
         keys = list(index.due)
         index.earliest = None  # file() lowers it again from here on
-        get = index.due.get
         due: list[bytes] = []
-        rest: int | None = None
         for start in range(0, len(keys), _SELECT_CHUNK):
-            for key in keys[start:start + _SELECT_CHUNK]:
-                t = get(key)
-                if t is None:
-                    continue
-                if t <= now_us:
-                    due.append(key)
-                elif rest is None or t < rest:
-                    rest = t
+            chunk_due, rest = index.select_due(keys[start:start + _SELECT_CHUNK], now_us)
+            due.extend(chunk_due)
+            index.lower_earliest(rest)
             if budget.spent():
                 await budget.pause()
-        if rest is not None and (index.earliest is None or rest < index.earliest):
-            index.earliest = rest
         due.sort()
         return due
 

@@ -64,8 +64,9 @@ class Harness:
                 fut = asyncio.get_running_loop().create_future()
                 fut.set_result(SimpleNamespace(offset=offset))
                 out.append(Sent(topic, partition, 1, fut))
-            while self.on_send:
-                self.on_send.pop(0)()
+            hooks, self.on_send[:] = list(self.on_send), []
+            for hook in hooks:  # a hook appended by a hook runs at the publish after
+                hook()
             return out
 
         monkeypatch.setattr(ctx.publisher, "publish", publish)
@@ -122,6 +123,14 @@ class Harness:
 def monthly_customers(h: Harness, n: int = 10) -> list[bytes]:
     """``n`` customers with one purchase each, a month apart (distinct next_due)."""
     return [h.purchase(f"c{i}", f"2025-{i + 1:02d}-05T10:00:00Z", f"e{i}") for i in range(n)]
+
+
+def first_due(h: Harness) -> tuple[bytes, int]:
+    """The customer due first and its ``next_due``."""
+    states = h.states()
+    due_at = min(s.next_due for s in states.values() if s.next_due is not None)
+    [key] = [k for k, s in states.items() if s.next_due == due_at]
+    return key, due_at
 
 
 @pytest.fixture
@@ -258,9 +267,7 @@ async def test_skipped_customer_stays_due(long_index: Harness) -> None:
     h = long_index
     monthly_customers(h)
     await h.sweeper.sweep(NOW)
-    states = h.states()
-    due_at = min(s.next_due for s in states.values() if s.next_due is not None)
-    [key] = [k for k, s in states.items() if s.next_due == due_at]
+    key, due_at = first_due(h)
 
     h.svc.context.in_flight.add(key)  # the agent is waiting for this customer's outputs
     busy = await h.sweeper.sweep(from_us(due_at))
@@ -332,9 +339,7 @@ async def test_a_key_the_agent_takes_during_the_changelog_ack_is_left_to_the_age
     h = long_index
     monthly_customers(h)
     await h.sweeper.sweep(NOW)
-    states = h.states()
-    due_at = min(s.next_due for s in states.values() if s.next_due is not None)
-    [key] = [k for k, s in states.items() if s.next_due == due_at]
+    key, due_at = first_due(h)
     partition = partition_for(key, PARTITIONS)
     tally_before = h.tally(partition)
 
