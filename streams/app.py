@@ -26,8 +26,9 @@ re-interpreted by Faust's serializer registry.
 Partitioning: all input topics, the internal rekey topic and both changelogs
 have ``settings.partitions`` partitions, and a customer's key always maps to
 partition ``murmur2(key) % partitions`` (Kafka's default partitioner,
-:func:`streams.topics.partition_for`). The agent only processes a record on that partition (see :mod:`streams.agents`),
-so a customer's row always lives in that partition's store and changelog.
+:func:`streams.topics.partition_for`). The agent only processes a record on
+that partition (see :mod:`streams.planning`), so a customer's row always
+lives in that partition's store and changelog.
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 
 Why not ``Topic.send``: Faust wraps every record in a ``FutureMessage`` with
 callbacks and hands it through its own producer layer to aiokafka's per-record
-``send``, which allocates another future. Profiled under load that path cost
-about 80 us of CPU per input event (a score record plus effects each), the
-largest single item after the fold. Here records are appended to aiokafka
+``send``, which allocates another future: per input event (a score record
+plus effects each) that was the largest CPU cost after the fold (figures in
+the README's Performance section). Here records are appended to aiokafka
 ``BatchBuilder`` s per (topic, partition) and each builder is submitted with
 ``send_batch``: one future per builder, and no per-record callbacks.
 
@@ -23,8 +23,10 @@ Guarantees:
   caller awaits the returned batches' futures to know the broker acknowledged them
   (with the app's ``acks=-1``). A failed future raises there; nothing is
   retried here, the caller (the agent) retries or dead-letters its records.
-* Uses Faust's own aiokafka producer, so ``app.producer.flush()`` (run by
-  Faust before every offset commit) also waits for these records.
+  Needs the Faust producer started (it runs with the app).
+* Uses Faust's own aiokafka producer (:func:`streams.compat.aiokafka_producer`),
+  so ``app.producer.flush()`` (run by Faust before every offset commit) also
+  waits for these records.
 """
 
 from __future__ import annotations

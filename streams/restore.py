@@ -2,9 +2,9 @@
 
 Why this exists: Faust's recovery applies a changelog one record per event
 loop turn (an ``asyncio.wait_for`` on a queue, then a scan of every
-partition's progress, per record). Measured on 2 cores that is 3-5 k
-records/s, so a worker whose local store was wiped spends minutes - with a
-million customers, many minutes - before it serves its first event.
+partition's progress, per record), so a worker whose local store was wiped
+spends minutes - with a million customers, many minutes - before it serves
+its first event (figures in the README's Performance section).
 
 :func:`bulk_restore` reads the same changelog partitions with a private
 consumer (no group, no commits) in large fetches and writes each fetched run

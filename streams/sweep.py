@@ -40,13 +40,14 @@ None, or not before the next full scan, is not in the index: that scan finds
 it. So a due customer is advanced by the first sweep at or after its
 ``next_due``, as with a scan of every row. The index holds only keys due
 within one recount interval, so its memory follows the customers due soon,
-not all customers (about 140 bytes per indexed key). A key the sweep had to
+not all customers. A key the sweep had to
 skip (the agent was processing it, or the row changed under the sweep) keeps
 an entry from the row's current state, so it is re-checked by the next sweep
 if it is still due. Every key a sweep visits is re-filed from its state, so
 an entry that was ever too early costs one no-op visit, nothing more.
 
-The index lives in memory only: the customer table and its changelog stay
+The index (:class:`streams.due_index.DueIndex`, a pure structure) lives in
+memory only: the customer table and its changelog stay
 the truth. A crash or restart loses it; the new process joins a new consumer
 generation, whose first sweep rebuilds it with a full scan (and repairs the
 tallies). A rebalance drops every index the same way, since ownership and
@@ -56,40 +57,36 @@ an index misses nothing; the periodic full scan would also correct one that
 did.
 
 **Never stalling event processing.** Work is done in slices: a slice reads
-customers until it has spent :data:`SLICE_BUDGET_S`, publishes what changed
-(waiting for the broker yields), writes it, then yields to the event loop
-(``await asyncio.sleep(0)``) before the next slice. The agent therefore waits
-only a few milliseconds for the sweep, in a full scan as well as in a due
-pass. Slices are also spaced so the sweep uses at most :data:`SWEEP_DUTY`
-of the wall clock: a full scan may take minutes at a million customers, but
-never halves the agent's throughput. A full scan reads a RocksDB partition with a fresh iterator per slice,
-from the last key it reached, so it neither lists all keys in memory nor
-keeps an iterator open across an ``await``.
+customers until it has spent :data:`SLICE_BUDGET_S`, commits what changed
+(waiting for the broker yields), then yields to the event loop before the
+next slice, so the agent waits only briefly for the sweep, in a full scan as
+well as in a due pass. Slices are also spaced so the sweep uses at most
+:data:`SWEEP_DUTY` of the wall clock: a full scan of a large partition takes
+long, but never halves the agent's throughput. A full scan reads a partition
+afresh per slice from the last key it reached
+(:meth:`streams.store.RowStore.keys_after`), so it neither lists all keys in
+memory nor keeps an iterator open across an ``await``.
 
 **Cost.** A due pass reads no row unless something is due: the index keeps
 a lower bound of its entries, so a partition with nothing due costs a
-comparison. Otherwise the pass reads the index entries (about 0.2 us each, in
-budgeted slices) and, per due customer, one row, ``fold.advance`` and, if it
-changed, a publish and a write. A full scan costs what every sweep used to:
-one decode, ``fold.advance`` and a tally contribution per customer (0.05-0.3
-ms each depending on the state's size, so one to five minutes of CPU per
-hour for a million customers, spread over slices).
+comparison. Otherwise the pass reads the index entries (in budgeted slices)
+and, per due customer, one row, ``fold.advance`` and, if it changed, a
+commit. A full scan costs one decode, ``fold.advance`` and a tally
+contribution per customer, spread over slices (figures in the README's
+Performance section).
 
-**Writing from a timer.** Faust decides the store partition *and* the
-changelog partition of a table write from the event being processed
-(``current_event().message.partition``; the RocksDB store even asserts that an
-event exists). A timer has no event, so :func:`partition_context` installs a
-stand-in event whose ``message.partition`` is the partition the key lives in
-(``murmur2(key) % partitions``, the same partition the agent wrote it from).
-Without it the write would raise, or - with ``use_partitioner`` - could land in
-a different local store than the changelog partition it was sent to.
+**Writing.** Changed states are committed through the same protocol as the
+agent's (:mod:`streams.commit`): effects and snapshots acknowledged, then
+the changelog records, then the rows with the persisted offset and the tally
+deltas. Tally rows are Faust table writes; outside a stream they target the
+key's partition through :func:`streams.compat.partition_context`.
 
-**Races with the agent.** Read-advance-write is split by the broker
-acknowledgement of the effects (published before the state write, like the
-agent does). A key the agent is processing right now is skipped, and the
-write is a compare-and-set: if the row changed while the sweep waited, the
-sweep's result is dropped (the next sweep advances the newer state; effects
-have deterministic ids, so a repeat is harmless). A skipped key stays in the
+**Races with the agent.** Read-advance-write is split by broker
+acknowledgements. A key the agent is processing right now is skipped, and
+every write is a compare-and-set (a *guarded* change): if the row changed
+while the sweep waited, or the agent took the key meanwhile, the sweep's
+result is dropped (the next sweep advances the newer state; effects have
+deterministic ids, so a repeat is harmless). A skipped key stays in the
 index as due.
 
 **Shop tallies.** The agent and the sweep update a partition's tally rows
@@ -139,19 +136,16 @@ from streams.topics import shop_of, tally_key
 log = logging.getLogger(__name__)
 
 #: Seconds (wall clock) a slice of a sweep may spend reading customers before
-#: it publishes, writes what it found due and yields to the event loop. The
-#: agent cannot run while a slice does, so this bounds the latency the sweep
-#: adds to an event to a few milliseconds; reading a customer costs 0.05-0.3 ms,
-#: so a slice still amortises the broker round trip over dozens of them.
+#: it commits what it found due and yields to the event loop. The agent cannot
+#: run while a slice does, so this bounds the latency the sweep adds to an
+#: event; a slice still amortises the broker round trip over many customers.
 SLICE_BUDGET_S = 0.005
 #: Share of the wall clock the sweep may use: after each slice it sleeps nine
-#: times as long as the slice ran. A full scan reads every customer (~50 us
-#: each: 50 s of CPU at 1 M customers, so about 8 minutes of wall clock) and
-#: runs after every rebalance, and a due pass can find thousands due at once
-#: (a day boundary). Back-to-back slices would take half the CPU from an agent
-#: busy at half its maximum rate and queue its events. Measured in the bench's
-#: latency phase: p99 120 ms unspaced, 131-178 ms at a quarter, 100-128 ms at
-#: a tenth.
+#: times as long as the slice ran. A full scan reads every customer and runs
+#: after every rebalance, and a due pass can find thousands due at once (a day
+#: boundary); back-to-back slices would take a large share of the CPU from a
+#: busy agent and queue its events (the bench's latency figures are in the
+#: README's Performance section).
 SWEEP_DUTY = 0.1
 
 _US_PER_S = 1_000_000
