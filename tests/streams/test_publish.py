@@ -6,30 +6,13 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
-
-from streams import compat
 from streams.app import create_service
 from streams.publish import futures, last_offsets
 from streams.settings import Settings
 from streams.topics import message_key, partition_for
+from tests.streams.broker_io import read_topic, with_producer
 
 PARTITIONS = 3
-
-
-async def _read_all(bootstrap: str, topic: str, expected: int) -> list[Any]:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
-    await consumer.start()
-    out: list[Any] = []
-    try:
-        deadline = asyncio.get_running_loop().time() + 20
-        while len(out) < expected and asyncio.get_running_loop().time() < deadline:
-            for batch in (await consumer.getmany(timeout_ms=500)).values():
-                out.extend(batch)
-    finally:
-        await consumer.stop()
-    return out
 
 
 def test_records_land_where_kafka_would_put_them_in_order(bootstrap: str, create_topic,
@@ -44,17 +27,11 @@ def test_records_land_where_kafka_would_put_them_in_order(bootstrap: str, create
     unkeyed = [(topic, None, b"u", None, None)]
 
     async def run() -> tuple[list[Any], dict[tuple[str, int], int]]:
-        await ctx.app.producer.start()
-        try:
-            sent = await ctx.publisher.publish([*keyed, *pinned, *unkeyed])
-            await asyncio.gather(*futures(sent))
-            return await _read_all(bootstrap, topic, 46), last_offsets(sent)
-        finally:
-            # Faust's producer service waits for the app's shutdown to stop;
-            # without a running app, stop the aiokafka producer under it.
-            await compat.aiokafka_producer(ctx.app).stop()
+        sent = await ctx.publisher.publish([*keyed, *pinned, *unkeyed])
+        await asyncio.gather(*futures(sent))
+        return await read_topic(bootstrap, topic, 46), last_offsets(sent)
 
-    read, last = asyncio.run(run())
+    read, last = with_producer(ctx.app, run)
     assert len(read) == 46
     for m in read:
         if m.value.startswith(b"k"):
