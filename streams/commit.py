@@ -161,12 +161,15 @@ class Committer:
                     on_yielded(change)
                 continue
             by_partition.setdefault(change.partition, []).append(change)
+        written = [c for batch in by_partition.values() for c in batch]
+        # Every tally row is computed before anything is written, so a failing
+        # tally update cannot leave states written and tallies not.
+        tally_rows = self._tally_rows(written)
         for partition, batch in by_partition.items():
             # False: the partition moved; its new owner restores from the changelog.
             rows.write(partition, [(c.key, c.value) for c in batch], offsets.get(partition))
-        written = [c for batch in by_partition.values() for c in batch]
-        # 5. the tally deltas, summed per tally row, then each change reported
-        self._apply_tallies(written)
+        # 5. the tally deltas (summed per tally row), then each change reported
+        self._write_tallies(tally_rows)
         result.written.extend(written)
         if on_written is not None:
             for change in written:
@@ -201,12 +204,8 @@ class Committer:
             kept.append(change)
         return kept
 
-    def _apply_tallies(self, changes: Sequence[Change]) -> None:
-        """Read each affected tally row once, apply its deltas in order, write it once.
-
-        Every row is computed before any is written, so a failing update
-        cannot leave some tallies written and others not.
-        """
+    def _tally_rows(self, changes: Sequence[Change]) -> dict[tuple[int, bytes], bytes]:
+        """Each affected tally row, read once with its deltas applied in order, encoded."""
         tallies = self.ctx.tallies
         updated: dict[tuple[int, bytes], ShopTally] = {}
         for change in changes:
@@ -217,7 +216,10 @@ class Committer:
                     raw = tallies.get(slot[1])
                 tally = updated[slot] = ShopTally.decode(raw) if raw else ShopTally.empty()
             change.delta.apply(tally)
-        encoded = {slot: bytes(tally.encode()) for slot, tally in updated.items()}
-        for (partition, key), raw in encoded.items():
+        return {slot: bytes(tally.encode()) for slot, tally in updated.items()}
+
+    def _write_tallies(self, rows: dict[tuple[int, bytes], bytes]) -> None:
+        """Write tally rows (``(partition, key) -> row``) through the Faust table."""
+        for (partition, key), raw in rows.items():
             with partition_context(self.context_topic, partition):
-                tallies[key] = raw
+                self.ctx.tallies[key] = raw

@@ -10,6 +10,7 @@ import faust
 from aiokafka import AIOKafkaConsumer
 
 from streams import compat
+from tests.conftest import run_async
 
 T = TypeVar("T")
 
@@ -41,4 +42,5 @@ def with_producer(app: faust.App, body: Callable[[], Awaitable[T]]) -> T:
             # the aiokafka producer under it.
             await compat.aiokafka_producer(app).stop()
 
-    return asyncio.run(main())
+    # On a helper thread's loop: the test's own thread keeps its event loop.
+    return run_async(main())

@@ -6,7 +6,6 @@ row store through the same code the RocksDB store runs in production.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from streams.topics import (
     partition_for,
     tally_key,
 )
+from tests.conftest import run_async
 from tests.streams.broker_io import read_topic, with_producer
 
 PARTITIONS = 2
@@ -42,7 +42,7 @@ def svc(bootstrap: str, unique_name, create_topic, tmp_path: Path) -> Iterator[L
                             "purchases", "visits", "feedback", "redemptions", "transitions",
                             "rewards", "scores", "dead_letter", "clv_params")})
     specs = all_topic_specs(settings)
-    asyncio.run(ensure_topics([bootstrap], specs))
+    run_async(ensure_topics([bootstrap], specs))
     create_topic.track(*(s.name for s in specs))
     yield create_service(settings, web_enabled=False, sweep_enabled=False)
 
