@@ -16,8 +16,8 @@ seeked to (0 when the group has none). A record the worker itself forwarded
 to the rekey topic is awaited explicitly (:meth:`Aligner.expect`), because
 the consumer's high-water mark of that partition is older than the write.
 
-At-least-once: only released records are processed, and ``processor.done``
-(the cap on every offset commit) advances only over processed records, so a
+At-least-once: only released records are processed, and ``Progress.done``
+(the cap on every offset commit, :mod:`streams.gaps`) advances only over processed records, so a
 crash or rebalance while records are held makes them redelivered. On a new
 consumer generation the held records of partitions that moved away are
 dropped (never committed, so their new owner receives them); those of
@@ -30,18 +30,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from aiokafka import TopicPartition
 from faust.types import TP
 
 from schemas import codec
+from streams import compat
 from streams.align import UNREADABLE, Aligner, TimeKey, time_key_of
-from streams.app import partition_for
-from streams.topics import message_key
+from streams.context import ServiceContext
+from streams.gaps import CommitOwed, GapReader, Progress
+from streams.records import Record
+from streams.topics import message_key, partition_for
 
 if TYPE_CHECKING:
-    from streams.agents import Processor, Record
-    from streams.app import LoyaltyService
+    from streams.consume import BatchHandler
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +76,14 @@ def inspect(value: bytes | None) -> tuple[TimeKey, bytes | None]:
 class AlignedInput:
     """Holds the agent's records in an :class:`Aligner` and processes them when released."""
 
-    def __init__(self, service: LoyaltyService, processor: Processor) -> None:
+    def __init__(self, service: ServiceContext, handler: BatchHandler, progress: Progress,
+                 reader: GapReader, commit_owed: CommitOwed) -> None:
         settings = service.settings
         self.service = service
-        self.processor = processor
+        self.handler = handler
+        self.progress = progress
+        self.reader = reader
+        self.commit_owed = commit_owed
         self.aligner: Aligner[Record] = Aligner(settings.max_idle_ms / 1000.0,
                                                 settings.align_max_buffered)
         self.rekey_name = service.rekey.get_topic_name()
@@ -124,9 +131,9 @@ class AlignedInput:
                     break
                 for start in range(0, len(ready), self.batch_max):
                     chunk = ready[start:start + self.batch_max]
-                    await self.processor.handle_batch(chunk)
-                    for r in chunk:  # per topic-partition in offset order: the last wins
-                        self.processor.done[(r.topic, r.partition)] = r.offset
+                    await self.handler.handle_batch(chunk)
+                    # per topic-partition in offset order: the last record wins
+                    self.progress.processed(chunk)
                     done += len(chunk)
                 await self._await_forwarded()
             await self._apply_flow()
@@ -139,11 +146,11 @@ class AlignedInput:
         if self.aligner.held:
             await self.drain()
         async with self.lock:
-            await self.processor.commit_owed()  # type: ignore[attr-defined]
+            await self.commit_owed()
 
     # -- internals -----------------------------------------------------------------
     def _check_generation(self) -> None:
-        generation = self.service.app.consumer_generation_id
+        generation = compat.generation(self.service.app)
         if generation != self.generation:
             dropped = self.aligner.retain(self._members())
             if dropped:
@@ -154,18 +161,18 @@ class AlignedInput:
 
     def _members(self) -> list[tuple[str, int]]:
         try:
-            assigned = self.service.app.consumer.assignment()
+            assigned = compat.assignment(self.service.app)
         except Exception:  # noqa: BLE001 - no consumer yet: nothing can hold back
             return []
         return [(tp.topic, tp.partition) for tp in assigned if tp.topic in self.watched]
 
     def _caught_up(self, tp: tuple[str, int]) -> bool:
-        highwater = self.service.app.consumer.highwater(TP(*tp))
+        highwater = compat.highwater(self.service.app, TP(*tp))
         if highwater is None:
             return False  # not fetched yet: unknown, so assume records are coming
         position = self.aligner.position(tp)
         if position is None:
-            seek = self.processor.seeks.get(tp)
+            seek = self.progress.seeks.get(tp)
             position = seek[1] if seek is not None and seek[0] == self.generation else 0
         return position >= highwater
 
@@ -174,11 +181,7 @@ class AlignedInput:
         if not self._forwarded:
             return
         partitions, self._forwarded = self._forwarded, set()
-        from aiokafka import TopicPartition
-
-        reader = self.processor.repair
-        await reader._start()
-        ends = await reader._consumer.end_offsets(
+        ends = await self.reader.end_offsets(
             [TopicPartition(self.rekey_name, p) for p in partitions])
         for tp, end in ends.items():
             if end > 0:
@@ -188,7 +191,7 @@ class AlignedInput:
         pause, resume = self.aligner.flow()
         if pause or resume:
             try:
-                await set_fetching(self.service.app, pause, resume)
+                await compat.set_fetching(self.service.app, pause, resume)
             except Exception as exc:  # noqa: BLE001 - a rebalance raced us: it resets pauses
                 log.warning("could not pause %s / resume %s: %r", sorted(pause),
                             sorted(resume), exc)
@@ -210,36 +213,10 @@ class AlignedInput:
         self._skew_labels = set(skews)
 
 
-async def set_fetching(app: Any, pause: set[tuple[str, int]],
-                       resume: set[tuple[str, int]]) -> None:
-    """Pause / resume fetching of topic-partitions in the consumer itself.
-
-    Not Faust's ``Consumer.pause_partitions``: Faust drops, unacknowledged,
-    the records of a partition that was made inactive while a fetched batch
-    is being handed out (its ``getmany`` filters by the live set of active
-    partitions), and the consumer's position has already moved past them.
-    aiokafka's own ``pause`` discards fetched records of a paused partition
-    *without* advancing its position, so they are fetched again on resume.
-    The call runs in Faust's consumer thread, which owns the aiokafka client.
-    Uses Faust's private ``Consumer._thread`` and ``_ensure_consumer``.
-    """
-    from aiokafka import TopicPartition
-
-    thread = app.consumer._thread
-    consumer = thread._ensure_consumer()
-
-    async def apply() -> None:
-        if pause:
-            consumer.pause(*(TopicPartition(*tp) for tp in pause))
-        if resume:
-            consumer.resume(*(TopicPartition(*tp) for tp in resume))
-
-    await thread.call_thread(apply)
-
-
-def install(service: LoyaltyService, processor: Processor) -> AlignedInput:
+def install(service: ServiceContext, handler: BatchHandler, progress: Progress,
+            reader: GapReader, commit_owed: CommitOwed) -> AlignedInput:
     """Create the aligned input and its idle timer on ``service.app``."""
-    aligned = AlignedInput(service, processor)
+    aligned = AlignedInput(service, handler, progress, reader, commit_owed)
     interval = max(0.05, min(1.0, service.settings.max_idle_ms / 4000.0))
 
     async def loyalty_align_idle() -> None:

@@ -1,9 +1,12 @@
-"""The Faust application of the loyalty scorer, built from :class:`Settings`.
+"""The composition root: builds one worker's Faust app from :class:`Settings`.
 
-:func:`create_service` returns a :class:`LoyaltyService`: the ``faust.App``
-plus everything the agents, the sweep and the web views share (tables,
-output topics, metrics, policies). Nothing is created at import time, so tests
-can build several independent services in one process (``memory://`` store).
+:func:`create_service` returns a :class:`LoyaltyService`: the typed
+:class:`streams.context.ServiceContext` (the ``faust.App`` plus everything
+the agent, the sweep and the web views share: tables, topics, metrics,
+policies) and the parts built on it (the agent's processor, the sweeper, the
+CLV service). This is the only module that imports every runtime module; none
+of them imports it. Nothing is created at import time, so tests can build
+several independent services in one process (``memory://`` store).
 
 State layout (the single source of truth is the changelog):
 
@@ -22,82 +25,55 @@ re-interpreted by Faust's serializer registry.
 
 Partitioning: all input topics, the internal rekey topic and both changelogs
 have ``settings.partitions`` partitions, and a customer's key always maps to
-partition ``murmur2(key) % partitions`` (Kafka's default partitioner). The
-agent only processes a record on that partition (see :mod:`streams.agents`),
-so a customer's row always lives in that partition's store and changelog.
+partition ``murmur2(key) % partitions`` (Kafka's default partitioner,
+:func:`streams.topics.partition_for`). The agent only processes a record on
+that partition (see :mod:`streams.planning`), so a customer's row always
+lives in that partition's store and changelog.
 """
 
 from __future__ import annotations
 
-import asyncio
 import socket
-from dataclasses import dataclass, field
-from functools import lru_cache
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import faust
-from aiokafka.partitioner import murmur2
 
-from streams.metrics import Metrics
+from schemas.policy import PolicyBook
+from streams.agent import Processor, register_agents
+from streams.clv_service import ClvService, register_clv
+from streams.compat import harden_producer_flush
+from streams.context import ServiceContext
+from streams.publish import Publisher
+from streams.restore import install_bulk_restore
+from streams.security import faust_credentials
 from streams.settings import Settings
-from streams.topics import TopicSpec, input_topics, topic_specs
+from streams.store import row_store
+from streams.sweep import Sweeper, register_sweep
+from streams.topics import (
+    CUSTOMERS_TABLE,
+    TALLIES_TABLE,
+    all_topic_specs,
+    changelog_topic_specs,
+    input_topics,
+    partition_for,
+    rekey_topic_name,
+    rekey_topic_spec,
+)
+from streams.web import register_web
 
-if TYPE_CHECKING:
-    from schemas.policy import PolicyBook
+# Re-exported: the registry and key rules used to live here, and the CLI,
+# tooling and integration tests still name them through this module.
+__all__ = [
+    "CUSTOMERS_TABLE", "SESSION_TIMEOUT_S", "TALLIES_TABLE", "LoyaltyService", "all_topic_specs",
+    "app_data_dir", "canonical_url", "changelog_topic_specs", "create_service", "partition_for",
+    "rekey_topic_name", "rekey_topic_spec", "rocksdb_options",
+]
 
-CUSTOMERS_TABLE = "customers"
-TALLIES_TABLE = "shop-tallies"
 MiB = 1024 * 1024
 #: consumer group session timeout: how long a killed worker stays a group member
 SESSION_TIMEOUT_S = 10.0
-
-
-def partition_for(key: bytes, partitions: int) -> int:
-    """Partition Kafka's default partitioner (Java and aiokafka) picks for ``key``."""
-    return _key_hash(key) % partitions
-
-
-@lru_cache(maxsize=1 << 16)
-def _key_hash(key: bytes) -> int:
-    # aiokafka's murmur2 is pure Python (~4 us); an event hashes its customer
-    # key for its own partition and for each output record, and active
-    # customers come back, so a bounded cache pays for itself.
-    return murmur2(key) & 0x7FFFFFFF
-
-
-def rekey_topic_name(settings: Settings) -> str:
-    """Internal topic that carries wrongly keyed input, re-keyed (one per app id)."""
-    return f"{settings.app_id}-rekey"
-
-
-def rekey_topic_spec(settings: Settings) -> TopicSpec:
-    """The rekey topic as a :class:`TopicSpec` so ``ensure_topics`` can create it."""
-    return TopicSpec(
-        name=rekey_topic_name(settings), partitions=settings.partitions, compacted=False,
-        role="input", key_codec="utf-8 text '<shop_id>|<customer_id>'",
-        value_codec="the original input record bytes", description="re-keyed input records",
-    )
-
-
-def changelog_topic_specs(settings: Settings) -> list[TopicSpec]:
-    """The tables' changelog topics (compacted), named as Faust names them.
-
-    Created before Faust starts: when Faust creates them itself, the first
-    records can be processed before the consumer's metadata knows the new
-    topic, and Faust's co-partitioning check then fails with
-    ``PartitionsMismatch`` ("changelog has 0 partitions").
-    """
-    return [TopicSpec(name=f"{settings.app_id}-{table}-changelog",
-                      partitions=settings.partitions, compacted=True, role="output",
-                      key_codec="table key", value_codec="table value",
-                      description=f"changelog of the {table} table")
-            for table in (CUSTOMERS_TABLE, TALLIES_TABLE)]
-
-
-def all_topic_specs(settings: Settings) -> list[TopicSpec]:
-    """Registry topics plus the service's internal rekey and changelog topics."""
-    return [*topic_specs(settings), rekey_topic_spec(settings), *changelog_topic_specs(settings)]
 
 
 def rocksdb_options(settings: Settings) -> dict[str, Any]:
@@ -135,65 +111,21 @@ def canonical_url(settings: Settings) -> str:
     return f"http://{host}:{settings.web_port}"
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class LoyaltyService:
-    """Everything one worker shares between agents, sweep and web views."""
+    """One worker: its context and the parts built on it, all set at construction."""
 
-    settings: Settings
-    app: faust.App
-    customers: Any  # faust Table[bytes, bytes]
-    tallies: Any  # faust Table[bytes, bytes]
-    inputs: Any  # faust Topic over the four input topics and the rekey topic
-    rekey: Any
-    transitions: Any
-    rewards: Any
-    scores: Any
-    dead_letter: Any
-    policies: PolicyBook
-    metrics: Metrics = field(default_factory=Metrics)
-    sweeper: Any = None
-    clv: Any = None  # streams.clv_service.ClvService when CLV is enabled
-    input_topic_names: tuple[str, ...] = ()
+    context: ServiceContext
+    #: the state agent's record processor
+    processor: Processor
+    #: the time sweep (registered as a timer only with ``sweep_enabled``)
+    sweeper: Sweeper
+    #: the CLV refit and model reader (None unless ``sweep_enabled``)
+    clv: ClvService | None
 
     @property
-    def partitions(self) -> int:
-        return self.settings.partitions
-
-    def clv_model(self, shop_id: str) -> Any:
-        """The shop's fitted CLV model, or None (snapshot CLV fields are then null)."""
-        return self.clv.models.get(shop_id) if self.clv is not None else None
-
-    def owned_partitions(self) -> list[int]:
-        """Partitions of the customer table this worker actively owns (not standbys)."""
-        changelog = self.customers.changelog_topic.get_topic_name()
-        try:
-            actives = self.app.assignor.assigned_actives()
-        except Exception:  # assignor not ready (before the first rebalance)
-            return []
-        return sorted(tp.partition for tp in actives if tp.topic == changelog)
-
-
-def _harden_producer_flush(app: faust.App) -> None:
-    """Make ``producer.flush()`` really drain Faust's send buffer.
-
-    Faust commits offsets right after ``producer.flush()``. Its buffer flush
-    gives up as soon as no message left the buffer for 0.1 s, so a slow
-    broker round could let an offset be committed while that record's
-    changelog write still sat in the buffer - and a kill -9 then would lose
-    the write. The commit path looks the method up on the instance, so
-    wrapping it here keeps "flushed before committed" true.
-    """
-    producer = app.producer
-    original = producer.flush
-
-    async def flush() -> None:
-        while producer.buffer.size:
-            await producer.buffer.flush()
-            if producer.buffer.size:
-                await asyncio.sleep(0.01)
-        await original()
-
-    producer.flush = flush  # type: ignore[method-assign]
+    def app(self) -> faust.App:
+        return self.context.app
 
 
 def create_service(
@@ -208,9 +140,6 @@ def create_service(
     Raises whatever :meth:`PolicyBook.load` raises for a bad policy file, so a
     misconfigured worker fails at startup, not at the first event.
     """
-    from schemas.policy import PolicyBook
-    from streams.security import faust_credentials
-
     if policies is None:
         policies = PolicyBook.load(settings.policy_file)
     app = faust.App(
@@ -246,7 +175,7 @@ def create_service(
     )
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
            "value_serializer": "raw"}
-    _harden_producer_flush(app)
+    harden_producer_flush(app)
     # Tables take key/value *types* only; with bytes types Faust passes the raw
     # bytes through (the app-wide serializers are "raw").
     tbl = {"key_type": bytes, "value_type": bytes, "default": None,
@@ -257,7 +186,7 @@ def create_service(
                         help="per-shop figures per partition", **tbl)
     names = tuple(input_topics(settings))
     rekey_name = rekey_topic_name(settings)
-    service = LoyaltyService(
+    context = ServiceContext(
         settings=settings,
         app=app,
         customers=customers,
@@ -270,21 +199,18 @@ def create_service(
         dead_letter=app.topic(settings.topic_dead_letter, **raw),
         policies=policies,
         input_topic_names=names,
+        rows=row_store(customers, settings.partitions),
+        publisher=Publisher(app),
     )
-    from streams.agents import register_agents
-    from streams.restore import install_bulk_restore
-    from streams.sweep import Sweeper, register_sweep
-
-    service.sweeper = Sweeper(service)
-    register_agents(service)
-    install_bulk_restore(service)
+    # The sweeper exists even without its timer: the agent tells it about
+    # every write, and tests drive it directly.
+    sweeper = Sweeper(context)
+    processor = register_agents(context, on_change=sweeper.note_change)
+    install_bulk_restore(context)
+    clv = None
     if sweep_enabled:
-        register_sweep(service)
-        from streams.clv_service import register_clv
-
-        register_clv(service)  # periodic refit + model reader (streams/clv_service.py)
+        register_sweep(context, sweeper)
+        clv = register_clv(context)  # periodic refit + model reader
     if web_enabled:
-        from streams.web import register_web
-
-        register_web(service)
-    return service
+        register_web(context)
+    return LoyaltyService(context=context, processor=processor, sweeper=sweeper, clv=clv)

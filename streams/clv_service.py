@@ -53,106 +53,16 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from schemas import codec
+from streams.clv_models import POOLED_PREFIX, ClvModels
+from streams.context import ServiceContext
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    from scoring.clv import ClvFits, ShopModel
-    from streams.app import LoyaltyService
+    from scoring.clv import ClvFits
 
 log = logging.getLogger(__name__)
 
 CHUNK = 500
 #: Key prefix of pooled models on the params topic (shop ids never contain ``|``).
-POOLED_PREFIX = "|pooled|"
-
-
-class ClvModels:
-    """The latest fit per shop and per pool, and the model that scores each shop.
-
-    Read by snapshot builders on every event (:meth:`get` is a dict lookup);
-    written by the params-topic reader. ``on_change(shop, model_kind, degenerate)``
-    is called whenever a shop's served model may have changed (metrics).
-    """
-
-    def __init__(self, on_change: Callable[[str, str | None, bool], None] | None = None) -> None:
-        self._own: dict[str, tuple[ShopModel | None, str | None, str]] = {}
-        self._pooled: dict[str, tuple[ShopModel | None, str | None]] = {}
-        self._served: dict[str, ShopModel | None] = {}
-        self._on_change = on_change
-        self.updated_at: float | None = None
-
-    def get(self, shop_id: str) -> ShopModel | None:
-        """The model that scores ``shop_id``: its own if sound, else its pool's if sound, else None."""
-        return self._served.get(shop_id)
-
-    def put_shop(self, shop_id: str, model: ShopModel | None, reason: str | None, pool: str) -> None:
-        if model is not None and reason is None and not model.sound:
-            reason = model.problem  # never serve an unsound model, whatever the record says
-        self._own[shop_id] = (model, reason, pool)
-        self._refresh(shop_id)
-
-    def put_pooled(self, pool: str, model: ShopModel | None, reason: str | None) -> None:
-        self._pooled[pool] = (model, reason)
-        for shop, (_m, _r, p) in self._own.items():
-            if p == pool:
-                self._refresh(shop)
-
-    def _refresh(self, shop_id: str) -> None:
-        model, reason, pool = self._own[shop_id]
-        served: ShopModel | None = None
-        if model is not None and reason is None:
-            served = model
-        else:
-            pooled = self._pooled.get(pool, (None, None))[0]
-            served = pooled if pooled is not None and pooled.sound else None
-        self._served[shop_id] = served
-        self.updated_at = time.time()
-        if self._on_change is not None:
-            self._on_change(shop_id, None if served is None else served.kind,
-                            model is not None and not model.sound)
-
-    def describe(self, shop_id: str) -> dict[str, Any]:
-        """The ``clv`` object of ``GET /shops/{shop}`` (see ``scoring.clv.describe``)."""
-        from scoring.clv import describe
-
-        if shop_id not in self._own:
-            return describe(None, None, "not fitted yet", None)
-        model, reason, pool = self._own[shop_id]
-        served = self._served.get(shop_id)
-        pooled_reason = self._pooled.get(pool, (None, "no pooled model yet"))[1]
-        if served is None and reason is not None and pooled_reason:
-            reason += f"; pooled model: {pooled_reason}"
-        return describe(served, model, reason, pool)
-
-    def apply_record(self, key: bytes | None, value: bytes | None) -> None:
-        """Fold one params-topic record in; a malformed record is logged and ignored."""
-        from scoring.clv import ShopModel
-
-        if key is None or value is None:
-            return
-        name = key.decode("utf-8", "replace")
-        try:
-            rec = codec.loads(value)
-            raw = rec["model"]
-            model = None if raw is None else ShopModel.from_dict(raw)
-            reason = rec.get("reason")
-            if model is None and not isinstance(reason, str):
-                raise ValueError("a record without a model needs a reason")
-            if reason is not None and not isinstance(reason, str):
-                raise ValueError("'reason' must be a string or null")
-            if name.startswith(POOLED_PREFIX):
-                self.put_pooled(name[len(POOLED_PREFIX):], model, reason)
-            else:
-                pool = rec["pool"]
-                if not isinstance(pool, str):
-                    raise ValueError("'pool' must be a string")
-                self.put_shop(name, model, reason, pool)
-        except (ValueError, KeyError, TypeError) as exc:
-            log.warning("ignoring malformed CLV params record for %r: %s", key, exc)
-
-    def __len__(self) -> int:
-        return sum(1 for m in self._served.values() if m is not None)
 
 
 def params_records(fits: ClvFits, fitted_at: str) -> list[tuple[bytes, bytes]]:
@@ -199,9 +109,9 @@ def fit_all(by_shop: dict[str, list[tuple[int, int, int, int]]], policies: Any, 
 class ClvService:
     """Owns the params topic, the model table and the refit timer of one worker."""
 
-    def __init__(self, service: LoyaltyService) -> None:
+    def __init__(self, service: ServiceContext) -> None:
         self.service = service
-        self.models = ClvModels(service.metrics.set_clv)
+        self.models: ClvModels = service.clv_models
         self.topic = service.app.topic(service.settings.topic_clv_params, key_type=bytes,
                                        value_type=bytes, key_serializer="raw",
                                        value_serializer="raw")
@@ -271,10 +181,9 @@ class ClvService:
         return self.last_refit
 
 
-def register_clv(service: LoyaltyService) -> ClvService:
+def register_clv(service: ServiceContext) -> ClvService:
     """Attach the model reader task and the refit timer to the app."""
     clv = ClvService(service)
-    service.clv = clv  # type: ignore[attr-defined]
     app = service.app
 
     @app.task

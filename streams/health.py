@@ -34,7 +34,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from streams.app import LoyaltyService
+    from streams.context import ServiceContext
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 class BrokerProbe:
     """Periodic broker contact and lag measurement of one worker."""
 
-    def __init__(self, service: LoyaltyService, *, max_age_s: float,
+    def __init__(self, service: ServiceContext, *, max_age_s: float,
                  interval_s: float | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.service = service
@@ -185,7 +185,7 @@ class BrokerProbe:
         await self._drop_clients()
 
 
-def assignment(service: LoyaltyService) -> list[int]:
+def assignment(service: ServiceContext) -> list[int]:
     """Partition numbers (active or standby) of the tables assigned to this worker."""
     try:
         return sorted({tp.partition for tp in service.app.consumer.assignment()})
@@ -193,10 +193,10 @@ def assignment(service: LoyaltyService) -> list[int]:
         return []
 
 
-def readiness(service: LoyaltyService, probe: BrokerProbe) -> tuple[bool, dict[str, Any]]:
+def readiness(service: ServiceContext, probe: BrokerProbe) -> tuple[bool, dict[str, Any]]:
     """``(ready, checks)``: each check has ``ok`` and a human ``detail``."""
     assigned = assignment(service)
-    tables = bool(service.sweeper is not None and service.sweeper.tables_ready())
+    tables = service.tables_ready()
     age = probe.broker_age()
     broker_ok = probe.broker_ok()
     if broker_ok:

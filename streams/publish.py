@@ -2,9 +2,9 @@
 
 Why not ``Topic.send``: Faust wraps every record in a ``FutureMessage`` with
 callbacks and hands it through its own producer layer to aiokafka's per-record
-``send``, which allocates another future. Profiled under load that path cost
-about 80 us of CPU per input event (a score record plus effects each), the
-largest single item after the fold. Here records are appended to aiokafka
+``send``, which allocates another future: per input event (a score record
+plus effects each) that was the largest CPU cost after the fold (figures in
+the README's Performance section). Here records are appended to aiokafka
 ``BatchBuilder`` s per (topic, partition) and each builder is submitted with
 ``send_batch``: one future per builder, and no per-record callbacks.
 
@@ -23,8 +23,10 @@ Guarantees:
   caller awaits the returned batches' futures to know the broker acknowledged them
   (with the app's ``acks=-1``). A failed future raises there; nothing is
   retried here, the caller (the agent) retries or dead-letters its records.
-* Uses Faust's own aiokafka producer, so ``app.producer.flush()`` (run by
-  Faust before every offset commit) also waits for these records.
+  Needs the Faust producer started (it runs with the app).
+* Uses Faust's own aiokafka producer (:func:`streams.compat.aiokafka_producer`),
+  so ``app.producer.flush()`` (run by Faust before every offset commit) also
+  waits for these records.
 """
 
 from __future__ import annotations
@@ -35,7 +37,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from streams.app import partition_for
+import faust
+
+from streams import compat
+from streams.topics import partition_for
 
 #: ``(topic, key, value, headers, partition)``; partition None: Kafka's default
 OutRecord = tuple[str, bytes | None, bytes, list[tuple[str, bytes]] | None, int | None]
@@ -74,12 +79,12 @@ def last_offsets(sent: list[Sent]) -> dict[tuple[str, int], int]:
 class Publisher:
     """Batch publisher over the Faust app's aiokafka producer."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: faust.App) -> None:
         self.app = app
 
     async def publish(self, records: Iterable[OutRecord]) -> list[Sent]:
         """Queue the records; return one :class:`Sent` per submitted batch."""
-        producer = self.app.producer._ensure_producer()
+        producer = compat.aiokafka_producer(self.app)
         counts: dict[str, int] = {}
         builders: dict[tuple[str, int], list[Any]] = {}  # tp -> [builder, records in it]
         sent: list[Sent] = []

@@ -2,9 +2,9 @@
 
 Why this exists: Faust's recovery applies a changelog one record per event
 loop turn (an ``asyncio.wait_for`` on a queue, then a scan of every
-partition's progress, per record). Measured on 2 cores that is 3-5 k
-records/s, so a worker whose local store was wiped spends minutes - with a
-million customers, many minutes - before it serves its first event.
+partition's progress, per record), so a worker whose local store was wiped
+spends minutes - with a million customers, many minutes - before it serves
+its first event (figures in the README's Performance section).
 
 :func:`bulk_restore` reads the same changelog partitions with a private
 consumer (no group, no commits) in large fetches and writes each fetched run
@@ -42,12 +42,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from streams.app import LoyaltyService
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from faust.types import TP
+from rocksdict import WriteBatch
+
+from streams import compat
+from streams.context import ServiceContext
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +93,6 @@ async def bulk_restore(bootstrap_servers: list[str], targets: Mapping[tuple[str,
     Stops when every partition reached the end offset it had at the start, or
     when ``budget_s`` has passed (``complete=False``).
     """
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-    from rocksdict import WriteBatch
-
     started = time.monotonic()
     stats = RestoreStats()
     consumer = AIOKafkaConsumer(
@@ -158,38 +159,35 @@ async def bulk_restore(bootstrap_servers: list[str], targets: Mapping[tuple[str,
     return stats
 
 
-def install_bulk_restore(service: LoyaltyService) -> None:
+def install_bulk_restore(service: ServiceContext) -> None:
     """Run :func:`bulk_restore` for the active changelog partitions of every recovery.
 
-    Wraps the instance's ``Recovery._build_offsets``: Faust calls it (outside
-    the rebalance callback, so group heartbeats keep flowing) with the
-    offsets it will resume from, right before seeking to them. For the
-    ``"active"`` call, the wrapper first lets Faust compute those offsets,
-    then bulk-restores every RocksDB-backed partition from there and moves
-    each offset to the last record restored. Standby partitions keep Faust's
-    ordinary path (they are read continuously anyway).
+    Hooks Faust's recovery (:func:`streams.compat.on_recovery_offsets`) right
+    after it computed the offsets it will resume from, before it seeks to
+    them; Faust makes that call outside the rebalance callback, so group
+    heartbeats keep flowing. For the ``"active"`` call, every RocksDB-backed
+    partition is bulk-restored from there and its offset moved to the last
+    record restored. Standby partitions keep Faust's ordinary path (they are
+    read continuously anyway).
     """
     settings = service.settings
     if settings.restore_budget_s <= 0:
         return
-    recovery = service.app.tables.recovery
-    original = recovery._build_offsets
+    app = service.app
 
-    async def build_offsets(consumer: Any, tps: Any, destination: Any, title: str) -> None:
-        await original(consumer, tps, destination, title)
+    async def restore(tps: Any, destination: MutableMapping[TP, int], title: str) -> None:
         if title != "active" or not tps:
             return
         targets: dict[tuple[str, int], Target] = {}
-        by_key: dict[tuple[str, int], Any] = {}
+        by_key: dict[tuple[str, int], TP] = {}
         offset_key = b""
         for tp in tps:
-            table = recovery.tp_to_table.get(tp)
-            store = getattr(table, "data", None)
-            if store is None or not getattr(store, "use_rocksdict", False):
+            table = compat.recovery_table(app, tp)
+            db = None if table is None else compat.open_rocksdict_partition(table, tp.partition)
+            if table is None or db is None:
                 continue
-            offset_key = store.offset_key
-            targets[(tp.topic, tp.partition)] = Target(store._db_for_partition(tp.partition),
-                                                       destination[tp])
+            offset_key = compat.persisted_offset_key(table)
+            targets[(tp.topic, tp.partition)] = Target(db, destination[tp])
             by_key[(tp.topic, tp.partition)] = tp
         if not targets:
             return
@@ -197,8 +195,7 @@ def install_bulk_restore(service: LoyaltyService) -> None:
         def progress(key: tuple[str, int], offset: int) -> None:
             destination[by_key[key]] = offset
 
-        budget = min(settings.restore_budget_s,
-                     0.8 * float(service.app.conf.broker_request_timeout))
+        budget = min(settings.restore_budget_s, 0.8 * float(app.conf.broker_request_timeout))
         try:
             stats = await bulk_restore(settings.bootstrap_servers, targets,
                                        offset_key=offset_key, budget_s=budget,
@@ -212,4 +209,4 @@ def install_bulk_restore(service: LoyaltyService) -> None:
                  stats.records, stats.partitions, stats.seconds,
                  "" if stats.complete else " (budget reached: Faust's recovery does the rest)")
 
-    recovery._build_offsets = build_offsets
+    compat.on_recovery_offsets(app, restore)

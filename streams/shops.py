@@ -19,6 +19,9 @@ is the one the last transition moved the customer to, and the KPI
 contribution in the state is computed from the same fold as of the same
 instant as the recount's. So the figures are as of each customer's last event
 or sweep (see :mod:`scoring.shop` for what that means per figure).
+
+Tally row keys (:func:`streams.topics.tally_key`) are one of the key rules of
+:mod:`streams.topics`.
 """
 
 from __future__ import annotations
@@ -26,9 +29,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from scoring import nps
+from scoring.clock import day_of, to_us
+from scoring.shop import ShopTally
+from scoring.snapshot import head_as_of
+
 if TYPE_CHECKING:
     from schemas.policy import ShopPolicy
-    from scoring.shop import ShopTally
     from scoring.state import CustomerState
 
 
@@ -56,9 +63,6 @@ class TallyDelta:
 
 def delta_for_event(outcome: Any, event: Any, policy: ShopPolicy, was_new: bool) -> TallyDelta:
     """The tally change of an applied event (``was_new``: the customer had no row)."""
-    from scoring import nps
-    from scoring.clock import day_of, to_us
-
     feedback = None
     if event.type == "feedback" and outcome.status == "applied":
         feedback = (day_of(to_us(event.occurred_at)), nps.classify(event.nps, policy), event.touchpoint)
@@ -75,25 +79,11 @@ def delta_for_advance(outcome: Any) -> TallyDelta:
 
 def recount_contribution(tally: ShopTally, state: CustomerState, policy: ShopPolicy) -> None:
     """Add one customer's whole contribution to ``tally`` (exact recount)."""
-    from scoring.snapshot import head_as_of
-
     head = head_as_of(state, state.clock if state.clock is not None else 0, policy)
     tally.add_customer(head, state.stage, policy)
 
 
 def update_row(raw: bytes | None, delta: TallyDelta) -> bytes:
     """Apply ``delta`` to an encoded tally row (``None``: empty) and encode it."""
-    from scoring.shop import ShopTally
-
     tally = ShopTally.decode(raw) if raw else ShopTally.empty()
     return bytes(delta.apply(tally).encode())
-
-
-def tally_key(shop_id: str, partition: int) -> bytes:
-    """Key of a shop's tally row for one partition: ``b"shop|<partition>"``."""
-    return f"{shop_id}|{partition}".encode()
-
-
-def shop_of(key: bytes) -> str:
-    """Shop id of a customer key or tally key (the shop id never contains ``|``)."""
-    return key.split(b"|", 1)[0].decode()

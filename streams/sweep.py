@@ -40,13 +40,14 @@ None, or not before the next full scan, is not in the index: that scan finds
 it. So a due customer is advanced by the first sweep at or after its
 ``next_due``, as with a scan of every row. The index holds only keys due
 within one recount interval, so its memory follows the customers due soon,
-not all customers (about 140 bytes per indexed key). A key the sweep had to
+not all customers. A key the sweep had to
 skip (the agent was processing it, or the row changed under the sweep) keeps
 an entry from the row's current state, so it is re-checked by the next sweep
 if it is still due. Every key a sweep visits is re-filed from its state, so
 an entry that was ever too early costs one no-op visit, nothing more.
 
-The index lives in memory only: the customer table and its changelog stay
+The index (:class:`streams.due_index.DueIndex`, a pure structure) lives in
+memory only: the customer table and its changelog stay
 the truth. A crash or restart loses it; the new process joins a new consumer
 generation, whose first sweep rebuilds it with a full scan (and repairs the
 tallies). A rebalance drops every index the same way, since ownership and
@@ -56,40 +57,36 @@ an index misses nothing; the periodic full scan would also correct one that
 did.
 
 **Never stalling event processing.** Work is done in slices: a slice reads
-customers until it has spent :data:`SLICE_BUDGET_S`, publishes what changed
-(waiting for the broker yields), writes it, then yields to the event loop
-(``await asyncio.sleep(0)``) before the next slice. The agent therefore waits
-only a few milliseconds for the sweep, in a full scan as well as in a due
-pass. Slices are also spaced so the sweep uses at most :data:`SWEEP_DUTY`
-of the wall clock: a full scan may take minutes at a million customers, but
-never halves the agent's throughput. A full scan reads a RocksDB partition with a fresh iterator per slice,
-from the last key it reached, so it neither lists all keys in memory nor
-keeps an iterator open across an ``await``.
+customers until it has spent :data:`SLICE_BUDGET_S`, commits what changed
+(waiting for the broker yields), then yields to the event loop before the
+next slice, so the agent waits only briefly for the sweep, in a full scan as
+well as in a due pass. Slices are also spaced so the sweep uses at most
+:data:`SWEEP_DUTY` of the wall clock: a full scan of a large partition takes
+long, but never halves the agent's throughput. A full scan reads a partition
+afresh per slice from the last key it reached
+(:meth:`streams.store.RowStore.keys_after`), so it neither lists all keys in
+memory nor keeps an iterator open across an ``await``.
 
 **Cost.** A due pass reads no row unless something is due: the index keeps
 a lower bound of its entries, so a partition with nothing due costs a
-comparison. Otherwise the pass reads the index entries (about 0.2 us each, in
-budgeted slices) and, per due customer, one row, ``fold.advance`` and, if it
-changed, a publish and a write. A full scan costs what every sweep used to:
-one decode, ``fold.advance`` and a tally contribution per customer (0.05-0.3
-ms each depending on the state's size, so one to five minutes of CPU per
-hour for a million customers, spread over slices).
+comparison. Otherwise the pass reads the index entries (in budgeted slices)
+and, per due customer, one row, ``fold.advance`` and, if it changed, a
+commit. A full scan costs one decode, ``fold.advance`` and a tally
+contribution per customer, spread over slices (figures in the README's
+Performance section).
 
-**Writing from a timer.** Faust decides the store partition *and* the
-changelog partition of a table write from the event being processed
-(``current_event().message.partition``; the RocksDB store even asserts that an
-event exists). A timer has no event, so :func:`partition_context` installs a
-stand-in event whose ``message.partition`` is the partition the key lives in
-(``murmur2(key) % partitions``, the same partition the agent wrote it from).
-Without it the write would raise, or - with ``use_partitioner`` - could land in
-a different local store than the changelog partition it was sent to.
+**Writing.** Changed states are committed through the same protocol as the
+agent's (:mod:`streams.commit`): effects and snapshots acknowledged, then
+the changelog records, then the rows with the persisted offset and the tally
+deltas. Tally rows are Faust table writes; outside a stream they target the
+key's partition through :func:`streams.compat.partition_context`.
 
-**Races with the agent.** Read-advance-write is split by the broker
-acknowledgement of the effects (published before the state write, like the
-agent does). A key the agent is processing right now is skipped, and the
-write is a compare-and-set: if the row changed while the sweep waited, the
-sweep's result is dropped (the next sweep advances the newer state; effects
-have deterministic ids, so a repeat is harmless). A skipped key stays in the
+**Races with the agent.** Read-advance-write is split by broker
+acknowledgements. A key the agent is processing right now is skipped, and
+every write is a compare-and-set (a *guarded* change): if the row changed
+while the sweep waited, or the agent took the key meanwhile, the sweep's
+result is dropped (the next sweep advances the newer state; effects have
+deterministic ids, so a repeat is harmless). A skipped key stays in the
 index as due.
 
 **Shop tallies.** The agent and the sweep update a partition's tally rows
@@ -109,143 +106,51 @@ it gets there.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-import weakref
-from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
-
-from faust.streams import _current_event
+from typing import Any
 
 from schemas import codec
-from streams.app import partition_for
-from streams.publish import futures, last_offsets
+from schemas.policy import ShopPolicy
+from scoring import fold
+from scoring.clock import day_of, to_us
+from scoring.shop import SPEND_WINDOW_DAYS, ShopTally
+from scoring.snapshot import snapshot
+from scoring.state import CustomerState
+from streams import compat
+from streams.commit import Change, Committer
+from streams.compat import partition_context
+from streams.context import ServiceContext
+from streams.due_index import DueIndex, Recount, SweepStats
+from streams.records import Outgoing, effect_messages
 from streams.shops import (
     TallyDelta,
     delta_for_advance,
     recount_contribution,
-    shop_of,
-    tally_key,
-    update_row,
 )
-from streams.stores import partition_db, write_rows
-
-if TYPE_CHECKING:
-    from scoring.shop import ShopTally
-    from scoring.state import CustomerState
-    from streams.app import LoyaltyService
+from streams.topics import shop_of, tally_key
 
 log = logging.getLogger(__name__)
 
 #: Seconds (wall clock) a slice of a sweep may spend reading customers before
-#: it publishes, writes what it found due and yields to the event loop. The
-#: agent cannot run while a slice does, so this bounds the latency the sweep
-#: adds to an event to a few milliseconds; reading a customer costs 0.05-0.3 ms,
-#: so a slice still amortises the broker round trip over dozens of them.
+#: it commits what it found due and yields to the event loop. The agent cannot
+#: run while a slice does, so this bounds the latency the sweep adds to an
+#: event; a slice still amortises the broker round trip over many customers.
 SLICE_BUDGET_S = 0.005
 #: Share of the wall clock the sweep may use: after each slice it sleeps nine
-#: times as long as the slice ran. A full scan reads every customer (~50 us
-#: each: 50 s of CPU at 1 M customers, so about 8 minutes of wall clock) and
-#: runs after every rebalance, and a due pass can find thousands due at once
-#: (a day boundary). Back-to-back slices would take half the CPU from an agent
-#: busy at half its maximum rate and queue its events. Measured in the bench's
-#: latency phase: p99 120 ms unspaced, 131-178 ms at a quarter, 100-128 ms at
-#: a tenth.
+#: times as long as the slice ran. A full scan reads every customer and runs
+#: after every rebalance, and a due pass can find thousands due at once (a day
+#: boundary); back-to-back slices would take a large share of the CPU from a
+#: busy agent and queue its events (the bench's latency figures are in the
+#: README's Performance section).
 SWEEP_DUTY = 0.1
 
 _US_PER_S = 1_000_000
 #: index entries a due pass examines between two looks at the clock
 _SELECT_CHUNK = 2048
-
-
-class _Message:
-    __slots__ = ("partition", "topic")
-
-    def __init__(self, topic: str, partition: int) -> None:
-        self.topic = topic
-        self.partition = partition
-
-
-class _SweepEvent:
-    """Stand-in for a Faust event: only ``message.partition``/``topic`` are read."""
-
-    __slots__ = ("message", "__weakref__")
-
-    def __init__(self, topic: str, partition: int) -> None:
-        self.message = _Message(topic, partition)
-
-
-@contextlib.contextmanager
-def partition_context(topic: str, partition: int) -> Iterator[None]:
-    """Make table reads/writes inside the block target ``partition``.
-
-    ``topic`` must have the table's partition count (Faust verifies it); the
-    rekey topic is used. Must not span an ``await``: the context variable is
-    task-local, but a stand-in event must never be seen by ``Topic.send``
-    (it would try to attach the message to it).
-    """
-    event = _SweepEvent(topic, partition)
-    token = _current_event.set(weakref.ref(event))  # type: ignore[arg-type]
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
-
-
-@dataclass
-class _DueIndex:
-    """One partition's due index (see the module docstring)."""
-
-    #: keys due at or after this instant are left to the next full scan
-    horizon_us: int
-    #: customer key -> next_due (microseconds), for keys due before ``horizon_us``
-    due: dict[bytes, int] = field(default_factory=dict)
-    #: no value in ``due`` is smaller (a lower bound: lets a sweep skip the partition)
-    earliest: int | None = None
-    #: the full scan that built the index finished (else the next sweep scans again)
-    complete: bool = False
-    #: customer rows of the partition (counted by the full scan, then new rows added)
-    rows: int = 0
-
-    def file(self, key: bytes, next_due: int | None) -> None:
-        """Record ``key``'s current ``next_due`` (None: nothing is ever due)."""
-        if next_due is None or next_due >= self.horizon_us:
-            self.due.pop(key, None)
-            return
-        self.due[key] = next_due
-        if self.earliest is None or next_due < self.earliest:
-            self.earliest = next_due
-
-
-@dataclass
-class _Pass:
-    """A full scan of one partition in progress: the exact tally recount.
-
-    The scan reads keys in byte order; ``cursor`` is the last key it has
-    reached. A key is *pending* (its current state will be counted when the
-    scan gets there) if it is after the cursor - and, when the keys were
-    listed up front (``listed``), among them - or if the scan holds it
-    uncounted while its new state is being acknowledged (``held``).
-    """
-
-    listed: list[bytes] | None
-    cursor: bytes | None = None
-    held: set[bytes] = field(default_factory=set)
-    acc: dict[str, ShopTally] = field(default_factory=dict)
-
-    def pending(self, key: bytes) -> bool:
-        if key in self.held:
-            return True
-        if self.cursor is not None and key <= self.cursor:
-            return False
-        if self.listed is None:
-            return True
-        i = bisect_left(self.listed, key)
-        return i < len(self.listed) and self.listed[i] == key
 
 
 class _Budget:
@@ -280,40 +185,34 @@ class _Work:
     raw: bytes  # the row the advance started from (compare-and-set)
     outcome: Any  # fold.Outcome
     effects: list[dict[str, Any]]
-    messages: list[tuple[Any, bytes, bytes]]  # (topic, key, value) to publish
+    messages: list[Outgoing]  # effects and the new snapshot
 
 
-@dataclass
-class SweepStats:
-    """What one sweep did."""
+def _same_tally(a: bytes, b: bytes, today: int | None = None,
+                nps_window_days: int = 0) -> bool:
+    """Equal figures, ignoring zero counts and order (encodings may differ).
 
-    now: datetime
-    #: customer rows in the swept partitions (as counted by the due index)
-    customers: int = 0
-    #: customer states read and advanced (every row in a full scan, due keys otherwise)
-    visited: int = 0
-    #: partitions that got a full scan (index rebuild and tally recount)
-    full_scans: int = 0
-    #: keys in the due indexes of the swept partitions after the sweep
-    indexed: int = 0
-    changed: int = 0
-    skipped: int = 0
-    tallies_repaired: int = 0
-    seconds: float = 0.0
-
-    @property
-    def full_scan(self) -> bool:
-        return self.full_scans > 0
-
-
-def _same_tally(a: bytes, b: bytes) -> bool:
-    """Equal figures, ignoring zero counts and order (encodings may differ)."""
-    from scoring.shop import ShopTally
+    Every field is compared (funnel, NPS all time, by day and by touchpoint,
+    the rule v2 KPI counts and sums). Per-day rows are compared only within
+    the windows a recount rebuilds (the shop's NPS window and the 365-day
+    spend window as of ``today``): the running tally keeps older days that a
+    recount from the states cannot see, and they no longer affect a figure.
+    ``today`` None compares every day.
+    """
+    lo_nps = -1 if today is None else today - nps_window_days
+    lo_spend = -1 if today is None else today - SPEND_WINDOW_DAYS
+    def nz(d: dict[Any, Any]) -> dict[Any, Any]:
+        return {k: (list(v) if isinstance(v, list | tuple) else v) for k, v in d.items()
+                if (any(v) if isinstance(v, list | tuple) else v)}
 
     def norm(raw: bytes) -> tuple[Any, ...]:
         t = ShopTally.decode(raw)
-        return ({k: v for k, v in t.funnel.items() if v}, list(t.nps_all),
-                {int(d): list(r) for d, r in t.nps_days.items() if any(r)})
+        return (nz(t.funnel), list(t.nps_all),
+                nz({int(d): r for d, r in t.nps_days.items() if int(d) > lo_nps}),
+                nz(t.nps_tp), t.buyers, t.repeaters, nz(t.types), nz(t.wallets),
+                nz(t.detractors), t.spend_sum, t.count_sum,
+                nz({int(d): r for d, r in t.spend_days.items()
+                    if int(d) > lo_spend}))
 
     return norm(a) == norm(b)
 
@@ -321,12 +220,12 @@ def _same_tally(a: bytes, b: bytes) -> bool:
 class Sweeper:
     """Time-driven advancement and tally recomputation for owned partitions."""
 
-    def __init__(self, service: LoyaltyService) -> None:
+    def __init__(self, service: ServiceContext) -> None:
         self.service = service
-        self._passes: dict[int, _Pass] = {}
-        self._index: dict[int, _DueIndex] = {}
+        self.committer = Committer(service)
+        self._passes: dict[int, Recount] = {}
+        self._index: dict[int, DueIndex] = {}
         self._lock = asyncio.Lock()
-        self.last: SweepStats | None = None
         self._generation = -1
 
     # -- called by the agent ---------------------------------------------------------
@@ -350,55 +249,18 @@ class Sweeper:
                 index.rows += 1  # a new row always enters the tally from no stage
         if run is None or pending:
             return
-        from scoring.shop import ShopTally
-
         shop = shop_of(key)
         run.acc[shop] = delta.apply(run.acc.get(shop) or ShopTally.empty())
 
     # -- the sweep ---------------------------------------------------------------------
-    def tables_ready(self) -> bool:
-        """True when no rebalance or changelog recovery is under way.
-
-        Faust keeps agents paused during recovery, but timers keep running. A
-        sweep during recovery would advance a half-restored row and append it
-        to the changelog *after* the newer values still being restored: the
-        stale row would win. Flow control is suspended from rebalance start
-        until recovery has finished, so it is the gate.
-        """
-        app = self.service.app
-        return (app.flow_control.is_active() and not app.rebalancing
-                and not getattr(app, "in_recovery", False))
-
-    def _keys_after(self, partition: int, run: _Pass) -> Iterator[bytes]:
+    def _keys_after(self, partition: int, run: Recount) -> Iterator[bytes]:
         """Keys of ``partition`` after ``run.cursor``, in byte order.
 
-        A RocksDB partition is read with a fresh iterator per slice (opened at
-        the cursor), so a full scan never holds all keys in memory and never
-        keeps an iterator across an ``await``. Other stores were listed up
-        front (``run.listed``: every key of the table; the memory store keeps
-        all partitions in one dict, so other partitions' keys are skipped here,
-        inside the time-budgeted slices).
+        Read afresh per slice from the row store (for RocksDB an iterator
+        opened at the cursor), so a full scan never holds all keys in memory
+        and never keeps an iterator across an ``await``.
         """
-        after = run.cursor
-        if run.listed is not None:
-            listed, n = run.listed, self.service.partitions
-            start = 0 if after is None else bisect_right(listed, after)
-            return (listed[i] for i in range(start, len(listed))
-                    if partition_for(listed[i], n) == partition)
-        store = self.service.customers.data
-        db = store._dbs[partition]
-        offset_key = getattr(store, "offset_key", None)
-        keys = db.keys() if after is None else db.keys(from_key=after)
-        return (k for k in keys if k != after and k != offset_key)
-
-    def _scan_listing(self, partition: int) -> list[bytes] | None:
-        """None when the partition's keys can be read in order from its store;
-        else every key of the table, sorted (a copy: no iterator spans an
-        ``await``, so a partition revoked mid-sweep cannot invalidate it)."""
-        dbs = getattr(self.service.customers.data, "_dbs", None)
-        if isinstance(dbs, dict) and partition in dbs and hasattr(dbs[partition], "keys"):
-            return None
-        return sorted(self.service.customers.keys())
+        return self.service.rows.keys_after(partition, run.cursor)
 
     async def sweep(self, now: datetime | None = None) -> SweepStats:
         """One sweep of every actively owned partition. Never raises.
@@ -406,19 +268,17 @@ class Sweeper:
         A failure in one partition is logged and counted as an internal error;
         the other partitions are still swept.
         """
-        from scoring.clock import to_us
-
         async with self._lock:  # a slow sweep must not overlap the next timer tick
             stats = SweepStats(now=now or datetime.now(UTC))
             started = time.perf_counter()
-            generation = self.service.app.consumer_generation_id
+            generation = compat.generation(self.service.app)
             if generation != self._generation:
                 # Ownership may have changed and stores may have been restored:
                 # every index is rebuilt by a full scan.
                 self._index.clear()
                 self._generation = generation
             now_us = to_us(stats.now)
-            owned = self.service.owned_partitions() if self.tables_ready() else []
+            owned = self.service.owned_partitions() if self.service.tables_ready() else []
             for partition in owned:
                 await asyncio.sleep(0)  # partitions are slices too
                 try:
@@ -449,19 +309,17 @@ class Sweeper:
             m.sweep_changed.inc(stats.changed)
             m.sweep_visited.inc(stats.visited)
             m.sweep_seconds.observe(stats.seconds)
-            self.last = stats
+            self.service.last_sweep = stats
             return stats
 
     async def _full_scan(self, partition: int, now_us: int, stats: SweepStats) -> None:
         """Read every row: advance the due, rebuild the index, recount the tallies."""
         svc = self.service
         interval_us = int(svc.settings.tally_recount_interval_s * _US_PER_S)
-        index = self._index[partition] = _DueIndex(horizon_us=now_us + interval_us)
-        run = self._passes[partition] = _Pass(listed=self._scan_listing(partition))
+        index = self._index[partition] = DueIndex(horizon_us=now_us + interval_us)
+        run = self._passes[partition] = Recount()
         stats.full_scans += 1
         budget = _Budget(SWEEP_DUTY)
-        if run.listed is not None:
-            await budget.pause()  # the listing was a slice of its own
         if not await self._advance(partition, index, now_us, stats, run, budget,
                                    lambda: self._keys_after(partition, run)):
             return  # rebalanced mid-scan: the index stays incomplete
@@ -471,14 +329,16 @@ class Sweeper:
                 exact = bytes(tally.encode())
                 tkey = tally_key(shop, partition)
                 current = svc.tallies.get(tkey)
-                if current is None or not _same_tally(current, exact):
+                if current is None or not _same_tally(
+                        current, exact, day_of(now_us),
+                        svc.policies.for_shop(shop).shop_nps_window_days):
                     if current is not None:
                         stats.tallies_repaired += 1
                         log.warning("repaired drifted tally %s", tkey)
                     svc.tallies[tkey] = exact
         index.complete = True
 
-    async def _due_pass(self, partition: int, index: _DueIndex, now_us: int,
+    async def _due_pass(self, partition: int, index: DueIndex, now_us: int,
                         stats: SweepStats) -> None:
         """Advance only the keys the index says are due."""
         if index.earliest is None or index.earliest > now_us:
@@ -491,7 +351,7 @@ class Sweeper:
             index.complete = False  # interrupted: ``earliest`` may now be too late
 
     @staticmethod
-    async def _select_due(index: _DueIndex, now_us: int, budget: _Budget) -> list[bytes]:
+    async def _select_due(index: DueIndex, now_us: int, budget: _Budget) -> list[bytes]:
         """The keys of ``index`` due at ``now_us``, sorted; recomputes ``earliest``.
 
         Reads a copy of the keys (a large index is read in budgeted slices;
@@ -501,27 +361,18 @@ class Sweeper:
         """
         keys = list(index.due)
         index.earliest = None  # file() lowers it again from here on
-        get = index.due.get
         due: list[bytes] = []
-        rest: int | None = None
         for start in range(0, len(keys), _SELECT_CHUNK):
-            for key in keys[start:start + _SELECT_CHUNK]:
-                t = get(key)
-                if t is None:
-                    continue
-                if t <= now_us:
-                    due.append(key)
-                elif rest is None or t < rest:
-                    rest = t
+            chunk_due, rest = index.select_due(keys[start:start + _SELECT_CHUNK], now_us)
+            due.extend(chunk_due)
+            index.lower_earliest(rest)
             if budget.spent():
                 await budget.pause()
-        if rest is not None and (index.earliest is None or rest < index.earliest):
-            index.earliest = rest
         due.sort()
         return due
 
-    async def _advance(self, partition: int, index: _DueIndex, now_us: int,
-                       stats: SweepStats, run: _Pass | None, budget: _Budget,
+    async def _advance(self, partition: int, index: DueIndex, now_us: int,
+                       stats: SweepStats, run: Recount | None, budget: _Budget,
                        next_keys: Callable[[], Iterator[bytes]]) -> bool:
         """Advance the keys ``next_keys()`` yields, slice by slice.
 
@@ -531,207 +382,130 @@ class Sweeper:
         writing - stops at the slice budget and yields; ownership is checked
         again after every yield. False if the partition was lost mid-way.
         """
-        from scoring import fold
-        from scoring.state import CustomerState
-
         svc = self.service
-        table = svc.customers
-        ctx_topic = svc.rekey.get_topic_name()
-        processor = svc.processor  # type: ignore[attr-defined]
         while True:
             if not self._still_owner(partition):
                 return False
             work: list[_Work] = []
             finished = True
-            with partition_context(ctx_topic, partition):
-                for key in next_keys():
-                    if run is not None:
-                        run.cursor = key
-                    elif key in processor.in_flight:
-                        stats.skipped += 1  # stays due: re-checked next sweep
-                        index.file(key, index.due.get(key))
-                        continue
-                    raw = table.get(key)
-                    if raw is None:
-                        index.due.pop(key, None)
-                        continue
-                    stats.visited += 1
-                    state = CustomerState.decode(raw)
-                    if run is not None:
-                        index.rows += 1
-                    if key in processor.in_flight:
-                        # Full scan only: count the row as it is now; the agent's
-                        # write brings its delta and its next_due.
-                        stats.skipped += 1
+            # One synchronous slice: no await until the commit.
+            for key in next_keys():
+                if run is not None:
+                    run.cursor = key
+                elif key in svc.in_flight:
+                    stats.skipped += 1  # stays due: re-checked next sweep
+                    index.file(key, index.due.get(key))
+                    continue
+                raw = svc.rows.get(partition, key)
+                if raw is None:
+                    index.due.pop(key, None)
+                    continue
+                stats.visited += 1
+                state = CustomerState.decode(raw)
+                if run is not None:
+                    index.rows += 1
+                if key in svc.in_flight:
+                    # Full scan only: count the row as it is now; the agent's
+                    # write brings its delta and its next_due.
+                    stats.skipped += 1
+                    self._count(run, key, state)
+                    index.file(key, state.next_due)
+                else:
+                    policy = svc.policies.for_shop(state.shop_id)
+                    outcome = fold.advance(state, now_us, policy)
+                    if outcome.changed:
+                        work.append(self._prepare(key, raw, outcome, policy))
+                        if run is not None:
+                            run.held.add(key)
+                    else:
                         self._count(run, key, state)
                         index.file(key, state.next_due)
-                    else:
-                        policy = svc.policies.for_shop(state.shop_id)
-                        outcome = fold.advance(state, now_us, policy)
-                        if outcome.changed:
-                            work.append(self._prepare(key, raw, outcome, policy))
-                            if run is not None:
-                                run.held.add(key)
-                        else:
-                            self._count(run, key, state)
-                            index.file(key, state.next_due)
-                    if budget.spent():
-                        finished = False
-                        break
-            if work and not (await self._publish(partition, work, budget)
-                             and await self._write(partition, work, index, stats, run, budget)):
+                if budget.spent():
+                    finished = False
+                    break
+            if work and not await self._commit(partition, work, index, stats, run, budget):
                 return False
             if finished:
                 return True
             await budget.pause()  # let the agent run between slices
 
-    def _prepare(self, key: bytes, raw: bytes, outcome: Any, policy: Any) -> _Work:
+    def _prepare(self, key: bytes, raw: bytes, outcome: fold.Outcome,
+                 policy: ShopPolicy) -> _Work:
         """Encode what an advanced customer publishes: its effects and new snapshot.
 
         Done while reading the slice, so the slice budget covers it (a
         snapshot costs more than the advance itself).
         """
-        from scoring.snapshot import snapshot
-
         svc = self.service
         effects = list(outcome.effects)
-        messages = [(out.topic, out.key, out.value)
-                    for out in svc.processor.effect_messages(effects)]  # type: ignore[attr-defined]
-        messages.append((svc.scores, key, codec.dumps(snapshot(
+        messages = effect_messages(svc, effects)
+        messages.append(Outgoing(svc.scores, key, codec.dumps(snapshot(
             outcome.state, None, policy, svc.clv_model(outcome.state.shop_id)))))
         return _Work(key, raw, outcome, effects, messages)
 
-    async def _publish(self, partition: int, work: list[_Work], budget: _Budget) -> bool:
-        """Publish effects + snapshots and wait for the broker before any state
-        is written (same ordering argument as the agent's). False if the
-        partition was lost meanwhile."""
-        futures = []
-        for item in work:
-            for topic, key, value in item.messages:
-                futures.append(await topic.send(key=key, value=value, force=True))
-            self.service.metrics.observe_effects(item.effects)
-            if budget.spent():
-                await budget.pause()
-        await asyncio.gather(*futures)
-        budget.restart()
-        return self._still_owner(partition)
+    async def _commit(self, partition: int, work: list[_Work], index: DueIndex,
+                      stats: SweepStats, run: Recount | None, budget: _Budget) -> bool:
+        """Commit the advanced states (:mod:`streams.commit`), guarded against the agent.
 
-    async def _write(self, partition: int, work: list[_Work], index: _DueIndex,
-                     stats: SweepStats, run: _Pass | None, budget: _Budget) -> bool:
-        """Compare-and-set the advanced states. False if the partition was lost
-        meanwhile (nothing more is written).
-
-        The agent writes states straight into RocksDB after publishing their
-        changelog records itself (streams/agents.py ``Processor.deliver``).
-        The sweep does the same, through the same producer, so one key's
-        changelog records are appended in the order their writes were
-        decided: a changelog record sent through Faust's table instead could
-        overtake or trail an agent's record and leave the changelog's last
-        state for the key different from the local one, which a restore
-        would then bring back. In three steps:
-
-        1. without an await: keep the items whose row is unchanged since it was
-           read and which the agent is not processing;
-        2. publish their changelog records and wait for the acknowledgements;
-        3. without an await: write each kept item whose row is *still*
-           unchanged (else the agent's newer state, published after ours,
-           stays), with Faust's persisted offset, and its tally delta.
-
-        With the ``memory://`` store (unit tests) states go through Faust's
-        table, in one synchronous compare-and-set.
+        The agent may write any of these keys while the sweep waits for the
+        broker, so every change is a compare-and-set on the row it was
+        computed from: it yields if the agent is processing the key or wrote
+        it (the agent's newer state stays; the next sweep advances it). Its
+        changelog record goes through the same producer as the agent's, so
+        one key's changelog records are appended in the order their writes
+        were decided. False if the partition was lost meanwhile (nothing more
+        is written).
         """
-        from scoring.state import CustomerState
-
         svc = self.service
-        table = svc.customers
-        ctx_topic = svc.rekey.get_topic_name()
-        processor = svc.processor  # type: ignore[attr-defined]
-        direct = partition_db(table, partition) is not None
+        states = {item.key: item.outcome.state for item in work}
+        outputs = []
+        for item in work:
+            outputs.extend((out.topic.get_topic_name(), out.key, out.value, None, None)
+                           for out in item.messages)
+            svc.metrics.observe_effects(item.effects)
+        changes = [Change(partition, item.key, bytes(item.outcome.state.encode()),
+                          delta_for_advance(item.outcome), item.outcome.state.next_due,
+                          base=item.raw)
+                   for item in work]
 
-        def keep_agents_state(key: bytes) -> None:
+        def compared(change: Change) -> None:
+            if run is not None:
+                run.held.discard(change.key)  # from here on the row is counted as it is
+
+        def yielded(change: Change) -> None:
             stats.skipped += 1  # the agent got there first: keep its state
-            current = table.get(key)
+            current = svc.rows.get(partition, change.key)
             if current is None:
-                index.due.pop(key, None)
+                index.due.pop(change.key, None)
             else:
                 state = CustomerState.decode(current)
-                self._count(run, key, state)
-                index.file(key, state.next_due)  # still due unless the agent moved it
+                self._count(run, change.key, state)
+                index.file(change.key, state.next_due)  # still due unless the agent moved it
 
-        if not self._still_owner(partition):
-            return False
-        kept: list[_Work] = []
-        with partition_context(ctx_topic, partition):
-            for item in work:
-                if run is not None:
-                    run.held.discard(item.key)
-                if item.key in processor.in_flight or table.get(item.key) != item.raw:
-                    keep_agents_state(item.key)
-                else:
-                    kept.append(item)
-        if not kept:
-            return True
-        encoded = [bytes(item.outcome.state.encode()) for item in kept]
-        offset = -1
-        if direct:
-            sent = await processor.publisher.publish(
-                [(processor.changelog_name, item.key, value, None, partition)
-                 for item, value in zip(kept, encoded, strict=True)])
-            await asyncio.gather(*futures(sent))
-            offset = max(last_offsets(sent).values())
-            if not self._still_owner(partition):
-                return False
-        rows: list[tuple[bytes, bytes]] = []
-        with partition_context(ctx_topic, partition):
-            for item, value in zip(kept, encoded, strict=True):
-                key, outcome = item.key, item.outcome
-                if table.get(key) != item.raw:
-                    keep_agents_state(key)
-                    continue
-                delta = delta_for_advance(outcome)
-                tkey = tally_key(shop_of(key), partition)
-                row = update_row(svc.tallies.get(tkey), delta)
-                if direct:
-                    rows.append((key, value))
-                else:
-                    table[key] = value
-                svc.tallies[tkey] = row
-                stats.changed += 1
-                self._count(run, key, outcome.state)
-                index.file(key, outcome.state.next_due)
-            if rows:
-                write_rows(table, partition, rows, offset)
+        def written(change: Change) -> None:
+            stats.changed += 1
+            self._count(run, change.key, states[change.key])
+            index.file(change.key, change.next_due)
+
+        done = await self.committer.commit(
+            outputs, changes, owns=lambda: self._still_owner(partition),
+            on_compared=compared, on_yielded=yielded, on_written=written)
         budget.restart()
-        return True
+        return done.complete
 
-    def _count(self, run: _Pass | None, key: bytes, state: CustomerState) -> None:
+    def _count(self, run: Recount | None, key: bytes, state: CustomerState) -> None:
         """Count one customer's current state into the running recount."""
         if run is None:
             return
-        from scoring.shop import ShopTally
-
         shop = shop_of(key)
         tally = run.acc.get(shop) or ShopTally.empty()
         recount_contribution(tally, state, self.service.policies.for_shop(shop))
         run.acc[shop] = tally
 
     def _still_owner(self, partition: int) -> bool:
-        return (self.tables_ready()
-                and self.service.app.consumer_generation_id == self._generation
+        return (self.service.tables_ready()
+                and compat.generation(self.service.app) == self._generation
                 and partition in self.service.owned_partitions())
-
-    def local_tally(self, shop_id: str) -> tuple[list[int], Any]:
-        """Merge this worker's tallies of ``shop_id`` over its owned partitions."""
-        from scoring.shop import ShopTally
-
-        svc = self.service
-        owned = svc.owned_partitions()
-        total = ShopTally.empty()
-        for p in owned:
-            raw = svc.tallies.get(tally_key(shop_id, p))
-            if raw:
-                total = total.merge(ShopTally.decode(raw))
-        return owned, total
 
     def _publish_gauges(self) -> None:
         svc = self.service
@@ -744,21 +518,18 @@ class Sweeper:
                 shops.add(shop)
                 rows += 1
         svc.metrics.table_rows.labels("shop-tallies").set(rows)
-        from scoring.clock import day_of, to_us
-
         today = day_of(to_us(datetime.now(UTC)))
         for shop in shops:
             try:
-                _, tally = self.local_tally(shop)
+                _, tally = svc.local_tally(shop)
                 figures = tally.figures(shop, today, svc.policies.for_shop(shop))
                 svc.metrics.set_shop_figures(shop, figures)
             except Exception:  # noqa: BLE001 - gauges are best effort
                 log.exception("shop gauges for %s", shop)
 
 
-def register_sweep(service: LoyaltyService) -> None:
+def register_sweep(service: ServiceContext, sweeper: Sweeper) -> None:
     """Run :meth:`Sweeper.sweep` every ``settings.sweep_interval_s`` on every worker."""
-    sweeper = service.sweeper
 
     async def loyalty_sweep() -> None:
         stats = await sweeper.sweep()

@@ -1,8 +1,14 @@
-"""The one registry of the project's Kafka topics, and the record-key convention.
+"""The one registry of the project's Kafka topics, and the record-key rules.
 
 Everything that names, creates, produces to or consumes from a project topic
 takes the name from here (ultimately from :class:`streams.settings.Settings`),
-so a rename is one environment variable.
+so a rename is one environment variable. That includes the service's internal
+topics: the rekey topic and the tables' changelogs (:func:`all_topic_specs`).
+
+Key rules, all here: a customer's record key (:func:`message_key`), the
+partition Kafka's default partitioner gives it (:func:`partition_for`), the
+key of a shop's tally row (:func:`tally_key`) and the shop of either kind of
+key (:func:`shop_of`).
 
 Keying guarantee: every customer-keyed record (all inputs, transitions,
 rewards, scores) carries the key ``f"{shop_id}|{customer_id}"`` in UTF-8 and
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:  # keep the import cheap: the CLI imports this for --help
@@ -27,6 +34,10 @@ Role = Literal["input", "output"]
 KEY_SEPARATOR = "|"
 CUSTOMER_KEY = "utf-8 text '<shop_id>|<customer_id>'"
 JSON_VALUE = "utf-8 JSON object"
+
+#: Names of the service's two tables (their changelogs are ``<app_id>-<table>-changelog``).
+CUSTOMERS_TABLE = "customers"
+TALLIES_TABLE = "shop-tallies"
 
 # Kafka error codes used below (see org.apache.kafka.common.protocol.Errors).
 _TOPIC_ALREADY_EXISTS = 36
@@ -96,6 +107,45 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     ]
 
 
+def rekey_topic_name(settings: Settings) -> str:
+    """Internal topic that carries wrongly keyed input, re-keyed (one per app id)."""
+    return f"{settings.app_id}-rekey"
+
+
+def rekey_topic_spec(settings: Settings) -> TopicSpec:
+    """The rekey topic as a :class:`TopicSpec` so ``ensure_topics`` can create it."""
+    return TopicSpec(
+        name=rekey_topic_name(settings), partitions=settings.partitions, compacted=False,
+        role="input", key_codec=CUSTOMER_KEY,
+        value_codec="the original input record bytes", description="re-keyed input records",
+    )
+
+
+def changelog_topic_name(settings: Settings, table: str) -> str:
+    """The changelog topic of ``table``, named as Faust names it."""
+    return f"{settings.app_id}-{table}-changelog"
+
+
+def changelog_topic_specs(settings: Settings) -> list[TopicSpec]:
+    """The tables' changelog topics (compacted), named as Faust names them.
+
+    Created before Faust starts: when Faust creates them itself, the first
+    records can be processed before the consumer's metadata knows the new
+    topic, and Faust's co-partitioning check then fails with
+    ``PartitionsMismatch`` ("changelog has 0 partitions").
+    """
+    return [TopicSpec(name=changelog_topic_name(settings, table),
+                      partitions=settings.partitions, compacted=True, role="output",
+                      key_codec="table key", value_codec="table value",
+                      description=f"changelog of the {table} table")
+            for table in (CUSTOMERS_TABLE, TALLIES_TABLE)]
+
+
+def all_topic_specs(settings: Settings) -> list[TopicSpec]:
+    """Registry topics plus the service's internal rekey and changelog topics."""
+    return [*topic_specs(settings), rekey_topic_spec(settings), *changelog_topic_specs(settings)]
+
+
 def input_topics(settings: Settings) -> list[str]:
     """Names of the input topics, in registry order."""
     return [s.name for s in topic_specs(settings) if s.role == "input"]
@@ -150,6 +200,33 @@ def parse_message_key(key: bytes | str) -> tuple[str, str]:
     if not sep or not shop_id or not customer_id:
         raise ValueError(f"not a '<shop_id>|<customer_id>' key: {text!r}")
     return shop_id, customer_id
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """Partition Kafka's default partitioner (Java and aiokafka) picks for ``key``."""
+    return _key_hash(key) % partitions
+
+
+@lru_cache(maxsize=1 << 16)
+def _key_hash(key: bytes) -> int:
+    # An event hashes its customer key for its own partition and for each
+    # output record, and active customers come back: a bounded cache avoids
+    # re-running aiokafka's pure-Python murmur2. Imported here, not at the top,
+    # because importing aiokafka is slow and the CLI imports this module for
+    # ``--help``; the import runs only on a cache miss.
+    from aiokafka.partitioner import murmur2
+
+    return int(murmur2(key)) & 0x7FFFFFFF
+
+
+def tally_key(shop_id: str, partition: int) -> bytes:
+    """Key of a shop's tally row for one partition: ``b"shop|<partition>"``."""
+    return f"{shop_id}{KEY_SEPARATOR}{partition}".encode()
+
+
+def shop_of(key: bytes) -> str:
+    """Shop id of a customer key or tally key (the shop id never contains ``|``)."""
+    return key.split(b"|", 1)[0].decode()
 
 
 async def partition_counts(admin: Any, names: list[str], wait_s: float = 10.0) -> dict[str, int]:

@@ -47,7 +47,7 @@ from streams.metrics import CONTENT_TYPE_LATEST
 from streams.topics import message_key
 
 if TYPE_CHECKING:
-    from streams.app import LoyaltyService
+    from streams.context import ServiceContext
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def parse_as_of(text: str | None) -> datetime | None:
         raise ValueError(f"as_of is not an RFC 3339 instant with offset: {text!r}") from exc
 
 
-def register_web(service: LoyaltyService) -> None:
+def register_web(service: ServiceContext) -> None:
     """Add the API views to ``service.app``."""
     app = service.app
     token = service.settings.api_token
@@ -142,7 +142,7 @@ def register_web(service: LoyaltyService) -> None:
                     dest = None  # no assignment yet: answer from local data
                 if dest is not None and _ident(dest) != _ident(app.conf.canonical_url):
                     return await proxy(self, request, dest)
-            if not service.sweeper.tables_ready():
+            if not service.tables_ready():
                 # During a rebalance or changelog recovery the table is partial:
                 # "unknown customer" would be a lie.
                 return error(self, 503, "recovering", "tables are being restored; retry shortly")
@@ -174,7 +174,7 @@ def register_web(service: LoyaltyService) -> None:
             bad = check(self, request, shop_id=shop_id)
             if bad is not None:
                 return bad
-            owned, tally = service.sweeper.local_tally(shop_id)
+            owned, tally = service.local_tally(shop_id)
             return json(self, {"partitions": owned,
                                "tally": base64.b64encode(tally.encode()).decode()})
 
@@ -191,9 +191,9 @@ def register_web(service: LoyaltyService) -> None:
             from scoring.clock import day_of, to_us
             from scoring.shop import ShopTally
 
-            if not service.sweeper.tables_ready():
+            if not service.tables_ready():
                 return error(self, 503, "recovering", "tables are being restored; retry shortly")
-            covered, tally = service.sweeper.local_tally(shop_id)
+            covered, tally = service.local_tally(shop_id)
             covered = set(covered)
             me = _ident(app.conf.canonical_url)
             try:
@@ -236,7 +236,7 @@ def register_web(service: LoyaltyService) -> None:
                               headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def register_health(service: LoyaltyService) -> None:
+def register_health(service: ServiceContext) -> None:
     """Add ``/health``, ``/health/live`` and ``/health/ready`` and start the broker probe.
 
     * ``/health/live``: 200 ``{"live": true}`` whenever the web server answers (the
@@ -277,7 +277,7 @@ def register_health(service: LoyaltyService) -> None:
     @app.page("/health")
     class HealthView(View):
         async def get(self, request: Any) -> Any:
-            last = service.sweeper.last if service.sweeper else None
+            last = service.last_sweep
             ready, checks = readiness(service, probe)
             return respond(self, {
                 "status": "ok",

@@ -226,21 +226,20 @@ class BenchEnv:
     @property
     def changelog_topic(self) -> str:
         """Faust's changelog of the customer table: ``<app id>-<table>-changelog``."""
-        from streams.app import CUSTOMERS_TABLE
+        from streams.topics import CUSTOMERS_TABLE
 
         return f"{self.app_id}-{CUSTOMERS_TABLE}-changelog"
 
     @property
     def rekey_topic(self) -> str:
-        from streams.app import rekey_topic_name
+        from streams.topics import rekey_topic_name
 
         return rekey_topic_name(self.settings)
 
     # -- topics and data ----------------------------------------------------------------
     async def create_topics(self) -> None:
         """All project topics of this run plus the baseline output, with P partitions."""
-        from streams.app import all_topic_specs
-        from streams.topics import TopicSpec, ensure_topics
+        from streams.topics import TopicSpec, all_topic_specs, ensure_topics
 
         specs = all_topic_specs(self.settings)
         specs.append(TopicSpec(self.baseline_topic, self.partitions, False, "output",

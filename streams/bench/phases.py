@@ -538,8 +538,8 @@ async def population(env: BenchEnv, customers: int, timeout_s: float, seed: int,
     from schemas.events import parse_event
     from schemas.policy import PolicyBook
     from scoring import fold
-    from streams.app import partition_for
     from streams.bench.generator import fast_stream
+    from streams.topics import partition_for
 
     policies = PolicyBook.load(None)
     t0 = time.monotonic()

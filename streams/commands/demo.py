@@ -90,11 +90,10 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
 
     from streams import synthetic
-    from streams.app import all_topic_specs
     from streams.broker import BrokerConfig, jars_present, probe_metadata
     from streams.commands.produce import produce_records, progress
     from streams.settings import get_settings
-    from streams.topics import ensure_topics, input_topic_for_event_type
+    from streams.topics import all_topic_specs, ensure_topics, input_topic_for_event_type
 
     base_settings = get_settings()
     repo_var = Path("var/demo")

@@ -90,9 +90,10 @@ def run(args: argparse.Namespace) -> int:
     import faust
 
     from schemas.policy import PolicyBook
-    from streams.app import all_topic_specs, app_data_dir, create_service
+    from streams import compat
+    from streams.app import app_data_dir, create_service
     from streams.settings import get_settings
-    from streams.topics import ensure_topics
+    from streams.topics import all_topic_specs, ensure_topics
 
     settings = get_settings()
     update: dict[str, Any] = {}
@@ -119,6 +120,11 @@ def run(args: argparse.Namespace) -> int:
     for m in mismatches:
         print(f"loyalty worker: {m}", file=sys.stderr)
     if mismatches:
+        return 1
+    try:
+        compat.check()  # before anything is patched: an upgrade fails here, loudly
+    except compat.CompatError as exc:
+        print(f"loyalty worker: {exc}", file=sys.stderr)
         return 1
     data_dir = app_data_dir(settings)
     if prepare_data_dir(data_dir):

@@ -13,11 +13,11 @@ from datetime import UTC, datetime
 import pytest
 
 from schemas import codec
-from streams.agents import ORIGIN_HEADER, Record
-from streams.app import create_service, partition_for
+from streams.app import create_service
+from streams.compat import partition_context
+from streams.records import ORIGIN_HEADER, Record
 from streams.settings import Settings
-from streams.sweep import partition_context
-from streams.topics import message_key
+from streams.topics import message_key, partition_for
 
 NOW = datetime(2026, 1, 10, tzinfo=UTC)
 
@@ -58,7 +58,7 @@ def test_invalid_records_are_dead_lettered_with_reason(service, value, reason) -
     assert plan.status == "invalid" and plan.reason == reason
     assert plan.state_write is None
     [out] = plan.sends
-    assert out.topic is service.dead_letter
+    assert out.topic is service.context.dead_letter
     letter = codec.loads(out.value)
     assert letter["reason"] == reason and letter["detail"]
     assert (letter["topic"], letter["partition"], letter["offset"]) == ("loyalty.purchases",
@@ -77,7 +77,7 @@ def test_wrongly_keyed_record_is_forwarded_to_rekey_topic(service, key) -> None:
     plan = service.processor.plan(rec, now=NOW)
     assert plan.status == "rekeyed" and plan.state_write is None
     [out] = plan.sends
-    assert out.topic is service.rekey
+    assert out.topic is service.context.rekey
     assert out.key == message_key("s1", "c1") and out.value == purchase()
     origin = codec.loads(dict(out.headers)[ORIGIN_HEADER])
     assert origin["topic"] == "loyalty.purchases" and origin["offset"] == 3
@@ -92,7 +92,7 @@ def test_right_key_wrong_partition_is_forwarded(service) -> None:
 def test_rekeyed_record_on_wrong_partition_is_not_looped(service) -> None:
     right = partition_for(message_key("s1", "c1"), 4)
     rec = record(purchase(), key=b"x|y", partition=(right + 1) % 4,
-                 topic=service.rekey.get_topic_name())
+                 topic=service.context.rekey.get_topic_name())
     plan = service.processor.plan(rec, now=NOW)
     assert plan.status == "invalid" and plan.reason == "partition_mismatch"
 
@@ -103,14 +103,14 @@ def test_apply_then_exact_duplicate_changes_nothing(service) -> None:
     plan = proc.plan(rec, now=NOW)
     assert plan.status == "applied" and plan.state_write is not None
     kinds = {o.topic for o in plan.sends}
-    assert service.scores in kinds and service.rewards in kinds
-    with partition_context(service.rekey.get_topic_name(), rec.partition):
+    assert service.context.scores in kinds and service.context.rewards in kinds
+    with partition_context(service.context.rekey.get_topic_name(), rec.partition):
         proc.write(plan)
-    assert service.customers.get(message_key("s1", "c1")) == plan.state_write[1]
+    assert service.context.customers.get(message_key("s1", "c1")) == plan.state_write[1]
 
     again = proc.plan(rec, now=NOW)
     assert again.status == "duplicate" and again.state_write is None and again.sends == []
 
     conflict = proc.plan(record(purchase(amount=9999)), now=NOW)
     assert conflict.status == "rejected" and conflict.reason == "conflicting_duplicate"
-    assert [o.topic for o in conflict.sends] == [service.dead_letter]
+    assert [o.topic for o in conflict.sends] == [service.context.dead_letter]

@@ -29,10 +29,9 @@ from streams.shops import (
     delta_for_advance,
     delta_for_event,
     recount_contribution,
-    shop_of,
-    tally_key,
     update_row,
 )
+from streams.topics import shop_of, tally_key
 
 PARTITIONS = 4
 END = datetime(2026, 1, 1, tzinfo=UTC)

@@ -1,7 +1,8 @@
 """Unit tests of the time sweep's due index and tally recount (memory store, no broker).
 
-The broker is replaced by sends that are acknowledged at once; ownership and
-readiness are stubbed. The real-broker tests (tests/integration/
+The broker is replaced by a publisher that acknowledges every record at once;
+ownership and readiness are stubbed. States are written through the same
+commit protocol and row-store interface as in production (memory rows). The real-broker tests (tests/integration/
 test_service_end_to_end.py, ..._crash.py, ..._metrics.py) run the sweep in a
 worker against RocksDB.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -19,12 +21,18 @@ from scoring.clock import from_us, to_us
 from scoring.shop import ShopTally
 from scoring.state import CustomerState
 from streams import sweep as sweep_module
-from streams.agents import Record
-from streams.app import LoyaltyService, create_service, partition_for
+from streams.app import LoyaltyService, create_service
+from streams.compat import partition_context
+from streams.publish import Sent
+from streams.records import Record
 from streams.settings import Settings
-from streams.shops import tally_key
-from streams.sweep import partition_context
-from streams.topics import message_key
+from streams.topics import (
+    CUSTOMERS_TABLE,
+    changelog_topic_name,
+    message_key,
+    partition_for,
+    tally_key,
+)
 
 NOW = datetime(2026, 1, 10, tzinfo=UTC)
 PARTITIONS = 4
@@ -39,21 +47,31 @@ class Harness:
                             data_dir=tmp_path, tally_recount_interval_s=recount_interval_s)
         self.svc: LoyaltyService = create_service(settings, web_enabled=False,
                                                   sweep_enabled=False)
-        self.sent: list[dict[str, Any]] = []
-        self.on_send: list[Any] = []  # callables run (once each) at the next send
+        self.sent: list[dict[str, Any]] = []  # output records (not changelog records)
+        self.on_send: list[Any] = []  # callables run (once each) at the next publish
+        ctx = self.svc.context
+        changelog = changelog_topic_name(settings, CUSTOMERS_TABLE)
+        offsets: dict[tuple[str, int], int] = {}
 
-        async def send(**kw: Any) -> asyncio.Future[None]:
-            self.sent.append(kw)
-            while self.on_send:
-                self.on_send.pop(0)()
-            fut = asyncio.get_running_loop().create_future()
-            fut.set_result(None)
-            return fut
+        async def publish(records: Any) -> list[Sent]:
+            """The broker: acknowledges every record at once, with real offsets."""
+            out = []
+            for topic, key, value, _headers, partition in records:
+                if topic != changelog:
+                    self.sent.append({"topic": topic, "key": key, "value": value})
+                partition = partition if partition is not None else partition_for(key, PARTITIONS)
+                offset = offsets[(topic, partition)] = offsets.get((topic, partition), -1) + 1
+                fut = asyncio.get_running_loop().create_future()
+                fut.set_result(SimpleNamespace(offset=offset))
+                out.append(Sent(topic, partition, 1, fut))
+            hooks, self.on_send[:] = list(self.on_send), []
+            for hook in hooks:  # a hook appended by a hook runs at the publish after
+                hook()
+            return out
 
-        for topic in (self.svc.scores, self.svc.rewards, self.svc.transitions):
-            monkeypatch.setattr(topic, "send", send)
-        monkeypatch.setattr(self.svc, "owned_partitions", lambda: list(range(PARTITIONS)))
-        monkeypatch.setattr(self.svc.sweeper, "tables_ready", lambda: True)
+        monkeypatch.setattr(ctx.publisher, "publish", publish)
+        monkeypatch.setattr(ctx, "owned_partitions", lambda: list(range(PARTITIONS)))
+        monkeypatch.setattr(ctx, "tables_ready", lambda: True)
         self.recounted = 0
         recount = sweep_module.recount_contribution
 
@@ -81,30 +99,38 @@ class Harness:
         return key
 
     def state(self, key: bytes) -> CustomerState:
-        return CustomerState.decode(self.svc.customers.get(key))
+        return CustomerState.decode(self.svc.context.customers.get(key))
 
     def states(self) -> dict[bytes, CustomerState]:
-        return {k: self.state(k) for k in self.svc.customers.keys()}
+        return {k: self.state(k) for k in self.svc.context.customers.keys()}
 
     def indexed(self, key: bytes) -> int | None:
         index = self.sweeper._index.get(partition_for(key, PARTITIONS))
         return None if index is None else index.due.get(key)
 
     def tally(self, partition: int) -> bytes | None:
-        with partition_context(self.svc.rekey.get_topic_name(), partition):
-            return self.svc.tallies.get(tally_key("s1", partition))
+        with partition_context(self.svc.context.rekey.get_topic_name(), partition):
+            return self.svc.context.tallies.get(tally_key("s1", partition))
 
     def set_tally(self, partition: int, raw: bytes) -> None:
-        with partition_context(self.svc.rekey.get_topic_name(), partition):
-            self.svc.tallies[tally_key("s1", partition)] = raw
+        with partition_context(self.svc.context.rekey.get_topic_name(), partition):
+            self.svc.context.tallies[tally_key("s1", partition)] = raw
 
     def rebalance(self) -> None:
-        self.svc.app.consumer_generation_id += 1
+        self.svc.context.app.consumer_generation_id += 1
 
 
 def monthly_customers(h: Harness, n: int = 10) -> list[bytes]:
     """``n`` customers with one purchase each, a month apart (distinct next_due)."""
     return [h.purchase(f"c{i}", f"2025-{i + 1:02d}-05T10:00:00Z", f"e{i}") for i in range(n)]
+
+
+def first_due(h: Harness) -> tuple[bytes, int]:
+    """The customer due first and its ``next_due``."""
+    states = h.states()
+    due_at = min(s.next_due for s in states.values() if s.next_due is not None)
+    [key] = [k for k, s in states.items() if s.next_due == due_at]
+    return key, due_at
 
 
 @pytest.fixture
@@ -214,6 +240,15 @@ async def test_drifted_tally_is_repaired_by_the_recount_pass(hourly: Harness) ->
     assert (await h.sweeper.sweep(NOW + timedelta(seconds=3630))).tallies_repaired == 1
     assert sweep_module._same_tally(h.tally(partition), exact)
 
+    # A drift in a rule v2 KPI count alone is repaired as well.
+    kpi_drift = ShopTally.decode(exact)
+    kpi_drift.buyers += 1
+    assert not sweep_module._same_tally(bytes(kpi_drift.encode()), exact)
+    h.set_tally(partition, bytes(kpi_drift.encode()))
+    h.rebalance()
+    assert (await h.sweeper.sweep(NOW + timedelta(seconds=3660))).tallies_repaired == 1
+    assert sweep_module._same_tally(h.tally(partition), exact)
+
 
 async def test_full_scan_recount_stays_exact_while_the_agent_writes(
         hourly: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -241,14 +276,12 @@ async def test_skipped_customer_stays_due(long_index: Harness) -> None:
     h = long_index
     monthly_customers(h)
     await h.sweeper.sweep(NOW)
-    states = h.states()
-    due_at = min(s.next_due for s in states.values() if s.next_due is not None)
-    [key] = [k for k, s in states.items() if s.next_due == due_at]
+    key, due_at = first_due(h)
 
-    h.svc.processor.in_flight = {key}  # the agent is waiting for this customer's outputs
+    h.svc.context.in_flight.add(key)  # the agent is waiting for this customer's outputs
     busy = await h.sweeper.sweep(from_us(due_at))
     assert (busy.skipped, busy.changed) == (1, 0) and h.indexed(key) == due_at
-    h.svc.processor.in_flight = set()
+    h.svc.context.in_flight.clear()
 
     # The agent writes the row while the sweep waits for its acknowledgements:
     # the sweep's result is dropped and the index follows the agent's state.
@@ -269,11 +302,11 @@ async def test_full_scan_keeps_a_skipped_key_due_and_counts_a_raced_one_once(
     assert h.state(first).next_due <= to_us(NOW)
 
     # The agent takes the key while the scan waits for its acknowledgements.
-    h.on_send.append(lambda: setattr(h.svc.processor, "in_flight", {first}))
+    h.on_send.append(lambda: h.svc.context.in_flight.add(first))
     scan = await h.sweeper.sweep(NOW)
     assert (scan.full_scans, scan.skipped, scan.changed) == (PARTITIONS, 1, 0)
     assert h.indexed(first) == h.state(first).next_due <= to_us(NOW)  # still due
-    h.svc.processor.in_flight = set()
+    h.svc.context.in_flight.clear()
     retry = await h.sweeper.sweep(NOW + timedelta(seconds=30))
     assert (retry.full_scans, retry.visited, retry.changed) == (0, 1, 1)
 
@@ -305,6 +338,28 @@ async def test_a_failed_due_pass_is_followed_by_a_full_scan(
         m.setattr(sweep_module.Sweeper, "_prepare", broken)
         failed = await h.sweeper.sweep(from_us(due_at))
     assert failed.changed == 0
-    assert h.svc.metrics.registry.get_sample_value("loyalty_internal_errors_total") == 1
+    assert h.svc.context.metrics.registry.get_sample_value("loyalty_internal_errors_total") == 1
     recovered = await h.sweeper.sweep(from_us(due_at) + timedelta(seconds=30))
     assert (recovered.full_scans, recovered.changed) == (1, 1)  # the failed partition
+
+
+async def test_a_key_the_agent_takes_during_the_changelog_ack_is_left_to_the_agent(
+        long_index: Harness) -> None:
+    h = long_index
+    monthly_customers(h)
+    await h.sweeper.sweep(NOW)
+    key, due_at = first_due(h)
+    partition = partition_for(key, PARTITIONS)
+    tally_before = h.tally(partition)
+
+    # The outputs are acknowledged; while the changelog record is, the agent
+    # reads the row and takes the key (it has not written yet).
+    h.on_send.append(lambda: h.on_send.append(lambda: h.svc.context.in_flight.add(key)))
+    raced = await h.sweeper.sweep(from_us(due_at))
+    assert (raced.visited, raced.skipped, raced.changed) == (1, 1, 0)
+    assert h.state(key).clock < due_at  # not written: the agent's delta stays valid
+    assert h.tally(partition) == tally_before
+    assert h.indexed(key) == due_at  # still due
+    h.svc.context.in_flight.clear()
+    again = await h.sweeper.sweep(from_us(due_at) + timedelta(seconds=30))
+    assert (again.visited, again.changed) == (1, 1)

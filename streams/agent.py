@@ -1,0 +1,255 @@
+"""The state agent: folds every input record into the customer table.
+
+One agent, ``concurrency=1``, subscribed to the four input topics and the
+internal rekey topic (all co-partitioned). With more than one concurrent
+actor per partition Faust may commit an offset past a record that another
+actor is still processing, which breaks at-least-once; one actor keeps the
+per-partition order and the commit point honest.
+
+The agent's loop is :func:`streams.consume.consume`: take a batch, repair
+gaps (:mod:`streams.gaps`), hand it to :meth:`Processor.handle_batch`, mark
+it done. Per batch, :class:`Processor` plans every record
+(:mod:`streams.planning`; an exception while planning changes nothing), then
+commits the plans (:mod:`streams.commit`): outputs acknowledged, then the
+states' changelog records acknowledged, then rows and tallies written.
+
+Failure modes:
+
+* Any unexpected exception is caught and the record retried twice (safe:
+  see :meth:`Processor.handle`); if it still fails it is dead-lettered with
+  reason ``internal_error`` and a traceback summary, counted, and processing
+  continues. The worker never dies of a record and never ``noack``s.
+* A crash anywhere in the commit loses nothing and counts nothing twice
+  (:mod:`streams.commit` says what each step boundary means): a record
+  redelivered after its state was written is an exact duplicate for the fold.
+* Faust may drop *and acknowledge* records around rebalances; see
+  :mod:`streams.gaps` for how none is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import traceback
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from streams.aligned_input import install as install_aligned_input
+from streams.commit import Change, Committer, WriteFailed
+from streams.consume import consume
+from streams.context import ServiceContext
+from streams.gaps import GapReader, Progress, install_seek_tracking, redrive_idle_partitions
+from streams.planning import Plan, Planner, changes, outputs
+from streams.publish import futures
+from streams.records import Record, dead_letter_record
+from streams.shops import TallyDelta
+
+log = logging.getLogger(__name__)
+
+#: called with (partition, customer key, tally delta, next_due) after every state write
+ChangeListener = Callable[[int, bytes, TallyDelta, "int | None"], None]
+RETRIES = 2  # extra attempts before a record is dead-lettered as internal_error
+RETRY_DELAY_S = 0.5
+#: seconds between checks for partitions whose dropped records need re-driving
+REDRIVE_INTERVAL_S = 5.0
+
+
+class Processor:
+    """Plans input records and commits the plans; never raises for a record."""
+
+    def __init__(self, service: ServiceContext, on_change: ChangeListener | None = None) -> None:
+        self.service = service
+        self.metrics = service.metrics
+        #: told about every state write (the time sweep's due index and recount)
+        self.on_change = on_change
+        self.planner = Planner(service)
+        self.committer = Committer(service)
+
+    def plan(self, record: Record, *, now: datetime | None = None,
+             overlay: dict[bytes, bytes] | None = None) -> Plan:
+        """:meth:`streams.planning.Planner.plan` (reads rows, writes nothing)."""
+        return self.planner.plan(record, now=now, overlay=overlay)
+
+    async def commit(self, plans: list[Plan]) -> None:
+        """Publish what ``plans`` send and write their states: :meth:`Committer.commit`.
+
+        Every output is published and acknowledged first, then each changed
+        state's changelog record, then the states go into the row store with
+        the persisted offset and the tally deltas are applied (the numbered
+        steps of :mod:`streams.commit`). Everything is published through
+        :class:`streams.publish.Publisher`, not ``Topic.send``: Faust's
+        "attachments" would hold the records back until the offset commit,
+        and they must reach Kafka *before* the state write (see
+        :meth:`handle`). Raises what the commit raises.
+        """
+        await self.committer.commit(outputs(plans), changes(plans), on_written=self._written)
+
+    def write(self, plan: Plan, changelog_offsets: dict[int, int] | None = None) -> None:
+        """Steps 4-5 of the commit for one plan whose records are already acknowledged.
+
+        ``changelog_offsets`` (partition -> offset of the state's changelog
+        record) becomes the persisted offset; without it the persisted offset
+        is left as it is (unit tests of the write path).
+        """
+        self.committer.write(changes([plan]), changelog_offsets or {},
+                             on_written=self._written)
+
+    def _written(self, change: Change) -> None:
+        if self.on_change is not None:
+            self.on_change(change.partition, change.key, change.delta, change.next_due)
+
+    def observe(self, record: Record, plan: Plan, started: float) -> None:
+        """Update metrics for a processed record."""
+        m = self.metrics
+        m.events_consumed.labels(record.topic, plan.event_type).inc()
+        if plan.status in ("invalid", "rejected"):
+            m.invalid_events.labels(plan.reason or plan.status).inc()
+        elif plan.status == "duplicate":
+            m.duplicates.inc()
+        elif plan.status == "rekeyed":
+            m.rekeyed.labels(record.topic).inc()
+        elif plan.status == "applied":
+            m.events_applied.labels(plan.event_type).inc()
+        m.observe_effects(plan.effects)
+        if plan.occurred_at is not None:
+            lag = time.time() - plan.occurred_at.timestamp()
+            m.event_lag.labels(record.topic).set(lag)
+        m.latency.observe(time.perf_counter() - started)
+
+    async def handle(self, record: Record) -> str:
+        """Process one record end to end; never raises. Returns the plan status.
+
+        Order matters for at-least-once outputs: the outputs are published and
+        acknowledged by the broker *before* the state is written. If the worker
+        dies in between, the record is redelivered, the fold applies it again
+        (the state never recorded it) and the outputs repeat with the same ids.
+        Writing the state first would let a crash leave the state updated but
+        the outputs unsent, and the redelivered record would then be a silent
+        duplicate: outputs lost for good.
+
+        While the broker acknowledges, the customer's key is marked in flight so
+        the time sweep neither reads nor overwrites it (no lost update).
+        """
+        started = time.perf_counter()
+        for attempt in range(RETRIES + 1):
+            try:
+                plan = self.plan(record)
+                self._mark_in_flight({plan.state_write[0]} if plan.state_write else ())
+                await self.commit([plan])
+                self._mark_in_flight(())
+                self.observe(record, plan, started)
+                return plan.status
+            except Exception as exc:  # noqa: BLE001 - the worker must survive any record
+                self._mark_in_flight(())
+                if attempt < RETRIES:
+                    # Transient trouble (broker hiccup, metadata not yet fresh) must
+                    # not cost an event. A retry is safe: the plan is recomputed
+                    # from the table, and a write that did land makes the record
+                    # an exact duplicate for the fold.
+                    log.warning("retrying %s[%d]@%d after %r", record.topic,
+                                record.partition, record.offset, exc)
+                    await asyncio.sleep(RETRY_DELAY_S * (attempt + 1))
+                    continue
+                await self._internal_error(record, exc)
+        return "internal_error"
+
+    async def handle_batch(self, records: list[Record]) -> None:
+        """Process a batch with one broker round trip; never raises.
+
+        The order of :meth:`handle` holds for the batch as a whole: plan every
+        record (each on top of the states planned before it), then one
+        commit (:mod:`streams.commit`): all outputs published and
+        acknowledged once, all changelog records once, then every state and
+        tally written in one synchronous run. A crash before the writes
+        means the whole batch is redelivered and folded again (outputs repeat
+        with the same ids); a crash after them leaves exact duplicates. If
+        anything fails before the writes, nothing was written and the batch
+        is processed again one record at a time, with :meth:`handle`'s
+        retries and dead letter; a failure while writing is raised.
+        """
+        if len(records) == 1:
+            await self.handle(records[0])
+            return
+        started = time.perf_counter()
+        overlay: dict[bytes, bytes] = {}
+        planned: list[tuple[Record, Plan]] = []
+        try:
+            for record in records:
+                plan = self.plan(record, overlay=overlay)
+                if plan.state_write is not None:
+                    overlay[plan.state_write[0]] = plan.state_write[1]
+                planned.append((record, plan))
+            self._mark_in_flight(overlay)
+            await self.commit([plan for _, plan in planned])
+        except WriteFailed:
+            self._mark_in_flight(())
+            raise
+        except Exception as exc:  # noqa: BLE001 - fall back; handle() never raises
+            self._mark_in_flight(())
+            log.warning("batch of %d records failed before its writes (%r): "
+                        "processing them one at a time", len(records), exc)
+            for record in records:
+                await self.handle(record)
+            return
+        self._mark_in_flight(())
+        for record, plan in planned:
+            self.observe(record, plan, started)
+
+    def _mark_in_flight(self, keys: Any) -> None:
+        """Make ``keys`` the customers the sweep must leave alone (see :meth:`handle`)."""
+        self.service.in_flight.clear()
+        self.service.in_flight.update(keys)
+
+    async def _internal_error(self, record: Record, exc: BaseException) -> None:
+        """Dead-letter ``record`` with reason ``internal_error``; never raises."""
+        summary = "".join(traceback.format_exception(exc, limit=6))[-3000:]
+        log.error("internal error on %s[%d]@%d: %s", record.topic, record.partition,
+                  record.offset, summary)
+        self.metrics.internal_errors.inc()
+        self.metrics.invalid_events.labels("internal_error").inc()
+        self.metrics.events_consumed.labels(record.topic, "error").inc()
+        letter = dead_letter_record(record, "internal_error", summary)
+        try:
+            sent = await self.service.publisher.publish(
+                [(self.service.dead_letter.get_topic_name(), record.key, letter, None, None)])
+            await asyncio.gather(*futures(sent))
+        except Exception:  # noqa: BLE001
+            log.exception("could not dead-letter %s[%d]@%d", record.topic,
+                          record.partition, record.offset)
+
+
+def register_agents(service: ServiceContext,
+                    on_change: ChangeListener | None = None) -> Processor:
+    """Attach the state agent, its gap repair and its re-drive timer to ``service.app``.
+
+    ``on_change`` is told about every state the agent writes (the time sweep's
+    :meth:`streams.sweep.Sweeper.note_change`). Returns the :class:`Processor`.
+    """
+    processor = Processor(service, on_change)
+    progress = Progress(service.metrics)
+    reader = GapReader(service)
+    settings = service.settings
+
+    commit_owed = install_seek_tracking(service, progress)
+    aligned = install_aligned_input(service, processor, progress, reader, commit_owed)
+
+    async def loyalty_state(stream: Any) -> None:
+        await consume(stream, aligned, progress, reader, settings)
+
+    service.app.agent(service.inputs, name="loyalty-state", concurrency=1)(loyalty_state)
+
+    async def loyalty_redrive() -> None:
+        try:
+            await redrive_idle_partitions(service, progress, reader)
+        except Exception:  # noqa: BLE001 - best effort; retried next tick
+            log.exception("re-drive check failed")
+
+    service.app.timer(interval=REDRIVE_INTERVAL_S, on_leader=False,
+                      name="loyalty-redrive")(loyalty_redrive)
+
+    @service.app.on_before_shutdown.connect
+    async def close_gap_reader(app: Any, **kwargs: Any) -> None:
+        await reader.close()
+    return processor

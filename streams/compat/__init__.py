@@ -1,0 +1,49 @@
+"""The one place that touches private Faust and aiokafka names.
+
+Every use of a name that faust-streaming or aiokafka do not document (a
+private attribute read, a method replaced on an instance, a context variable
+set from outside) lives in this subpackage, behind a small named function.
+Each function's docstring says which upstream limitation or issue it works
+around. :func:`check` verifies every touched name once at worker startup
+(:mod:`streams.commands.worker` calls it) and fails with
+:class:`CompatError` naming the installed faust-streaming and aiokafka
+versions and the missing name, so an upgrade cannot silently drop a
+guarantee. The names it checks are listed in :data:`TOUCHES`; a new touch
+must be added there.
+
+Modules: :mod:`.events` (a stand-in current event for table access outside a
+stream), :mod:`.producer` (flush hardening, the raw aiokafka producer),
+:mod:`.consumer` (seek and commit hooks, read offsets, pausing fetches,
+high-water marks), :mod:`.tables` (RocksDB partition databases, the
+persisted-offset key, the recovery hook).
+"""
+
+from __future__ import annotations
+
+from streams.compat.check import TOUCHES, CompatError, check
+from streams.compat.consumer import (
+    assignment,
+    cap_commits,
+    generation,
+    highwater,
+    on_seek_to_committed,
+    read_offsets,
+    set_fetching,
+)
+from streams.compat.events import partition_context
+from streams.compat.producer import aiokafka_producer, harden_producer_flush
+from streams.compat.tables import (
+    on_recovery_offsets,
+    open_rocksdict_partition,
+    persisted_offset_key,
+    recovery_table,
+    rocksdict_partition,
+)
+
+__all__ = [
+    "TOUCHES", "CompatError", "aiokafka_producer", "assignment", "cap_commits", "check",
+    "generation", "harden_producer_flush", "highwater", "on_recovery_offsets",
+    "on_seek_to_committed", "open_rocksdict_partition", "partition_context",
+    "persisted_offset_key", "read_offsets", "recovery_table", "rocksdict_partition",
+    "set_fetching",
+]

@@ -1,0 +1,91 @@
+"""The startup check: every private Faust/aiokafka name this package touches still exists."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from importlib.metadata import version
+
+
+class CompatError(RuntimeError):
+    """A private name streams/compat relies on is missing from the installed library."""
+
+
+@dataclass(frozen=True)
+class Touch:
+    """One private (or patched) name: ``module``'s ``owner`` has attribute ``name``."""
+
+    module: str
+    owner: str | None  # a class in ``module``; None: a module-level name
+    name: str
+    used_by: str  # the streams.compat function that relies on it
+
+
+#: Every name touched by streams/compat (keep in step with the modules).
+TOUCHES: tuple[Touch, ...] = (
+    Touch("faust.streams", None, "_current_event", "events.partition_context"),
+    Touch("faust.transport.producer", "Producer", "flush", "producer.harden_producer_flush"),
+    Touch("faust.types.transports", "ProducerT", "buffer", "producer.harden_producer_flush"),
+    Touch("faust.transport.producer", "ProducerBuffer", "size", "producer.harden_producer_flush"),
+    Touch("faust.transport.producer", "ProducerBuffer", "flush",
+          "producer.harden_producer_flush"),
+    Touch("faust.transport.drivers.aiokafka", "Producer", "_ensure_producer",
+          "producer.aiokafka_producer"),
+    Touch("aiokafka", "AIOKafkaProducer", "create_batch", "publish.Publisher"),
+    Touch("aiokafka", "AIOKafkaProducer", "send_batch", "publish.Publisher"),
+    Touch("aiokafka", "AIOKafkaProducer", "partitions_for", "publish.Publisher"),
+    Touch("faust.transport.consumer", "Consumer", "perform_seek",
+          "consumer.on_seek_to_committed"),
+    Touch("faust.transport.consumer", "Consumer", "_committed_offset",
+          "consumer.on_seek_to_committed"),
+    Touch("faust.transport.consumer", "Consumer", "_commit", "consumer.cap_commits"),
+    Touch("faust.transport.consumer", "Consumer", "_read_offset", "consumer.read_offsets"),
+    Touch("faust.transport.consumer", "ThreadDelegateConsumer", "_thread",
+          "consumer.set_fetching"),
+    Touch("faust.transport.drivers.aiokafka", "AIOKafkaConsumerThread", "_ensure_consumer",
+          "consumer.set_fetching"),
+    Touch("faust.transport.drivers.aiokafka", "AIOKafkaConsumerThread", "call_thread",
+          "consumer.set_fetching"),
+    Touch("aiokafka", "AIOKafkaConsumer", "pause", "consumer.set_fetching"),
+    Touch("aiokafka", "AIOKafkaConsumer", "resume", "consumer.set_fetching"),
+    Touch("faust.transport.consumer", "Consumer", "highwater", "consumer.highwater"),
+    Touch("faust.stores.rocksdb", "Store", "_dbs", "tables.rocksdict_partition"),
+    Touch("faust.stores.rocksdb", "Store", "_db_for_partition",
+          "tables.open_rocksdict_partition"),
+    Touch("faust.stores.rocksdb", "Store", "offset_key", "tables.persisted_offset_key"),
+    Touch("faust.tables.recovery", "Recovery", "tp_to_table", "tables.recovery_table"),
+    Touch("faust.tables.recovery", "Recovery", "_build_offsets", "tables.on_recovery_offsets"),
+)
+
+
+def _has(owner: object, name: str) -> bool:
+    """``name`` is an attribute of ``owner`` or an instance attribute declared on its classes."""
+    if hasattr(owner, name):
+        return True
+    mro = getattr(owner, "__mro__", ())
+    return any(name in vars(cls).get("__annotations__", {}) for cls in mro)
+
+
+def versions() -> str:
+    """The installed faust-streaming and aiokafka versions, for error messages."""
+    return f"faust-streaming {version('faust-streaming')}, aiokafka {version('aiokafka')}"
+
+
+def check(touches: tuple[Touch, ...] = TOUCHES) -> None:
+    """Verify every touched name exists; raise :class:`CompatError` naming the first missing one.
+
+    Run once at worker startup, before anything is patched, so an upgrade that
+    renames a private name fails loudly instead of silently losing a guarantee.
+    """
+    for touch in touches:
+        where = touch.module if touch.owner is None else f"{touch.module}.{touch.owner}"
+        try:
+            owner: object = importlib.import_module(touch.module)
+            if touch.owner is not None:
+                owner = getattr(owner, touch.owner)
+        except (ImportError, AttributeError) as exc:
+            raise CompatError(f"{versions()}: {where} is missing ({exc}); "
+                              f"streams.compat.{touch.used_by} relies on it") from exc
+        if not _has(owner, touch.name):
+            raise CompatError(f"{versions()}: {where}.{touch.name} is missing; "
+                              f"streams.compat.{touch.used_by} relies on it")

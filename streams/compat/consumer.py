@@ -1,0 +1,125 @@
+"""Hooks into Faust's consumer: where it seeks, what it commits, how far it has read.
+
+Also pausing and resuming fetches, the high-water marks and the assignment,
+so that every consumer control the service uses is named in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
+
+import faust
+from faust.types import TP
+
+#: ``(committed offsets by partition) -> None``, run after every seek to committed
+SeekListener = Callable[[Mapping[TP, int | None]], None]
+#: ``(offsets Faust wants to commit) -> offsets to commit`` (may drop or lower entries)
+CommitCap = Callable[[Mapping[TP, int]], dict[TP, int]]
+
+
+def on_seek_to_committed(app: faust.App, listener: SeekListener) -> None:
+    """Call ``listener`` with the committed offsets each time Faust positions its consumer.
+
+    Works around: Faust offers no hook at the moment it positions every
+    assigned partition at its committed offset (``Consumer.perform_seek``,
+    after each rebalance's recovery); the first record the agent then sees
+    must be that offset, and the known rebalance bugs (faust-streaming#216,
+    #221, #606) break exactly that. Wraps the instance's ``perform_seek`` and
+    reads its private ``_committed_offset`` map afterwards.
+    """
+    consumer = app.consumer
+    original = consumer.perform_seek
+
+    async def perform_seek() -> None:
+        await original()
+        listener(dict(consumer._committed_offset))
+
+    consumer.perform_seek = perform_seek  # type: ignore[method-assign]
+
+
+def cap_commits(app: faust.App, cap: CommitCap) -> Callable[[Mapping[TP, int]],
+                                                               Awaitable[bool]]:
+    """Pass every offset commit of Faust's consumer through ``cap`` first.
+
+    Works around: Faust acknowledges records it drops around rebalances
+    (faust-streaming#216, #221), so its committable offset can run ahead of
+    what the agent processed; there is no public hook on the commit. Wraps the
+    instance's private ``Consumer._commit``. When ``cap`` leaves nothing to
+    commit, the commit reports success without a broker round trip. Returns
+    the original commit, for offsets the caller has already capped itself.
+    """
+    consumer = app.consumer
+    original = consumer._commit
+
+    async def commit(offsets: Mapping[TP, int]) -> bool:
+        capped = cap(offsets)
+        if not capped:
+            return True
+        return bool(await original(capped))
+
+    consumer._commit = commit  # type: ignore[method-assign]
+    return original  # type: ignore[no-any-return]
+
+
+def read_offsets(app: faust.App) -> Mapping[TP, int | None]:
+    """Per input partition, the offset of the last record Faust's consumer has read.
+
+    Works around: Faust does not expose how far its fetcher got, which is the
+    only evidence that records were read and then dropped before reaching the
+    agent (see :func:`streams.gaps.redrive_idle_partitions`). Reads the
+    private ``Consumer._read_offset`` map (a read-only view is returned).
+    """
+    offsets: Mapping[TP, int | None] = app.consumer._read_offset
+    return offsets
+
+
+def generation(app: faust.App) -> int:
+    """The consumer group generation of the current assignment (changes on every rebalance)."""
+    return int(app.consumer_generation_id)
+
+
+async def set_fetching(app: faust.App, pause: Iterable[tuple[str, int]],
+                       resume: Iterable[tuple[str, int]]) -> None:
+    """Pause / resume fetching of topic-partitions in the aiokafka consumer itself.
+
+    Works around: Faust's public ``Consumer.pause_partitions`` only removes a
+    partition from its set of active partitions, and its ``getmany`` filters
+    the records of an already fetched batch by that live set: the records of
+    a partition paused while a batch is handed out are dropped, never
+    acknowledged, and the consumer's position has already moved past them.
+    aiokafka's own ``pause`` discards fetched records of a paused partition
+    *without* advancing its position, so they are fetched again on resume.
+    The call runs in Faust's consumer thread, which owns the aiokafka client:
+    private ``ThreadDelegateConsumer._thread``, ``AIOKafkaConsumerThread
+    ._ensure_consumer`` and ``call_thread``.
+    """
+    from aiokafka import TopicPartition
+
+    pause_tps = [TopicPartition(*tp) for tp in pause]
+    resume_tps = [TopicPartition(*tp) for tp in resume]
+    thread = app.consumer._thread  # type: ignore[attr-defined]
+    consumer = thread._ensure_consumer()
+
+    async def apply() -> None:
+        if pause_tps:
+            consumer.pause(*pause_tps)
+        if resume_tps:
+            consumer.resume(*resume_tps)
+
+    await thread.call_thread(apply)
+
+
+def highwater(app: faust.App, tp: TP) -> int | None:
+    """The offset after the last record of ``tp`` as of the consumer's last fetch.
+
+    Faust's public ``Consumer.highwater``; None while the consumer has not
+    fetched from ``tp`` yet (aiokafka knows no high-water mark then).
+    """
+    value: Any = app.consumer.highwater(tp)
+    return None if value is None else int(value)
+
+
+def assignment(app: faust.App) -> set[TP]:
+    """The topic-partitions assigned to this worker (Faust's public ``assignment``)."""
+    return set(app.consumer.assignment())

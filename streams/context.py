@@ -1,0 +1,122 @@
+"""The service context: what one worker's agent, time sweep and web views share.
+
+:class:`ServiceContext` is built once by :func:`streams.app.create_service`
+with every field set; nothing is attached to it afterwards. The runtime
+modules receive it as their only handle on the worker and import this module
+(never :mod:`streams.app`), so the composition root is the only module that
+imports everything.
+
+Besides the tables, topics, policies and metrics, the context holds the
+customer row store and the batch publisher the commit protocol
+(:mod:`streams.commit`) uses, and owns the worker-wide state that more than
+one part reads:
+
+* :attr:`ServiceContext.in_flight`: customer keys whose outputs the agent is
+  waiting for; the time sweep neither reads nor overwrites them meanwhile;
+* readiness (:meth:`ServiceContext.tables_ready`) and ownership
+  (:meth:`ServiceContext.owned_partitions`);
+* the local shop tallies (:meth:`ServiceContext.local_tally`) and the last
+  sweep's figures (:attr:`ServiceContext.last_sweep`), read by the web views.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from scoring.shop import ShopTally
+from streams.clv_models import ClvModels
+from streams.metrics import Metrics
+from streams.publish import Publisher
+from streams.store import RowStore
+from streams.topics import tally_key
+
+if TYPE_CHECKING:
+    import faust
+    from faust.types import TableT, TopicT
+
+    from schemas.policy import PolicyBook
+    from scoring.clv import ShopModel
+    from streams.due_index import SweepStats
+    from streams.settings import Settings
+
+
+@dataclass(eq=False)
+class ServiceContext:
+    """Everything one worker shares between the agent, the sweep and the web views."""
+
+    settings: Settings
+    app: faust.App
+    #: customer key ``b"shop|customer"`` -> ``CustomerState.encode()`` bytes
+    customers: TableT[bytes, bytes]
+    #: tally key ``b"shop|<partition>"`` -> ``ShopTally.encode()`` bytes
+    tallies: TableT[bytes, bytes]
+    #: the four input topics and the rekey topic, as one subscription
+    inputs: TopicT
+    rekey: TopicT
+    transitions: TopicT
+    rewards: TopicT
+    scores: TopicT
+    dead_letter: TopicT
+    policies: PolicyBook
+    input_topic_names: tuple[str, ...]
+    #: the customer rows the agent and the sweep read and write (streams.store)
+    rows: RowStore
+    #: batch publisher over the app's producer (every output and changelog record)
+    publisher: Publisher
+    metrics: Metrics = field(default_factory=Metrics)
+    #: the CLV models served per shop (filled by streams.clv_service when CLV is enabled;
+    #: every change of a shop's served model is reported to the metrics)
+    clv_models: ClvModels = field(init=False)
+    #: customer keys whose outputs the agent is waiting for (mutated in place)
+    in_flight: set[bytes] = field(default_factory=set)
+    #: what the last time sweep did (None before the first one)
+    last_sweep: SweepStats | None = None
+
+    def __post_init__(self) -> None:
+        self.clv_models = ClvModels(self.metrics.set_clv)
+
+    @property
+    def partitions(self) -> int:
+        return self.settings.partitions
+
+    def clv_model(self, shop_id: str) -> ShopModel | None:
+        """The shop's fitted CLV model, or None (snapshot CLV fields are then null)."""
+        return self.clv_models.get(shop_id)
+
+    def owned_partitions(self) -> list[int]:
+        """Partitions of the customer table this worker actively owns (not standbys)."""
+        changelog = self.customers.changelog_topic.get_topic_name()
+        try:
+            actives = self.app.assignor.assigned_actives()
+        except Exception:  # assignor not ready (before the first rebalance)
+            return []
+        return sorted(tp.partition for tp in actives if tp.topic == changelog)
+
+    def tables_ready(self) -> bool:
+        """True when no rebalance or changelog recovery is under way.
+
+        Faust keeps agents paused during recovery, but timers keep running. A
+        sweep during recovery would advance a half-restored row and append it
+        to the changelog *after* the newer values still being restored: the
+        stale row would win. Flow control is suspended from rebalance start
+        until recovery has finished, so it is the gate. Web views answer 503
+        while this is False.
+        """
+        app = self.app
+        return (app.flow_control.is_active() and not app.rebalancing
+                and not app.in_recovery)
+
+    def local_tally(self, shop_id: str) -> tuple[list[int], ShopTally]:
+        """Merge this worker's tallies of ``shop_id`` over its owned partitions.
+
+        Returns ``(owned partitions, merged tally)``; partitions without a row
+        for the shop contribute nothing.
+        """
+        owned = self.owned_partitions()
+        total = ShopTally.empty()
+        for p in owned:
+            raw = self.tallies.get(tally_key(shop_id, p))
+            if raw:
+                total = total.merge(ShopTally.decode(raw))
+        return owned, total

@@ -1,0 +1,290 @@
+"""Gap repair: records Faust's consumer skipped, found and read back.
+
+Faust may drop *and acknowledge* records around rebalances (records
+prefetched before a rebalance delivered after it, and its "gap" bookkeeping
+then treating the skipped range as done: faust-streaming#216, #221, #606).
+Three measures keep every input record processed:
+
+* input offsets are never committed past the agent's contiguous progress
+  (:func:`install_seek_tracking`, :attr:`Progress.done`);
+* a jump in a partition's offsets is detected (:meth:`Progress.find_gap`)
+  and the skipped range read back (:class:`GapReader`) before the batch is
+  handled;
+* silent partitions whose consumer read past the agent are re-driven through
+  the rekey topic (:func:`redrive_idle_partitions`).
+
+A false positive only costs a re-read: re-applying a record is idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from faust.types import TP
+
+from schemas import codec
+from streams import compat
+from streams.context import ServiceContext
+from streams.metrics import Metrics
+from streams.publish import futures
+from streams.records import ORIGIN_HEADER, Record
+from streams.topics import message_key
+
+log = logging.getLogger(__name__)
+
+
+class Progress:
+    """Per input partition: what the agent saw, what it finished, where the consumer was put."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        #: (topic, partition) -> (generation, offset) of the last record seen
+        self.last_offset: dict[tuple[str, int], tuple[int | None, int]] = {}
+        #: (topic, partition) -> monotonic time the last record was seen
+        self.last_seen_at: dict[tuple[str, int], float] = {}
+        #: (topic, partition) -> highest offset up to which every record was processed
+        self.done: dict[tuple[str, int], int] = {}
+        #: (topic, partition) -> (generation, offset positioned at, monotonic time)
+        self.seeks: dict[tuple[str, int], tuple[int, int, float]] = {}
+        #: input partition -> the offset Faust wanted to commit beyond ``done``
+        self.owed: dict[TP, int] = {}
+        #: input partition -> the offset committed last (at the seek, or by a commit)
+        self.committed: dict[TP, int] = {}
+
+    def find_gap(self, record: Record, generation: int | None) -> tuple[int, int] | None:
+        """The offsets ``[start, end)`` of this record's partition that the consumer skipped.
+
+        Input topics are delete-policy and written without transactions, so
+        their offsets are contiguous. Faust has known bugs around rebalances
+        (records prefetched before a rebalance delivered after it, and its
+        "gap" bookkeeping then treating the skipped range as done:
+        faust-streaming#216, #221, #606) that make the stream jump ahead:
+        records fetched just before a rebalance are dropped *and acknowledged*
+        after it. We detect a jump within one group generation, and a first
+        record of a generation that is not the one the consumer was positioned
+        at on assignment (see :func:`install_seek_tracking`). A false positive
+        only costs a re-read: re-applying records is idempotent.
+        """
+        tp = (record.topic, record.partition)
+        last = self.last_offset.get(tp)
+        self.last_offset[tp] = (generation, record.offset)
+        self.last_seen_at[tp] = time.monotonic()
+        if last is not None and last[0] == generation:
+            start = last[1] + 1
+        else:
+            # First record of this partition in this generation: it must be the
+            # one the consumer was positioned at when the partition was assigned.
+            seek = self.seeks.get(tp)
+            if seek is None or seek[0] != generation:
+                return None
+            start = seek[1]
+        if record.offset > start:
+            self.metrics.offset_gaps.labels(record.topic).inc(record.offset - start)
+            log.warning("consumer skipped %s[%d] offsets %d..%d (generation %s): re-reading",
+                        record.topic, record.partition, start, record.offset - 1, generation)
+            return start, record.offset
+        return None
+
+    def processed(self, records: Iterable[Record]) -> None:
+        """Everything up to these records' offsets of their partitions is now processed."""
+        for record in records:  # in order: the last record of each partition wins
+            self.done[(record.topic, record.partition)] = record.offset
+
+
+class GapReader:
+    """Reads ranges of input records with its own consumer (no group, no commits)."""
+
+    def __init__(self, service: ServiceContext) -> None:
+        self.settings = service.settings
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def _start(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap_servers,
+                                        group_id=None, enable_auto_commit=False)
+            await consumer.start()
+            self._consumer = consumer
+        return self._consumer
+
+    async def close(self) -> None:
+        """Stop the private consumer (called on worker shutdown)."""
+        if self._consumer is not None:
+            consumer, self._consumer = self._consumer, None
+            await consumer.stop()
+
+    async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """The offset after the last record of each of ``tps``."""
+        consumer = await self._start()
+        return dict(await consumer.end_offsets(tps))
+
+    async def fetch(self, topic: str, partition: int, start: int, end: int,
+                    timeout: float = 30.0) -> list[Record]:
+        """Records with ``start <= offset < end`` of one partition, in order."""
+        consumer = await self._start()
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        consumer.seek(tp, start)
+        out: list[Record] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(tp, timeout_ms=500)
+            for m in batch.get(tp, []):
+                if m.offset >= end:
+                    return out
+                out.append(Record(topic=m.topic, partition=m.partition, offset=m.offset,
+                                  key=m.key, value=m.value, timestamp=m.timestamp / 1000.0,
+                                  headers=tuple((k, bytes(v or b"")) for k, v in m.headers)))
+            if out and out[-1].offset >= end - 1:
+                return out
+        log.error("could only re-read %d of %d skipped records of %s[%d]", len(out),
+                  end - start, topic, partition)
+        return out
+
+
+CommitOwed = Callable[[], Awaitable[None]]
+
+
+def install_seek_tracking(service: ServiceContext, progress: Progress) -> CommitOwed:
+    """Remember, per input partition and generation, where the consumer was positioned,
+    and never commit an input offset past what the agent has processed.
+
+    Faust positions every assigned partition at its committed offset after
+    each rebalance's recovery; the first record the agent then sees must be
+    that offset (:func:`streams.compat.on_seek_to_committed`). Faust also
+    acknowledges records it drops around rebalances, and every record the
+    aligned input holds back, so its own committable offset can run ahead of
+    the agent; a kill -9 after such a commit would lose those records for
+    good. Capping every commit at the agent's contiguous progress
+    (:func:`streams.compat.cap_commits`) turns that into a harmless
+    redelivery. Faust then records the uncapped offset as committed and never
+    asks again, so what the cap held back is kept in :attr:`Progress.owed`;
+    the returned coroutine function commits it once the agent got there (the
+    aligned input's timer calls it).
+    """
+    app = service.app
+    watched = {*service.input_topic_names, service.rekey.get_topic_name()}
+
+    def on_seek(committed: Mapping[TP, int | None]) -> None:
+        generation = compat.generation(app)
+        now = time.monotonic()
+        for tp, offset in committed.items():
+            if tp.topic in watched and offset is not None:
+                progress.seeks[(tp.topic, tp.partition)] = (generation, int(offset), now)
+                # Everything before the committed position is done by definition.
+                progress.done[(tp.topic, tp.partition)] = int(offset) - 1
+                progress.committed[tp] = int(offset)
+
+    def cap(offsets: Mapping[TP, int]) -> dict[TP, int]:
+        capped = {}
+        for tp, offset in offsets.items():
+            if tp.topic in watched:
+                done = progress.done.get((tp.topic, tp.partition))
+                if done is None or offset > done + 1:
+                    progress.owed[tp] = max(progress.owed.get(tp, -1), offset)
+                if done is None:
+                    continue  # nothing processed here yet: leave the broker's offset
+                offset = min(offset, done + 1)
+                progress.committed[tp] = max(progress.committed.get(tp, -1), offset)
+            capped[tp] = offset
+        return capped
+
+    compat.on_seek_to_committed(app, on_seek)
+    commit = compat.cap_commits(app, cap)
+
+    async def commit_owed() -> None:
+        """Commit what the cap held back, as far as the agent has processed it."""
+        if not progress.owed:
+            return
+        assigned = compat.assignment(app)
+        todo = {}
+        for tp, wanted in list(progress.owed.items()):
+            if tp not in assigned:
+                del progress.owed[tp]  # revoked: its new owner starts from the committed offset
+                continue
+            done = progress.done.get((tp.topic, tp.partition))
+            if done is None:
+                continue
+            target = min(wanted, done + 1)
+            if target > progress.committed.get(tp, -1):
+                todo[tp] = target
+            if target >= wanted:
+                del progress.owed[tp]
+        if todo:
+            # Tally rows go through Faust's producer buffer: flushed first, as
+            # Faust does before its own commits.
+            await app.producer.flush()
+            if await commit(todo):
+                progress.committed.update(todo)
+
+    return commit_owed
+
+
+async def redrive_idle_partitions(service: ServiceContext, progress: Progress,
+                                  reader: GapReader, idle_s: float = 10.0) -> int:
+    """Re-read records the consumer read but never handed to the agent.
+
+    The agent's sequence check needs a *later* record on the same partition;
+    on a sparse partition (feedback, redemptions) records dropped by the
+    consumer would stay unnoticed. So, for each input partition of the current
+    generation on which the agent has seen nothing for ``idle_s`` seconds:
+    if Faust's consumer has read past the next offset the agent expects, the
+    records in between were dropped. They are fetched and forwarded, correctly
+    keyed, to the rekey topic, where the agent processes them in order
+    (re-applying a record is harmless). Returns the number re-driven.
+    """
+    app = service.app
+    rekey = service.rekey.get_topic_name()
+    generation = compat.generation(app)
+    now = time.monotonic()
+    read_offsets = compat.read_offsets(app)
+    candidates = []
+    for tp, (gen, seek_offset, at) in list(progress.seeks.items()):
+        if gen != generation:
+            continue
+        last = progress.last_offset.get(tp)
+        expected = last[1] + 1 if last is not None and last[0] == gen else seek_offset
+        if now - max(at, progress.last_seen_at.get(tp, 0.0)) < idle_s:
+            continue
+        read = read_offsets.get(TP(*tp))
+        if read is None or read < expected:
+            continue
+        candidates.append((tp, expected, read + 1))
+    if not candidates:
+        return 0
+    ends = await reader.end_offsets(
+        [TopicPartition(t, p) for (t, p), _, _ in candidates])
+    total = 0
+    for (topic, partition), start, stop in candidates:
+        end = min(stop, ends.get(TopicPartition(topic, partition), 0))
+        if end <= start or compat.generation(app) != generation:
+            continue
+        records = await reader.fetch(topic, partition, start, end)
+        sent = await service.publisher.publish(
+            [(rekey, _redrive_key(r), r.value or b"",
+              [(ORIGIN_HEADER, codec.dumps(r.origin()))], None) for r in records])
+        if sent:
+            await asyncio.gather(*futures(sent))  # durable in the rekey topic before "done"
+        progress.last_offset[(topic, partition)] = (generation, end - 1)
+        if records and records[-1].offset == end - 1:
+            progress.done[(topic, partition)] = max(
+                progress.done.get((topic, partition), -1), end - 1)
+        progress.last_seen_at[(topic, partition)] = time.monotonic()
+        service.metrics.offset_gaps.labels(topic).inc(len(records))
+        log.warning("consumer read %s[%d] up to %d but the agent got nothing after %d: "
+                    "re-driving %d records through the rekey topic", topic, partition,
+                    end - 1, start - 1, len(records))
+        total += len(records)
+    return total
+
+
+def _redrive_key(record: Record) -> bytes | None:
+    """Correct key for a re-driven record (its own key if the value is unparseable)."""
+    try:
+        data = codec.loads(record.value or b"")
+        return message_key(data["shop_id"], data["customer_id"])
+    except Exception:  # noqa: BLE001 - invalid records are dead-lettered downstream
+        return record.key

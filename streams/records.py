@@ -1,0 +1,117 @@
+"""What the agent reads and writes besides state: input records, output records, dead letters.
+
+:class:`Record` is the part of a Kafka message the agent needs, decoupled
+from Faust. :class:`Outgoing` is one output record to publish.
+:func:`dead_letter_record` is the format of the dead-letter topic, and
+:func:`effect_messages` turns fold effects into their output records (used by
+the agent and the time sweep alike).
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from schemas import codec
+from streams.topics import message_key
+
+if TYPE_CHECKING:
+    from faust.types import TopicT
+
+    from streams.context import ServiceContext
+
+#: header carrying where a re-keyed or re-driven record first entered (JSON)
+ORIGIN_HEADER = "loyalty-origin"
+
+@dataclass(frozen=True)
+class Record:
+    """The parts of a Kafka message the processor needs (decoupled from Faust)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: float | None = None  # seconds since the epoch (Kafka record timestamp)
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+    @classmethod
+    def from_message(cls, message: Any) -> Record:
+        headers = message.headers or ()
+        if isinstance(headers, dict):
+            headers = tuple(headers.items())
+        return cls(topic=message.topic, partition=message.partition, offset=message.offset,
+                   key=message.key, value=message.value, timestamp=message.timestamp,
+                   headers=tuple((str(k), bytes(v or b"")) for k, v in headers))
+
+    def origin(self) -> dict[str, Any]:
+        """Where the record first entered the system (follows a rekey hop)."""
+        for name, value in self.headers:
+            if name == ORIGIN_HEADER:
+                try:
+                    data = codec.loads(value)
+                    if isinstance(data, dict):
+                        return data
+                except ValueError:
+                    break
+        return {"topic": self.topic, "partition": self.partition, "offset": self.offset,
+                "timestamp": self.timestamp}
+
+
+@dataclass
+class Outgoing:
+    """One record to publish."""
+
+    topic: TopicT
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]] | None = None
+
+
+def text_or_base64(data: bytes | None) -> tuple[str | None, str]:
+    """``(text, encoding)``: UTF-8 text if it decodes, else base64."""
+    if data is None:
+        return None, "none"
+    try:
+        return data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        return base64.b64encode(data).decode("ascii"), "base64"
+
+
+def dead_letter_record(record: Record, reason: str, detail: str) -> bytes:
+    """The JSON value written to the dead-letter topic for ``record``.
+
+    Carries the original value (UTF-8 text, or base64 with
+    ``value_encoding="base64"``), the original key the same way, the reason
+    code, a human detail, the source topic/partition/offset/timestamp where
+    the record first entered (before any rekey hop) and when it was rejected.
+    """
+    value, value_enc = text_or_base64(record.value)
+    key, key_enc = text_or_base64(record.key)
+    origin = record.origin()
+    return codec.dumps({
+        "reason": reason,
+        "detail": detail[:4000],
+        "topic": origin.get("topic", record.topic),
+        "partition": origin.get("partition", record.partition),
+        "offset": origin.get("offset", record.offset),
+        "timestamp": origin.get("timestamp", record.timestamp),
+        "via_topic": record.topic if origin.get("topic") != record.topic else None,
+        "key": key,
+        "key_encoding": key_enc,
+        "value": value,
+        "value_encoding": value_enc,
+        "dead_lettered_at": datetime.now(UTC).isoformat(),
+    })
+
+
+def effect_messages(ctx: ServiceContext, effects: list[dict[str, Any]]) -> list[Outgoing]:
+    """Output records for fold effects: ledger -> rewards, transition -> transitions."""
+    out = []
+    for eff in effects:
+        topic = ctx.rewards if eff.get("kind") == "ledger" else ctx.transitions
+        out.append(Outgoing(topic, message_key(eff["shop_id"], eff["customer_id"]),
+                            codec.dumps(eff)))
+    return out

@@ -1,0 +1,44 @@
+"""The compatibility layer's startup check against the installed faust-streaming and aiokafka."""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+
+import pytest
+from faust.tables.recovery import Recovery
+from faust.transport.consumer import Consumer
+
+from streams import compat
+from streams.compat.check import Touch
+
+
+def test_every_touched_name_exists_in_the_installed_versions() -> None:
+    compat.check()  # raises CompatError otherwise
+    modules = {t.module for t in compat.TOUCHES}
+    assert {"faust.streams", "faust.stores.rocksdb", "faust.tables.recovery",
+            "faust.transport.consumer", "faust.transport.drivers.aiokafka"} <= modules
+
+
+def test_a_missing_method_fails_naming_versions_and_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(Recovery, "_build_offsets")
+    with pytest.raises(compat.CompatError) as err:
+        compat.check()
+    message = str(err.value)
+    assert f"faust-streaming {version('faust-streaming')}" in message
+    assert f"aiokafka {version('aiokafka')}" in message
+    assert "faust.tables.recovery.Recovery._build_offsets is missing" in message
+    assert "on_recovery_offsets" in message
+
+
+def test_a_missing_declared_instance_attribute_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    annotations = dict(vars(Consumer)["__annotations__"])
+    del annotations["_read_offset"]
+    monkeypatch.setattr(Consumer, "__annotations__", annotations)
+    with pytest.raises(compat.CompatError, match=r"Consumer\._read_offset is missing"):
+        compat.check()
+
+
+def test_a_missing_module_fails_clearly() -> None:
+    gone = Touch("faust.no_such_module", "Thing", "name", "events.partition_context")
+    with pytest.raises(compat.CompatError, match=r"faust\.no_such_module\.Thing is missing"):
+        compat.check((gone,))

@@ -1,0 +1,118 @@
+"""The commit protocol against the real broker, with the in-memory row store.
+
+Every record goes to real topics of a unique app; the rows go to the memory
+row store through the same code the RocksDB store runs in production.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scoring.shop import ShopTally
+from streams import compat
+from streams.app import LoyaltyService, create_service
+from streams.commit import Change, Committer
+from streams.settings import Settings
+from streams.shops import TallyDelta
+from streams.topics import (
+    CUSTOMERS_TABLE,
+    all_topic_specs,
+    changelog_topic_name,
+    ensure_topics,
+    message_key,
+    partition_for,
+    tally_key,
+)
+from tests.conftest import run_async
+from tests.streams.broker_io import read_topic, with_producer
+
+PARTITIONS = 2
+
+
+@pytest.fixture
+def svc(bootstrap: str, unique_name, create_topic, tmp_path: Path) -> Iterator[LoyaltyService]:
+    name = unique_name("commit").replace(".", "-")
+    settings = Settings(app_id=name, broker=f"kafka://{bootstrap}", store="memory://",
+                        partitions=PARTITIONS, data_dir=tmp_path,
+                        **{f"topic_{t}": f"{name}.{t}" for t in (
+                            "purchases", "visits", "feedback", "redemptions", "transitions",
+                            "rewards", "scores", "dead_letter", "clv_params")})
+    specs = all_topic_specs(settings)
+    run_async(ensure_topics([bootstrap], specs))
+    create_topic.track(*(s.name for s in specs))
+    yield create_service(settings, web_enabled=False, sweep_enabled=False)
+
+
+def _key(partition: int) -> bytes:
+    i = 0
+    while partition_for(message_key("s1", f"c{i}"), PARTITIONS) != partition:
+        i += 1
+    return message_key("s1", f"c{i}")
+
+
+def _tally(svc: LoyaltyService, partition: int) -> ShopTally:
+    with compat.partition_context(svc.context.rekey.get_topic_name(), partition):
+        raw = svc.context.tallies.get(tally_key("s1", partition))
+    return ShopTally.decode(raw) if raw else ShopTally.empty()
+
+
+def test_outputs_then_changelog_then_rows_offset_and_tally(svc: LoyaltyService,
+                                                          bootstrap: str) -> None:
+    ctx = svc.context
+    committer = Committer(ctx)
+    scores = ctx.scores.get_topic_name()
+    changelog = changelog_topic_name(ctx.settings, CUSTOMERS_TABLE)
+    keys = [_key(0), _key(1)]
+    changes = [Change(partition_for(k, PARTITIONS), k, b"state-" + k, TallyDelta(None, "new"),
+                      123) for k in keys]
+    written: list[bytes] = []
+
+    async def body() -> Any:
+        result = await committer.commit([(scores, k, b"snap", None, None) for k in keys],
+                                        changes, on_written=lambda c: written.append(c.key))
+        return result, await read_topic(bootstrap, scores, 2), await read_topic(bootstrap, changelog, 2)
+
+    result, outputs, logged = with_producer(svc.app, body)
+    assert result.complete and [c.key for c in result.written] == keys and written == keys
+    assert sorted(m.key for m in outputs) == sorted(keys)
+    for m in logged:  # each state's changelog record on its row's partition
+        assert m.partition == partition_for(m.key, PARTITIONS) and m.value == b"state-" + m.key
+    for k in keys:
+        p = partition_for(k, PARTITIONS)
+        assert ctx.rows.get(p, k) == b"state-" + k
+        assert ctx.rows.persisted_offset(p) == max(m.offset for m in logged if m.partition == p)
+        assert _tally(svc, p).funnel.get("new") == 1
+
+
+def test_a_guarded_change_yields_to_a_changed_row(svc: LoyaltyService) -> None:
+    ctx = svc.context
+    committer = Committer(ctx)
+    key = _key(0)
+    ctx.rows.write(0, [(key, b"agent")], None)
+    stale = Change(0, key, b"sweep", TallyDelta("new", "old"), None, base=b"before")
+    yielded: list[bytes] = []
+
+    async def body() -> Any:
+        return await committer.commit([], [stale], on_yielded=lambda c: yielded.append(c.key))
+
+    result = with_producer(svc.app, body)
+    assert result.written == [] and yielded == [key]
+    assert ctx.rows.get(0, key) == b"agent" and ctx.rows.persisted_offset(0) is None
+    assert _tally(svc, 0).funnel.get("old") is None
+
+
+def test_lost_ownership_after_the_outputs_writes_nothing(svc: LoyaltyService) -> None:
+    ctx = svc.context
+    key = _key(1)
+    change = Change(1, key, b"state", TallyDelta(None, "new"), None, base=None)
+
+    async def body() -> Any:
+        return await Committer(ctx).commit([], [change], owns=lambda: False)
+
+    result = with_producer(svc.app, body)
+    assert not result.complete and result.written == []
+    assert ctx.rows.get(1, key) is None

@@ -1,0 +1,52 @@
+"""The batch publisher against the real broker: partitioning, order, offsets, acknowledgements."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from streams.app import create_service
+from streams.publish import futures, last_offsets
+from streams.settings import Settings
+from streams.topics import message_key, partition_for
+from tests.streams.broker_io import read_topic, with_producer
+
+PARTITIONS = 3
+
+
+def test_records_land_where_kafka_would_put_them_in_order(bootstrap: str, create_topic,
+                                                         unique_name, tmp_path: Path) -> None:
+    topic = create_topic(partitions=PARTITIONS)
+    settings = Settings(app_id=unique_name("publish"), broker=f"kafka://{bootstrap}",
+                        store="memory://", partitions=PARTITIONS, data_dir=tmp_path)
+    ctx = create_service(settings, web_enabled=False, sweep_enabled=False).context
+    keyed = [(topic, message_key("s1", f"c{i % 7}"), f"k{i}".encode(), None, None)
+             for i in range(40)]
+    pinned = [(topic, b"any|key", f"p{i}".encode(), [("h", b"v")], 1) for i in range(5)]
+    unkeyed = [(topic, None, b"u", None, None)]
+
+    async def run() -> tuple[list[Any], dict[tuple[str, int], int]]:
+        sent = await ctx.publisher.publish([*keyed, *pinned, *unkeyed])
+        await asyncio.gather(*futures(sent))
+        return await read_topic(bootstrap, topic, 46), last_offsets(sent)
+
+    read, last = with_producer(ctx.app, run)
+    assert len(read) == 46
+    for m in read:
+        if m.value.startswith(b"k"):
+            assert m.partition == partition_for(m.key, PARTITIONS)
+        elif m.value.startswith(b"p"):
+            assert m.partition == 1 and m.headers == (("h", b"v"),)
+    # Per partition, the records keep the order they were given in.
+    for p in range(PARTITIONS):
+        got = [m.value for m in sorted(read, key=lambda m: m.offset) if m.partition == p
+               and m.value != b"u"]
+        want = [v for _, k, v, _, part in [*keyed, *pinned]
+                if (part if part is not None else partition_for(k, PARTITIONS)) == p]
+        assert got == want, p
+    # last_offsets: the offset of each partition's last record.
+    for (t, p), offset in last.items():
+        assert t == topic
+        assert offset == max(m.offset for m in read if m.partition == p)
+    assert {p for _, p in last} == {m.partition for m in read}
