@@ -8,7 +8,7 @@ streamed, never loaded whole.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -54,24 +54,36 @@ class ReplayResult:
                 "after_as_of": self.skipped_after_as_of, "customers": len(self.states)}
 
 
+#: ``(1-based line number, line, reason, detail)``, told about every rejected line
+RejectListener = Callable[[int, bytes, str, str], None]
+
+
 def fold_lines(lines: Iterable[bytes | str], *, policies: PolicyBook, as_of: datetime | None = None,
-               now: datetime | None = None) -> ReplayResult:
-    """Validate and fold every line; events after ``as_of`` are counted and skipped."""
+               now: datetime | None = None,
+               on_reject: RejectListener | None = None) -> ReplayResult:
+    """Validate and fold every line; events after ``as_of`` are counted and skipped.
+
+    ``on_reject`` hears about each invalid or rejected line with its number
+    among ``lines`` (blank lines count, so it is the file's line number).
+    """
     now = now or datetime.now(UTC)
     limit = to_us(as_of) if as_of is not None else None
     tune_gc()
     res = ReplayResult()
     states = res.states
-    for line in lines:
+    for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         res.lines += 1
         if isinstance(line, str):
             line = line.encode("utf-8", "surrogatepass")
+        line = line.rstrip(b"\r\n")
         try:
-            event = parse_event(line.rstrip(b"\r\n"), now=now, policies=policies)
+            event = parse_event(line, now=now, policies=policies)
         except InvalidEvent as exc:
             res.invalid[exc.reason] += 1
+            if on_reject is not None:
+                on_reject(lineno, line, exc.reason, exc.detail)
             continue
         ts = to_us(event.occurred_at)
         if limit is not None and ts > limit:
@@ -87,6 +99,8 @@ def fold_lines(lines: Iterable[bytes | str], *, policies: PolicyBook, as_of: dat
             res.duplicates += 1
         else:
             res.rejected[out.reason] += 1
+            if on_reject is not None:
+                on_reject(lineno, line, out.reason, out.detail or "")
     return res
 
 

@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING, Any
 from schemas import codec
 from streams.clv_models import POOLED_PREFIX, ClvModels
 from streams.context import ServiceContext
+from streams.security import client_kwargs
 
 if TYPE_CHECKING:
     from scoring.clv import ClvFits
@@ -125,7 +126,8 @@ class ClvService:
         name = settings.topic_clv_params
         while True:
             consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None,
-                                        enable_auto_commit=False, auto_offset_reset="earliest")
+                                        enable_auto_commit=False, auto_offset_reset="earliest",
+                                        **client_kwargs(settings))
             try:
                 await consumer.start()
                 parts = consumer.partitions_for_topic(name) or set()

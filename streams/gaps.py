@@ -32,6 +32,7 @@ from streams.context import ServiceContext
 from streams.metrics import Metrics
 from streams.publish import futures
 from streams.records import ORIGIN_HEADER, Record
+from streams.security import client_kwargs
 from streams.topics import message_key
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,8 @@ class GapReader:
     async def _start(self) -> AIOKafkaConsumer:
         if self._consumer is None:
             consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap_servers,
-                                        group_id=None, enable_auto_commit=False)
+                                        group_id=None, enable_auto_commit=False,
+                                        **client_kwargs(self.settings))
             await consumer.start()
             self._consumer = consumer
         return self._consumer

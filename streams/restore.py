@@ -52,6 +52,7 @@ from rocksdict import WriteBatch
 
 from streams import compat
 from streams.context import ServiceContext
+from streams.security import client_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +85,8 @@ class RestoreStats:
 
 async def bulk_restore(bootstrap_servers: list[str], targets: Mapping[tuple[str, int], Target],
                        *, offset_key: bytes, budget_s: float,
-                       on_progress: Callable[[tuple[str, int], int], None] | None = None
-                       ) -> RestoreStats:
+                       on_progress: Callable[[tuple[str, int], int], None] | None = None,
+                       client: Mapping[str, Any] | None = None) -> RestoreStats:
     """Apply changelog records after each target's ``applied`` offset to its db.
 
     ``on_progress(tp, offset)`` is called after every committed write batch
@@ -98,7 +99,8 @@ async def bulk_restore(bootstrap_servers: list[str], targets: Mapping[tuple[str,
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False,
         auto_offset_reset="earliest", client_id="loyalty-bulk-restore",
-        fetch_max_bytes=FETCH_MAX_BYTES, max_partition_fetch_bytes=PARTITION_FETCH_MAX_BYTES)
+        fetch_max_bytes=FETCH_MAX_BYTES, max_partition_fetch_bytes=PARTITION_FETCH_MAX_BYTES,
+        **(client or {}))
     await consumer.start()
     try:
         tps = {TopicPartition(t, p): (t, p) for t, p in targets}
@@ -199,7 +201,8 @@ def install_bulk_restore(service: ServiceContext) -> None:
         try:
             stats = await bulk_restore(settings.bootstrap_servers, targets,
                                        offset_key=offset_key, budget_s=budget,
-                                       on_progress=progress)
+                                       on_progress=progress,
+                                       client=client_kwargs(settings))
         except Exception:  # noqa: BLE001 - Faust's recovery resumes from `destination`
             log.exception("bulk restore failed; Faust's recovery continues from the "
                           "offsets reached")

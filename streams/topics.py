@@ -21,7 +21,7 @@ is why :func:`ensure_topics` reports mismatches instead of ignoring them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal
@@ -261,6 +261,7 @@ async def ensure_topics(
     replication_factor: int = 1,
     *,
     request_timeout_ms: int = 30000,
+    client: Mapping[str, Any] | None = None,
 ) -> tuple[list[str], list[PartitionMismatch]]:
     """Create the missing topics of ``specs``; never alters an existing topic.
 
@@ -269,13 +270,15 @@ async def ensure_topics(
     and safe to run concurrently with another creator (a topic created in
     between is treated as existing). Raises :class:`RuntimeError` for any other
     broker-side error (e.g. replication factor larger than the cluster) and
-    aiokafka's connection errors if the broker is unreachable.
+    aiokafka's connection errors if the broker is unreachable. ``client``:
+    extra aiokafka client arguments (security, :func:`streams.security.client_kwargs`).
     """
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     specs = list(specs)
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap_servers, request_timeout_ms=request_timeout_ms
+        bootstrap_servers=bootstrap_servers, request_timeout_ms=request_timeout_ms,
+        **(client or {}),
     )
     await admin.start()
     try:

@@ -92,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     from streams import synthetic
     from streams.broker import BrokerConfig, jars_present, probe_metadata
     from streams.commands.produce import produce_records, progress
+    from streams.security import client_kwargs
     from streams.settings import get_settings
     from streams.topics import all_topic_specs, ensure_topics, input_topic_for_event_type
 
@@ -136,7 +137,8 @@ def run(args: argparse.Namespace) -> int:
         # population is idempotent: every event is a duplicate the second time.
         shutil.rmtree(repo_var / "data", ignore_errors=True)
         asyncio.run(ensure_topics(settings.bootstrap_servers, all_topic_specs(settings),
-                                  settings.replication_factor))
+                                  settings.replication_factor,
+                                  client=client_kwargs(settings)))
         host = "127.0.0.1" if settings.web_host in ("0.0.0.0", "::") else settings.web_host
         base = f"http://{host}:{settings.web_port}"
         say(f"starting the worker (app {ns}, log {repo_var / 'worker.log'}) ...")

@@ -94,66 +94,18 @@ class Rejects:
             self.out.write(dumps(record) + b"\n")
 
 
-def numbered(src: Iterable[bytes], progress: Progress) -> Iterator[tuple[int, bytes]]:
-    """(1-based physical line number, line) for every non-blank line."""
+def counted(src: Iterable[bytes], progress: Progress) -> Iterator[bytes]:
+    """Every line of ``src`` (blank ones too, so line numbers stay physical), with progress."""
     for lineno, line in enumerate(src, start=1):
         if lineno % 1024 == 0:
             progress.lines(lineno)
-        if line.strip():
-            yield lineno, line.rstrip(b"\r\n")
-
-
-def fold_numbered(lines: Iterable[tuple[int, bytes]], policies: Any, as_of: Any, rejects: Rejects) -> Any:
-    """``scoring.replay.fold_lines`` with each rejected line reported to ``rejects`` by number.
-
-    The counting is fold_lines' own (same ReplayResult, same statuses), so the
-    summary is what fold_lines gives; the line numbers are the only addition.
-    The loop repeats fold_lines' because fold_lines has no per-line hook; a
-    ``tests/core/test_cli_messages.py`` test keeps the counts and snapshots equal. (Moving an
-    ``on_reject`` callback into fold_lines would remove this copy.)
-    """
-    from datetime import UTC, datetime
-
-    from schemas.events import InvalidEvent, parse_event
-    from scoring.clock import to_us
-    from scoring.fold import APPLIED, DUPLICATE, apply
-    from scoring.replay import ReplayResult, tune_gc
-
-    now = datetime.now(UTC)
-    limit = to_us(as_of) if as_of is not None else None
-    tune_gc()
-    res = ReplayResult()
-    states = res.states
-    for lineno, line in lines:
-        res.lines += 1
-        try:
-            event = parse_event(line, now=now, policies=policies)
-        except InvalidEvent as exc:
-            res.invalid[exc.reason] += 1
-            rejects.add(lineno, line, exc.reason, exc.detail)
-            continue
-        ts = to_us(event.occurred_at)
-        if limit is not None and ts > limit:
-            res.skipped_after_as_of += 1
-            continue
-        key = (event.shop_id, event.customer_id)
-        out = apply(states.get(key), event, policies.for_shop(event.shop_id))
-        if out.status == APPLIED:
-            states[key] = out.state
-            res.applied += 1
-            res.max_ts = ts if res.max_ts is None else max(res.max_ts, ts)
-        elif out.status == DUPLICATE:
-            res.duplicates += 1
-        else:
-            res.rejected[out.reason] += 1
-            rejects.add(lineno, line, out.reason, out.detail or "")
-    return res
+        yield line
 
 
 def run(args: argparse.Namespace) -> int:
     from schemas.codec import dumps, dumps_pretty
     from scoring.clock import day_of
-    from scoring.replay import snapshots
+    from scoring.replay import fold_lines, snapshots
     from streams.commands._inputs import load_policies, open_events, parse_as_of
 
     policy_path = args.policy or os.environ.get("LOYALTY_POLICY_FILE") or None
@@ -174,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
     rejects = Rejects(rejects_out)
     try:
         with src:
-            res = fold_numbered(numbered(src, progress), policies, as_of, rejects)
+            res = fold_lines(counted(src, progress), policies=policies, as_of=as_of,
+                             on_reject=rejects.add)
     finally:
         if rejects_out is not None:
             rejects_out.close()

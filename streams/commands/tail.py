@@ -45,7 +45,10 @@ async def _tail(settings: Any, topic: str, n: int, from_beginning: bool, follow:
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    from streams.security import client_kwargs
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers,
+                                **client_kwargs(settings))
     await admin.start()
     try:
         described = await admin.describe_topics([topic])
@@ -56,7 +59,8 @@ async def _tail(settings: Any, topic: str, n: int, from_beginning: bool, follow:
         print(f"loyalty tail: no such topic {topic!r}", file=sys.stderr)
         return 1
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers,
-                                enable_auto_commit=False, group_id=None)
+                                enable_auto_commit=False, group_id=None,
+                                **client_kwargs(settings))
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in sorted(parts)]

@@ -37,10 +37,11 @@ def _err(message: str) -> None:
 async def _list(settings: Settings, timeout_ms: int) -> int:
     from aiokafka.admin import AIOKafkaAdminClient
 
+    from streams.security import client_kwargs
     from streams.topics import partition_counts, topic_specs
 
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers,
-                                request_timeout_ms=timeout_ms)
+                                request_timeout_ms=timeout_ms, **client_kwargs(settings))
     await admin.start()
     try:
         specs = topic_specs(settings)
@@ -66,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
+    from streams.security import client_kwargs
     from streams.settings import get_settings
     from streams.topics import ensure_topics, topic_specs
 
@@ -78,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
             return asyncio.run(_list(settings, timeout_ms))
         created, mismatches = asyncio.run(
             ensure_topics(settings.bootstrap_servers, topic_specs(settings),
-                          settings.replication_factor, request_timeout_ms=timeout_ms))
+                          settings.replication_factor, request_timeout_ms=timeout_ms,
+                          client=client_kwargs(settings)))
     except Exception as exc:  # noqa: BLE001 - any failure is reported the same way
         from aiokafka.errors import KafkaConnectionError
 

@@ -92,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     from schemas.policy import PolicyBook
     from streams import compat
     from streams.app import app_data_dir, create_service
+    from streams.security import client_kwargs
     from streams.settings import get_settings
     from streams.topics import all_topic_specs, ensure_topics
 
@@ -112,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         _, mismatches = asyncio.run(ensure_topics(settings.bootstrap_servers,
                                                   all_topic_specs(settings),
-                                                  settings.replication_factor))
+                                                  settings.replication_factor,
+                                                  client=client_kwargs(settings)))
     except Exception as exc:  # noqa: BLE001 - report and exit, do not trace
         print(f"loyalty worker: cannot reach the broker at {settings.broker}: {exc!r}",
               file=sys.stderr)

@@ -72,18 +72,16 @@ def test_sasl_plain_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 
 async def _round_trip(settings: Settings, topic: str) -> list[tuple[bytes, bytes]]:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     from streams.security import client_kwargs
+    from streams.topics import TopicSpec, ensure_topics
 
     servers = settings.bootstrap_servers
-    admin = AIOKafkaAdminClient(bootstrap_servers=servers, **client_kwargs(settings))
-    await admin.start()
-    try:
-        if topic not in await admin.list_topics():
-            await admin.create_topics([NewTopic(topic, 1, 1)])
-    finally:
-        await admin.close()
+    # The topic is created the way the worker creates its topics at startup.
+    await ensure_topics(servers, [TopicSpec(name=topic, partitions=1, compacted=False,
+                                            role="input", key_codec="-", value_codec="-",
+                                            description="SASL round trip")],
+                        client=client_kwargs(settings))
     producer = AIOKafkaProducer(bootstrap_servers=servers, acks="all",
                                 enable_idempotence=True, **client_kwargs(settings))
     await producer.start()
