@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     service = create_service(settings)
     from streams.metrics import add_process_metrics
 
-    add_process_metrics(service.metrics)  # process_* / python_* series on /metrics
+    add_process_metrics(service.context.metrics)  # process_* / python_* series on /metrics
 
     from scoring.replay import tune_gc
 

@@ -22,10 +22,10 @@ from tests.integration.service_harness import free_port
 
 
 def _service(settings: Settings, topic: str, assigned: set[TopicPartition]) -> Any:
+    # The parts of streams.context.ServiceContext the probe and readiness read.
     app = SimpleNamespace(consumer=SimpleNamespace(assignment=lambda: set(assigned)))
-    sweeper = SimpleNamespace(tables_ready=lambda: True)
-    return SimpleNamespace(settings=settings, metrics=Metrics(), app=app, sweeper=sweeper,
-                           input_topic_names=(topic,))
+    return SimpleNamespace(settings=settings, metrics=Metrics(), app=app,
+                           tables_ready=lambda: True, input_topic_names=(topic,))
 
 
 def _lag(metrics: Metrics) -> dict[tuple[str, str], float]:
