@@ -223,7 +223,7 @@ def register_web(service: ServiceContext) -> None:
             policy = service.policies.for_shop(shop_id)
             figures = tally.figures(shop_id, day_of(to_us(as_of)), policy)
             # which CLV model scores this shop, its parameters and fit diagnostics
-            figures["clv"] = service.clv.models.describe(shop_id) if service.clv else None
+            figures["clv"] = service.clv_models.describe(shop_id)
             return json(self, figures)
 
     register_health(service)
