@@ -245,7 +245,10 @@ def run(args: argparse.Namespace) -> int:
             if done != last:
                 last, last_change = done, time.monotonic()
             elif time.monotonic() - last_change > 30:
-                break  # a re-run: duplicates of already-processed offsets are not re-read
+                sys.stderr.write("\n")
+                say(f"no progress for 30 s at {int(done)} of {target} records; the figures "
+                    f"below may miss the rest (see {var / 'worker.log'})")
+                break
             time.sleep(0.5)
         sys.stderr.write("\n")
         say("waiting for a time sweep and a CLV refit after the last event ...")
