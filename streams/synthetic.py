@@ -4,10 +4,21 @@
 arguments (one ``random.Random(seed)``; no wall clock is read). Used by the
 tests, ``loyalty demo`` and the benchmarks.
 
-Population per shop: customer segments with different purchase frequency and
-lapse (regulars, occasionals, one-timers, lapsing, browsers who only visit),
-log-normal order amounts, refunds (full and partial), redemptions, NPS
-feedback whose score depends on the segment, and store/web visits.
+Population per shop: customer segments (regulars, occasionals, one-timers,
+lapsing, browsers who only visit), log-normal order amounts, refunds (full and
+partial), redemptions, NPS feedback whose score depends on the segment, and
+store/web visits.
+
+Purchases follow the BG/NBD story (Fader, Hardie & Lee 2005), one customer at a
+time: while alive a customer buys at its own rate, drawn from a Gamma
+distribution around the segment's mean (so gaps are exponential), and after
+each purchase drops out with its own probability, drawn from the segment's
+Beta distribution. Customers of a segment therefore differ in both, which is
+what lets the predictive CLV models be fitted on this population (with one
+drop-out probability per segment the BG/NBD parameters a and b are not
+identified). Order amounts are log-normal around each customer's own typical
+basket, so the Gamma-Gamma spend model is identified too. One-timers always drop out after their first purchase; browsers
+never buy.
 
 Faults (each :class:`SyntheticRecord` says which, in ``kind``):
 
@@ -51,13 +62,18 @@ from schemas import codec
 from streams.topics import message_key
 
 SHOP_NAMES = ("cafe-aurora", "books-north", "fit-club", "garden-supply", "tea-house")
-SEGMENTS = (  # name, share, mean days between purchases, nps (lo, hi)
-    ("regular", 0.22, 9.0, (7, 10)),
-    ("occasional", 0.30, 30.0, (5, 9)),
-    ("one_timer", 0.20, 0.0, (0, 8)),
-    ("lapsing", 0.13, 14.0, (0, 6)),
-    ("browser", 0.15, 0.0, (4, 9)),
+#: name, share, mean days between purchases, nps (lo, hi), Beta (a, b) of the
+#: per-customer drop-out probability after a purchase (None: never buys again).
+SEGMENTS = (
+    ("regular", 0.22, 9.0, (7, 10), (1.0, 30.0)),
+    ("occasional", 0.30, 30.0, (5, 9), (1.5, 12.0)),
+    ("one_timer", 0.20, 0.0, (0, 8), None),
+    ("lapsing", 0.13, 14.0, (0, 6), (3.0, 6.0)),
+    ("browser", 0.15, 0.0, (4, 9), None),
 )
+#: Shape of the Gamma distribution of purchase rates within a segment (its mean is
+#: the segment's 1 / mean gap); smaller is more heterogeneous.
+RATE_SHAPE = 2.0
 
 
 @dataclass(frozen=True)
@@ -109,7 +125,7 @@ class _Gen:
 
     def customer(self, shop: str, cid: str, segment: tuple[Any, ...], misrouted: bool) -> None:
         rnd = self.rnd
-        name, _, gap, (nps_lo, nps_hi) = segment
+        name, _, gap, (nps_lo, nps_hi), dropout = segment
         first = self.start + timedelta(days=rnd.uniform(0, self.span * 0.6))
         events: list[tuple[datetime, dict[str, Any]]] = []
         base = {"shop_id": shop, "customer_id": cid}
@@ -127,22 +143,19 @@ class _Gen:
                 amount=rnd.randint(500, 9000), currency="USD")
             add(t + timedelta(hours=20), "feedback", nps=rnd.randint(nps_lo, nps_hi))
         else:
-            t = first
-            add(t, "visit", channel=rnd.choice(["store", "web", "app"]))
-            purchases = 0 if name == "browser" else 1
-            if name not in ("one_timer", "browser"):
-                last = self.end if name != "lapsing" else first + timedelta(days=self.span * 0.5)
-                tt = first
-                while True:
-                    tt = tt + timedelta(days=rnd.expovariate(1.0 / gap) + 0.2)
-                    if tt >= last:
-                        break
-                    purchases += 1
+            add(first, "visit", channel=rnd.choice(["store", "web", "app"]))
+            # this customer's own purchase rate (per day) and drop-out probability
+            rate = rnd.gammavariate(RATE_SHAPE, 1.0 / (RATE_SHAPE * gap)) if gap > 0 else 0.0
+            p_drop = rnd.betavariate(*dropout) if dropout is not None else 1.0
+            # ... and its own typical basket (log-normal amounts around it)
+            spend_mu = rnd.gauss(7.8, 0.45)
             tt = first + timedelta(minutes=rnd.uniform(5, 90))
             orders: list[tuple[str, int, datetime]] = []
             points = 0
-            for i in range(purchases):
-                amount = max(100, int(math.exp(rnd.gauss(7.8, 0.7))))
+            i = -1
+            while name != "browser" and tt <= self.end:
+                i += 1
+                amount = max(100, int(math.exp(rnd.gauss(spend_mu, 0.55))))
                 order = f"o-{cid}-{i + 1}"
                 extra: dict[str, Any] = {}
                 if rnd.random() < 0.3:
@@ -169,7 +182,9 @@ class _Gen:
                     add(tt + timedelta(hours=rnd.uniform(1, 72)), "feedback",
                         nps=rnd.randint(nps_lo, nps_hi),
                         share_of_wallet=rnd.randint(20, 95), touchpoint="receipt")
-                tt = tt + timedelta(days=rnd.expovariate(1.0 / max(gap, 1.0)) + 0.2)
+                if rate <= 0.0 or rnd.random() < p_drop:
+                    break  # dropped out after this purchase, for good
+                tt = tt + timedelta(days=rnd.expovariate(rate) + 0.2)
             if rnd.random() < 0.4:
                 add(first + timedelta(days=rnd.uniform(0, 2)), "feedback",
                     nps=rnd.randint(nps_lo, nps_hi))
