@@ -56,7 +56,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from schemas import codec
 from schemas.events import _parse_rfc3339
 from scoring.clock import to_us
 
@@ -83,14 +82,6 @@ def time_key_of(obj: Any) -> TimeKey:
         return UNREADABLE
     event_id = obj.get("event_id")
     return at, event_id if isinstance(event_id, str) else ""
-
-
-def time_key(value: bytes | None) -> TimeKey:
-    """:func:`time_key_of` of a raw record value (UNREADABLE if it is not JSON)."""
-    try:
-        return time_key_of(codec.loads(value or b""))
-    except ValueError:
-        return UNREADABLE
 
 
 @dataclass

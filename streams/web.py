@@ -85,8 +85,10 @@ def register_web(service: ServiceContext) -> None:
     token = service.settings.api_token
     expected = f"Bearer {token}".encode() if token else None
 
-    def json(view: View, obj: Any, status: int = 200) -> Any:
-        return view.bytes(codec.dumps(obj), content_type="application/json", status=status)
+    def json(view: View, obj: Any, status: int = 200,
+             headers: dict[str, str] | None = None) -> Any:
+        return view.bytes(codec.dumps(obj), content_type="application/json", status=status,
+                          headers=headers)
 
     def error(view: View, status: int, code: str, detail: str = "") -> Any:
         return json(view, {"error": code, "detail": detail}, status)
@@ -96,7 +98,10 @@ def register_web(service: ServiceContext) -> None:
         if expected is not None:
             got = request.headers.get("Authorization", "").encode()
             if not hmac.compare_digest(got, expected):
-                return error(view, 401, "unauthorized", "missing or wrong bearer token")
+                # RFC 6750: a 401 names the scheme the client must use.
+                return json(view, {"error": "unauthorized",
+                                   "detail": "missing or wrong bearer token"}, 401,
+                            headers={"WWW-Authenticate": 'Bearer realm="loyalty-scorer"'})
         if len(request.query_string) > MAX_QUERY_CHARS:
             return error(view, 400, "bad_request", "query string too long")
         for name, value in ids.items():

@@ -5,7 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.align import UNREADABLE, Aligner, time_key
+from streams.align import UNREADABLE, Aligner
+from streams.aligned_input import inspect
 
 P = ("purchases", 0)
 V = ("visits", 0)
@@ -136,12 +137,17 @@ def test_skew_is_reported_per_partition_number() -> None:
     assert a.skew_us() == {0: 3_000, 1: 0}
 
 
-def test_time_key_reads_the_instant_as_utc_and_the_event_id() -> None:
+def test_inspect_reads_the_instant_as_utc_the_event_id_and_the_key() -> None:
+    def time_key(value: bytes | None) -> tuple[int, str]:
+        return inspect(value)[0]
+
     assert time_key(b'{"occurred_at": "2025-01-01T02:00:00+02:00", "event_id": "e"}') == (
         time_key(b'{"occurred_at": "2025-01-01T00:00:00Z", "event_id": "e"}'))
     assert time_key(b'{"occurred_at": "2025-01-01T00:00:00Z"}')[1] == ""
     for junk in (None, b"", b"\xff", b"[1]", b'{"occurred_at": "yesterday"}'):
         assert time_key(junk) == UNREADABLE
+    assert inspect(b'{"shop_id": "s", "customer_id": "c"}') == (UNREADABLE, b"s|c")
+    assert inspect(b'{"shop_id": "s"}')[1] is None
 
 
 @settings(max_examples=200, deadline=None)

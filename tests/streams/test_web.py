@@ -64,6 +64,8 @@ async def test_data_endpoints_need_the_token(client: Any) -> None:
     c, _ = client
     status, body = await _get(c, "/customers/s1/c1")
     assert status == 401 and body["error"] == "unauthorized"
+    resp = await c.get("/customers/s1/c1")
+    assert resp.headers["WWW-Authenticate"] == 'Bearer realm="loyalty-scorer"'
     status, _ = await _get(c, "/customers/s1/c1", Authorization="Bearer wrong")
     assert status == 401
 
