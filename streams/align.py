@@ -152,6 +152,23 @@ class Aligner(Generic[R]):
         self._idle.discard(tp)
         return True
 
+    def requeue(self, items: list[tuple[TP, int, TimeKey, R]]) -> None:
+        """Put released records back at the front of their queues, in their order.
+
+        For records released but not processed (the processing was cancelled):
+        they were received, so the consumer will not deliver them again.
+        """
+        by_tp: dict[TP, list[tuple[TimeKey, int, R]]] = {}
+        for tp, offset, key, record in items:
+            by_tp.setdefault(tp, []).append((key, offset, record))
+        for tp, back in by_tp.items():
+            q = self._queues.setdefault(tp, _Queue())
+            q.items.extendleft(reversed(back))
+            self._held += len(back)
+        self._heap = [(q.items[0][0], tp) for tp, q in self._queues.items() if q.items]
+        heapq.heapify(self._heap)
+        self.stats.released -= len(items)
+
     def expect(self, tp: TP, offset: int) -> None:
         """``tp`` is not caught up before the record at ``offset`` was received.
 

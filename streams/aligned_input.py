@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiokafka import TopicPartition
 from faust.types import TP
@@ -103,17 +103,21 @@ class AlignedInput:
         partitions = self.service.partitions
         now_us = int(time.time() * 1_000_000)
         for r in records:
-            at, key = inspect(r.value)
-            if key is not None and at[0] > now_us + self._max_future_us(key):
-                # Dead-lettered as future_timestamp when processed: at the head of
-                # its partition with a time in the future it would hold back every
-                # record behind it until the others caught up with that time.
-                at = UNREADABLE
+            at, key = self._time_key(r, now_us)
             if (r.topic != self.rekey_name and key is not None
                     and (r.key != key or r.partition != partition_for(key, partitions))):
                 # The agent will forward it to the rekey topic: await it there.
                 self._forwarded.add(partition_for(key, partitions))
             self.aligner.add((r.topic, r.partition), r.offset, at, r)
+
+    def _time_key(self, r: Record, now_us: int) -> tuple[TimeKey, bytes | None]:
+        at, key = inspect(r.value)
+        if key is not None and at[0] > now_us + self._max_future_us(key):
+            # Dead-lettered as future_timestamp when processed: at the head of
+            # its partition with a time in the future it would hold back every
+            # record behind it until the others caught up with that time.
+            at = UNREADABLE
+        return at, key
 
     def _max_future_us(self, key: bytes) -> int:
         shop = key.split(b"|", 1)[0].decode("utf-8", "replace")
@@ -124,17 +128,31 @@ class AlignedInput:
         async with self.lock:
             self._check_generation()
             done = 0
-            while True:
+            # Never during a rebalance or a recovery: the tables may be restored
+            # under our writes (the rebalance waits for a drain under way, see
+            # ``install``).
+            while self.service.tables_ready():
                 ready = self.aligner.pop_ready(time.monotonic(), self._members(),
                                                self._caught_up)
                 if not ready:
                     break
-                for start in range(0, len(ready), self.batch_max):
-                    chunk = ready[start:start + self.batch_max]
-                    await self.handler.handle_batch(chunk)
-                    # per topic-partition in offset order: the last record wins
-                    self.progress.processed(chunk)
-                    done += len(chunk)
+                finished = 0
+                try:
+                    for start in range(0, len(ready), self.batch_max):
+                        chunk = ready[start:start + self.batch_max]
+                        await self.handler.handle_batch(chunk)
+                        # per topic-partition in offset order: the last record wins
+                        self.progress.processed(chunk)
+                        finished = start + len(chunk)
+                except BaseException:
+                    # Cancelled (shutdown, rebalance): the records not processed go
+                    # back, since the consumer will not deliver them again.
+                    now_us = int(time.time() * 1_000_000)
+                    self.aligner.requeue([((r.topic, r.partition), r.offset,
+                                           self._time_key(r, now_us)[0], r)
+                                          for r in ready[finished:]])
+                    raise
+                done += finished
                 await self._await_forwarded()
             await self._apply_flow()
             self._observe()
@@ -146,7 +164,8 @@ class AlignedInput:
         if self.aligner.held:
             await self.drain()
         async with self.lock:
-            await self.commit_owed()
+            if self.service.tables_ready():
+                await self.commit_owed()
 
     # -- internals -----------------------------------------------------------------
     def _check_generation(self) -> None:
@@ -227,4 +246,15 @@ def install(service: ServiceContext, handler: BatchHandler, progress: Progress,
 
     service.app.timer(interval=interval, on_leader=False,
                       name="loyalty-align-idle")(loyalty_align_idle)
+
+    @service.app.on_partitions_revoked.connect
+    async def wait_for_drain(app: Any, revoked: Any, **kwargs: Any) -> None:
+        # Faust waits for the records its agents have not acknowledged, but it
+        # acknowledged the held ones already: a drain under way (the idle timer
+        # runs during rebalances) must finish its writes before the tables are
+        # handed over and restored, or a persisted offset can run past the
+        # changelog end that the recovery measured (ConsistencyError).
+        async with aligned.lock:
+            pass
+
     return aligned

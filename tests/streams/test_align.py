@@ -183,3 +183,17 @@ def test_any_arrival_interleaving_of_time_ordered_topics_is_released_in_time_ord
     assert times == sorted(times)
     for tp in streams:
         assert [off for t, off in released if t == tp] == list(range(len(streams[tp])))
+
+
+def test_released_records_that_were_not_processed_go_back_in_front() -> None:
+    a: Aligner[str] = Aligner(max_idle_s=5.0, max_buffered=100)
+    a.add(P, 0, (1, ""), "p0")
+    a.add(P, 1, (3, ""), "p1")
+    a.add(V, 0, (2, ""), "v0")
+    released = a.pop_ready(0.0, [P, V], lambda tp: tp == V)  # purchases behind: stops after p1
+    assert released == ["p0", "v0", "p1"]
+    a.add(P, 2, (4, ""), "p2")
+    a.requeue([(V, 0, (2, ""), "v0"), (P, 1, (3, ""), "p1")])  # their processing was cancelled
+    assert a.held == 3
+    assert a.add(P, 1, (3, ""), "p1 again") is False  # still received: no second copy
+    assert a.pop_ready(0.1, [P, V], everything_caught_up) == ["v0", "p1", "p2"]
