@@ -1,7 +1,12 @@
 """Write the JSON Schema files of event contract v1 to ``schemas/jsonschema/``.
 
-Shops validate on their side with these files. They are generated from the
+Shops validate on their side with these files: ``<type>.json`` per input
+event, ``out-<Model>.json`` per output record, per output topic
+(``out-TransitionsValue.json``, ``out-RewardsValue.json``: every value of
+the topic, voids included) and per HTTP body. They are generated from the
 models; ``tests/core/test_schemas.py`` fails when the committed files drift.
+Every file has an ``$id``, so a document that embeds one (the OpenAPI
+description) keeps its internal ``$ref`` s resolvable.
 
     python -m schemas.export            # rewrite the files
     python -m schemas.export --check    # exit 1 if they differ
@@ -15,14 +20,26 @@ from pathlib import Path
 from schemas.codec import dumps_pretty
 from schemas.events import MODELS
 from schemas.outputs import (
+    CustomerPage,
     CustomerSnapshot,
     DeadLetter,
     DetractorAlert,
     LedgerEntry,
+    RewardsValue,
+    ShopFigures,
     StageTransition,
+    TransitionsValue,
+    VoidRecord,
 )
 
 OUT_DIR = Path(__file__).parent / "jsonschema"
+OUTPUT_MODELS = (CustomerSnapshot, StageTransition, LedgerEntry, DetractorAlert, VoidRecord,
+                 DeadLetter, TransitionsValue, RewardsValue, ShopFigures, CustomerPage)
+
+
+def schema_id(name: str) -> str:
+    """The ``$id`` of the committed file ``name`` (e.g. ``out-DeadLetter.json``)."""
+    return f"loyalty-scorer/v1/{name}"
 
 
 def documents() -> dict[str, bytes]:
@@ -30,13 +47,21 @@ def documents() -> dict[str, bytes]:
     for name, model in MODELS.items():
         schema = model.model_json_schema()
         schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-        schema["$id"] = f"loyalty-scorer/v1/{name}.json"
+        schema["$id"] = schema_id(f"{name}.json")
         docs[f"{name}.json"] = dumps_pretty(schema)
-    for model in (CustomerSnapshot, StageTransition, LedgerEntry, DetractorAlert, DeadLetter):
+    for model in OUTPUT_MODELS:
         schema = model.model_json_schema(by_alias=True)
         schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+        schema["$id"] = schema_id(f"out-{model.__name__}.json")
         docs[f"out-{model.__name__}.json"] = dumps_pretty(schema)
     return docs
+
+
+def load(name: str) -> dict:
+    """The committed schema file ``name`` (shipped with the package) as a dict."""
+    from schemas.codec import loads
+
+    return loads((OUT_DIR / name).read_bytes())
 
 
 def main(argv: list[str]) -> int:

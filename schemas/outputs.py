@@ -1,19 +1,22 @@
-"""Output contracts: what downstream services read from our topics.
+"""Output contracts: what downstream services read from our topics and the HTTP API.
 
 The core builds these records as plain dicts on the hot path (validation per
 record would cost more than the fold); these models are the documented
 contract, used by tests to check every emitted record, and exported as JSON
-Schema next to the input events.
+Schema next to the input events (:mod:`schemas.export`). :data:`TOPIC_CONTRACTS`
+names the schema every value of each output topic follows; the HTTP API's
+description (:mod:`streams.openapi`) embeds the exported files for its bodies.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel, create_model
 
 from schemas.events import REASONS
 
+LoyaltyType = Literal["true", "latent", "spurious", "none", "unknown"]
 Stage = Literal["first_visit", "first_purchase", "repeat", "attached", "loyal", "at_risk", "lapsed"]
 
 
@@ -52,7 +55,7 @@ class CustomerSnapshot(_Out):
     nps_last: int | None
     share_of_wallet_last: int | None
     stage: Stage | None
-    loyalty_type: Literal["true", "latent", "spurious", "none", "unknown"] = Field(
+    loyalty_type: LoyaltyType = Field(
         description="attitude (nps_last >= 9) x behaviour (stage repeat, attached or loyal); unknown without feedback")
     wallet_band: Literal["committed", "moderate", "vulnerable"] | None = Field(
         description="share_of_wallet_last >= 70 committed, 50-69 moderate, < 50 vulnerable; null without one")
@@ -135,16 +138,134 @@ class VoidRecord(_Effect):
     void: Literal[True]
 
 
+Encoding = Literal["utf-8", "base64", "none"]
+
+
 class DeadLetter(_Out):
-    """``loyalty.dead-letter``: a record we could not apply, with the reason and its origin."""
+    """``loyalty.dead-letter``: a record we could not apply, with the reason and its origin.
+
+    Key and value are carried the same way: the original bytes as text when
+    they are valid UTF-8 (``*_encoding`` ``"utf-8"``), else base64 (``"base64"``);
+    ``null`` with ``"none"`` when the record had no key or value.
+    """
 
     reason: str = Field(description="one of " + ", ".join(REASONS)
                         + ", conflicting_duplicate, too_late, wrong_partition, internal_error")
-    detail: str
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int | None = Field(None, description="Kafka record timestamp, ms")
-    key: str | None = None
-    value: str | None = Field(None, description="original bytes as UTF-8 text, when they are valid UTF-8")
-    value_b64: str | None = Field(None, description="original bytes, base64, when they are not")
+    detail: str = Field(max_length=4000)
+    topic: str = Field(description="where the record first entered (before any rekey hop)")
+    partition: int = Field(ge=0)
+    offset: int = Field(ge=0)
+    timestamp: int | None = Field(description="the Kafka record timestamp there, milliseconds "
+                                  "since the epoch (Kafka's own unit); null when unknown")
+    via_topic: str | None = Field(description="the topic it was rejected from, when that is not "
+                                  "`topic` (after the rekey hop); else null")
+    key: str | None
+    key_encoding: Encoding
+    value: str | None
+    value_encoding: Encoding
+    dead_lettered_at: str = Field(description="RFC 3339 UTC, the worker's clock")
+
+
+class TransitionsValue(RootModel[StageTransition | DetractorAlert | VoidRecord]):
+    """Every value on ``loyalty.stage-transitions``: a transition, an alert, or a void."""
+
+
+class RewardsValue(RootModel[LedgerEntry | VoidRecord]):
+    """Every value on ``loyalty.rewards``: a ledger entry, or a void."""
+
+
+#: Settings field of each output topic -> the model every value on it follows
+#: (``topic_clv_params`` is internal: written and read by the workers only).
+TOPIC_CONTRACTS: dict[str, type[BaseModel]] = {
+    "topic_transitions": TransitionsValue,
+    "topic_rewards": RewardsValue,
+    "topic_scores": CustomerSnapshot,
+    "topic_dead_letter": DeadLetter,
+}
+
+
+# --- HTTP bodies (``GET /shops/{shop}`` and ``GET /shops/{shop}/customers``) ---
+
+
+class Nps(_Out):
+    """An NPS figure over a set of feedback answers."""
+
+    score: float | None = Field(description="100 x (promoters - detractors) / responses, "
+                                "1 decimal; null without responses")
+    band: Literal["poor", "average", "good", "strong", "leader"] | None
+    responses: int = Field(ge=0)
+    promoters: int = Field(ge=0)
+    passives: int = Field(ge=0)
+    detractors: int = Field(ge=0)
+
+
+class TouchpointNps(Nps):
+    touchpoint: str | None = Field(description="null: the answers without a touchpoint")
+
+
+class ClvDescription(_Out):
+    """Which CLV model scores the shop (``scoring.clv.describe``)."""
+
+    model: Literal["shop", "pooled"] | None
+    pool: str | None
+    reason: str | None = Field(description="why the shop's own fit is not served; null when it is")
+    parameters: dict[str, Any] | None
+    diagnostics: dict[str, Any] | None
+    customers: int | None
+    shop_fit: dict[str, Any] | None
+
+
+def _counts(*keys: str) -> Any:
+    """An object with exactly ``keys``, each a count."""
+    return Field(json_schema_extra={"required": list(keys),
+                                    "propertyNames": {"enum": list(keys)}})
+
+
+class ShopFigures(_Out):
+    """One shop's figures (``GET /shops/{shop}``, ``loyalty replay --shops-out``).
+
+    Besides these, the NPS of the shop's window is under ``nps_<days>d``
+    (``nps_90d`` with the default policy), shaped like ``nps``.
+    """
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={
+        "patternProperties": {"^nps_[0-9]+d$": Nps.model_json_schema()},
+        "additionalProperties": False})
+
+    shop_id: str
+    nps: Nps
+    funnel: dict[str, int] = _counts("first_visit", "first_purchase", "repeat", "attached",
+                                     "loyal", "at_risk", "lapsed")
+    customers: int = Field(ge=0)
+    buyers: int = Field(ge=0)
+    repeat_rate: float | None
+    loyal_share_of_buyers: float | None
+    attached_spend_uplift: float | None
+    average_check: int | None
+    loyalty_types: dict[str, int] = _counts("true", "latent", "spurious", "none", "unknown")
+    wallet_bands: dict[str, int] = _counts("committed", "moderate", "vulnerable", "null")
+    detractor_statuses: dict[str, int] = _counts("detractor", "recovered", "none", "null")
+    detractors_recovered_rate: float | None
+    nps_by_touchpoint: list[TouchpointNps]
+    clv: ClvDescription | None = Field(None, description="served by the API; not in replay's file")
+
+
+#: Snapshot fields of one item of ``GET /shops/{shop}/customers`` (what a campaign needs).
+LIST_FIELDS = ("customer_id", "as_of", "stage", "loyalty_type", "wallet_band", "detractor_status",
+               "detractor_since", "nps_last", "share_of_wallet_last", "recency_days",
+               "last_purchase_at", "purchase_count", "spend_total", "spend_365d",
+               "ltv_historical", "ltv_formula", "p_alive", "clv_365d", "tier", "points_balance")
+
+CustomerListItem = create_model(
+    "CustomerListItem", __base__=_Out,
+    __doc__="One customer of a listing: these snapshot fields, as of `as_of` "
+            "(its last event or time sweep).",
+    **{name: (CustomerSnapshot.model_fields[name].annotation, CustomerSnapshot.model_fields[name])
+       for name in LIST_FIELDS})
+
+
+class CustomerPage(_Out):
+    """One page of ``GET /shops/{shop}/customers``, ordered by ``customer_id``."""
+
+    items: list[CustomerListItem]  # type: ignore[valid-type]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page; null on the last")

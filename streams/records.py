@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from schemas import codec
+from scoring.clock import rfc3339, to_us
 from streams.topics import message_key
 
 if TYPE_CHECKING:
@@ -87,23 +88,27 @@ def dead_letter_record(record: Record, reason: str, detail: str) -> bytes:
     ``value_encoding="base64"``), the original key the same way, the reason
     code, a human detail, the source topic/partition/offset/timestamp where
     the record first entered (before any rekey hop) and when it was rejected.
+    The contract is :class:`schemas.outputs.DeadLetter`; ``timestamp`` is in
+    milliseconds, Kafka's unit (:attr:`Record.timestamp` and the origin header
+    hold seconds, as Faust gives them).
     """
     value, value_enc = text_or_base64(record.value)
     key, key_enc = text_or_base64(record.key)
     origin = record.origin()
+    seconds = origin.get("timestamp", record.timestamp)
     return codec.dumps({
         "reason": reason,
         "detail": detail[:4000],
         "topic": origin.get("topic", record.topic),
         "partition": origin.get("partition", record.partition),
         "offset": origin.get("offset", record.offset),
-        "timestamp": origin.get("timestamp", record.timestamp),
+        "timestamp": None if seconds is None else round(seconds * 1000),
         "via_topic": record.topic if origin.get("topic") != record.topic else None,
         "key": key,
         "key_encoding": key_enc,
         "value": value,
         "value_encoding": value_enc,
-        "dead_lettered_at": datetime.now(UTC).isoformat(),
+        "dead_lettered_at": rfc3339(to_us(datetime.now(UTC))),
     })
 
 

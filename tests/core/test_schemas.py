@@ -11,12 +11,15 @@ from schemas.codec import dumps, loads
 from schemas.events import MAX_EVENT_BYTES, InvalidEvent, parse_event
 from schemas.outputs import (
     CustomerSnapshot,
+    DeadLetter,
     DetractorAlert,
     LedgerEntry,
     StageTransition,
     VoidRecord,
 )
 from schemas.policy import PolicyBook, PolicyError
+from streams.records import ORIGIN_HEADER, Record, dead_letter_record
+from tests.contracts import assert_valid
 from tests.core.conftest import Customer
 from tests.core.factory import NOW, at, feedback, iso, purchase, redeem, refund, visit
 
@@ -136,6 +139,7 @@ def test_committed_json_schemas_match_the_models() -> None:
 
 
 def test_every_output_record_matches_its_contract() -> None:
+    """Pydantic models and committed files (checked by jsonschema) agree on real records."""
     c = Customer()
     c.send(visit(at(-1)), purchase(at(0), 60_000, order_id="a"), purchase(at(1), 300, order_id="b"),
            refund(at(2), "a", 30_000), redeem(at(3), 10_000), redeem(at(4), 10), feedback(at(5), 9),
@@ -149,7 +153,29 @@ def test_every_output_record_matches_its_contract() -> None:
         model = VoidRecord if e.get("void") else {
             "ledger": LedgerEntry, "transition": StageTransition, "alert": DetractorAlert}[e["kind"]]
         model.model_validate(e)
+        topic = "out-RewardsValue.json" if e["kind"] == "ledger" else "out-TransitionsValue.json"
+        assert_valid(topic, e)
         kinds.add(e.get("entry", e["kind"]))
     assert {"earn", "clawback", "redeem", "redemption_rejected", "free_item", "transition", "alert"} <= kinds
     CustomerSnapshot.model_validate(c.snap(at(800)))
+    assert_valid("out-CustomerSnapshot.json", c.snap(at(800)))
     assert c.snap(at(800))["points_expired_total"] > 0
+
+
+def test_dead_letters_match_their_contract() -> None:
+    """Text and binary keys/values, a missing key, a rekey hop: all follow out-DeadLetter.json."""
+    origin = dumps({"topic": "in", "partition": 1, "offset": 7, "timestamp": 1773223200.123})
+    records = [
+        Record("in", 0, 5, b"s|c", b"not json", 1773223200.5),
+        Record("in", 0, 6, None, b"\xff\xfe", None),
+        Record("in", 0, 7, b"\xff", None, 1.0),
+        Record("app-rekey", 2, 9, b"s|c", b"{}", 2.0, ((ORIGIN_HEADER, origin),)),
+    ]
+    letters = [loads(dead_letter_record(r, "invalid_json", "x" * 5000)) for r in records]
+    for letter in letters:
+        assert_valid("out-DeadLetter.json", letter)
+        DeadLetter.model_validate(letter)
+    assert letters[0]["timestamp"] == 1773223200500  # milliseconds, Kafka's unit
+    assert letters[1]["value_encoding"] == "base64" and letters[1]["key_encoding"] == "none"
+    assert letters[3]["topic"] == "in" and letters[3]["via_topic"] == "app-rekey"
+    assert letters[3]["timestamp"] == 1773223200123

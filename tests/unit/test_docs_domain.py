@@ -7,7 +7,8 @@ import re
 import subprocess
 from pathlib import Path
 
-from schemas.outputs import CustomerSnapshot, LedgerEntry, StageTransition
+from schemas.outputs import CustomerSnapshot, DeadLetter, LedgerEntry, StageTransition
+from tests.contracts import assert_valid
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = (ROOT / "docs" / "domain.md").read_text()
@@ -17,9 +18,7 @@ def test_every_output_field_is_defined_in_the_domain_reference() -> None:
     documented = set(re.findall(r"`([a-z_0-9]+)`", DOC))
     # windows written as `purchase_days_30d`, `_90d`, ...: expand the short forms
     documented |= {f"purchase_days{suffix}" for suffix in re.findall(r"`(_\d+d)`", DOC)}
-    # DeadLetter is left out: its model and the record the worker emits still
-    # differ (value_b64 vs value_encoding); the doc describes the emitted record.
-    for model in (CustomerSnapshot, StageTransition, LedgerEntry):
+    for model in (CustomerSnapshot, StageTransition, LedgerEntry, DeadLetter):
         names = {f.alias or name for name, f in model.model_fields.items()}
         missing = sorted(names - documented)
         assert not missing, f"{model.__name__} fields not in docs/domain.md: {missing}"
@@ -32,10 +31,18 @@ def test_every_json_example_parses_and_every_output_topic_has_one() -> None:
         | {"clv" for p in parsed if "model" in p} | {"snapshot" for p in parsed if "stage" in p}
     assert {"transition", "ledger", "dead_letter", "clv", "snapshot"} <= kinds
     snapshot = next(p for p in parsed if "stage" in p)
-    fields = set(CustomerSnapshot.model_fields)
-    assert set(snapshot) <= fields
-    # the example may predate the rule v2 attitude fields; the note under it gives them
-    assert fields - set(snapshot) <= {"wallet_band", "detractor_status", "detractor_since"}
+    assert set(snapshot) == set(CustomerSnapshot.model_fields)
+    assert "alert" in kinds
+    # every example of a topic's record follows that topic's committed schema
+    for p in parsed:
+        if "stage" in p:
+            assert_valid("out-CustomerSnapshot.json", p)
+        elif "reason" in p:
+            assert_valid("out-DeadLetter.json", p)
+        elif p.get("kind") == "ledger":
+            assert_valid("out-RewardsValue.json", p)
+        elif p.get("kind") in ("transition", "alert"):
+            assert_valid("out-TransitionsValue.json", p)
 
 
 def test_nothing_refers_outside_the_repository() -> None:
