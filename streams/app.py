@@ -157,6 +157,13 @@ def create_service(
         web_port=settings.web_port,
         web_host=settings.web_host,
         canonical_url=canonical_url(settings),
+        # Faust's own endpoints (/router, /table: raw table rows, /graph, /stats)
+        # would answer without the API token and outside /openapi.json. Faust
+        # still serves its index "/" ({"status": "OK"}), which the description lists.
+        web_router_enabled=False,
+        web_tables_enabled=False,
+        web_graph_enabled=False,
+        web_stats_enabled=False,
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
         topic_allow_declare=True,  # changelog topics are created by Faust
