@@ -11,16 +11,27 @@ Endpoints:
   locally, so inconsistent routing metadata during a rebalance cannot loop).
 * ``GET /shops/{shop_id}[?as_of=RFC3339]`` - NPS (all time, window, per
   touchpoint), the stage funnel and the rule-v2 KPIs (``ShopTally.figures``:
-  the same object ``loyalty replay --shops-out`` writes per shop). ``as_of``
-  places the 90-day NPS and 365-day spend windows; stage-dependent figures
-  are as of each customer's last event or time sweep (see
-  :mod:`scoring.shop`). Shop tallies are partitioned like the customers; the answering
+  the same object ``loyalty replay --shops-out`` writes per shop). The
+  tallies hold the present: stage-dependent figures are as of each
+  customer's last event or time sweep and every event consumed so far
+  counts (see :mod:`scoring.shop`). So ``as_of`` is honoured only near the
+  worker's clock (:data:`SHOP_AS_OF_TOLERANCE`), where it places the 90-day
+  NPS and 365-day spend windows; any other instant is a 400
+  ``as_of_unsupported`` naming ``loyalty replay --as-of``, which can answer
+  it, rather than figures that would silently mix two instants. Shop
+  tallies are partitioned like the customers; the answering
   worker merges its own partitions with those of every other worker (fan-out
   over ``/internal/shops/{shop}/tally``). Chosen over a ``GlobalTable``
   because every worker would otherwise replay every shop's changelog and
   Faust's global tables have a history of recovery bugs; fan-out costs one
   request per worker and reads only active (never standby) rows. 503 if some
   partition has no owner right now (rebalance in progress).
+* ``GET /shops/{shop_id}/customers?stage=&loyalty_type=&wallet_band=&detractor_status=&limit=&cursor=``
+  - one page of the shop's customers in a segment, for campaigns
+  (:mod:`streams.listing`), fanned out the same way over
+  ``/internal/shops/{shop}/customers``.
+* ``GET /openapi.json`` - the OpenAPI 3.1 description of all of this
+  (:mod:`streams.openapi`); no token needed.
 * ``GET /health/live``, ``GET /health/ready`` (200 or 503 with a JSON reason) and
   the ``GET /health`` summary: see :func:`register_health`. ``GET /metrics`` - the
   Prometheus text format. None of them needs the token.
@@ -36,13 +47,14 @@ from __future__ import annotations
 import base64
 import hmac
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from faust.web import View
 from yarl import URL
 
 from schemas import codec
+from streams import listing, openapi
 from streams.metrics import CONTENT_TYPE_LATEST
 from streams.topics import message_key
 
@@ -52,7 +64,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ROUTED_HEADER = "X-Loyalty-Routed"
-MAX_QUERY_CHARS = 256
+#: room for a cursor of the longest customer id next to the listing's filters
+MAX_QUERY_CHARS = 1024
+#: how far ``/shops/{shop}?as_of=`` may be from the worker's clock (see ShopView)
+SHOP_AS_OF_TOLERANCE = timedelta(minutes=15)
 _ID_LIMITS = {"shop_id": 64, "customer_id": 128}
 
 
@@ -183,16 +198,62 @@ def register_web(service: ServiceContext) -> None:
             return json(self, {"partitions": owned,
                                "tally": base64.b64encode(tally.encode()).decode()})
 
+    async def fan_out(request: Any, path: str, covered: set[int],
+                      query: str = "") -> list[dict[str, Any]]:
+        """``GET path`` on every other worker: the answers that add only partitions not
+        in ``covered`` (which grows by them). A peer that fails or overlaps is skipped;
+        the caller answers 503 for the partitions still missing."""
+        me = _ident(app.conf.canonical_url)
+        try:
+            hosts = list(app.router.table_metadata(service.tallies.name))
+        except Exception:  # noqa: BLE001 - no assignment yet
+            hosts = []
+        answers = []
+        for host in hosts:
+            if _ident(host) == me:
+                continue
+            url = URL(str(host)).with_path(path).with_query(query)
+            try:
+                async with app.http_client.get(url, headers=forward_headers(request)) as r:
+                    if r.status != 200:
+                        continue
+                    data = codec.loads(await r.read())
+            except Exception as exc:  # noqa: BLE001 - a peer may be leaving
+                log.warning("fan-out to %s failed: %r", host, exc)
+                continue
+            parts = set(data["partitions"])
+            if not parts & covered:
+                answers.append(data)
+                covered |= parts
+        return answers
+
+    def unavailable(view: View, covered: set[int]) -> Any:
+        """503 when some partition has no reachable owner, else None."""
+        missing = sorted(set(range(service.partitions)) - covered)
+        if missing:
+            return error(view, 503, "partitions_unavailable",
+                         f"no reachable owner for partitions {missing}; retry shortly")
+        return None
+
     @app.page("/shops/{shop_id}")
     class ShopView(View):
         async def get(self, request: Any, shop_id: str) -> Any:
             bad = check(self, request, shop_id=shop_id)
             if bad is not None:
                 return bad
+            now = datetime.now(UTC)
             try:
-                as_of = parse_as_of(request.query.get("as_of")) or datetime.now(UTC)
+                as_of = parse_as_of(request.query.get("as_of")) or now
             except ValueError as exc:
                 return error(self, 400, "bad_as_of", str(exc))
+            if abs(as_of - now) > SHOP_AS_OF_TOLERANCE:
+                # The tallies hold the present: stage figures as of the last sweep
+                # and every event consumed so far. Another instant would be a lie.
+                return error(self, 400, "as_of_unsupported",
+                             f"the service's shop figures are as of now; as_of must be within "
+                             f"{int(SHOP_AS_OF_TOLERANCE.total_seconds() // 60)} minutes of "
+                             f"{now.isoformat()} (for another instant use "
+                             "`loyalty replay --as-of ... --shops-out`)")
             from scoring.clock import day_of, to_us
             from scoring.shop import ShopTally
 
@@ -200,36 +261,61 @@ def register_web(service: ServiceContext) -> None:
                 return error(self, 503, "recovering", "tables are being restored; retry shortly")
             covered, tally = service.local_tally(shop_id)
             covered = set(covered)
-            me = _ident(app.conf.canonical_url)
-            try:
-                hosts = list(app.router.table_metadata(service.tallies.name))
-            except Exception:  # noqa: BLE001 - no assignment yet
-                hosts = []
-            for host in hosts:
-                if _ident(host) == me:
-                    continue
-                url = URL(str(host)).with_path(f"/internal/shops/{shop_id}/tally")
-                try:
-                    async with app.http_client.get(url, headers=forward_headers(request)) as r:
-                        if r.status != 200:
-                            continue
-                        data = codec.loads(await r.read())
-                except Exception as exc:  # noqa: BLE001 - a peer may be leaving
-                    log.warning("shop fan-out to %s failed: %r", host, exc)
-                    continue
-                parts = set(data["partitions"]) - covered
-                if parts == set(data["partitions"]):
-                    tally = tally.merge(ShopTally.decode(base64.b64decode(data["tally"])))
-                    covered |= parts
-            missing = sorted(set(range(service.partitions)) - covered)
-            if missing:
-                return error(self, 503, "partitions_unavailable",
-                             f"no reachable owner for partitions {missing}; retry shortly")
+            for data in await fan_out(request, f"/internal/shops/{shop_id}/tally", covered):
+                tally = tally.merge(ShopTally.decode(base64.b64decode(data["tally"])))
+            bad = unavailable(self, covered)
+            if bad is not None:
+                return bad
             policy = service.policies.for_shop(shop_id)
             figures = tally.figures(shop_id, day_of(to_us(as_of)), policy)
             # which CLV model scores this shop, its parameters and fit diagnostics
             figures["clv"] = service.clv_models.describe(shop_id)
             return json(self, figures)
+
+    async def list_here(view: View, request: Any, shop_id: str) -> Any:
+        """Validate a listing request and list this worker's matches:
+        ``(query, partitions read, items)``, or the error response."""
+        bad = check(view, request, shop_id=shop_id)
+        if bad is not None:
+            return bad
+        try:
+            query = listing.parse_query(request.query, [k for k, _ in request.query.items()])
+        except ValueError as exc:
+            return error(view, 400, "bad_query", str(exc))
+        if not service.tables_ready():
+            return error(view, 503, "recovering", "tables are being restored; retry shortly")
+        owned, items = await listing.local_page(service, shop_id, query)
+        return query, owned, items
+
+    @app.page("/internal/shops/{shop_id}/customers")
+    class ShopCustomersPartView(View):
+        async def get(self, request: Any, shop_id: str) -> Any:
+            got = await list_here(self, request, shop_id)
+            if not isinstance(got, tuple):
+                return got
+            _, owned, items = got
+            return json(self, {"partitions": owned, "items": items})
+
+    @app.page("/shops/{shop_id}/customers")
+    class ShopCustomersView(View):
+        async def get(self, request: Any, shop_id: str) -> Any:
+            got = await list_here(self, request, shop_id)
+            if not isinstance(got, tuple):
+                return got
+            query, owned, items = got
+            covered = set(owned)
+            pages = [items] + [data["items"] for data in await fan_out(
+                request, f"/internal/shops/{shop_id}/customers", covered,
+                request.query_string)]
+            bad = unavailable(self, covered)
+            if bad is not None:
+                return bad
+            return json(self, listing.merge(pages, query.limit))
+
+    @app.page("/openapi.json")
+    class OpenApiView(View):
+        async def get(self, request: Any) -> Any:
+            return json(self, openapi.document())
 
     register_health(service)
 

@@ -1,4 +1,5 @@
-"""Validate JSON against the committed JSON Schema files with an independent validator.
+"""Validate JSON against the committed JSON Schema files and the API description,
+with an independent validator (``jsonschema``).
 
 The models in :mod:`schemas.outputs` generate the files; checking real output
 against the *files* with ``jsonschema`` (not pydantic) tests what consumers get.
@@ -6,10 +7,14 @@ against the *files* with ``jsonschema`` (not pydantic) tests what consumers get.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
 from jsonschema import Draft202012Validator
+from referencing import Registry
+from referencing.jsonschema import DRAFT202012
 
 from schemas import export
 
@@ -31,3 +36,40 @@ def errors(name: str, obj: Any) -> list[str]:
 def assert_valid(name: str, obj: Any) -> None:
     bad = errors(name, obj)
     assert not bad, f"{name}: {bad[:5]} in {str(obj)[:300]}"
+
+
+@cache
+def _openapi() -> tuple[dict[str, Any], Registry]:
+    """The API description and a registry of its embedded schema files (by ``$id``)."""
+    from streams import openapi
+
+    doc = openapi.document()
+    registry = Registry().with_resources(
+        (s["$id"], DRAFT202012.create_resource(s))
+        for s in doc["components"]["schemas"].values() if "$id" in s)
+    return doc, registry
+
+
+def response_errors(template: str, status: int, content_type: str, body: bytes,
+                    headers: Mapping[str, str] | None = None) -> list[str]:
+    """Why a real answer of ``GET template`` is not what /openapi.json describes."""
+    doc, registry = _openapi()
+    answer = doc["paths"][template]["get"]["responses"].get(str(status))
+    if answer is None:
+        return [f"{template}: status {status} is not described"]
+    missing = [h for h in answer.get("headers", {}) if h not in (headers or {})]
+    if missing:
+        return [f"{template} {status}: header(s) {missing} missing"]
+    content = answer.get("content", {})
+    media = content_type.split(";")[0].strip()
+    if media not in content:
+        return [f"{template} {status}: content type {media!r} is not described"]
+    schema = content[media]["schema"]
+    if media != "application/json":
+        return []
+    target = doc["components"]["schemas"].get(schema.get("$ref", "").rsplit("/", 1)[-1], {})
+    # An embedded file is validated as itself (its $id scopes its own refs).
+    root = target if "$id" in target else {**schema, "components": doc["components"]}
+    v = Draft202012Validator(root, registry=registry)
+    return [f"{template} {status} {'/'.join(map(str, e.absolute_path))}: {e.message}"
+            for e in v.iter_errors(json.loads(body))]
