@@ -211,20 +211,25 @@ class ServiceEnv:
 
     def read_topic(self, topic: str, timeout: float = 5.0) -> list[Any]:
         """Every record currently in ``topic`` (from the beginning)."""
+        return self.read_topics([topic], timeout)[topic]
+
+    def read_topics(self, topics: list[str], timeout: float = 5.0) -> dict[str, list[Any]]:
+        """Every record currently in each of ``topics``, read by one consumer."""
         from aiokafka import AIOKafkaConsumer
 
-        async def read() -> list[Any]:
-            c = AIOKafkaConsumer(topic, bootstrap_servers=self.bootstrap,
+        async def read() -> dict[str, list[Any]]:
+            c = AIOKafkaConsumer(*topics, bootstrap_servers=self.bootstrap,
                                  auto_offset_reset="earliest", enable_auto_commit=False,
                                  group_id=None)
             await c.start()
-            out: list[Any] = []
+            out: dict[str, list[Any]] = {t: [] for t in topics}
             try:
                 idle_until = time.monotonic() + timeout
                 while time.monotonic() < idle_until:
                     batch = await c.getmany(timeout_ms=500)
                     for msgs in batch.values():
-                        out.extend(msgs)
+                        for m in msgs:
+                            out[m.topic].append(m)
                         idle_until = time.monotonic() + 1.5
             finally:
                 await c.stop()
