@@ -1,7 +1,8 @@
 """Two workers in one consumer group share the partitions; one leaves.
 
 While both run, every request (sent to either worker) is answered by the
-partition owner (routing), and ``/shops`` merges both workers' partitions.
+partition owner (routing), and ``/shops`` and ``/shops/{shop}/customers`` merge
+both workers' partitions.
 After one worker stops, the other takes over its partitions (restored from
 the changelog) and the results still equal replay, including input produced
 after the departure.
@@ -32,6 +33,16 @@ def _wait_split(a, b, partitions: int, timeout: float = 90.0) -> None:
     raise AssertionError("partitions never split between the two workers")
 
 
+def _list_all(w, shop: str) -> list[str]:  # noqa: ANN001
+    """Every customer id of ``/shops/{shop}/customers``, following the cursors."""
+    ids, cursor = [], ""
+    while cursor is not None:
+        page = w.get_json(f"/shops/{shop}/customers?limit=37{cursor}")
+        ids += [item["customer_id"] for item in page["items"]]
+        cursor = page["next_cursor"] and f"&cursor={page['next_cursor']}"
+    return ids
+
+
 def test_service_two_workers(bootstrap: str, tmp_path) -> None:
     env = ServiceEnv(bootstrap, tmp_path)
     env.create_topics()
@@ -53,6 +64,9 @@ def test_service_two_workers(bootstrap: str, tmp_path) -> None:
             fa, fb = a.get_json(f"/shops/{shop}"), b.get_json(f"/shops/{shop}")
             assert fa == fb
             assert fa["customers"] == sum(1 for s in expected_half if s["shop_id"] == shop)
+            # The segment listing merges both workers' partitions too, page by page.
+            want = sorted(s["customer_id"] for s in expected_half if s["shop_id"] == shop)
+            assert _list_all(a, shop) == _list_all(b, shop) == want
 
         b.stop()
         assert b.proc is not None and b.proc.returncode == 0, b.log_tail()
