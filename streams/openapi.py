@@ -18,6 +18,7 @@ from typing import Any
 
 from schemas import export
 from streams import listing
+from streams.shops import AS_OF_TOLERANCE
 
 JSON = "application/json"
 
@@ -133,8 +134,9 @@ PATHS: dict[str, Any] = {
                     "in one hop)."),
     "/shops/{shop_id}": _get(
         "A shop's figures: NPS, funnel, KPIs, CLV model", [SHOP, {
-            **AS_OF, "description": "places the NPS and spend windows; must be within 15 "
-                                    "minutes of the worker's clock (the figures are as of now)"}],
+            **AS_OF, "description": "places the NPS and spend windows; must be within "
+                                    f"{AS_OF_TOLERANCE.total_seconds() / 60:g} minutes of the "
+                                    "worker's clock (the figures are as of now)"}],
         {"200": _answer("the shop figures, merged over every partition", "ShopFigures"),
          "400": _error("bad id, bad `as_of`, or `as_of` further from now than the figures "
                        "can answer (`as_of_unsupported`)"),

@@ -27,6 +27,7 @@ Tally row keys (:func:`streams.topics.tally_key`) are one of the key rules of
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from scoring import nps
@@ -37,6 +38,11 @@ from scoring.snapshot import head_as_of
 if TYPE_CHECKING:
     from schemas.policy import ShopPolicy
     from scoring.state import CustomerState
+
+#: How far from the worker's clock ``GET /shops/{shop}?as_of=`` may be: the tallies
+#: hold the present (stages as of the last sweep, every event consumed so far),
+#: so they answer only instants near now.
+AS_OF_TOLERANCE = timedelta(minutes=15)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ Endpoints:
   tallies hold the present: stage-dependent figures are as of each
   customer's last event or time sweep and every event consumed so far
   counts (see :mod:`scoring.shop`). So ``as_of`` is honoured only near the
-  worker's clock (:data:`SHOP_AS_OF_TOLERANCE`), where it places the 90-day
+  worker's clock (:data:`streams.shops.AS_OF_TOLERANCE`), where it places the 90-day
   NPS and 365-day spend windows; any other instant is a 400
   ``as_of_unsupported`` naming ``loyalty replay --as-of``, which can answer
   it, rather than figures that would silently mix two instants. Shop
@@ -47,7 +47,7 @@ from __future__ import annotations
 import base64
 import hmac
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from faust.web import View
@@ -56,6 +56,7 @@ from yarl import URL
 from schemas import codec
 from streams import listing, openapi
 from streams.metrics import CONTENT_TYPE_LATEST
+from streams.shops import AS_OF_TOLERANCE
 from streams.topics import message_key
 
 if TYPE_CHECKING:
@@ -66,8 +67,6 @@ log = logging.getLogger(__name__)
 ROUTED_HEADER = "X-Loyalty-Routed"
 #: room for a cursor of the longest customer id next to the listing's filters
 MAX_QUERY_CHARS = 1024
-#: how far ``/shops/{shop}?as_of=`` may be from the worker's clock (see ShopView)
-SHOP_AS_OF_TOLERANCE = timedelta(minutes=15)
 _ID_LIMITS = {"shop_id": 64, "customer_id": 128}
 
 
@@ -246,12 +245,12 @@ def register_web(service: ServiceContext) -> None:
                 as_of = parse_as_of(request.query.get("as_of")) or now
             except ValueError as exc:
                 return error(self, 400, "bad_as_of", str(exc))
-            if abs(as_of - now) > SHOP_AS_OF_TOLERANCE:
+            if abs(as_of - now) > AS_OF_TOLERANCE:
                 # The tallies hold the present: stage figures as of the last sweep
                 # and every event consumed so far. Another instant would be a lie.
                 return error(self, 400, "as_of_unsupported",
                              f"the service's shop figures are as of now; as_of must be within "
-                             f"{int(SHOP_AS_OF_TOLERANCE.total_seconds() // 60)} minutes of "
+                             f"{int(AS_OF_TOLERANCE.total_seconds() // 60)} minutes of "
                              f"{now.isoformat()} (for another instant use "
                              "`loyalty replay --as-of ... --shops-out`)")
             from scoring.clock import day_of, to_us
