@@ -139,6 +139,9 @@ class VoidRecord(_Effect):
 
 
 Encoding = Literal["utf-8", "base64", "none"]
+#: every reason a record is dead-lettered for (the worker emits no other)
+DEAD_LETTER_REASONS = (*REASONS, "empty", "partition_mismatch", "conflicting_duplicate",
+                       "too_late", "internal_error")
 
 
 class DeadLetter(_Out):
@@ -149,8 +152,11 @@ class DeadLetter(_Out):
     ``null`` with ``"none"`` when the record had no key or value.
     """
 
-    reason: str = Field(description="one of " + ", ".join(REASONS)
-                        + ", conflicting_duplicate, too_late, wrong_partition, internal_error")
+    reason: Literal[DEAD_LETTER_REASONS] = Field(  # type: ignore[valid-type]
+        description="why: an invalid event (the event contract's codes), `empty` (no value), "
+                    "`partition_mismatch` (a re-keyed record still on the wrong partition), a fold "
+                    "rejection (`conflicting_duplicate`, `too_late`, `out_of_range`) or "
+                    "`internal_error`")
     detail: str = Field(max_length=4000)
     topic: str = Field(description="where the record first entered (before any rekey hop)")
     partition: int = Field(ge=0)

@@ -18,6 +18,7 @@ from streams.compat import partition_context
 from streams.records import ORIGIN_HEADER, Record
 from streams.settings import Settings
 from streams.topics import message_key, partition_for
+from tests.contracts import assert_valid
 
 NOW = datetime(2026, 1, 10, tzinfo=UTC)
 
@@ -60,6 +61,7 @@ def test_invalid_records_are_dead_lettered_with_reason(service, value, reason) -
     [out] = plan.sends
     assert out.topic is service.context.dead_letter
     letter = codec.loads(out.value)
+    assert_valid("out-DeadLetter.json", letter)
     assert letter["reason"] == reason and letter["detail"]
     assert (letter["topic"], letter["partition"], letter["offset"]) == ("loyalty.purchases",
                                                                         record(value).partition, 7)
@@ -95,6 +97,7 @@ def test_rekeyed_record_on_wrong_partition_is_not_looped(service) -> None:
                  topic=service.context.rekey.get_topic_name())
     plan = service.processor.plan(rec, now=NOW)
     assert plan.status == "invalid" and plan.reason == "partition_mismatch"
+    assert_valid("out-DeadLetter.json", codec.loads(plan.sends[0].value))
 
 
 def test_apply_then_exact_duplicate_changes_nothing(service) -> None:
