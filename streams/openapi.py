@@ -2,13 +2,14 @@
 
 This module is the one home of the description. Response bodies that are
 also contracts elsewhere (the snapshot, the shop figures, a listing page) are
-the committed JSON Schema files of ``schemas/jsonschema/``, embedded whole
-under ``components/schemas``: each keeps its ``$id``, so its own ``$ref`` s
-resolve inside it (and others may refer to it by that ``$id``), and there is
-no second copy of a shape. The small bodies only the API has (errors, health)
-are written here. ``tests/streams/test_openapi.py`` checks that every route
-of the web app is described; ``tests/integration/test_service_poison.py``
-validates real answers of a running worker against this document.
+the committed JSON Schema files of ``schemas/jsonschema/``, read at import
+(:func:`embed`): each becomes a component and its ``$defs`` become components
+too, with the references rewritten, so OpenAPI tools resolve them and there
+is no second copy of a shape. The small bodies only the API has (errors,
+health) are written here. ``tests/streams/test_openapi.py`` checks that the
+document is valid OpenAPI 3.1 and that every route of the web app is
+described; ``tests/integration/test_service_poison.py`` validates real answers
+of a running worker against it.
 """
 
 from __future__ import annotations
@@ -39,10 +40,25 @@ _CHECK = _obj({"ok": {"type": "boolean"}, "detail": {"type": "string"}}, extra=T
 _CHECKS = {"type": "object", "additionalProperties": _ref("Check")}
 _PARTITIONS = {"type": "array", "items": {"type": "integer", "minimum": 0}}
 
+
+def embed(schemas: dict[str, Any], name: str, file: str) -> None:
+    """Add the committed schema ``file`` as component ``name``, its ``$defs`` beside it."""
+    def rewrite(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: ("#/components/schemas/" + v.removeprefix("#/$defs/")
+                        if k == "$ref" and v.startswith("#/$defs/") else rewrite(v))
+                    for k, v in node.items() if k not in ("$id", "$schema", "$defs")}
+        return [rewrite(v) for v in node] if isinstance(node, list) else node
+
+    schema = export.load(file)
+    for def_name, sub in schema.get("$defs", {}).items():
+        sub = rewrite(sub)
+        if schemas.setdefault(def_name, sub) != sub:
+            raise ValueError(f"two different schemas named {def_name!r}")
+    schemas[name] = rewrite(schema)
+
+
 SCHEMAS: dict[str, Any] = {
-    "CustomerSnapshot": export.load("out-CustomerSnapshot.json"),
-    "ShopFigures": export.load("out-ShopFigures.json"),
-    "CustomerPage": export.load("out-CustomerPage.json"),
     "Error": _obj({"error": {"type": "string", "description": "a stable code"},
                    "detail": {"type": "string", "description": "for people"}}),
     "Check": _CHECK,
@@ -63,8 +79,10 @@ SCHEMAS: dict[str, Any] = {
                        "tally": {"type": "string", "contentEncoding": "base64",
                                  "description": "ShopTally.encode() of those partitions"}}),
     "CustomersPart": _obj({"partitions": _PARTITIONS, "items": {
-        "$ref": export.schema_id("out-CustomerPage.json") + "#/properties/items"}}),
+        "type": "array", "items": _ref("CustomerListItem")}}),
 }
+for _name in ("CustomerSnapshot", "ShopFigures", "CustomerPage"):
+    embed(SCHEMAS, _name, f"out-{_name}.json")
 
 
 def _param(name: str, where: str, schema: dict[str, Any], description: str,
