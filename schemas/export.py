@@ -5,8 +5,9 @@ event, ``out-<Model>.json`` per output record, per output topic
 (``out-TransitionsValue.json``, ``out-RewardsValue.json``: every value of
 the topic, voids included) and per HTTP body. They are generated from the
 models; ``tests/core/test_schemas.py`` fails when the committed files drift.
-Every file has an ``$id``, so a document that embeds one (the OpenAPI
-description) keeps its internal ``$ref`` s resolvable.
+Every file has an ``$id`` (``loyalty-scorer/v1/<file name>``), so a
+validator can hold them all and tell them apart. The OpenAPI description
+(:mod:`streams.openapi`) embeds the HTTP bodies from these files.
 
     python -m schemas.export            # rewrite the files
     python -m schemas.export --check    # exit 1 if they differ
