@@ -39,6 +39,7 @@ from schemas.events import Event
 from schemas.policy import ShopPolicy
 from scoring import effects as fx
 from scoring.aggregate import (
+    DAY_NET_DAYS,
     L_EXPIRES,
     L_ORDER,
     L_REMAINING,
@@ -51,6 +52,7 @@ from scoring.aggregate import (
     O_RATE_NUM,
     O_REFUNDED,
     Agg,
+    add_order_day,
 )
 from scoring.clock import US_PER_DAY, day_of, day_start_us, rfc3339
 from scoring.ltv import margin_of
@@ -242,6 +244,7 @@ def _purchase(agg: Agg, ts: int, day: int, event_id: str, order_id: str, amount:
     agg.spend_total += amount
     order = [day, amount, 0, num, den, margin, 0, 0, ts]
     agg.orders[order_id] = order
+    add_order_day(agg, day, amount, 1)
     if policy.bonus_enabled:
         tier, mult, _pct = tier_on(agg, day, policy)  # as of this purchase, purchase included
         points = points_for(amount, mult, policy)
@@ -278,6 +281,7 @@ def _refund(agg: Agg, ts: int, event_id: str, order_id: str, amount: int, ctx: _
     # Copy-on-write: Agg.copy shares order entries, and this one is about to change.
     order = agg.orders[order_id] = order[:]
     order[O_REFUNDED] += applied
+    add_order_day(agg, order[O_DAY], -applied, 0)
     agg.refund_total += applied
     agg.spend_total -= applied
     margin = margin_of(order[O_AMOUNT] - order[O_REFUNDED], order[O_RATE_NUM], order[O_RATE_DEN])
@@ -499,7 +503,12 @@ def apply(state: CustomerState | None, event: Event, policy: ShopPolicy) -> Outc
     if len(new.buf) > policy.max_buffer_events:
         frontier = _force_finalize(new, policy, len(new.buf) - policy.max_buffer_events)
     new.frontier = frontier
-    new.emitted = {k: v for k, v in emitted.items() if v[1] >= frontier}
+    if frontier != state.frontier:
+        new.emitted = {k: v for k, v in emitted.items() if v[1] >= frontier}
+    else:
+        # Every entry is at or after the unchanged frontier already (each diff
+        # only records effects of the open window): skip a pass over them all.
+        new.emitted = emitted
     _prune_seen(new, policy)
     if retired:
         _prune_finalized(new.ckpt, policy)
@@ -621,6 +630,8 @@ def _prune_finalized(agg: Agg, policy: ShopPolicy) -> None:
     keep_from = day - 366
     if agg.pdays and agg.pdays[0] < keep_from:
         agg.pdays = [d for d in agg.pdays if d >= keep_from]
+    if agg.day_net and agg.day_net[0][0] < day - DAY_NET_DAYS:
+        agg.day_net = [row for row in agg.day_net if row[0] >= day - DAY_NET_DAYS]
     fb_from = day - policy.shop_nps_window_days
     if agg.fb_recent and agg.fb_recent[0][0] <= fb_from:
         agg.fb_recent = [x for x in agg.fb_recent if x[0] > fb_from]

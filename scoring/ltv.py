@@ -9,21 +9,28 @@ from __future__ import annotations
 
 from fractions import Fraction
 
-from scoring.aggregate import Agg, orders_in_window
+from scoring.aggregate import Agg, window_totals
 
 
 def round_half_even(value: Fraction) -> int:
     """Round a rational to the nearest integer, ties to even (banker's rounding)."""
-    q, r = divmod(value.numerator, value.denominator)
+    return round_ratio(value.numerator, value.denominator)
+
+
+def round_ratio(num: int, den: int) -> int:
+    """``round_half_even(num / den)`` for integers, ``den != 0``, without a Fraction."""
+    if den < 0:
+        num, den = -num, -den
+    q, r = divmod(num, den)
     twice = 2 * r
-    if twice > value.denominator or (twice == value.denominator and q % 2 == 1):
+    if twice > den or (twice == den and q % 2 == 1):
         q += 1
     return q
 
 
 def margin_of(net: int, rate_num: int, rate_den: int) -> int:
     """round-half-even(net x rate) for one order."""
-    return round_half_even(Fraction(net * rate_num, rate_den))
+    return round_ratio(net * rate_num, rate_den)
 
 
 def ltv_formula(agg: Agg, day: int, tenure_days: int, shop_margin: Fraction, months: int) -> int:
@@ -35,8 +42,18 @@ def ltv_formula(agg: Agg, day: int, tenure_days: int, shop_margin: Fraction, mon
     """
     if agg.purchase_count == 0:
         return 0
-    s = Fraction(agg.spend_total, agg.purchase_count)
-    span = min(Fraction(12), Fraction((tenure_days + 1) * 10_000, 304_375))
-    c = Fraction(sum(1 for _ in orders_in_window(agg, day, 365))) / max(Fraction(1), span)
-    p = Fraction(agg.margin_total, agg.spend_total) if agg.spend_total else shop_margin
-    return round_half_even(s * c * p * months)
+    # Exact, in integers (this runs for every published snapshot; Fractions
+    # would normalise by a gcd at every step): S x C x P x t as one ratio.
+    # span = min(12, (tenure + 1) / 30.4375) floored at 1, as span_num / span_den.
+    span_num, span_den = (tenure_days + 1) * 10_000, 304_375
+    if span_num >= 12 * span_den:
+        span_num, span_den = 12, 1
+    elif span_num < span_den:
+        span_num, span_den = 1, 1
+    orders = window_totals(agg, day, 365)[1]
+    if agg.spend_total:
+        p_num, p_den = agg.margin_total, agg.spend_total
+    else:
+        p_num, p_den = shop_margin.numerator, shop_margin.denominator
+    return round_ratio(agg.spend_total * orders * span_den * p_num * months,
+                       agg.purchase_count * span_num * p_den)

@@ -13,17 +13,15 @@ from scoring.aggregate import (
     L_EXPIRES,
     L_ORDER,
     L_REMAINING,
-    O_AMOUNT,
     O_DAY,
-    O_REFUNDED,
     Agg,
-    orders_in_window,
+    window_totals,
 )
 
 
 def spend_in_window(agg: Agg, day: int, window: int) -> int:
     """Net amount of orders whose purchase date d has ``day - window < d <= day``."""
-    return sum(o[O_AMOUNT] - o[O_REFUNDED] for o in orders_in_window(agg, day, window))
+    return window_totals(agg, day, window)[0]
 
 
 def tier_on(agg: Agg, day: int, policy: ShopPolicy) -> tuple[str, object, int]:
@@ -77,7 +75,9 @@ def take_oldest(agg: Agg, points: int) -> int:
     while taken < points and i < len(lots):
         lot = lots[i]
         take = min(lot[L_REMAINING], points - taken)
-        lot[L_REMAINING] -= take
+        if take:
+            lot = lots[i] = lot[:]  # copy on write: Agg.copy shares lot entries
+            lot[L_REMAINING] -= take
         taken += take
         i += 1
     # Empty lots are dropped; they can neither expire nor be taken from again.
@@ -88,9 +88,10 @@ def take_oldest(agg: Agg, points: int) -> int:
 def take_for_clawback(agg: Agg, order_id: str, points: int) -> int:
     """Claw back from the order's own lot first, then from the oldest lots."""
     taken = 0
-    for lot in agg.lots:
+    for i, lot in enumerate(agg.lots):
         if lot[L_ORDER] == order_id:
             taken = min(lot[L_REMAINING], points)
+            lot = agg.lots[i] = lot[:]  # copy on write: Agg.copy shares lot entries
             lot[L_REMAINING] -= taken
             break
     if taken < points:

@@ -31,7 +31,7 @@ from typing import Any
 from schemas.codec import dumps, loads
 from schemas.policy import ShopPolicy
 from scoring import nps
-from scoring.aggregate import O_AMOUNT, O_DAY, O_REFUNDED, Agg, orders_in_window
+from scoring.aggregate import Agg
 from scoring.clock import day_of
 from scoring.ltv import round_half_even
 from scoring.stages import (
@@ -63,16 +63,13 @@ def contribution(head: Agg, stage: str | None, day: int, policy: ShopPolicy) -> 
     """
     if head.first_seen_us is None:
         return None
-    days: dict[int, int] = {}
-    for order in orders_in_window(head, day, SPEND_WINDOW_DAYS):
-        net = order[O_AMOUNT] - order[O_REFUNDED]
-        if net:
-            days[order[O_DAY]] = days.get(order[O_DAY], 0) + net
+    lo = day - SPEND_WINDOW_DAYS
+    days = [[d, net] for d, net, _ in head.day_net if lo < d <= day and net]
     return [int(head.purchase_count > 0), int(head.purchase_days >= 2),
             loyalty_type(stage, head.nps_last, policy) if stage else "unknown",
             wallet_band(head.sow_last, policy), detractor_status(head, policy),
             head.spend_total, head.purchase_count, int(stage in (ATTACHED, LOYAL)),
-            sorted([d, v] for d, v in days.items())]
+            days]
 
 
 def _key(value: str | None) -> str:

@@ -72,7 +72,11 @@ def snapshot(state: CustomerState, as_of: datetime | int | None, policy: ShopPol
         as_of_us = as_of
     else:
         as_of_us = to_us(as_of)
-    head = head_as_of(state, as_of_us, policy)
+    cached = cached_head(state, policy)
+    if cached is not None and as_of_us == state.clock and cached.t_us == as_of_us:
+        head = cached  # the live head is exactly as of the clock; read only below
+    else:
+        head = head_as_of(state, as_of_us, policy)
     return snapshot_of_head(state.shop_id, state.customer_id, head, as_of_us, policy, clv_model)
 
 

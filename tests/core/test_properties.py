@@ -185,3 +185,27 @@ def test_state_cache_serves_live_objects_only_for_identical_bytes() -> None:
     cache.put(b"k2", raw, out.state)
     cache.put(b"k3", raw, out.state)
     assert len(cache) == 2 and cache.get(key, raw) is not out.state  # evicted (LRU)
+
+
+@settings(max_examples=300, deadline=None)
+@given(spend=st.integers(0, 10**12), margin=st.integers(-10**12, 10**12),
+       count=st.integers(1, 10**4), orders=st.integers(0, 400), tenure=st.integers(0, 5000),
+       months=st.integers(1, 120), shop_num=st.integers(0, 100), shop_den=st.integers(1, 100))
+def test_ltv_formula_in_integers_equals_the_rational_definition(
+        spend: int, margin: int, count: int, orders: int, tenure: int, months: int,
+        shop_num: int, shop_den: int) -> None:
+    """The integer form of S x C x P x t is the definition, computed with Fractions."""
+    from fractions import Fraction
+
+    from scoring.aggregate import Agg
+    from scoring.ltv import ltv_formula, round_half_even
+
+    agg = Agg()
+    agg.purchase_count, agg.spend_total, agg.margin_total = count, spend, margin
+    agg.orders = {f"o{i}": [100, 1, 0] for i in range(orders)}
+    shop = Fraction(shop_num, shop_den)
+    s = Fraction(spend, count)
+    span = min(Fraction(12), Fraction((tenure + 1) * 10_000, 304_375))
+    c = Fraction(orders) / max(Fraction(1), span)
+    p = Fraction(margin, spend) if spend else shop
+    assert ltv_formula(agg, 100, tenure, shop, months) == round_half_even(s * c * p * months)

@@ -154,7 +154,7 @@ def test_a_state_written_by_version_1_still_decodes_and_folds_on() -> None:
     c.send(feedback(at(30), 9, touchpoint="app"))
     snap = c.snap()
     assert (snap["detractor_status"], snap["loyalty_type"]) == ("recovered", "true")
-    assert c.state.encode().startswith(b"[2,")
+    assert c.state.encode().startswith(b"[3,")  # upgraded when written
     assert [a["alert"] for a in alerts(c)] == ["recovered"]
     # Version 1 kept no shop-KPI contribution: it is computed from the old
     # state, so the service's tally moves from what the customer counted as.
@@ -172,3 +172,20 @@ def test_an_unknown_state_format_is_refused_with_a_clear_error() -> None:
         CustomerState.decode(b'[9,"s","c"]')
     with pytest.raises(StateFormatError, match="unreadable"):
         CustomerState.decode(b'[2,"s","c",[1,2,3],[],[],[],null,null,null,null,null,[0,0,0,0]]')
+
+
+def test_a_state_written_by_version_2_decodes_to_the_same_state() -> None:
+    """Format 3 changed only the layout of the id maps; a version-2 state (rows
+    ``[id, *value]``) decodes to exactly the state it was written from."""
+    from schemas import codec
+
+    c = Customer()
+    c.send(purchase(at(1), 3000, order_id="o1"), feedback(at(2), 4),
+           purchase(at(3), 1500, order_id="o2"))
+    state = c.state
+    assert state.seen and state.emitted
+    v3 = codec.loads(state.encode())
+    assert v3[0] == 3
+    v2 = [2, *v3[1:5], [[k, *v] for k, v in state.seen.items()],
+          [[k, *v] for k, v in state.emitted.items()], *v3[7:]]
+    assert CustomerState.decode(codec.dumps(v2)) == state
