@@ -36,12 +36,14 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from scoring.state import CustomerState
+from streams import compat
 from streams.aligned_input import install as install_aligned_input
 from streams.commit import Change, Committer, WriteFailed
 from streams.consume import consume
 from streams.context import ServiceContext
 from streams.gaps import GapReader, Progress, install_seek_tracking, redrive_idle_partitions
-from streams.planning import Plan, Planner, changes, outputs
+from streams.planning import Plan, Planner
 from streams.publish import futures
 from streams.records import Record, dead_letter_record
 from streams.shops import TallyDelta
@@ -68,7 +70,7 @@ class Processor:
         self.committer = Committer(service)
 
     def plan(self, record: Record, *, now: datetime | None = None,
-             overlay: dict[bytes, bytes] | None = None) -> Plan:
+             overlay: dict[bytes, CustomerState] | None = None) -> Plan:
         """:meth:`streams.planning.Planner.plan` (reads rows, writes nothing)."""
         return self.planner.plan(record, now=now, overlay=overlay)
 
@@ -84,7 +86,8 @@ class Processor:
         and they must reach Kafka *before* the state write (see
         :meth:`handle`). Raises what the commit raises.
         """
-        await self.committer.commit(outputs(plans), changes(plans), on_written=self._written)
+        settled = self.planner.settle(plans)
+        await self.committer.commit(settled.outputs, settled.changes, on_written=self._written)
 
     def write(self, plan: Plan, changelog_offsets: dict[int, int] | None = None) -> None:
         """Steps 4-5 of the commit for one plan whose records are already acknowledged.
@@ -93,10 +96,11 @@ class Processor:
         record) becomes the persisted offset; without it the persisted offset
         is left as it is (unit tests of the write path).
         """
-        self.committer.write(changes([plan]), changelog_offsets or {},
+        self.committer.write(self.planner.settle([plan]).changes, changelog_offsets or {},
                              on_written=self._written)
 
     def _written(self, change: Change) -> None:
+        self.planner.remember(change)
         if self.on_change is not None:
             self.on_change(change.partition, change.key, change.delta, change.next_due)
 
@@ -136,7 +140,7 @@ class Processor:
         for attempt in range(RETRIES + 1):
             try:
                 plan = self.plan(record)
-                self._mark_in_flight({plan.state_write[0]} if plan.state_write else ())
+                self._mark_in_flight({plan.tally_delta[1]} if plan.tally_delta else ())
                 await self.commit([plan])
                 self._mark_in_flight(())
                 self.observe(record, plan, started)
@@ -173,13 +177,13 @@ class Processor:
             await self.handle(records[0])
             return
         started = time.perf_counter()
-        overlay: dict[bytes, bytes] = {}
+        overlay: dict[bytes, CustomerState] = {}
         planned: list[tuple[Record, Plan]] = []
         try:
             for record in records:
                 plan = self.plan(record, overlay=overlay)
-                if plan.state_write is not None:
-                    overlay[plan.state_write[0]] = plan.state_write[1]
+                if plan.state is not None and plan.tally_delta is not None:
+                    overlay[plan.tally_delta[1]] = plan.state
                 planned.append((record, plan))
             self._mark_in_flight(overlay)
             await self.commit([plan for _, plan in planned])
@@ -233,6 +237,7 @@ def register_agents(service: ServiceContext,
     settings = service.settings
 
     commit_owed = install_seek_tracking(service, progress)
+    compat.deliver_directly(service.app)
     aligned = install_aligned_input(service, processor, progress, reader, commit_owed)
 
     async def loyalty_state(stream: Any) -> None:

@@ -172,6 +172,8 @@ def create_service(
         value_serializer="raw",
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        producer_compression_type=(None if settings.producer_compression == "none"
+                                   else settings.producer_compression),
         processing_guarantee="at_least_once",
         table_standby_replicas=1,
         broker_commit_interval=1.0,

@@ -45,6 +45,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from scoring.shop import ShopTally
+from scoring.state import CustomerState
 from streams.compat import partition_context
 from streams.context import ServiceContext
 from streams.publish import OutRecord, futures, last_offsets
@@ -68,6 +69,8 @@ class Change:
     #: compare-and-set: the row the state was computed from; None: unguarded
     #: (the agent, the only writer that never races itself)
     base: bytes | None = None
+    #: the live state ``value`` encodes, for the agent's state cache (never written)
+    state: CustomerState | None = None
 
     @property
     def guarded(self) -> bool:

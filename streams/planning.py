@@ -14,10 +14,20 @@ planning changes nothing. The checks, in this order:
    forward the original bytes, correctly keyed, to the rekey topic (the same
    agent consumes it there, on the right partition); correctly keyed input
    is processed directly, without a hop;
-4. row lookup (or the state planned for an earlier record of the batch),
-   ``fold.apply``; a changed state brings its snapshot, effects and tally
-   delta;
+4. the customer's state: the one planned for an earlier record of the batch,
+   else the live object of :class:`scoring.state.StateCache` when the row
+   still holds exactly what that object encoded to, else the row decoded;
+   ``fold.apply``; a changed state brings its effects and tally delta;
 5. a ``rejected`` outcome goes to the dead letter with the fold's reason.
+
+:meth:`Planner.settle` then turns a batch of plans into what the commit
+writes, coalesced per customer: every effect, dead letter and rekey of every
+record, but one changelog record and one score snapshot per customer per
+batch (its last state), with the tally deltas of its records merged. A crash
+before the batch's writes redelivers the whole batch (the states were not
+written), so coalescing changes no guarantee: the outputs repeat with the
+same ids and the last snapshot per customer is the one a record-at-a-time
+commit would have left on the compacted scores topic.
 """
 
 from __future__ import annotations
@@ -30,7 +40,7 @@ from schemas import codec
 from schemas.events import InvalidEvent, parse_event
 from scoring import fold
 from scoring.snapshot import snapshot
-from scoring.state import CustomerState
+from scoring.state import CustomerState, StateCache
 from streams.commit import Change
 from streams.context import ServiceContext
 from streams.publish import OutRecord
@@ -43,19 +53,34 @@ from streams.topics import message_key, partition_for
 class Plan:
     """Everything one record causes, computed before anything is written."""
 
-    state_write: tuple[bytes, bytes] | None = None
+    #: the new customer state (a live object, not yet encoded) when it changed
+    state: CustomerState | None = None
     # (partition, customer key, delta); applied to the tally row at write time,
     # not plan time, because the sweep may rewrite the row while the agent
     # waits for the broker.
     tally_delta: tuple[int, bytes, TallyDelta] | None = None
-    # next_due of the state written (for the time sweep's due index)
-    next_due: int | None = None
+    #: effects, dead letters and rekeys (the score snapshot comes from settle())
     sends: list[Outgoing] = field(default_factory=list)
     event_type: str = "invalid"
     status: str = "invalid"
     reason: str | None = None  # dead-letter reason of an invalid record or rejected outcome
     occurred_at: datetime | None = None
     effects: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def state_write(self) -> tuple[bytes, bytes] | None:
+        """``(customer key, encoded new state)`` when the state changed."""
+        if self.state is None or self.tally_delta is None:
+            return None
+        return (self.tally_delta[1], bytes(self.state.encode()))
+
+
+@dataclass
+class Settled:
+    """What a batch of plans writes: :meth:`Planner.settle`."""
+
+    outputs: list[OutRecord]
+    changes: list[Change]
 
 
 class Planner:
@@ -64,15 +89,20 @@ class Planner:
     def __init__(self, service: ServiceContext) -> None:
         self.service = service
         self.rekey_name = service.rekey.get_topic_name()
+        #: live states of recently written customers (see :meth:`remember`)
+        self.states = StateCache(service.settings.state_cache_size)
 
     def plan(self, record: Record, *, now: datetime | None = None,
-             overlay: dict[bytes, bytes] | None = None) -> Plan:
+             overlay: dict[bytes, CustomerState] | None = None) -> Plan:
         """Compute what ``record`` causes. Reads the tables, writes nothing.
 
         ``now`` (wall clock UTC by default) is only used by ``parse_event`` to
         reject timestamps more than a day in the future. ``overlay`` holds the
         states planned (not yet written) for earlier records of the same batch:
         a customer's second record in a batch folds onto the first one's result.
+        The fold never changes the state it is given, so a plan that is
+        dropped (a failed commit) leaves the overlay's and the cache's objects
+        as they were.
         """
         svc = self.service
         now = now or datetime.now(UTC)
@@ -103,20 +133,15 @@ class Planner:
 
         policy = svc.policies.for_shop(event.shop_id)
         if overlay is not None and key in overlay:
-            old_raw = overlay[key]
+            old: CustomerState | None = overlay[key]
         else:
-            old_raw = svc.rows.get(record.partition, key)
-        old = _decode_state(old_raw)
+            old = self.states.get(key, svc.rows.get(record.partition, key))
         outcome = fold.apply(old, event, policy)
         plan = Plan(event_type=event.type, status=outcome.status, occurred_at=event.occurred_at)
         if outcome.changed:
-            new_state = outcome.state
-            plan.state_write = (key, bytes(new_state.encode()))
+            plan.state = outcome.state
             plan.tally_delta = (record.partition, key,
                                 delta_for_event(outcome, event, policy, old is None))
-            plan.next_due = new_state.next_due
-            snap = snapshot(new_state, None, policy, svc.clv_model(event.shop_id))
-            plan.sends.append(Outgoing(svc.scores, key, codec.dumps(snap)))
         plan.effects = list(outcome.effects)
         plan.sends.extend(effect_messages(svc, plan.effects))
         if outcome.status == "rejected":
@@ -136,20 +161,37 @@ class Planner:
         return plan
 
 
-def outputs(plans: list[Plan]) -> list[OutRecord]:
-    """Every output record of ``plans``, in order, for :class:`streams.publish.Publisher`."""
-    return [(out.topic.get_topic_name(), out.key, out.value, out.headers, None)
-            for plan in plans for out in plan.sends]
+    def settle(self, plans: list[Plan]) -> Settled:
+        """The outputs and state changes of ``plans``, coalesced per customer.
 
+        Every plan's sends in order, then per changed customer (in order of
+        its first change) one score snapshot of its last state; and one
+        :class:`Change` per customer: the last state, encoded once, with the
+        tally deltas of all its plans merged in order.
+        """
+        svc = self.service
+        last: dict[bytes, tuple[int, CustomerState, TallyDelta]] = {}
+        sends = [out for plan in plans for out in plan.sends]
+        for plan in plans:
+            if plan.state is None or plan.tally_delta is None:
+                continue
+            partition, key, delta = plan.tally_delta
+            before = last.get(key)
+            if before is not None:
+                delta = before[2].then(delta)
+            last[key] = (partition, plan.state, delta)
+        changes = []
+        for key, (partition, state, delta) in last.items():
+            policy = svc.policies.for_shop(state.shop_id)
+            snap = snapshot(state, None, policy, svc.clv_model(state.shop_id))
+            sends.append(Outgoing(svc.scores, key, codec.dumps(snap)))
+            changes.append(Change(partition, key, bytes(state.encode()), delta, state.next_due,
+                                  state=state))
+        outputs = [(out.topic.get_topic_name(), out.key, out.value, out.headers, None)
+                   for out in sends]
+        return Settled(outputs, changes)
 
-def changes(plans: list[Plan]) -> list[Change]:
-    """The state changes of ``plans``, in order (state and tally always come together)."""
-    return [Change(plan.tally_delta[0], key, value, plan.tally_delta[2], plan.next_due)
-            for plan in plans if plan.state_write is not None and plan.tally_delta is not None
-            for key, value in (plan.state_write,)]
-
-
-def _decode_state(raw: bytes | None) -> CustomerState | None:
-    if raw is None:
-        return None
-    return CustomerState.decode(raw)
+    def remember(self, change: Change) -> None:
+        """Keep the live state of a change just written (its row now holds ``value``)."""
+        if change.state is not None:
+            self.states.put(change.key, change.value, change.state)

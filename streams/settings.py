@@ -106,6 +106,12 @@ class Settings(BaseSettings):
         description="Default 1. Replication factor of the project topics (1 for the local "
         "single-node broker; 3 in production).",
     )
+    producer_compression: Literal["none", "gzip", "lz4", "zstd"] = Field(
+        "none",
+        description="Default none. Compression of every record the worker writes (outputs and "
+        "changelogs). lz4 and zstd need the `cramjam` package (`pip install "
+        "'loyalty-scorer[compression]'`). See README \"Performance\" for what it costs and saves.",
+    )
 
     # --- Topic names -----------------------------------------------------------------
     topic_purchases: str = Field(
@@ -149,6 +155,15 @@ class Settings(BaseSettings):
         description="Default 200. Records the state agent folds per batch: their outputs are "
         "acknowledged by the broker together, then their states written (1 = one round trip "
         "per record).",
+    )
+    state_cache_size: int = Field(
+        50_000, ge=0,
+        description="Default 50000. Customers whose live state the agent keeps in memory "
+        "between their events (least recently written dropped first), so an event that "
+        "arrives in order is appended to the customer's folded history instead of decoding "
+        "the state and re-folding its open buffer. Only a cache: the table stays the truth "
+        "(an entry is used only while its row holds exactly the bytes it encoded to). "
+        "0 disables it.",
     )
     batch_within_s: float = Field(
         0.02, gt=0,
@@ -285,6 +300,17 @@ class Settings(BaseSettings):
             raise ValueError("broker must name at least one host:port")
         for host in hosts:
             _parse_host_port(host)
+        return value
+
+    @field_validator("producer_compression")
+    @classmethod
+    def _check_codec(cls, value: str) -> str:
+        # aiokafka would fail only when the producer starts, with a traceback.
+        import importlib.util
+
+        if value in ("lz4", "zstd") and importlib.util.find_spec("cramjam") is None:
+            raise ValueError(f"{value} needs the cramjam package: "
+                             "pip install 'loyalty-scorer[compression]'")
         return value
 
     @field_validator("policy_file", mode="before")

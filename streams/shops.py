@@ -51,29 +51,39 @@ class TallyDelta:
 
     stage_before: str | None
     stage_after: str | None
-    # (day number, NPS class, touchpoint) of an accepted answer
-    feedback: tuple[int, int, str | None] | None = None
+    # (day number, NPS class, touchpoint) of each accepted answer
+    feedbacks: tuple[tuple[int, int, str | None], ...] = ()
     kpi_before: list[Any] | None = None
     kpi_after: list[Any] | None = None
 
     def apply(self, tally: ShopTally) -> ShopTally:
         """Apply to ``tally`` in place and return it."""
         tally.move(self.stage_before, self.stage_after)
-        if self.feedback is not None:
-            tally.add_feedback(self.feedback[0], self.feedback[1], touchpoint=self.feedback[2])
+        for day, cls, touchpoint in self.feedbacks:
+            tally.add_feedback(day, cls, touchpoint=touchpoint)
         if self.kpi_before != self.kpi_after:
             tally.add_contribution(self.kpi_before, -1)
             tally.add_contribution(self.kpi_after)
         return tally
 
+    def then(self, later: TallyDelta) -> TallyDelta:
+        """This change followed by ``later`` (the same customer's next change), as one.
+
+        Exact because stage moves and KPI contributions are differences:
+        ``before -> mid`` then ``mid -> after`` is ``before -> after``.
+        """
+        return TallyDelta(self.stage_before, later.stage_after, self.feedbacks + later.feedbacks,
+                          self.kpi_before, later.kpi_after)
+
 
 def delta_for_event(outcome: Any, event: Any, policy: ShopPolicy, was_new: bool) -> TallyDelta:
     """The tally change of an applied event (``was_new``: the customer had no row)."""
-    feedback = None
+    feedbacks: tuple[tuple[int, int, str | None], ...] = ()
     if event.type == "feedback" and outcome.status == "applied":
-        feedback = (day_of(to_us(event.occurred_at)), nps.classify(event.nps, policy), event.touchpoint)
+        feedbacks = ((day_of(to_us(event.occurred_at)), nps.classify(event.nps, policy),
+                      event.touchpoint),)
     before = None if was_new else outcome.stage_before
-    return TallyDelta(before, outcome.stage_after, feedback,
+    return TallyDelta(before, outcome.stage_after, feedbacks,
                       None if was_new else outcome.kpi_before, outcome.kpi_after)
 
 

@@ -14,7 +14,8 @@ must be added there.
 Modules: :mod:`.events` (a stand-in current event for table access outside a
 stream), :mod:`.producer` (flush hardening, the raw aiokafka producer),
 :mod:`.consumer` (seek and commit hooks, read offsets, pausing fetches,
-high-water marks), :mod:`.tables` (RocksDB partition databases, the
+high-water marks), :mod:`.delivery` (records to the streams without a task
+race per record), :mod:`.tables` (RocksDB partition databases, the
 persisted-offset key, the recovery hook).
 """
 
@@ -30,6 +31,7 @@ from streams.compat.consumer import (
     read_offsets,
     set_fetching,
 )
+from streams.compat.delivery import deliver_directly
 from streams.compat.events import partition_context
 from streams.compat.producer import aiokafka_producer, harden_producer_flush
 from streams.compat.tables import (
@@ -42,6 +44,7 @@ from streams.compat.tables import (
 
 __all__ = [
     "TOUCHES", "CompatError", "aiokafka_producer", "assignment", "cap_commits", "check",
+    "deliver_directly",
     "generation", "harden_producer_flush", "highwater", "on_recovery_offsets",
     "on_seek_to_committed", "open_rocksdict_partition", "partition_context",
     "persisted_offset_key", "read_offsets", "recovery_table", "rocksdict_partition",

@@ -7,12 +7,15 @@ tests/integration/test_service_*.py are the proof that the service works.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from datetime import UTC, datetime
 
 import pytest
 
 from schemas import codec
+from scoring.clock import day_of
+from scoring.shop import ShopTally
 from streams.app import create_service
 from streams.compat import partition_context
 from streams.records import ORIGIN_HEADER, Record
@@ -25,9 +28,20 @@ NOW = datetime(2026, 1, 10, tzinfo=UTC)
 
 @pytest.fixture
 def service(tmp_path):
+    # Faust's table writes (the tallies) need a current event loop even here,
+    # and pytest-asyncio's async tests in earlier modules leave none behind.
+    policy = asyncio.get_event_loop_policy()
+    try:
+        before = policy.get_event_loop()
+    except RuntimeError:
+        before = None
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
     settings = Settings(app_id="unit-agents", store="memory://", partitions=4,
                         data_dir=tmp_path)
-    return create_service(settings, web_enabled=False, sweep_enabled=False)
+    yield create_service(settings, web_enabled=False, sweep_enabled=False)
+    asyncio.set_event_loop(before)
+    loop.close()
 
 
 def purchase(**kw: object) -> bytes:
@@ -106,7 +120,10 @@ def test_apply_then_exact_duplicate_changes_nothing(service) -> None:
     plan = proc.plan(rec, now=NOW)
     assert plan.status == "applied" and plan.state_write is not None
     kinds = {o.topic for o in plan.sends}
-    assert service.context.scores in kinds and service.context.rewards in kinds
+    assert service.context.rewards in kinds and service.context.scores not in kinds
+    [snapshot_out] = [o for o in proc.planner.settle([plan]).outputs
+                      if o[0] == service.context.scores.get_topic_name()]
+    assert codec.loads(snapshot_out[2])["customer_id"] == "c1"
     with partition_context(service.context.rekey.get_topic_name(), rec.partition):
         proc.write(plan)
     assert service.context.customers.get(message_key("s1", "c1")) == plan.state_write[1]
@@ -117,3 +134,50 @@ def test_apply_then_exact_duplicate_changes_nothing(service) -> None:
     conflict = proc.plan(record(purchase(amount=9999)), now=NOW)
     assert conflict.status == "rejected" and conflict.reason == "conflicting_duplicate"
     assert [o.topic for o in conflict.sends] == [service.context.dead_letter]
+
+
+def test_a_batch_writes_one_state_and_one_snapshot_per_customer(service) -> None:
+    """Coalescing: three records of one customer in a batch give one changelog record,
+    one score snapshot (the last state's) and the tally change of all three, exactly
+    what three one-record commits would leave."""
+    proc = service.processor
+    overlay: dict = {}
+    plans = []
+    for i, kw in enumerate([{}, {"type": "visit"}, {"amount": 700}]):
+        value = purchase(event_id=f"e{i}", order_id=f"o{i}",
+                         occurred_at=f"2026-01-0{5 + i}T10:00:00Z", **kw)
+        if kw.get("type") == "visit":
+            value = codec.dumps({k: v for k, v in codec.loads(value).items()
+                                 if k not in ("order_id", "amount", "currency")})
+        plan = proc.plan(record(value), now=NOW, overlay=overlay)
+        assert plan.status == "applied", plan.reason
+        overlay[plan.tally_delta[1]] = plan.state
+        plans.append(plan)
+    settled = proc.planner.settle(plans)
+    [change] = settled.changes
+    assert change.value == plans[-1].state_write[1]
+    scores = [o for o in settled.outputs if o[0] == service.context.scores.get_topic_name()]
+    assert len(scores) == 1 and codec.loads(scores[0][2])["purchase_days"] == 2
+    effects = [o for o in settled.outputs if o[0] != service.context.scores.get_topic_name()]
+    assert len(effects) == sum(len(p.sends) for p in plans)
+
+    one_by_one = ShopTally.empty()
+    for plan in plans:
+        plan.tally_delta[2].apply(one_by_one)
+    merged = change.delta.apply(ShopTally.empty())
+    policy = service.context.policies.for_shop("s1")
+    day = day_of(plans[-1].state.clock)
+    assert merged.figures("s1", day, policy) == one_by_one.figures("s1", day, policy)
+    assert merged.funnel == {k: v for k, v in one_by_one.funnel.items() if v}
+
+
+def test_the_state_cache_serves_the_live_state_only_while_the_row_holds_it(service) -> None:
+    proc = service.processor
+    rec = record(purchase())
+    plan = proc.plan(rec, now=NOW)
+    with partition_context(service.context.rekey.get_topic_name(), rec.partition):
+        proc.write(plan)
+    key = message_key("s1", "c1")
+    raw = service.context.rows.get(rec.partition, key)
+    assert proc.planner.states.get(key, raw) is plan.state  # the live object, head and all
+    assert proc.planner.states.get(key, raw + b" ") is not plan.state  # another writer's bytes

@@ -157,3 +157,22 @@ def test_message_key() -> None:
             message_key(shop, customer)
     with pytest.raises(ValueError):
         parse_message_key(b"no-separator")
+
+
+def test_a_compression_codec_without_its_library_is_refused_at_startup(monkeypatch) -> None:  # noqa: ANN001
+    import importlib.util
+
+    import pydantic
+
+    from streams.settings import Settings
+
+    assert Settings(producer_compression="gzip").producer_compression == "gzip"
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "cramjam" else real(name, *a))
+    try:
+        Settings(producer_compression="lz4")
+    except pydantic.ValidationError as exc:
+        assert "cramjam" in str(exc)
+    else:
+        raise AssertionError("lz4 without cramjam was accepted")
