@@ -11,7 +11,7 @@ import json
 import os
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -104,22 +104,64 @@ def test_bench_without_broker_says_how_to_start_it() -> None:
     assert proc.stdout == ""
 
 
-def test_fast_generator_gives_exact_counts_of_valid_events() -> None:
+def _valid_events(triples: list[tuple[str, bytes, bytes]]) -> dict[bytes, list]:
+    """Parse and fold every generated event; their parsed events by key, in stream order.
+
+    Fails unless each one is valid, routed by its type, keyed ``shop|customer``,
+    applied by the core, refunds an earlier order of the same customer (if a
+    refund) and redeems no more points than the customer has (if a redemption).
+    """
+    from collections import defaultdict
+
     from schemas.events import parse_event
     from schemas.policy import PolicyBook
-    from streams.bench.generator import StreamStats, fast_stream
+    from scoring import fold
     from streams.topics import message_key
+
+    policies, now = PolicyBook.load(None), datetime.now(UTC)
+    states: dict[bytes, object] = {}
+    events: dict[bytes, list] = defaultdict(list)
+    for typ, key, value in triples:
+        ev = parse_event(value, now=now, policies=policies)  # raises if invalid
+        assert ev.type == typ
+        assert key == message_key(ev.shop_id, ev.customer_id)
+        if typ == "refund":
+            assert ev.order_id in {e.order_id for e in events[key] if e.type == "purchase"}
+        out = fold.apply(states.get(key), ev, policies.for_shop(ev.shop_id))  # type: ignore[arg-type]
+        assert out.status == fold.APPLIED
+        assert not [e for e in out.effects if e.get("entry") == "redemption_rejected"]
+        states[key] = out.state
+        events[key].append(ev)
+    return events
+
+
+def test_fast_generator_gives_exact_counts_of_valid_events() -> None:
+    from streams.bench.generator import StreamStats, fast_stream
 
     stats = StreamStats()
     triples = list(fast_stream(2000, 150, seed=3, stats=stats))
     assert len(triples) == stats.events == 2000
     assert stats.customers == 150
-    policies, now = PolicyBook.load(None), datetime.now(UTC)
-    keys = set()
-    for typ, key, value in triples:
-        ev = parse_event(value, now=now, policies=policies)  # raises if invalid
-        assert ev.type == typ
-        assert key == message_key(ev.shop_id, ev.customer_id)
-        keys.add(key)
-    assert len(keys) == 150
+    assert len(_valid_events(triples)) == 150
     assert set(stats.by_type) == {"purchase", "visit", "feedback", "refund", "redemption"}
+
+
+def test_heavy_generator_gives_hot_customers_inside_the_lateness_window() -> None:
+    from schemas.policy import PolicyBook
+    from streams.bench.generator import StreamStats, heavy_stream
+
+    stats = StreamStats()
+    triples = list(heavy_stream(3000, 300, seed=3, heavy_customers=5, heavy_events=200,
+                                stats=stats))
+    assert len(triples) == stats.events == 3000
+    assert stats.customers == 300 and stats.generator == "heavy"
+    assert (stats.heavy_customers, stats.heavy_events_each) == (5, 200)
+    events = _valid_events(triples)
+    assert len(events) == 300
+    heavy = [k for k, evs in events.items() if len(evs) == 200]
+    assert len(heavy) == 5 and max(len(v) for k, v in events.items() if k not in heavy) < 200
+    lateness = PolicyBook.load(None).for_shop("fit-club").allowed_lateness_days
+    for k in heavy:
+        ts = [e.occurred_at for e in events[k]]
+        assert ts == sorted(ts) and ts[-1] - ts[0] < timedelta(days=lateness)
+    assert any({"refund", "redemption"} <= {e.type for e in events[k]} for k in heavy)
