@@ -28,6 +28,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from streams.bench.generator import HEAVY_CUSTOMERS, HEAVY_EVENTS, HEAVY_SHARE
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the bench options."""
@@ -42,9 +44,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--keep", action="store_true",
                         help="keep the topics, groups and /tmp/bench_<id> files")
-    parser.add_argument("--generator", choices=["fast", "synthetic"], default="fast",
-                        help="fast: exact counts, valid events (default); synthetic: "
-                             "streams.synthetic with faults, ~4.2 events per customer")
+    parser.add_argument("--generator", choices=["fast", "heavy", "synthetic"], default="fast",
+                        help="fast: exact counts, valid events (default); heavy: the fast "
+                             "mix plus a few hundred hot customers with hundreds of events "
+                             "each inside the lateness window (see --heavy-customers); "
+                             "synthetic: streams.synthetic with faults, ~4.2 events per customer")
+    parser.add_argument("--heavy-customers", type=int, default=HEAVY_CUSTOMERS, metavar="N",
+                        help=f"--generator heavy: hot customers (default {HEAVY_CUSTOMERS}); "
+                             f"each gets --heavy-events events, all within --span-days, at "
+                             f"most {HEAVY_SHARE * 100:.0f}%% of --events in all (fewer hot "
+                             f"customers in smaller runs: 20000 events -> 50)")
+    parser.add_argument("--heavy-events", type=int, default=HEAVY_EVENTS, metavar="N",
+                        help=f"--generator heavy: events of each hot customer "
+                             f"(default {HEAVY_EVENTS})")
     parser.add_argument("--seed", type=int, default=7,
                         help="random seed of the generated population (default 7)")
     parser.add_argument("--span-days", type=float, default=6.0,
@@ -133,7 +145,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     import signal
 
     from streams.bench import phases
-    from streams.bench.generator import StreamStats, fast_stream, synthetic_stream
+    from streams.bench.generator import StreamStats, fast_stream, heavy_stream, synthetic_stream
     from streams.bench.harness import BenchEnv, BenchError, check_broker
     from streams.bench.report import machine
     from streams.settings import get_settings
@@ -161,15 +173,27 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         _progress(args, f"run {env.app_id}: creating topics ({partitions} partitions)")
         await env.create_topics()
         stats = StreamStats()
-        stream = (fast_stream(args.events, args.customers, seed=args.seed,
-                              span_days=args.span_days, stats=stats)
-                  if args.generator == "fast"
-                  else synthetic_stream(args.customers, seed=args.seed, stats=stats))
+        if args.generator == "synthetic":
+            stream = synthetic_stream(args.customers, seed=args.seed, stats=stats)
+        elif args.generator == "heavy":
+            try:
+                stream = heavy_stream(args.events, args.customers, seed=args.seed,
+                                      span_days=args.span_days, stats=stats,
+                                      heavy_customers=args.heavy_customers,
+                                      heavy_events=args.heavy_events)
+            except ValueError as exc:
+                raise BenchError(str(exc)) from exc
+        else:
+            stream = fast_stream(args.events, args.customers, seed=args.seed,
+                                 span_days=args.span_days, stats=stats)
         t0 = loop.time()
         total = await env.preload(stream, compression=None if args.compression == "none"
                                   else args.compression)
         observed["preload_s"] = round(loop.time() - t0, 2)
         observed["event_types"] = stats.by_type
+        if stats.generator == "heavy":
+            observed["heavy"] = {"customers": stats.heavy_customers,
+                                 "events_each": stats.heavy_events_each}
         _progress(args, f"preloaded {total} events for {stats.customers} customers "
                         f"in {observed['preload_s']} s")
 
@@ -287,6 +311,8 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
             "params": {"events": total, "customers": args.customers,
                        "partitions": partitions, "generator": stats.generator,
                        "seed": args.seed, "span_days": args.span_days,
+                       "heavy_customers": args.heavy_customers,
+                       "heavy_events": args.heavy_events,
                        "latency_seconds": args.latency_seconds,
                        "latency_rate": args.latency_rate,
                        "compression": args.compression, "app_id": env.app_id,
