@@ -9,6 +9,9 @@ unless --keep):
   2. baseline_events_per_s: a plain aiokafka consume-parse-produce-commit loop;
   3. events_per_s and cold_start_s: a cold `loyalty worker` on the same input,
      until its committed offsets reach the end of every input partition;
+     events_per_cpu_s divides the same events by the CPU seconds the worker
+     used meanwhile (start-up excluded), baseline_events_per_cpu_s likewise
+     for the baseline; cpu_ratio and wall_ratio are service / baseline;
   4. latency_p50_ms / latency_p99_ms: produce -> output snapshot on the scores
      topic, at half the measured events_per_s, for --latency-seconds;
   5. rss_mb: the worker's peak RSS with the population in its table;
@@ -16,9 +19,10 @@ unless --keep):
      until the table is rebuilt from its changelog.
 
 Needs the local broker (`loyalty broker start`). The default size takes
-about 3-5 minutes on 2 cores; the figures depend on the machine, so compare
-events_per_s with baseline_events_per_s of the same run. See README
-"Performance" for what each number means.
+about 3-5 minutes on 2 cores; the figures depend on the machine and its other
+load, so compare with the baseline of the same run, per CPU-second first
+(cpu_ratio is the headline). See README "Performance" for what each number
+means.
 """
 
 from __future__ import annotations
@@ -109,6 +113,16 @@ def run(args: argparse.Namespace) -> int:
 
         print(table(result))
     return 0
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    """``round`` that passes None through (a figure that could not be measured)."""
+    return None if value is None else round(value, digits)
+
+
+def _ratio(service: float | None, baseline: float | None) -> float | None:
+    """``service / baseline`` to 4 significant digits (ratios far below 1 are the usual)."""
+    return float(f"{service / baseline:.4g}") if service and baseline else None
 
 
 def _progress(args: argparse.Namespace, message: str) -> None:
@@ -221,12 +235,12 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         observed["processed_s"] = round(tput.processed_at_s, 3)
         observed["worker_cpu_s"] = None if tput.worker_cpu_s is None else round(
             tput.worker_cpu_s, 2)
+        observed["measured_events"] = tput.measured_events
         observed["statuses"] = tput.statuses
-        if tput.worker_cpu_s and base["cpu_s"]:
-            observed["events_per_cpu_s"] = {
-                "service": round(total / tput.worker_cpu_s, 1),
-                "baseline": round(total / base["cpu_s"], 1)}
-        _progress(args, f"throughput: {tput.events_per_s:,.0f} events/s "
+        cpu_rate = tput.events_per_cpu_s
+        base_cpu_rate = total / base["cpu_s"] if base["cpu_s"] else None
+        _progress(args, f"throughput: {tput.events_per_s:,.0f} events/s, "
+                        f"{cpu_rate or 0:,.0f} per CPU-second "
                         f"(cold start {tput.cold_start_s:.1f} s)")
 
         if profiler is not None:
@@ -298,6 +312,10 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
                             f"peak RSS {pop['rss_mb']:,.0f} MiB")
         observed["loadavg_end"] = phases.loadavg()
         return {
+            "events_per_cpu_s": _round(cpu_rate, 1),
+            "baseline_events_per_cpu_s": _round(base_cpu_rate, 1),
+            "cpu_ratio": _ratio(cpu_rate, base_cpu_rate),
+            "wall_ratio": _ratio(tput.events_per_s, base["events_per_s"]),
             "events_per_s": round(tput.events_per_s, 1),
             "baseline_events_per_s": round(base["events_per_s"], 1),
             "cold_start_s": round(tput.cold_start_s, 3),

@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-KEYS = {"events_per_s", "baseline_events_per_s", "cold_start_s", "latency_p50_ms",
-        "latency_p99_ms", "rss_mb", "customers", "recovery_customers_per_s",
-        "population", "machine", "params"}
+KEYS = {"events_per_cpu_s", "baseline_events_per_cpu_s", "cpu_ratio", "wall_ratio",
+        "events_per_s", "baseline_events_per_s", "cold_start_s", "latency_p50_ms",
+        "latency_p99_ms", "rss_mb", "customers",
+        "recovery_customers_per_s", "population", "machine", "params"}
 
 
 def _bench(*args: str, broker: str, timeout: float) -> subprocess.CompletedProcess[str]:
@@ -48,6 +49,12 @@ def test_bench_tiny_run_reports_every_figure_and_cleans_up(bootstrap: str) -> No
 
     assert result["events_per_s"] > 0
     assert result["baseline_events_per_s"] > 0
+    # The headline: per CPU-second, and both ratios to the baseline.
+    assert result["events_per_cpu_s"] > 0 and result["baseline_events_per_cpu_s"] > 0
+    assert result["cpu_ratio"] == pytest.approx(
+        result["events_per_cpu_s"] / result["baseline_events_per_cpu_s"], rel=2e-3)
+    assert result["wall_ratio"] == pytest.approx(
+        result["events_per_s"] / result["baseline_events_per_s"], rel=2e-3)
     assert result["cold_start_s"] > 0
     assert 0 < result["latency_p50_ms"] <= result["latency_p99_ms"]
     assert result["latency_p99_ms"] < 60_000
@@ -67,6 +74,7 @@ def test_bench_tiny_run_reports_every_figure_and_cleans_up(bootstrap: str) -> No
     # Every preloaded event went through the worker; nothing was lost in the latency phase.
     assert obs["statuses"]["consumed"] >= 3000
     assert obs["latency"]["matched"] == obs["latency"]["sent"] > 0
+    assert 0 < obs["worker_cpu_s"] and 0 < obs["measured_events"] <= 3000
     machine = result["machine"]
     assert machine["cores"] >= 1 and machine["python"] and machine["kafka"]
     assert datetime.fromisoformat(machine["date"].replace("Z", "+00:00")) <= datetime.now(UTC)
