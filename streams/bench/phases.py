@@ -3,7 +3,8 @@
 1. :func:`baseline` - the plain aiokafka loop (:mod:`streams.bench.baseline`)
    over the preloaded input, in a subprocess.
 2. :func:`throughput` - a cold ``loyalty worker`` on the same preloaded input.
-3. :func:`latency` - the same worker, caught up, under a fixed offered load.
+3. :func:`latency` - the same worker, caught up, under a fixed offered load:
+   half the measured maximum, then a fixed 1 000 events/s.
 4. :func:`recovery` - stop, wipe the local stores, restart, wait for the table.
 
 Every wait is bounded; a timeout raises :class:`BenchError` naming the phase
@@ -207,6 +208,16 @@ class Latency:
         """False when latency grew during the phase: the worker queued, it did not keep up."""
         return self.p50_last_quarter_ms <= 2 * self.p50_first_quarter_ms + 50
 
+    def observed(self) -> dict[str, Any]:
+        """The conditions of the phase, for ``params.observed`` (rounded, JSON-ready)."""
+        return {"offered_per_s": round(self.offered_per_s, 1),
+                "achieved_per_s": round(self.achieved_per_s, 1),
+                "sent": self.sent, "matched": self.matched,
+                "p50_ms": round(self.p50_ms, 2), "p99_ms": round(self.p99_ms, 2),
+                "mean_ms": round(self.mean_ms, 2), "max_ms": round(self.max_ms, 2),
+                "p50_first_quarter_ms": round(self.p50_first_quarter_ms, 2),
+                "p50_last_quarter_ms": round(self.p50_last_quarter_ms, 2),
+                "kept_up": self.kept_up, "stalls": self.stalls[:20]}
 
 
 async def latency(env: BenchEnv, worker: WorkerProc, keys: list[bytes], rate: float,

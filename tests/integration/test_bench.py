@@ -19,7 +19,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 KEYS = {"events_per_cpu_s", "baseline_events_per_cpu_s", "cpu_ratio", "wall_ratio",
         "events_per_s", "baseline_events_per_s", "cold_start_s", "latency_p50_ms",
-        "latency_p99_ms", "rss_mb", "customers",
+        "latency_p99_ms", "latency_p99_ms_at_1000", "rss_mb", "customers",
         "recovery_customers_per_s", "population", "machine", "params"}
 
 
@@ -40,8 +40,9 @@ def _is_our_worker(pid: int) -> bool:
 
 @pytest.mark.timeout(240)
 def test_bench_tiny_run_reports_every_figure_and_cleans_up(bootstrap: str) -> None:
+    # Two latency phases (half the max rate, then 1000/s) of 2.5 s: as long as one was.
     proc = _bench("--events", "3000", "--customers", "300", "--partitions", "2",
-                  "--latency-seconds", "5", "--population", "2000", "--json",
+                  "--latency-seconds", "2.5", "--population", "2000", "--json",
                   broker=f"kafka://{bootstrap}", timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
@@ -55,6 +56,7 @@ def test_bench_tiny_run_reports_every_figure_and_cleans_up(bootstrap: str) -> No
         result["events_per_cpu_s"] / result["baseline_events_per_cpu_s"], rel=2e-3)
     assert result["wall_ratio"] == pytest.approx(
         result["events_per_s"] / result["baseline_events_per_s"], rel=2e-3)
+    assert 0 < result["latency_p99_ms_at_1000"] < 60_000
     assert result["cold_start_s"] > 0
     assert 0 < result["latency_p50_ms"] <= result["latency_p99_ms"]
     assert result["latency_p99_ms"] < 60_000
@@ -74,6 +76,9 @@ def test_bench_tiny_run_reports_every_figure_and_cleans_up(bootstrap: str) -> No
     # Every preloaded event went through the worker; nothing was lost in the latency phase.
     assert obs["statuses"]["consumed"] >= 3000
     assert obs["latency"]["matched"] == obs["latency"]["sent"] > 0
+    fixed = obs["latency_at_1000"]
+    assert fixed["offered_per_s"] == 1000 and 0 < fixed["matched"] <= fixed["sent"]
+    assert fixed["p99_ms"] == result["latency_p99_ms_at_1000"]
     assert 0 < obs["worker_cpu_s"] and 0 < obs["measured_events"] <= 3000
     machine = result["machine"]
     assert machine["cores"] >= 1 and machine["python"] and machine["kafka"]
