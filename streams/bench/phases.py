@@ -359,6 +359,30 @@ async def latency(env: BenchEnv, worker: WorkerProc, keys: list[bytes], rate: fl
                    p50_first_quarter_ms=_pct(first_q, 50), p50_last_quarter_ms=_pct(last_q, 50))
 
 
+async def catch_up(env: BenchEnv, worker: WorkerProc, timeout_s: float) -> float:
+    """Wait until ``worker`` has committed everything produced so far; returns the seconds.
+
+    After a latency phase the worker did not keep up with, its backlog would
+    otherwise be folded during the next phase (the recovery's restart).
+    """
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    started = time.monotonic()
+    ends = await env.end_offsets(env.input_topics)
+    admin = AIOKafkaAdminClient(bootstrap_servers=env.bootstrap)
+    await admin.start()
+    try:
+        while not await _all_committed(env, admin, ends):
+            if time.monotonic() - started > timeout_s:
+                raise BenchError(f"the worker did not work off the latency phase's backlog in "
+                                 f"{timeout_s:.0f} s; worker log:\n{worker.log_tail()}")
+            worker.check_alive()
+            await asyncio.sleep(POLL_S)
+    finally:
+        await admin.close()
+    return time.monotonic() - started
+
+
 def _stalls(samples: list[tuple[float, float]], threshold_ms: float,
             ) -> list[tuple[float, float, int, float]]:
     """Group the events at or above ``threshold_ms`` into bursts by send time.

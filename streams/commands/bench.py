@@ -265,6 +265,9 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
 
         lat = await latency_at(args.latency_rate or max(1.0, tput.events_per_s / 2), "latency")
         lat_fixed = await latency_at(FIXED_RATE, "latency_at_1000")
+        if lat_fixed.matched < lat_fixed.sent:  # a backlog would be folded during recovery
+            _progress(args, "latency: waiting for the worker to work off its backlog")
+            observed["catch_up_s"] = round(await phases.catch_up(env, worker, timeout), 1)
         if profiler is not None:
             _stop_profile(profiler)
             profiler = None
