@@ -1,6 +1,6 @@
 """Input streams for the benchmark, as ``(event_type, key, value)`` triples in arrival order.
 
-Two generators:
+Three generators:
 
 * :func:`fast_stream` (default) - exactly ``events`` valid contract-v1 events
   over exactly ``min(events, customers)`` customers in 5 shops. Every customer
@@ -10,11 +10,22 @@ Two generators:
   follows :mod:`streams.synthetic`'s (purchases ~45 %, visits ~35 %, feedback
   ~12 %, refunds and redemptions ~4 % each); a refund always refers to an
   earlier order of the customer and a redemption never asks for more points
-  than the purchases earned, so almost every event changes state. Events are
+  than the purchases earned net of refund clawbacks (a lower bound of the
+  core's balance), so almost every event changes state. Events are
   spread over ``span_days`` ending a few minutes before the wall clock (the
   service rejects timestamps in the future), in time order per customer.
   Generation is vectorised with numpy and streams its output (nothing is held
   per event), about 200 000 events/s on one core, so 10^6 customers are fine.
+* :func:`heavy_stream` - the fast stream with a few hundred hot customers:
+  :data:`HEAVY_CUSTOMERS` (300) customers get :data:`HEAVY_EVENTS` (200)
+  events each, at most :data:`HEAVY_SHARE` (half) of all events, so smaller
+  runs get fewer heavy customers (:func:`heavy_plan`: 100 000 events -> 250
+  x 200, 20 000 -> 50 x 200). Their events, like everyone's, are in time
+  order per customer and inside ``span_days``, which must be less than the
+  7-day allowed lateness, so every one of them is folded. The remaining
+  events are the fast stream's mix over the other customers; the counts are
+  exact and the refunds and redemptions valid in the same way (it is the
+  same generator with the heavy customers' events fixed instead of drawn).
 * :func:`synthetic_stream` - :func:`streams.synthetic.generate` with its
   segments and injected faults (duplicates, late, too-late, misrouted and
   invalid records). Its event count follows from the customer count (about
@@ -40,6 +51,10 @@ _MIX = (("purchase", 0.45), ("visit", 0.80), ("feedback", 0.92), ("refund", 0.96
         ("redemption", 1.0))
 _CHANNELS = ("store", "web", "app")
 _REWARDS = ("coffee", "voucher", "tote")
+#: heavy generator defaults: hot customers, events each, at most this share of all events
+HEAVY_CUSTOMERS = 300
+HEAVY_EVENTS = 200
+HEAVY_SHARE = 0.5
 
 
 @dataclass
@@ -53,6 +68,8 @@ class StreamStats:
     first_us: int | None = None
     last_us: int | None = None
     keys_sample: list[bytes] = field(default_factory=list)  # customer keys, for latency
+    heavy_customers: int = 0  # heavy generator: customers with heavy_events_each events
+    heavy_events_each: int = 0
 
 
 def customer_ids(customers: int) -> list[tuple[str, str]]:
@@ -94,10 +111,61 @@ def fast_stream(events: int, customers: int, *, seed: int = 7, span_days: float 
     ``end`` (default: wall clock minus 5 minutes) is the newest ``occurred_at``.
     ``stats`` is filled as the stream is consumed.
     """
-    import numpy as np
-
     stats = stats if stats is not None else StreamStats()
     stats.generator = "fast"
+    return _stream(events, customers, seed=seed, span_days=span_days, end=end, stats=stats)
+
+
+def heavy_plan(events: int, customers: int, heavy_customers: int = HEAVY_CUSTOMERS,
+               heavy_events: int = HEAVY_EVENTS) -> tuple[int, int]:
+    """``(heavy customers, events each)`` of :func:`heavy_stream` for a run of this size.
+
+    ``heavy_events`` each, but at most :data:`HEAVY_SHARE` of ``events`` in
+    all: the number of heavy customers shrinks first (down to one), then the
+    events each; every other customer keeps its one first event, and at least
+    one customer stays in the normal mix.
+    """
+    n_cust = min(events, customers)
+    budget = int(events * HEAVY_SHARE)
+    n_heavy = min(heavy_customers, n_cust - 1, max(1, budget // max(1, heavy_events)))
+    if n_heavy <= 0:
+        return 0, 0
+    spare = min(budget, events - n_cust)  # events beyond every customer's first one
+    return n_heavy, 1 + min(heavy_events - 1, spare // n_heavy)
+
+
+def heavy_stream(events: int, customers: int, *, seed: int = 7, span_days: float = 6.0,
+                 heavy_customers: int = HEAVY_CUSTOMERS, heavy_events: int = HEAVY_EVENTS,
+                 end: datetime | None = None, stats: StreamStats | None = None,
+                 ) -> Iterator[Triple]:
+    """:func:`fast_stream` with hot customers: see :func:`heavy_plan` for how many.
+
+    The heavy customers are the first ones (spread over the shops); each gets
+    exactly the planned number of events, the others share the rest like in
+    the fast stream. Raises :class:`ValueError` unless ``span_days`` is less
+    than the default policy's allowed lateness (all of a heavy customer's
+    events must fit in its window).
+    """
+    from schemas.policy import PolicyBook
+
+    lateness = PolicyBook.load(None).for_shop(SHOP_NAMES[0]).allowed_lateness_days
+    if not span_days < lateness:
+        raise ValueError(f"the heavy generator needs span_days < the allowed lateness "
+                         f"({lateness} days), got {span_days}")
+    stats = stats if stats is not None else StreamStats()
+    stats.generator = "heavy"
+    stats.heavy_customers, stats.heavy_events_each = heavy_plan(events, customers,
+                                                                heavy_customers, heavy_events)
+    return _stream(events, customers, seed=seed, span_days=span_days, end=end, stats=stats,
+                   heavy=stats.heavy_customers, heavy_each=stats.heavy_events_each)
+
+
+def _stream(events: int, customers: int, *, seed: int, span_days: float,
+            end: datetime | None, stats: StreamStats, heavy: int = 0, heavy_each: int = 0,
+            ) -> Iterator[Triple]:
+    """The fast stream; customers ``0..heavy-1`` get exactly ``heavy_each`` events each."""
+    import numpy as np
+
     n_cust = min(events, customers)
     if n_cust <= 0:
         return
@@ -110,8 +178,12 @@ def fast_stream(events: int, customers: int, *, seed: int = 7, span_days: float 
     first = start_us + (rng.random(n_cust) * 0.8 * span_us).astype(np.int64)
     extra = events - n_cust
     weights = rng.lognormal(0.0, 1.2, n_cust)
-    owner = rng.choice(n_cust, size=extra, p=weights / weights.sum()) if extra else \
+    weights[:heavy] = 0.0  # their extra events are fixed, not drawn
+    hot = np.repeat(np.arange(heavy), heavy_each - 1) if heavy else np.empty(0, dtype=np.int64)
+    drawn = extra - len(hot)
+    owner = rng.choice(n_cust, size=drawn, p=weights / weights.sum()) if drawn else \
         np.empty(0, dtype=np.int64)
+    owner = np.concatenate([hot, owner]) if heavy else owner
     t_extra = first[owner] + (rng.random(extra) * (end_us - first[owner])).astype(np.int64)
     who = np.concatenate([np.arange(n_cust), owner])
     when = np.concatenate([first, t_extra])
@@ -148,9 +220,12 @@ def fast_stream(events: int, customers: int, *, seed: int = 7, span_days: float 
                 typ = ev["type"] = "visit"
             else:
                 ev["order_id"], amount = lo
-                ev["amount"] = amount if roll < 0.94 else max(1, amount // 2)
+                refunded = ev["amount"] = amount if roll < 0.94 else max(1, amount // 2)
                 ev["currency"] = "USD"
                 last_order[c] = None  # refund an order once
+                # The core claws back the refunded share of the order's points
+                # (a debt if spent): without this, redemptions could overdraw.
+                points[c] -= (amount // 100) * refunded // amount
         elif typ == "redemption":
             want = 50 if points[c] >= 50 else 20
             if points[c] < want:

@@ -338,7 +338,8 @@ class BenchEnv:
     async def cleanup_broker(self) -> list[str]:
         """Delete this run's topics and consumer groups (best effort); returns topics deleted."""
         from aiokafka.admin import AIOKafkaAdminClient
-        from aiokafka.protocol.admin import DeleteGroupsRequest
+
+        from streams.compat import delete_consumer_group
 
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=20000)
         await admin.start()
@@ -347,9 +348,8 @@ class BenchEnv:
             if mine:
                 await admin.delete_topics(mine)
             for group in (self.app_id, self.baseline_group):
-                try:  # aiokafka has no delete_consumer_groups(); send the request directly
-                    node = await admin.find_coordinator(group)
-                    await admin._client.send(node, DeleteGroupsRequest([group]))
+                try:
+                    await delete_consumer_group(admin, group)
                 except Exception:  # noqa: BLE001 - an empty group expires on its own
                     pass
             return mine
@@ -367,6 +367,8 @@ async def topic_partitions(consumer: Any, topic: str, wait_s: float = 10.0) -> l
     """
     from aiokafka import TopicPartition
 
+    from streams.compat import refresh_topic_metadata
+
     deadline = time.monotonic() + wait_s
     while True:
         parts = consumer.partitions_for_topic(topic)
@@ -374,8 +376,7 @@ async def topic_partitions(consumer: Any, topic: str, wait_s: float = 10.0) -> l
             return [TopicPartition(topic, p) for p in sorted(parts)]
         if time.monotonic() > deadline:
             raise BenchError(f"topic {topic!r} has no partitions in the broker metadata")
-        consumer._client.add_topic(topic)  # aiokafka fetches metadata only for known topics
-        await consumer._client.force_metadata_update()
+        await refresh_topic_metadata(consumer, topic)
         await asyncio.sleep(0.1)
 
 

@@ -3,7 +3,8 @@
 1. :func:`baseline` - the plain aiokafka loop (:mod:`streams.bench.baseline`)
    over the preloaded input, in a subprocess.
 2. :func:`throughput` - a cold ``loyalty worker`` on the same preloaded input.
-3. :func:`latency` - the same worker, caught up, under a fixed offered load.
+3. :func:`latency` - the same worker, caught up, under a fixed offered load:
+   half the measured maximum, then a fixed 1 000 events/s.
 4. :func:`recovery` - stop, wipe the local stores, restart, wait for the table.
 
 Every wait is bounded; a timeout raises :class:`BenchError` naming the phase
@@ -56,8 +57,14 @@ class Throughput:
     cold_start_s: float
     seconds: float  # first observed processed event -> all offsets committed
     processed_at_s: float  # first observed processed event -> metric count reached N
-    worker_cpu_s: float | None
+    worker_cpu_s: float | None  # over ``seconds`` only (start-up excluded)
     statuses: dict[str, float] = field(default_factory=dict)
+    measured_events: int = 0  # events processed during ``seconds``
+
+    @property
+    def events_per_cpu_s(self) -> float | None:
+        """``measured_events / worker_cpu_s``: what the worker's CPU buys, start-up excluded."""
+        return self.measured_events / self.worker_cpu_s if self.worker_cpu_s else None
 
 
 async def baseline(env: BenchEnv, expected: int, timeout_s: float) -> dict[str, Any]:
@@ -109,6 +116,11 @@ async def throughput(env: BenchEnv, worker: WorkerProc, total: int, timeout_s: f
       of commit delay plus one poll period.
     * ``events_per_s = (N - events already counted at the first poll) / seconds``:
       the sustained rate, without the cold start.
+    * ``worker_cpu_s``: the worker's user + system CPU seconds
+      (``/proc/<pid>/stat``) sampled at that first poll and again at the moment
+      everything is committed, so the imports, topic check, group join and
+      table recovery of the start-up are not in it; ``events_per_cpu_s``
+      divides the same events as ``events_per_s`` by it.
     """
     import aiohttp
     from aiokafka.admin import AIOKafkaAdminClient
@@ -143,13 +155,12 @@ async def throughput(env: BenchEnv, worker: WorkerProc, total: int, timeout_s: f
                 if t_first is not None and (t_counted is not None or now - last_commit_check > 1):
                     last_commit_check = now
                     if await _all_committed(env, admin, ends):
-                        t_done = time.monotonic()
+                        t_done, cpu_done = time.monotonic(), cpu_seconds(worker.pid)
                         break
                 await asyncio.sleep(POLL_S)
     finally:
         await admin.close()
     assert t_first is not None and c_first is not None
-    cpu_now = cpu_seconds(worker.pid)
     seconds = max(t_done - t_first, 1e-6)
     statuses = parse_labelled(text or "", CONSUMED)
     applied = parse_metrics(text or "").get("loyalty_events_applied_total", 0.0)
@@ -160,15 +171,17 @@ async def throughput(env: BenchEnv, worker: WorkerProc, total: int, timeout_s: f
     summary.update({f"dead_letter:{k.split('=', 1)[1].strip(chr(34))}": v
                     for k, v in invalid.items()})
     summary["consumed"] = sum(statuses.values())
+    measured = total - int(c_first) if total > c_first else total
     return Throughput(
         events=total,
-        events_per_s=(total - c_first) / seconds if total > c_first else total / seconds,
+        events_per_s=measured / seconds,
         cold_start_s=t_first - worker.started_at,
         seconds=seconds,
         processed_at_s=(t_counted or t_done) - t_first,
-        worker_cpu_s=(cpu_now - cpu_first) if cpu_now is not None and cpu_first is not None
+        worker_cpu_s=(cpu_done - cpu_first) if cpu_done is not None and cpu_first is not None
         else None,
         statuses=summary,
+        measured_events=measured,
     )
 
 
@@ -194,6 +207,17 @@ class Latency:
     def kept_up(self) -> bool:
         """False when latency grew during the phase: the worker queued, it did not keep up."""
         return self.p50_last_quarter_ms <= 2 * self.p50_first_quarter_ms + 50
+
+    def observed(self) -> dict[str, Any]:
+        """The conditions of the phase, for ``params.observed`` (rounded, JSON-ready)."""
+        return {"offered_per_s": round(self.offered_per_s, 1),
+                "achieved_per_s": round(self.achieved_per_s, 1),
+                "sent": self.sent, "matched": self.matched,
+                "p50_ms": round(self.p50_ms, 2), "p99_ms": round(self.p99_ms, 2),
+                "mean_ms": round(self.mean_ms, 2), "max_ms": round(self.max_ms, 2),
+                "p50_first_quarter_ms": round(self.p50_first_quarter_ms, 2),
+                "p50_last_quarter_ms": round(self.p50_last_quarter_ms, 2),
+                "kept_up": self.kept_up, "stalls": self.stalls[:20]}
 
 
 async def latency(env: BenchEnv, worker: WorkerProc, keys: list[bytes], rate: float,
@@ -333,6 +357,30 @@ async def latency(env: BenchEnv, worker: WorkerProc, keys: list[bytes], rate: fl
                    achieved_per_s=sent_n / send_s if send_s > 0 else float(sent_n),
                    sent=sent_n, matched=len(ms), duration_s=send_s,
                    p50_first_quarter_ms=_pct(first_q, 50), p50_last_quarter_ms=_pct(last_q, 50))
+
+
+async def catch_up(env: BenchEnv, worker: WorkerProc, timeout_s: float) -> float:
+    """Wait until ``worker`` has committed everything produced so far; returns the seconds.
+
+    After a latency phase the worker did not keep up with, its backlog would
+    otherwise be folded during the next phase (the recovery's restart).
+    """
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    started = time.monotonic()
+    ends = await env.end_offsets(env.input_topics)
+    admin = AIOKafkaAdminClient(bootstrap_servers=env.bootstrap)
+    await admin.start()
+    try:
+        while not await _all_committed(env, admin, ends):
+            if time.monotonic() - started > timeout_s:
+                raise BenchError(f"the worker did not work off the latency phase's backlog in "
+                                 f"{timeout_s:.0f} s; worker log:\n{worker.log_tail()}")
+            worker.check_alive()
+            await asyncio.sleep(POLL_S)
+    finally:
+        await admin.close()
+    return time.monotonic() - started
 
 
 def _stalls(samples: list[tuple[float, float]], threshold_ms: float,

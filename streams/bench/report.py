@@ -18,11 +18,17 @@ from typing import Any
 
 #: the figures, in table order, with their units and a one-line meaning
 RESULT_KEYS: dict[str, tuple[str, str]] = {
+    "events_per_cpu_s": ("events/CPU-s", "service: events per CPU-second of the worker, "
+                         "start-up excluded (the headline: least sensitive to other load)"),
+    "baseline_events_per_cpu_s": ("events/CPU-s", "plain aiokafka loop on the same input"),
+    "cpu_ratio": ("x", "service / baseline, per CPU-second"),
+    "wall_ratio": ("x", "service / baseline, per wall-clock second (events_per_s)"),
     "events_per_s": ("events/s", "service throughput, cold start excluded, until all committed"),
     "baseline_events_per_s": ("events/s", "plain aiokafka loop on the same input"),
     "cold_start_s": ("s", "worker launch -> first event processed"),
     "latency_p50_ms": ("ms", "produce -> snapshot on scores, at half the max rate"),
     "latency_p99_ms": ("ms", "same, 99th percentile"),
+    "latency_p99_ms_at_1000": ("ms", "same, 99th percentile at a fixed 1000 events/s"),
     "rss_mb": ("MiB", "peak RSS of the worker with the preloaded population"),
     "customers": ("", "customers in the table"),
     "recovery_customers_per_s": ("customers/s", "table rebuild from the changelog after a wipe"),
@@ -70,8 +76,8 @@ def _fmt(value: Any) -> str:
             return f"{value:,.0f}"
         if value >= 10:
             return f"{value:.1f}"
-        return f"{value:.2f}"
-    return str(value)
+        return f"{value:.2f}" if value >= 1 else f"{value:.3f}"
+    return "n/a" if value is None else str(value)
 
 
 def table(result: dict[str, Any]) -> str:
@@ -79,18 +85,15 @@ def table(result: dict[str, Any]) -> str:
     lines = []
     width = max(len(k) for k in RESULT_KEYS)
     for key, (unit, meaning) in RESULT_KEYS.items():
-        lines.append(f"{key:<{width}}  {_fmt(result[key]):>12} {unit:<11}  {meaning}")
+        lines.append(f"{key:<{width}}  {_fmt(result[key]):>12} {unit:<12}  {meaning}")
     obs = result["params"].get("observed", {})
-    base = result["baseline_events_per_s"]
-    if base:
-        lines.append(f"{'service / baseline':<{width}}  {result['events_per_s'] / base:>12.2f}")
     pop = result.get("population")
     if pop:
         n = f"{pop['customers']:,}"
-        lines.append(f"{'population rss_mb':<{width}}  {_fmt(pop['rss_mb']):>12} {'MiB':<11}  "
+        lines.append(f"{'population rss_mb':<{width}}  {_fmt(pop['rss_mb']):>12} {'MiB':<12}  "
                      f"peak RSS with {n} customers in the table, after the first sweep")
         lines.append(f"{'population recovery':<{width}}  "
-                     f"{_fmt(pop['recovery_customers_per_s']):>12} {'customers/s':<11}  "
+                     f"{_fmt(pop['recovery_customers_per_s']):>12} {'customers/s':<12}  "
                      f"restore of {n} customers, one changelog record each (compacted)")
     lines.append("")
     m = result["machine"]

@@ -9,16 +9,21 @@ unless --keep):
   2. baseline_events_per_s: a plain aiokafka consume-parse-produce-commit loop;
   3. events_per_s and cold_start_s: a cold `loyalty worker` on the same input,
      until its committed offsets reach the end of every input partition;
+     events_per_cpu_s divides the same events by the CPU seconds the worker
+     used meanwhile (start-up excluded), baseline_events_per_cpu_s likewise
+     for the baseline; cpu_ratio and wall_ratio are service / baseline;
   4. latency_p50_ms / latency_p99_ms: produce -> output snapshot on the scores
-     topic, at half the measured events_per_s, for --latency-seconds;
+     topic, at half the measured events_per_s, for --latency-seconds; then
+     latency_p99_ms_at_1000 likewise at a fixed 1000 events/s;
   5. rss_mb: the worker's peak RSS with the population in its table;
   6. recovery_customers_per_s: stop, wipe the local stores, restart, time
      until the table is rebuilt from its changelog.
 
 Needs the local broker (`loyalty broker start`). The default size takes
-about 3-5 minutes on 2 cores; the figures depend on the machine, so compare
-events_per_s with baseline_events_per_s of the same run. See README
-"Performance" for what each number means.
+about 3-5 minutes on 2 cores; the figures depend on the machine and its other
+load, so compare with the baseline of the same run, per CPU-second first
+(cpu_ratio is the headline). See README "Performance" for what each number
+means.
 """
 
 from __future__ import annotations
@@ -27,6 +32,11 @@ import argparse
 import sys
 from pathlib import Path
 from typing import Any
+
+from streams.bench.generator import HEAVY_CUSTOMERS, HEAVY_EVENTS, HEAVY_SHARE
+
+#: offered rate of the second latency phase (``latency_p99_ms_at_1000``)
+FIXED_RATE = 1000.0
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -42,17 +52,28 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--keep", action="store_true",
                         help="keep the topics, groups and /tmp/bench_<id> files")
-    parser.add_argument("--generator", choices=["fast", "synthetic"], default="fast",
-                        help="fast: exact counts, valid events (default); synthetic: "
-                             "streams.synthetic with faults, ~4.2 events per customer")
+    parser.add_argument("--generator", choices=["fast", "heavy", "synthetic"], default="fast",
+                        help="fast: exact counts, valid events (default); heavy: the fast "
+                             "mix plus a few hundred hot customers with hundreds of events "
+                             "each inside the lateness window (see --heavy-customers); "
+                             "synthetic: streams.synthetic with faults, ~4.2 events per customer")
+    parser.add_argument("--heavy-customers", type=int, default=HEAVY_CUSTOMERS, metavar="N",
+                        help=f"--generator heavy: hot customers (default {HEAVY_CUSTOMERS}); "
+                             f"each gets --heavy-events events, all within --span-days, at "
+                             f"most {HEAVY_SHARE * 100:.0f}%% of --events in all (fewer hot "
+                             f"customers in smaller runs: 20000 events -> 50)")
+    parser.add_argument("--heavy-events", type=int, default=HEAVY_EVENTS, metavar="N",
+                        help=f"--generator heavy: events of each hot customer "
+                             f"(default {HEAVY_EVENTS})")
     parser.add_argument("--seed", type=int, default=7,
                         help="random seed of the generated population (default 7)")
     parser.add_argument("--span-days", type=float, default=6.0,
                         help="event-time span of the fast generator's stream (default 6: "
                              "less than the 7-day allowed lateness, see README)")
-    parser.add_argument("--latency-seconds", type=float, default=30.0,
-                        help="duration of the fixed-rate latency phase (default 30, i.e. "
-                             "at least one sweep with the default LOYALTY_SWEEP_INTERVAL_S)")
+    parser.add_argument("--latency-seconds", type=float, default=15.0,
+                        help="duration of each of the two fixed-rate latency phases (half the "
+                             "max rate, then 1000 events/s; default 15: together they span "
+                             "the default LOYALTY_SWEEP_INTERVAL_S, so one sweep falls in one)")
     parser.add_argument("--latency-rate", type=float, default=None,
                         help="offered events/s in the latency phase (default: half the measured "
                              "events_per_s, the rate at which the latency target applies)")
@@ -99,6 +120,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _round(value: float | None, digits: int) -> float | None:
+    """``round`` that passes None through (a figure that could not be measured)."""
+    return None if value is None else round(value, digits)
+
+
+def _ratio(service: float | None, baseline: float | None) -> float | None:
+    """``service / baseline`` to 4 significant digits (ratios far below 1 are the usual)."""
+    return float(f"{service / baseline:.4g}") if service and baseline else None
+
+
 def _progress(args: argparse.Namespace, message: str) -> None:
     # Progress goes to stderr so `--json` output stays one clean object.
     print(f"[bench] {message}", file=sys.stderr, flush=True)
@@ -133,7 +164,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     import signal
 
     from streams.bench import phases
-    from streams.bench.generator import StreamStats, fast_stream, synthetic_stream
+    from streams.bench.generator import StreamStats, fast_stream, heavy_stream, synthetic_stream
     from streams.bench.harness import BenchEnv, BenchError, check_broker
     from streams.bench.report import machine
     from streams.settings import get_settings
@@ -161,15 +192,27 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         _progress(args, f"run {env.app_id}: creating topics ({partitions} partitions)")
         await env.create_topics()
         stats = StreamStats()
-        stream = (fast_stream(args.events, args.customers, seed=args.seed,
-                              span_days=args.span_days, stats=stats)
-                  if args.generator == "fast"
-                  else synthetic_stream(args.customers, seed=args.seed, stats=stats))
+        if args.generator == "synthetic":
+            stream = synthetic_stream(args.customers, seed=args.seed, stats=stats)
+        elif args.generator == "heavy":
+            try:
+                stream = heavy_stream(args.events, args.customers, seed=args.seed,
+                                      span_days=args.span_days, stats=stats,
+                                      heavy_customers=args.heavy_customers,
+                                      heavy_events=args.heavy_events)
+            except ValueError as exc:
+                raise BenchError(str(exc)) from exc
+        else:
+            stream = fast_stream(args.events, args.customers, seed=args.seed,
+                                 span_days=args.span_days, stats=stats)
         t0 = loop.time()
         total = await env.preload(stream, compression=None if args.compression == "none"
                                   else args.compression)
         observed["preload_s"] = round(loop.time() - t0, 2)
         observed["event_types"] = stats.by_type
+        if stats.generator == "heavy":
+            observed["heavy"] = {"customers": stats.heavy_customers,
+                                 "events_each": stats.heavy_events_each}
         _progress(args, f"preloaded {total} events for {stats.customers} customers "
                         f"in {observed['preload_s']} s")
 
@@ -197,31 +240,34 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         observed["processed_s"] = round(tput.processed_at_s, 3)
         observed["worker_cpu_s"] = None if tput.worker_cpu_s is None else round(
             tput.worker_cpu_s, 2)
+        observed["measured_events"] = tput.measured_events
         observed["statuses"] = tput.statuses
-        if tput.worker_cpu_s and base["cpu_s"]:
-            observed["events_per_cpu_s"] = {
-                "service": round(total / tput.worker_cpu_s, 1),
-                "baseline": round(total / base["cpu_s"], 1)}
-        _progress(args, f"throughput: {tput.events_per_s:,.0f} events/s "
+        cpu_rate = tput.events_per_cpu_s
+        base_cpu_rate = total / base["cpu_s"] if base["cpu_s"] else None
+        _progress(args, f"throughput: {tput.events_per_s:,.0f} events/s, "
+                        f"{cpu_rate or 0:,.0f} per CPU-second "
                         f"(cold start {tput.cold_start_s:.1f} s)")
 
         if profiler is not None:
             _stop_profile(profiler)
             profiler = _start_profile(spy, worker.pid, args.profile / "latency.speedscope.json")
-        rate = args.latency_rate or max(1.0, tput.events_per_s / 2)
-        _progress(args, f"latency: {rate:,.0f} events/s for {args.latency_seconds:.0f} s")
-        lat = await phases.latency(env, worker, stats.keys_sample, rate, args.latency_seconds)
-        observed["latency"] = {"offered_per_s": round(lat.offered_per_s, 1),
-                               "achieved_per_s": round(lat.achieved_per_s, 1),
-                               "sent": lat.sent, "matched": lat.matched,
-                               "mean_ms": round(lat.mean_ms, 2), "max_ms": round(lat.max_ms, 2),
-                               "p50_first_quarter_ms": round(lat.p50_first_quarter_ms, 2),
-                               "p50_last_quarter_ms": round(lat.p50_last_quarter_ms, 2),
-                               "kept_up": lat.kept_up, "stalls": lat.stalls[:20]}
-        if not lat.kept_up:
-            _progress(args, "latency: the worker did not keep up with the offered rate "
-                            "(latency grew during the phase); p50/p99 include queueing")
-        _progress(args, f"latency: p50 {lat.p50_ms:.1f} ms, p99 {lat.p99_ms:.1f} ms")
+
+        async def latency_at(rate: float, name: str) -> phases.Latency:
+            _progress(args, f"latency: {rate:,.0f} events/s for {args.latency_seconds:g} s")
+            lat = await phases.latency(env, worker, stats.keys_sample, rate,
+                                       args.latency_seconds)
+            observed[name] = lat.observed()
+            if not lat.kept_up:
+                _progress(args, "latency: the worker did not keep up with the offered rate "
+                                "(latency grew during the phase); p50/p99 include queueing")
+            _progress(args, f"latency: p50 {lat.p50_ms:.1f} ms, p99 {lat.p99_ms:.1f} ms")
+            return lat
+
+        lat = await latency_at(args.latency_rate or max(1.0, tput.events_per_s / 2), "latency")
+        lat_fixed = await latency_at(FIXED_RATE, "latency_at_1000")
+        if lat_fixed.matched < lat_fixed.sent:  # a backlog would be folded during recovery
+            _progress(args, "latency: waiting for the worker to work off its backlog")
+            observed["catch_up_s"] = round(await phases.catch_up(env, worker, timeout), 1)
         if profiler is not None:
             _stop_profile(profiler)
             profiler = None
@@ -274,11 +320,16 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
                             f"peak RSS {pop['rss_mb']:,.0f} MiB")
         observed["loadavg_end"] = phases.loadavg()
         return {
+            "events_per_cpu_s": _round(cpu_rate, 1),
+            "baseline_events_per_cpu_s": _round(base_cpu_rate, 1),
+            "cpu_ratio": _ratio(cpu_rate, base_cpu_rate),
+            "wall_ratio": _ratio(tput.events_per_s, base["events_per_s"]),
             "events_per_s": round(tput.events_per_s, 1),
             "baseline_events_per_s": round(base["events_per_s"], 1),
             "cold_start_s": round(tput.cold_start_s, 3),
             "latency_p50_ms": round(lat.p50_ms, 2),
             "latency_p99_ms": round(lat.p99_ms, 2),
+            "latency_p99_ms_at_1000": round(lat_fixed.p99_ms, 2),
             "rss_mb": round(rss, 1),
             "customers": stats.customers,
             "recovery_customers_per_s": round(rec.customers_per_s, 1),
@@ -287,6 +338,8 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
             "params": {"events": total, "customers": args.customers,
                        "partitions": partitions, "generator": stats.generator,
                        "seed": args.seed, "span_days": args.span_days,
+                       "heavy_customers": args.heavy_customers,
+                       "heavy_events": args.heavy_events,
                        "latency_seconds": args.latency_seconds,
                        "latency_rate": args.latency_rate,
                        "compression": args.compression, "app_id": env.app_id,

@@ -16,12 +16,15 @@ stream), :mod:`.producer` (flush hardening, the raw aiokafka producer),
 :mod:`.consumer` (seek and commit hooks, read offsets, pausing fetches,
 high-water marks), :mod:`.delivery` (records to the streams without a task
 race per record), :mod:`.tables` (RocksDB partition databases, the
-persisted-offset key, the recovery hook).
+persisted-offset key, the recovery hook), :mod:`.clients` (plain aiokafka
+clients of tools such as ``loyalty bench``: deleting a consumer group,
+fetching a topic's metadata).
 """
 
 from __future__ import annotations
 
 from streams.compat.check import TOUCHES, CompatError, check
+from streams.compat.clients import delete_consumer_group, refresh_topic_metadata
 from streams.compat.consumer import (
     assignment,
     cap_commits,
@@ -44,9 +47,8 @@ from streams.compat.tables import (
 
 __all__ = [
     "TOUCHES", "CompatError", "aiokafka_producer", "assignment", "cap_commits", "check",
-    "deliver_directly",
-    "generation", "harden_producer_flush", "highwater", "on_recovery_offsets",
-    "on_seek_to_committed", "open_rocksdict_partition", "partition_context",
-    "persisted_offset_key", "read_offsets", "recovery_table", "rocksdict_partition",
-    "set_fetching",
+    "delete_consumer_group", "deliver_directly", "generation", "harden_producer_flush",
+    "highwater", "on_recovery_offsets", "on_seek_to_committed", "open_rocksdict_partition",
+    "partition_context", "persisted_offset_key", "read_offsets", "recovery_table",
+    "refresh_topic_metadata", "rocksdict_partition", "set_fetching",
 ]

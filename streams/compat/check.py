@@ -19,6 +19,8 @@ class Touch:
     owner: str | None  # a class in ``module``; None: a module-level name
     name: str
     used_by: str  # the streams.compat function that relies on it
+    #: an undeclared instance attribute that ``owner.__init__`` sets (checked there)
+    set_in_init: bool = False
 
 
 #: Every name touched by streams/compat (keep in step with the modules).
@@ -58,15 +60,30 @@ TOUCHES: tuple[Touch, ...] = (
     Touch("faust.stores.rocksdb", "Store", "offset_key", "tables.persisted_offset_key"),
     Touch("faust.tables.recovery", "Recovery", "tp_to_table", "tables.recovery_table"),
     Touch("faust.tables.recovery", "Recovery", "_build_offsets", "tables.on_recovery_offsets"),
+    Touch("aiokafka.admin", "AIOKafkaAdminClient", "_client", "clients.delete_consumer_group",
+          set_in_init=True),
+    Touch("aiokafka.client", "AIOKafkaClient", "send", "clients.delete_consumer_group"),
+    Touch("aiokafka", "AIOKafkaConsumer", "_client", "clients.refresh_topic_metadata",
+          set_in_init=True),
+    Touch("aiokafka.client", "AIOKafkaClient", "add_topic", "clients.refresh_topic_metadata"),
+    Touch("aiokafka.client", "AIOKafkaClient", "force_metadata_update",
+          "clients.refresh_topic_metadata"),
 )
 
 
-def _has(owner: object, name: str) -> bool:
-    """``name`` is an attribute of ``owner`` or an instance attribute declared on its classes."""
+def _has(owner: object, name: str, set_in_init: bool = False) -> bool:
+    """``name`` is an attribute of ``owner`` or an instance attribute declared on its classes.
+
+    With ``set_in_init``, also one that ``owner``'s own ``__init__`` names
+    (aiokafka sets ``self._client`` there without declaring it).
+    """
     if hasattr(owner, name):
         return True
     mro = getattr(owner, "__mro__", ())
-    return any(name in vars(cls).get("__annotations__", {}) for cls in mro)
+    if any(name in vars(cls).get("__annotations__", {}) for cls in mro):
+        return True
+    code = getattr(getattr(owner, "__init__", None), "__code__", None)
+    return set_in_init and code is not None and name in code.co_names
 
 
 def versions() -> str:
@@ -89,6 +106,6 @@ def check(touches: tuple[Touch, ...] = TOUCHES) -> None:
         except (ImportError, AttributeError) as exc:
             raise CompatError(f"{versions()}: {where} is missing ({exc}); "
                               f"streams.compat.{touch.used_by} relies on it") from exc
-        if not _has(owner, touch.name):
+        if not _has(owner, touch.name, touch.set_in_init):
             raise CompatError(f"{versions()}: {where}.{touch.name} is missing; "
                               f"streams.compat.{touch.used_by} relies on it")

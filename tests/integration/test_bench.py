@@ -11,15 +11,16 @@ import json
 import os
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-KEYS = {"events_per_s", "baseline_events_per_s", "cold_start_s", "latency_p50_ms",
-        "latency_p99_ms", "rss_mb", "customers", "recovery_customers_per_s",
-        "population", "machine", "params"}
+KEYS = {"events_per_cpu_s", "baseline_events_per_cpu_s", "cpu_ratio", "wall_ratio",
+        "events_per_s", "baseline_events_per_s", "cold_start_s", "latency_p50_ms",
+        "latency_p99_ms", "latency_p99_ms_at_1000", "rss_mb", "customers",
+        "recovery_customers_per_s", "population", "machine", "params"}
 
 
 def _bench(*args: str, broker: str, timeout: float) -> subprocess.CompletedProcess[str]:
@@ -39,8 +40,9 @@ def _is_our_worker(pid: int) -> bool:
 
 @pytest.mark.timeout(240)
 def test_bench_tiny_run_reports_every_figure_and_cleans_up(bootstrap: str) -> None:
+    # Two latency phases (half the max rate, then 1000/s) of 2.5 s: as long as one was.
     proc = _bench("--events", "3000", "--customers", "300", "--partitions", "2",
-                  "--latency-seconds", "5", "--population", "2000", "--json",
+                  "--latency-seconds", "2.5", "--population", "2000", "--json",
                   broker=f"kafka://{bootstrap}", timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
@@ -48,6 +50,13 @@ def test_bench_tiny_run_reports_every_figure_and_cleans_up(bootstrap: str) -> No
 
     assert result["events_per_s"] > 0
     assert result["baseline_events_per_s"] > 0
+    # The headline: per CPU-second, and both ratios to the baseline.
+    assert result["events_per_cpu_s"] > 0 and result["baseline_events_per_cpu_s"] > 0
+    assert result["cpu_ratio"] == pytest.approx(
+        result["events_per_cpu_s"] / result["baseline_events_per_cpu_s"], rel=2e-3)
+    assert result["wall_ratio"] == pytest.approx(
+        result["events_per_s"] / result["baseline_events_per_s"], rel=2e-3)
+    assert 0 < result["latency_p99_ms_at_1000"] < 60_000
     assert result["cold_start_s"] > 0
     assert 0 < result["latency_p50_ms"] <= result["latency_p99_ms"]
     assert result["latency_p99_ms"] < 60_000
@@ -67,6 +76,10 @@ def test_bench_tiny_run_reports_every_figure_and_cleans_up(bootstrap: str) -> No
     # Every preloaded event went through the worker; nothing was lost in the latency phase.
     assert obs["statuses"]["consumed"] >= 3000
     assert obs["latency"]["matched"] == obs["latency"]["sent"] > 0
+    fixed = obs["latency_at_1000"]
+    assert fixed["offered_per_s"] == 1000 and 0 < fixed["matched"] <= fixed["sent"]
+    assert fixed["p99_ms"] == result["latency_p99_ms_at_1000"]
+    assert 0 < obs["worker_cpu_s"] and 0 < obs["measured_events"] <= 3000
     machine = result["machine"]
     assert machine["cores"] >= 1 and machine["python"] and machine["kafka"]
     assert datetime.fromisoformat(machine["date"].replace("Z", "+00:00")) <= datetime.now(UTC)
@@ -104,22 +117,64 @@ def test_bench_without_broker_says_how_to_start_it() -> None:
     assert proc.stdout == ""
 
 
-def test_fast_generator_gives_exact_counts_of_valid_events() -> None:
+def _valid_events(triples: list[tuple[str, bytes, bytes]]) -> dict[bytes, list]:
+    """Parse and fold every generated event; their parsed events by key, in stream order.
+
+    Fails unless each one is valid, routed by its type, keyed ``shop|customer``,
+    applied by the core, refunds an earlier order of the same customer (if a
+    refund) and redeems no more points than the customer has (if a redemption).
+    """
+    from collections import defaultdict
+
     from schemas.events import parse_event
     from schemas.policy import PolicyBook
-    from streams.bench.generator import StreamStats, fast_stream
+    from scoring import fold
     from streams.topics import message_key
+
+    policies, now = PolicyBook.load(None), datetime.now(UTC)
+    states: dict[bytes, object] = {}
+    events: dict[bytes, list] = defaultdict(list)
+    for typ, key, value in triples:
+        ev = parse_event(value, now=now, policies=policies)  # raises if invalid
+        assert ev.type == typ
+        assert key == message_key(ev.shop_id, ev.customer_id)
+        if typ == "refund":
+            assert ev.order_id in {e.order_id for e in events[key] if e.type == "purchase"}
+        out = fold.apply(states.get(key), ev, policies.for_shop(ev.shop_id))  # type: ignore[arg-type]
+        assert out.status == fold.APPLIED
+        assert not [e for e in out.effects if e.get("entry") == "redemption_rejected"]
+        states[key] = out.state
+        events[key].append(ev)
+    return events
+
+
+def test_fast_generator_gives_exact_counts_of_valid_events() -> None:
+    from streams.bench.generator import StreamStats, fast_stream
 
     stats = StreamStats()
     triples = list(fast_stream(2000, 150, seed=3, stats=stats))
     assert len(triples) == stats.events == 2000
     assert stats.customers == 150
-    policies, now = PolicyBook.load(None), datetime.now(UTC)
-    keys = set()
-    for typ, key, value in triples:
-        ev = parse_event(value, now=now, policies=policies)  # raises if invalid
-        assert ev.type == typ
-        assert key == message_key(ev.shop_id, ev.customer_id)
-        keys.add(key)
-    assert len(keys) == 150
+    assert len(_valid_events(triples)) == 150
     assert set(stats.by_type) == {"purchase", "visit", "feedback", "refund", "redemption"}
+
+
+def test_heavy_generator_gives_hot_customers_inside_the_lateness_window() -> None:
+    from schemas.policy import PolicyBook
+    from streams.bench.generator import StreamStats, heavy_stream
+
+    stats = StreamStats()
+    triples = list(heavy_stream(3000, 300, seed=3, heavy_customers=5, heavy_events=200,
+                                stats=stats))
+    assert len(triples) == stats.events == 3000
+    assert stats.customers == 300 and stats.generator == "heavy"
+    assert (stats.heavy_customers, stats.heavy_events_each) == (5, 200)
+    events = _valid_events(triples)
+    assert len(events) == 300
+    heavy = [k for k, evs in events.items() if len(evs) == 200]
+    assert len(heavy) == 5 and max(len(v) for k, v in events.items() if k not in heavy) < 200
+    lateness = PolicyBook.load(None).for_shop("fit-club").allowed_lateness_days
+    for k in heavy:
+        ts = [e.occurred_at for e in events[k]]
+        assert ts == sorted(ts) and ts[-1] - ts[0] < timedelta(days=lateness)
+    assert any({"refund", "redemption"} <= {e.type for e in events[k]} for k in heavy)

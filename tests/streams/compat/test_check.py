@@ -16,7 +16,8 @@ def test_every_touched_name_exists_in_the_installed_versions() -> None:
     compat.check()  # raises CompatError otherwise
     modules = {t.module for t in compat.TOUCHES}
     assert {"faust.streams", "faust.stores.rocksdb", "faust.tables.recovery",
-            "faust.transport.consumer", "faust.transport.drivers.aiokafka"} <= modules
+            "faust.transport.consumer", "faust.transport.drivers.aiokafka",
+            "aiokafka.admin", "aiokafka.client"} <= modules
 
 
 def test_a_missing_method_fails_naming_versions_and_name(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -41,4 +42,13 @@ def test_a_missing_declared_instance_attribute_fails(monkeypatch: pytest.MonkeyP
 def test_a_missing_module_fails_clearly() -> None:
     gone = Touch("faust.no_such_module", "Thing", "name", "events.partition_context")
     with pytest.raises(compat.CompatError, match=r"faust\.no_such_module\.Thing is missing"):
+        compat.check((gone,))
+
+
+def test_an_instance_attribute_set_in_init_counts_and_a_missing_one_fails() -> None:
+    compat.check((Touch("aiokafka", "AIOKafkaConsumer", "_client",
+                        "clients.refresh_topic_metadata", set_in_init=True),))
+    gone = Touch("aiokafka", "AIOKafkaConsumer", "_no_such_client",
+                 "clients.refresh_topic_metadata", set_in_init=True)
+    with pytest.raises(compat.CompatError, match=r"AIOKafkaConsumer\._no_such_client is missing"):
         compat.check((gone,))

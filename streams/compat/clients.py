@@ -1,0 +1,35 @@
+"""Private reads of plain aiokafka clients (the consumer and admin client the bench uses).
+
+Neither touches Faust: these are the aiokafka clients that tools such as
+``loyalty bench`` create themselves, outside the worker.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+async def delete_consumer_group(admin: Any, group: str) -> None:
+    """Delete consumer group ``group`` (it must have no members) through ``admin``.
+
+    Works around: aiokafka's ``AIOKafkaAdminClient`` has no
+    ``delete_consumer_groups()``; the request is sent to the group's
+    coordinator through the admin client's private ``_client``
+    (``AIOKafkaClient.send``). Raises whatever the request raises.
+    """
+    from aiokafka.protocol.admin import DeleteGroupsRequest
+
+    node = await admin.find_coordinator(group)
+    await admin._client.send(node, DeleteGroupsRequest([group]))
+
+
+async def refresh_topic_metadata(consumer: Any, topic: str) -> None:
+    """Make ``consumer`` fetch metadata for ``topic`` (e.g. before ``assign`` to it).
+
+    Works around: an ``AIOKafkaConsumer`` fetches metadata only for topics it
+    subscribed to or was assigned, so ``partitions_for_topic`` stays None for
+    any other. Adds the topic to the private ``_client`` (``AIOKafkaClient
+    .add_topic``) and forces an update (``force_metadata_update``).
+    """
+    consumer._client.add_topic(topic)
+    await consumer._client.force_metadata_update()
