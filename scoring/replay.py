@@ -1,7 +1,8 @@
 """Offline replay: the same fold as the service, over a JSON-lines file.
 
 Input lines are events in *arrival* order (as a Kafka partition would deliver
-them). Memory is the customer states plus one line at a time: the input is
+them); a ``forget`` line erases the customer it names at that point (whatever
+``as_of``). Memory is the customer states plus one line at a time: the input is
 streamed, never loaded whole.
 """
 
@@ -43,12 +44,15 @@ class ReplayResult:
     rejected: Counter = field(default_factory=Counter)  # reason -> count (too_late, conflicting_duplicate)
     applied: int = 0
     duplicates: int = 0
+    #: customers erased by a ``forget`` line (one that named no customer state is not counted)
+    forgotten: int = 0
     lines: int = 0
     skipped_after_as_of: int = 0
     max_ts: int | None = None
 
     def summary(self) -> dict[str, Any]:
         return {"lines": self.lines, "applied": self.applied, "duplicates": self.duplicates,
+                "forgotten": self.forgotten,
                 "invalid": dict(sorted(self.invalid.items())),
                 "rejected": dict(sorted(self.rejected.items())),
                 "after_as_of": self.skipped_after_as_of, "customers": len(self.states)}
@@ -85,11 +89,17 @@ def fold_lines(lines: Iterable[bytes | str], *, policies: PolicyBook, as_of: dat
             if on_reject is not None:
                 on_reject(lineno, line, exc.reason, exc.detail)
             continue
+        key = (event.shop_id, event.customer_id)
+        if event.type == "forget":
+            # Right to erasure, as the service does it: the state goes, and the
+            # customer's later lines start a new, empty history. Whatever
+            # ``as_of``: a forgotten customer is never shown again.
+            res.forgotten += states.pop(key, None) is not None
+            continue
         ts = to_us(event.occurred_at)
         if limit is not None and ts > limit:
             res.skipped_after_as_of += 1
             continue
-        key = (event.shop_id, event.customer_id)
         out = apply(states.get(key), event, policies.for_shop(event.shop_id))
         if out.status == APPLIED:
             states[key] = out.state
