@@ -18,6 +18,9 @@ planning changes nothing. The checks, in this order:
    ``fold.apply``; a changed state brings its snapshot, effects and tally
    delta;
 5. a ``rejected`` outcome goes to the dead letter with the fold's reason.
+
+A ``forget`` request (right to erasure) takes steps 1-4 like an event and is
+then planned by :func:`streams.forget.plan_erasure` instead of the fold.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from scoring.snapshot import snapshot
 from scoring.state import CustomerState
 from streams.commit import Change
 from streams.context import ServiceContext
+from streams.forget import plan_erasure
 from streams.publish import OutRecord
 from streams.records import ORIGIN_HEADER, Outgoing, Record, dead_letter_record, effect_messages
 from streams.shops import TallyDelta, delta_for_event
@@ -43,7 +47,8 @@ from streams.topics import message_key, partition_for
 class Plan:
     """Everything one record causes, computed before anything is written."""
 
-    state_write: tuple[bytes, bytes] | None = None
+    #: (customer key, encoded new state; None deletes the row: an erasure)
+    state_write: tuple[bytes, bytes | None] | None = None
     # (partition, customer key, delta); applied to the tally row at write time,
     # not plan time, because the sweep may rewrite the row while the agent
     # waits for the broker.
@@ -66,7 +71,7 @@ class Planner:
         self.rekey_name = service.rekey.get_topic_name()
 
     def plan(self, record: Record, *, now: datetime | None = None,
-             overlay: dict[bytes, bytes] | None = None) -> Plan:
+             overlay: dict[bytes, bytes | None] | None = None) -> Plan:
         """Compute what ``record`` causes. Reads the tables, writes nothing.
 
         ``now`` (wall clock UTC by default) is only used by ``parse_event`` to
@@ -107,6 +112,9 @@ class Planner:
         else:
             old_raw = svc.rows.get(record.partition, key)
         old = _decode_state(old_raw)
+        if event.type == "forget":  # right to erasure: streams/forget.py
+            return plan_erasure(svc, Plan(event_type=event.type, occurred_at=event.occurred_at),
+                                record.partition, key, old)
         outcome = fold.apply(old, event, policy)
         plan = Plan(event_type=event.type, status=outcome.status, occurred_at=event.occurred_at)
         if outcome.changed:

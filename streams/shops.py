@@ -49,9 +49,17 @@ class TallyDelta:
     feedback: tuple[int, int, str | None] | None = None
     kpi_before: list[Any] | None = None
     kpi_after: list[Any] | None = None
+    #: an erased customer's whole share with negative counts (``fold.forget``);
+    #: it holds the stage move too, so :meth:`apply` applies only this
+    erased: ShopTally | None = None
 
     def apply(self, tally: ShopTally) -> ShopTally:
         """Apply to ``tally`` in place and return it."""
+        if self.erased is not None:
+            merged = tally.merge(self.erased)
+            for slot in ShopTally.__slots__:
+                setattr(tally, slot, getattr(merged, slot))
+            return tally
         tally.move(self.stage_before, self.stage_after)
         if self.feedback is not None:
             tally.add_feedback(self.feedback[0], self.feedback[1], touchpoint=self.feedback[2])

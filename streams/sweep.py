@@ -247,6 +247,8 @@ class Sweeper:
             index.file(key, next_due)
             if delta.stage_before is None and delta.stage_after is not None and not pending:
                 index.rows += 1  # a new row always enters the tally from no stage
+            elif delta.erased is not None and not pending:
+                index.rows -= 1  # an erased row (streams.forget) leaves it
         if run is None or pending:
             return
         shop = shop_of(key)
