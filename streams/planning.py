@@ -123,7 +123,8 @@ class Planner:
             plan.tally_delta = (record.partition, key,
                                 delta_for_event(outcome, event, policy, old is None))
             plan.next_due = new_state.next_due
-            snap = snapshot(new_state, None, policy, svc.clv_model(event.shop_id))
+            snap = snapshot(new_state, None, policy, svc.clv_model(event.shop_id),
+                            svc.rfm_model(event.shop_id))
             plan.sends.append(Outgoing(svc.scores, key, codec.dumps(snap)))
         plan.effects = list(outcome.effects)
         plan.sends.extend(effect_messages(svc, plan.effects))

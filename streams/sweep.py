@@ -442,7 +442,8 @@ class Sweeper:
         effects = list(outcome.effects)
         messages = effect_messages(svc, effects)
         messages.append(Outgoing(svc.scores, key, codec.dumps(snapshot(
-            outcome.state, None, policy, svc.clv_model(outcome.state.shop_id)))))
+            outcome.state, None, policy, svc.clv_model(outcome.state.shop_id),
+            svc.rfm_model(outcome.state.shop_id)))))
         return _Work(key, raw, outcome, effects, messages)
 
     async def _commit(self, partition: int, work: list[_Work], index: DueIndex,

@@ -173,7 +173,7 @@ def register_web(service: ServiceContext) -> None:
                     as_of = from_us(state.ckpt.t_us)
             try:
                 snap = snapshot(state, as_of, service.policies.for_shop(shop_id),
-                                service.clv_model(shop_id))
+                                service.clv_model(shop_id), service.rfm_model(shop_id))
             except AsOfTooEarly as exc:
                 return error(self, 400, "as_of_too_early", str(exc))
             return json(self, snap)
