@@ -11,7 +11,9 @@ How a customer is forgotten:
 2. The state agent receives it with the customer's other input, ordered by
    ``occurred_at`` like any input record (:mod:`streams.align`), so events
    that happened before the request are folded before it and later ones after.
-   A wrongly keyed request is forwarded through the rekey topic like an event.
+   A wrongly keyed request is forwarded through the rekey topic like an event;
+   a request produced to another input topic is dead-lettered (``wrong_topic``),
+   so who may erase is who may write the forget topic.
 3. :func:`plan_erasure` plans it as an ordinary state change, committed by
    the one commit protocol (:mod:`streams.commit`): a tombstone (null value)
    under the customer's key on the compacted scores topic, acknowledged; a
@@ -41,7 +43,7 @@ from schemas import codec
 from scoring import fold
 from scoring.state import CustomerState
 from streams.publish import futures
-from streams.records import Outgoing
+from streams.records import Outgoing, Record
 from streams.shops import TallyDelta
 from streams.topics import input_topic_for_event_type, message_key
 
@@ -79,6 +81,20 @@ def forget_request(shop_id: str, customer_id: str,
 def forget_topic(settings: Any) -> str:
     """The topic forget requests are produced to (the registry's route for ``forget``)."""
     return input_topic_for_event_type(settings, "forget")
+
+
+def erasure_refused(service: ServiceContext, record: Record) -> str | None:
+    """Why a forget request must not be applied (None: apply it).
+
+    Only requests that entered through the forget topic (possibly forwarded
+    through the rekey topic since) are honoured, so that who may erase
+    customers is decided by who may write that one topic.
+    """
+    want = forget_topic(service.settings)
+    entered = record.origin().get("topic") if record.headers else record.topic
+    if entered == want:
+        return None
+    return f"a forget request is only honoured from topic {want!r}, not {entered!r}"
 
 
 def plan_erasure(service: ServiceContext, plan: Plan, partition: int, key: bytes,

@@ -20,7 +20,8 @@ planning changes nothing. The checks, in this order:
 5. a ``rejected`` outcome goes to the dead letter with the fold's reason.
 
 A ``forget`` request (right to erasure) takes steps 1-4 like an event and is
-then planned by :func:`streams.forget.plan_erasure` instead of the fold.
+then planned by :func:`streams.forget.plan_erasure` instead of the fold; one
+that did not enter through the forget topic is dead-lettered (``wrong_topic``).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from scoring.snapshot import snapshot
 from scoring.state import CustomerState
 from streams.commit import Change
 from streams.context import ServiceContext
-from streams.forget import plan_erasure
+from streams.forget import erasure_refused, plan_erasure
 from streams.publish import OutRecord
 from streams.records import ORIGIN_HEADER, Outgoing, Record, dead_letter_record, effect_messages
 from streams.shops import TallyDelta, delta_for_event
@@ -113,6 +114,9 @@ class Planner:
             old_raw = svc.rows.get(record.partition, key)
         old = _decode_state(old_raw)
         if event.type == "forget":  # right to erasure: streams/forget.py
+            refused = erasure_refused(svc, record)
+            if refused is not None:
+                return self._reject(record, "wrong_topic", refused)
             return plan_erasure(svc, Plan(event_type=event.type, occurred_at=event.occurred_at),
                                 record.partition, key, old)
         outcome = fold.apply(old, event, policy)

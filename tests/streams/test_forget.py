@@ -135,6 +135,31 @@ async def test_an_invalid_forget_request_is_dead_lettered(h: Harness) -> None:
     assert (plan.status, plan.reason) == ("invalid", "missing_field")
 
 
+async def test_a_forget_request_is_honoured_only_from_the_forget_topic(h: Harness) -> None:
+    monthly_customers(h, 2)
+    rec = forget_record("c1")
+    elsewhere = Record(topic="loyalty.visits", partition=rec.partition, offset=2, key=rec.key,
+                       value=rec.value)
+    plan = h.svc.processor.plan(elsewhere, now=NOW)
+    assert (plan.status, plan.reason) == ("invalid", "wrong_topic")
+    assert plan.state_write is None
+    # Wrongly keyed on the forget topic: forwarded through the rekey topic, then applied.
+    misplaced = Record(topic=FORGET_TOPIC, partition=(rec.partition + 1) % PARTITIONS, offset=3,
+                       key=rec.key, value=rec.value)
+    hop = h.svc.processor.plan(misplaced, now=NOW)
+    assert hop.status == "rekeyed"
+    [out] = hop.sends
+    forwarded = Record(topic=out.topic.get_topic_name(), partition=rec.partition, offset=0,
+                       key=out.key, value=out.value, headers=tuple(out.headers or ()))
+    applied = h.svc.processor.plan(forwarded, now=NOW)
+    assert applied.status == "applied" and applied.state_write == (rec.key, None)
+    # ... while a request that entered elsewhere stays refused after a hop, too.
+    smuggled = Record(topic=forwarded.topic, partition=rec.partition, offset=1, key=rec.key,
+                      value=rec.value,
+                      headers=(("loyalty-origin", codec.dumps({"topic": "loyalty.visits"})),))
+    assert h.svc.processor.plan(smuggled, now=NOW).reason == "wrong_topic"
+
+
 def test_the_fold_refuses_a_forget_request() -> None:
     _, _, value = forget_request("s1", "c1")
     event = parse_event(codec.dumps(value), now=NOW + timedelta(days=3650), policies=PolicyBook())
