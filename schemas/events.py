@@ -43,7 +43,7 @@ MAX_EVENT_BYTES = 64 * 1024
 #: figure, and low enough that sums and products of them stay exact 64-bit integers
 MAX_AMOUNT = 10**12
 
-EVENT_TYPES = ("purchase", "refund", "visit", "feedback", "redemption")
+EVENT_TYPES = ("purchase", "refund", "visit", "feedback", "redemption", "forget")
 
 _RFC3339 = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
@@ -148,7 +148,19 @@ class Redemption(_Event):
     reward: Annotated[StrictStr, Field(max_length=64)] | None = None
 
 
-Event = Purchase | Refund | Visit | Feedback | Redemption
+class Forget(_Event):
+    """A right-to-erasure request: forget the customer (``scoring.fold.forget``).
+
+    Not a customer event: ``event_id`` is the request's id and ``occurred_at``
+    the time of the request, which orders it among the customer's events.
+    The fold never sees it; the service and the replay drop the customer's
+    state where it falls.
+    """
+
+    type: Literal["forget"]
+
+
+Event = Purchase | Refund | Visit | Feedback | Redemption | Forget
 
 MODELS: dict[str, type[_Event]] = {
     "purchase": Purchase,
@@ -156,6 +168,7 @@ MODELS: dict[str, type[_Event]] = {
     "visit": Visit,
     "feedback": Feedback,
     "redemption": Redemption,
+    "forget": Forget,
 }
 
 

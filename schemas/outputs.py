@@ -83,6 +83,17 @@ class CustomerSnapshot(_Out):
     clv_365d: int | None
     clv_model: Literal["shop", "pooled"] | None = Field(
         description="the CLV fields come from the shop's own model, its pool's, or none (null)")
+    rfm_recency: int | None = Field(ge=1, le=5, description=(
+        "1-5 by quintiles of the shop's buyers' days since the last purchase (5: most recent); "
+        "null without purchases or until the shop's RFM fit (docs/domain.md RFM)"))
+    rfm_frequency: int | None = Field(ge=1, le=5, description=(
+        "1-5 by quintiles of the shop's buyers' purchase_days (5: most frequent); null as rfm_recency"))
+    rfm_monetary: int | None = Field(ge=1, le=5, description=(
+        "1-5 by quintiles of the shop's buyers' spend_total (5: highest); null as rfm_recency"))
+    rfm_segment: Literal["champions", "loyal", "potential_loyalists", "new_customers",
+                         "promising", "need_attention", "about_to_sleep", "cannot_lose_them",
+                         "at_risk", "hibernating"] | None = Field(
+        description="named from rfm_recency and rfm_frequency (docs/domain.md RFM); null as rfm_recency")
 
 
 class _Effect(_Out):
@@ -141,7 +152,7 @@ class VoidRecord(_Effect):
 Encoding = Literal["utf-8", "base64", "none"]
 #: every reason a record is dead-lettered for (the worker emits no other)
 DEAD_LETTER_REASONS = (*REASONS, "empty", "partition_mismatch", "conflicting_duplicate",
-                       "too_late", "internal_error")
+                       "too_late", "wrong_topic", "internal_error")
 
 
 class DeadLetter(_Out):
@@ -154,7 +165,8 @@ class DeadLetter(_Out):
 
     reason: Literal[DEAD_LETTER_REASONS] = Field(  # type: ignore[valid-type]
         description="why: an invalid event (the event contract's codes), `empty` (no value), "
-                    "`partition_mismatch` (a re-keyed record still on the wrong partition), a fold "
+                    "`partition_mismatch` (a re-keyed record still on the wrong partition), "
+                    "`wrong_topic` (a forget request not from the forget topic), a fold "
                     "rejection (`conflicting_duplicate`, `too_late`, `out_of_range`) or "
                     "`internal_error`")
     detail: str = Field(max_length=4000)

@@ -437,7 +437,12 @@ def _reject(state: CustomerState, reason: str, detail: str) -> Outcome:
 
 
 def apply(state: CustomerState | None, event: Event, policy: ShopPolicy) -> Outcome:
-    """Apply one validated event. See the module docstring for the steps."""
+    """Apply one validated event. See the module docstring for the steps.
+
+    Raises :class:`ValueError` for a ``forget`` request: that is :func:`forget`.
+    """
+    if event.type == "forget":
+        raise ValueError("a forget request is not folded: use fold.forget")
     if state is None:
         state = CustomerState(event.shop_id, event.customer_id)
     elif (state.shop_id, state.customer_id) != (event.shop_id, event.customer_id):

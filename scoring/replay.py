@@ -1,7 +1,8 @@
 """Offline replay: the same fold as the service, over a JSON-lines file.
 
 Input lines are events in *arrival* order (as a Kafka partition would deliver
-them). Memory is the customer states plus one line at a time: the input is
+them); a ``forget`` line erases the customer it names at that point (whatever
+``as_of``). Memory is the customer states plus one line at a time: the input is
 streamed, never loaded whole.
 """
 
@@ -43,12 +44,15 @@ class ReplayResult:
     rejected: Counter = field(default_factory=Counter)  # reason -> count (too_late, conflicting_duplicate)
     applied: int = 0
     duplicates: int = 0
+    #: customers erased by a ``forget`` line (one that named no customer state is not counted)
+    forgotten: int = 0
     lines: int = 0
     skipped_after_as_of: int = 0
     max_ts: int | None = None
 
     def summary(self) -> dict[str, Any]:
         return {"lines": self.lines, "applied": self.applied, "duplicates": self.duplicates,
+                "forgotten": self.forgotten,
                 "invalid": dict(sorted(self.invalid.items())),
                 "rejected": dict(sorted(self.rejected.items())),
                 "after_as_of": self.skipped_after_as_of, "customers": len(self.states)}
@@ -85,11 +89,17 @@ def fold_lines(lines: Iterable[bytes | str], *, policies: PolicyBook, as_of: dat
             if on_reject is not None:
                 on_reject(lineno, line, exc.reason, exc.detail)
             continue
+        key = (event.shop_id, event.customer_id)
+        if event.type == "forget":
+            # Right to erasure, as the service does it: the state goes, and the
+            # customer's later lines start a new, empty history. Whatever
+            # ``as_of``: a forgotten customer is never shown again.
+            res.forgotten += states.pop(key, None) is not None
+            continue
         ts = to_us(event.occurred_at)
         if limit is not None and ts > limit:
             res.skipped_after_as_of += 1
             continue
-        key = (event.shop_id, event.customer_id)
         out = apply(states.get(key), event, policies.for_shop(event.shop_id))
         if out.status == APPLIED:
             states[key] = out.state
@@ -131,9 +141,31 @@ def fit_clv_models(heads: dict[tuple[str, str], Any], as_of_us: int, policies: P
         as_of=from_us(as_of_us).date())
 
 
+def fit_rfm_models(heads: dict[tuple[str, str], Any], as_of_us: int,
+                   min_customers: int | None = None) -> dict[str, Any]:
+    """Every shop's RFM cut points as of A (``scoring.rfm.fit``; None: too few buyers).
+
+    ``min_customers`` defaults to ``scoring.clv.MIN_CUSTOMERS``, the refit's minimum.
+    """
+    from scoring import rfm
+    from scoring.clv import MIN_CUSTOMERS
+
+    day = day_of(as_of_us)
+    by_shop: dict[str, list[rfm.Values]] = {}
+    for (shop, _cust), head in heads.items():
+        buyer = rfm.values(head, day)
+        if buyer is not None:
+            by_shop.setdefault(shop, []).append(buyer)
+    return rfm.fit_shops(by_shop, MIN_CUSTOMERS if min_customers is None else min_customers)
+
+
 def snapshots(res: ReplayResult, policies: PolicyBook, as_of: datetime | None = None,
               with_clv: bool = True) -> tuple[int | None, Iterator[dict[str, Any]], dict[str, ShopTally]]:
-    """(as_of_us, snapshots sorted by shop then customer, shop tallies)."""
+    """(as_of_us, snapshots sorted by shop then customer, shop tallies).
+
+    ``with_clv``: fit the refit's models as of A - CLV and RFM, as the service's
+    periodic refit does - and fill their fields; without, they are null.
+    """
     as_of_us = to_us(as_of) if as_of is not None else res.max_ts
     if as_of_us is None:
         return None, iter(()), {}
@@ -148,11 +180,13 @@ def snapshots(res: ReplayResult, policies: PolicyBook, as_of: datetime | None = 
         heads[key] = head
         tallies.setdefault(key[0], ShopTally()).add_customer(head, stage_on(head, day, policy), policy)
     fits = fit_clv_models(heads, as_of_us, policies) if with_clv else None
+    rfm_fits = fit_rfm_models(heads, as_of_us) if with_clv else {}
 
     def gen() -> Iterator[dict[str, Any]]:
         for key, head in heads.items():
             yield snapshot_of_head(key[0], key[1], head, as_of_us, policies.for_shop(key[0]),
-                                   None if fits is None else fits.select(key[0]))
+                                   None if fits is None else fits.select(key[0]),
+                                   rfm_fits.get(key[0]))
 
     return as_of_us, gen(), tallies
 

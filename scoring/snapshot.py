@@ -14,11 +14,13 @@ from fractions import Fraction
 from typing import Any
 
 from schemas.policy import ShopPolicy
+from scoring import rfm
 from scoring.aggregate import Agg
 from scoring.clock import day_of, rfc3339, to_us
 from scoring.fold import _Ctx, advance_time, cached_head, fold_open
 from scoring.ltv import ltv_formula
 from scoring.rewards import spend_in_window, tier_on
+from scoring.rfm import RfmModel
 from scoring.stages import (
     DETRACTOR_STATUS,
     detractor_status,
@@ -64,8 +66,12 @@ def clv_inputs(head: Agg, day: int) -> tuple[int, int, int, int] | None:
 
 
 def snapshot(state: CustomerState, as_of: datetime | int | None, policy: ShopPolicy,
-             clv_model: Any = None) -> dict[str, Any]:
-    """Snapshot of ``state`` as of ``as_of`` (default: the state's clock)."""
+             clv_model: Any = None, rfm_model: RfmModel | None = None) -> dict[str, Any]:
+    """Snapshot of ``state`` as of ``as_of`` (default: the state's clock).
+
+    ``clv_model`` and ``rfm_model`` are the shop's fitted models (the refit's);
+    without one its fields are null.
+    """
     if as_of is None:
         as_of_us = state.clock if state.clock is not None else 0
     elif isinstance(as_of, int):
@@ -77,11 +83,12 @@ def snapshot(state: CustomerState, as_of: datetime | int | None, policy: ShopPol
         head = cached  # the live head is exactly as of the clock; read only below
     else:
         head = head_as_of(state, as_of_us, policy)
-    return snapshot_of_head(state.shop_id, state.customer_id, head, as_of_us, policy, clv_model)
+    return snapshot_of_head(state.shop_id, state.customer_id, head, as_of_us, policy, clv_model,
+                            rfm_model)
 
 
 def snapshot_of_head(shop_id: str, customer_id: str, h: Agg, as_of_us: int, policy: ShopPolicy,
-                     clv_model: Any = None) -> dict[str, Any]:
+                     clv_model: Any = None, rfm_model: RfmModel | None = None) -> dict[str, Any]:
     day = day_of(as_of_us)
     purchased = h.purchase_count > 0
     stage = stage_on(h, day, policy) if h.first_seen_us is not None else None
@@ -147,4 +154,5 @@ def snapshot_of_head(shop_id: str, customer_id: str, h: Agg, as_of_us: int, poli
         margin = Fraction(h.margin_total, h.spend_total) if h.spend_total else policy.margin_fraction
         out.update(clv.score(clv_model, *inputs, margin))
         out["clv_model"] = clv_model.kind
+    out.update(rfm.scores(rfm_model, rfm.values(h, day)))
     return out

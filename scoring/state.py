@@ -164,5 +164,9 @@ class StateCache:
         while len(self._items) > self.capacity:
             self._items.popitem(last=False)
 
+    def discard(self, key: bytes) -> None:
+        """Forget ``key`` (its row was deleted)."""
+        self._items.pop(key, None)
+
     def __len__(self) -> int:
         return len(self._items)

@@ -182,7 +182,7 @@ class Processor:
         try:
             for record in records:
                 plan = self.plan(record, overlay=overlay)
-                if plan.state is not None and plan.tally_delta is not None:
+                if plan.tally_delta is not None:  # a new state, or None: erased
                     overlay[plan.tally_delta[1]] = plan.state
                 planned.append((record, plan))
             self._mark_in_flight(overlay)

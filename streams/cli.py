@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "produce": ("streams.commands.produce", "send JSON-lines events to the input topics, keyed correctly"),
     "tail": ("streams.commands.tail", "print the records of a topic"),
     "customer": ("streams.commands.customer", "show one customer's snapshot from the running service"),
+    "forget": ("streams.commands.forget", "forget a customer (right to erasure): request its deletion"),
     "demo": ("streams.commands.demo", "start broker, topics and worker and stream a synthetic shop through them"),
     "bench": ("streams.commands.bench", "measure throughput, latency, memory and recovery against the local broker"),
 }

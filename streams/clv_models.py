@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from schemas import codec
+from scoring.rfm import RfmModel
 
 if TYPE_CHECKING:
     from scoring.clv import ShopModel
@@ -36,12 +37,17 @@ class ClvModels:
         self._own: dict[str, tuple[ShopModel | None, str | None, str]] = {}
         self._pooled: dict[str, tuple[ShopModel | None, str | None]] = {}
         self._served: dict[str, ShopModel | None] = {}
+        self._rfm: dict[str, RfmModel | None] = {}
         self._on_change = on_change
         self.updated_at: float | None = None
 
     def get(self, shop_id: str) -> ShopModel | None:
         """The model that scores ``shop_id``: its own if sound, else its pool's if sound, else None."""
         return self._served.get(shop_id)
+
+    def rfm(self, shop_id: str) -> RfmModel | None:
+        """The shop's RFM cut points from its last refit (None: not fitted, too few buyers)."""
+        return self._rfm.get(shop_id)
 
     def put_shop(self, shop_id: str, model: ShopModel | None, reason: str | None, pool: str) -> None:
         if model is not None and reason is None and not model.sound:
@@ -104,6 +110,8 @@ class ClvModels:
                 pool = rec["pool"]
                 if not isinstance(pool, str):
                     raise ValueError("'pool' must be a string")
+                cuts = rec.get("rfm")  # absent in records of earlier versions
+                self._rfm[name] = None if cuts is None else RfmModel.from_dict(cuts)
                 self.put_shop(name, model, reason, pool)
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("ignoring malformed CLV params record for %r: %s", key, exc)

@@ -13,6 +13,13 @@ then follows new records: a GlobalKTable in Kafka Streams terms. (Faust's own
 GlobalTable is avoided on purpose: faust-streaming issue #283, replicas stop
 following with several workers.)
 
+RFM
+---
+The same refit fits each shop's RFM cut points (:mod:`scoring.rfm`) from the
+same customers, with the same minimum (``clv_min_customers`` buyers), and
+publishes them in the shop's record (``"rfm"``: the cut points, or null);
+:meth:`ClvModels.rfm` serves them to the snapshot builders.
+
 Which model scores a shop
 -------------------------
 Its own if that fit is sound (converged, not degenerate: see
@@ -53,6 +60,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from schemas import codec
+from scoring import rfm
+from scoring.rfm import RfmModel
 from streams.clv_models import POOLED_PREFIX, ClvModels
 from streams.context import ServiceContext
 from streams.security import client_kwargs
@@ -66,13 +75,21 @@ CHUNK = 500
 #: Key prefix of pooled models on the params topic (shop ids never contain ``|``).
 
 
-def params_records(fits: ClvFits, fitted_at: str) -> list[tuple[bytes, bytes]]:
-    """The (key, value) records a refit publishes: one per shop, one per fitted pool."""
+def params_records(fits: ClvFits, fitted_at: str,
+                   rfm_fits: dict[str, RfmModel | None] | None = None) -> list[tuple[bytes, bytes]]:
+    """The (key, value) records a refit publishes: one per shop, one per fitted pool.
+
+    A shop's record also carries its RFM cut points (``"rfm"``, null: too few
+    buyers), fitted by the same refit from the same customers.
+    """
     out = []
+    rfm_fits = rfm_fits or {}
     for shop, fit in sorted(fits.shops.items()):
+        rfm_model = rfm_fits.get(shop)
         out.append((shop.encode(), codec.dumps({
             "shop_id": shop, "pool": fit.pool, "fitted_at": fitted_at, "reason": fit.reason,
-            "model": None if fit.model is None else fit.model.to_dict()})))
+            "model": None if fit.model is None else fit.model.to_dict(),
+            "rfm": None if rfm_model is None else rfm_model.to_dict()})))
     for pool, model in sorted(fits.pooled.items()):
         out.append(((POOLED_PREFIX + pool).encode(), codec.dumps({
             "pool": pool, "fitted_at": fitted_at, "reason": fits.pooled_reasons.get(pool),
@@ -82,21 +99,31 @@ def params_records(fits: ClvFits, fitted_at: str) -> list[tuple[bytes, bytes]]:
 
 def collect_stats(states: Any, now_us: int, policies: Any) -> dict[str, list[tuple[int, int, int, int]]]:
     """Per shop, the (x, t_x_days, T_days, repeat_spend) of each buyer as of ``now_us``."""
+    return collect_summaries(states, now_us, policies)[0]
+
+
+def collect_summaries(states: Any, now_us: int, policies: Any) -> tuple[
+        dict[str, list[tuple[int, int, int, int]]], dict[str, list[rfm.Values]]]:
+    """Per shop, each buyer's CLV inputs and RFM values as of ``now_us`` (one pass)."""
     from scoring.clock import day_of
     from scoring.snapshot import clv_inputs, head_as_of
     from scoring.state import CustomerState
 
     by_shop: dict[str, list[tuple[int, int, int, int]]] = {}
+    rfm_by_shop: dict[str, list[rfm.Values]] = {}
     for raw in states:
         state = CustomerState.decode(raw)
         policy = policies.for_shop(state.shop_id)
         # A state finalized past the wall clock (events up to a day ahead are
         # valid) is read as of its own finalized instant.
         as_of = max(now_us, state.ckpt.t_us or now_us)
-        inputs = clv_inputs(head_as_of(state, as_of, policy), day_of(as_of))
+        head = head_as_of(state, as_of, policy)
+        inputs = clv_inputs(head, day_of(as_of))
         if inputs is not None:
             by_shop.setdefault(state.shop_id, []).append(inputs)
-    return by_shop
+            rfm_by_shop.setdefault(state.shop_id, []).append(
+                rfm.values(head, day_of(as_of)))  # type: ignore[arg-type] # a buyer: not None
+    return by_shop, rfm_by_shop
 
 
 def fit_all(by_shop: dict[str, list[tuple[int, int, int, int]]], policies: Any, min_customers: int,
@@ -167,11 +194,13 @@ class ClvService:
             if i % CHUNK == CHUNK - 1:
                 await asyncio.sleep(0)  # let the agent run between chunks
         loop = asyncio.get_running_loop()
-        by_shop = await loop.run_in_executor(None, collect_stats, rows, now_us, svc.policies)
+        by_shop, rfm_by_shop = await loop.run_in_executor(None, collect_summaries, rows, now_us,
+                                                          svc.policies)
         fits = await loop.run_in_executor(
             None, fit_all, by_shop, svc.policies, svc.settings.clv_min_customers,
             from_us(now_us).date())
-        for key, value in params_records(fits, datetime.now(UTC).isoformat()):
+        rfm_fits = rfm.fit_shops(rfm_by_shop, svc.settings.clv_min_customers)
+        for key, value in params_records(fits, datetime.now(UTC).isoformat(), rfm_fits):
             self.models.apply_record(key, value)  # serve at once; the topic follows
             await self.topic.send(key=key, value=value, force=True)
         own = sorted(s for s, f in fits.shops.items() if f.reason is None)

@@ -63,7 +63,7 @@ class Change:
 
     partition: int
     key: bytes
-    value: bytes  # the encoded new state
+    value: bytes | None  # the encoded new state; None: the row is deleted (an erasure)
     delta: TallyDelta
     next_due: int | None
     #: compare-and-set: the row the state was computed from; None: unguarded

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
     from schemas.policy import PolicyBook
     from scoring.clv import ShopModel
+    from scoring.rfm import RfmModel
     from streams.due_index import SweepStats
     from streams.settings import Settings
 
@@ -83,6 +84,10 @@ class ServiceContext:
     def clv_model(self, shop_id: str) -> ShopModel | None:
         """The shop's fitted CLV model, or None (snapshot CLV fields are then null)."""
         return self.clv_models.get(shop_id)
+
+    def rfm_model(self, shop_id: str) -> RfmModel | None:
+        """The shop's RFM cut points from the refit, or None (snapshot RFM fields are then null)."""
+        return self.clv_models.rfm(shop_id)
 
     def owned_partitions(self) -> list[int]:
         """Partitions of the customer table this worker actively owns (not standbys)."""

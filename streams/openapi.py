@@ -64,6 +64,9 @@ SCHEMAS: dict[str, Any] = {
     "Check": _CHECK,
     "Index": _obj({"status": {"const": "OK"}}),
     "Live": _obj({"live": {"const": True}, "app_id": {"type": "string"}}),
+    "ErasureAccepted": _obj({"request_id": {"type": "string"}, "shop_id": {"type": "string"},
+                             "customer_id": {"type": "string"}, "status": {"const": "accepted"},
+                             "detail": {"type": "string"}}),
     "Ready": _obj({"ready": {"type": "boolean"},
                    "reason": {**_NULLABLE_STR, "description": "the failing checks; null when ready"},
                    "checks": _CHECKS}),
@@ -127,7 +130,8 @@ UNAVAILABLE = _error("a rebalance or table recovery is under way, or a partition
 
 
 def _get(summary: str, parameters: list[dict[str, Any]], responses: dict[str, Any], *,
-         secured: bool = True, description: str = "", tags: tuple[str, ...] = ()) -> dict:
+         secured: bool = True, description: str = "", tags: tuple[str, ...] = (),
+         method: str = "get") -> dict:
     op: dict[str, Any] = {"summary": summary, "parameters": parameters, "responses": responses}
     if description:
         op["description"] = description
@@ -138,7 +142,7 @@ def _get(summary: str, parameters: list[dict[str, Any]], responses: dict[str, An
         op["responses"]["401"] = UNAUTHORIZED
     else:
         op["security"] = []
-    return {"get": op}
+    return {method: op}
 
 
 PATHS: dict[str, Any] = {
@@ -149,7 +153,14 @@ PATHS: dict[str, Any] = {
                        "history (`as_of_too_early`)"),
          "404": _error("unknown customer"), "503": UNAVAILABLE},
         description="Answered by the worker owning the customer's partition (proxied there "
-                    "in one hop)."),
+                    "in one hop).") | _get(
+        "Forget a customer (right to erasure)", [SHOP, CUSTOMER],
+        {"202": _answer("the forget request is acknowledged by the broker; the erasure "
+                        "completes asynchronously, after which GET answers 404",
+                        "ErasureAccepted"),
+         "400": _error("bad id"),
+         "503": _error("the broker did not acknowledge the request: nothing was requested, "
+                       "retry")}, method="delete"),
     "/shops/{shop_id}": _get(
         "A shop's figures: NPS, funnel, KPIs, CLV model", [SHOP, {
             **AS_OF, "description": "places the NPS and spend windows; must be within "

@@ -28,6 +28,10 @@ before the batch's writes redelivers the whole batch (the states were not
 written), so coalescing changes no guarantee: the outputs repeat with the
 same ids and the last snapshot per customer is the one a record-at-a-time
 commit would have left on the compacted scores topic.
+
+A ``forget`` request (right to erasure) takes steps 1-4 like an event and is
+then planned by :func:`streams.forget.plan_erasure` instead of the fold; one
+that did not enter through the forget topic is dead-lettered (``wrong_topic``).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from scoring.snapshot import snapshot
 from scoring.state import CustomerState, StateCache
 from streams.commit import Change
 from streams.context import ServiceContext
+from streams.forget import erasure_refused, plan_erasure
 from streams.publish import OutRecord
 from streams.records import ORIGIN_HEADER, Outgoing, Record, dead_letter_record, effect_messages
 from streams.shops import TallyDelta, delta_for_event
@@ -55,6 +60,8 @@ class Plan:
 
     #: the new customer state (a live object, not yet encoded) when it changed
     state: CustomerState | None = None
+    #: the plan erases the customer (right to erasure): its row is deleted
+    erase: bool = False
     # (partition, customer key, delta); applied to the tally row at write time,
     # not plan time, because the sweep may rewrite the row while the agent
     # waits for the broker.
@@ -68,11 +75,11 @@ class Plan:
     effects: list[dict[str, Any]] = field(default_factory=list)
 
     @property
-    def state_write(self) -> tuple[bytes, bytes] | None:
-        """``(customer key, encoded new state)`` when the state changed."""
-        if self.state is None or self.tally_delta is None:
+    def state_write(self) -> tuple[bytes, bytes | None] | None:
+        """``(customer key, encoded new state)`` when the state changed (None: erased)."""
+        if self.tally_delta is None or (self.state is None and not self.erase):
             return None
-        return (self.tally_delta[1], bytes(self.state.encode()))
+        return (self.tally_delta[1], None if self.erase else bytes(self.state.encode()))
 
 
 @dataclass
@@ -93,7 +100,7 @@ class Planner:
         self.states = StateCache(service.settings.state_cache_size)
 
     def plan(self, record: Record, *, now: datetime | None = None,
-             overlay: dict[bytes, CustomerState] | None = None) -> Plan:
+             overlay: dict[bytes, CustomerState | None] | None = None) -> Plan:
         """Compute what ``record`` causes. Reads the tables, writes nothing.
 
         ``now`` (wall clock UTC by default) is only used by ``parse_event`` to
@@ -136,6 +143,12 @@ class Planner:
             old: CustomerState | None = overlay[key]
         else:
             old = self.states.get(key, svc.rows.get(record.partition, key))
+        if event.type == "forget":  # right to erasure: streams/forget.py
+            refused = erasure_refused(svc, record)
+            if refused is not None:
+                return self._reject(record, "wrong_topic", refused)
+            return plan_erasure(svc, Plan(event_type=event.type, occurred_at=event.occurred_at),
+                                record.partition, key, old)
         outcome = fold.apply(old, event, policy)
         plan = Plan(event_type=event.type, status=outcome.status, occurred_at=event.occurred_at)
         if outcome.changed:
@@ -165,25 +178,31 @@ class Planner:
         """The outputs and state changes of ``plans``, coalesced per customer.
 
         Every plan's sends in order, then per changed customer (in order of
-        its first change) one score snapshot of its last state; and one
-        :class:`Change` per customer: the last state, encoded once, with the
-        tally deltas of all its plans merged in order.
+        its first change) one score snapshot of its last state, or a scores
+        tombstone when its last plan erased it; and one :class:`Change` per
+        customer: the last state, encoded once (None: the row is deleted),
+        with the tally deltas of all its plans merged in order.
         """
         svc = self.service
-        last: dict[bytes, tuple[int, CustomerState, TallyDelta]] = {}
+        last: dict[bytes, tuple[int, CustomerState | None, TallyDelta]] = {}
         sends = [out for plan in plans for out in plan.sends]
         for plan in plans:
-            if plan.state is None or plan.tally_delta is None:
+            if plan.tally_delta is None or (plan.state is None and not plan.erase):
                 continue
             partition, key, delta = plan.tally_delta
             before = last.get(key)
             if before is not None:
                 delta = before[2].then(delta)
-            last[key] = (partition, plan.state, delta)
+            last[key] = (partition, None if plan.erase else plan.state, delta)
         changes = []
         for key, (partition, state, delta) in last.items():
+            if state is None:  # erased: tombstones on the scores topic and the changelog
+                sends.append(Outgoing(svc.scores, key, None))
+                changes.append(Change(partition, key, None, delta, None))
+                continue
             policy = svc.policies.for_shop(state.shop_id)
-            snap = snapshot(state, None, policy, svc.clv_model(state.shop_id))
+            snap = snapshot(state, None, policy, svc.clv_model(state.shop_id),
+                            svc.rfm_model(state.shop_id))
             sends.append(Outgoing(svc.scores, key, codec.dumps(snap)))
             changes.append(Change(partition, key, bytes(state.encode()), delta, state.next_due,
                                   state=state))
@@ -193,5 +212,7 @@ class Planner:
 
     def remember(self, change: Change) -> None:
         """Keep the live state of a change just written (its row now holds ``value``)."""
-        if change.state is not None:
+        if change.state is not None and change.value is not None:
             self.states.put(change.key, change.value, change.state)
+        else:
+            self.states.discard(change.key)

@@ -42,8 +42,9 @@ import faust
 from streams import compat
 from streams.topics import partition_for
 
-#: ``(topic, key, value, headers, partition)``; partition None: Kafka's default
-OutRecord = tuple[str, bytes | None, bytes, list[tuple[str, bytes]] | None, int | None]
+#: ``(topic, key, value, headers, partition)``; value None: a tombstone;
+#: partition None: Kafka's default
+OutRecord = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]] | None, int | None]
 
 
 @dataclass
@@ -107,7 +108,7 @@ class Publisher:
                 slot[0], slot[1] = producer.create_batch(), 0
                 if slot[0].append(key=key, value=value, timestamp=None,
                                   headers=headers or []) is None:
-                    raise ValueError(f"record of {len(value)} bytes does not fit a batch "
+                    raise ValueError(f"record of {len(value or b'')} bytes does not fit a batch "
                                      f"of {topic}")
             slot[1] += 1
         for (topic, partition), (builder, count) in builders.items():

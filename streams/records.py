@@ -67,7 +67,7 @@ class Outgoing:
 
     topic: TopicT
     key: bytes | None
-    value: bytes
+    value: bytes | None  # None: a tombstone (a forgotten customer's scores record)
     headers: list[tuple[str, bytes]] | None = None
 
 

@@ -128,6 +128,11 @@ class Settings(BaseSettings):
         "loyalty.redemptions",
         description="Default loyalty.redemptions. Input: reward redemption events.",
     )
+    topic_forget: str = Field(
+        "loyalty.forget",
+        description="Default loyalty.forget. Input: erasure requests (forget commands) "
+        "of `loyalty forget` and DELETE /customers/{shop}/{customer}.",
+    )
     topic_transitions: str = Field(
         "loyalty.stage-transitions",
         description="Default loyalty.stage-transitions. Output: loyalty stage changes.",

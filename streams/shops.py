@@ -55,9 +55,24 @@ class TallyDelta:
     feedbacks: tuple[tuple[int, int, str | None], ...] = ()
     kpi_before: list[Any] | None = None
     kpi_after: list[Any] | None = None
+    #: an erased customer's whole share with negative counts (``fold.forget``);
+    #: it holds the stage move too, so :meth:`apply` applies only this
+    erased: ShopTally | None = None
+    #: a sequence of changes applied in order instead of the fields above
+    #: (:meth:`then` of changes that include an erasure)
+    steps: tuple[TallyDelta, ...] = ()
 
     def apply(self, tally: ShopTally) -> ShopTally:
         """Apply to ``tally`` in place and return it."""
+        if self.steps:
+            for step in self.steps:
+                step.apply(tally)
+            return tally
+        if self.erased is not None:
+            merged = tally.merge(self.erased)
+            for slot in ShopTally.__slots__:
+                setattr(tally, slot, getattr(merged, slot))
+            return tally
         tally.move(self.stage_before, self.stage_after)
         for day, cls, touchpoint in self.feedbacks:
             tally.add_feedback(day, cls, touchpoint=touchpoint)
@@ -70,10 +85,15 @@ class TallyDelta:
         """This change followed by ``later`` (the same customer's next change), as one.
 
         Exact because stage moves and KPI contributions are differences:
-        ``before -> mid`` then ``mid -> after`` is ``before -> after``.
+        ``before -> mid`` then ``mid -> after`` is ``before -> after``. An
+        erasure does not compose that way: with one, the changes are kept as
+        steps applied in order.
         """
-        return TallyDelta(self.stage_before, later.stage_after, self.feedbacks + later.feedbacks,
-                          self.kpi_before, later.kpi_after)
+        if self.erased is None and later.erased is None and not self.steps and not later.steps:
+            return TallyDelta(self.stage_before, later.stage_after,
+                              self.feedbacks + later.feedbacks, self.kpi_before, later.kpi_after)
+        return TallyDelta(self.stage_before, later.stage_after,
+                          steps=(*(self.steps or (self,)), *(later.steps or (later,))))
 
 
 def delta_for_event(outcome: Any, event: Any, policy: ShopPolicy, was_new: bool) -> TallyDelta:

@@ -51,9 +51,10 @@ class RowStore(Protocol):
         """The row of ``key`` in ``partition``, or None (no such row)."""
         ...
 
-    def write(self, partition: int, rows: Sequence[tuple[bytes, bytes]],
+    def write(self, partition: int, rows: Sequence[tuple[bytes, bytes | None]],
               offset: int | None) -> bool:
-        """Write ``rows`` and the persisted offset (None: leave it) atomically; False if not open."""
+        """Write ``rows`` (a None value deletes the row) and the persisted offset (None:
+        leave it) atomically; False if not open."""
         ...
 
     def keys_after(self, partition: int, cursor: bytes | None) -> Iterator[bytes]:
@@ -85,14 +86,17 @@ class RocksDBRows:
         value = db.get(key)
         return None if value is None else bytes(value)
 
-    def write(self, partition: int, rows: Sequence[tuple[bytes, bytes]],
+    def write(self, partition: int, rows: Sequence[tuple[bytes, bytes | None]],
               offset: int | None) -> bool:
         db = compat.rocksdict_partition(self.table, partition)
         if db is None:
             return False
         batch = WriteBatch(raw_mode=True)
         for key, value in rows:
-            batch.put(key, value)
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
         if offset is not None:
             # Faust's Store.set_persisted_offset encoding, in the same batch.
             batch.put(compat.persisted_offset_key(self.table), str(offset).encode())
@@ -135,12 +139,15 @@ class MemoryRows:
             return None
         return self.rows.get(key)
 
-    def write(self, partition: int, rows: Sequence[tuple[bytes, bytes]],
+    def write(self, partition: int, rows: Sequence[tuple[bytes, bytes | None]],
               offset: int | None) -> bool:
         if not self.is_open(partition):
             return False
         for key, value in rows:  # no await in between: atomic for every reader
-            self.rows[key] = value
+            if value is None:
+                self.rows.pop(key, None)
+            else:
+                self.rows[key] = value
         if offset is not None:
             self.offsets[partition] = offset
         return True

@@ -247,6 +247,8 @@ class Sweeper:
             index.file(key, next_due)
             if delta.stage_before is None and delta.stage_after is not None and not pending:
                 index.rows += 1  # a new row always enters the tally from no stage
+            elif delta.erased is not None and not pending:
+                index.rows -= 1  # an erased row (streams.forget) leaves it
         if run is None or pending:
             return
         shop = shop_of(key)
@@ -440,7 +442,8 @@ class Sweeper:
         effects = list(outcome.effects)
         messages = effect_messages(svc, effects)
         messages.append(Outgoing(svc.scores, key, codec.dumps(snapshot(
-            outcome.state, None, policy, svc.clv_model(outcome.state.shop_id)))))
+            outcome.state, None, policy, svc.clv_model(outcome.state.shop_id),
+            svc.rfm_model(outcome.state.shop_id)))))
         return _Work(key, raw, outcome, effects, messages)
 
     async def _commit(self, partition: int, work: list[_Work], index: DueIndex,

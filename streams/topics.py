@@ -96,6 +96,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         spec(settings.topic_visits, "input", "visit events"),
         spec(settings.topic_feedback, "input", "feedback / NPS events"),
         spec(settings.topic_redemptions, "input", "reward redemption events"),
+        spec(settings.topic_forget, "input", "erasure requests (forget commands)"),
         spec(settings.topic_transitions, "output", "loyalty stage transitions"),
         spec(settings.topic_rewards, "output", "rewards granted"),
         spec(settings.topic_scores, "output", "latest customer snapshot", compacted=True),
@@ -157,6 +158,9 @@ _EVENT_TOPIC_FIELD = {
     "visit": "topic_visits",
     "feedback": "topic_feedback",
     "redemption": "topic_redemptions",
+    # Its own topic, so that who may erase customers is one ACL; the aligned
+    # input orders it with the customer's events by occurred_at like any input.
+    "forget": "topic_forget",
 }
 
 EVENT_TYPES: tuple[str, ...] = tuple(_EVENT_TOPIC_FIELD)

@@ -9,6 +9,10 @@ Endpoints:
   worker that actively owns the customer's partition (one hop at most: a
   proxied request carries ``X-Loyalty-Routed`` and is always answered
   locally, so inconsistent routing metadata during a rebalance cannot loop).
+* ``DELETE /customers/{shop_id}/{customer_id}`` - right to erasure: produces
+  a forget request (:mod:`streams.forget`) and answers 202 with its
+  ``request_id`` once the broker acknowledged it; the erasure completes
+  asynchronously (the snapshot then answers 404). 503 if not acknowledged.
 * ``GET /shops/{shop_id}[?as_of=RFC3339]`` - NPS (all time, window, per
   touchpoint), the stage funnel and the rule-v2 KPIs (``ShopTally.figures``:
   the same object ``loyalty replay --shops-out`` writes per shop). The
@@ -55,6 +59,7 @@ from yarl import URL
 
 from schemas import codec
 from streams import listing, openapi
+from streams.forget import request_erasure
 from streams.metrics import CONTENT_TYPE_LATEST
 from streams.shops import AS_OF_TOLERANCE
 from streams.topics import message_key
@@ -182,10 +187,18 @@ def register_web(service: ServiceContext) -> None:
                     as_of = from_us(state.ckpt.t_us)
             try:
                 snap = snapshot(state, as_of, service.policies.for_shop(shop_id),
-                                service.clv_model(shop_id))
+                                service.clv_model(shop_id), service.rfm_model(shop_id))
             except AsOfTooEarly as exc:
                 return error(self, 400, "as_of_too_early", str(exc))
             return json(self, snap)
+
+        async def delete(self, request: Any, shop_id: str, customer_id: str) -> Any:
+            """Right to erasure: :func:`streams.forget.request_erasure` (202 when durable)."""
+            bad = check(self, request, shop_id=shop_id, customer_id=customer_id)
+            if bad is not None:
+                return bad
+            status, body = await request_erasure(service, shop_id, customer_id)
+            return json(self, body, status)
 
     @app.page("/internal/shops/{shop_id}/tally")
     class ShopTallyView(View):

@@ -203,6 +203,7 @@ class BenchEnv:
             "LOYALTY_TOPIC_VISITS": f"{n}.visits",
             "LOYALTY_TOPIC_FEEDBACK": f"{n}.feedback",
             "LOYALTY_TOPIC_REDEMPTIONS": f"{n}.redemptions",
+            "LOYALTY_TOPIC_FORGET": f"{n}.forget",
             "LOYALTY_TOPIC_TRANSITIONS": f"{n}.stage-transitions",
             "LOYALTY_TOPIC_REWARDS": f"{n}.rewards",
             "LOYALTY_TOPIC_SCORES": f"{n}.scores",

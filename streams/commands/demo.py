@@ -95,7 +95,7 @@ def worker_env(ns: str, var: Path, port: int | None) -> dict[str, str]:
         "LOYALTY_TALLY_RECOUNT_INTERVAL_S": "0",
         **{f"LOYALTY_TOPIC_{k.upper()}": f"{ns}.{v}" for k, v in {
             "purchases": "purchases", "visits": "visits", "feedback": "feedback",
-            "redemptions": "redemptions", "transitions": "stage-transitions",
+            "redemptions": "redemptions", "forget": "forget", "transitions": "stage-transitions",
             "rewards": "rewards", "scores": "scores", "dead_letter": "dead-letter",
             "clv_params": "clv-params"}.items()},
     }

@@ -42,7 +42,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", metavar="FILE", help="shop policy overrides (JSON); default: LOYALTY_POLICY_FILE "
                    "if set, else the built-in defaults of docs/domain.md")
     p.add_argument("--shops-out", metavar="FILE", help="also write per-shop figures (NPS, funnel) as JSON")
-    p.add_argument("--no-clv", action="store_true", help="skip fitting the predictive CLV models")
+    p.add_argument("--no-clv", action="store_true", help="skip fitting the refit's models "
+                   "(predictive CLV and RFM): their fields are null")
     p.add_argument("--rejects", metavar="FILE", help="write every rejected line to FILE as JSON lines: "
                    '{"line": N, "reason": ..., "detail": ..., "value": original text (or "value_b64")}')
     p.add_argument("--progress", action="store_true", help="print progress to stderr every few seconds "
@@ -132,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         if rejects_out is not None:
             rejects_out.close()
     progress.phase(f"{res.lines:,} events folded, {len(res.states):,} customers"
-                   + ("" if args.no_clv else "; fitting the CLV models"))
+                   + ("" if args.no_clv else "; fitting the CLV and RFM models"))
     as_of_us, snaps, tallies = snapshots(res, policies, as_of, with_clv=not args.no_clv)
     out = sys.stdout.buffer
     for snap in snaps:

@@ -3,7 +3,7 @@
   loyalty tail TOPIC [-n N] [--from-beginning] [--follow]
 
 TOPIC is a topic name or a registry alias (purchases, visits, feedback,
-redemptions, transitions, rewards, scores, dead-letter). Without
+redemptions, forget, transitions, rewards, scores, dead-letter). Without
 --from-beginning only the last N records of each partition are shown.
 Values that are JSON are printed as JSON, others as a string.
 """
@@ -16,6 +16,7 @@ from typing import Any
 
 ALIASES = {"purchases": "topic_purchases", "visits": "topic_visits",
            "feedback": "topic_feedback", "redemptions": "topic_redemptions",
+           "forget": "topic_forget",
            "transitions": "topic_transitions", "stage-transitions": "topic_transitions",
            "rewards": "topic_rewards", "scores": "topic_scores",
            "dead-letter": "topic_dead_letter", "clv-params": "topic_clv_params"}

@@ -202,7 +202,7 @@ def test_ltv_formula_in_integers_equals_the_rational_definition(
 
     agg = Agg()
     agg.purchase_count, agg.spend_total, agg.margin_total = count, spend, margin
-    agg.orders = {f"o{i}": [100, 1, 0] for i in range(orders)}
+    agg.day_net = [[100, 0, orders]] if orders else []  # `orders` orders on day 100
     shop = Fraction(shop_num, shop_den)
     s = Fraction(spend, count)
     span = min(Fraction(12), Fraction((tenure + 1) * 10_000, 304_375))

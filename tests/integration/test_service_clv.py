@@ -19,10 +19,11 @@ from urllib.parse import quote
 import pytest
 
 from schemas import codec
+from scoring import rfm
 from scoring.clock import to_us
 from scoring.replay import fold_lines
 from scoring.snapshot import head_as_of, snapshot_of_head
-from streams.clv_service import collect_stats, fit_all
+from streams.clv_service import collect_summaries, fit_all
 from streams.topics import message_key
 from tests.cdnow import load_transactions
 from tests.integration.service_harness import ServiceEnv
@@ -83,8 +84,10 @@ def test_clv_fields_are_live_in_the_service(bootstrap: str, tmp_path) -> None:
         diffs: list[str] = []
         while time.monotonic() < deadline:
             now = datetime.now(UTC)
-            by_shop = collect_stats([s.encode() for s in res.states.values()], to_us(now), policies)
+            by_shop, rfm_by_shop = collect_summaries([s.encode() for s in res.states.values()],
+                                                     to_us(now), policies)
             fits = fit_all(by_shop, policies, min_customers=200)
+            rfm_fits = rfm.fit_shops(rfm_by_shop, 200)  # RFM: fitted by the same refit
             model = fits.select("cdnow")
             assert model is not None and model.kind == "shop"
             pooled = fits.select("small")
@@ -99,8 +102,11 @@ def test_clv_fields_are_live_in_the_service(bootstrap: str, tmp_path) -> None:
                 got = codec.loads(body)
                 state = res.states[(shop, cust)]
                 want = snapshot_of_head(shop, cust, head_as_of(state, to_us(now), policies.default),
-                                        to_us(now), policies.default, fits.select(shop))
+                                        to_us(now), policies.default, fits.select(shop),
+                                        rfm_fits.get(shop))
                 assert want["clv_model"] == ("shop" if shop == "cdnow" else "pooled")
+                # exact, with the fields below: the refit's cut points as of the same day
+                assert (want["rfm_segment"] is None) == (shop == "small")
                 assert {k: got[k] for k in got if k not in CLV} == {
                     k: want[k] for k in want if k not in CLV}
                 for field in CLV:

@@ -39,7 +39,7 @@ def svc(bootstrap: str, unique_name, create_topic, tmp_path: Path) -> Iterator[L
     settings = Settings(app_id=name, broker=f"kafka://{bootstrap}", store="memory://",
                         partitions=PARTITIONS, data_dir=tmp_path,
                         **{f"topic_{t}": f"{name}.{t}" for t in (
-                            "purchases", "visits", "feedback", "redemptions", "transitions",
+                            "purchases", "visits", "feedback", "redemptions", "forget", "transitions",
                             "rewards", "scores", "dead_letter", "clv_params")})
     specs = all_topic_specs(settings)
     run_async(ensure_topics([bootstrap], specs))

@@ -132,7 +132,7 @@ def test_registry_names_partitions_and_policies(clean_env: pytest.MonkeyPatch) -
                                                                s.topic_clv_params]
     assert {spec.name: spec.config["cleanup.policy"] for spec in specs}[s.topic_rewards] == "delete"
     assert input_topics(s) == [s.topic_purchases, s.topic_visits, s.topic_feedback,
-                               s.topic_redemptions]
+                               s.topic_redemptions, s.topic_forget]
 
 
 def test_event_types_route_to_input_topics(clean_env: pytest.MonkeyPatch) -> None:
@@ -141,7 +141,7 @@ def test_event_types_route_to_input_topics(clean_env: pytest.MonkeyPatch) -> Non
     assert route == {
         "purchase": "loyalty.purchases", "refund": "loyalty.purchases",
         "visit": "loyalty.visits", "feedback": "loyalty.feedback",
-        "redemption": "loyalty.redemptions",
+        "redemption": "loyalty.redemptions", "forget": "loyalty.forget",
     }
     assert set(route.values()) == set(input_topics(s))
     with pytest.raises(ValueError, match="unknown event type"):
