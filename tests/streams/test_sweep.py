@@ -363,3 +363,23 @@ async def test_a_key_the_agent_takes_during_the_changelog_ack_is_left_to_the_age
     h.svc.context.in_flight.clear()
     again = await h.sweeper.sweep(from_us(due_at) + timedelta(seconds=30))
     assert (again.visited, again.changed) == (1, 1)
+
+
+async def test_full_scan_counts_a_key_the_agent_writes_during_the_changelog_ack_once(
+        hourly: Harness) -> None:
+    # A full scan during a backlog: the scan advanced a key and waits for its
+    # changelog acknowledgement when the agent writes the same key. The scan
+    # drops its result; its recount must hold the agent's state once, not
+    # the agent's state plus the agent's delta (seen: 61 customers vs 64).
+    h = hourly
+    keys = monthly_customers(h)
+    fresh = h.purchase("fresh", "2025-01-02T10:00:00Z", "old")  # its points expired
+    assert h.state(fresh).next_due <= to_us(NOW)
+    h.on_send.append(lambda: h.on_send.append(
+        lambda: h.purchase("fresh", "2025-12-30T10:00:00Z", "during-changelog-ack")))
+    raced = await h.sweeper.sweep(NOW)
+    assert raced.full_scans == PARTITIONS and raced.skipped >= 1
+    assert h.state(fresh).clock == to_us(datetime(2025, 12, 30, 10, tzinfo=UTC))
+    h.rebalance()  # a recount with no concurrent writes: nothing may need repair
+    check = await h.sweeper.sweep(NOW + timedelta(seconds=30))
+    assert check.tallies_repaired == 0 and check.customers == len(keys) + 1
