@@ -24,10 +24,10 @@ from streams.compat.check import TOUCHES, CompatError, check
 from streams.compat.consumer import (
     assignment,
     cap_commits,
+    consumed_positions,
     generation,
     highwater,
     on_seek_to_committed,
-    read_offsets,
     set_fetching,
 )
 from streams.compat.events import partition_context
@@ -42,8 +42,9 @@ from streams.compat.tables import (
 
 __all__ = [
     "TOUCHES", "CompatError", "aiokafka_producer", "assignment", "cap_commits", "check",
+    "consumed_positions",
     "generation", "harden_producer_flush", "highwater", "on_recovery_offsets",
     "on_seek_to_committed", "open_rocksdict_partition", "partition_context",
-    "persisted_offset_key", "read_offsets", "recovery_table", "rocksdict_partition",
+    "persisted_offset_key", "recovery_table", "rocksdict_partition",
     "set_fetching",
 ]

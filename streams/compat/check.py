@@ -39,7 +39,9 @@ TOUCHES: tuple[Touch, ...] = (
     Touch("faust.transport.consumer", "Consumer", "_committed_offset",
           "consumer.on_seek_to_committed"),
     Touch("faust.transport.consumer", "Consumer", "_commit", "consumer.cap_commits"),
-    Touch("faust.transport.consumer", "Consumer", "_read_offset", "consumer.read_offsets"),
+    *(Touch("aiokafka.consumer.subscription_state", owner, name, "consumer.consumed_positions")
+      for owner, name in (("SubscriptionState", "subscription"), ("Subscription", "assignment"),
+                          ("Assignment", "all_consumed_offsets"))),
     Touch("faust.transport.consumer", "ThreadDelegateConsumer", "_thread",
           "consumer.set_fetching"),
     Touch("faust.transport.drivers.aiokafka", "AIOKafkaConsumerThread", "_ensure_consumer",

@@ -62,16 +62,27 @@ def cap_commits(app: faust.App, cap: CommitCap) -> Callable[[Mapping[TP, int]],
     return original  # type: ignore[no-any-return]
 
 
-def read_offsets(app: faust.App) -> Mapping[TP, int | None]:
-    """Per input partition, the offset of the last record Faust's consumer has read.
+def consumed_positions(app: faust.App) -> dict[TP, int]:
+    """Per assigned partition, the offset after the last record aiokafka handed to Faust.
 
-    Works around: Faust does not expose how far its fetcher got, which is the
+    Works around: Faust does not expose how far its consumer got, which is the
     only evidence that records were read and then dropped before reaching the
-    agent (see :func:`streams.gaps.redrive_idle_partitions`). Reads the
-    private ``Consumer._read_offset`` map (a read-only view is returned).
+    agent (see :func:`streams.gaps.redrive_idle_partitions`). Faust's own
+    ``_read_offset`` is no such evidence: a seek sets it to the committed
+    offset (the *next* record) or None, and records Faust drops never
+    update it. aiokafka's consumed position moves past every record it
+    returns, dropped by Faust or not, and not past the records of a paused
+    partition. Read from the consumer thread's client (private
+    ``ThreadDelegateConsumer._thread``, ``AIOKafkaConsumerThread._ensure_consumer``,
+    ``AIOKafkaConsumer._subscription``); an int read, no call into the thread.
     """
-    offsets: Mapping[TP, int | None] = app.consumer._read_offset
-    return offsets
+    consumer = app.consumer._thread._ensure_consumer()  # type: ignore[attr-defined]
+    subscription = consumer._subscription.subscription
+    assignment = None if subscription is None else subscription.assignment
+    if assignment is None:
+        return {}
+    return {TP(tp.topic, tp.partition): int(meta.offset)
+            for tp, meta in assignment.all_consumed_offsets().items()}
 
 
 def generation(app: faust.App) -> int:
