@@ -67,7 +67,8 @@ from streams.web import register_web
 # tooling and integration tests still name them through this module.
 __all__ = [
     "CUSTOMERS_TABLE", "SESSION_TIMEOUT_S", "TALLIES_TABLE", "LoyaltyService", "all_topic_specs",
-    "app_data_dir", "canonical_url", "changelog_topic_specs", "create_service", "partition_for",
+    "app_data_dir", "canonical_url", "changelog_topic_specs", "create_service",
+    "group_instance_id", "partition_for",
     "rekey_topic_name", "rekey_topic_spec", "rocksdb_options",
 ]
 
@@ -109,6 +110,21 @@ def canonical_url(settings: Settings) -> str:
         # Bound to every interface: peers need a resolvable name, not 0.0.0.0.
         host = socket.gethostname()
     return f"http://{host}:{settings.web_port}"
+
+
+def group_instance_id(settings: Settings) -> str | None:
+    """This worker's static group membership id (KIP-345), or None for dynamic membership.
+
+    Default: ``<host name>-<web port>``. Two workers of one app id never share
+    it (on one host they cannot share the port; hosts differ by name) and a
+    restarted worker finds it again, so the broker hands it back its
+    partitions without a rebalance. A statically joined worker does not leave
+    the group on a graceful stop either: its partitions move to the others
+    only when it has not come back within the session timeout.
+    """
+    if settings.group_instance_id is None:
+        return f"{socket.gethostname()}-{settings.web_port}"
+    return settings.group_instance_id or None
 
 
 @dataclass(frozen=True, eq=False)
@@ -169,8 +185,12 @@ def create_service(
         table_standby_replicas=1,
         broker_commit_interval=1.0,
         # A worker killed with -9 keeps its group membership until the session
-        # times out; the default 60 s would stall its restart's rebalance.
+        # times out; the default 60 s would stall its restart's rebalance (with
+        # dynamic membership) or its partitions (static: until it is back).
         broker_session_timeout=SESSION_TIMEOUT_S,
+        # Static membership: a restart within the session takes the partitions
+        # back at once, without a rebalance of the group.
+        consumer_group_instance_id=group_instance_id(settings),
         broker_heartbeat_interval=2.0,
     )
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
