@@ -3,7 +3,7 @@
 The broker is replaced by a publisher that acknowledges every record at once;
 ownership and readiness are stubbed. States are written through the same
 commit protocol and row-store interface as in production (memory rows). The real-broker tests (tests/integration/
-test_service_end_to_end.py, ..._crash.py, ..._metrics.py) run the sweep in a
+test_service_end_to_end.py, ..._metrics.py and tests/chaos) run the sweep in a
 worker against RocksDB.
 """
 
