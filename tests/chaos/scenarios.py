@@ -174,7 +174,16 @@ def _restart(worker: Worker, out: Outcome, *, measure: bool = True) -> None:
     worker.start()
     out.restarts += 1
     if measure:
-        out.first_event_s.append(worker.first_event_s())
+        # None: ready for 10 s and nothing left to consume (no figure then).
+        first = worker.first_event_s(idle_after=10.0)
+        if first is not None:
+            out.first_event_s.append(first)
+
+
+def _slices(records: Sequence[Any], n: int) -> list[Sequence[Any]]:
+    """``records`` cut into ``n`` consecutive slices (the stream of one life each)."""
+    size = -(-len(records) // n)
+    return [records[i:i + size] for i in range(0, len(records), size)]
 
 
 def _judge(env: ServiceEnv, worker: Worker, lines: list[bytes], out: Outcome,
@@ -222,7 +231,11 @@ def _scenario(name: str, bootstrap: str, tmp: Path,
 
 # -- the scenarios ---------------------------------------------------------------------
 def kills(bootstrap: str, tmp: Path, profile: Profile) -> Outcome:
-    """kill -9 the worker ``profile.kills`` times while the stream is produced."""
+    """kill -9 the worker ``profile.kills`` times while the stream is produced.
+
+    The stream is produced in slices, one per life, so every life has input
+    to fold when it is killed, however long a restart takes.
+    """
     rnd = random.Random(31)
     records = _stream(profile, seed=31)
     with _scenario("kills", bootstrap, tmp, sweep_interval_s=2.0) as (env, out):
@@ -230,23 +243,27 @@ def kills(bootstrap: str, tmp: Path, profile: Profile) -> Outcome:
         env.create_topics()
         w = env.worker().start()
         w.wait_ready()
-        # Input for about 4 s per kill: every kill lands mid-stream.
-        with _Producer(env, records, rate=len(records) / (4.0 * profile.kills)) as producer:
-            w.first_event_s()
-            for _ in range(profile.kills):
-                time.sleep(rnd.uniform(0.5, 3.0))  # let this life get some work done
-                _kill(w, out)
-                if not (w.data_dir / env.name / ".running").exists():
-                    out.problems.append("no unclean-stop marker after kill -9")
-                _restart(w, out)
-        if producer.errors:
-            out.problems.append(f"producer: {producer.errors[0]!r}")
+        # Each life restarts while its slice is produced, folds some, is killed.
+        for i, part in enumerate(_slices(records, profile.kills + 1)):
+            with _Producer(env, part, rate=len(part) / 3.0) as producer:
+                if i:
+                    _restart(w, out)
+                else:
+                    w.first_event_s()
+                if i < profile.kills:
+                    time.sleep(rnd.uniform(0.5, 2.5))  # mid-slice, or just after it
+                    _kill(w, out)
+                    if not (w.data_dir / env.name / ".running").exists():
+                        out.problems.append("no unclean-stop marker after kill -9")
+            if producer.errors:
+                out.problems.append(f"producer: {producer.errors[0]!r}")
         _judge(env, w, synthetic.lines(records), out, profile, since=w.started_at)
     return out
 
 
 def churn(bootstrap: str, tmp: Path, profile: Profile) -> Outcome:
-    """Two workers; per cycle one stops gracefully and comes back, the other is killed."""
+    """Two workers; per cycle one stops gracefully and comes back, the other is killed -9
+    and comes back, each while a slice of the stream is produced."""
     records = _stream(profile, seed=41)
     with _scenario("churn", bootstrap, tmp) as (env, out):
         out.records = len(records)
@@ -254,18 +271,25 @@ def churn(bootstrap: str, tmp: Path, profile: Profile) -> Outcome:
         a, b = env.worker().start(), env.worker().start()
         a.wait_ready()
         b.wait_ready()
-        rate = len(records) / (25.0 * profile.churn_cycles)
-        with _Producer(env, records, rate=rate):
-            for _ in range(profile.churn_cycles):
-                time.sleep(3.0)
-                b.stop()
-                if b.proc is not None and b.proc.returncode != 0:
-                    out.problems.append(f"graceful stop exited {b.proc.returncode}")
-                time.sleep(3.0)
-                _restart(b, out)
-                time.sleep(3.0)
-                _kill(a, out)
-                _restart(a, out)
+        # Per cycle: b stops gracefully, a is killed; each comes back while the
+        # next slice is produced.
+        down: Worker | None = None
+        for i, part in enumerate(_slices(records, 2 * profile.churn_cycles + 1)):
+            with _Producer(env, part, rate=100.0):
+                if down is not None:
+                    _restart(down, out)
+                    down = None
+                if i == 2 * profile.churn_cycles:
+                    break
+                time.sleep(1.5)
+                if i % 2 == 0:
+                    b.stop()
+                    if b.proc is not None and b.proc.returncode != 0:
+                        out.problems.append(f"graceful stop exited {b.proc.returncode}")
+                    down = b
+                else:
+                    _kill(a, out)
+                    down = a
         _judge(env, a, synthetic.lines(records), out, profile, since=a.started_at)
         _, diffs = settle(b, expected_snapshots(env, records), 30.0)
         if diffs:  # the other worker serves (and routes) the same answers
@@ -356,28 +380,77 @@ def duplicates(bootstrap: str, tmp: Path, profile: Profile) -> Outcome:
 
 
 def poison(bootstrap: str, tmp: Path, profile: Profile) -> Outcome:
-    """Every poison kind interleaved with valid events: each dead-lettered with its reason."""
+    """Every poison kind interleaved with valid events: each dead-lettered with its reason
+    and source coordinates; the worker keeps serving, and its HTTP API keeps its contract."""
+    from streams.topics import input_topic_for_event_type
+
     valid = _stream(profile, seed=51)
     kinds = catalogue(synthetic.SHOP_NAMES[0], AS_OF)
     records = interleave(valid, kinds)
-    with _scenario("poison", bootstrap, tmp) as (env, out):
+    # the catalogue's kinds and the synthetic stream's own invalid records
+    expected = [(p.kind, p.value, p.reason, p.event_type) for p in kinds] + [
+        (r.kind, r.value, r.reason, r.event_type) for r in valid if r.is_invalid]
+    with _scenario("poison", bootstrap, tmp,
+                   extra_env={"LOYALTY_API_TOKEN": "s3cret-token"}) as (env, out):
         out.records = len(records)
         env.create_topics()
         w = env.worker().start()
         w.wait_ready()
         env.produce(records)
         _judge(env, w, synthetic.lines(records), out, profile, since=time.monotonic())
-        letters = {}
-        for m in env.read_topic(env.settings().topic_dead_letter):
-            d = codec.loads(m.value)
-            letters[_letter_value(d)] = d
-        wrong = [f"{p.kind}: {letters[p.value]['reason'] if p.value in letters else 'missing'}"
-                 f" (want {p.reason})" for p in kinds
-                 if p.value not in letters or letters[p.value]["reason"] != p.reason]
+        all_letters = [codec.loads(m.value)
+                       for m in env.read_topic(env.settings().topic_dead_letter)]
+        letters = {_letter_value(d): d for d in all_letters}
+        # Besides the expected ones only the stream's rejections may be dead-lettered.
+        others = sum(1 for d in all_letters
+                     if d["reason"] not in ("conflicting_duplicate", "too_late"))
+        if others != len(expected):
+            out.problems.append(f"{others} invalid-record dead letters for {len(expected)} "
+                                "invalid records")
+        wrong = []
+        for kind, value, reason, event_type in expected:
+            d = letters.get(value)
+            try:
+                topic = input_topic_for_event_type(env.settings(), event_type)
+            except (ValueError, TypeError):
+                topic = env.settings().topic_purchases
+            if d is None or d["reason"] != reason or d["topic"] != topic or not d["detail"] \
+                    or not isinstance(d["partition"], int) or not isinstance(d["offset"], int):
+                wrong.append(f"{kind}: {d and (d['reason'], d['topic'])} (want {reason})")
         if wrong:
-            out.problems.append(f"{len(wrong)} of {len(kinds)} poison kinds wrong: {wrong[:3]}")
-        out.note = f"{len(kinds) - len(wrong)}/{len(kinds)} poison kinds with their reason"
+            out.problems.append(f"{len(wrong)} of {len(expected)} poison records wrong: "
+                                f"{wrong[:3]}")
+        if not any(d["value_encoding"] == "base64" for d in letters.values()):
+            out.problems.append("no base64 dead letter for the non-UTF-8 record")
+        cust = next(codec.loads(r.value)["customer_id"] for r in valid if r.kind == "valid")
+        out.problems.extend(_http_contract(w, synthetic.SHOP_NAMES[0], cust))
+        out.note = (f"{len(kinds)} poison kinds + {len(expected) - len(kinds)} synthetic "
+                    f"invalid records, {len(expected) - len(wrong)} with their reason")
     return out
+
+
+def _http_contract(w: Worker, shop: str, cust: str) -> list[str]:
+    """After the poison the worker still serves: clean 4xx answers for bad or
+    unauthorised requests. Returns what failed."""
+    path = f"/customers/{shop}/{cust}"
+    checks = {
+        "authorised": (w.get(path)[0], (200,)),
+        "no token": (w.get(path, headers={})[0], (401,)),
+        "wrong token": (w.get(path, headers={"Authorization": "Bearer wrong"})[0], (401,)),
+        "shops without token": (w.get(f"/shops/{shop}", headers={})[0], (401,)),
+        "as_of not a time": (w.get(path + "?as_of=yesterday")[0], (400,)),
+        "as_of of 300 digits": (w.get(path + "?as_of=" + "9" * 300)[0], (400,)),
+        "as_of in 2000": (w.get(path + "?as_of=2000-01-01T00:00:00Z")[0], (200, 400)),
+        "unknown customer": (w.get(f"/customers/{shop}/nobody-here")[0], (404,)),
+        "shop id too long": (w.get(f"/customers/{'x' * 65}/{cust}")[0], (400,)),
+        "/metrics": (w.get("/metrics")[0], (200,)),
+    }
+    failed = [f"{name}: HTTP {got}" for name, (got, want) in checks.items() if got not in want]
+    if w.get_json("/health")["status"] != "ok":
+        failed.append("/health not ok")
+    if codec.loads(w.get(path)[1])["customer_id"] != cust:
+        failed.append("wrong customer served")
+    return failed
 
 
 def _letter_value(letter: dict[str, Any]) -> bytes:

@@ -81,26 +81,42 @@ class Worker:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self._check_alive()
-            try:
-                health = self.get_json("/health")
-                if health.get("owned_partitions") and health.get("ready"):
-                    return health
-            except (OSError, ValueError):
-                pass
+            health = self._ready_health()
+            if health is not None:
+                return health
             time.sleep(0.5)
         raise AssertionError(f"worker {self.index} not ready in {timeout}s; log tail:\n"
                              + self.log_tail())
 
-    def first_event_s(self, timeout: float = 120.0) -> float:
-        """Seconds from :meth:`start` until this process consumed its first input event."""
+    def first_event_s(self, timeout: float = 120.0,
+                      idle_after: float | None = None) -> float | None:
+        """Seconds from :meth:`start` until this process consumed its first input event.
+
+        With ``idle_after``: None once the worker has been ready that long
+        without consuming anything (nothing was left for it to consume).
+        """
         deadline = time.monotonic() + timeout
+        ready_since: float | None = None
         while time.monotonic() < deadline:
             self._check_alive()
             if metric_sum(self, "loyalty_events_consumed_total") > 0:
                 return time.monotonic() - self.started_at
+            if idle_after is not None:
+                if ready_since is None and self._ready_health() is not None:
+                    ready_since = time.monotonic()
+                if ready_since is not None and time.monotonic() - ready_since > idle_after:
+                    return None
             time.sleep(0.1)
         raise AssertionError(f"worker {self.index} consumed nothing in {timeout}s; log tail:\n"
                              + self.log_tail())
+
+    def _ready_health(self) -> dict[str, Any] | None:
+        """/health if it answers ready (partitions owned and recovered), else None."""
+        try:
+            health = self.get_json("/health")
+        except (OSError, ValueError):
+            return None
+        return health if health.get("owned_partitions") and health.get("ready") else None
 
     def _check_alive(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:
