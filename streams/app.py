@@ -43,7 +43,7 @@ import faust
 from schemas.policy import PolicyBook
 from streams.agent import Processor, register_agents
 from streams.clv_service import ClvService, register_clv
-from streams.compat import harden_producer_flush
+from streams.compat import harden_producer_flush, leave_group_on_stop
 from streams.context import ServiceContext
 from streams.publish import Publisher
 from streams.restore import install_bulk_restore
@@ -118,9 +118,8 @@ def group_instance_id(settings: Settings) -> str | None:
     Default: ``<host name>-<web port>``. Two workers of one app id never share
     it (on one host they cannot share the port; hosts differ by name) and a
     restarted worker finds it again, so the broker hands it back its
-    partitions without a rebalance. A statically joined worker does not leave
-    the group on a graceful stop either: its partitions move to the others
-    only when it has not come back within the session timeout.
+    partitions without a rebalance after a crash. A graceful stop still
+    leaves the group at once (:func:`streams.compat.leave_group_on_stop`).
     """
     if settings.group_instance_id is None:
         return f"{socket.gethostname()}-{settings.web_port}"
@@ -196,6 +195,7 @@ def create_service(
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
            "value_serializer": "raw"}
     harden_producer_flush(app)
+    leave_group_on_stop()  # static membership for crash restarts only
     # Tables take key/value *types* only; with bytes types Faust passes the raw
     # bytes through (the app-wide serializers are "raw").
     tbl = {"key_type": bytes, "value_type": bytes, "default": None,

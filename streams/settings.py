@@ -80,8 +80,9 @@ class Settings(BaseSettings):
         "(Kafka KIP-345): a worker restarted with the same id within the session timeout "
         "takes its partitions back without a rebalance. Must be unique among the workers of "
         "one app id and stable across restarts of one worker; set it to the pod or host name "
-        "where the host name changes on restart. Empty: no static membership (a restart after "
-        "kill -9 then waits the session timeout out before joining).",
+        "where the host name changes on restart. A graceful stop still leaves the group at once. "
+        "Empty: no static membership (a restart after kill -9 then waits the session timeout "
+        "out before joining).",
     )
     api_token: str | None = Field(
         None,

@@ -27,6 +27,7 @@ from streams.compat.consumer import (
     consumed_positions,
     generation,
     highwater,
+    leave_group_on_stop,
     on_seek_to_committed,
     set_fetching,
 )
@@ -43,7 +44,8 @@ from streams.compat.tables import (
 __all__ = [
     "TOUCHES", "CompatError", "aiokafka_producer", "assignment", "cap_commits", "check",
     "consumed_positions",
-    "generation", "harden_producer_flush", "highwater", "on_recovery_offsets",
+    "generation", "harden_producer_flush", "highwater", "leave_group_on_stop",
+    "on_recovery_offsets",
     "on_seek_to_committed", "open_rocksdict_partition", "partition_context",
     "persisted_offset_key", "recovery_table", "rocksdict_partition",
     "set_fetching",

@@ -48,6 +48,8 @@ TOUCHES: tuple[Touch, ...] = (
           "consumer.set_fetching"),
     Touch("faust.transport.drivers.aiokafka", "AIOKafkaConsumerThread", "call_thread",
           "consumer.set_fetching"),
+    Touch("aiokafka.consumer.group_coordinator", "GroupCoordinator", "_maybe_leave_group",
+          "consumer.leave_group_on_stop"),
     Touch("aiokafka", "AIOKafkaConsumer", "pause", "consumer.set_fetching"),
     Touch("aiokafka", "AIOKafkaConsumer", "resume", "consumer.set_fetching"),
     Touch("faust.transport.consumer", "Consumer", "highwater", "consumer.highwater"),

@@ -134,3 +134,39 @@ def highwater(app: faust.App, tp: TP) -> int | None:
 def assignment(app: faust.App) -> set[TP]:
     """The topic-partitions assigned to this worker (Faust's public ``assignment``)."""
     return set(app.consumer.assignment())
+
+
+def leave_group_on_stop() -> None:
+    """Make a static group member (``group.instance.id``) leave the group when it stops.
+
+    Works around: aiokafka sends no LeaveGroup for a static member, as the
+    Java client, so a gracefully stopped worker kept its partitions until its
+    session expired (10 s of nobody serving them on a scale-down or a
+    replacement). The worker wants static membership for a crash restart
+    only: a kill -9 sends nothing anyway, and the process restarted in its
+    place takes the partitions back without a rebalance. aiokafka speaks
+    LeaveGroup v0-v1 (by member id, which the broker accepts for a static
+    member too). Wraps the private ``GroupCoordinator._maybe_leave_group``
+    (class-wide, once; consumers without a group never call it).
+    """
+    import logging
+
+    from aiokafka import errors
+    from aiokafka.consumer.group_coordinator import GroupCoordinator
+    from aiokafka.protocol.group import LeaveGroupRequest
+
+    original = GroupCoordinator._maybe_leave_group
+    if getattr(original, "leaves_static_members", False):
+        return
+
+    async def maybe_leave_group(self: Any) -> None:
+        if self.generation > 0 and self._group_instance_id is not None:
+            try:
+                await self._send_req(LeaveGroupRequest(self.group_id, self.member_id))
+            except errors.KafkaError as exc:
+                logging.getLogger(__name__).warning("LeaveGroup of static member %s failed: %r",
+                                                    self._group_instance_id, exc)
+        await original(self)  # sends nothing more for a static member; resets the generation
+
+    maybe_leave_group.leaves_static_members = True  # type: ignore[attr-defined]
+    GroupCoordinator._maybe_leave_group = maybe_leave_group  # type: ignore[method-assign]
