@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = 0
     root = tempfile.mkdtemp(prefix="chaos-")
     try:
-        for name in args.only or list(SCENARIOS):
+        for name in args.only or [n for n in SCENARIOS if n not in profile.skip]:
             tmp = Path(root) / name
             tmp.mkdir()
             out = SCENARIOS[name](args.bootstrap, tmp, profile)
