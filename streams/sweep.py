@@ -425,8 +425,12 @@ class Sweeper:
                     break
             if work and not await self._commit(partition, work, index, stats, run, budget):
                 return False
-            if finished:
+            if finished and not (work and run is not None):
                 return True
+            # A full scan whose last slice committed has awaited: the agent may
+            # have created keys after the cursor meanwhile (its deltas for them
+            # were left to the scan), so the scan reads on from the cursor and
+            # is finished only by a slice that did not await.
             await budget.pause()  # let the agent run between slices
 
     def _prepare(self, key: bytes, raw: bytes, outcome: fold.Outcome,

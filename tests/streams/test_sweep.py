@@ -383,3 +383,32 @@ async def test_full_scan_counts_a_key_the_agent_writes_during_the_changelog_ack_
     h.rebalance()  # a recount with no concurrent writes: nothing may need repair
     check = await h.sweeper.sweep(NOW + timedelta(seconds=30))
     assert check.tallies_repaired == 0 and check.customers == len(keys) + 1
+
+
+async def test_full_scan_counts_keys_the_agent_creates_during_its_last_commit(
+        hourly: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A backlog folded during a full scan: new customers keep appearing, with
+    # keys after the scan's cursor (their deltas are left to the scan). One
+    # created while the scan's last slice waits for its acknowledgements must
+    # still be counted: the scan may not stop at the key it had reached.
+    h = hourly
+    keys = monthly_customers(h)
+    monkeypatch.setattr(sweep_module, "SLICE_BUDGET_S", 10.0)  # a partition per slice
+    created: list[bytes] = []
+
+    def new_customer_in_the_scanned_partition() -> None:
+        [partition] = list(h.sweeper._passes) or [None]
+        if partition is not None:
+            name = next(f"zz{len(created)}-{i}" for i in range(1000)
+                        if partition_for(message_key("s1", f"zz{len(created)}-{i}"),
+                                         PARTITIONS) == partition)
+            created.append(h.purchase(name, "2025-12-21T10:00:00Z", f"new-{name}"))
+        h.on_send.append(new_customer_in_the_scanned_partition)
+
+    h.on_send.append(new_customer_in_the_scanned_partition)
+    await h.sweeper.sweep(NOW)
+    h.on_send.clear()
+    assert created
+    h.rebalance()  # a recount with no concurrent writes: nothing may need repair
+    check = await h.sweeper.sweep(NOW + timedelta(seconds=30))
+    assert check.tallies_repaired == 0 and check.customers == len(keys) + len(created)
