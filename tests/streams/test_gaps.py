@@ -4,7 +4,6 @@ Faust and aiokafka leave it after a rebalance."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from types import SimpleNamespace
 from typing import Any
@@ -76,7 +75,8 @@ def _service(read_offset: int | None, consumed: int) -> tuple[Any, list[Any]]:
 
 
 @pytest.mark.parametrize("committed", [None, 4])
-def test_records_dropped_right_after_a_seek_are_all_re_driven(committed: int | None) -> None:
+async def test_records_dropped_right_after_a_seek_are_all_re_driven(
+        committed: int | None) -> None:
     # A sparse partition (redemptions): after the rebalance the consumer was
     # positioned at the committed offset, fetched every record up to 10 and
     # Faust dropped them; no later record arrives to reveal the gap.
@@ -86,19 +86,19 @@ def test_records_dropped_right_after_a_seek_are_all_re_driven(committed: int | N
     progress.seeks[(TOPIC, 0)] = (GENERATION, start, time.monotonic() - 30.0)
     progress.done[(TOPIC, 0)] = start - 1
 
-    n = asyncio.run(redrive_idle_partitions(service, progress, _Reader(end=10)))
+    n = await redrive_idle_partitions(service, progress, _Reader(end=10))
 
     assert n == 10 - start
     assert [codec.loads(v)["customer_id"] for _, _, v, _, _ in published] == [
         f"c{o}" for o in range(start, 10)]
     assert progress.done[(TOPIC, 0)] == 9
     # Nothing left: the next check re-drives nothing more.
-    assert asyncio.run(redrive_idle_partitions(service, progress, _Reader(end=10))) == 0
+    assert await redrive_idle_partitions(service, progress, _Reader(end=10)) == 0
 
 
-def test_a_partition_read_up_to_what_the_agent_expects_is_left_alone() -> None:
+async def test_a_partition_read_up_to_what_the_agent_expects_is_left_alone() -> None:
     service, published = _service(4, consumed=4)
     progress = Progress(SimpleNamespace())
     progress.seeks[(TOPIC, 0)] = (GENERATION, 4, time.monotonic() - 30.0)
-    assert asyncio.run(redrive_idle_partitions(service, progress, _Reader(end=10))) == 0
+    assert await redrive_idle_partitions(service, progress, _Reader(end=10)) == 0
     assert published == []
