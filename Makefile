@@ -1,6 +1,7 @@
 # Developer and CI entry points. Everything runs from the repository root.
 #   make demo    set up .venv, start broker + topics + worker, stream a synthetic shop
-#   make test    whole suite (unit + integration) against a real local Kafka broker
+#   make test    whole suite (unit + integration + short chaos) against a real local Kafka broker
+#   make chaos   the full chaos suite (kill -9s, churn, broker bounces, ...) against replay
 #   make lint    ruff
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -13,10 +14,10 @@ LOYALTY := $(VENV)/bin/loyalty
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv demo test lint broker-start broker-stop
+.PHONY: help venv demo test chaos lint broker-start broker-stop
 
 help:
-	@echo "targets: venv demo test lint broker-start broker-stop"
+	@echo "targets: venv demo test chaos lint broker-start broker-stop"
 
 # Re-install only when pyproject.toml changed (or the venv is missing).
 venv: $(STAMP)
@@ -28,22 +29,34 @@ $(STAMP): pyproject.toml
 demo: venv
 	$(LOYALTY) demo
 
-# Start the broker only if nothing answers yet, and stop it afterwards only if
-# this target started it - also when pytest fails or is interrupted. pytest's
-# exit code is the target's exit code.
-test: venv
+# $(call with_broker,COMMAND): run COMMAND against a broker. Start the broker
+# only if nothing answers yet, and stop it afterwards only if this target
+# started it - also when COMMAND fails or is interrupted. COMMAND's exit code
+# is the target's exit code.
+define with_broker
 	@started=0; \
 	cleanup() { if [ "$$started" = 1 ]; then $(LOYALTY) broker stop || true; fi; }; \
 	trap 'cleanup; exit 130' INT TERM; \
 	if $(LOYALTY) broker status >/dev/null 2>&1; then \
-		echo "make test: using the broker that is already running"; \
+		echo "make $@: using the broker that is already running"; \
 	else \
 		started=1; \
 		$(LOYALTY) broker start || { cleanup; exit 1; }; \
 	fi; \
-	rc=0; $(PY) -m pytest -q -ra $(PYTEST_ARGS) || rc=$$?; \
+	rc=0; $(1) || rc=$$?; \
 	cleanup; \
 	exit $$rc
+endef
+
+test: venv
+	$(call with_broker,$(PY) -m pytest -q -ra $(PYTEST_ARGS))
+
+# The full chaos suite (tests/chaos; README "Reliability"): kill -9s, churn,
+# broker bounces, backlog, duplicates, poison - every customer against replay.
+# CI runs its short profile as part of `make test` (tests/chaos/test_chaos.py).
+CHAOS_ARGS ?=
+chaos: venv
+	$(call with_broker,$(PY) -m tests.chaos $(CHAOS_ARGS))
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -43,7 +43,7 @@ import faust
 from schemas.policy import PolicyBook
 from streams.agent import Processor, register_agents
 from streams.clv_service import ClvService, register_clv
-from streams.compat import harden_producer_flush
+from streams.compat import harden_producer_flush, leave_group_on_stop
 from streams.context import ServiceContext
 from streams.publish import Publisher
 from streams.restore import install_bulk_restore
@@ -67,7 +67,8 @@ from streams.web import register_web
 # tooling and integration tests still name them through this module.
 __all__ = [
     "CUSTOMERS_TABLE", "SESSION_TIMEOUT_S", "TALLIES_TABLE", "LoyaltyService", "all_topic_specs",
-    "app_data_dir", "canonical_url", "changelog_topic_specs", "create_service", "partition_for",
+    "app_data_dir", "canonical_url", "changelog_topic_specs", "create_service",
+    "group_instance_id", "partition_for",
     "rekey_topic_name", "rekey_topic_spec", "rocksdb_options",
 ]
 
@@ -109,6 +110,20 @@ def canonical_url(settings: Settings) -> str:
         # Bound to every interface: peers need a resolvable name, not 0.0.0.0.
         host = socket.gethostname()
     return f"http://{host}:{settings.web_port}"
+
+
+def group_instance_id(settings: Settings) -> str | None:
+    """This worker's static group membership id (KIP-345), or None for dynamic membership.
+
+    Default: ``<host name>-<web port>``. Two workers of one app id never share
+    it (on one host they cannot share the port; hosts differ by name) and a
+    restarted worker finds it again, so the broker hands it back its
+    partitions without a rebalance after a crash. A graceful stop still
+    leaves the group at once (:func:`streams.compat.leave_group_on_stop`).
+    """
+    if settings.group_instance_id is None:
+        return f"{socket.gethostname()}-{settings.web_port}"
+    return settings.group_instance_id or None
 
 
 @dataclass(frozen=True, eq=False)
@@ -178,13 +193,18 @@ def create_service(
         table_standby_replicas=1,
         broker_commit_interval=1.0,
         # A worker killed with -9 keeps its group membership until the session
-        # times out; the default 60 s would stall its restart's rebalance.
+        # times out; the default 60 s would stall its restart's rebalance (with
+        # dynamic membership) or its partitions (static: until it is back).
         broker_session_timeout=SESSION_TIMEOUT_S,
+        # Static membership: a restart within the session takes the partitions
+        # back at once, without a rebalance of the group.
+        consumer_group_instance_id=group_instance_id(settings),
         broker_heartbeat_interval=2.0,
     )
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
            "value_serializer": "raw"}
     harden_producer_flush(app)
+    leave_group_on_stop()  # static membership for crash restarts only
     # Tables take key/value *types* only; with bytes types Faust passes the raw
     # bytes through (the app-wide serializers are "raw").
     tbl = {"key_type": bytes, "value_type": bytes, "default": None,

@@ -242,7 +242,13 @@ async def redrive_idle_partitions(service: ServiceContext, progress: Progress,
     rekey = service.rekey.get_topic_name()
     generation = compat.generation(app)
     now = time.monotonic()
-    read_offsets = compat.read_offsets(app)
+    # How far the consumer read: aiokafka's consumed position (the offset
+    # after the last record it handed to Faust). Faust's own read offset is
+    # the committed offset after a seek and does not move for records it
+    # drops, so a sparse partition whose first records after a rebalance were
+    # dropped looked read up to one record (or not at all, with no committed
+    # offset): the rest stayed unprocessed, silently, until the next restart.
+    positions = compat.consumed_positions(app)
     candidates = []
     for tp, (gen, seek_offset, at) in list(progress.seeks.items()):
         if gen != generation:
@@ -251,10 +257,10 @@ async def redrive_idle_partitions(service: ServiceContext, progress: Progress,
         expected = last[1] + 1 if last is not None and last[0] == gen else seek_offset
         if now - max(at, progress.last_seen_at.get(tp, 0.0)) < idle_s:
             continue
-        read = read_offsets.get(TP(*tp))
-        if read is None or read < expected:
+        position = positions.get(TP(*tp))
+        if position is None or position <= expected:
             continue
-        candidates.append((tp, expected, read + 1))
+        candidates.append((tp, expected, position))
     if not candidates:
         return 0
     ends = await reader.end_offsets(

@@ -74,6 +74,16 @@ class Settings(BaseSettings):
         6066, ge=1, le=65535,
         description="Default 6066. Port of the worker's HTTP API and Prometheus /metrics.",
     )
+    group_instance_id: str | None = Field(
+        None,
+        description="Default <host name>-<web port>. Static consumer-group membership "
+        "(Kafka KIP-345): a worker restarted with the same id within the session timeout "
+        "takes its partitions back without a rebalance. Must be unique among the workers of "
+        "one app id and stable across restarts of one worker; set it to the pod or host name "
+        "where the host name changes on restart. A graceful stop still leaves the group at once. "
+        "Empty: no static membership (a restart after kill -9 then waits the session timeout "
+        "out before joining).",
+    )
     api_token: str | None = Field(
         None,
         description="Default unset. Bearer token required by the HTTP API; unset means no "

@@ -427,8 +427,12 @@ class Sweeper:
                     break
             if work and not await self._commit(partition, work, index, stats, run, budget):
                 return False
-            if finished:
+            if finished and not (work and run is not None):
                 return True
+            # A full scan whose last slice committed has awaited: the agent may
+            # have created keys after the cursor meanwhile (its deltas for them
+            # were left to the scan), so the scan reads on from the cursor and
+            # is finished only by a slice that did not await.
             await budget.pause()  # let the agent run between slices
 
     def _prepare(self, key: bytes, raw: bytes, outcome: fold.Outcome,
@@ -471,11 +475,14 @@ class Sweeper:
                           base=item.raw)
                    for item in work]
 
-        def compared(change: Change) -> None:
+        # A key stays held (pending for the recount, so the agent's deltas to
+        # it are ignored) until the commit has decided it: written or yielded.
+        # The agent may write it while the changelog record is acknowledged
+        # (after the compare): releasing it earlier let that delta into the
+        # recount and then the agent's state counted again on top.
+        def yielded(change: Change) -> None:
             if run is not None:
                 run.held.discard(change.key)  # from here on the row is counted as it is
-
-        def yielded(change: Change) -> None:
             stats.skipped += 1  # the agent got there first: keep its state
             current = svc.rows.get(partition, change.key)
             if current is None:
@@ -486,13 +493,15 @@ class Sweeper:
                 index.file(change.key, state.next_due)  # still due unless the agent moved it
 
         def written(change: Change) -> None:
+            if run is not None:
+                run.held.discard(change.key)
             stats.changed += 1
             self._count(run, change.key, states[change.key])
             index.file(change.key, change.next_due)
 
         done = await self.committer.commit(
             outputs, changes, owns=lambda: self._still_owner(partition),
-            on_compared=compared, on_yielded=yielded, on_written=written)
+            on_yielded=yielded, on_written=written)
         budget.restart()
         return done.complete
 

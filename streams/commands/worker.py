@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
 
     from schemas.policy import PolicyBook
     from streams import compat
-    from streams.app import app_data_dir, create_service
+    from streams.app import app_data_dir, create_service, group_instance_id
     from streams.security import client_kwargs
     from streams.settings import get_settings
     from streams.topics import all_topic_specs, ensure_topics
@@ -132,15 +132,19 @@ def run(args: argparse.Namespace) -> int:
     if prepare_data_dir(data_dir):
         log.warning("previous run of %s did not stop cleanly: local stores discarded, "
                     "rebuilding from the changelogs", settings.app_id)
-        # The dead process is still a group member until its session expires.
-        # Joining now means two rebalances in a row (join, then eviction), and
-        # Faust has known bugs with records prefetched across back-to-back
-        # rebalances (faust-streaming#216/#221). Waiting it out costs seconds.
-        import time
+        if group_instance_id(settings) is None:
+            # Dynamic membership: the dead process is still a group member until
+            # its session expires. Joining now means two rebalances in a row
+            # (join, then eviction), and Faust has known bugs with records
+            # prefetched across back-to-back rebalances (faust-streaming#216/
+            # #221). Waiting it out costs seconds. With static membership (the
+            # default) the restarted process takes the dead one's place in the
+            # group: no rebalance at all, so no wait.
+            import time
 
-        from streams.app import SESSION_TIMEOUT_S
+            from streams.app import SESSION_TIMEOUT_S
 
-        time.sleep(SESSION_TIMEOUT_S + 1.0)
+            time.sleep(SESSION_TIMEOUT_S + 1.0)
     service = create_service(settings)
     from streams.metrics import add_process_metrics
 

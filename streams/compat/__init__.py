@@ -28,10 +28,11 @@ from streams.compat.clients import delete_consumer_group, refresh_topic_metadata
 from streams.compat.consumer import (
     assignment,
     cap_commits,
+    consumed_positions,
     generation,
     highwater,
+    leave_group_on_stop,
     on_seek_to_committed,
-    read_offsets,
     set_fetching,
 )
 from streams.compat.delivery import deliver_directly
@@ -47,8 +48,9 @@ from streams.compat.tables import (
 
 __all__ = [
     "TOUCHES", "CompatError", "aiokafka_producer", "assignment", "cap_commits", "check",
-    "delete_consumer_group", "deliver_directly", "generation", "harden_producer_flush",
-    "highwater", "on_recovery_offsets", "on_seek_to_committed", "open_rocksdict_partition",
-    "partition_context", "persisted_offset_key", "read_offsets", "recovery_table",
-    "refresh_topic_metadata", "rocksdict_partition", "set_fetching",
+    "consumed_positions", "delete_consumer_group", "deliver_directly", "generation",
+    "harden_producer_flush", "highwater", "leave_group_on_stop", "on_recovery_offsets",
+    "on_seek_to_committed", "open_rocksdict_partition", "partition_context",
+    "persisted_offset_key", "recovery_table", "refresh_topic_metadata", "rocksdict_partition",
+    "set_fetching",
 ]

@@ -62,16 +62,27 @@ def cap_commits(app: faust.App, cap: CommitCap) -> Callable[[Mapping[TP, int]],
     return original  # type: ignore[no-any-return]
 
 
-def read_offsets(app: faust.App) -> Mapping[TP, int | None]:
-    """Per input partition, the offset of the last record Faust's consumer has read.
+def consumed_positions(app: faust.App) -> dict[TP, int]:
+    """Per assigned partition, the offset after the last record aiokafka handed to Faust.
 
-    Works around: Faust does not expose how far its fetcher got, which is the
+    Works around: Faust does not expose how far its consumer got, which is the
     only evidence that records were read and then dropped before reaching the
-    agent (see :func:`streams.gaps.redrive_idle_partitions`). Reads the
-    private ``Consumer._read_offset`` map (a read-only view is returned).
+    agent (see :func:`streams.gaps.redrive_idle_partitions`). Faust's own
+    ``_read_offset`` is no such evidence: a seek sets it to the committed
+    offset (the *next* record) or None, and records Faust drops never
+    update it. aiokafka's consumed position moves past every record it
+    returns, dropped by Faust or not, and not past the records of a paused
+    partition. Read from the consumer thread's client (private
+    ``ThreadDelegateConsumer._thread``, ``AIOKafkaConsumerThread._ensure_consumer``,
+    ``AIOKafkaConsumer._subscription``); an int read, no call into the thread.
     """
-    offsets: Mapping[TP, int | None] = app.consumer._read_offset
-    return offsets
+    consumer = app.consumer._thread._ensure_consumer()  # type: ignore[attr-defined]
+    subscription = consumer._subscription.subscription
+    assignment = None if subscription is None else subscription.assignment
+    if assignment is None:
+        return {}
+    return {TP(tp.topic, tp.partition): int(meta.offset)
+            for tp, meta in assignment.all_consumed_offsets().items()}
 
 
 def generation(app: faust.App) -> int:
@@ -123,3 +134,39 @@ def highwater(app: faust.App, tp: TP) -> int | None:
 def assignment(app: faust.App) -> set[TP]:
     """The topic-partitions assigned to this worker (Faust's public ``assignment``)."""
     return set(app.consumer.assignment())
+
+
+def leave_group_on_stop() -> None:
+    """Make a static group member (``group.instance.id``) leave the group when it stops.
+
+    Works around: aiokafka sends no LeaveGroup for a static member, as the
+    Java client, so a gracefully stopped worker kept its partitions until its
+    session expired (10 s of nobody serving them on a scale-down or a
+    replacement). The worker wants static membership for a crash restart
+    only: a kill -9 sends nothing anyway, and the process restarted in its
+    place takes the partitions back without a rebalance. aiokafka speaks
+    LeaveGroup v0-v1 (by member id, which the broker accepts for a static
+    member too). Wraps the private ``GroupCoordinator._maybe_leave_group``
+    (class-wide, once; consumers without a group never call it).
+    """
+    import logging
+
+    from aiokafka import errors
+    from aiokafka.consumer.group_coordinator import GroupCoordinator
+    from aiokafka.protocol.group import LeaveGroupRequest
+
+    original = GroupCoordinator._maybe_leave_group
+    if getattr(original, "leaves_static_members", False):
+        return
+
+    async def maybe_leave_group(self: Any) -> None:
+        if self.generation > 0 and self._group_instance_id is not None:
+            try:
+                await self._send_req(LeaveGroupRequest(self.group_id, self.member_id))
+            except errors.KafkaError as exc:
+                logging.getLogger(__name__).warning("LeaveGroup of static member %s failed: %r",
+                                                    self._group_instance_id, exc)
+        await original(self)  # sends nothing more for a static member; resets the generation
+
+    maybe_leave_group.leaves_static_members = True  # type: ignore[attr-defined]
+    GroupCoordinator._maybe_leave_group = maybe_leave_group  # type: ignore[method-assign]

@@ -56,6 +56,8 @@ class Worker:
     data_dir: Path
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path = field(init=False)
+    #: monotonic time of the last :meth:`start`
+    started_at: float = 0.0
 
     def __post_init__(self) -> None:
         self.log_path = self.env.tmp / f"worker-{self.index}.log"
@@ -68,6 +70,7 @@ class Worker:
         env = {**os.environ, **self.env.env, "LOYALTY_WEB_PORT": str(self.port),
                "LOYALTY_DATA_DIR": str(self.data_dir), "PYTHONUNBUFFERED": "1"}
         log = open(self.log_path, "ab")
+        self.started_at = time.monotonic()
         self.proc = subprocess.Popen([*LOYALTY, "worker", "--loglevel", "warning"], cwd=REPO,
                                      env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
@@ -78,15 +81,42 @@ class Worker:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self._check_alive()
-            try:
-                health = self.get_json("/health")
-                if health.get("owned_partitions") and health.get("ready"):
-                    return health
-            except (OSError, ValueError):
-                pass
+            health = self._ready_health()
+            if health is not None:
+                return health
             time.sleep(0.5)
         raise AssertionError(f"worker {self.index} not ready in {timeout}s; log tail:\n"
                              + self.log_tail())
+
+    def first_event_s(self, timeout: float = 120.0,
+                      idle_after: float | None = None) -> float | None:
+        """Seconds from :meth:`start` until this process consumed its first input event.
+
+        With ``idle_after``: None once the worker has been ready that long
+        without consuming anything (nothing was left for it to consume).
+        """
+        deadline = time.monotonic() + timeout
+        ready_since: float | None = None
+        while time.monotonic() < deadline:
+            self._check_alive()
+            if metric_sum(self, "loyalty_events_consumed_total") > 0:
+                return time.monotonic() - self.started_at
+            if idle_after is not None:
+                if ready_since is None and self._ready_health() is not None:
+                    ready_since = time.monotonic()
+                if ready_since is not None and time.monotonic() - ready_since > idle_after:
+                    return None
+            time.sleep(0.1)
+        raise AssertionError(f"worker {self.index} consumed nothing in {timeout}s; log tail:\n"
+                             + self.log_tail())
+
+    def _ready_health(self) -> dict[str, Any] | None:
+        """/health if it answers ready (partitions owned and recovered), else None."""
+        try:
+            health = self.get_json("/health")
+        except (OSError, ValueError):
+            return None
+        return health if health.get("owned_partitions") and health.get("ready") else None
 
     def _check_alive(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:
@@ -278,9 +308,13 @@ def mismatches(expected: list[dict[str, Any]], served: dict[tuple[str, str], Any
     return diffs
 
 
-def wait_equal(worker: Worker, expected: list[dict[str, Any]], timeout: float = 120.0,
-               alive: Callable[[], None] | None = None) -> float:
-    """Poll until every served snapshot equals ``expected``; returns seconds waited."""
+def settle(worker: Worker, expected: list[dict[str, Any]], timeout: float = 120.0,
+           alive: Callable[[], None] | None = None,
+           poll_s: float = 1.0) -> tuple[float, list[str]]:
+    """Poll until every served snapshot equals ``expected`` or ``timeout`` passes.
+
+    Returns the seconds waited and the differences left (empty: equal).
+    """
     started = time.monotonic()
     keys = [(s["shop_id"], s["customer_id"]) for s in expected]
     diffs: list[str] = []
@@ -290,8 +324,17 @@ def wait_equal(worker: Worker, expected: list[dict[str, Any]], timeout: float = 
             alive()
         diffs = mismatches(expected, served_snapshots(worker, keys))
         if not diffs:
-            return time.monotonic() - started
-        time.sleep(1.0)
+            break
+        time.sleep(poll_s)
+    return time.monotonic() - started, diffs
+
+
+def wait_equal(worker: Worker, expected: list[dict[str, Any]], timeout: float = 120.0,
+               alive: Callable[[], None] | None = None) -> float:
+    """Poll until every served snapshot equals ``expected``; returns seconds waited."""
+    waited, diffs = settle(worker, expected, timeout, alive)
+    if not diffs:
+        return waited
     raise AssertionError(f"{len(diffs)} of {len(expected)} snapshots differ after {timeout}s, "
                          f"e.g.:\n" + "\n".join(diffs[:5]) + "\nworker log:\n"
                          + worker.log_tail(30))
@@ -308,3 +351,68 @@ def metric_samples(worker: Worker) -> dict[tuple[str, tuple[tuple[str, str], ...
         for s in family.samples:
             out[(s.name, tuple(sorted(s.labels.items())))] = s.value
     return out
+
+
+def ledger_fact(eff: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A ledger entry without its running figures: what an upsert by id must end with."""
+    if eff is None:
+        return None
+    return {k: v for k, v in eff.items() if k not in ("balance_after", "restated")}
+
+
+def offline_ledger(env: ServiceEnv, lines: Iterable[bytes]) -> dict[str, dict[str, Any]]:
+    """Ledger entries of the offline fold of the same input lines, upserted by id."""
+    from schemas.events import InvalidEvent, parse_event
+    from scoring.fold import apply
+
+    policies = env.policies()
+    now = datetime.now(UTC)
+    states: dict[Any, Any] = {}
+    ledger: dict[str, dict[str, Any]] = {}
+    for line in lines:
+        try:
+            event = parse_event(line, now=now, policies=policies)
+        except InvalidEvent:
+            continue
+        key = (event.shop_id, event.customer_id)
+        out = apply(states.get(key), event, policies.for_shop(event.shop_id))
+        if out.changed:
+            states[key] = out.state
+        for eff in out.effects:
+            if eff.get("kind") == "ledger":
+                ledger[eff["id"]] = dict(eff)
+    return ledger
+
+
+def ledger_diffs(env: ServiceEnv, lines: Iterable[bytes]) -> tuple[int, dict[str, Any]]:
+    """The rewards topic upserted by id against :func:`offline_ledger`.
+
+    Outputs are at-least-once and may repeat after a crash, with the same id.
+    A repeat may even carry another fact: an event redelivered after the
+    crash can be folded in another cross-topic order than the first time, so
+    its entry is computed with other events already applied, and nothing
+    marks it restated (the state that knew of the first publication was
+    never written). What holds is what a consumer needs: upserting by id (one
+    customer's records share a key, so a partition, so their order) ends with
+    exactly the ledger of the offline fold, for every entry the events cause.
+    "balance_after" is a running figure of what the fold had seen, not part
+    of the fact. Returns (entries of the offline ledger, differing entries).
+    """
+    from schemas import codec
+
+    served: dict[str, dict[str, Any]] = {}
+    for m in env.read_topic(env.settings().topic_rewards):
+        eff = codec.loads(m.value)
+        served[eff["id"]] = eff
+    offline = offline_ledger(env, lines)
+    diffs = {i: (ledger_fact(served.get(i)), ledger_fact(f)) for i, f in offline.items()
+             if ledger_fact(served.get(i)) != ledger_fact(f)}
+    return len(offline), diffs
+
+
+def metric_sum(worker: Worker, name: str) -> float:
+    """The sum of one metric's samples on ``worker``; 0 while it does not answer."""
+    try:
+        return sum(v for (n, _), v in metric_samples(worker).items() if n == name)
+    except (OSError, ValueError, AssertionError):
+        return 0.0

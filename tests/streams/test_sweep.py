@@ -3,7 +3,7 @@
 The broker is replaced by a publisher that acknowledges every record at once;
 ownership and readiness are stubbed. States are written through the same
 commit protocol and row-store interface as in production (memory rows). The real-broker tests (tests/integration/
-test_service_end_to_end.py, ..._crash.py, ..._metrics.py) run the sweep in a
+test_service_end_to_end.py, ..._metrics.py and tests/chaos) run the sweep in a
 worker against RocksDB.
 """
 
@@ -363,3 +363,52 @@ async def test_a_key_the_agent_takes_during_the_changelog_ack_is_left_to_the_age
     h.svc.context.in_flight.clear()
     again = await h.sweeper.sweep(from_us(due_at) + timedelta(seconds=30))
     assert (again.visited, again.changed) == (1, 1)
+
+
+async def test_full_scan_counts_a_key_the_agent_writes_during_the_changelog_ack_once(
+        hourly: Harness) -> None:
+    # A full scan during a backlog: the scan advanced a key and waits for its
+    # changelog acknowledgement when the agent writes the same key. The scan
+    # drops its result; its recount must hold the agent's state once, not
+    # the agent's state plus the agent's delta (seen: 61 customers vs 64).
+    h = hourly
+    keys = monthly_customers(h)
+    fresh = h.purchase("fresh", "2025-01-02T10:00:00Z", "old")  # its points expired
+    assert h.state(fresh).next_due <= to_us(NOW)
+    h.on_send.append(lambda: h.on_send.append(
+        lambda: h.purchase("fresh", "2025-12-30T10:00:00Z", "during-changelog-ack")))
+    raced = await h.sweeper.sweep(NOW)
+    assert raced.full_scans == PARTITIONS and raced.skipped >= 1
+    assert h.state(fresh).clock == to_us(datetime(2025, 12, 30, 10, tzinfo=UTC))
+    h.rebalance()  # a recount with no concurrent writes: nothing may need repair
+    check = await h.sweeper.sweep(NOW + timedelta(seconds=30))
+    assert check.tallies_repaired == 0 and check.customers == len(keys) + 1
+
+
+async def test_full_scan_counts_keys_the_agent_creates_during_its_last_commit(
+        hourly: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A backlog folded during a full scan: new customers keep appearing, with
+    # keys after the scan's cursor (their deltas are left to the scan). One
+    # created while the scan's last slice waits for its acknowledgements must
+    # still be counted: the scan may not stop at the key it had reached.
+    h = hourly
+    keys = monthly_customers(h)
+    monkeypatch.setattr(sweep_module, "SLICE_BUDGET_S", 10.0)  # a partition per slice
+    created: list[bytes] = []
+
+    def new_customer_in_the_scanned_partition() -> None:
+        [partition] = list(h.sweeper._passes) or [None]
+        if partition is not None:
+            name = next(f"zz{len(created)}-{i}" for i in range(1000)
+                        if partition_for(message_key("s1", f"zz{len(created)}-{i}"),
+                                         PARTITIONS) == partition)
+            created.append(h.purchase(name, "2025-12-21T10:00:00Z", f"new-{name}"))
+        h.on_send.append(new_customer_in_the_scanned_partition)
+
+    h.on_send.append(new_customer_in_the_scanned_partition)
+    await h.sweeper.sweep(NOW)
+    h.on_send.clear()
+    assert created
+    h.rebalance()  # a recount with no concurrent writes: nothing may need repair
+    check = await h.sweeper.sweep(NOW + timedelta(seconds=30))
+    assert check.tallies_repaired == 0 and check.customers == len(keys) + len(created)

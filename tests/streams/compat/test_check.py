@@ -33,9 +33,9 @@ def test_a_missing_method_fails_naming_versions_and_name(monkeypatch: pytest.Mon
 
 def test_a_missing_declared_instance_attribute_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     annotations = dict(vars(Consumer)["__annotations__"])
-    del annotations["_read_offset"]
+    del annotations["_committed_offset"]
     monkeypatch.setattr(Consumer, "__annotations__", annotations)
-    with pytest.raises(compat.CompatError, match=r"Consumer\._read_offset is missing"):
+    with pytest.raises(compat.CompatError, match=r"Consumer\._committed_offset is missing"):
         compat.check()
 
 

@@ -1,0 +1,104 @@
+"""Re-driving records Faust's consumer read but never handed to the agent
+(:func:`streams.gaps.redrive_idle_partitions`), with the consumer stubbed as
+Faust and aiokafka leave it after a rebalance."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.structs import OffsetAndMetadata
+from faust.types import TP
+
+from schemas import codec
+from streams.gaps import Progress, redrive_idle_partitions
+from streams.records import Record
+
+TOPIC = "svc.redemptions"
+GENERATION = 7
+
+
+class _Counter:
+    def __init__(self) -> None:
+        self.value = 0
+
+    def labels(self, *_: Any) -> _Counter:
+        return self
+
+    def inc(self, n: int = 1) -> None:
+        self.value += n
+
+
+class _Reader:
+    """The private consumer: partition ``TOPIC[0]`` holds offsets 0 .. end-1."""
+
+    def __init__(self, end: int) -> None:
+        self.end = end
+
+    async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: self.end for tp in tps}
+
+    async def fetch(self, topic: str, partition: int, start: int, end: int) -> list[Record]:
+        return [Record(topic, partition, o, b"s|c", codec.dumps(
+            {"type": "redemption", "shop_id": "s", "customer_id": f"c{o}", "points": 1}))
+            for o in range(start, end)]
+
+
+def _service(read_offset: int | None, consumed: int) -> tuple[Any, list[Any]]:
+    """A service whose consumer was positioned at the committed offset by a seek, and
+    whose aiokafka client has since handed ``consumed`` - the next offset - to Faust,
+    which dropped those records (they never reached the agent)."""
+    published: list[Any] = []
+
+    async def publish(records: list[Any]) -> list[Any]:
+        published.extend(records)
+        return []
+
+    assignment = SimpleNamespace(all_consumed_offsets=lambda: {
+        TopicPartition(TOPIC, 0): OffsetAndMetadata(consumed, "")})
+    aiokafka_consumer = SimpleNamespace(_subscription=SimpleNamespace(
+        subscription=SimpleNamespace(assignment=assignment)))
+    consumer = SimpleNamespace(
+        # Faust's read offset after perform_seek: the committed offset (the
+        # *next* record) or None without one; dropped records never move it.
+        _read_offset={TP(TOPIC, 0): read_offset},
+        _thread=SimpleNamespace(_ensure_consumer=lambda: aiokafka_consumer))
+    service = SimpleNamespace(
+        app=SimpleNamespace(consumer_generation_id=GENERATION, consumer=consumer),
+        rekey=SimpleNamespace(get_topic_name=lambda: "svc-rekey"),
+        publisher=SimpleNamespace(publish=publish),
+        metrics=SimpleNamespace(offset_gaps=_Counter()))
+    return service, published
+
+
+@pytest.mark.parametrize("committed", [None, 4])
+async def test_records_dropped_right_after_a_seek_are_all_re_driven(
+        committed: int | None) -> None:
+    # A sparse partition (redemptions): after the rebalance the consumer was
+    # positioned at the committed offset, fetched every record up to 10 and
+    # Faust dropped them; no later record arrives to reveal the gap.
+    start = committed or 0
+    service, published = _service(committed, consumed=10)
+    progress = Progress(SimpleNamespace())
+    progress.seeks[(TOPIC, 0)] = (GENERATION, start, time.monotonic() - 30.0)
+    progress.done[(TOPIC, 0)] = start - 1
+
+    n = await redrive_idle_partitions(service, progress, _Reader(end=10))
+
+    assert n == 10 - start
+    assert [codec.loads(v)["customer_id"] for _, _, v, _, _ in published] == [
+        f"c{o}" for o in range(start, 10)]
+    assert progress.done[(TOPIC, 0)] == 9
+    # Nothing left: the next check re-drives nothing more.
+    assert await redrive_idle_partitions(service, progress, _Reader(end=10)) == 0
+
+
+async def test_a_partition_read_up_to_what_the_agent_expects_is_left_alone() -> None:
+    service, published = _service(4, consumed=4)
+    progress = Progress(SimpleNamespace())
+    progress.seeks[(TOPIC, 0)] = (GENERATION, 4, time.monotonic() - 30.0)
+    assert await redrive_idle_partitions(service, progress, _Reader(end=10)) == 0
+    assert published == []
