@@ -172,13 +172,15 @@ class Settings(BaseSettings):
         "per record).",
     )
     state_cache_size: int = Field(
-        20_000, ge=0,
-        description="Default 20000. Customers whose live state the agent keeps in memory "
+        2_000, ge=0,
+        description="Default 2000. Customers whose live state the agent keeps in memory "
         "between their events (least recently written dropped first), so an event that "
         "arrives in order is appended to the customer's folded history instead of decoding "
         "the state and re-folding its open buffer. Only a cache: the table stays the truth "
         "(an entry is used only while its row holds exactly the bytes it encoded to). "
-        "Costs about 7-15 KiB of memory per entry for a typical customer. 0 disables it.",
+        "Costs about 7-15 KiB of memory per entry for a typical customer, and every entry "
+        "lengthens Python's full garbage collections (see README \"Performance\"). "
+        "0 disables it.",
     )
     batch_within_s: float = Field(
         0.02, gt=0,
