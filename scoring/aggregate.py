@@ -29,7 +29,6 @@ in a week has a handful of dates). Lists of versions 1 and 2
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from operator import attrgetter
 from typing import Any
 
@@ -245,18 +244,3 @@ def window_totals(agg: Agg, day: int, window: int) -> tuple[int, int]:
             net += row[1]
             orders += row[2]
     return net, orders
-
-
-def orders_in_window(agg: Agg, day: int, window: int) -> Iterator[list]:
-    """Orders whose purchase date d satisfies ``day - window < d <= day``.
-
-    Orders are kept in canonical (date) order, so the scan walks back from the
-    newest and stops at the window's start.
-    """
-    lo = day - window
-    for order in reversed(agg.orders.values()):
-        d = order[O_DAY]
-        if d <= lo:
-            return
-        if d <= day:
-            yield order

@@ -96,7 +96,7 @@ class Processor:
         record) becomes the persisted offset; without it the persisted offset
         is left as it is (unit tests of the write path).
         """
-        self.committer.write(self.planner.settle([plan]).changes, changelog_offsets or {},
+        self.committer.write(self.planner.changes([plan]), changelog_offsets or {},
                              on_written=self._written)
 
     def _written(self, change: Change) -> None:

@@ -184,8 +184,24 @@ class Planner:
         with the tally deltas of all its plans merged in order.
         """
         svc = self.service
-        last: dict[bytes, tuple[int, CustomerState | None, TallyDelta]] = {}
         sends = [out for plan in plans for out in plan.sends]
+        changes = self.changes(plans)
+        for change in changes:
+            if change.state is None:  # erased: tombstones on the scores topic and the changelog
+                sends.append(Outgoing(svc.scores, change.key, None))
+                continue
+            shop = change.state.shop_id
+            snap = snapshot(change.state, None, svc.policies.for_shop(shop), svc.clv_model(shop),
+                            svc.rfm_model(shop))
+            sends.append(Outgoing(svc.scores, change.key, codec.dumps(snap)))
+        outputs = [(out.topic.get_topic_name(), out.key, out.value, out.headers, None)
+                   for out in sends]
+        return Settled(outputs, changes)
+
+    def changes(self, plans: list[Plan]) -> list[Change]:
+        """One :class:`Change` per customer of ``plans``, in order of its first change:
+        the last state encoded once (``value`` None: erased), the tally deltas merged."""
+        last: dict[bytes, tuple[int, CustomerState | None, TallyDelta]] = {}
         for plan in plans:
             if plan.tally_delta is None or (plan.state is None and not plan.erase):
                 continue
@@ -194,21 +210,10 @@ class Planner:
             if before is not None:
                 delta = before[2].then(delta)
             last[key] = (partition, None if plan.erase else plan.state, delta)
-        changes = []
-        for key, (partition, state, delta) in last.items():
-            if state is None:  # erased: tombstones on the scores topic and the changelog
-                sends.append(Outgoing(svc.scores, key, None))
-                changes.append(Change(partition, key, None, delta, None))
-                continue
-            policy = svc.policies.for_shop(state.shop_id)
-            snap = snapshot(state, None, policy, svc.clv_model(state.shop_id),
-                            svc.rfm_model(state.shop_id))
-            sends.append(Outgoing(svc.scores, key, codec.dumps(snap)))
-            changes.append(Change(partition, key, bytes(state.encode()), delta, state.next_due,
-                                  state=state))
-        outputs = [(out.topic.get_topic_name(), out.key, out.value, out.headers, None)
-                   for out in sends]
-        return Settled(outputs, changes)
+        return [Change(partition, key, None, delta, None) if state is None
+                else Change(partition, key, bytes(state.encode()), delta, state.next_due,
+                            state=state)
+                for key, (partition, state, delta) in last.items()]
 
     def remember(self, change: Change) -> None:
         """Keep the live state of a change just written (its row now holds ``value``)."""

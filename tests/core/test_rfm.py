@@ -74,7 +74,8 @@ def test_scores_are_1_to_5_and_monotone_in_each_value(buyers, a, b) -> None:  # 
     model = rfm.fit(buyers, min_customers=1)
     sa, sb = rfm.scores(model, a), rfm.scores(model, b)
     for name in ("rfm_recency", "rfm_frequency", "rfm_monetary"):
-        assert 1 <= sa[name] <= 5
+        # the snapshot contract: an integer score 1-5 (not a rank, a float or None)
+        assert type(sa[name]) is int and sa[name] in range(1, 6), (name, sa[name])
     # more recent (fewer days), more frequent, more spend: never a lower score
     assert (a[0] <= b[0]) <= (sa["rfm_recency"] >= sb["rfm_recency"])
     assert (a[1] <= b[1]) <= (sa["rfm_frequency"] <= sb["rfm_frequency"])
