@@ -104,23 +104,9 @@ class Processor:
         if self.on_change is not None:
             self.on_change(change.partition, change.key, change.delta, change.next_due)
 
-    def observe(self, record: Record, plan: Plan, started: float) -> None:
-        """Update metrics for a processed record."""
-        m = self.metrics
-        m.events_consumed.labels(record.topic, plan.event_type).inc()
-        if plan.status in ("invalid", "rejected"):
-            m.invalid_events.labels(plan.reason or plan.status).inc()
-        elif plan.status == "duplicate":
-            m.duplicates.inc()
-        elif plan.status == "rekeyed":
-            m.rekeyed.labels(record.topic).inc()
-        elif plan.status == "applied":
-            m.events_applied.labels(plan.event_type).inc()
-        m.observe_effects(plan.effects)
-        if plan.occurred_at is not None:
-            lag = time.time() - plan.occurred_at.timestamp()
-            m.event_lag.labels(record.topic).set(lag)
-        m.latency.observe(time.perf_counter() - started)
+    def observe(self, planned: list[tuple[Record, Plan]], started: float) -> None:
+        """Update metrics for processed records: :meth:`Metrics.observe_processed`."""
+        self.metrics.observe_processed(planned, started)
 
     async def handle(self, record: Record) -> str:
         """Process one record end to end; never raises. Returns the plan status.
@@ -143,7 +129,7 @@ class Processor:
                 self._mark_in_flight({plan.tally_delta[1]} if plan.tally_delta else ())
                 await self.commit([plan])
                 self._mark_in_flight(())
-                self.observe(record, plan, started)
+                self.observe([(record, plan)], started)
                 return plan.status
             except Exception as exc:  # noqa: BLE001 - the worker must survive any record
                 self._mark_in_flight(())
@@ -198,8 +184,7 @@ class Processor:
                 await self.handle(record)
             return
         self._mark_in_flight(())
-        for record, plan in planned:
-            self.observe(record, plan, started)
+        self.observe(planned, started)
 
     def _mark_in_flight(self, keys: Any) -> None:
         """Make ``keys`` the customers the sweep must leave alone (see :meth:`handle`)."""

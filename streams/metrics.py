@@ -18,11 +18,17 @@ exactly-once (see README "Guarantees and failure modes").
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+if TYPE_CHECKING:
+    from streams.planning import Plan
+    from streams.records import Record
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
@@ -179,24 +185,86 @@ class Metrics:
             "1 when the shop's own CLV fit is degenerate or did not converge (never served).",
             ["shop"], registry=r)
 
+    def observe_processed(self, planned: Sequence[tuple[Record, Plan]], started: float) -> None:
+        """Count processed records and their effects, and their processing latency
+        (``started``: ``time.perf_counter()`` when the batch began).
+
+        Counted per call, then each labelled series incremented once: the totals
+        are those of counting record by record. ``event_lag`` ends at the last
+        record's lag per topic, as it would record by record.
+        """
+        m = self
+        counts: dict[tuple[Any, ...], int] = {}
+        lags: dict[str, datetime] = {}
+        effects: list[dict[str, Any]] = []
+        for record, plan in planned:
+            status = plan.status
+            k: tuple[Any, ...] = ("consumed", record.topic, plan.event_type)
+            counts[k] = counts.get(k, 0) + 1
+            if status in ("invalid", "rejected"):
+                k = ("invalid", plan.reason or status)
+            elif status == "applied":
+                k = ("applied", plan.event_type)
+            elif status == "rekeyed":
+                k = ("rekeyed", record.topic)
+            else:
+                k = (status,)
+            counts[k] = counts.get(k, 0) + 1
+            effects.extend(plan.effects)
+            if plan.occurred_at is not None:
+                lags[record.topic] = plan.occurred_at  # the gauge holds the last one
+        for k, n in counts.items():
+            if k[0] == "consumed":
+                m.events_consumed.labels(k[1], k[2]).inc(n)
+            elif k[0] == "invalid":
+                m.invalid_events.labels(k[1]).inc(n)
+            elif k[0] == "applied":
+                m.events_applied.labels(k[1]).inc(n)
+            elif k[0] == "rekeyed":
+                m.rekeyed.labels(k[1]).inc(n)
+            elif k[0] == "duplicate":
+                m.duplicates.inc(n)
+        m.observe_effects(effects)
+        now = time.time()
+        for topic, occurred_at in lags.items():
+            m.event_lag.labels(topic).set(now - occurred_at.timestamp())
+        elapsed = time.perf_counter() - started
+        for _ in planned:
+            m.latency.observe(elapsed)
+
     def observe_effects(self, effects: Iterable[Mapping[str, Any]]) -> None:
-        """Count published effects (ledger entries and transitions)."""
+        """Count published effects (ledger entries and transitions).
+
+        Counted per call, then each labelled series incremented once."""
+        voided: dict[str, int] = {}
+        transitions: dict[tuple[str, str], int] = {}
+        entries: dict[str, int] = {}
+        points: dict[str, int] = {}
         for eff in effects:
             kind = eff.get("kind")
             if eff.get("void"):
                 # A retraction of an earlier effect (a late event changed history).
-                self.voided.labels(str(kind)).inc()
+                voided[str(kind)] = voided.get(str(kind), 0) + 1
                 continue
             if kind == "transition":
                 # from is null for a customer's first stage: label it "none".
-                self.transitions.labels(str(eff.get("from") or "none"), str(eff.get("to"))).inc()
+                k = (str(eff.get("from") or "none"), str(eff.get("to")))
+                transitions[k] = transitions.get(k, 0) + 1
             elif kind == "ledger":
                 entry = str(eff.get("entry"))
-                self.ledger_entries.labels(entry).inc()
+                entries[entry] = entries.get(entry, 0) + 1
                 label = _POINT_ENTRIES.get(entry)
-                points = eff.get("points")
-                if label and isinstance(points, int) and not isinstance(points, bool):
-                    self.points.labels(label).inc(abs(points))
+                n = eff.get("points")
+                if label and isinstance(n, int) and not isinstance(n, bool):
+                    points[label] = points.get(label, 0) + abs(n)
+        for kind, n in voided.items():
+            self.voided.labels(kind).inc(n)
+        for (frm, to), n in transitions.items():
+            self.transitions.labels(frm, to).inc(n)
+        for entry, n in entries.items():
+            self.ledger_entries.labels(entry).inc(n)
+        for label, n in points.items():
+            self.points.labels(label).inc(n)
 
     def set_shop_figures(self, shop_id: str, figures: Mapping[str, Any]) -> None:
         """Publish one shop's funnel and NPS gauges from ``ShopTally.figures()`` output.

@@ -132,7 +132,7 @@ async def throughput(env: BenchEnv, worker: WorkerProc, total: int, timeout_s: f
     t_first = c_first = cpu_first = None
     t_counted = None
     deadline = time.monotonic() + timeout_s
-    last_commit_check = 0.0
+    last_commit_check = last_scrape = 0.0
     text: str | None = None
     try:
         async with aiohttp.ClientSession() as session:
@@ -144,7 +144,12 @@ async def throughput(env: BenchEnv, worker: WorkerProc, total: int, timeout_s: f
                         f"(last count {c_first and text and parse_metrics(text).get(CONSUMED)}); "
                         f"worker log:\n{worker.log_tail()}")
                 worker.check_alive()
-                text = await _metrics(session, worker)
+                # /metrics every poll until the first event (the cold start's
+                # resolution), then once a second: each scrape costs the worker
+                # CPU that would otherwise be charged to events_per_cpu_s.
+                if t_first is None or t_counted is not None or now - last_scrape >= 1.0:
+                    last_scrape = now
+                    text = await _metrics(session, worker)
                 count = parse_metrics(text).get(CONSUMED, 0.0) if text else 0.0
                 if t_first is None and count > 0:
                     t_first, c_first, cpu_first = now, count, cpu_seconds(worker.pid)

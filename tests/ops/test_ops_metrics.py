@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
+
 from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.policy import PolicyBook
 from scoring.shop import ShopTally
 from streams.metrics import Metrics, add_process_metrics
+from streams.planning import Plan
+from streams.records import Record
 
 
 def _samples(m: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -43,3 +48,56 @@ def test_process_metrics_are_on_the_worker_registry() -> None:
     names = {name for name, _ in _samples(m)}
     assert {"process_resident_memory_bytes", "process_cpu_seconds_total",
             "process_start_time_seconds", "python_info"} <= names
+
+
+def _processed() -> list[tuple[Record, Plan]]:
+    at = datetime(2026, 11, 1, tzinfo=UTC)
+    earn = {"kind": "ledger", "entry": "earn", "points": 40}
+    redeem = {"kind": "ledger", "entry": "redeem", "points": -25}
+    first = {"kind": "transition", "from": None, "to": "first_visit"}
+    void = {"kind": "transition", "void": True}
+    plans = [
+        ("t.purchases", Plan(event_type="purchase", status="applied", occurred_at=at,
+                             effects=[earn, first])),
+        ("t.purchases", Plan(event_type="purchase", status="applied", occurred_at=at,
+                             effects=[earn, void])),
+        ("t.redemptions", Plan(event_type="redemption", status="applied", occurred_at=at,
+                               effects=[redeem])),
+        ("t.visits", Plan(event_type="visit", status="duplicate", occurred_at=at)),
+        ("t.visits", Plan(event_type="invalid", status="invalid", reason="bad_json")),
+        ("t.visits", Plan(event_type="redemption", status="rejected", reason="insufficient_points")),
+        ("t.purchases", Plan(event_type="purchase", status="rekeyed")),
+    ]
+    return [(Record(topic, 0, offset, b"k", b"v"), plan)
+            for offset, (topic, plan) in enumerate(plans)]
+
+
+def test_a_batch_counts_what_its_records_count_one_by_one() -> None:
+    batch, single = Metrics(), Metrics()
+    processed = _processed()
+    batch.observe_processed(processed, time.perf_counter())
+    for item in processed:
+        single.observe_processed([item], time.perf_counter())
+
+    def counters(m: Metrics) -> dict:
+        # latency sums and lag gauges are timings: compare the counts only
+        return {k: v for k, v in _samples(m).items()
+                if k[0].endswith("_total") or k[0].endswith("_count")}
+
+    got = counters(batch)
+    assert got == counters(single)
+    consumed = {k[1]: v for k, v in got.items() if k[0] == "loyalty_events_consumed_total"}
+    assert sum(consumed.values()) == 7
+    assert consumed[(("topic", "t.purchases"), ("type", "purchase"))] == 3
+    assert got[("loyalty_events_applied_total", (("type", "purchase"),))] == 2
+    assert got[("loyalty_invalid_events_total", (("reason", "bad_json"),))] == 1
+    assert got[("loyalty_invalid_events_total", (("reason", "insufficient_points"),))] == 1
+    assert got[("loyalty_duplicates_ignored_total", ())] == 1
+    assert got[("loyalty_rekeyed_total", (("topic", "t.purchases"),))] == 1
+    assert got[("loyalty_points_total", (("kind", "earned"),))] == 80
+    assert got[("loyalty_points_total", (("kind", "redeemed"),))] == 25
+    assert got[("loyalty_ledger_entries_total", (("entry", "earn"),))] == 2
+    assert got[("loyalty_stage_transitions_total",
+                (("from_stage", "none"), ("to_stage", "first_visit")))] == 1
+    assert got[("loyalty_effects_voided_total", (("kind", "transition"),))] == 1
+    assert got[("loyalty_processing_seconds_count", ())] == 7
