@@ -316,8 +316,10 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
                    "recovery_s": round(p.seconds, 3), "build_s": round(p.build_s, 1),
                    "first_sweep_s": None if p.sweep_s is None else round(p.sweep_s, 1),
                    "app_id": pop_env.app_id, "worker_pid": p.worker_pid}
+            swept = (f"after the first sweep ({p.sweep_s:,.0f} s)" if p.sweep_s is not None
+                     else "after the restore; the first sweep had not finished")
             _progress(args, f"population: restored at {p.customers_per_s:,.0f} customers/s, "
-                            f"peak RSS {pop['rss_mb']:,.0f} MiB")
+                            f"peak RSS {pop['rss_mb']:,.0f} MiB {swept}")
         observed["loadavg_end"] = phases.loadavg()
         return {
             "events_per_cpu_s": _round(cpu_rate, 1),
