@@ -193,7 +193,6 @@ class Metrics:
         are those of counting record by record. ``event_lag`` ends at the last
         record's lag per topic, as it would record by record.
         """
-        m = self
         counts: dict[tuple[Any, ...], int] = {}
         lags: dict[str, datetime] = {}
         effects: list[dict[str, Any]] = []
@@ -215,22 +214,22 @@ class Metrics:
                 lags[record.topic] = plan.occurred_at  # the gauge holds the last one
         for k, n in counts.items():
             if k[0] == "consumed":
-                m.events_consumed.labels(k[1], k[2]).inc(n)
+                self.events_consumed.labels(k[1], k[2]).inc(n)
             elif k[0] == "invalid":
-                m.invalid_events.labels(k[1]).inc(n)
+                self.invalid_events.labels(k[1]).inc(n)
             elif k[0] == "applied":
-                m.events_applied.labels(k[1]).inc(n)
+                self.events_applied.labels(k[1]).inc(n)
             elif k[0] == "rekeyed":
-                m.rekeyed.labels(k[1]).inc(n)
+                self.rekeyed.labels(k[1]).inc(n)
             elif k[0] == "duplicate":
-                m.duplicates.inc(n)
-        m.observe_effects(effects)
+                self.duplicates.inc(n)
+        self.observe_effects(effects)
         now = time.time()
         for topic, occurred_at in lags.items():
-            m.event_lag.labels(topic).set(now - occurred_at.timestamp())
+            self.event_lag.labels(topic).set(now - occurred_at.timestamp())
         elapsed = time.perf_counter() - started
         for _ in planned:
-            m.latency.observe(elapsed)
+            self.latency.observe(elapsed)
 
     def observe_effects(self, effects: Iterable[Mapping[str, Any]]) -> None:
         """Count published effects (ledger entries and transitions).
