@@ -13,10 +13,11 @@ PY := $(VENV)/bin/python
 LOYALTY := $(VENV)/bin/loyalty
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
-# Test processes (pytest-xdist). Most integration tests wait on the broker and on
-# worker subprocesses, so two processes halve the suite's wall clock on 2 cores;
-# each test uses its own topics, groups, ports and data dirs. 0: one process.
-TEST_WORKERS ?= 2
+# Test processes (pytest-xdist); 0: one process, the default and what CI runs.
+# Two halve the wall clock on 2 cores (most integration tests wait on the broker
+# and worker subprocesses), but under that load the two-worker kill tests have
+# failed with lost redemptions (README "Development"): a bug, not yet found.
+TEST_WORKERS ?= 0
 
 .PHONY: help venv demo test chaos lint broker-start broker-stop
 
