@@ -90,6 +90,26 @@ class Progress:
             return start, record.offset
         return None
 
+    def seeked(self, committed: Mapping[TP, int | None], generation: int | None) -> None:
+        """The consumer was positioned at ``committed`` (the broker's answer of this seek).
+
+        A partition with a committed offset starts there: everything before it
+        is done by definition. One without (None) keeps nothing from an
+        earlier assignment of it in this process: an old seek, ``done`` or
+        commit must not let a later commit pass records no one processed.
+        """
+        now = time.monotonic()
+        for tp, offset in committed.items():
+            key = (tp.topic, tp.partition)
+            if offset is None:
+                self.seeks.pop(key, None)
+                self.done.pop(key, None)
+                self.committed.pop(tp, None)
+                continue
+            self.seeks[key] = (generation, int(offset), now)
+            self.done[key] = int(offset) - 1
+            self.committed[tp] = int(offset)
+
     def processed(self, records: Iterable[Record]) -> None:
         """Everything up to these records' offsets of their partitions is now processed."""
         for record in records:  # in order: the last record of each partition wins
@@ -171,14 +191,8 @@ def install_seek_tracking(service: ServiceContext, progress: Progress) -> Commit
     watched = {*service.input_topic_names, service.rekey.get_topic_name()}
 
     def on_seek(committed: Mapping[TP, int | None]) -> None:
-        generation = compat.generation(app)
-        now = time.monotonic()
-        for tp, offset in committed.items():
-            if tp.topic in watched and offset is not None:
-                progress.seeks[(tp.topic, tp.partition)] = (generation, int(offset), now)
-                # Everything before the committed position is done by definition.
-                progress.done[(tp.topic, tp.partition)] = int(offset) - 1
-                progress.committed[tp] = int(offset)
+        progress.seeked({tp: offset for tp, offset in committed.items() if tp.topic in watched},
+                        compat.generation(app))
 
     def cap(offsets: Mapping[TP, int]) -> dict[TP, int]:
         capped = {}

@@ -36,9 +36,7 @@ TOUCHES: tuple[Touch, ...] = (
     Touch("aiokafka", "AIOKafkaProducer", "create_batch", "publish.Publisher"),
     Touch("aiokafka", "AIOKafkaProducer", "send_batch", "publish.Publisher"),
     Touch("aiokafka", "AIOKafkaProducer", "partitions_for", "publish.Publisher"),
-    Touch("faust.transport.consumer", "Consumer", "perform_seek",
-          "consumer.on_seek_to_committed"),
-    Touch("faust.transport.consumer", "Consumer", "_committed_offset",
+    Touch("faust.transport.consumer", "Consumer", "seek_to_committed",
           "consumer.on_seek_to_committed"),
     Touch("faust.transport.consumer", "Consumer", "_commit", "consumer.cap_commits"),
     *(Touch("aiokafka.consumer.subscription_state", owner, name, "consumer.consumed_positions")

@@ -19,23 +19,34 @@ CommitCap = Callable[[Mapping[TP, int]], dict[TP, int]]
 
 
 def on_seek_to_committed(app: faust.App, listener: SeekListener) -> None:
-    """Call ``listener`` with the committed offsets each time Faust positions its consumer.
+    """Call ``listener`` with the broker's committed offsets each time Faust positions its consumer.
 
     Works around: Faust offers no hook at the moment it positions every
     assigned partition at its committed offset (``Consumer.perform_seek``,
     after each rebalance's recovery); the first record the agent then sees
     must be that offset, and the known rebalance bugs (faust-streaming#216,
-    #221, #606) break exactly that. Wraps the instance's ``perform_seek`` and
-    reads its private ``_committed_offset`` map afterwards.
+    #221, #606) break exactly that. Wraps the instance's public
+    ``seek_to_committed`` (which ``perform_seek`` calls) and passes on its
+    answer for this seek: per assigned partition the committed offset, None
+    when there is none or it is 0 (aiokafka then does not seek: the position is
+    the reset one, or unchanged for a partition that stayed assigned).
+
+    Not Faust's ``_committed_offset`` map: Faust records there the offsets it
+    asked to commit, uncapped (:func:`cap_commits`), and keeps an entry for a
+    partition the broker has no commit for. A partition owned, given away and
+    assigned again then showed an offset past anything processed, and the
+    agent's bookkeeping trusted it.
     """
     consumer = app.consumer
-    original = consumer.perform_seek
+    original = consumer.seek_to_committed
 
-    async def perform_seek() -> None:
-        await original()
-        listener(dict(consumer._committed_offset))
+    async def seek_to_committed() -> Mapping[TP, int]:
+        committed = await original()
+        listener({TP(tp.topic, tp.partition): int(offset) if offset and offset > 0 else None
+                  for tp, offset in committed.items()})
+        return committed
 
-    consumer.perform_seek = perform_seek  # type: ignore[method-assign]
+    consumer.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
 
 
 def cap_commits(app: faust.App, cap: CommitCap) -> Callable[[Mapping[TP, int]],

@@ -11,9 +11,11 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.structs import OffsetAndMetadata
+from faust.transport.consumer import Consumer as FaustConsumer
 from faust.types import TP
 
 from schemas import codec
+from streams import compat
 from streams.gaps import Progress, redrive_idle_partitions
 from streams.records import Record
 
@@ -102,3 +104,37 @@ async def test_a_partition_read_up_to_what_the_agent_expects_is_left_alone() -> 
     progress.seeks[(TOPIC, 0)] = (GENERATION, 4, time.monotonic() - 30.0)
     assert await redrive_idle_partitions(service, progress, _Reader(end=10)) == 0
     assert published == []
+
+
+async def test_a_seek_reports_the_brokers_answer_not_fausts_stale_map() -> None:
+    # Faust's own perform_seek, on a consumer whose map still holds an offset it
+    # asked to commit (the cap dropped it) before the partition moved away.
+    consumer = SimpleNamespace(_read_offset={}, _committed_offset={TP(TOPIC, 0): 50})
+
+    async def broker() -> dict[TopicPartition, int | None]:
+        return {TopicPartition(TOPIC, 0): None, TopicPartition(TOPIC, 1): 7,
+                TopicPartition(TOPIC, 2): 0}
+
+    consumer.seek_to_committed = broker
+    seen: list[dict[TP, int | None]] = []
+    compat.on_seek_to_committed(SimpleNamespace(consumer=consumer), seen.append)
+
+    await FaustConsumer.perform_seek(consumer)  # type: ignore[arg-type]
+
+    assert consumer._committed_offset[TP(TOPIC, 0)] == 50  # Faust keeps the stale entry
+    assert seen == [{TP(TOPIC, 0): None, TP(TOPIC, 1): 7, TP(TOPIC, 2): None}]
+
+
+def test_a_partition_assigned_again_without_a_commit_keeps_nothing_old() -> None:
+    progress = Progress(SimpleNamespace())
+    progress.seeked({TP(TOPIC, 0): 40, TP(TOPIC, 1): 3}, generation=1)
+    assert progress.seeks[(TOPIC, 0)][:2] == (1, 40)
+    assert progress.done[(TOPIC, 0)] == 39 and progress.committed[TP(TOPIC, 0)] == 40
+    progress.done[(TOPIC, 0)] = 99  # processed further, never committed, then given away
+
+    progress.seeked({TP(TOPIC, 0): None, TP(TOPIC, 1): 5}, generation=3)
+
+    # Nothing from generation 1 may let a commit pass records no one processed.
+    assert (TOPIC, 0) not in progress.seeks and (TOPIC, 0) not in progress.done
+    assert TP(TOPIC, 0) not in progress.committed
+    assert progress.seeks[(TOPIC, 1)][:2] == (3, 5) and progress.done[(TOPIC, 1)] == 4

@@ -6,7 +6,7 @@ from importlib.metadata import version
 
 import pytest
 from faust.tables.recovery import Recovery
-from faust.transport.consumer import Consumer
+from faust.transport.consumer import ThreadDelegateConsumer
 
 from streams import compat
 from streams.compat.check import Touch
@@ -32,10 +32,11 @@ def test_a_missing_method_fails_naming_versions_and_name(monkeypatch: pytest.Mon
 
 
 def test_a_missing_declared_instance_attribute_fails(monkeypatch: pytest.MonkeyPatch) -> None:
-    annotations = dict(vars(Consumer)["__annotations__"])
-    del annotations["_committed_offset"]
-    monkeypatch.setattr(Consumer, "__annotations__", annotations)
-    with pytest.raises(compat.CompatError, match=r"Consumer\._committed_offset is missing"):
+    annotations = dict(vars(ThreadDelegateConsumer)["__annotations__"])
+    del annotations["_thread"]
+    monkeypatch.setattr(ThreadDelegateConsumer, "__annotations__", annotations)
+    with pytest.raises(compat.CompatError,
+                       match=r"ThreadDelegateConsumer\._thread is missing"):
         compat.check()
 
 
