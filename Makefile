@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 # Test processes (pytest-xdist); 0: one process, the default and what CI runs.
 # Two halve the wall clock on 2 cores (most integration tests wait on the broker
 # and worker subprocesses), but under that load the two-worker kill tests have
-# failed with lost redemptions (README "Development"): a bug, not yet found.
+# failed with lost redemptions (README "Development"): one cause fixed, one open.
 TEST_WORKERS ?= 0
 
 .PHONY: help venv demo test chaos lint broker-start broker-stop
