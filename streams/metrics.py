@@ -193,36 +193,31 @@ class Metrics:
         are those of counting record by record. ``event_lag`` ends at the last
         record's lag per topic, as it would record by record.
         """
-        counts: dict[tuple[Any, ...], int] = {}
+        # (counter, label values) -> records; () for the unlabelled duplicates counter
+        counts: dict[tuple[Counter, tuple[str, ...]], int] = {}
         lags: dict[str, datetime] = {}
         effects: list[dict[str, Any]] = []
         for record, plan in planned:
-            status = plan.status
-            k: tuple[Any, ...] = ("consumed", record.topic, plan.event_type)
-            counts[k] = counts.get(k, 0) + 1
-            if status in ("invalid", "rejected"):
-                k = ("invalid", plan.reason or status)
-            elif status == "applied":
-                k = ("applied", plan.event_type)
-            elif status == "rekeyed":
-                k = ("rekeyed", record.topic)
-            else:
-                k = (status,)
-            counts[k] = counts.get(k, 0) + 1
             effects.extend(plan.effects)
             if plan.occurred_at is not None:
                 lags[record.topic] = plan.occurred_at  # the gauge holds the last one
-        for k, n in counts.items():
-            if k[0] == "consumed":
-                self.events_consumed.labels(k[1], k[2]).inc(n)
-            elif k[0] == "invalid":
-                self.invalid_events.labels(k[1]).inc(n)
-            elif k[0] == "applied":
-                self.events_applied.labels(k[1]).inc(n)
-            elif k[0] == "rekeyed":
-                self.rekeyed.labels(k[1]).inc(n)
-            elif k[0] == "duplicate":
-                self.duplicates.inc(n)
+            k: tuple[Counter, tuple[str, ...]] = (self.events_consumed,
+                                                  (record.topic, plan.event_type))
+            counts[k] = counts.get(k, 0) + 1
+            status = plan.status
+            if status in ("invalid", "rejected"):
+                k = (self.invalid_events, (plan.reason or status,))
+            elif status == "applied":
+                k = (self.events_applied, (plan.event_type,))
+            elif status == "rekeyed":
+                k = (self.rekeyed, (record.topic,))
+            elif status == "duplicate":
+                k = (self.duplicates, ())
+            else:
+                continue
+            counts[k] = counts.get(k, 0) + 1
+        for (counter, labels), n in counts.items():
+            (counter.labels(*labels) if labels else counter).inc(n)
         self.observe_effects(effects)
         now = time.time()
         for topic, occurred_at in lags.items():
