@@ -90,25 +90,21 @@ class Progress:
             return start, record.offset
         return None
 
-    def seeked(self, committed: Mapping[TP, int | None], generation: int | None) -> None:
-        """The consumer was positioned at ``committed`` (the broker's answer of this seek).
+    def seeked(self, positions: Mapping[TP, int], generation: int | None) -> None:
+        """The consumer was positioned at ``positions`` (each partition's committed
+        offset, or its first offset when it has none: see
+        :func:`streams.compat.on_seek_to_committed`).
 
-        A partition with a committed offset starts there: everything before it
-        is done by definition. One without (None) keeps nothing from an
-        earlier assignment of it in this process: an old seek, ``done`` or
-        commit must not let a later commit pass records no one processed.
+        Everything before a partition's position is done by definition, and
+        nothing after it: an earlier assignment of the partition in this
+        process (processed further, never committed, given away, assigned
+        again) must not let a commit pass records no one processed.
         """
         now = time.monotonic()
-        for tp, offset in committed.items():
-            key = (tp.topic, tp.partition)
-            if offset is None:
-                self.seeks.pop(key, None)
-                self.done.pop(key, None)
-                self.committed.pop(tp, None)
-                continue
-            self.seeks[key] = (generation, int(offset), now)
-            self.done[key] = int(offset) - 1
-            self.committed[tp] = int(offset)
+        for tp, offset in positions.items():
+            self.seeks[(tp.topic, tp.partition)] = (generation, offset, now)
+            self.done[(tp.topic, tp.partition)] = offset - 1
+            self.committed[tp] = offset
 
     def processed(self, records: Iterable[Record]) -> None:
         """Everything up to these records' offsets of their partitions is now processed."""
@@ -190,9 +186,8 @@ def install_seek_tracking(service: ServiceContext, progress: Progress) -> Commit
     app = service.app
     watched = {*service.input_topic_names, service.rekey.get_topic_name()}
 
-    def on_seek(committed: Mapping[TP, int | None]) -> None:
-        progress.seeked({tp: offset for tp, offset in committed.items() if tp.topic in watched},
-                        compat.generation(app))
+    def on_seek(positions: Mapping[TP, int]) -> None:
+        progress.seeked(positions, compat.generation(app))
 
     def cap(offsets: Mapping[TP, int]) -> dict[TP, int]:
         capped = {}
@@ -208,7 +203,7 @@ def install_seek_tracking(service: ServiceContext, progress: Progress) -> Commit
             capped[tp] = offset
         return capped
 
-    compat.on_seek_to_committed(app, on_seek)
+    compat.on_seek_to_committed(app, watched, on_seek)
     commit = compat.cap_commits(app, cap)
 
     async def commit_owed() -> None:

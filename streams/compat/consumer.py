@@ -6,45 +6,62 @@ so that every consumer control the service uses is named in one place.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from typing import Any
 
 import faust
 from faust.types import TP
 
-#: ``(committed offsets by partition) -> None``, run after every seek to committed
-SeekListener = Callable[[Mapping[TP, int | None]], None]
+#: ``(offset each assigned partition starts from) -> None``, run after every seek
+SeekListener = Callable[[Mapping[TP, int]], None]
 #: ``(offsets Faust wants to commit) -> offsets to commit`` (may drop or lower entries)
 CommitCap = Callable[[Mapping[TP, int]], dict[TP, int]]
 
 
-def on_seek_to_committed(app: faust.App, listener: SeekListener) -> None:
-    """Call ``listener`` with the broker's committed offsets each time Faust positions its consumer.
+def on_seek_to_committed(app: faust.App, topics: Collection[str],
+                         listener: SeekListener) -> None:
+    """Position the assigned partitions of ``topics`` explicitly, and tell ``listener`` where.
 
     Works around: Faust offers no hook at the moment it positions every
     assigned partition at its committed offset (``Consumer.perform_seek``,
     after each rebalance's recovery); the first record the agent then sees
     must be that offset, and the known rebalance bugs (faust-streaming#216,
     #221, #606) break exactly that. Wraps the instance's public
-    ``seek_to_committed`` (which ``perform_seek`` calls) and passes on its
-    answer for this seek: per assigned partition the committed offset, None
-    when there is none or it is 0 (aiokafka then does not seek: the position is
-    the reset one, or unchanged for a partition that stayed assigned).
+    ``seek_to_committed`` (which ``perform_seek`` calls) and passes on, per
+    assigned partition of ``topics``, the offset the consumer now starts from
+    (other partitions, the tables' changelogs among them, stay as Faust
+    leaves them).
+
+    A partition without a committed offset (or with 0) is not moved by
+    aiokafka: a newly assigned one starts at the reset position, one that
+    stayed assigned *where the consumer was*, past the records Faust dropped
+    at the rebalance. Nothing of it was committed, so nothing of it is known
+    to be processed (commits are capped at the agent's progress): such a
+    partition is sought to its first offset (public ``earliest_offsets`` and
+    ``seek_wait``), and that offset is what the listener gets. Re-reading it
+    costs a redelivery (the aligned input ignores offsets it holds already;
+    re-applying a record is idempotent); not re-reading it lost the dropped
+    records for good. If the lookup fails the rebalance fails, as any broker
+    error in it does: the records are not skipped silently.
 
     Not Faust's ``_committed_offset`` map: Faust records there the offsets it
     asked to commit, uncapped (:func:`cap_commits`), and keeps an entry for a
-    partition the broker has no commit for. A partition owned, given away and
-    assigned again then showed an offset past anything processed, and the
-    agent's bookkeeping trusted it.
+    partition the broker has no commit for.
     """
     consumer = app.consumer
     original = consumer.seek_to_committed
 
     async def seek_to_committed() -> Mapping[TP, int]:
-        committed = await original()
-        listener({TP(tp.topic, tp.partition): int(offset) if offset and offset > 0 else None
+        answer = await original()
+        committed = {tp: offset for tp, offset in answer.items() if tp.topic in topics}
+        unset = [tp for tp, offset in committed.items() if not offset or offset <= 0]
+        first: Mapping[Any, int] = {}
+        if unset:
+            first = await consumer.earliest_offsets(*unset)
+            await consumer.seek_wait({tp: int(first[tp]) for tp in unset})
+        listener({TP(tp.topic, tp.partition): int(first[tp]) if tp in first else int(offset)
                   for tp, offset in committed.items()})
-        return committed
+        return answer
 
     consumer.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
 

@@ -106,23 +106,36 @@ async def test_a_partition_read_up_to_what_the_agent_expects_is_left_alone() -> 
     assert published == []
 
 
-async def test_a_seek_reports_the_brokers_answer_not_fausts_stale_map() -> None:
+async def test_a_seek_reports_the_brokers_answer_and_positions_uncommitted_partitions() -> None:
     # Faust's own perform_seek, on a consumer whose map still holds an offset it
     # asked to commit (the cap dropped it) before the partition moved away.
     consumer = SimpleNamespace(_read_offset={}, _committed_offset={TP(TOPIC, 0): 50})
+    sought: list[dict[Any, int]] = []
 
     async def broker() -> dict[TopicPartition, int | None]:
         return {TopicPartition(TOPIC, 0): None, TopicPartition(TOPIC, 1): 7,
-                TopicPartition(TOPIC, 2): 0}
+                TopicPartition(TOPIC, 2): 0, TopicPartition("svc-changelog", 0): None}
+
+    async def earliest_offsets(*tps: TopicPartition) -> dict[TopicPartition, int]:
+        return {tp: 3 for tp in tps}  # retention removed offsets 0-2
+
+    async def seek_wait(positions: dict[Any, int]) -> None:
+        sought.append(positions)
 
     consumer.seek_to_committed = broker
-    seen: list[dict[TP, int | None]] = []
-    compat.on_seek_to_committed(SimpleNamespace(consumer=consumer), seen.append)
+    consumer.earliest_offsets = earliest_offsets
+    consumer.seek_wait = seek_wait
+    seen: list[dict[TP, int]] = []
+    compat.on_seek_to_committed(SimpleNamespace(consumer=consumer), {TOPIC}, seen.append)
 
     await FaustConsumer.perform_seek(consumer)  # type: ignore[arg-type]
 
     assert consumer._committed_offset[TP(TOPIC, 0)] == 50  # Faust keeps the stale entry
-    assert seen == [{TP(TOPIC, 0): None, TP(TOPIC, 1): 7, TP(TOPIC, 2): None}]
+    # Without a commit aiokafka would leave a partition that stayed assigned
+    # where the consumer was (past records Faust dropped): it is sought to its
+    # first offset. Partitions of other topics (changelogs) are left alone.
+    assert sought == [{TopicPartition(TOPIC, 0): 3, TopicPartition(TOPIC, 2): 3}]
+    assert seen == [{TP(TOPIC, 0): 3, TP(TOPIC, 1): 7, TP(TOPIC, 2): 3}]
 
 
 def test_a_partition_assigned_again_without_a_commit_keeps_nothing_old() -> None:
@@ -130,11 +143,11 @@ def test_a_partition_assigned_again_without_a_commit_keeps_nothing_old() -> None
     progress.seeked({TP(TOPIC, 0): 40, TP(TOPIC, 1): 3}, generation=1)
     assert progress.seeks[(TOPIC, 0)][:2] == (1, 40)
     assert progress.done[(TOPIC, 0)] == 39 and progress.committed[TP(TOPIC, 0)] == 40
-    progress.done[(TOPIC, 0)] = 99  # processed further, never committed, then given away
+    progress.done[(TOPIC, 1)] = 99  # processed further, never committed, then given away
 
-    progress.seeked({TP(TOPIC, 0): None, TP(TOPIC, 1): 5}, generation=3)
+    # Assigned again with no commit: positioned at its first offset.
+    progress.seeked({TP(TOPIC, 1): 0}, generation=3)
 
     # Nothing from generation 1 may let a commit pass records no one processed.
-    assert (TOPIC, 0) not in progress.seeks and (TOPIC, 0) not in progress.done
-    assert TP(TOPIC, 0) not in progress.committed
-    assert progress.seeks[(TOPIC, 1)][:2] == (3, 5) and progress.done[(TOPIC, 1)] == 4
+    assert progress.seeks[(TOPIC, 1)][:2] == (3, 0)
+    assert progress.done[(TOPIC, 1)] == -1 and progress.committed[TP(TOPIC, 1)] == 0
