@@ -50,7 +50,15 @@ _RFC3339 = re.compile(
 )
 
 
-def _parse_rfc3339(value: Any) -> datetime:
+def parse_rfc3339(value: Any) -> datetime:
+    """The instant of an RFC 3339 timestamp with an offset, as an aware UTC datetime.
+
+    The one parser of event times (the contract's ``Timestamp``, the aligned
+    input's time key, instants given on a command line). Raises ValueError
+    with a message fit for a dead letter or a user for anything else: not a
+    string, no offset, an impossible date, a year outside 1-9999 in UTC.
+    Digits finer than a microsecond are truncated.
+    """
     if not isinstance(value, str):
         raise ValueError("must be an RFC 3339 timestamp string")
     m = _RFC3339.match(value)
@@ -79,7 +87,7 @@ def _strict_rate(value: Any) -> Any:
     return Decimal(value)
 
 
-Timestamp = Annotated[datetime, BeforeValidator(_parse_rfc3339), WithJsonSchema({
+Timestamp = Annotated[datetime, BeforeValidator(parse_rfc3339), WithJsonSchema({
     "type": "string", "format": "date-time", "pattern": _RFC3339.pattern,
     "description": "RFC 3339 with an offset (Z or +hh:mm); at most 1 day ahead of the wall clock"})]
 MarginRate = Annotated[Decimal, BeforeValidator(_strict_rate), Field(ge=0, le=1), WithJsonSchema({

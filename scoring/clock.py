@@ -49,6 +49,6 @@ def _rfc3339(us: int) -> str:
 
 def parse_instant(text: str) -> datetime:
     """Parse an RFC 3339 instant given on a command line or query string (offset required)."""
-    from schemas.events import _parse_rfc3339
+    from schemas.events import parse_rfc3339
 
-    return _parse_rfc3339(text.strip())
+    return parse_rfc3339(text.strip())

@@ -56,7 +56,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from schemas.events import _parse_rfc3339
+from schemas.events import parse_rfc3339
 from scoring.clock import to_us
 
 R = TypeVar("R")
@@ -77,7 +77,7 @@ def time_key_of(obj: Any) -> TimeKey:
     reason without holding it back.
     """
     try:
-        at = to_us(_parse_rfc3339(obj["occurred_at"]))
+        at = to_us(parse_rfc3339(obj["occurred_at"]))
     except Exception:  # noqa: BLE001 - any unreadable value sorts first, by design
         return UNREADABLE
     event_id = obj.get("event_id")
