@@ -162,3 +162,72 @@ def test_two_workers_on_a_backlog_one_killed(bootstrap: str, tmp_path) -> None:
         assert too_late_dead_letters(env) == expected_too_late(env, records)
     finally:
         env.stop_all()
+
+
+def with_forgets(records: list[synthetic.SyntheticRecord], every: int
+                 ) -> tuple[list[synthetic.SyntheticRecord], set[tuple[str, str]]]:
+    """``records`` with a ``forget`` request for every ``every``-th customer, placed
+    after its last event or mid-history, at an arrival time that no earlier event
+    of that customer arrives after (there the aligned input's event-time order and
+    replay's file order agree, as docs/domain.md says they must)."""
+    from datetime import UTC, datetime
+
+    from schemas.events import parse_rfc3339
+
+    by_customer: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for r in records:
+        if r.is_invalid or r.kind == "misrouted" or r.event_type is None:
+            continue
+        obj = codec.loads(r.value)
+        at = parse_rfc3339(obj["occurred_at"]).timestamp()
+        by_customer.setdefault((obj["shop_id"], obj["customer_id"]), []).append((r.arrival, at))
+    forgotten: set[tuple[str, str]] = set()
+    added = []
+    for i, (customer, times) in enumerate(sorted(by_customer.items())):
+        if i % every or len(times) < 4:
+            continue
+        arrivals = sorted(a for a, _ in times)
+        # Alternately mid-history (later events start a new history) and after
+        # the last event (the customer is gone).
+        candidates = arrivals[len(arrivals) // 2:] if len(forgotten) % 2 else [arrivals[-1] + 1]
+        for t in candidates:
+            # A forget at t: nothing of this customer that happened before t arrives after it.
+            if all(at >= t for a, at in times if a > t):
+                shop, cust = customer
+                value = codec.dumps({
+                    "type": "forget", "event_id": f"forget-{shop}-{cust}", "shop_id": shop,
+                    "customer_id": cust,
+                    "occurred_at": datetime.fromtimestamp(t, UTC).isoformat()
+                    .replace("+00:00", "Z")})
+                added.append(synthetic.SyntheticRecord(value=value, key=f"{shop}|{cust}".encode(),
+                                                       event_type="forget", arrival=t))
+                forgotten.add(customer)
+                break
+    return sorted([*records, *added], key=lambda r: r.arrival), forgotten
+
+
+def test_forget_requests_inside_a_history_import(bootstrap: str, tmp_path) -> None:
+    """Erasure requests produced with the history they belong to, before the worker
+    starts: each customer's events before the request are erased with it, later ones
+    start a new history, exactly as ``loyalty replay`` of the same lines."""
+    from tests.integration.service_harness import served_snapshots
+
+    env = ServiceEnv(bootstrap, tmp_path, lateness_days=LATENESS)
+    env.create_topics()
+    records, forgotten = with_forgets(history(seed=404, customers_per_shop=60), every=7)
+    expected = expected_snapshots(env, records)
+    served_keys = {(s["shop_id"], s["customer_id"]) for s in expected}
+    gone = forgotten - served_keys  # nothing after the request: 404
+    reborn = forgotten & served_keys  # events after the request: a new history
+    assert len(gone) >= 3 and len(reborn) >= 3, (len(gone), len(reborn))
+    env.produce(records)
+    w = env.worker().start()
+    try:
+        w.wait_ready()
+        equal_or_explain(env, w, expected, timeout=300)
+        assert served_snapshots(w, sorted(gone)) == {k: None for k in gone}
+        samples = metric_samples(w)
+        assert samples[("loyalty_events_applied_total", (("type", "forget"),))] >= len(forgotten)
+        assert too_late_dead_letters(env) == expected_too_late(env, records)
+    finally:
+        env.stop_all()
