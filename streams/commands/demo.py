@@ -88,11 +88,6 @@ def worker_env(ns: str, var: Path, port: int | None) -> dict[str, str]:
         "LOYALTY_DATA_DIR": str(var / "data"),
         "LOYALTY_SWEEP_INTERVAL_S": str(SWEEP_INTERVAL_S),
         "LOYALTY_CLV_REFIT_INTERVAL_S": str(CLV_REFIT_INTERVAL_S),
-        # every sweep recounts the shop tallies from the customer rows, so the
-        # first sweep after the backlog makes the funnel exact (the production
-        # recount runs hourly: a tally drifted while the backlog was folded
-        # would stay wrong that long)
-        "LOYALTY_TALLY_RECOUNT_INTERVAL_S": "0",
         **{f"LOYALTY_TOPIC_{k.upper()}": f"{ns}.{v}" for k, v in {
             "purchases": "purchases", "visits": "visits", "feedback": "feedback",
             "redemptions": "redemptions", "forget": "forget", "transitions": "stage-transitions",
