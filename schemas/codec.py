@@ -11,11 +11,12 @@ produced and read here, so encoding rules live in one place:
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import orjson
 
-__all__ = ["CodecError", "dumps", "dumps_pretty", "dumps_sorted", "loads"]
+__all__ = ["CodecError", "dumps", "dumps_pretty", "dumps_sorted", "loads", "text_or_base64"]
 
 
 class CodecError(ValueError):
@@ -43,3 +44,18 @@ def loads(data: bytes | bytearray | memoryview | str) -> Any:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise CodecError(str(exc)) from None
+
+
+def text_or_base64(data: bytes | None) -> tuple[str | None, str]:
+    """``(text, encoding)`` of raw bytes carried inside JSON: UTF-8 text if they decode
+    (``"utf-8"``), else base64 (``"base64"``); ``(None, "none")`` for no bytes.
+
+    The one form of a rejected record's original bytes, on the dead-letter topic
+    and in ``loyalty replay --rejects``.
+    """
+    if data is None:
+        return None, "none"
+    try:
+        return data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        return base64.b64encode(data).decode("ascii"), "base64"

@@ -9,7 +9,6 @@ the agent and the time sweep alike).
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -71,16 +70,6 @@ class Outgoing:
     headers: list[tuple[str, bytes]] | None = None
 
 
-def text_or_base64(data: bytes | None) -> tuple[str | None, str]:
-    """``(text, encoding)``: UTF-8 text if it decodes, else base64."""
-    if data is None:
-        return None, "none"
-    try:
-        return data.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError:
-        return base64.b64encode(data).decode("ascii"), "base64"
-
-
 def dead_letter_record(record: Record, reason: str, detail: str) -> bytes:
     """The JSON value written to the dead-letter topic for ``record``.
 
@@ -92,8 +81,8 @@ def dead_letter_record(record: Record, reason: str, detail: str) -> bytes:
     milliseconds, Kafka's unit (:attr:`Record.timestamp` and the origin header
     hold seconds, as Faust gives them).
     """
-    value, value_enc = text_or_base64(record.value)
-    key, key_enc = text_or_base64(record.key)
+    value, value_enc = codec.text_or_base64(record.value)
+    key, key_enc = codec.text_or_base64(record.key)
     origin = record.origin()
     seconds = origin.get("timestamp", record.timestamp)
     return codec.dumps({

@@ -7,7 +7,7 @@ docs/domain.md; **stderr carries the summary**, one JSON object on the last
 line (counts by reason and the line numbers of the first rejected lines),
 preceded by progress lines when stderr is a terminal or with --progress.
 With --rejects FILE every rejected line is also written to FILE, with its
-line number and reason. The exit code is 0 even with rejected lines; 2 when
+line number, reason, detail and value under the dead-letter topic's names. The exit code is 0 even with rejected lines; 2 when
 the input, the policy file or an option is bad.
 
 The policy file is --policy, else LOYALTY_POLICY_FILE, else the built-in
@@ -27,7 +27,7 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from typing import IO, Any
+from typing import IO
 
 #: Line numbers kept per reason in the summary (all of them go to --rejects).
 SUMMARY_LINES_PER_REASON = 10
@@ -45,7 +45,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-clv", action="store_true", help="skip fitting the refit's models "
                    "(predictive CLV and RFM): their fields are null")
     p.add_argument("--rejects", metavar="FILE", help="write every rejected line to FILE as JSON lines: "
-                   '{"line": N, "reason": ..., "detail": ..., "value": original text (or "value_b64")}')
+                   '{"line": N, "reason", "detail", "value", "value_encoding"} (the dead-letter '
+                   'topic\'s fields for the same facts; value in base64 if it is not UTF-8)')
     p.add_argument("--progress", action="store_true", help="print progress to stderr every few seconds "
                    "(default: only when stderr is a terminal)")
 
@@ -83,15 +84,12 @@ class Rejects:
         if len(kept) < SUMMARY_LINES_PER_REASON:
             kept.append(lineno)
         if self.out is not None:
-            from schemas.codec import dumps
+            from schemas.codec import dumps, text_or_base64
 
-            record: dict[str, Any] = {"line": lineno, "reason": reason, "detail": detail}
-            try:
-                record["value"] = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                import base64
-
-                record["value_b64"] = base64.b64encode(raw).decode("ascii")
+            value, encoding = text_or_base64(raw)
+            # The dead-letter topic's names for the same facts, plus the line number.
+            record = {"line": lineno, "reason": reason, "detail": detail, "value": value,
+                      "value_encoding": encoding}
             self.out.write(dumps(record) + b"\n")
 
 

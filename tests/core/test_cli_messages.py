@@ -54,7 +54,8 @@ def test_replay_rejects_file_has_every_rejected_line_with_number_and_reason(tmp_
     got = [loads(line) for line in rejects.read_bytes().splitlines()]
     assert [(r["line"], r["reason"]) for r in got] == [
         (2, "invalid_json"), (4, "invalid_encoding"), (5, "out_of_range")]
-    assert got[0]["value"] == "not json" and got[1]["value_b64"] == "//4="
+    assert (got[0]["value"], got[0]["value_encoding"]) == ("not json", "utf-8")
+    assert (got[1]["value"], got[1]["value_encoding"]) == ("//4=", "base64")
     assert "nps" in got[2]["detail"]
     summary = loads(proc.stderr.splitlines()[-1])
     assert summary["applied"] == 2 and summary["rejects_file"] == str(rejects)
