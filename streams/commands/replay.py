@@ -7,8 +7,9 @@ docs/domain.md; **stderr carries the summary**, one JSON object on the last
 line (counts by reason and the line numbers of the first rejected lines),
 preceded by progress lines when stderr is a terminal or with --progress.
 With --rejects FILE every rejected line is also written to FILE, with its
-line number, reason, detail and value under the dead-letter topic's names. The exit code is 0 even with rejected lines; 2 when
-the input, the policy file or an option is bad.
+line number, reason, detail and value under the dead-letter topic's names.
+The exit code is 0 even with rejected lines; 2 when the input, the policy
+file or an option is bad.
 
 The policy file is --policy, else LOYALTY_POLICY_FILE, else the built-in
 defaults.
