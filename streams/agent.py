@@ -223,7 +223,7 @@ def register_agents(service: ServiceContext,
     reader = GapReader(service)
     settings = service.settings
 
-    commit_owed = install_seek_tracking(service, progress)
+    commit_owed = install_seek_tracking(service, progress, reader)
     compat.deliver_directly(service.app)
     aligned = install_aligned_input(service, processor, progress, reader, commit_owed)
 

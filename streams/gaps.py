@@ -118,11 +118,21 @@ class GapReader:
     def __init__(self, service: ServiceContext) -> None:
         self.settings = service.settings
         self._consumer: AIOKafkaConsumer | None = None
+        self._starting = asyncio.Lock()  # callers race at start-up: one consumer
 
     async def _start(self) -> AIOKafkaConsumer:
+        async with self._starting:
+            return await self._start_once()
+
+    async def _start_once(self) -> AIOKafkaConsumer:
         if self._consumer is None:
+            # earliest: a range deleted by retention meanwhile reads as nothing at
+            # once, instead of waiting at the end of the partition for records.
+            # A short retry back-off: the first question about a topic fails
+            # once for want of its metadata, and a rebalance waits for the answer.
             consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap_servers,
                                         group_id=None, enable_auto_commit=False,
+                                        auto_offset_reset="earliest", retry_backoff_ms=20,
                                         **client_kwargs(self.settings))
             await consumer.start()
             self._consumer = consumer
@@ -133,6 +143,12 @@ class GapReader:
         if self._consumer is not None:
             consumer, self._consumer = self._consumer, None
             await consumer.stop()
+
+    async def beginning_offsets(self, tps: list[TP]) -> dict[TP, int]:
+        """The first offset of each of ``tps`` (the log start: older records were deleted)."""
+        consumer = await self._start()
+        found = await consumer.beginning_offsets([TopicPartition(*tp) for tp in tps])
+        return {TP(tp.topic, tp.partition): int(offset) for tp, offset in found.items()}
 
     async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         """The offset after the last record of each of ``tps``."""
@@ -166,7 +182,8 @@ class GapReader:
 CommitOwed = Callable[[], Awaitable[None]]
 
 
-def install_seek_tracking(service: ServiceContext, progress: Progress) -> CommitOwed:
+def install_seek_tracking(service: ServiceContext, progress: Progress,
+                          reader: GapReader) -> CommitOwed:
     """Remember, per input partition and generation, where the consumer was positioned,
     and never commit an input offset past what the agent has processed.
 
@@ -203,7 +220,7 @@ def install_seek_tracking(service: ServiceContext, progress: Progress) -> Commit
             capped[tp] = offset
         return capped
 
-    compat.on_seek_to_committed(app, watched, on_seek)
+    compat.on_seek_to_committed(app, watched, on_seek, reader.beginning_offsets)
     commit = compat.cap_commits(app, cap)
 
     async def commit_owed() -> None:

@@ -14,54 +14,54 @@ from faust.types import TP
 
 #: ``(offset each assigned partition starts from) -> None``, run after every seek
 SeekListener = Callable[[Mapping[TP, int]], None]
+#: ``(partitions) -> first offset of each``, asked with a client of its own
+FirstOffsets = Callable[[list[TP]], Awaitable[Mapping[TP, int]]]
 #: ``(offsets Faust wants to commit) -> offsets to commit`` (may drop or lower entries)
 CommitCap = Callable[[Mapping[TP, int]], dict[TP, int]]
 
 
-def on_seek_to_committed(app: faust.App, topics: Collection[str],
-                         listener: SeekListener) -> None:
-    """Position the assigned partitions of ``topics`` explicitly, and tell ``listener`` where.
+def on_seek_to_committed(app: faust.App, topics: Collection[str], listener: SeekListener,
+                         first_offsets: FirstOffsets) -> None:
+    """Tell ``listener`` where each assigned partition of ``topics`` starts, each time
+    Faust positions its consumer after a rebalance.
 
     Works around: Faust offers no hook at the moment it positions every
-    assigned partition at its committed offset (``Consumer.perform_seek``,
-    after each rebalance's recovery); the first record the agent then sees
-    must be that offset, and the known rebalance bugs (faust-streaming#216,
-    #221, #606) break exactly that. Wraps the instance's public
-    ``seek_to_committed`` (which ``perform_seek`` calls) and passes on, per
-    assigned partition of ``topics``, the offset the consumer now starts from
-    (other partitions, the tables' changelogs among them, stay as Faust
-    leaves them).
+    assigned partition (``Consumer.perform_seek``, after each rebalance's
+    recovery); the first record the agent then sees must be there, and the
+    known rebalance bugs (faust-streaming#216, #221, #606) break exactly
+    that. Wraps the instance's public ``seek_to_committed`` (which
+    ``perform_seek`` calls; aiokafka's answers with the broker's committed
+    offset per assigned partition) and passes on where each partition of
+    ``topics`` starts:
 
-    A partition without a committed offset (or with 0) is not moved by
-    aiokafka: a newly assigned one starts at the reset position, one that
-    stayed assigned *where the consumer was*, past the records Faust dropped
-    at the rebalance. Nothing of it was committed, so nothing of it is known
-    to be processed (commits are capped at the agent's progress): such a
-    partition is sought to its first offset (public ``earliest_offsets`` and
-    ``seek_wait``), and that offset is what the listener gets. Re-reading it
-    costs a redelivery (the aligned input ignores offsets it holds already;
-    re-applying a record is idempotent); not re-reading it lost the dropped
-    records for good. If the lookup fails the rebalance fails, as any broker
-    error in it does: the records are not skipped silently.
+    * its committed offset;
+    * its first offset when it has none (or 0). aiokafka gives every partition
+      of a new assignment a fresh position, the committed offset or else the
+      reset one, ``earliest``: the log start, which ``first_offsets`` asks with
+      a client of its own (over the group consumer's connection the request
+      waited behind its fetch long-poll, over a second of every rebalance).
+      Without a position for such a partition the worker could not see that
+      Faust dropped its first records after a rebalance (no gap check, no
+      re-drive), and those are exactly the partitions the aligned input holds
+      longest without a commit: redemptions.
 
     Not Faust's ``_committed_offset`` map: Faust records there the offsets it
     asked to commit, uncapped (:func:`cap_commits`), and keeps an entry for a
-    partition the broker has no commit for.
+    partition the broker has no commit for. If ``first_offsets`` fails, the
+    rebalance fails, as for any broker error in it: nothing is skipped silently.
     """
     consumer = app.consumer
     original = consumer.seek_to_committed
 
     async def seek_to_committed() -> Mapping[TP, int]:
-        answer = await original()
-        committed = {tp: offset for tp, offset in answer.items() if tp.topic in topics}
-        unset = [tp for tp, offset in committed.items() if not offset or offset <= 0]
-        first: Mapping[Any, int] = {}
-        if unset:
-            first = await consumer.earliest_offsets(*unset)
-            await consumer.seek_wait({tp: int(first[tp]) for tp in unset})
-        listener({TP(tp.topic, tp.partition): int(first[tp]) if tp in first else int(offset)
-                  for tp, offset in committed.items()})
-        return answer
+        committed = await original()
+        ours = {TP(tp.topic, tp.partition): offset for tp, offset in committed.items()
+                if tp.topic in topics}
+        unset = [tp for tp, offset in ours.items() if not offset or offset <= 0]
+        first = await first_offsets(unset) if unset else {}
+        listener({tp: int(first[tp]) if tp in first else int(offset)
+                  for tp, offset in ours.items()})
+        return committed
 
     consumer.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
 

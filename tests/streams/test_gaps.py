@@ -106,36 +106,38 @@ async def test_a_partition_read_up_to_what_the_agent_expects_is_left_alone() -> 
     assert published == []
 
 
-async def test_a_seek_reports_the_brokers_answer_and_positions_uncommitted_partitions() -> None:
+async def test_a_seek_reports_the_brokers_answer_and_the_first_offset_without_one() -> None:
     # Faust's own perform_seek, on a consumer whose map still holds an offset it
     # asked to commit (the cap dropped it) before the partition moved away.
     consumer = SimpleNamespace(_read_offset={}, _committed_offset={TP(TOPIC, 0): 50})
-    sought: list[dict[Any, int]] = []
 
     async def broker() -> dict[TopicPartition, int | None]:
         return {TopicPartition(TOPIC, 0): None, TopicPartition(TOPIC, 1): 7,
                 TopicPartition(TOPIC, 2): 0, TopicPartition("svc-changelog", 0): None}
 
-    async def earliest_offsets(*tps: TopicPartition) -> dict[TopicPartition, int]:
+    asked: list[list[TP]] = []
+
+    async def first_offsets(tps: list[TP]) -> dict[TP, int]:
+        asked.append(tps)
         return {tp: 3 for tp in tps}  # retention removed offsets 0-2
 
-    async def seek_wait(positions: dict[Any, int]) -> None:
-        sought.append(positions)
-
     consumer.seek_to_committed = broker
-    consumer.earliest_offsets = earliest_offsets
-    consumer.seek_wait = seek_wait
     seen: list[dict[TP, int]] = []
-    compat.on_seek_to_committed(SimpleNamespace(consumer=consumer), {TOPIC}, seen.append)
+    compat.on_seek_to_committed(SimpleNamespace(consumer=consumer), {TOPIC}, seen.append,
+                                first_offsets)
 
     await FaustConsumer.perform_seek(consumer)  # type: ignore[arg-type]
 
     assert consumer._committed_offset[TP(TOPIC, 0)] == 50  # Faust keeps the stale entry
-    # Without a commit aiokafka would leave a partition that stayed assigned
-    # where the consumer was (past records Faust dropped): it is sought to its
-    # first offset. Partitions of other topics (changelogs) are left alone.
-    assert sought == [{TopicPartition(TOPIC, 0): 3, TopicPartition(TOPIC, 2): 3}]
+    # Without a commit (or with 0) aiokafka starts the partition at the log
+    # start: that is its position, asked once for all such partitions of the
+    # watched topics (not for the changelog).
     assert seen == [{TP(TOPIC, 0): 3, TP(TOPIC, 1): 7, TP(TOPIC, 2): 3}]
+    assert asked == [[TP(TOPIC, 0), TP(TOPIC, 2)]]
+    # Faust itself goes on with aiokafka's answer.
+    assert consumer._read_offset == {TopicPartition(TOPIC, 0): None, TopicPartition(TOPIC, 1): 7,
+                                     TopicPartition(TOPIC, 2): 0,
+                                     TopicPartition("svc-changelog", 0): None}
 
 
 def test_a_partition_assigned_again_without_a_commit_keeps_nothing_old() -> None:
