@@ -43,7 +43,7 @@ import faust
 from schemas.policy import PolicyBook
 from streams.agent import Processor, register_agents
 from streams.clv_service import ClvService, register_clv
-from streams.compat import harden_producer_flush, leave_group_on_stop
+from streams.compat import harden_producer_flush, leave_group_on_stop, start_tables_without_delay
 from streams.context import ServiceContext
 from streams.publish import Publisher
 from streams.restore import install_bulk_restore
@@ -213,6 +213,7 @@ def create_service(
                           help="customer state", **tbl)
     tallies = app.Table(TALLIES_TABLE, options=rocksdb_options(settings),
                         help="per-shop figures per partition", **tbl)
+    start_tables_without_delay(app)  # every table is defined above
     names = tuple(input_topics(settings))
     rekey_name = rekey_topic_name(settings)
     context = ServiceContext(

@@ -44,6 +44,7 @@ from streams.compat.tables import (
     persisted_offset_key,
     recovery_table,
     rocksdict_partition,
+    start_tables_without_delay,
 )
 
 __all__ = [
@@ -52,5 +53,5 @@ __all__ = [
     "harden_producer_flush", "highwater", "leave_group_on_stop", "on_recovery_offsets",
     "on_seek_to_committed", "open_rocksdict_partition", "partition_context",
     "persisted_offset_key", "recovery_table", "refresh_topic_metadata", "rocksdict_partition",
-    "set_fetching",
+    "set_fetching", "start_tables_without_delay",
 ]

@@ -61,6 +61,8 @@ TOUCHES: tuple[Touch, ...] = (
           "tables.open_rocksdict_partition"),
     Touch("faust.stores.rocksdb", "Store", "offset_key", "tables.persisted_offset_key"),
     Touch("faust.tables.recovery", "Recovery", "tp_to_table", "tables.recovery_table"),
+    Touch("faust.tables.manager", "TableManager", "_update_channels",
+          "tables.start_tables_without_delay"),
     Touch("faust.tables.recovery", "Recovery", "_build_offsets", "tables.on_recovery_offsets"),
     Touch("aiokafka.admin", "AIOKafkaAdminClient", "_client", "clients.delete_consumer_group",
           set_in_init=True),

@@ -92,3 +92,26 @@ def on_recovery_offsets(app: faust.App, hook: RecoveryHook) -> None:
         await hook(tps, destination, title)
 
     recovery._build_offsets = build_offsets  # type: ignore[method-assign]
+
+
+def start_tables_without_delay(app: faust.App) -> None:
+    """Start the table manager without Faust's fixed one-second wait.
+
+    Works around: ``TableManager.on_start`` sleeps a second before it
+    registers the tables' changelog channels and starts the recovery, so that
+    tables defined while the worker starts are included; the consumer does
+    not subscribe before that. The service defines all its tables when it
+    builds the app (:func:`streams.app.create_service`), so the second was
+    pure delay in every start and restart. Replaces the instance's
+    ``on_start`` with the same steps minus the sleep: the private
+    ``TableManager._update_channels``, then the public ``recovery.start``.
+    Faust refuses tables added after the recovery started, as before.
+    """
+    tables = app.tables
+
+    async def on_start() -> None:
+        if not tables.should_stop:
+            await tables._update_channels()
+            await tables.recovery.start()
+
+    tables.on_start = on_start  # type: ignore[method-assign]
