@@ -119,6 +119,9 @@ class GapReader:
         self.settings = service.settings
         self._consumer: AIOKafkaConsumer | None = None
         self._starting = asyncio.Lock()  # callers race at start-up: one consumer
+        # The agent's gap repair and the re-drive timer may read at the same
+        # time; a read assigns the consumer its one partition, so reads take turns.
+        self._reading = asyncio.Lock()
 
     async def _start(self) -> AIOKafkaConsumer:
         async with self._starting:
@@ -157,7 +160,17 @@ class GapReader:
 
     async def fetch(self, topic: str, partition: int, start: int, end: int,
                     timeout: float = 30.0) -> list[Record]:
-        """Records with ``start <= offset < end`` of one partition, in order."""
+        """Records with ``start <= offset < end`` of one partition, in order.
+
+        Concurrent calls take turns (each assigns the consumer its partition).
+        Fewer records than asked, logged as an error, only if the broker does
+        not deliver them within ``timeout``.
+        """
+        async with self._reading:
+            return await self._fetch(topic, partition, start, end, timeout)
+
+    async def _fetch(self, topic: str, partition: int, start: int, end: int,
+                     timeout: float) -> list[Record]:
         consumer = await self._start()
         tp = TopicPartition(topic, partition)
         consumer.assign([tp])
