@@ -211,7 +211,8 @@ def install_seek_tracking(service: ServiceContext, progress: Progress,
     redelivery. Faust then records the uncapped offset as committed and never
     asks again, so what the cap held back is kept in :attr:`Progress.owed`;
     the returned coroutine function commits it once the agent got there (the
-    aligned input's timer calls it).
+    aligned input's timer calls it). ``reader`` answers the first offsets of
+    partitions without a commit, over its own connection.
     """
     app = service.app
     watched = {*service.input_topic_names, service.rekey.get_topic_name()}
