@@ -32,7 +32,6 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from aiokafka import TopicPartition
 from faust.types import TP
 
 from schemas import codec
@@ -200,8 +199,7 @@ class AlignedInput:
         if not self._forwarded:
             return
         partitions, self._forwarded = self._forwarded, set()
-        ends = await self.reader.end_offsets(
-            [TopicPartition(self.rekey_name, p) for p in partitions])
+        ends = await self.reader.end_offsets([TP(self.rekey_name, p) for p in partitions])
         for tp, end in ends.items():
             if end > 0:
                 self.aligner.expect((tp.topic, tp.partition), end - 1)

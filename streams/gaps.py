@@ -150,13 +150,12 @@ class GapReader:
     async def beginning_offsets(self, tps: list[TP]) -> dict[TP, int]:
         """The first offset of each of ``tps`` (the log start: older records were deleted)."""
         consumer = await self._start()
-        found = await consumer.beginning_offsets([TopicPartition(*tp) for tp in tps])
-        return {TP(tp.topic, tp.partition): int(offset) for tp, offset in found.items()}
+        return _by_tp(await consumer.beginning_offsets([TopicPartition(*tp) for tp in tps]))
 
-    async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+    async def end_offsets(self, tps: list[TP]) -> dict[TP, int]:
         """The offset after the last record of each of ``tps``."""
         consumer = await self._start()
-        return dict(await consumer.end_offsets(tps))
+        return _by_tp(await consumer.end_offsets([TopicPartition(*tp) for tp in tps]))
 
     async def fetch(self, topic: str, partition: int, start: int, end: int,
                     timeout: float = 30.0) -> list[Record]:
@@ -190,6 +189,10 @@ class GapReader:
         log.error("could only re-read %d of %d skipped records of %s[%d]", len(out),
                   end - start, topic, partition)
         return out
+
+
+def _by_tp(offsets: Mapping[TopicPartition, int]) -> dict[TP, int]:
+    return {TP(tp.topic, tp.partition): int(offset) for tp, offset in offsets.items()}
 
 
 CommitOwed = Callable[[], Awaitable[None]]
@@ -303,11 +306,10 @@ async def redrive_idle_partitions(service: ServiceContext, progress: Progress,
         candidates.append((tp, expected, position))
     if not candidates:
         return 0
-    ends = await reader.end_offsets(
-        [TopicPartition(t, p) for (t, p), _, _ in candidates])
+    ends = await reader.end_offsets([TP(t, p) for (t, p), _, _ in candidates])
     total = 0
     for (topic, partition), start, stop in candidates:
-        end = min(stop, ends.get(TopicPartition(topic, partition), 0))
+        end = min(stop, ends.get(TP(topic, partition), 0))
         if end <= start or compat.generation(app) != generation:
             continue
         records = await reader.fetch(topic, partition, start, end)

@@ -40,7 +40,7 @@ class _Reader:
     def __init__(self, end: int) -> None:
         self.end = end
 
-    async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+    async def end_offsets(self, tps: list[TP]) -> dict[TP, int]:
         return {tp: self.end for tp in tps}
 
     async def fetch(self, topic: str, partition: int, start: int, end: int) -> list[Record]:
