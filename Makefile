@@ -15,7 +15,8 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 # Test processes (pytest-xdist): 2, what CI runs, about halves the wall clock on
 # 2 cores (most integration tests wait on the broker and worker subprocesses);
-# 0 runs everything in this process.
+# 0 runs everything in this process. worksteal: a process that has run out of
+# tests takes half of the other's queue (slow modules go first: tests/conftest.py).
 TEST_WORKERS ?= 2
 
 .PHONY: help venv demo test chaos lint broker-start broker-stop
@@ -53,7 +54,7 @@ define with_broker
 endef
 
 test: venv
-	$(call with_broker,$(PY) -m pytest -q -ra -n $(TEST_WORKERS) $(PYTEST_ARGS))
+	$(call with_broker,$(PY) -m pytest -q -ra -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS))
 
 # The full chaos suite (tests/chaos; README "Reliability"): kill -9s, churn,
 # broker bounces, backlog, duplicates, poison - every customer against replay.

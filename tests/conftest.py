@@ -41,6 +41,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "bootstrap" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.integration)
+    # Modules with a slow test first (stable otherwise, and whole, so that a
+    # module's fixtures are set up once per process): with several test
+    # processes (`make test` runs two) the short tests then fill the gaps,
+    # instead of one process starting a long test when the other is done.
+    slow = {item.path for item in items if item.get_closest_marker("slow") is not None}
+    items.sort(key=lambda item: item.path not in slow)
 
 
 @pytest.hookimpl(hookwrapper=True)

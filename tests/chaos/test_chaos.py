@@ -8,6 +8,7 @@ import pytest
 from tests.chaos.scenarios import SCENARIOS, SHORT
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in SCENARIOS if n not in SHORT.skip])
 def test_chaos_short(name: str, bootstrap: str, tmp_path) -> None:
     out = SCENARIOS[name](bootstrap, tmp_path, SHORT)

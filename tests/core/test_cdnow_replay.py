@@ -41,6 +41,7 @@ def replayed():
     return lines, book, res
 
 
+@pytest.mark.slow
 def test_cdnow_replay_matches_an_independent_computation(replayed) -> None:
     lines, book, res = replayed
     txs = load_transactions()

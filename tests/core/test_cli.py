@@ -75,6 +75,7 @@ def test_replay_errors_are_clear(tmp_path: Path) -> None:
     assert b"--as-of" in loyalty("replay", "--help").stdout
 
 
+@pytest.mark.slow
 def test_clv_fit_on_cdnow_equals_a_fit_of_the_papers_statistics(tmp_path: Path) -> None:
     path = tmp_path / "cdnow.jsonl"
     path.write_bytes(b"\n".join(cdnow_lines()) + b"\n")

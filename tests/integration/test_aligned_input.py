@@ -17,6 +17,8 @@ import time
 from collections import Counter
 from typing import Any
 
+import pytest
+
 from schemas import codec
 from streams import synthetic
 from streams.topics import input_topic_for_event_type
@@ -75,6 +77,7 @@ def expected_too_late(env: ServiceEnv, records: list[synthetic.SyntheticRecord])
     return res.rejected["too_late"]
 
 
+@pytest.mark.slow
 def test_history_import_with_loyalty_produce_before_the_worker_starts(bootstrap: str,
                                                                       tmp_path) -> None:
     env = ServiceEnv(bootstrap, tmp_path, lateness_days=LATENESS)
@@ -102,6 +105,7 @@ def test_history_import_with_loyalty_produce_before_the_worker_starts(bootstrap:
         env.stop_all()
 
 
+@pytest.mark.slow
 def test_topic_after_topic_backlog_then_a_live_tail(bootstrap: str, tmp_path) -> None:
     """All purchases, then all visits, feedback, redemptions, then the wrongly keyed
     records (through the rekey hop) are in the topics before the worker starts; the
@@ -137,6 +141,7 @@ def test_topic_after_topic_backlog_then_a_live_tail(bootstrap: str, tmp_path) ->
         env.stop_all()
 
 
+@pytest.mark.slow
 def test_two_workers_on_a_backlog_one_killed(bootstrap: str, tmp_path) -> None:
     env = ServiceEnv(bootstrap, tmp_path, lateness_days=LATENESS, sweep_interval_s=2.0)
     env.create_topics()

@@ -97,6 +97,7 @@ def second_broker(tmp_path: Path) -> Iterator[tuple[list[str], BrokerConfig]]:
     _cli("broker", "stop", *flags)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_second_broker_start_twice_then_stop(second_broker) -> None:
     flags, cfg = second_broker

@@ -19,6 +19,8 @@ import time
 import uuid
 from datetime import datetime
 
+import pytest
+
 from schemas import codec
 from schemas.policy import PolicyBook
 from scoring.clock import day_of, parse_instant
@@ -76,6 +78,7 @@ def parse_report(out: str) -> tuple[str, dict[str, list[str]], list[list[str]]]:
     return as_of.group(1), shops, rows
 
 
+@pytest.mark.slow
 def test_demo_prints_what_replay_computes(bootstrap: str, tmp_path) -> None:
     ns = f"demotest-{uuid.uuid4().hex[:8]}"
     var = tmp_path / "var"

@@ -45,6 +45,7 @@ def _wait_status(worker, path: str, status: int, timeout: float) -> tuple[float,
                          + worker.log_tail(30))
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_ready_follows_the_broker_and_the_log_does_not_flood(private_broker, tmp_path) -> None:
     env = ServiceEnv(private_broker.bootstrap, tmp_path, extra_env={

@@ -165,6 +165,7 @@ def _produce_through_outage(broker: PrivateBroker, tmp_path: Path, tag: str,
     return env, lines, proc, out, err
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_an_outage_within_the_delivery_timeout_loses_and_duplicates_nothing(
         private_broker: PrivateBroker, tmp_path: Path) -> None:
@@ -175,6 +176,7 @@ def test_an_outage_within_the_delivery_timeout_loses_and_duplicates_nothing(
     assert _in_topics(env, _topics(env)) == collections.Counter(lines)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_a_longer_outage_names_the_first_line_and_skip_resumes(
         private_broker: PrivateBroker, tmp_path: Path) -> None:

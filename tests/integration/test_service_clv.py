@@ -50,6 +50,7 @@ def shifted_cdnow() -> list[bytes]:
     return out
 
 
+@pytest.mark.slow
 def test_clv_fields_are_live_in_the_service(bootstrap: str, tmp_path) -> None:
     env = ServiceEnv(bootstrap, tmp_path, extra_env={
         "LOYALTY_CLV_REFIT_INTERVAL_S": "3", "LOYALTY_CLV_MIN_CUSTOMERS": "200"})

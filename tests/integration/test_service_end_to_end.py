@@ -12,6 +12,8 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
+import pytest
+
 from schemas import codec
 from streams import synthetic
 from tests.integration.service_harness import (
@@ -23,6 +25,7 @@ from tests.integration.service_harness import (
 )
 
 
+@pytest.mark.slow
 def test_service_end_to_end(bootstrap: str, tmp_path) -> None:
     env = ServiceEnv(bootstrap, tmp_path)
     env.create_topics()

@@ -18,6 +18,8 @@ import urllib.request
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
 from schemas import codec
 from scoring.clock import day_of, to_us
 from scoring.replay import fold_lines, replay, snapshots
@@ -82,6 +84,7 @@ def last_values(env: ServiceEnv, topic: str) -> dict[bytes, bytes | None]:
     return out
 
 
+@pytest.mark.slow
 def test_forgotten_customers_are_gone_everywhere_and_stay_gone(bootstrap: str, tmp_path) -> None:
     # The sweep is slow here: it would move stages to wall-clock now, and the
     # figures are compared with the replay as of AS_OF.

@@ -6,6 +6,8 @@ from __future__ import annotations
 import collections
 import time
 
+import pytest
+
 from schemas import codec
 from streams import synthetic
 from tests.integration.service_harness import (
@@ -18,6 +20,7 @@ from tests.integration.service_harness import (
 )
 
 
+@pytest.mark.slow
 def test_service_metrics(bootstrap: str, tmp_path) -> None:
     env = ServiceEnv(bootstrap, tmp_path)
     env.create_topics()

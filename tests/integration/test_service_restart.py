@@ -6,6 +6,8 @@ directory: full restore from the changelog topics).
 
 from __future__ import annotations
 
+import pytest
+
 from streams import synthetic
 from tests.integration.service_harness import (
     AS_OF,
@@ -18,6 +20,7 @@ from tests.integration.service_harness import (
 )
 
 
+@pytest.mark.slow
 def test_service_restart(bootstrap: str, tmp_path) -> None:
     env = ServiceEnv(bootstrap, tmp_path)
     env.create_topics()

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from streams import synthetic
 from tests.integration.service_harness import (
     AS_OF,
@@ -43,6 +45,7 @@ def _list_all(w, shop: str) -> list[str]:  # noqa: ANN001
     return ids
 
 
+@pytest.mark.slow
 def test_service_two_workers(bootstrap: str, tmp_path) -> None:
     env = ServiceEnv(bootstrap, tmp_path)
     env.create_topics()

@@ -23,6 +23,7 @@ PARTITIONS = 4
 AS_OF_TEXT = "2026-01-01T00:00:00Z"
 
 
+@pytest.mark.slow
 async def test_served_rfm_fields_equal_replays_after_a_refit(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     policies = PolicyBook()

@@ -47,6 +47,7 @@ def independent(transactions: list, ids: set[str] | None = None) -> dict[str, ob
     return {"cal": cal, "hold": {c: len(hold.get(c, ())) for c in cal}}
 
 
+@pytest.mark.slow
 def test_clv_check_reproduces_the_cdnow_holdout(tmp_path: Path) -> None:
     """On the CDNOW file itself (its own format): 39-week calibration, 39-week holdout.
     The model predicts 16 876 repeat purchase days against 19 674 actual (0.858), the
@@ -185,6 +186,7 @@ def homogeneous_shops(path: Path) -> None:
                     t += timedelta(days=rnd.expovariate(1.0 / gap) + 0.2)
 
 
+@pytest.mark.slow
 def test_clv_fit_shows_why_a_shop_gets_no_model(tmp_path: Path) -> None:
     """Shops whose customers never drop out: the BG/NBD a and b are not identified. `clv
     fit` must say so rather than print runaway parameters: below the minimum each shop
