@@ -53,8 +53,10 @@ class Progress:
         self.seeks: dict[tuple[str, int], tuple[int, int, float]] = {}
         #: input partition -> the offset Faust wanted to commit beyond ``done``
         self.owed: dict[TP, int] = {}
-        #: input partition -> the offset committed last (at the seek, or by a commit)
-        self.committed: dict[TP, int] = {}
+        #: input partition -> the offset the group's position already covers: where
+        #: the consumer was put (the committed offset, or the first one when none
+        #: was committed), then each commit; nothing below it needs committing
+        self.covered: dict[TP, int] = {}
 
     def find_gap(self, record: Record, generation: int | None) -> tuple[int, int] | None:
         """The offsets ``[start, end)`` of this record's partition that the consumer skipped.
@@ -104,7 +106,7 @@ class Progress:
         for tp, offset in positions.items():
             self.seeks[(tp.topic, tp.partition)] = (generation, offset, now)
             self.done[(tp.topic, tp.partition)] = offset - 1
-            self.committed[tp] = offset
+            self.covered[tp] = offset
 
     def processed(self, records: Iterable[Record]) -> None:
         """Everything up to these records' offsets of their partitions is now processed."""
@@ -233,7 +235,7 @@ def install_seek_tracking(service: ServiceContext, progress: Progress,
                 if done is None:
                     continue  # nothing processed here yet: leave the broker's offset
                 offset = min(offset, done + 1)
-                progress.committed[tp] = max(progress.committed.get(tp, -1), offset)
+                progress.covered[tp] = max(progress.covered.get(tp, -1), offset)
             capped[tp] = offset
         return capped
 
@@ -254,7 +256,7 @@ def install_seek_tracking(service: ServiceContext, progress: Progress,
             if done is None:
                 continue
             target = min(wanted, done + 1)
-            if target > progress.committed.get(tp, -1):
+            if target > progress.covered.get(tp, -1):
                 todo[tp] = target
             if target >= wanted:
                 del progress.owed[tp]
@@ -263,7 +265,7 @@ def install_seek_tracking(service: ServiceContext, progress: Progress,
             # Faust does before its own commits.
             await app.producer.flush()
             if await commit(todo):
-                progress.committed.update(todo)
+                progress.covered.update(todo)
 
     return commit_owed
 

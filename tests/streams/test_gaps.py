@@ -144,7 +144,7 @@ def test_a_partition_assigned_again_without_a_commit_keeps_nothing_old() -> None
     progress = Progress(SimpleNamespace())
     progress.seeked({TP(TOPIC, 0): 40, TP(TOPIC, 1): 3}, generation=1)
     assert progress.seeks[(TOPIC, 0)][:2] == (1, 40)
-    assert progress.done[(TOPIC, 0)] == 39 and progress.committed[TP(TOPIC, 0)] == 40
+    assert progress.done[(TOPIC, 0)] == 39 and progress.covered[TP(TOPIC, 0)] == 40
     progress.done[(TOPIC, 1)] = 99  # processed further, never committed, then given away
 
     # Assigned again with no commit: positioned at its first offset.
@@ -152,4 +152,4 @@ def test_a_partition_assigned_again_without_a_commit_keeps_nothing_old() -> None
 
     # Nothing from generation 1 may let a commit pass records no one processed.
     assert progress.seeks[(TOPIC, 1)][:2] == (3, 0)
-    assert progress.done[(TOPIC, 1)] == -1 and progress.committed[TP(TOPIC, 1)] == 0
+    assert progress.done[(TOPIC, 1)] == -1 and progress.covered[TP(TOPIC, 1)] == 0
