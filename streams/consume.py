@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
 
+from streams import compat
 from streams.gaps import GapReader, Progress
 from streams.records import Record
 from streams.settings import Settings
@@ -23,17 +24,18 @@ class BatchHandler(Protocol):
 
 async def consume(stream: Any, aligned: AlignedInput, progress: Progress, reader: GapReader,
                   settings: Settings) -> None:
-    """Take batches from ``stream``, repair gaps, hand them to the aligned input.
+    """Take batches from ``stream`` (:func:`streams.compat.take_batches`: what is
+    queued, without a fixed wait), repair gaps, hand them to the aligned input.
 
     Per batch: each event becomes a :class:`Record`; a gap before it
     (:meth:`Progress.find_gap`) is read back first, so each partition's
     records arrive contiguous; :meth:`AlignedInput.receive` holds them and
     :meth:`AlignedInput.drain` processes what may go now, in event-time order
-    (it marks them done). Faust acknowledges the events of a batch when the
-    next batch is taken, but offset commits are capped at
+    (it marks them done). The events of a batch are acknowledged to Faust when
+    the next batch is taken, but offset commits are capped at
     :attr:`Progress.done`: held records are never committed.
     """
-    async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
+    async for events in compat.take_batches(stream, settings.batch_max, settings.batch_within_s):
         batch: list[Record] = []
         for event in events:
             record = Record.from_message(event.message)

@@ -184,8 +184,9 @@ class Settings(BaseSettings):
     )
     batch_within_s: float = Field(
         0.02, gt=0,
-        description="Default 0.02. Seconds the agent waits to fill a batch before processing "
-        "what it has (adds at most this much latency at low rates).",
+        description="Default 0.02. Seconds the agent sleeps, with no record queued, before it "
+        "looks again whether it must stop. It never waits to fill a batch: a batch is what is "
+        "queued when the previous one is done (up to batch_max), or the first record to arrive.",
     )
     sweep_interval_s: float = Field(
         30.0, gt=0,

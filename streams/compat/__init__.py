@@ -15,7 +15,8 @@ Modules: :mod:`.events` (a stand-in current event for table access outside a
 stream), :mod:`.producer` (flush hardening, the raw aiokafka producer),
 :mod:`.consumer` (seek and commit hooks, read offsets, pausing fetches,
 high-water marks), :mod:`.delivery` (records to the streams without a task
-race per record), :mod:`.tables` (RocksDB partition databases, the
+race per record), :mod:`.batches` (batches of what is queued, without
+Faust's fixed wait per batch), :mod:`.tables` (RocksDB partition databases, the
 persisted-offset key, the recovery hook), :mod:`.clients` (plain aiokafka
 clients of tools such as ``loyalty bench``: deleting a consumer group,
 fetching a topic's metadata).
@@ -23,6 +24,7 @@ fetching a topic's metadata).
 
 from __future__ import annotations
 
+from streams.compat.batches import take_batches
 from streams.compat.check import TOUCHES, CompatError, check
 from streams.compat.clients import delete_consumer_group, refresh_topic_metadata
 from streams.compat.consumer import (
@@ -53,5 +55,5 @@ __all__ = [
     "harden_producer_flush", "highwater", "leave_group_on_stop", "on_recovery_offsets",
     "on_seek_to_committed", "open_rocksdict_partition", "partition_context",
     "persisted_offset_key", "recovery_table", "refresh_topic_metadata", "rocksdict_partition",
-    "set_fetching", "start_tables_without_delay",
+    "set_fetching", "start_tables_without_delay", "take_batches",
 ]

@@ -53,6 +53,8 @@ TOUCHES: tuple[Touch, ...] = (
     Touch("aiokafka", "AIOKafkaConsumer", "pause", "consumer.set_fetching"),
     Touch("aiokafka", "AIOKafkaConsumer", "resume", "consumer.set_fetching"),
     Touch("faust.transport.consumer", "Consumer", "highwater", "consumer.highwater"),
+    Touch("faust.streams", "Stream", "_enable_passive", "batches.take_batches"),
+    Touch("faust.streams", "Stream", "_processors", "batches.take_batches"),
     Touch("faust.transport.consumer", "Consumer", "_drain_messages", "delivery.deliver_directly"),
     Touch("faust.transport.consumer", "Consumer", "wait_first", "delivery.deliver_directly"),
     Touch("faust.transport.consumer", "Consumer", "suspend_flow", "delivery.deliver_directly"),
