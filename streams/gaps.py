@@ -152,12 +152,12 @@ class GapReader:
     async def beginning_offsets(self, tps: list[TP]) -> dict[TP, int]:
         """The first offset of each of ``tps`` (the log start: older records were deleted)."""
         consumer = await self._start()
-        return _by_tp(await consumer.beginning_offsets([TopicPartition(*tp) for tp in tps]))
+        return _by_tp(await consumer.beginning_offsets(_aiokafka(tps)))
 
     async def end_offsets(self, tps: list[TP]) -> dict[TP, int]:
         """The offset after the last record of each of ``tps``."""
         consumer = await self._start()
-        return _by_tp(await consumer.end_offsets([TopicPartition(*tp) for tp in tps]))
+        return _by_tp(await consumer.end_offsets(_aiokafka(tps)))
 
     async def fetch(self, topic: str, partition: int, start: int, end: int,
                     timeout: float = 30.0) -> list[Record]:
@@ -191,6 +191,10 @@ class GapReader:
         log.error("could only re-read %d of %d skipped records of %s[%d]", len(out),
                   end - start, topic, partition)
         return out
+
+
+def _aiokafka(tps: list[TP]) -> list[TopicPartition]:
+    return [TopicPartition(tp.topic, tp.partition) for tp in tps]
 
 
 def _by_tp(offsets: Mapping[TopicPartition, int]) -> dict[TP, int]:

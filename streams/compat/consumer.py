@@ -57,7 +57,7 @@ def on_seek_to_committed(app: faust.App, topics: Collection[str], listener: Seek
         committed = await original()
         ours = {TP(tp.topic, tp.partition): offset for tp, offset in committed.items()
                 if tp.topic in topics}
-        unset = [tp for tp, offset in ours.items() if not offset or offset <= 0]
+        unset = [tp for tp, offset in ours.items() if offset is None or offset <= 0]
         first = await first_offsets(unset) if unset else {}
         listener({tp: int(first[tp]) if tp in first else int(offset)
                   for tp, offset in ours.items()})
