@@ -20,7 +20,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,18 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from streams.bench.generator import Triple
+from streams.ports import free_port
 from streams.settings import Settings
 
 
 class BenchError(RuntimeError):
     """A benchmark step failed or timed out; the message says what to do."""
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def check_broker(settings: Settings) -> None:

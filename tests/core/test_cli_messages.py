@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from schemas.codec import dumps, loads
+from streams.ports import free_port
 from tests.core.factory import at, feedback, purchase
 
 REPO = Path(__file__).resolve().parents[2]
@@ -91,9 +92,7 @@ def test_invalid_setting_names_the_variable() -> None:
 
 
 def test_tail_with_the_broker_down_says_so(tmp_path: Path) -> None:
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nobody listens there
     proc = loyalty("tail", "rewards", env={"LOYALTY_BROKER": f"kafka://127.0.0.1:{port}"})
     assert_one_line_error(proc, 1, b"loyalty tail: cannot reach the Kafka broker at",
                           f"127.0.0.1:{port}".encode())

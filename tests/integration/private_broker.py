@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.integration.test_broker import _free_port_pair
+from streams.ports import free_ports
 
 CLI = [sys.executable, "-m", "streams.cli"]
 
@@ -24,7 +24,7 @@ class PrivateBroker:
     """``loyalty broker start/stop --port P --dir D`` for one test."""
 
     def __init__(self, directory: Path) -> None:
-        self.port = _free_port_pair()
+        self.port = free_ports(2)
         self.dir = directory
         self.flags = ["--port", str(self.port), "--dir", str(directory)]
 

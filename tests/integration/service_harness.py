@@ -19,7 +19,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,18 +31,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from streams.ports import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 LOYALTY = [sys.executable, "-m", "streams.cli"]
 AS_OF = datetime(2026, 1, 1, tzinfo=UTC)
 AS_OF_TEXT = "2026-01-01T00:00:00Z"
 LATENESS_DAYS = 60
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from streams.ports import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 KEYS = {"events_per_cpu_s", "baseline_events_per_cpu_s", "cpu_ratio", "wall_ratio",
         "events_per_s", "baseline_events_per_s", "cold_start_s", "latency_p50_ms",
@@ -108,11 +110,7 @@ def test_bench_tiny_run_reports_every_figure_and_cleans_up(bootstrap: str) -> No
 
 
 def test_bench_without_broker_says_how_to_start_it() -> None:
-    import socket
-
-    with socket.socket() as s:  # a port where certainly no broker listens
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nobody listens there
     proc = _bench("--events", "10", "--customers", "2", "--json",
                   broker=f"kafka://127.0.0.1:{port}", timeout=60)
     assert proc.returncode == 1

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from streams.broker import BrokerConfig, probe_metadata
+from streams.ports import free_ports
 from streams.settings import Settings
 
 CLI = [sys.executable, "-m", "streams.cli"]
@@ -49,23 +50,6 @@ async def test_produce_and_consume_one_message(bootstrap: str, create_topic, uni
         (b"shop|cust", b'{"hello": 1}', meta.partition)]
 
 
-def _free_port_pair() -> int:
-    """A port p such that p and p+1 are both free right now (broker + controller)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port >= 65535:
-            continue
-        with socket.socket() as s2:
-            try:
-                s2.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port pair found")
-
-
 def _java_processes_for(properties: Path) -> list[int]:
     """Pids of JVMs whose command line names this broker's server.properties."""
     pids = []
@@ -90,7 +74,7 @@ def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
 @pytest.fixture
 def second_broker(tmp_path: Path) -> Iterator[tuple[list[str], BrokerConfig]]:
     """CLI flags and config of a private broker; stopped (by pid file) at teardown."""
-    port = _free_port_pair()
+    port = free_ports(2)
     directory = tmp_path / "broker2"
     flags = ["--port", str(port), "--dir", str(directory)]
     yield flags, BrokerConfig.from_settings(Settings(), port=port, directory=directory)
@@ -139,7 +123,7 @@ def test_second_broker_start_twice_then_stop(second_broker) -> None:
 
 @pytest.mark.timeout(120)
 def test_start_refuses_a_port_taken_by_something_else(tmp_path: Path) -> None:
-    port = _free_port_pair()
+    port = free_ports(2)
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", port))
         squatter.listen()
@@ -151,7 +135,7 @@ def test_start_refuses_a_port_taken_by_something_else(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(120)
 def test_start_timeout_kills_what_it_started(tmp_path: Path) -> None:
-    port = _free_port_pair()
+    port = free_ports(2)
     directory = tmp_path / "b"
     result = _cli("broker", "start", "--port", str(port), "--dir", str(directory),
                   "--timeout", "0.05")

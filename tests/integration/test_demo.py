@@ -27,7 +27,8 @@ from scoring.clock import day_of, parse_instant
 from scoring.replay import fit_clv_models, fold_lines, snapshots
 from scoring.snapshot import head_as_of
 from streams.commands.demo import CUSTOMER_COLUMNS, clv_line
-from tests.integration.service_harness import LOYALTY, REPO, free_port
+from streams.ports import free_port
+from tests.integration.service_harness import LOYALTY, REPO
 
 CUSTOMERS_PER_SHOP = 60  # 3 shops: the pooled CLV model (all shops) is sound at this size
 

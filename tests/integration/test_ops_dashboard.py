@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 
 from streams import synthetic
-from tests.integration.service_harness import AS_OF, LATENESS_DAYS, ServiceEnv, free_port
+from streams.ports import free_port
+from tests.integration.service_harness import AS_OF, LATENESS_DAYS, ServiceEnv
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 JOB = "loyalty-worker"

@@ -17,8 +17,8 @@ from aiokafka.structs import OffsetAndMetadata
 
 from streams.health import BrokerProbe, readiness
 from streams.metrics import Metrics
+from streams.ports import free_port
 from streams.settings import Settings
-from tests.integration.service_harness import free_port
 
 
 def _service(settings: Settings, topic: str, assigned: set[TopicPartition]) -> Any:

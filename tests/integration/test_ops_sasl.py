@@ -18,9 +18,8 @@ import pytest
 
 import streams.broker as broker_mod
 from streams.broker import BrokerConfig
+from streams.ports import free_port, free_ports
 from streams.settings import Settings
-from tests.integration.service_harness import free_port
-from tests.integration.test_broker import _free_port_pair
 
 USER, PASSWORD = "svc", "svc-secret-pw"
 
@@ -34,7 +33,7 @@ SASL_LINES = ("sasl.enabled.mechanisms=PLAIN\n"
 @pytest.mark.timeout(150)
 def test_sasl_plain_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                caplog: pytest.LogCaptureFixture) -> None:
-    port, sasl_port = _free_port_pair(), free_port()
+    port, sasl_port = free_ports(2), free_port()
     cfg = BrokerConfig.from_settings(Settings(), port=port, directory=tmp_path / "sasl-broker")
     original = broker_mod.server_properties
 

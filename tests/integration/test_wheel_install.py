@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_broker import _free_port_pair
+from streams.ports import free_ports
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -101,7 +101,7 @@ def test_the_wheel_runs_from_site_packages(installed: tuple[Path, dict[str, str]
 def test_the_installed_broker_command_starts_and_stops(installed: tuple[Path, dict[str, str]],
                                                        tmp_path: Path) -> None:
     bin_dir, env = installed
-    flags = ["--port", str(_free_port_pair()), "--dir", str(tmp_path / "broker")]
+    flags = ["--port", str(free_ports(2)), "--dir", str(tmp_path / "broker")]
     try:
         started = _run(bin_dir / "loyalty", "broker", "start", *flags, cwd=tmp_path, env=env)
         assert started.returncode == 0, started.stdout + started.stderr
