@@ -166,10 +166,11 @@ class Settings(BaseSettings):
 
     # --- Processing ------------------------------------------------------------------
     batch_max: int = Field(
-        200, ge=1,
-        description="Default 200. Records the state agent folds per batch: their outputs are "
-        "acknowledged by the broker together, then their states written (1 = one round trip "
-        "per record).",
+        1_000, ge=1,
+        description="Default 1000. Most records the state agent folds per batch: their outputs "
+        "are acknowledged by the broker together, then their states written, one changelog "
+        "record and one snapshot per customer (1 = one round trip per record). A batch is what "
+        "is queued, so this bounds only a backlog's batches.",
     )
     state_cache_size: int = Field(
         2_000, ge=0,
