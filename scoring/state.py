@@ -39,7 +39,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from schemas.codec import dumps, loads
+from schemas.codec import compact, dumps, loads
 from scoring.aggregate import Agg
 
 FORMAT_VERSION = 3
@@ -178,6 +178,7 @@ class StateCache:
     def put(self, key: bytes, raw: bytes, state: CustomerState) -> None:
         """Remember ``state`` as what ``raw`` (its encoding, just written) holds."""
         self._drop_head(key)
+        raw = compact(raw)  # kept for long: see schemas.codec.compact
         if self.capacity <= 0:
             self._keep_head(key, raw, state)
             return
@@ -196,7 +197,7 @@ class StateCache:
         if self.head_budget <= 0 or state.head is None:
             return
         policy, head = state.head
-        data = dumps(head.to_list())  # type: ignore[attr-defined]
+        data = compact(dumps(head.to_list()))  # type: ignore[attr-defined]
         size = len(key) + len(raw) + len(data) + _HEAD_ENTRY_OVERHEAD
         if size > self.head_budget:
             return
