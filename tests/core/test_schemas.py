@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 
 from schemas import export
-from schemas.codec import dumps, loads
+from schemas.codec import compact, dumps, loads
 from schemas.events import MAX_EVENT_BYTES, InvalidEvent, parse_event
 from schemas.outputs import (
     CustomerSnapshot,
@@ -77,6 +77,20 @@ CASES = [
     ("bad UTF-8", b'{"type": "visit", "event_id": "\xff"}', "invalid_encoding", ""),
     ("oversized", dumps({**BASE, "pad": "x" * MAX_EVENT_BYTES}), "too_large", ""),
 ]
+
+
+def test_compact_keeps_the_bytes_at_their_size() -> None:
+    import tracemalloc
+
+    data = dumps([list(range(40)) for _ in range(10)])  # about 1 KiB of JSON
+    tracemalloc.start()
+    try:
+        kept = [compact(data) for _ in range(200)]
+        traced = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert kept[0] == data and kept[0] is not data
+    assert traced < 200 * (len(data) + 128), (traced, len(data))
 
 
 @pytest.mark.parametrize(("name", "data", "reason", "field"), CASES, ids=[c[0] for c in CASES])
