@@ -21,6 +21,9 @@ from pathlib import Path
 _LOWEST = 10_000  # below: well-known and registered services
 _RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 _given: set[int] = set()
+# Not the global generator: a test that seeds it would give two test processes
+# the same sequence of ports.
+_rng = random.SystemRandom()
 
 
 def _ephemeral_floor() -> int:
@@ -44,7 +47,7 @@ def free_ports(count: int = 1) -> int:
     """The first of ``count`` consecutive free ports (a broker needs two)."""
     top = _ephemeral_floor() - count
     for _ in range(200):
-        first = random.randrange(_LOWEST, top) if top > _LOWEST else _kernel_port()
+        first = _rng.randrange(_LOWEST, top) if top > _LOWEST else _kernel_port()
         run = range(first, first + count)
         if any(p in _given for p in run) or not all(_bindable(p) for p in run):
             continue

@@ -31,7 +31,7 @@ def test_a_listening_port_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
         taken.listen()
         busy = taken.getsockname()[1]
         picks = iter([busy - 1, busy, busy + 1])  # the first two runs touch ``busy``
-        monkeypatch.setattr(ports.random, "randrange", lambda lo, hi: next(picks))
+        monkeypatch.setattr(ports._rng, "randrange", lambda lo, hi: next(picks))
         monkeypatch.setattr(ports, "_ephemeral_floor", lambda: 65_000)
         monkeypatch.setattr(ports, "_LOWEST", 1)
         monkeypatch.setattr(ports, "_given", set())
