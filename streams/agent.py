@@ -154,25 +154,54 @@ class Processor:
         acknowledged once, all changelog records once, then every state and
         tally written in one synchronous run. A crash before the writes
         means the whole batch is redelivered and folded again (outputs repeat
-        with the same ids); a crash after them leaves exact duplicates. If
-        anything fails before the writes, nothing was written and the batch
-        is processed again one record at a time, with :meth:`handle`'s
-        retries and dead letter; a failure while writing is raised.
+        with the same ids); a crash after them leaves exact duplicates.
+
+        A record whose planning raises splits the batch: the records before
+        it are committed as a batch, then it alone goes through
+        :meth:`handle` (retries, then the dead letter), then the rest as a
+        batch; one bad record costs a few round trips, not one per record of
+        the batch. If the commit fails before the writes, nothing was written
+        and those records are processed again one at a time, with
+        :meth:`handle`'s retries and dead letter; a failure while writing is
+        raised.
         """
         if len(records) == 1:
             await self.handle(records[0])
             return
+        while records:
+            failed_at = await self._plan_and_commit(records)
+            if failed_at is None:
+                return
+            await self.handle(records[failed_at])
+            records = records[failed_at + 1:]
+
+    async def _plan_and_commit(self, records: list[Record]) -> int | None:
+        """Plan ``records`` up to the first that raises, commit those planned.
+
+        Returns the index of the record whose planning raised (not committed),
+        or None when every record was planned.
+        """
         started = time.perf_counter()
         # One clock reading per batch (it only bounds future timestamps, by a day).
         now = datetime.now(UTC)
         overlay: dict[bytes, CustomerState] = {}
         planned: list[tuple[Record, Plan]] = []
-        try:
-            for record in records:
+        failed_at: int | None = None
+        for index, record in enumerate(records):
+            try:
                 plan = self.plan(record, now=now, overlay=overlay)
-                if plan.tally_delta is not None:  # a new state, or None: erased
-                    overlay[plan.tally_delta[1]] = plan.state
-                planned.append((record, plan))
+            except Exception as exc:  # noqa: BLE001 - handle() retries and dead-letters it
+                log.warning("planning %s[%d]@%d failed (%r): committing the %d records "
+                            "before it, then it alone", record.topic, record.partition,
+                            record.offset, exc, index)
+                failed_at = index
+                break
+            if plan.tally_delta is not None:  # a new state, or None: erased
+                overlay[plan.tally_delta[1]] = plan.state
+            planned.append((record, plan))
+        if not planned:
+            return failed_at
+        try:
             self._mark_in_flight(overlay)
             await self.commit([plan for _, plan in planned])
         except WriteFailed:
@@ -181,12 +210,13 @@ class Processor:
         except Exception as exc:  # noqa: BLE001 - fall back; handle() never raises
             self._mark_in_flight(())
             log.warning("batch of %d records failed before its writes (%r): "
-                        "processing them one at a time", len(records), exc)
-            for record in records:
+                        "processing them one at a time", len(planned), exc)
+            for record, _ in planned:
                 await self.handle(record)
-            return
+            return failed_at
         self._mark_in_flight(())
         self.observe(planned, started)
+        return failed_at
 
     def _mark_in_flight(self, keys: Any) -> None:
         """Make ``keys`` the customers the sweep must leave alone (see :meth:`handle`)."""
