@@ -7,7 +7,6 @@ planner for one record.
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +18,7 @@ from streams.records import Record
 from streams.topics import message_key, partition_for
 from tests.streams.test_sweep import PARTITIONS, Harness
 
-
-@pytest.fixture(autouse=True)
-def leave_an_event_loop() -> Any:
-    """As in test_forget: a later sync test needs a current event loop."""
-    yield
-    asyncio.set_event_loop(asyncio.new_event_loop())
+pytestmark = pytest.mark.usefixtures("leave_an_event_loop")
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ is tests/integration/test_service_forget.py.
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -30,13 +29,7 @@ from tests.streams.test_sweep import NOW, PARTITIONS, Harness, monthly_customers
 FORGET_TOPIC = "loyalty.forget"
 
 
-@pytest.fixture(autouse=True)
-def leave_an_event_loop() -> Any:
-    """pytest-asyncio closes its loop after an async test; a sync test collected
-    after this module (test_planning's) creates Faust futures with no running
-    loop and needs a current one, as it has when it runs first."""
-    yield
-    asyncio.set_event_loop(asyncio.new_event_loop())
+pytestmark = pytest.mark.usefixtures("leave_an_event_loop")
 
 
 @pytest.fixture
