@@ -24,9 +24,13 @@ class PrivateBroker:
     """``loyalty broker start/stop --port P --dir D`` for one test."""
 
     def __init__(self, directory: Path) -> None:
-        self.port = free_ports(2)
         self.dir = directory
-        self.flags = ["--port", str(self.port), "--dir", str(directory)]
+        self.started = False
+        self._choose_port()
+
+    def _choose_port(self) -> None:
+        self.port = free_ports(2)
+        self.flags = ["--port", str(self.port), "--dir", str(self.dir)]
 
     @property
     def bootstrap(self) -> str:
@@ -41,15 +45,20 @@ class PrivateBroker:
         """Start (or restart on the same data); raises with the CLI's output on failure.
 
         A restart right after a stop can find the controller port not yet
-        released by the kernel ("Address already in use"): it is retried.
+        released by the kernel ("Address already in use"): it is retried. A
+        first start whose port was taken since it was chosen takes another.
         """
         for attempt in range(attempts):
             done = self._cli("start")
             if done.returncode == 0:
+                self.started = True
                 return
             if "already in use" not in done.stdout + done.stderr or attempt == attempts - 1:
                 break
-            time.sleep(2.0)
+            if self.started:
+                time.sleep(2.0)
+            else:
+                self._choose_port()
         raise AssertionError(f"private broker did not start:\n{done.stdout}{done.stderr}")
 
     def stop(self) -> None:

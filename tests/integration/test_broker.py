@@ -144,3 +144,21 @@ def test_start_timeout_kills_what_it_started(tmp_path: Path) -> None:
     assert "last" in result.stderr  # the log excerpt is shown
     assert _java_processes_for(directory.resolve() / "server.properties") == []
     assert not (directory / "broker.pid").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_private_broker_whose_port_was_taken_first_takes_another(tmp_path: Path) -> None:
+    from tests.integration.private_broker import PrivateBroker
+
+    broker = PrivateBroker(tmp_path / "b")
+    chosen = broker.port
+    try:
+        with socket.socket() as squatter:  # taken between choosing and starting
+            squatter.bind(("127.0.0.1", chosen))
+            squatter.listen()
+            broker.start()
+        assert broker.port != chosen
+        assert probe_metadata("127.0.0.1", broker.port) is not None
+    finally:
+        broker.stop()
