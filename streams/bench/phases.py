@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -205,6 +206,8 @@ class Latency:
     duration_s: float
     p50_first_quarter_ms: float = 0.0
     p50_last_quarter_ms: float = 0.0
+    #: matched events timed by a later event's snapshot (folded in one batch with it)
+    coalesced: int = 0
     #: bursts of events at or above p99: (start s into the phase, span s, count, max ms)
     stalls: list[tuple[float, float, int, float]] = field(default_factory=list)
 
@@ -217,7 +220,7 @@ class Latency:
         """The conditions of the phase, for ``params.observed`` (rounded, JSON-ready)."""
         return {"offered_per_s": round(self.offered_per_s, 1),
                 "achieved_per_s": round(self.achieved_per_s, 1),
-                "sent": self.sent, "matched": self.matched,
+                "sent": self.sent, "matched": self.matched, "coalesced": self.coalesced,
                 "p50_ms": round(self.p50_ms, 2), "p99_ms": round(self.p99_ms, 2),
                 "mean_ms": round(self.mean_ms, 2), "max_ms": round(self.max_ms, 2),
                 "p50_first_quarter_ms": round(self.p50_first_quarter_ms, 2),
@@ -239,7 +242,10 @@ async def latency(env: BenchEnv, worker: WorkerProc, keys: list[bytes], rate: fl
     after folding it, as of the state's clock, which is exactly this text:
     ``(key, as_of)`` identifies the output of each event, whatever the sweep
     publishes meanwhile. Latency = time the scores consumer (this process)
-    receives it - time just before ``producer.send``. Sends follow a fixed
+    receives it - time just before ``producer.send``. The worker writes one
+    snapshot per customer per batch: an earlier event of the customer folded
+    in the same batch as this one is timed by this snapshot too, the first
+    that shows it (``coalesced`` counts them). Sends follow a fixed
     schedule (k / rate); a late sender catches up without changing the
     schedule, so the offered rate stays fixed even when the worker stalls.
     Events whose snapshot does not arrive within ``drain_s`` after the last
@@ -258,7 +264,9 @@ async def latency(env: BenchEnv, worker: WorkerProc, keys: list[bytes], rate: fl
     producer = AIOKafkaProducer(bootstrap_servers=env.bootstrap, acks="all", linger_ms=0)
     await consumer.start()
     await producer.start()
-    pending: dict[tuple[bytes, str], float] = {}
+    # key -> occurred_at text -> send instant, in send (= occurred_at) order
+    pending: dict[bytes, dict[str, float]] = {}
+    coalesced = 0
     lat: list[float] = []
     sent_at: list[float] = []  # send instant of each latency sample, same order
     stop = asyncio.Event()
@@ -271,6 +279,7 @@ async def latency(env: BenchEnv, worker: WorkerProc, keys: list[bytes], rate: fl
             await consumer.position(tp)
 
         async def receive() -> None:
+            nonlocal coalesced
             while not stop.is_set() or pending:
                 batch = await consumer.getmany(timeout_ms=100)
                 got = time.monotonic()
@@ -280,10 +289,19 @@ async def latency(env: BenchEnv, worker: WorkerProc, keys: list[bytes], rate: fl
                             last = codec.loads(rec.value).get("as_of")
                         except (ValueError, AttributeError):
                             continue
-                        sent = pending.pop((rec.key, last), None)
-                        if sent is not None:
+                        waiting = pending.get(rec.key)
+                        if not waiting or last not in waiting:
+                            continue
+                        while True:  # this event and the customer's earlier ones
+                            at, sent = next(iter(waiting.items()))
+                            del waiting[at]
                             lat.append(got - sent)
                             sent_at.append(sent)
+                            if at == last:
+                                break
+                            coalesced += 1
+                        if not waiting:
+                            del pending[rec.key]
 
         receiver = asyncio.create_task(receive())
         order = list(keys)
@@ -292,6 +310,10 @@ async def latency(env: BenchEnv, worker: WorkerProc, keys: list[bytes], rate: fl
 
         topic_of = {t: input_topic_for_event_type(env.settings, t) for t, _ in LATENCY_MIX}
         rolls = random.Random(seed + 1)
+        # Ids unique per phase: the phases offer the same customers in the same
+        # order, and a second phase reusing the first one's ids would be folded
+        # as conflicting duplicates (rejected, no snapshot) instead of timed.
+        phase_id = f"{env.run_id}-{uuid.uuid4().hex[:6]}"
         sent_n = 0
         last_us = 0
         started = time.monotonic()
@@ -311,16 +333,16 @@ async def latency(env: BenchEnv, worker: WorkerProc, keys: list[bytes], rate: fl
             at = rfc3339_us(us)
             roll = rolls.random()
             typ = next(t for t, cum in LATENCY_MIX if roll < cum)
-            ev: dict[str, Any] = {"type": typ, "event_id": f"lat-{env.run_id}-{sent_n}",
+            ev: dict[str, Any] = {"type": typ, "event_id": f"lat-{phase_id}-{sent_n}",
                                   "shop_id": shop, "customer_id": cid, "occurred_at": at}
             if typ == "purchase":
-                ev.update(order_id=f"lat-{sent_n}", amount=1000 + sent_n % 5000,
+                ev.update(order_id=f"lat-{phase_id}-{sent_n}", amount=1000 + sent_n % 5000,
                           currency="USD", channel="store")
             elif typ == "visit":
                 ev["channel"] = "store"
             else:
                 ev["nps"] = sent_n % 11
-            pending[(key, at)] = time.monotonic()
+            pending.setdefault(key, {})[at] = time.monotonic()
             futures.append(await producer.send(topic_of[typ], codec.dumps(ev), key=key))
             sent_n += 1
             if len(futures) >= 1000:
@@ -360,7 +382,7 @@ async def latency(env: BenchEnv, worker: WorkerProc, keys: list[bytes], rate: fl
                                   p99),
                    mean_ms=statistics.fmean(ms), offered_per_s=rate,
                    achieved_per_s=sent_n / send_s if send_s > 0 else float(sent_n),
-                   sent=sent_n, matched=len(ms), duration_s=send_s,
+                   sent=sent_n, matched=len(ms), coalesced=coalesced, duration_s=send_s,
                    p50_first_quarter_ms=_pct(first_q, 50), p50_last_quarter_ms=_pct(last_q, 50))
 
 
