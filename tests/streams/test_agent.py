@@ -15,8 +15,7 @@ import pytest
 from schemas import codec
 from streams import agent as agent_module
 from streams.records import Record
-from streams.topics import message_key, partition_for
-from tests.streams.test_sweep import PARTITIONS, Harness
+from tests.streams.test_sweep import Harness, purchase_record
 
 pytestmark = pytest.mark.usefixtures("leave_an_event_loop")
 
@@ -36,18 +35,10 @@ def h(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Harness:
     return harness
 
 
-def purchase(customer: str, offset: int) -> Record:
-    key = message_key("s1", customer)
-    value = codec.dumps({"type": "purchase", "event_id": f"e{offset}", "shop_id": "s1",
-                         "customer_id": customer, "occurred_at": "2026-01-05T10:00:00Z",
-                         "order_id": f"o{offset}", "amount": 1000, "currency": "USD"})
-    return Record(topic="loyalty.purchases", partition=partition_for(key, PARTITIONS),
-                  offset=offset, key=key, value=value)
-
-
 async def test_a_record_that_cannot_be_planned_splits_the_batch(
         h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
-    records = [purchase(f"c{n}", n) for n in range(40)]
+    records = [purchase_record(f"c{n}", f"e{n}", "2026-01-05T10:00:00Z", amount=1000,
+                               order_id=f"o{n}", offset=n) for n in range(40)]
     bad = records[17]
     planner = h.svc.processor.planner
     plan = planner.plan

@@ -24,7 +24,7 @@ from streams import sweep as sweep_module
 from streams.forget import forget_request
 from streams.records import Record
 from streams.topics import CUSTOMERS_TABLE, changelog_topic_name, message_key, partition_for
-from tests.streams.test_sweep import NOW, PARTITIONS, Harness, monthly_customers
+from tests.streams.test_sweep import NOW, PARTITIONS, Harness, monthly_customers, purchase_record
 
 FORGET_TOPIC = "loyalty.forget"
 
@@ -102,12 +102,7 @@ async def test_a_repeated_forget_only_repeats_the_tombstones(h: Harness) -> None
 async def test_events_after_the_forget_start_a_new_history_even_in_one_batch(
         h: Harness) -> None:
     def purchase(event_id: str, at: str) -> Record:
-        key = message_key("s1", "c1")
-        value = codec.dumps({"type": "purchase", "event_id": event_id, "shop_id": "s1",
-                             "customer_id": "c1", "occurred_at": at, "order_id": event_id,
-                             "amount": 1000, "currency": "USD"})
-        return Record(topic="loyalty.purchases", partition=partition_for(key, PARTITIONS),
-                      offset=0, key=key, value=value)
+        return purchase_record("c1", event_id, at, amount=1000, order_id=event_id)
 
     await h.svc.processor.handle_batch([
         purchase("e1", "2026-01-05T10:00:00Z"), purchase("e2", "2026-01-06T10:00:00Z"),

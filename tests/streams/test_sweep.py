@@ -38,6 +38,18 @@ NOW = datetime(2026, 1, 10, tzinfo=UTC)
 PARTITIONS = 4
 
 
+def purchase_record(customer: str, event_id: str, at: str, *, amount: int = 2500,
+                    order_id: str | None = None, offset: int = 0) -> Record:
+    """A purchase of shop s1 as the agent receives it, on its customer's partition."""
+    key = message_key("s1", customer)
+    value = codec.dumps({"type": "purchase", "event_id": event_id, "shop_id": "s1",
+                         "customer_id": customer, "occurred_at": at,
+                         "order_id": order_id or f"o-{event_id}", "amount": amount,
+                         "currency": "USD"})
+    return Record(topic="loyalty.purchases", partition=partition_for(key, PARTITIONS),
+                  offset=offset, key=key, value=value)
+
+
 class Harness:
     """A memory-store service whose sweeper runs without Kafka."""
 
@@ -87,16 +99,11 @@ class Harness:
 
     def purchase(self, customer: str, at: str, event_id: str, amount: int = 2500) -> bytes:
         """Fold and write one purchase through the agent's plan/write path."""
-        key = message_key("s1", customer)
-        value = codec.dumps({"type": "purchase", "event_id": event_id, "shop_id": "s1",
-                             "customer_id": customer, "occurred_at": at,
-                             "order_id": f"o-{event_id}", "amount": amount, "currency": "USD"})
-        rec = Record(topic="loyalty.purchases", partition=partition_for(key, PARTITIONS),
-                     offset=0, key=key, value=value)
+        rec = purchase_record(customer, event_id, at, amount=amount)
         plan = self.svc.processor.plan(rec, now=NOW)
         assert plan.status == "applied"
         self.svc.processor.write(plan)
-        return key
+        return rec.key  # type: ignore[return-value]
 
     def state(self, key: bytes) -> CustomerState:
         return CustomerState.decode(self.svc.context.customers.get(key))
