@@ -462,8 +462,7 @@ def apply(state: CustomerState | None, event: Event, policy: ShopPolicy) -> Outc
                        f"occurred_at is {(state.frontier - ts) / US_PER_DAY:.2f} days behind the "
                        f"customer's finalized history (allowed lateness {policy.allowed_lateness_days} days)")
 
-    new = CustomerState(state.shop_id, state.customer_id)
-    new.ckpt = state.ckpt
+    new = CustomerState(state.shop_id, state.customer_id, state.ckpt)
     new.buf = state.buf[:]
     insort(new.buf, rec, key=lambda r: (r[0], r[1]))
     new.seen = dict(state.seen)
@@ -537,8 +536,8 @@ def advance(state: CustomerState, now_us: int, policy: ShopPolicy) -> Outcome:
     else:
         head, truth, _, _ = fold_open(state, policy, now_us)
         effects, emitted = _publish(state, truth, state.frontier)
-    new = CustomerState(state.shop_id, state.customer_id)
-    new.ckpt, new.buf, new.seen = state.ckpt, state.buf, state.seen
+    new = CustomerState(state.shop_id, state.customer_id, state.ckpt)
+    new.buf, new.seen = state.buf, state.seen
     new.max_ts, new.frontier = state.max_ts, state.frontier
     new.clock = now_us
     new.emitted = emitted

@@ -60,10 +60,12 @@ class CustomerState:
     __slots__ = ("shop_id", "customer_id", "ckpt", "buf", "seen", "emitted", "max_ts",
                  "frontier", "clock", "stage", "next_due", "totals", "kpi", "head")
 
-    def __init__(self, shop_id: str, customer_id: str) -> None:
+    def __init__(self, shop_id: str, customer_id: str, ckpt: Agg | None = None) -> None:
         self.shop_id = shop_id
         self.customer_id = customer_id
-        self.ckpt = Agg()
+        # The fold passes the previous state's checkpoint (shared, never
+        # mutated) rather than building an empty aggregate it would replace.
+        self.ckpt = Agg() if ckpt is None else ckpt
         self.buf: list[list] = []
         self.seen: dict[int, list[int]] = {}
         self.emitted: dict[int, list] = {}
