@@ -135,14 +135,26 @@ class StateCache:
     holds exactly the bytes that object encoded to. Any other writer (a
     rebalance, a restore from the changelog, the sweep) changes the bytes and
     the cache falls back to decoding: it can never serve a stale state.
+
+    A second, larger tier keeps the *head* (the re-fold as of the state's
+    clock) of states that left the live tier, encoded as bytes: live objects
+    cost the garbage collector on every full collection, bytes do not. A
+    decoded state then gets its head back (same policy object, same bytes
+    check) instead of being re-folded. ``head_budget`` bounds that tier in
+    bytes (0: no second tier); the oldest entries go first.
     """
 
-    def __init__(self, capacity: int = 10_000) -> None:
+    def __init__(self, capacity: int = 10_000, head_budget: int = 0) -> None:
         from collections import OrderedDict
 
         self.capacity = capacity
+        self.head_budget = head_budget
         self._items: OrderedDict[bytes, tuple[bytes, CustomerState]] = OrderedDict()
+        #: key -> (row bytes, policy, encoded head, bytes charged to the budget)
+        self._heads: OrderedDict[bytes, tuple[bytes, object, bytes, int]] = OrderedDict()
+        self.head_bytes = 0
         self.hits = 0
+        self.head_hits = 0
         self.misses = 0
 
     def get(self, key: bytes, raw: bytes | None) -> CustomerState | None:
@@ -155,20 +167,55 @@ class StateCache:
             self.hits += 1
             return item[1]
         self.misses += 1
-        return CustomerState.decode(raw)
+        state = CustomerState.decode(raw)
+        kept = self._heads.get(key)
+        if kept is not None:
+            if kept[0] == raw:
+                state.head = (kept[1], Agg.from_list(loads(kept[2])))
+                self.head_hits += 1
+            else:
+                self._drop_head(key)
+        return state
 
     def put(self, key: bytes, raw: bytes, state: CustomerState) -> None:
         """Remember ``state`` as what ``raw`` (its encoding, just written) holds."""
+        self._drop_head(key)
+        raw = compact(raw)  # kept for long: see schemas.codec.compact
         if self.capacity <= 0:
+            self._keep_head(key, raw, state)
             return
-        self._items[key] = (compact(raw), state)  # kept for long: see schemas.codec.compact
+        self._items[key] = (raw, state)
         self._items.move_to_end(key)
         while len(self._items) > self.capacity:
-            self._items.popitem(last=False)
+            old_key, (old_raw, old_state) = self._items.popitem(last=False)
+            self._keep_head(old_key, old_raw, old_state)
 
     def discard(self, key: bytes) -> None:
         """Forget ``key`` (its row was deleted)."""
         self._items.pop(key, None)
+        self._drop_head(key)
+
+    def _keep_head(self, key: bytes, raw: bytes, state: CustomerState) -> None:
+        if self.head_budget <= 0 or state.head is None:
+            return
+        policy, head = state.head
+        data = compact(dumps(head.to_list()))  # type: ignore[attr-defined]
+        size = len(key) + len(raw) + len(data) + _HEAD_ENTRY_OVERHEAD
+        if size > self.head_budget:
+            return
+        self._heads[key] = (raw, policy, data, size)
+        self.head_bytes += size
+        while self.head_bytes > self.head_budget:
+            self.head_bytes -= self._heads.popitem(last=False)[1][3]
+
+    def _drop_head(self, key: bytes) -> None:
+        kept = self._heads.pop(key, None)
+        if kept is not None:
+            self.head_bytes -= kept[3]
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+# The dict slot, the tuple and the objects' headers of one head-tier entry.
+_HEAD_ENTRY_OVERHEAD = 300

@@ -97,7 +97,8 @@ class Planner:
         self.service = service
         self.rekey_name = service.rekey.get_topic_name()
         #: live states of recently written customers (see :meth:`remember`)
-        self.states = StateCache(service.settings.state_cache_size)
+        self.states = StateCache(service.settings.state_cache_size,
+                                 head_budget=service.settings.head_cache_mb << 20)
 
     def plan(self, record: Record, *, now: datetime | None = None,
              overlay: dict[bytes, CustomerState | None] | None = None) -> Plan:

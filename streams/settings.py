@@ -183,6 +183,15 @@ class Settings(BaseSettings):
         "lengthens Python's full garbage collections (see README \"Performance\"). "
         "0 disables it.",
     )
+    head_cache_mb: int = Field(
+        64, ge=0,
+        description="Default 64. MiB of memory for the folded history (the head) of customers "
+        "whose live state left the state cache, kept as bytes, which the garbage collector "
+        "does not walk: when such a customer's next event comes, its state is decoded and given "
+        "its head back instead of re-folding its open buffer. Validated like the state cache "
+        "(only while the row holds exactly the bytes the head was kept for); oldest dropped "
+        "first. 0 disables it.",
+    )
     batch_within_s: float = Field(
         0.02, gt=0,
         description="Default 0.02. Seconds the agent sleeps, with no record queued, before it "

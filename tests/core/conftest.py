@@ -23,11 +23,15 @@ if os.environ.get("CI"):
 class Customer:
     """Feeds events through the fold the way the service does (state encoded between events)."""
 
-    def __init__(self, policies: PolicyBook | None = None, *, keep_objects: bool = False) -> None:
+    def __init__(self, policies: PolicyBook | None = None, *, keep_objects: bool = False,
+                 cache: Any = None) -> None:
         # keep_objects=False round-trips the state through its encoding after
         # every event, as the service's changelog table does (full re-fold path);
         # True keeps the live object, as replay does (in-order fast path).
+        # ``cache`` (a scoring.state.StateCache) passes every state through it,
+        # as the service's agent does, instead of either.
         self.keep_objects = keep_objects
+        self.cache = cache
         self.policies = policies or PolicyBook()
         self.state = None
         self.effects: list[dict[str, Any]] = []
@@ -41,7 +45,13 @@ class Customer:
             out = apply(self.state, ev, self.policies.for_shop(ev.shop_id))
             self.outcomes.append(out)
             self.effects.extend(out.effects)
-            if out.changed:
+            if not out.changed:
+                continue
+            if self.cache is not None:
+                raw = out.state.encode()
+                self.cache.put(out.state.key.encode(), raw, out.state)
+                self.state = self.cache.get(out.state.key.encode(), raw)
+            else:
                 self.state = out.state if self.keep_objects else CustomerState.decode(out.state.encode())
         return self
 

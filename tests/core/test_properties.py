@@ -130,16 +130,20 @@ def test_points_are_conserved_and_never_negative(events, probe_days) -> None:
 @FAST
 @given(customer_events(), st.integers(0, 2**32), st.integers(0, 900))
 def test_state_survives_serialisation(events, seed, probe) -> None:
-    """Live objects (in-order fast path) and decoded states (full re-fold) agree exactly."""
-    from scoring.state import CustomerState
+    """Live objects (in-order fast path), decoded states (full re-fold) and decoded
+    states given back their kept head (the state cache's second tier) agree exactly."""
+    from scoring.state import CustomerState, StateCache
 
     arrivals = arrival_order(events, seed)
     live = Customer(keep_objects=True).send(*arrivals)
     decoded = Customer().send(*arrivals)
-    assert live.state == decoded.state
-    assert live.effects == decoded.effects
+    heads = StateCache(capacity=0, head_budget=1 << 20)
+    kept = Customer(cache=heads).send(*arrivals)
+    assert live.state == decoded.state == kept.state
+    assert live.effects == decoded.effects == kept.effects
+    assert heads.head_hits == sum(o.changed for o in kept.outcomes)  # every state came back with its head
     when = events[-1][0] + timedelta(days=probe)
-    assert live.snap(when) == decoded.snap(when)
+    assert live.snap(when) == decoded.snap(when) == kept.snap(when)
     assert CustomerState.decode(live.state.encode()).encode() == live.state.encode()
 
 
@@ -185,6 +189,37 @@ def test_state_cache_serves_live_objects_only_for_identical_bytes() -> None:
     cache.put(b"k2", raw, out.state)
     cache.put(b"k3", raw, out.state)
     assert len(cache) == 2 and cache.get(key, raw) is not out.state  # evicted (LRU)
+
+
+def test_state_cache_keeps_heads_of_evicted_states_within_its_byte_budget() -> None:
+    from scoring.fold import apply, cached_head
+    from scoring.state import StateCache
+    from tests.core.factory import parse
+
+    policy = PolicyBook().default
+    states = {}
+    for n in range(3):
+        out = apply(None, parse(purchase(T0, 100 + n, order_id="a", customer_id=f"c{n}")), policy)
+        states[f"c{n}".encode()] = (out.state.encode(), out.state)
+    one = StateCache(capacity=1, head_budget=1 << 20)
+    for key, (data, state) in states.items():
+        one.put(key, data, state)
+    assert len(one) == 1 and len(one._heads) == 2  # c0 and c1 left the live tier
+    back = one.get(b"c0", states[b"c0"][0])
+    assert back is not states[b"c0"][1] and one.head_hits == 1
+    assert cached_head(back, policy) == cached_head(states[b"c0"][1], policy)
+    assert cached_head(back, PolicyBook().default) is None  # another policy object: re-fold
+    assert cached_head(one.get(b"c1", states[b"c1"][0] + b" "), policy) is None  # other bytes
+    assert b"c1" not in one._heads and one.head_hits == 1
+    one.discard(b"c0")
+    assert not one._heads and one.head_bytes == 0
+    # The budget is in bytes: an entry charges at least its row and its head.
+    size = len(states[b"c0"][0]) * 2
+    tight = StateCache(capacity=0, head_budget=size + 400)
+    for key, (data, state) in states.items():
+        tight.put(key, data, state)
+    assert list(tight._heads) == [b"c2"] and 0 < tight.head_bytes <= size + 400
+    assert StateCache(capacity=0, head_budget=100).get(b"c2", states[b"c2"][0]).head is None
 
 
 @settings(max_examples=300, deadline=None)
