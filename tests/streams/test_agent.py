@@ -59,3 +59,26 @@ async def test_a_record_that_cannot_be_planned_splits_the_batch(
     # Two commits (outputs, then changelog records: two publishes each) around
     # one dead letter; one record at a time would have been 39 commits.
     assert h.publishes == 5  # type: ignore[attr-defined]
+
+
+async def test_the_state_cache_tiers_change_no_output_and_no_state(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same batches through a worker that decodes and re-folds every state
+    (no cache) and one that keeps a single live state, so that every other
+    customer comes back from the head tier: identical rows and outputs."""
+    records = []
+    for n in range(30):  # 6 customers, 5 purchases each, some out of order
+        day = (1, 3, 2, 5, 4)[n // 6]
+        records.append(purchase_record(f"c{n % 6}", f"e{n}", f"2026-01-0{day}T10:00:{n:02d}Z",
+                                       amount=1000 + n, offset=n))
+    runs = {}
+    for name, sizes in (("none", {"state_cache_size": 0, "head_cache_mb": 0}),
+                        ("tiers", {"state_cache_size": 1, "head_cache_mb": 1})):
+        harness = Harness(tmp_path / name, monkeypatch, recount_interval_s=400 * 86400, **sizes)
+        for start in range(0, len(records), 4):
+            await harness.svc.processor.handle_batch(records[start:start + 4])
+        runs[name] = (harness.states(), harness.sent, harness.svc.processor.planner.states)
+    (states, sent, _), (tier_states, tier_sent, cache) = runs["none"], runs["tiers"]
+    assert len(states) == 6 and tier_states == states
+    assert tier_sent == sent and any(s["topic"] == "loyalty.rewards" for s in sent)
+    assert cache.misses > 0 and cache.head_hits == cache.misses  # each came back with its head

@@ -54,9 +54,10 @@ class Harness:
     """A memory-store service whose sweeper runs without Kafka."""
 
     def __init__(self, tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
-                 recount_interval_s: float) -> None:
+                 recount_interval_s: float, **settings: Any) -> None:
         settings = Settings(app_id="unit-sweep", store="memory://", partitions=PARTITIONS,
-                            data_dir=tmp_path, tally_recount_interval_s=recount_interval_s)
+                            data_dir=tmp_path, tally_recount_interval_s=recount_interval_s,
+                            **settings)
         self.svc: LoyaltyService = create_service(settings, web_enabled=False,
                                                   sweep_enabled=False)
         self.sent: list[dict[str, Any]] = []  # output records (not changelog records)
