@@ -19,6 +19,12 @@ unless --keep):
   6. recovery_customers_per_s: stop, wipe the local stores, restart, time
      until the table is rebuilt from its changelog.
 
+  loyalty bench --core-only [--events N] [--customers N] [--json]
+
+folds the same generated stream in this process through the scoring core as
+the agent does, without a broker (streams/bench/core.py): the core's own
+events per CPU-second.
+
 Needs the local broker (`loyalty broker start`). The default size takes
 about 3-5 minutes on 2 cores; the figures depend on the machine and its other
 load, so compare with the baseline of the same run, per CPU-second first
@@ -86,6 +92,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "latency.speedscope.json, recovery.speedscope.json "
                              "(py-spy on PATH or --py-spy)")
     parser.add_argument("--py-spy", default=None, help="path of the py-spy executable")
+    parser.add_argument("--core-only", action="store_true",
+                        help="no broker, no worker: fold the generated stream in this process "
+                             "through the scoring core as the agent does (parse, state cache, "
+                             "fold, effects, one state encoding and snapshot per customer per "
+                             "batch) and report its events per CPU-second; the difference to "
+                             "the worker's is what Kafka, Faust and the commit cost")
     parser.add_argument("--population", type=int, default=0, metavar="N",
                         help="also measure with N customers in the table (e.g. 1000000): "
                              "write N states folded by the core into the customer changelog "
@@ -102,7 +114,9 @@ def run(args: argparse.Namespace) -> int:
     from streams.bench.harness import BenchError
 
     try:
-        result = asyncio.run(_run(args))
+        if args.events < 1 or args.customers < 1:
+            raise BenchError("--events and --customers must be at least 1")
+        result = _run_core(args) if args.core_only else asyncio.run(_run(args))
     except BenchError as exc:
         print(f"loyalty bench: {exc}", file=sys.stderr)
         return 1
@@ -113,11 +127,58 @@ def run(args: argparse.Namespace) -> int:
         from schemas import codec
 
         sys.stdout.write(codec.dumps(result).decode() + "\n")
+    elif args.core_only:
+        print(f"core only: {result['events']} events, {result['customers']} customers, "
+              f"{result['cpu_s']} CPU-s: {result['events_per_cpu_s']} events per CPU-second "
+              f"({result['us_per_event']} us per event); statuses {result['statuses']}; "
+              f"state cache {result['state_cache']}")
     else:
         from streams.bench.report import table
 
         print(table(result))
     return 0
+
+
+def _stream(args: argparse.Namespace, stats: Any) -> Any:
+    """The generated input stream the options ask for; BenchError for impossible sizes."""
+    from streams.bench.generator import fast_stream, heavy_stream, synthetic_stream
+    from streams.bench.harness import BenchError
+
+    if args.generator == "synthetic":
+        return synthetic_stream(args.customers, seed=args.seed, stats=stats)
+    if args.generator == "heavy":
+        try:
+            return heavy_stream(args.events, args.customers, seed=args.seed,
+                                span_days=args.span_days, stats=stats,
+                                heavy_customers=args.heavy_customers,
+                                heavy_events=args.heavy_events)
+        except ValueError as exc:
+            raise BenchError(str(exc)) from exc
+    return fast_stream(args.events, args.customers, seed=args.seed,
+                       span_days=args.span_days, stats=stats)
+
+
+def _run_core(args: argparse.Namespace) -> dict[str, Any]:
+    """``--core-only``: :func:`streams.bench.core.measure_core` with the worker's settings."""
+    from schemas.policy import PolicyBook
+    from scoring.replay import tune_gc
+    from streams.bench.core import measure_core
+    from streams.bench.generator import StreamStats
+    from streams.bench.report import machine
+    from streams.settings import get_settings
+
+    settings = get_settings()
+    stats = StreamStats()
+    stream = list(_stream(args, stats))
+    tune_gc()  # the worker's garbage collector policy (streams/commands/worker.py)
+    _progress(args, f"core only: folding {len(stream)} generated events in this process")
+    result = measure_core(stream, policies=PolicyBook.load(settings.policy_file),
+                          batch_max=settings.batch_max,
+                          cache_size=settings.state_cache_size,
+                          head_cache_mb=settings.head_cache_mb)
+    result["generator"] = stats.generator
+    result["machine"] = machine(settings.kafka_version)
+    return result
 
 
 def _round(value: float | None, digits: int) -> float | None:
@@ -164,7 +225,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     import signal
 
     from streams.bench import phases
-    from streams.bench.generator import StreamStats, fast_stream, heavy_stream, synthetic_stream
+    from streams.bench.generator import StreamStats
     from streams.bench.harness import BenchEnv, BenchError, check_broker
     from streams.bench.report import machine
     from streams.settings import get_settings
@@ -174,8 +235,6 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
     settings = get_settings()
     check_broker(settings)
-    if args.events < 1 or args.customers < 1:
-        raise BenchError("--events and --customers must be at least 1")
     partitions = args.partitions or settings.partitions
     timeout = args.timeout or 120.0 + args.events / 200.0
     env = BenchEnv(settings, partitions, keep=args.keep)
@@ -192,19 +251,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         _progress(args, f"run {env.app_id}: creating topics ({partitions} partitions)")
         await env.create_topics()
         stats = StreamStats()
-        if args.generator == "synthetic":
-            stream = synthetic_stream(args.customers, seed=args.seed, stats=stats)
-        elif args.generator == "heavy":
-            try:
-                stream = heavy_stream(args.events, args.customers, seed=args.seed,
-                                      span_days=args.span_days, stats=stats,
-                                      heavy_customers=args.heavy_customers,
-                                      heavy_events=args.heavy_events)
-            except ValueError as exc:
-                raise BenchError(str(exc)) from exc
-        else:
-            stream = fast_stream(args.events, args.customers, seed=args.seed,
-                                 span_days=args.span_days, stats=stats)
+        stream = _stream(args, stats)
         t0 = loop.time()
         total = await env.preload(stream, compression=None if args.compression == "none"
                                   else args.compression)
