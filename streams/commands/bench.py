@@ -116,6 +116,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.events < 1 or args.customers < 1:
             raise BenchError("--events and --customers must be at least 1")
+        if args.core_only and (args.population or args.profile or args.keep):
+            raise BenchError("--core-only starts no worker and creates no topics: "
+                             "--population, --profile and --keep do not apply to it")
         result = _run_core(args) if args.core_only else asyncio.run(_run(args))
     except BenchError as exc:
         print(f"loyalty bench: {exc}", file=sys.stderr)

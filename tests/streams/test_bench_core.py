@@ -68,3 +68,11 @@ def test_core_only_runs_without_a_broker() -> None:
     assert figures["events"] == 300 and figures["customers"] == 40
     assert figures["statuses"] == {"applied": 300}
     assert figures["machine"]["cores"] == os.cpu_count()
+
+
+def test_core_only_refuses_options_that_need_a_worker() -> None:
+    proc = subprocess.run([sys.executable, "-m", "streams.cli", "bench", "--core-only",
+                           "--population", "1000"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert "--core-only starts no worker" in proc.stderr and "Traceback" not in proc.stderr
