@@ -180,6 +180,8 @@ class StateCache:
     def put(self, key: bytes, raw: bytes, state: CustomerState) -> None:
         """Remember ``state`` as what ``raw`` (its encoding, just written) holds."""
         self._drop_head(key)
+        if self.capacity <= 0 and self.head_budget <= 0:
+            return  # no tier at all: not even the copy below
         raw = compact(raw)  # kept for long: see schemas.codec.compact
         if self.capacity <= 0:
             self._keep_head(key, raw, state)
