@@ -43,7 +43,12 @@ import faust
 from schemas.policy import PolicyBook
 from streams.agent import Processor, register_agents
 from streams.clv_service import ClvService, register_clv
-from streams.compat import harden_producer_flush, leave_group_on_stop, start_tables_without_delay
+from streams.compat import (
+    harden_producer_flush,
+    leave_group_on_stop,
+    resolve_hot_settings,
+    start_tables_without_delay,
+)
 from streams.context import ServiceContext
 from streams.publish import Publisher
 from streams.restore import install_bulk_restore
@@ -204,6 +209,7 @@ def create_service(
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
            "value_serializer": "raw"}
     harden_producer_flush(app)
+    resolve_hot_settings(app)  # before the conductor compiles its handlers
     leave_group_on_stop()  # static membership for crash restarts only
     # Tables take key/value *types* only; with bytes types Faust passes the raw
     # bytes through (the app-wide serializers are "raw").

@@ -12,7 +12,8 @@ guarantee. The names it checks are listed in :data:`TOUCHES`; a new touch
 must be added there.
 
 Modules: :mod:`.events` (a stand-in current event for table access outside a
-stream), :mod:`.producer` (flush hardening, the raw aiokafka producer),
+stream), :mod:`.producer` (flush hardening, the raw aiokafka producer), :mod:`.hot_path`
+(Faust's per-record settings lookups, resolved once),
 :mod:`.consumer` (seek and commit hooks, read offsets, pausing fetches,
 high-water marks), :mod:`.delivery` (records to the streams without a task
 race per record), :mod:`.batches` (batches of what is queued, without
@@ -39,6 +40,7 @@ from streams.compat.consumer import (
 )
 from streams.compat.delivery import deliver_directly
 from streams.compat.events import partition_context
+from streams.compat.hot_path import resolve_hot_settings
 from streams.compat.producer import aiokafka_producer, harden_producer_flush
 from streams.compat.tables import (
     on_recovery_offsets,
@@ -54,6 +56,6 @@ __all__ = [
     "consumed_positions", "delete_consumer_group", "deliver_directly", "generation",
     "harden_producer_flush", "highwater", "leave_group_on_stop", "on_recovery_offsets",
     "on_seek_to_committed", "open_rocksdict_partition", "partition_context",
-    "persisted_offset_key", "recovery_table", "refresh_topic_metadata", "rocksdict_partition",
-    "set_fetching", "start_tables_without_delay", "take_batches",
+    "persisted_offset_key", "recovery_table", "refresh_topic_metadata", "resolve_hot_settings",
+    "rocksdict_partition", "set_fetching", "start_tables_without_delay", "take_batches",
 ]

@@ -31,6 +31,9 @@ TOUCHES: tuple[Touch, ...] = (
     Touch("faust.transport.producer", "ProducerBuffer", "size", "producer.harden_producer_flush"),
     Touch("faust.transport.producer", "ProducerBuffer", "flush",
           "producer.harden_producer_flush"),
+    *(Touch("faust.transport.producer", "ProducerBuffer", name, "hot_path.resolve_hot_settings")
+      for name in ("wait_until_ebb", "max_messages", "pending")),
+    Touch("faust.app.base", "App", "create_event", "hot_path.resolve_hot_settings"),
     Touch("faust.transport.drivers.aiokafka", "Producer", "_ensure_producer",
           "producer.aiokafka_producer"),
     Touch("aiokafka", "AIOKafkaProducer", "create_batch", "publish.Publisher"),
