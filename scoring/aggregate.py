@@ -136,8 +136,7 @@ class Agg:
         else:
             if len(data) != len(Agg.__slots__):
                 raise ValueError(f"aggregate has {len(data)} slots, expected {len(Agg.__slots__)}")
-            for name, value in zip(Agg.__slots__, data, strict=True):
-                setattr(new, name, value)
+            _set_slots(new, data)
         new.orders = {k: v for k, v in new.orders}  # type: ignore[misc]
         return new
 
@@ -171,7 +170,20 @@ def _slot_copier() -> Any:
     return namespace["copy_slots"]
 
 
+def _slot_setter() -> Any:
+    """A function that sets every slot of an Agg from a list of as many values.
+
+    Every decoded state and every kept head goes through it: one unpacking
+    instead of a ``setattr`` call per slot (generated like :func:`_slot_copier`).
+    """
+    targets = ", ".join(f"new.{name}" for name in Agg.__slots__)
+    namespace: dict[str, Any] = {}
+    exec(f"def set_slots(new, data):\n    ({targets},) = data", namespace)  # noqa: S102
+    return namespace["set_slots"]
+
+
 _copy_slots = _slot_copier()
+_set_slots = _slot_setter()
 _get_slots = attrgetter(*Agg.__slots__)
 _DETRACTOR_CLASS = 2  # scoring.nps.DETRACTOR (not imported: nps imports policy, this stays leaf)
 
