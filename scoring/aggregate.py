@@ -112,7 +112,7 @@ class Agg:
     def to_list(self) -> list[Any]:
         out = list(_get_slots(self))
         # dicts keep insertion (= canonical) order through orjson; store as pairs to be explicit.
-        out[Agg.__slots__.index("orders")] = [[k, v] for k, v in self.orders.items()]
+        out[_ORDERS_SLOT] = [[k, v] for k, v in self.orders.items()]
         return out
 
     @classmethod
@@ -151,6 +151,7 @@ class Agg:
 
 
 V2_SLOTS = len(Agg.__slots__) - 1
+_ORDERS_SLOT = Agg.__slots__.index("orders")
 V1_SLOTS = V2_SLOTS - 3
 
 
