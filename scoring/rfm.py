@@ -29,6 +29,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from scoring.clock import day_of
+
 #: snapshot fields, all null without a score
 RFM_FIELDS = ("rfm_recency", "rfm_frequency", "rfm_monetary", "rfm_segment")
 
@@ -78,8 +80,6 @@ def values(head: Any, day: int) -> Values | None:
     """A buyer's RFM values as of ``day`` from the fold's head; None without purchases."""
     if head.purchase_count == 0:
         return None
-    from scoring.clock import day_of
-
     return day - day_of(head.last_purchase_us), head.purchase_days, head.spend_total
 
 

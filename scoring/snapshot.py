@@ -25,7 +25,7 @@ from scoring.stages import (
     DETRACTOR_STATUS,
     detractor_status,
     loyalty_type,
-    mean_interpurchase,
+    mean_interpurchase_days,
     purchase_days_in_window,
     stage_on,
     wallet_band,
@@ -93,7 +93,7 @@ def snapshot_of_head(shop_id: str, customer_id: str, h: Agg, as_of_us: int, poli
     purchased = h.purchase_count > 0
     stage = stage_on(h, day, policy) if h.first_seen_us is not None else None
     tenure = day - day_of(h.first_seen_us) if h.first_seen_us is not None else None
-    mip = mean_interpurchase(h)
+    mip = mean_interpurchase_days(h)
     pd90 = purchase_days_in_window(h, day, 90)
     tier, _mult, pct = tier_on(h, day, policy)
     det_status = detractor_status(h, policy)
@@ -120,7 +120,7 @@ def snapshot_of_head(shop_id: str, customer_id: str, h: Agg, as_of_us: int, poli
         "recency_days": day - day_of(h.last_purchase_us) if purchased else None,  # type: ignore[arg-type]
         "tenure_days": tenure,
         "frequency_per_month": round(pd90 / 3, 4),
-        "mean_interpurchase_days": None if mip is None else round(float(mip), 4),
+        "mean_interpurchase_days": None if mip is None else round(mip, 4),
         "ltv_historical": h.margin_total,
         "ltv_formula": ltv_formula(h, day, tenure or 0, policy.margin_fraction, policy.ltv_months),
         "nps_last": h.nps_last,

@@ -9,7 +9,6 @@ time-driven transitions at their exact instant without scanning day by day.
 from __future__ import annotations
 
 from bisect import bisect_right
-from fractions import Fraction
 
 from schemas.policy import ShopPolicy
 from scoring.aggregate import Agg
@@ -29,11 +28,14 @@ def purchase_days_in_window(agg: Agg, day: int, window: int) -> int:
     return bisect_right(agg.pdays, day) - bisect_right(agg.pdays, day - window)
 
 
-def mean_interpurchase(agg: Agg) -> Fraction | None:
+def mean_interpurchase_days(agg: Agg) -> float | None:
+    """Days between the first and last purchase date per gap, the nearest float; None
+    with fewer than two purchase dates. (Integer true division is correctly
+    rounded: the float of the exact ratio, without building a Fraction.)"""
     if agg.purchase_days < 2:
         return None
     span = day_of(agg.last_purchase_us) - day_of(agg.first_purchase_us)  # type: ignore[arg-type]
-    return Fraction(span, agg.purchase_days - 1)
+    return span / (agg.purchase_days - 1)
 
 
 def _at_risk_days(agg: Agg, policy: ShopPolicy) -> int:
