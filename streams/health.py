@@ -3,18 +3,23 @@
 :class:`BrokerProbe` runs inside the worker (a Faust task) and, every
 ``interval_s`` (a third of ``LOYALTY_READY_BROKER_MAX_AGE_S``, at most 5 s):
 
-1. sends a Kafka Metadata request to the cluster through its own aiokafka
-   consumer (no group, never joins or commits) - success records the time of
-   the last broker contact;
+1. sends a Kafka Metadata request for no topic through its own aiokafka
+   admin client - success records the time of the last broker contact. (A
+   request for all topics, as ``consumer.topics()`` sends, made every worker
+   parse the whole cluster's metadata in its event loop every round: tens
+   of milliseconds on a cluster of a thousand topics.)
 2. for the input partitions assigned to this worker, reads the end offsets
    (ListOffsets) and the consumer group's committed offsets (OffsetFetch) and
    sets ``loyalty_consumer_lag{topic,partition}`` = end offset - committed
    offset (end - beginning while nothing is committed). The committed offset
    trails the worker's position by at most the commit interval (1 s).
 
-Only public aiokafka and Faust APIs are used (``consumer.topics()``,
+The probe's own clients (a consumer with no group, which never joins or
+commits, and an admin client) track only the worker's input and rekey
+topics (:func:`streams.compat.track_only`), so their metadata refreshes stay
+as small; the rest is public aiokafka and Faust API (``describe_topics``,
 ``end_offsets``, ``list_consumer_group_offsets``, Faust's
-``consumer.assignment()``), so nothing here needs the compatibility layer.
+``consumer.assignment()``).
 
 :func:`readiness` combines three checks: partitions assigned, tables
 recovered (no rebalance or changelog recovery under way), and a broker
@@ -32,6 +37,8 @@ import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+from streams import compat
 
 if TYPE_CHECKING:
     from streams.context import ServiceContext
@@ -77,8 +84,11 @@ class BrokerProbe:
         """One round: broker contact, then lag. Returns whether the broker answered."""
         timeout = max(1.0, self.interval_s)
         try:
+            admin = await asyncio.wait_for(self._ensure_admin(), timeout)
+            # An empty topic list, not None (which means every topic): a real
+            # round trip whose answer is the brokers only, on a cluster of any size.
+            await asyncio.wait_for(admin.describe_topics([]), timeout)
             consumer = await asyncio.wait_for(self._ensure_consumer(), timeout)
-            await asyncio.wait_for(consumer.topics(), timeout)  # a real Metadata request
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
@@ -117,6 +127,7 @@ class BrokerProbe:
                 **client_kwargs(s))
             try:
                 await consumer.start()
+                await compat.track_only(consumer, self._topic_names())
             except BaseException:
                 await consumer.stop()
                 raise
@@ -134,15 +145,24 @@ class BrokerProbe:
                                         client_id=f"{s.app_id}-probe-admin",
                                         request_timeout_ms=10_000, **client_kwargs(s))
             await admin.start()
+            try:
+                await compat.track_only(admin, self._topic_names())
+            except BaseException:
+                await admin.close()
+                raise
             self._admin = admin
         return self._admin
+
+    def _topic_names(self) -> list[str]:
+        """The worker's input topics and its rekey topic: all the probe asks about."""
+        from streams.app import rekey_topic_name
+
+        return sorted({*self.service.input_topic_names, rekey_topic_name(self.service.settings)})
 
     def _input_partitions(self) -> list[Any]:
         from aiokafka import TopicPartition
 
-        from streams.app import rekey_topic_name
-
-        names = {*self.service.input_topic_names, rekey_topic_name(self.service.settings)}
+        names = set(self._topic_names())
         try:
             assigned = self.service.app.consumer.assignment()
         except Exception:  # noqa: BLE001 - consumer not started yet

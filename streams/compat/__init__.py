@@ -19,15 +19,15 @@ high-water marks), :mod:`.delivery` (records to the streams without a task
 race per record), :mod:`.batches` (batches of what is queued, without
 Faust's fixed wait per batch), :mod:`.tables` (RocksDB partition databases, the
 persisted-offset key, the recovery hook), :mod:`.clients` (plain aiokafka
-clients of tools such as ``loyalty bench``: deleting a consumer group,
-fetching a topic's metadata).
+clients of tools such as ``loyalty bench`` and of the broker probe: deleting a
+consumer group, fetching a topic's metadata, tracking only some topics).
 """
 
 from __future__ import annotations
 
 from streams.compat.batches import take_batches
 from streams.compat.check import TOUCHES, CompatError, check
-from streams.compat.clients import delete_consumer_group, refresh_topic_metadata
+from streams.compat.clients import delete_consumer_group, refresh_topic_metadata, track_only
 from streams.compat.consumer import (
     assignment,
     cap_commits,
@@ -57,5 +57,5 @@ __all__ = [
     "harden_producer_flush", "highwater", "leave_group_on_stop", "on_recovery_offsets",
     "on_seek_to_committed", "open_rocksdict_partition", "partition_context",
     "persisted_offset_key", "recovery_table", "refresh_topic_metadata", "resolve_hot_settings",
-    "rocksdict_partition", "set_fetching", "start_tables_without_delay", "take_batches",
+    "rocksdict_partition", "set_fetching", "start_tables_without_delay", "take_batches", "track_only",
 ]

@@ -75,6 +75,7 @@ TOUCHES: tuple[Touch, ...] = (
     Touch("aiokafka", "AIOKafkaConsumer", "_client", "clients.refresh_topic_metadata",
           set_in_init=True),
     Touch("aiokafka.client", "AIOKafkaClient", "add_topic", "clients.refresh_topic_metadata"),
+    Touch("aiokafka.client", "AIOKafkaClient", "set_topics", "clients.track_only"),
     Touch("aiokafka.client", "AIOKafkaClient", "force_metadata_update",
           "clients.refresh_topic_metadata"),
 )

@@ -1,7 +1,8 @@
-"""Private reads of plain aiokafka clients (the consumer and admin client the bench uses).
+"""Private reads of plain aiokafka clients (not Faust's).
 
-Neither touches Faust: these are the aiokafka clients that tools such as
-``loyalty bench`` create themselves, outside the worker.
+These are the aiokafka consumers and admin clients that tools such as
+``loyalty bench`` create themselves, and the worker's broker probe
+(:mod:`streams.health`) beside Faust's own clients.
 """
 
 from __future__ import annotations
@@ -33,3 +34,17 @@ async def refresh_topic_metadata(consumer: Any, topic: str) -> None:
     """
     consumer._client.add_topic(topic)
     await consumer._client.force_metadata_update()
+
+
+async def track_only(client_owner: Any, topics: list[str]) -> None:
+    """Keep the metadata of ``client_owner``'s client (a consumer or admin client) to ``topics``.
+
+    Works around: an aiokafka client that has neither subscribed nor sent to
+    a topic tracks *no* topic, which aiokafka reads as "all of them": each of
+    its metadata updates (the periodic refresh, or one forced to find a
+    partition's leader) then fetches and parses every topic of the cluster,
+    synchronously, in the caller's event loop. Sets the private ``_client``'s
+    tracked topics (``AIOKafkaClient.set_topics``) and waits for the update
+    that brings them.
+    """
+    await client_owner._client.set_topics(topics)

@@ -13,8 +13,10 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.cluster import ClusterMetadata
 from aiokafka.structs import OffsetAndMetadata
 
+from streams.app import rekey_topic_name
 from streams.health import BrokerProbe, readiness
 from streams.metrics import Metrics
 from streams.ports import free_port
@@ -28,6 +30,16 @@ def _service(settings: Settings, topic: str, assigned: set[TopicPartition]) -> A
                            tables_ready=lambda: True, input_topic_names=(topic,))
 
 
+def _recording(parsed: list[set[str]]) -> Any:
+    """aiokafka's metadata update, recording the topic names of every response it parses."""
+    original = ClusterMetadata.update_metadata
+
+    def update_metadata(self: ClusterMetadata, metadata: Any) -> Any:
+        parsed.append({t["topic"] for t in metadata.to_object()["topics"]})
+        return original(self, metadata)
+    return update_metadata
+
+
 def _lag(metrics: Metrics) -> dict[tuple[str, str], float]:
     return {(s.labels["topic"], s.labels["partition"]): s.value
             for fam in metrics.consumer_lag.collect() for s in fam.samples}
@@ -35,8 +47,9 @@ def _lag(metrics: Metrics) -> dict[tuple[str, str], float]:
 
 @pytest.mark.timeout(90)
 async def test_lag_per_assigned_partition_from_committed_offsets(bootstrap: str, create_topic,
-                                                                 unique_name) -> None:
+                                                                 unique_name, monkeypatch) -> None:
     topic = create_topic(partitions=2)
+    other = create_topic(partitions=1)  # someone else's topic on the same cluster
     group = unique_name("group")
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
@@ -74,6 +87,16 @@ async def test_lag_per_assigned_partition_from_committed_offsets(bootstrap: str,
         assigned.discard(p0)  # p0 moved to another worker: its series goes away
         assert await probe.probe_once()
         assert _lag(service.metrics) == {(topic, "1"): 5.0}
+
+        # A steady round parses no metadata of any other topic of the cluster
+        # (a request for all of them costs every worker tens of milliseconds of
+        # event loop per round on a cluster of a thousand topics).
+        parsed: list[set[str]] = []
+        monkeypatch.setattr(ClusterMetadata, "update_metadata", _recording(parsed))
+        assert await probe.probe_once()
+        assert all(names <= {topic, rekey_topic_name(settings)} for names in parsed), parsed
+        assert other not in set().union(*parsed)
+        assert probe._consumer.partitions_for_topic(topic) == {0, 1}
     finally:
         await probe.close()
 
