@@ -6,8 +6,8 @@
 1. sends a Kafka Metadata request for no topic through its own aiokafka
    admin client - success records the time of the last broker contact. (A
    request for all topics, as ``consumer.topics()`` sends, made every worker
-   parse the whole cluster's metadata in its event loop every round: tens
-   of milliseconds on a cluster of a thousand topics.)
+   parse the whole cluster's metadata in its event loop every round, a cost
+   that grows with the cluster, not with the worker: README "Performance".)
 2. for the input partitions assigned to this worker, reads the end offsets
    (ListOffsets) and the consumer group's committed offsets (OffsetFetch) and
    sets ``loyalty_consumer_lag{topic,partition}`` = end offset - committed

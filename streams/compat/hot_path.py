@@ -12,8 +12,9 @@ def resolve_hot_settings(app: faust.App) -> None:
     """Answer two per-record questions of Faust without reading its settings registry.
 
     Works around: Faust reads ``app.conf`` (a Python ``__getattribute__`` in
-    its settings registry) twice for every fetched record, about 1.3 % of the
-    worker's CPU on a backlog; neither setting changes after the app is built:
+    its settings registry) twice for every fetched record (README
+    "Performance" has what it cost); neither setting changes after the app
+    is built:
 
     * the conductor awaits ``producer.buffer.wait_until_ebb()``, whose
       ``size`` looks up ``conf.producer_threaded``. With the unthreaded
