@@ -43,7 +43,7 @@ from streams.commit import Change, Committer, WriteFailed
 from streams.consume import consume
 from streams.context import ServiceContext
 from streams.gaps import GapReader, Progress, install_seek_tracking, redrive_idle_partitions
-from streams.planning import Plan, Planner
+from streams.planning import Plan, Planner, Rows
 from streams.publish import futures
 from streams.records import Record, dead_letter_record
 from streams.shops import TallyDelta
@@ -70,9 +70,9 @@ class Processor:
         self.committer = Committer(service)
 
     def plan(self, record: Record, *, now: datetime | None = None,
-             overlay: dict[bytes, CustomerState] | None = None) -> Plan:
+             overlay: dict[bytes, CustomerState] | None = None, rows: Rows | None = None) -> Plan:
         """:meth:`streams.planning.Planner.plan` (reads rows, writes nothing)."""
-        return self.planner.plan(record, now=now, overlay=overlay)
+        return self.planner.plan(record, now=now, overlay=overlay, rows=rows)
 
     async def commit(self, plans: list[Plan]) -> None:
         """Publish what ``plans`` send and write their states: :meth:`Committer.commit`.
@@ -187,9 +187,16 @@ class Processor:
         overlay: dict[bytes, CustomerState] = {}
         planned: list[tuple[Record, Plan]] = []
         failed_at: int | None = None
+        # No await from here to the commit: the rows read ahead stay current.
+        try:
+            rows = self.planner.read_rows(records)
+        except Exception as exc:  # noqa: BLE001 - each plan then reads its own row
+            log.warning("reading the rows of a batch of %d failed (%r): reading them one "
+                        "at a time", len(records), exc)
+            rows = None
         for index, record in enumerate(records):
             try:
-                plan = self.plan(record, now=now, overlay=overlay)
+                plan = self.plan(record, now=now, overlay=overlay, rows=rows)
             except Exception as exc:  # noqa: BLE001 - handle() retries and dead-letters it
                 log.warning("planning %s[%d]@%d failed (%r): committing the %d records "
                             "before it, then it alone", record.topic, record.partition,

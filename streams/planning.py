@@ -36,6 +36,7 @@ that did not enter through the forget topic is dead-lettered (``wrong_topic``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -52,6 +53,10 @@ from streams.publish import OutRecord
 from streams.records import ORIGIN_HEADER, Outgoing, Record, dead_letter_record, effect_messages
 from streams.shops import TallyDelta, delta_for_event
 from streams.topics import message_key, partition_for
+
+#: rows read ahead for a batch, by (partition, customer key); None: no row
+Rows = dict[tuple[int, bytes], bytes | None]
+_UNREAD: Any = object()
 
 
 @dataclass
@@ -100,8 +105,30 @@ class Planner:
         self.states = StateCache(service.settings.state_cache_size,
                                  head_budget=service.settings.head_cache_mb << 20)
 
+    def read_rows(self, records: Sequence[Record]) -> Rows:
+        """The rows ``records`` will read, by (partition, key): one batch read per partition.
+
+        Keyed by the records' own keys; a record keyed otherwise than its
+        event is re-keyed without reading its row, and a row not here is read
+        by :meth:`plan` itself. Valid until the next write: read and plan in
+        one synchronous slice (the time sweep writes rows between awaits).
+        """
+        keys: dict[int, dict[bytes, None]] = {}
+        for record in records:
+            if record.key:
+                keys.setdefault(record.partition, {})[record.key] = None
+        rows: Rows = {}
+        store = self.service.rows
+        for partition, wanted in keys.items():
+            if store.is_open(partition):
+                for key, value in zip(wanted, store.get_many(partition, list(wanted)),
+                                      strict=True):
+                    rows[partition, key] = value
+        return rows
+
     def plan(self, record: Record, *, now: datetime | None = None,
-             overlay: dict[bytes, CustomerState | None] | None = None) -> Plan:
+             overlay: dict[bytes, CustomerState | None] | None = None,
+             rows: Rows | None = None) -> Plan:
         """Compute what ``record`` causes. Reads the tables, writes nothing.
 
         ``now`` (wall clock UTC by default) is only used by ``parse_event`` to
@@ -110,7 +137,8 @@ class Planner:
         a customer's second record in a batch folds onto the first one's result.
         The fold never changes the state it is given, so a plan that is
         dropped (a failed commit) leaves the overlay's and the cache's objects
-        as they were.
+        as they were. ``rows`` are the batch's rows read before planning
+        (:meth:`read_rows`); a row not among them is read here.
         """
         svc = self.service
         now = now or datetime.now(UTC)
@@ -143,7 +171,10 @@ class Planner:
         if overlay is not None and key in overlay:
             old: CustomerState | None = overlay[key]
         else:
-            old = self.states.get(key, svc.rows.get(record.partition, key))
+            row = _UNREAD if rows is None else rows.get((record.partition, key), _UNREAD)
+            if row is _UNREAD:
+                row = svc.rows.get(record.partition, key)
+            old = self.states.get(key, row)
         if event.type == "forget":  # right to erasure: streams/forget.py
             refused = erasure_refused(svc, record)
             if refused is not None:

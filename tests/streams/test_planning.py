@@ -171,13 +171,51 @@ def test_a_batch_writes_one_state_and_one_snapshot_per_customer(service) -> None
     assert merged.funnel == {k: v for k, v in one_by_one.funnel.items() if v}
 
 
+def planned_and_written(service, rec: Record):
+    """Plan ``rec`` and write its state (steps 4-5 only: no broker here)."""
+    plan = service.processor.plan(rec, now=NOW)
+    with partition_context(service.context.rekey.get_topic_name(), rec.partition):
+        service.processor.write(plan)
+    return plan
+
+
 def test_the_state_cache_serves_the_live_state_only_while_the_row_holds_it(service) -> None:
     proc = service.processor
     rec = record(purchase())
-    plan = proc.plan(rec, now=NOW)
-    with partition_context(service.context.rekey.get_topic_name(), rec.partition):
-        proc.write(plan)
+    plan = planned_and_written(service, rec)
     key = message_key("s1", "c1")
     raw = service.context.rows.get(rec.partition, key)
     assert proc.planner.states.get(key, raw) is plan.state  # the live object, head and all
     assert proc.planner.states.get(key, raw + b" ") is not plan.state  # another writer's bytes
+
+
+def test_rows_read_ahead_for_a_batch_are_the_rows_plan_would_read(service) -> None:
+    """``read_rows`` reads a batch's rows by (partition, key) in one call per partition;
+    a misplaced record with the same key does not shadow the row of the right partition,
+    and ``plan`` folds onto the rows it is given."""
+    proc = service.processor
+    first = record(purchase())
+    written = planned_and_written(service, first)
+    key = message_key("s1", "c1")
+    other = message_key("s1", "c2")
+    right = first.partition
+    wrong = (right + 1) % 4
+    batch = [record(purchase(event_id="e2", order_id="o2")),
+             record(purchase(event_id="e3", order_id="o3"), partition=wrong),
+             record(purchase(customer_id="c2"), key=other,
+                    partition=partition_for(other, 4))]
+    rows = proc.planner.read_rows(batch)
+    assert rows[right, key] == service.context.rows.get(right, key) == written.state_write[1]
+    # The misplaced record's lookup is its own entry: it cannot shadow the right one.
+    assert set(rows) == {(right, key), (wrong, key), (partition_for(other, 4), other)}
+    assert rows[wrong, key] == service.context.rows.get(wrong, key)
+    assert rows[partition_for(other, 4), other] is None
+
+    ahead = proc.plan(batch[0], now=NOW, rows=rows)
+    alone = proc.plan(batch[0], now=NOW)
+    assert ahead.status == alone.status == "applied"
+    assert ahead.state_write == alone.state_write
+    # The rows given are the rows used: told the customer has none, it starts afresh.
+    fresh = proc.plan(batch[0], now=NOW, rows={(right, key): None})
+    assert fresh.state.encode() != ahead.state.encode()
+    assert proc.plan(batch[0], now=NOW, rows={}).state_write == alone.state_write

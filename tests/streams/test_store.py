@@ -80,3 +80,11 @@ def test_keys_after_a_cursor_are_in_byte_order_without_the_offset_key(rows: RowS
     assert list(rows.keys_after(2, ordered[-1])) == []
     between = ordered[4] + b"\x00"  # a cursor that is not itself a key
     assert list(rows.keys_after(2, between)) == ordered[5:]
+
+
+def test_get_many_reads_each_key_in_order_and_none_for_missing_rows(rows: RowStore) -> None:
+    a, b, c = keys_of(2, 3)
+    rows.write(2, [(a, b"row-a"), (c, b"row-c")], 3)
+    assert rows.get_many(2, [c, b, a]) == [b"row-c", None, b"row-a"]
+    assert rows.get_many(2, [b, c]) == [rows.get(2, b), rows.get(2, c)]
+    assert rows.get_many(2, []) == []
