@@ -16,7 +16,8 @@ planning changes nothing. The checks, in this order:
    is processed directly, without a hop;
 4. the customer's state: the one planned for an earlier record of the batch,
    else the live object of :class:`scoring.state.StateCache` when the row
-   still holds exactly what that object encoded to, else the row decoded;
+   still holds exactly what that object encoded to, else the row decoded
+   (rows are read for the whole batch before planning, :meth:`Planner.read_rows`);
    ``fold.apply``; a changed state brings its effects and tally delta;
 5. a ``rejected`` outcome goes to the dead letter with the fold's reason.
 
