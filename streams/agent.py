@@ -188,12 +188,7 @@ class Processor:
         planned: list[tuple[Record, Plan]] = []
         failed_at: int | None = None
         # No await from here to the commit: the rows read ahead stay current.
-        try:
-            rows = self.planner.read_rows(records)
-        except Exception as exc:  # noqa: BLE001 - each plan then reads its own row
-            log.warning("reading the rows of a batch of %d failed (%r): reading them one "
-                        "at a time", len(records), exc)
-            rows = None
+        rows = self.planner.read_rows(records)
         for index, record in enumerate(records):
             try:
                 plan = self.plan(record, now=now, overlay=overlay, rows=rows)

@@ -37,6 +37,7 @@ that did not enter through the forget topic is dead-lettered (``wrong_topic``).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -54,6 +55,8 @@ from streams.publish import OutRecord
 from streams.records import ORIGIN_HEADER, Outgoing, Record, dead_letter_record, effect_messages
 from streams.shops import TallyDelta, delta_for_event
 from streams.topics import message_key, partition_for
+
+log = logging.getLogger(__name__)
 
 #: rows read ahead for a batch, by (partition, customer key); None: no row
 Rows = dict[tuple[int, bytes], bytes | None]
@@ -109,10 +112,12 @@ class Planner:
     def read_rows(self, records: Sequence[Record]) -> Rows:
         """The rows ``records`` will read, by (partition, key): one batch read per partition.
 
-        Keyed by the records' own keys; a record keyed otherwise than its
-        event is re-keyed without reading its row, and a row not here is read
-        by :meth:`plan` itself. Valid until the next write: read and plan in
-        one synchronous slice (the time sweep writes rows between awaits).
+        Keyed by each record's own key and partition (:meth:`plan` uses an
+        entry only for a record keyed as its event is). Never raises: a
+        partition not open here, or whose batch read fails, is left out, and
+        :meth:`plan` reads those rows itself (its failures are retried and
+        dead-lettered per record). Valid until the next write: read and plan
+        in one synchronous slice (the time sweep writes rows between awaits).
         """
         keys: dict[int, dict[bytes, None]] = {}
         for record in records:
@@ -121,10 +126,16 @@ class Planner:
         rows: Rows = {}
         store = self.service.rows
         for partition, wanted in keys.items():
-            if store.is_open(partition):
-                for key, value in zip(wanted, store.get_many(partition, list(wanted)),
-                                      strict=True):
-                    rows[partition, key] = value
+            try:
+                if not store.is_open(partition):
+                    continue
+                values = store.get_many(partition, list(wanted))
+            except Exception as exc:  # noqa: BLE001 - plan() reads these rows one by one
+                log.warning("reading %d rows of partition %d at once failed (%r): "
+                            "reading them one at a time", len(wanted), partition, exc)
+                continue
+            for key, value in zip(wanted, values, strict=True):
+                rows[partition, key] = value
         return rows
 
     def plan(self, record: Record, *, now: datetime | None = None,

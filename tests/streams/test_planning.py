@@ -219,3 +219,29 @@ def test_rows_read_ahead_for_a_batch_are_the_rows_plan_would_read(service) -> No
     fresh = proc.plan(batch[0], now=NOW, rows={(right, key): None})
     assert fresh.state.encode() != ahead.state.encode()
     assert proc.plan(batch[0], now=NOW, rows={}).state_write == alone.state_write
+
+
+def test_a_failing_batch_read_leaves_its_partition_to_single_reads(service) -> None:
+    """``read_rows`` never raises: a partition whose batch read fails is left out, and
+    ``plan`` reads its rows itself (a store that refuses batch reads, as a broken
+    RocksDB MultiGet would)."""
+    rows_store = service.context.rows
+
+    class NoBatchReads(type(rows_store)):
+        def get_many(self, partition, keys):
+            raise OSError("batch read refused")
+
+    first = record(purchase())
+    written = planned_and_written(service, first)
+    rows_store.__class__ = NoBatchReads
+    try:
+        second = record(purchase(event_id="e2", order_id="o2",
+                                 occurred_at="2026-01-06T10:00:00Z"))
+        assert service.processor.planner.read_rows([second]) == {}
+        plan = service.processor.plan(second, now=NOW, rows={})
+    finally:
+        rows_store.__class__ = NoBatchReads.__mro__[1]
+    assert written.status == plan.status == "applied"
+    [score] = [o for o in service.processor.planner.settle([plan]).outputs
+               if o[0] == service.context.scores.get_topic_name()]
+    assert codec.loads(score[2])["purchase_days"] == 2  # folded onto the first purchase
