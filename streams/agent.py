@@ -43,6 +43,7 @@ from streams.commit import Change, Committer, WriteFailed
 from streams.consume import consume
 from streams.context import ServiceContext
 from streams.gaps import GapReader, Progress, install_seek_tracking, redrive_idle_partitions
+from streams.metrics import BATCH_STEPS
 from streams.planning import Plan, Planner, Rows
 from streams.publish import futures
 from streams.records import Record, dead_letter_record
@@ -67,7 +68,10 @@ class Processor:
         #: told about every state write (the time sweep's due index and recount)
         self.on_change = on_change
         self.planner = Planner(service)
-        self.committer = Committer(service)
+        steps = {step: self.metrics.batch_steps.labels(step) for step in BATCH_STEPS}
+        #: reports a step's wall time to ``loyalty_batch_step_seconds``
+        self.time_step: Callable[[str, float], None] = lambda step, s: steps[step].observe(s)
+        self.committer = Committer(service, timings=self.time_step)
 
     def plan(self, record: Record, *, now: datetime | None = None,
              overlay: dict[bytes, CustomerState] | None = None, rows: Rows | None = None) -> Plan:
@@ -86,7 +90,9 @@ class Processor:
         and they must reach Kafka *before* the state write (see
         :meth:`handle`). Raises what the commit raises.
         """
+        started = time.perf_counter()
         settled = self.planner.settle(plans)
+        self.time_step("settle", time.perf_counter() - started)
         await self.committer.commit(settled.outputs, settled.changes, on_written=self._written)
 
     def write(self, plan: Plan, changelog_offsets: dict[int, int] | None = None) -> None:
@@ -107,6 +113,7 @@ class Processor:
     def observe(self, planned: list[tuple[Record, Plan]], started: float) -> None:
         """Update metrics for processed records: :meth:`Metrics.observe_processed`."""
         self.metrics.observe_processed(planned, started)
+        self.metrics.batch_records.observe(len(planned))
 
     async def handle(self, record: Record) -> str:
         """Process one record end to end; never raises. Returns the plan status.
@@ -125,7 +132,9 @@ class Processor:
         started = time.perf_counter()
         for attempt in range(RETRIES + 1):
             try:
+                planning = time.perf_counter()
                 plan = self.plan(record)
+                self.time_step("plan", time.perf_counter() - planning)
                 self._mark_in_flight({plan.tally_delta[1]} if plan.tally_delta else ())
                 await self.commit([plan])
                 self._mark_in_flight(())
@@ -203,6 +212,7 @@ class Processor:
             planned.append((record, plan))
         if not planned:
             return failed_at
+        self.time_step("plan", time.perf_counter() - started)
         try:
             self._mark_in_flight(overlay)
             await self.commit([plan for _, plan in planned])

@@ -41,6 +41,7 @@ the outputs, so nothing is lost and nothing is counted twice.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -90,13 +91,17 @@ class Committed:
 
 #: reports a change (written, yielded or, for guarded changes, compared in step 3)
 ChangeHook = Callable[[Change], None]
+#: told (step name, seconds) after a step of a commit
+StepTimings = Callable[[str, float], None]
 
 
 class Committer:
     """Runs the commit protocol (module docstring) for one worker."""
 
-    def __init__(self, ctx: ServiceContext) -> None:
+    def __init__(self, ctx: ServiceContext, timings: StepTimings | None = None) -> None:
         self.ctx = ctx
+        #: told the wall time of steps 2 ("outputs"), 3 ("changelog") and 4-5 ("write")
+        self.timings = timings
         self.changelog = changelog_topic_name(ctx.settings, CUSTOMERS_TABLE)
         # Partition context for Faust table access (tallies): any topic with
         # the table's partition count; the rekey topic is one.
@@ -118,8 +123,12 @@ class Committer:
         :class:`WriteFailed` from steps 4-5.
         """
         result = Committed(written=[], yielded=[])
+        timings, clock = self.timings, time.perf_counter
+        started = clock()
         # 2. publish the outputs, await every acknowledgement
         await self._publish(list(outputs))
+        if timings is not None:
+            started = _timed(timings, "outputs", started)
         if owns is not None and not owns():
             result.complete = False
             return result
@@ -129,6 +138,8 @@ class Committer:
             return result
         offsets = await self._publish([(self.changelog, c.key, c.value, None, c.partition)
                                        for c in kept])
+        if timings is not None:
+            started = _timed(timings, "changelog", started)
         if owns is not None and not owns():
             result.complete = False
             return result
@@ -137,6 +148,8 @@ class Committer:
             self.write(kept, offsets, result, on_written, on_yielded)
         except Exception as exc:
             raise WriteFailed(f"commit of {len(kept)} states failed while writing") from exc
+        if timings is not None:
+            _timed(timings, "write", started)
         return result
 
     def write(self, changes: Sequence[Change], offsets: dict[int, int],
@@ -226,3 +239,10 @@ class Committer:
         for (partition, key), raw in rows.items():
             with partition_context(self.context_topic, partition):
                 self.ctx.tallies[key] = raw
+
+
+def _timed(timings: StepTimings, step: str, started: float) -> float:
+    """Report ``step`` as lasting from ``started`` until now; returns now."""
+    now = time.perf_counter()
+    timings(step, now - started)
+    return now

@@ -30,7 +30,10 @@ if TYPE_CHECKING:
     from streams.planning import Plan
     from streams.records import Record
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+__all__ = ["BATCH_STEPS", "CONTENT_TYPE_LATEST", "Metrics"]
+
+#: the steps of ``loyalty_batch_step_seconds``, in the order a batch takes them
+BATCH_STEPS = ("plan", "settle", "outputs", "changelog", "write")
 
 # Ledger entry kinds that move points, mapped to the counter label they feed.
 _POINT_ENTRIES = {"earn": "earned", "redeem": "redeemed", "expire": "expired", "clawback": "clawed_back"}
@@ -71,6 +74,18 @@ class Metrics:
             "loyalty_processing_seconds", "Wall time to process one input record.",
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
             registry=r)
+        self.batch_steps = Histogram(
+            "loyalty_batch_step_seconds",
+            "Wall time of each step of the agent's batches: plan (parse, read, fold), settle "
+            "(score snapshots, state encoding), outputs and changelog (published until the "
+            "broker acknowledged every record), write (rows, tallies, state cache).",
+            ["step"], buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                               1, 2.5), registry=r)
+        for step in BATCH_STEPS:
+            self.batch_steps.labels(step)
+        self.batch_records = Histogram(
+            "loyalty_batch_records", "Input records per batch the agent committed.",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000), registry=r)
         self.event_lag = Gauge(
             "loyalty_event_time_lag_seconds",
             "Wall clock minus occurred_at of the last processed event, by source topic.",

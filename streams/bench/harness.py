@@ -101,6 +101,32 @@ def parse_metrics(text: str) -> dict[str, float]:
     return out
 
 
+def batch_profile(before: str, after: str) -> dict[str, Any]:
+    """The worker's batches between two ``/metrics`` scrapes (``before`` may be empty).
+
+    ``batches`` and ``records_per_batch`` from ``loyalty_batch_records``;
+    ``ms_per_batch``: for each step of ``loyalty_batch_step_seconds``, its mean
+    wall time in milliseconds over the batches that took it (None: none did).
+    """
+    def totals(text: str) -> tuple[float, float, dict[str, float], dict[str, float]]:
+        m = parse_metrics(text)
+        return (m.get("loyalty_batch_records_count", 0.0), m.get("loyalty_batch_records_sum", 0.0),
+                parse_labelled(text, "loyalty_batch_step_seconds_sum"),
+                parse_labelled(text, "loyalty_batch_step_seconds_count"))
+
+    n0, r0, sums0, counts0 = totals(before)
+    n1, r1, sums1, counts1 = totals(after)
+    batches = n1 - n0
+    steps: dict[str, float | None] = {}
+    for label, total in sums1.items():
+        taken = counts1.get(label, 0.0) - counts0.get(label, 0.0)
+        steps[label.split("=", 1)[1].strip('"')] = (
+            round((total - sums0.get(label, 0.0)) / taken * 1000, 2) if taken else None)
+    return {"batches": int(batches),
+            "records_per_batch": round((r1 - r0) / batches, 1) if batches else None,
+            "ms_per_batch": steps}
+
+
 def parse_labelled(text: str, metric: str) -> dict[str, float]:
     """Samples of one metric keyed by their label text (e.g. ``type="purchase"``)."""
     out: dict[str, float] = {}

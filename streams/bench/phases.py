@@ -34,6 +34,7 @@ from streams.bench.harness import (
     BenchEnv,
     BenchError,
     WorkerProc,
+    batch_profile,
     cpu_seconds,
     http_get,
     parse_labelled,
@@ -61,6 +62,8 @@ class Throughput:
     worker_cpu_s: float | None  # over ``seconds`` only (start-up excluded)
     statuses: dict[str, float] = field(default_factory=dict)
     measured_events: int = 0  # events processed during ``seconds``
+    #: the worker's batches over the phase (:func:`batch_profile`)
+    batches: dict[str, Any] = field(default_factory=dict)
 
     @property
     def events_per_cpu_s(self) -> float | None:
@@ -93,6 +96,14 @@ async def baseline(env: BenchEnv, expected: int, timeout_s: float) -> dict[str, 
 async def _metrics(session: Any, worker: WorkerProc) -> str | None:
     status, body = await http_get(session, worker.url + "/metrics")
     return body.decode() if status == 200 else None
+
+
+async def _scrape(worker: WorkerProc) -> str:
+    """The worker's ``/metrics`` text, or "" when it does not answer."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        return await _metrics(session, worker) or ""
 
 
 async def _all_committed(env: BenchEnv, admin: Any, ends: dict[Any, int]) -> bool:
@@ -188,6 +199,7 @@ async def throughput(env: BenchEnv, worker: WorkerProc, total: int, timeout_s: f
         else None,
         statuses=summary,
         measured_events=measured,
+        batches=batch_profile("", text or ""),
     )
 
 
@@ -210,6 +222,8 @@ class Latency:
     coalesced: int = 0
     #: bursts of events at or above p99: (start s into the phase, span s, count, max ms)
     stalls: list[tuple[float, float, int, float]] = field(default_factory=list)
+    #: the worker's batches during the phase (:func:`batch_profile`)
+    batches: dict[str, Any] = field(default_factory=dict)
 
     @property
     def kept_up(self) -> bool:
@@ -225,7 +239,7 @@ class Latency:
                 "mean_ms": round(self.mean_ms, 2), "max_ms": round(self.max_ms, 2),
                 "p50_first_quarter_ms": round(self.p50_first_quarter_ms, 2),
                 "p50_last_quarter_ms": round(self.p50_last_quarter_ms, 2),
-                "kept_up": self.kept_up, "stalls": self.stalls[:20]}
+                "kept_up": self.kept_up, "stalls": self.stalls[:20], "batches": self.batches}
 
 
 async def latency(env: BenchEnv, worker: WorkerProc, keys: list[bytes], rate: float,
@@ -259,6 +273,7 @@ async def latency(env: BenchEnv, worker: WorkerProc, keys: list[bytes], rate: fl
     # the cyclic GC from walking the growing pending/latency tables.
     tune_gc()
     topic = env.settings.topic_scores
+    before = await _scrape(worker)
     consumer = AIOKafkaConsumer(bootstrap_servers=env.bootstrap, enable_auto_commit=False,
                                 fetch_max_wait_ms=100)
     producer = AIOKafkaProducer(bootstrap_servers=env.bootstrap, acks="all", linger_ms=0)
@@ -370,6 +385,7 @@ async def latency(env: BenchEnv, worker: WorkerProc, keys: list[bytes], rate: fl
     if not lat:
         raise BenchError(f"latency phase: no snapshot of the {sent_n} events arrived on {topic} "
                          f"within {drain_s:.0f} s; worker log:\n{worker.log_tail()}")
+    batches = batch_profile(before, await _scrape(worker))
     ms = sorted(x * 1000 for x in lat)
     # In arrival order: the first and last quarter's medians show whether the
     # worker kept up (flat) or queued (growing) at the offered rate.
@@ -383,7 +399,8 @@ async def latency(env: BenchEnv, worker: WorkerProc, keys: list[bytes], rate: fl
                    mean_ms=statistics.fmean(ms), offered_per_s=rate,
                    achieved_per_s=sent_n / send_s if send_s > 0 else float(sent_n),
                    sent=sent_n, matched=len(ms), coalesced=coalesced, duration_s=send_s,
-                   p50_first_quarter_ms=_pct(first_q, 50), p50_last_quarter_ms=_pct(last_q, 50))
+                   p50_first_quarter_ms=_pct(first_q, 50), p50_last_quarter_ms=_pct(last_q, 50),
+                   batches=batches)
 
 
 async def catch_up(env: BenchEnv, worker: WorkerProc, timeout_s: float) -> float:

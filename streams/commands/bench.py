@@ -292,6 +292,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
             tput.worker_cpu_s, 2)
         observed["measured_events"] = tput.measured_events
         observed["statuses"] = tput.statuses
+        observed["batches"] = tput.batches
         cpu_rate = tput.events_per_cpu_s
         base_cpu_rate = total / base["cpu_s"] if base["cpu_s"] else None
         _progress(args, f"throughput: {tput.events_per_s:,.0f} events/s, "

@@ -85,6 +85,14 @@ def test_bench_tiny_run_reports_every_figure_and_cleans_up(bootstrap: str) -> No
     assert fixed["offered_per_s"] == 1000 and fixed["matched"] == fixed["sent"] > 0
     assert fixed["p99_ms"] == result["latency_p99_ms_at_1000"]
     assert 0 < obs["worker_cpu_s"] and 0 < obs["measured_events"] <= 3000
+    # The worker's own batch timings, per phase: every step of a batch has a mean.
+    for batches in (obs["batches"], obs["latency"]["batches"], fixed["batches"]):
+        assert batches["batches"] > 0 and batches["records_per_batch"] >= 1, batches
+        assert set(batches["ms_per_batch"]) == {"plan", "settle", "outputs", "changelog",
+                                                "write"}
+        assert all(ms is not None and ms >= 0 for ms in batches["ms_per_batch"].values())
+    # All 3 000 preloaded events went through batches of the throughput phase.
+    assert obs["batches"]["batches"] * obs["batches"]["records_per_batch"] >= 3000 * 0.99
     machine = result["machine"]
     assert machine["cores"] >= 1 and machine["python"] and machine["kafka"]
     assert datetime.fromisoformat(machine["date"].replace("Z", "+00:00")) <= datetime.now(UTC)

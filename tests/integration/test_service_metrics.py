@@ -66,6 +66,18 @@ def test_service_metrics(bootstrap: str, tmp_path) -> None:
         gaps = sum(v for (name, _), v in m.items() if name == "loyalty_input_offset_gaps_total")
         if gaps == 0:  # re-read records (consumer skips, see agents.find_gap) count again
             assert value("loyalty_processing_seconds_count") == len(records) + misrouted
+            # Every processed record was in exactly one committed batch.
+            assert value("loyalty_batch_records_sum") == len(records) + misrouted
+        batches = value("loyalty_batch_records_count")
+        assert 0 < batches <= len(records) + misrouted
+        # Every batch planned, settled and published its outputs (a batch whose commit
+        # fails is retried record by record, which takes the steps again); the changelog
+        # and write steps are taken by the batches that changed a state (most here).
+        for step in ("plan", "settle", "outputs"):
+            assert value("loyalty_batch_step_seconds_count", step=step) >= batches, step
+        for step in ("changelog", "write"):
+            assert 0 < value("loyalty_batch_step_seconds_count", step=step) <= batches, step
+            assert value("loyalty_batch_step_seconds_sum", step=step) > 0, step
         assert value("loyalty_points_total", kind="earned") > 0
         customers = sum(v for (name, _), v in m.items() if name == "loyalty_customers")
         assert customers == len(expected_snapshots(env, records))
