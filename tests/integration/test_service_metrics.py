@@ -76,7 +76,7 @@ def test_service_metrics(bootstrap: str, tmp_path) -> None:
         for step in ("plan", "settle", "outputs"):
             assert value("loyalty_batch_step_seconds_count", step=step) >= batches, step
         for step in ("changelog", "write"):
-            assert 0 < value("loyalty_batch_step_seconds_count", step=step) <= batches, step
+            assert value("loyalty_batch_step_seconds_count", step=step) > 0, step
             assert value("loyalty_batch_step_seconds_sum", step=step) > 0, step
         assert value("loyalty_points_total", kind="earned") > 0
         customers = sum(v for (name, _), v in m.items() if name == "loyalty_customers")
