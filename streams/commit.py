@@ -123,8 +123,8 @@ class Committer:
         :class:`WriteFailed` from steps 4-5.
         """
         result = Committed(written=[], yielded=[])
-        timings, clock = self.timings, time.perf_counter
-        started = clock()
+        timings = self.timings
+        started = time.perf_counter()
         # 2. publish the outputs, await every acknowledgement
         await self._publish(list(outputs))
         if timings is not None:

@@ -657,8 +657,7 @@ async def population(env: BenchEnv, customers: int, timeout_s: float, seed: int,
     async with aiohttp.ClientSession() as session:
         while time.monotonic() < deadline:
             worker.check_alive()
-            status, body = await http_get(session, worker.url + "/metrics")
-            m = parse_metrics(body.decode()) if status == 200 else {}
+            m = parse_metrics(await _metrics(session, worker) or "")
             if m.get("loyalty_sweeps_total", 0) >= 1:
                 rss_swept = worker_peak_rss_mb(worker)
                 sweep_s = m.get("loyalty_sweep_seconds_sum")
@@ -676,14 +675,7 @@ def worker_peak_rss_mb(worker: WorkerProc) -> float:
 
 async def table_rows(worker: WorkerProc) -> float | None:
     """``loyalty_table_rows{table="customers"}`` (set by each sweep), None before a sweep."""
-    import aiohttp
-
-    async with aiohttp.ClientSession() as session:
-        status, body = await http_get(session, worker.url + "/metrics")
-    if status != 200:
-        return None
-    rows = parse_labelled(body.decode(), "loyalty_table_rows")
-    return rows.get('table="customers"')
+    return parse_labelled(await _scrape(worker), "loyalty_table_rows").get('table="customers"')
 
 
 def loadavg() -> list[float]:
