@@ -12,10 +12,6 @@ it done. Per batch, :class:`Processor` plans every record
 (:mod:`streams.planning`; an exception while planning changes nothing), then
 commits the plans (:mod:`streams.commit`): outputs acknowledged, then the
 states' changelog records acknowledged, then rows and tallies written.
-Pipelined (:meth:`Processor.submit`, ``settings.pipeline_commit``): the next
-batch is planned while that commit waits for the broker, on top of its
-states, and is committed only after its writes; a batch planned on states
-that a failed commit dropped is planned again.
 
 Failure modes:
 
@@ -37,7 +33,6 @@ import logging
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -49,7 +44,7 @@ from streams.consume import consume
 from streams.context import ServiceContext
 from streams.gaps import GapReader, Progress, install_seek_tracking, redrive_idle_partitions
 from streams.metrics import BATCH_STEPS
-from streams.planning import Plan, Planner, Rows, Settled
+from streams.planning import Plan, Planner, Rows
 from streams.publish import futures
 from streams.records import Record, dead_letter_record
 from streams.shops import TallyDelta
@@ -58,25 +53,10 @@ log = logging.getLogger(__name__)
 
 #: called with (partition, customer key, tally delta, next_due) after every state write
 ChangeListener = Callable[[int, bytes, TallyDelta, "int | None"], None]
-#: states planned per customer key (None: erased)
-States = dict[bytes, "CustomerState | None"]
-#: told the records of a batch once they are processed
-Done = Callable[[list[Record]], None]
 RETRIES = 2  # extra attempts before a record is dead-lettered as internal_error
 RETRY_DELAY_S = 0.5
 #: seconds between checks for partitions whose dropped records need re-driving
 REDRIVE_INTERVAL_S = 5.0
-
-
-@dataclass
-class _Pending:
-    """A batch whose commit runs in ``task`` while the next one is planned."""
-
-    task: asyncio.Future[None]
-    planned: list[tuple[Record, Plan]]
-    #: its states per customer, which the next batch is planned on
-    states: States
-    done: Done
 
 
 class Processor:
@@ -92,10 +72,6 @@ class Processor:
         #: reports a step's wall time to ``loyalty_batch_step_seconds``
         self.time_step: Callable[[str, float], None] = lambda step, s: steps[step].observe(s)
         self.committer = Committer(service, timings=self.time_step)
-        #: the batch whose commit runs while the next one is planned (:meth:`submit`)
-        self._pending: _Pending | None = None
-        self._planned_keys: set[bytes] = set()
-        self._committing_keys: set[bytes] = set()
 
     def plan(self, record: Record, *, now: datetime | None = None,
              overlay: dict[bytes, CustomerState] | None = None, rows: Rows | None = None) -> Plan:
@@ -114,14 +90,10 @@ class Processor:
         and they must reach Kafka *before* the state write (see
         :meth:`handle`). Raises what the commit raises.
         """
-        settled = self._settle(plans)
-        await self.committer.commit(settled.outputs, settled.changes, on_written=self._written)
-
-    def _settle(self, plans: list[Plan]) -> Settled:
         started = time.perf_counter()
         settled = self.planner.settle(plans)
         self.time_step("settle", time.perf_counter() - started)
-        return settled
+        await self.committer.commit(settled.outputs, settled.changes, on_written=self._written)
 
     def write(self, plan: Plan, changelog_offsets: dict[int, int] | None = None) -> None:
         """Steps 4-5 of the commit for one plan whose records are already acknowledged.
@@ -219,12 +191,30 @@ class Processor:
         or None when every record was planned.
         """
         started = time.perf_counter()
-        planned, states, failed_at = self._plan_batch(records)
+        # One clock reading per batch (it only bounds future timestamps, by a day).
+        now = datetime.now(UTC)
+        overlay: dict[bytes, CustomerState] = {}
+        planned: list[tuple[Record, Plan]] = []
+        failed_at: int | None = None
+        # No await from here to the commit: the rows read ahead stay current.
+        rows = self.planner.read_rows(records)
+        for index, record in enumerate(records):
+            try:
+                plan = self.plan(record, now=now, overlay=overlay, rows=rows)
+            except Exception as exc:  # noqa: BLE001 - handle() retries and dead-letters it
+                log.warning("planning %s[%d]@%d failed (%r): committing the %d records "
+                            "before it, then it alone", record.topic, record.partition,
+                            record.offset, exc, index)
+                failed_at = index
+                break
+            if plan.tally_delta is not None:  # a new state, or None: erased
+                overlay[plan.tally_delta[1]] = plan.state
+            planned.append((record, plan))
         if not planned:
             return failed_at
         self.time_step("plan", time.perf_counter() - started)
         try:
-            self._mark_in_flight(states)
+            self._mark_in_flight(overlay)
             await self.commit([plan for _, plan in planned])
         except WriteFailed:
             self._mark_in_flight(())
@@ -240,144 +230,10 @@ class Processor:
         self.observe(planned, started)
         return failed_at
 
-    def _plan_batch(self, records: list[Record], base: States | None = None,
-                    ) -> tuple[list[tuple[Record, Plan]], States, int | None]:
-        """Plan ``records`` in order up to the first whose planning raises; never awaits.
-
-        Each record is planned on top of the states planned before it, and
-        of ``base`` (the states of a batch whose commit is in flight). Returns
-        the records planned with their plans, the states they planned per
-        customer (None: erased), and the index of the record whose planning
-        raised (None: all were planned).
-        """
-        # One clock reading per batch (it only bounds future timestamps, by a day).
-        now = datetime.now(UTC)
-        overlay: States = dict(base) if base else {}
-        states: States = {}
-        planned: list[tuple[Record, Plan]] = []
-        # No await until the batch is marked in flight: the rows read ahead stay current.
-        rows = self.planner.read_rows(records)
-        for index, record in enumerate(records):
-            try:
-                plan = self.plan(record, now=now, overlay=overlay, rows=rows)
-            except Exception as exc:  # noqa: BLE001 - handle() retries and dead-letters it
-                log.warning("planning %s[%d]@%d failed (%r): committing the %d records "
-                            "before it, then it alone", record.topic, record.partition,
-                            record.offset, exc, index)
-                return planned, states, index
-            if plan.tally_delta is not None:  # a new state, or None: erased
-                overlay[plan.tally_delta[1]] = states[plan.tally_delta[1]] = plan.state
-            planned.append((record, plan))
-        return planned, states, None
-
-    # -- the pipelined commit ------------------------------------------------------------
-    async def submit(self, records: list[Record], done: Done) -> None:
-        """Process ``records`` like :meth:`handle_batch`, returning once their commit runs.
-
-        The batch is planned while the previous batch's commit (if one is in
-        flight) waits for the broker, on top of that batch's states, and is
-        published and written only after that batch's writes: no output is
-        derived from a state that is not written first, and the commit
-        protocol's crash guarantees hold per batch as before. ``done`` gets
-        every record of ``records`` once it is processed (in order, in one or
-        more calls; called from the commit's task right after the writes).
-        If the previous batch fails before its writes, its records go through
-        :meth:`handle` one at a time and this batch is planned again from the
-        table. Never raises for a record; a failure while writing is raised
-        here or by the next :meth:`submit` or :meth:`flush`.
-        """
-        while records:
-            if self._pending is not None and self._pending.task.done():
-                await self._finish()
-            pending = self._pending
-            started = time.perf_counter()
-            planned, states, failed_at = self._plan_batch(
-                records, pending.states if pending is not None else None)
-            if planned:
-                self.time_step("plan", time.perf_counter() - started)
-                self._mark_in_flight(states)
-            if pending is not None and not await self._finish():
-                continue  # its states were dropped, and this batch was planned on them
-            if planned:
-                self._start(planned, states, started, done)
-            if failed_at is None:
-                return
-            await self._finish()  # handle() commits alone
-            await self.handle(records[failed_at])
-            done([records[failed_at]])
-            records = records[failed_at + 1:]
-
-    async def flush(self) -> None:
-        """Return once the commit in flight, if any, is done (written, or processed one
-        record at a time after a failure). Raises :class:`WriteFailed` from its writes."""
-        await self._finish()
-
-    def abandon(self) -> list[Record]:
-        """Cancel the commit in flight (the agent is cancelled); its records if not written.
-
-        Nothing is written by a commit cancelled here (its writes run without an
-        await), so the records returned must be processed again.
-        """
-        pending, self._pending = self._pending, None
-        self._committing_keys = set()
-        self._mark_in_flight(())
-        if pending is None:
-            return []
-        task = pending.task
-        if task.done() and not task.cancelled() and task.exception() is None:
-            return []  # written; ``done`` was told
-        task.cancel()
-        return [record for record, _ in pending.planned]
-
-    def _start(self, planned: list[tuple[Record, Plan]], states: States, started: float,
-               done: Done) -> None:
-        self._committing_keys, self._planned_keys = set(states), set()
-        self._sync_in_flight()
-        task = asyncio.ensure_future(self._commit_batch(planned, started, done))
-        self._pending = _Pending(task, planned, states, done)
-
-    async def _commit_batch(self, planned: list[tuple[Record, Plan]], started: float,
-                            done: Done) -> None:
-        await self.commit([plan for _, plan in planned])
-        # No await since the writes: the sweep may take these customers again.
-        self._committing_keys = set()
-        self._sync_in_flight()
-        self.observe(planned, started)
-        done([record for record, _ in planned])
-
-    async def _finish(self) -> bool:
-        """Wait for the commit in flight; False when it failed before its writes (its
-        records were then processed one at a time). Raises :class:`WriteFailed`."""
-        pending = self._pending
-        if pending is None:
-            return True
-        await asyncio.wait([pending.task])
-        exc = pending.task.exception() if not pending.task.cancelled() else None
-        if isinstance(exc, WriteFailed):
-            raise exc  # left pending: :meth:`abandon` returns its records
-        self._pending = None
-        self._committing_keys = set()
-        self._sync_in_flight()
-        if exc is None and not pending.task.cancelled():
-            return True
-        log.warning("batch of %d records failed before its writes (%r): "
-                    "processing them one at a time", len(pending.planned), exc)
-        for record, _ in pending.planned:
-            await self.handle(record)
-        pending.done([record for record, _ in pending.planned])
-        return False
-
     def _mark_in_flight(self, keys: Any) -> None:
-        """Make ``keys`` the customers planned and not yet committed, which the sweep
-        must leave alone (see :meth:`handle`), with those of a commit in flight."""
-        self._planned_keys = set(keys)
-        self._sync_in_flight()
-
-    def _sync_in_flight(self) -> None:
-        in_flight = self.service.in_flight
-        in_flight.clear()
-        in_flight.update(self._planned_keys)
-        in_flight.update(self._committing_keys)
+        """Make ``keys`` the customers the sweep must leave alone (see :meth:`handle`)."""
+        self.service.in_flight.clear()
+        self.service.in_flight.update(keys)
 
     async def _internal_error(self, record: Record, exc: BaseException) -> None:
         """Dead-letter ``record`` with reason ``internal_error``; never raises."""

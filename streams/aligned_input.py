@@ -22,10 +22,7 @@ crash or rebalance while records are held makes them redelivered. On a new
 consumer generation the held records of partitions that moved away are
 dropped (never committed, so their new owner receives them); those of
 partitions that stay are kept, and a repeat delivery of an offset already
-received is ignored. With the pipelined commit a batch is marked processed
-by its commit's task, right after its writes; a rebalance waits for that
-commit (:meth:`AlignedInput.flush`), and a cancelled agent puts the records
-of an unwritten one back (:meth:`AlignedInput.abandon`).
+received is ignored.
 """
 
 from __future__ import annotations
@@ -33,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from faust.types import TP
@@ -92,8 +88,6 @@ class AlignedInput:
         self.rekey_name = service.rekey.get_topic_name()
         self.watched = frozenset({*service.input_topic_names, self.rekey_name})
         self.batch_max = settings.batch_max
-        #: the agent plans a batch while the previous one commits (Processor.submit)
-        self.pipelined = settings.pipeline_commit
         self.lock = asyncio.Lock()
         self.generation: int | None = None
         #: rekey partitions that records of the current batch were forwarded to
@@ -145,48 +139,23 @@ class AlignedInput:
                 try:
                     for start in range(0, len(ready), self.batch_max):
                         chunk = ready[start:start + self.batch_max]
-                        if self.pipelined:
-                            # returns while the chunk's commit runs; marked done after it
-                            await self.handler.submit(chunk, self.progress.processed)
-                        else:
-                            await self.handler.handle_batch(chunk)
-                            # per topic-partition in offset order: the last record wins
-                            self.progress.processed(chunk)
+                        await self.handler.handle_batch(chunk)
+                        # per topic-partition in offset order: the last record wins
+                        self.progress.processed(chunk)
                         finished = start + len(chunk)
-                    if self._forwarded:
-                        await self.handler.flush()  # the forwarded records are written
                 except BaseException:
-                    # Cancelled (shutdown, rebalance) or a failed write: the records not
-                    # processed go back, since the consumer will not deliver them again.
-                    self.abandon(ready[finished:])
+                    # Cancelled (shutdown, rebalance): the records not processed go
+                    # back, since the consumer will not deliver them again.
+                    now_us = int(time.time() * 1_000_000)
+                    self.aligner.requeue([((r.topic, r.partition), r.offset,
+                                           self._time_key(r, now_us)[0], r)
+                                          for r in ready[finished:]])
                     raise
                 done += finished
                 await self._await_forwarded()
             await self._apply_flow()
             self._observe()
             return done
-
-    def abandon(self, unprocessed: Sequence[Record] = ()) -> None:
-        """Put back the records of a commit in flight that did not write and
-        ``unprocessed`` (released, not processed), for processing again."""
-        back = self.handler.abandon() if self.pipelined else []
-        seen = {(r.topic, r.partition, r.offset) for r in back}
-        back += [r for r in unprocessed if (r.topic, r.partition, r.offset) not in seen]
-        if back:
-            now_us = int(time.time() * 1_000_000)
-            self.aligner.requeue([((r.topic, r.partition), r.offset,
-                                   self._time_key(r, now_us)[0], r) for r in back])
-
-    async def flush(self) -> None:
-        """Wait for the commit in flight, if any (a rebalance hands the tables over after)."""
-        async with self.lock:
-            if not self.pipelined:
-                return
-            try:
-                await self.handler.flush()
-            except Exception:  # noqa: BLE001 - not processed: never committed, redelivered
-                log.exception("the batch in flight failed while writing")
-                self.abandon()
 
     async def tick(self) -> None:
         """Timer: release records whose wait for a silent partition has expired,
@@ -283,7 +252,7 @@ def install(service: ServiceContext, handler: BatchHandler, progress: Progress,
         # runs during rebalances) must finish its writes before the tables are
         # handed over and restored, or a persisted offset can run past the
         # changelog end that the recovery measured (ConsistencyError).
-        # A commit still in flight after the drain (pipelined) must finish too.
-        await aligned.flush()
+        async with aligned.lock:
+            pass
 
     return aligned

@@ -3,7 +3,6 @@ to the processor."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from streams import compat
@@ -22,20 +21,6 @@ class BatchHandler(Protocol):
         """Process ``records`` in order; never raises for a record."""
         ...
 
-    async def submit(self, records: list[Record],
-                     done: Callable[[list[Record]], None]) -> None:
-        """Process ``records`` in order, returning once their commit runs; ``done``
-        gets each record once it is processed. Never raises for a record."""
-        ...
-
-    async def flush(self) -> None:
-        """Return once the commit in flight, if any, is done."""
-        ...
-
-    def abandon(self) -> list[Record]:
-        """Cancel the commit in flight; the records it did not write."""
-        ...
-
 
 async def consume(stream: Any, aligned: AlignedInput, progress: Progress, reader: GapReader,
                   settings: Settings) -> None:
@@ -50,19 +35,13 @@ async def consume(stream: Any, aligned: AlignedInput, progress: Progress, reader
     the next batch is taken, but offset commits are capped at
     :attr:`Progress.done`: held records are never committed.
     """
-    try:
-        async for events in compat.take_batches(stream, settings.batch_max,
-                                                settings.batch_within_s):
-            batch: list[Record] = []
-            for event in events:
-                record = Record.from_message(event.message)
-                gap = progress.find_gap(record, event.message.generation_id)
-                if gap is not None:
-                    batch.extend(await reader.fetch(record.topic, record.partition, *gap))
-                batch.append(record)
-            aligned.receive(batch)
-            await aligned.drain()
-    except BaseException:
-        # Cancelled while a commit runs (pipelined): it stops, its records go back.
-        aligned.abandon()
-        raise
+    async for events in compat.take_batches(stream, settings.batch_max, settings.batch_within_s):
+        batch: list[Record] = []
+        for event in events:
+            record = Record.from_message(event.message)
+            gap = progress.find_gap(record, event.message.generation_id)
+            if gap is not None:
+                batch.extend(await reader.fetch(record.topic, record.partition, *gap))
+            batch.append(record)
+        aligned.receive(batch)
+        await aligned.drain()

@@ -192,14 +192,6 @@ class Settings(BaseSettings):
         "(only while the row holds exactly the bytes the head was kept for); oldest dropped "
         "first. 0 disables it.",
     )
-    pipeline_commit: bool = Field(
-        True,
-        description="Default true. The state agent plans the next batch while the previous "
-        "one waits for the broker's acknowledgements (on top of that batch's states), and "
-        "publishes and writes it only after the previous batch's writes: every guarantee of "
-        "the commit protocol holds, and a live batch no longer pays its acknowledgement "
-        "round trips before the next one can start. false: one batch at a time.",
-    )
     batch_within_s: float = Field(
         0.02, gt=0,
         description="Default 0.02. Seconds the agent sleeps, with no record queued, before it "
