@@ -37,6 +37,7 @@ from streams.compat.consumer import (
     leave_group_on_stop,
     on_seek_to_committed,
     set_fetching,
+    track_delivered_highwaters,
 )
 from streams.compat.delivery import deliver_directly
 from streams.compat.events import partition_context
@@ -57,5 +58,6 @@ __all__ = [
     "harden_producer_flush", "highwater", "leave_group_on_stop", "on_recovery_offsets",
     "on_seek_to_committed", "open_rocksdict_partition", "partition_context",
     "persisted_offset_key", "recovery_table", "refresh_topic_metadata", "resolve_hot_settings",
-    "rocksdict_partition", "set_fetching", "start_tables_without_delay", "take_batches", "track_only",
+    "rocksdict_partition", "set_fetching", "start_tables_without_delay", "take_batches",
+    "track_delivered_highwaters", "track_only",
 ]

@@ -1,12 +1,15 @@
 """Hooks into Faust's consumer: where it seeks, what it commits, how far it has read.
 
-Also pausing and resuming fetches, the high-water marks and the assignment,
+Also pausing and resuming fetches, the high-water marks (as of the records
+delivered to the streams) and the assignment,
 so that every consumer control the service uses is named in one place.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import faust
@@ -149,13 +152,73 @@ async def set_fetching(app: faust.App, pause: Iterable[tuple[str, int]],
     await thread.call_thread(apply)
 
 
-def highwater(app: faust.App, tp: TP) -> int | None:
-    """The offset after the last record of ``tp`` as of the consumer's last fetch.
+@dataclass
+class _DeliveredMarks:
+    """High-water marks as of what Faust's fetcher has handed on (see
+    :func:`track_delivered_highwaters`)."""
 
-    Faust's public ``Consumer.highwater``; None while the consumer has not
-    fetched from ``tp`` yet (aiokafka knows no high-water mark then).
+    #: (generation, marks) taken in the consumer thread right after its last fetch
+    taken: tuple[int, dict[TP, int | None]] | None = None
+    #: the ``taken`` of the fetch before the current one, whose records are delivered
+    delivered: tuple[int, dict[TP, int | None]] | None = None
+
+
+_MARKS: weakref.WeakKeyDictionary[Any, _DeliveredMarks] = weakref.WeakKeyDictionary()
+
+
+def track_delivered_highwaters(app: faust.App) -> None:
+    """Make :func:`highwater` answer as of the records Faust has delivered to the streams.
+
+    Works around: Faust's ``Consumer.highwater`` is aiokafka's live mark, which
+    the consumer thread moves as soon as a fetch response arrives, while that
+    response's records still wait in aiokafka's buffer or in Faust's fetcher.
+    A partition whose records were that close looked not caught up to the
+    aligned input, which then held every other partition's records back for
+    one more round of the agent (README "Performance"). Here the consumer
+    thread's ``_fetch_records`` (private) also takes every assigned
+    partition's mark right after it returns (no await in between: the marks
+    cover exactly what was fetched so far, returned or still buffered), and
+    that snapshot becomes :func:`highwater`'s answer when Faust's fetcher asks
+    for its next batch (the instance's ``getmany``), by which time it has
+    delivered every record of the batch the snapshot came with. A snapshot
+    taken in an earlier consumer generation is never used.
     """
-    value: Any = app.consumer.highwater(tp)
+    thread = app.consumer._thread  # type: ignore[attr-defined]
+    marks = _MARKS[app] = _DeliveredMarks()
+    fetch_records = thread._fetch_records
+    getmany = thread.getmany
+
+    async def fetch_and_mark(consumer: Any, active_partitions: Any,
+                             timeout: float | None = None, max_records: int | None = None) -> Any:
+        records = await fetch_records(consumer, active_partitions, timeout=timeout,
+                                      max_records=max_records)
+        marks.taken = (generation(app), {TP(tp.topic, tp.partition): consumer.highwater(tp)
+                                         for tp in consumer.assignment()})
+        return records
+
+    async def getmany_delivered(active_partitions: Any, timeout: float) -> Any:
+        marks.delivered = marks.taken  # Faust delivered the previous batch before asking
+        return await getmany(active_partitions, timeout)
+
+    thread._fetch_records = fetch_and_mark
+    thread.getmany = getmany_delivered
+
+
+def highwater(app: faust.App, tp: TP) -> int | None:
+    """The offset after the last record of ``tp`` that the consumer has fetched.
+
+    As of the records already delivered to the streams when
+    :func:`track_delivered_highwaters` is installed (and its snapshot is of
+    the current generation and has ``tp``), else Faust's public
+    ``Consumer.highwater`` (the consumer's last fetch). None while the
+    consumer has not fetched from ``tp`` (aiokafka knows no high-water mark).
+    """
+    marks = _MARKS.get(app)
+    delivered = None if marks is None else marks.delivered
+    if delivered is not None and delivered[0] == generation(app) and tp in delivered[1]:
+        value: Any = delivered[1][tp]
+    else:
+        value = app.consumer.highwater(tp)
     return None if value is None else int(value)
 
 
