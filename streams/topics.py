@@ -259,6 +259,37 @@ async def partition_counts(admin: Any, names: list[str], wait_s: float = 10.0) -
     return counts
 
 
+async def _await_leaders(bootstrap_servers: str | list[str], partitions: Mapping[str, int],
+                         client: Mapping[str, Any] | None, wait_s: float = 10.0) -> None:
+    """Return once every partition of ``partitions`` (topic -> count) answers for its
+    end offset, or after ``wait_s``.
+
+    The metadata names a new partition's leader before that broker serves it:
+    a producer sending then gets NotLeaderForPartition, which aiokafka logs
+    and retries. A ListOffsets request to each leader is answered only once it
+    does (aiokafka's consumer retries it quietly). Best effort: a client
+    retries anyway, so a timeout here is not an error.
+    """
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.errors import KafkaError
+
+    if not partitions:
+        return
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None,
+                                retry_backoff_ms=20, **(client or {}))
+    await consumer.start()
+    try:
+        await asyncio.wait_for(consumer.end_offsets(
+            [TopicPartition(name, p) for name, count in partitions.items() for p in range(count)]),
+            wait_s)
+    except (TimeoutError, KafkaError):
+        pass  # best effort (docstring)
+    finally:
+        await consumer.stop()
+
+
 async def ensure_topics(
     bootstrap_servers: str | list[str],
     specs: Iterable[TopicSpec],
@@ -270,7 +301,8 @@ async def ensure_topics(
     """Create the missing topics of ``specs``; never alters an existing topic.
 
     Returns ``(created, mismatches)``: the names created by this call and the
-    existing topics whose partition count differs from the spec. Idempotent
+    existing topics whose partition count differs from the spec; it returns
+    once the created topics serve requests (:func:`_await_leaders`). Idempotent
     and safe to run concurrently with another creator (a topic created in
     between is treated as existing). Raises :class:`RuntimeError` for any other
     broker-side error (e.g. replication factor larger than the cluster) and
@@ -304,7 +336,13 @@ async def ensure_topics(
             if errors:
                 raise RuntimeError("could not create topics: " + "; ".join(errors))
         mismatches = []
-        counts = await partition_counts(admin, [s.name for s in specs if s.name not in created])
+        # The created topics too: a client that sends right after this returns
+        # must find them in the metadata (else aiokafka logs "not found in
+        # cluster metadata" and retries).
+        counts = await partition_counts(admin, [s.name for s in specs])
+        if created:
+            await _await_leaders(bootstrap_servers, {n: counts[n] for n in created if n in counts},
+                                 client)
         for s in specs:
             have = counts.get(s.name)
             if have is not None and have != s.partitions:

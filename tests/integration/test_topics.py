@@ -6,9 +6,12 @@ also what proves the registry takes every name from the settings.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
+
+import pytest
 
 from streams.settings import Settings
 from streams.topics import ensure_topics, topic_specs
@@ -109,3 +112,30 @@ def test_ensure_topics_returns_mismatches_in_process(bootstrap: str, unique_name
     assert len(created) == len(names) - 1
     assert [(m.topic, m.existing, m.configured) for m in mismatches] == [
         (names["topic_visits"], 5, 2)]
+
+
+def test_created_topics_take_records_at_once(bootstrap: str, unique_name, create_topic,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    """A producer sending right after ensure_topics returns finds every new partition
+    led and served: no "not found in cluster metadata", no NotLeaderForPartition retry
+    (both logged by aiokafka; `make demo` printed them)."""
+    names = {field: unique_name(field.removeprefix("topic_")) for field in TOPIC_FIELDS}
+    create_topic.track(*names.values())
+    settings = Settings(**names, partitions=4, broker=f"kafka://{bootstrap}")
+
+    async def go() -> int:
+        from aiokafka import AIOKafkaProducer
+
+        await ensure_topics(settings.bootstrap_servers, topic_specs(settings))
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        await producer.start()
+        try:
+            sent = [await producer.send(name, b"x", key=b"k", partition=p)
+                    for name in names.values() for p in range(4)]
+            return len([await s for s in sent])
+        finally:
+            await producer.stop()
+
+    with caplog.at_level(logging.WARNING, logger="aiokafka"):
+        assert run_async(go()) == 4 * len(names)
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("aiokafka")] == []
