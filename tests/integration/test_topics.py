@@ -117,8 +117,8 @@ def test_ensure_topics_returns_mismatches_in_process(bootstrap: str, unique_name
 def test_created_topics_take_records_at_once(bootstrap: str, unique_name, create_topic,
                                              caplog: pytest.LogCaptureFixture) -> None:
     """A producer sending right after ensure_topics returns finds every new partition
-    led and served: no "not found in cluster metadata", no NotLeaderForPartition retry
-    (both logged by aiokafka; `make demo` printed them)."""
+    led and served: no "not found in cluster metadata" (which `make demo` printed), no
+    NotLeaderForPartition retry (both logged by aiokafka)."""
     names = {field: unique_name(field.removeprefix("topic_")) for field in TOPIC_FIELDS}
     create_topic.track(*names.values())
     settings = Settings(**names, partitions=4, broker=f"kafka://{bootstrap}")
