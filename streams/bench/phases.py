@@ -48,6 +48,12 @@ POLL_S = 0.2
 #: generator's purchase/visit/feedback shares (45/35/12 %), renormalised.
 LATENCY_MIX = (("purchase", 0.49), ("visit", 0.87), ("feedback", 1.0))
 CONSUMED = "loyalty_events_consumed_total"
+#: linger.ms of the latency phases' producer: the default of Kafka's Java
+#: producer since 4.0 (KIP-1030) and of librdkafka, so the load is offered as
+#: a shop's client would offer it. With 0 every event is a produce request of
+#: its own, and the bench and the broker, which share the machine with the
+#: worker, spend more CPU on offering it (README, Performance).
+LATENCY_LINGER_MS = 5
 
 
 @dataclass
@@ -243,7 +249,8 @@ class Latency:
 
 
 async def latency(env: BenchEnv, worker: WorkerProc, keys: list[bytes], rate: float,
-                  duration_s: float, drain_s: float = 30.0, seed: int = 11) -> Latency:
+                  duration_s: float, drain_s: float = 30.0, seed: int = 11,
+                  linger_ms: int = LATENCY_LINGER_MS) -> Latency:
     """Offer events at ``rate``/s for ``duration_s``; time produce -> snapshot on scores.
 
     Each event is a purchase, visit or feedback of an existing customer, in the
@@ -256,7 +263,8 @@ async def latency(env: BenchEnv, worker: WorkerProc, keys: list[bytes], rate: fl
     after folding it, as of the state's clock, which is exactly this text:
     ``(key, as_of)`` identifies the output of each event, whatever the sweep
     publishes meanwhile. Latency = time the scores consumer (this process)
-    receives it - time just before ``producer.send``. The worker writes one
+    receives it - time just before ``producer.send`` (so the producer's
+    ``linger_ms`` wait is part of it). The worker writes one
     snapshot per customer per batch: an earlier event of the customer folded
     in the same batch as this one is timed by this snapshot too, the first
     that shows it (``coalesced`` counts them). Sends follow a fixed
@@ -276,7 +284,8 @@ async def latency(env: BenchEnv, worker: WorkerProc, keys: list[bytes], rate: fl
     before = await _scrape(worker)
     consumer = AIOKafkaConsumer(bootstrap_servers=env.bootstrap, enable_auto_commit=False,
                                 fetch_max_wait_ms=100)
-    producer = AIOKafkaProducer(bootstrap_servers=env.bootstrap, acks="all", linger_ms=0)
+    producer = AIOKafkaProducer(bootstrap_servers=env.bootstrap, acks="all",
+                                linger_ms=linger_ms)
     await consumer.start()
     await producer.start()
     # key -> occurred_at text -> send instant, in send (= occurred_at) order

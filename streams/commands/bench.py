@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from streams.bench.generator import HEAVY_CUSTOMERS, HEAVY_EVENTS, HEAVY_SHARE
+from streams.bench.phases import LATENCY_LINGER_MS
 
 #: offered rate of the second latency phase (``latency_p99_ms_at_1000``)
 FIXED_RATE = 1000.0
@@ -83,6 +84,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latency-rate", type=float, default=None,
                         help="offered events/s in the latency phase (default: half the measured "
                              "events_per_s, the rate at which the latency target applies)")
+    parser.add_argument("--latency-linger-ms", type=int, default=LATENCY_LINGER_MS,
+                        metavar="MS",
+                        help="linger.ms of the latency phases' producer (default "
+                             f"{LATENCY_LINGER_MS}, the Java client's default since Kafka 4.0 "
+                             "and librdkafka's; 0 sends every event in its own request)")
     parser.add_argument("--compression", choices=["none", "gzip", "snappy", "lz4", "zstd"],
                         default="none", help="compression of the preloaded input (default none)")
     parser.add_argument("--timeout", type=float, default=None,
@@ -116,6 +122,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.events < 1 or args.customers < 1:
             raise BenchError("--events and --customers must be at least 1")
+        if args.latency_linger_ms < 0:
+            raise BenchError("--latency-linger-ms must be 0 or more")
         if args.core_only and (args.population or args.profile or args.keep):
             raise BenchError("--core-only starts no worker and creates no topics: "
                              "--population, --profile and --keep do not apply to it")
@@ -306,7 +314,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         async def latency_at(rate: float, name: str) -> phases.Latency:
             _progress(args, f"latency: {rate:,.0f} events/s for {args.latency_seconds:g} s")
             lat = await phases.latency(env, worker, stats.keys_sample, rate,
-                                       args.latency_seconds)
+                                       args.latency_seconds, linger_ms=args.latency_linger_ms)
             observed[name] = lat.observed()
             if not lat.kept_up:
                 _progress(args, "latency: the worker did not keep up with the offered rate "
@@ -395,6 +403,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
                        "heavy_events": args.heavy_events,
                        "latency_seconds": args.latency_seconds,
                        "latency_rate": args.latency_rate,
+                       "latency_linger_ms": args.latency_linger_ms,
                        "compression": args.compression, "app_id": env.app_id,
                        "keep": args.keep, "observed": observed},
         }

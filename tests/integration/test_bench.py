@@ -77,6 +77,7 @@ def test_bench_tiny_run_reports_every_figure_and_cleans_up(bootstrap: str) -> No
 
     params = result["params"]
     assert params["events"] == 3000 and params["partitions"] == 2
+    assert params["latency_linger_ms"] == 5  # the latency producer's default batching
     obs = params["observed"]
     # Every preloaded event went through the worker; nothing was lost in the latency phase.
     assert obs["statuses"]["consumed"] >= 3000
@@ -124,6 +125,15 @@ def test_bench_without_broker_says_how_to_start_it() -> None:
     assert proc.returncode == 1
     assert "loyalty broker start" in proc.stderr
     assert proc.stdout == ""
+
+
+def test_bench_refuses_a_negative_linger_before_touching_the_broker() -> None:
+    port = free_port()  # nobody listens there: the check must come first
+    proc = _bench("--latency-linger-ms", "-1", "--json",
+                  broker=f"kafka://127.0.0.1:{port}", timeout=60)
+    assert proc.returncode == 1
+    assert "--latency-linger-ms must be 0 or more" in proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
 
 
 def _valid_events(triples: list[tuple[str, bytes, bytes]]) -> dict[bytes, list]:
