@@ -268,6 +268,7 @@ def register_agents(service: ServiceContext,
     commit_owed = install_seek_tracking(service, progress, reader)
     compat.deliver_directly(service.app)
     compat.track_delivered_highwaters(service.app)
+    compat.batch_fetches(service.app, settings.fetch_min_bytes, settings.fetch_max_wait_ms)
     aligned = install_aligned_input(service, processor, progress, reader, commit_owed)
 
     async def loyalty_state(stream: Any) -> None:

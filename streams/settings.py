@@ -198,6 +198,21 @@ class Settings(BaseSettings):
         "looks again whether it must stop. It never waits to fill a batch: a batch is what is "
         "queued when the previous one is done (up to batch_max), or the first record to arrive.",
     )
+    fetch_max_wait_ms: int = Field(
+        10, ge=1, le=1_500,
+        description="Default 10 (at most 1500, Faust's own). While records flow, milliseconds "
+        "the broker may hold the worker's next fetch for fetch_min_bytes of new records: a live "
+        "feed then comes in a few fetches per round of the agent instead of one fetch per round "
+        "trip, each of which costs CPU in the consumer thread. A fetch that brings nothing makes "
+        "the next one a long poll answered by the first record, so an idle worker fetches no "
+        "more often than Faust's and a record after a quiet spell is not held.",
+    )
+    fetch_min_bytes: int = Field(
+        16_384, ge=1,
+        description="Default 16384. While records flow, bytes of new records at which the "
+        "broker answers the worker's fetch without waiting fetch_max_wait_ms (1: at once, as "
+        "Faust does by itself).",
+    )
     sweep_interval_s: float = Field(
         30.0, gt=0,
         description="Default 30. Seconds between sweeps that apply time-based changes "

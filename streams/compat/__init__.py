@@ -14,8 +14,8 @@ must be added there.
 Modules: :mod:`.events` (a stand-in current event for table access outside a
 stream), :mod:`.producer` (flush hardening, the raw aiokafka producer), :mod:`.hot_path`
 (Faust's per-record settings lookups, resolved once),
-:mod:`.consumer` (seek and commit hooks, read offsets, pausing fetches,
-high-water marks), :mod:`.delivery` (records to the streams without a task
+:mod:`.consumer` (seek and commit hooks, read offsets, pausing and batching
+fetches, high-water marks), :mod:`.delivery` (records to the streams without a task
 race per record), :mod:`.batches` (batches of what is queued, without
 Faust's fixed wait per batch), :mod:`.tables` (RocksDB partition databases, the
 persisted-offset key, the recovery hook), :mod:`.clients` (plain aiokafka
@@ -30,6 +30,7 @@ from streams.compat.check import TOUCHES, CompatError, check
 from streams.compat.clients import delete_consumer_group, refresh_topic_metadata, track_only
 from streams.compat.consumer import (
     assignment,
+    batch_fetches,
     cap_commits,
     consumed_positions,
     generation,
@@ -53,7 +54,8 @@ from streams.compat.tables import (
 )
 
 __all__ = [
-    "TOUCHES", "CompatError", "aiokafka_producer", "assignment", "cap_commits", "check",
+    "TOUCHES", "CompatError", "aiokafka_producer", "assignment", "batch_fetches", "cap_commits",
+    "check",
     "consumed_positions", "delete_consumer_group", "deliver_directly", "generation",
     "harden_producer_flush", "highwater", "leave_group_on_stop", "on_recovery_offsets",
     "on_seek_to_committed", "open_rocksdict_partition", "partition_context",

@@ -60,6 +60,13 @@ TOUCHES: tuple[Touch, ...] = (
             "consumer.track_delivered_highwaters") for name in ("_fetch_records", "getmany")),
     Touch("faust.transport.consumer", "ThreadDelegateConsumer", "_getmany",
           "consumer.track_delivered_highwaters"),
+    Touch("faust.transport.drivers.aiokafka", "AIOKafkaConsumerThread",
+          "_create_worker_consumer", "consumer.batch_fetches"),
+    Touch("aiokafka", "AIOKafkaConsumer", "_fetcher", "consumer.batch_fetches",
+          set_in_init=True),
+    *(Touch("aiokafka.consumer.fetcher", "Fetcher", name, "consumer.batch_fetches",
+            set_in_init=True)
+      for name in ("_proc_fetch_request", "_fetch_min_bytes", "_fetch_max_wait_ms")),
     Touch("faust.streams", "Stream", "_enable_passive", "batches.take_batches"),
     Touch("faust.streams", "Stream", "_processors", "batches.take_batches"),
     Touch("faust.transport.consumer", "Consumer", "_drain_messages", "delivery.deliver_directly"),

@@ -1,0 +1,80 @@
+"""How long the broker holds the worker's fetches (streams.compat.consumer.batch_fetches).
+
+Against the real broker, with the consumer Faust builds for a worker: after
+a quiet spell a record comes at once (a long poll, as Faust's own); while
+records flow the next fetch is held for ``min_bytes`` or the wait, which is
+what lets a live feed arrive in fewer, fuller fetches; once a held fetch
+brings nothing, the consumer long-polls again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import faust
+from aiokafka import AIOKafkaProducer, TopicPartition
+
+from streams.compat import batch_fetches
+from streams.compat.consumer import IDLE_FETCH_WAIT_MS
+from tests.conftest import run_async
+
+HOLD_MS = 600  # long enough to tell a held fetch from an answer at once on a busy machine
+MIN_BYTES = 1 << 20  # far more than the test's records: a held fetch waits the whole HOLD_MS
+
+
+def _worker_consumer(bootstrap: str) -> Any:
+    """The aiokafka consumer Faust creates for a worker of a new app, not started."""
+    app = faust.App(f"fetch-test-{time.monotonic_ns()}", broker=f"kafka://{bootstrap}",
+                    autodiscover=False, web_enabled=False)
+    batch_fetches(app, MIN_BYTES, HOLD_MS)
+    return app.consumer._thread._create_worker_consumer(app.transport)  # type: ignore[attr-defined]
+
+
+def test_fetches_long_poll_when_quiet_and_are_held_while_records_flow(
+        bootstrap: str, create_topic: Callable[..., str]) -> None:
+    topic = create_topic(1)
+
+    async def run() -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        consumer = _worker_consumer(bootstrap)
+        await producer.start()
+        await consumer.start()
+        fetcher = consumer._fetcher
+        try:
+            consumer.assign([TopicPartition(topic, 0)])
+            await consumer.seek_to_beginning()
+
+            async def after(value: bytes) -> float:
+                await producer.send_and_wait(topic, value)
+                sent = time.monotonic()
+                record = await consumer.getone()
+                assert record.value == value
+                return time.monotonic() - sent
+
+            await asyncio.sleep(0.5)  # nothing there: the consumer long-polls
+            seen["quiet_mode"] = (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms)
+            seen["first"] = await after(b"first")  # answered at once
+            seen["flowing_mode"] = (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms)
+            seen["second"] = await after(b"second")  # the fetch sent meanwhile is held
+            # Waiting for records (as Faust's fetcher always is), a held fetch comes back empty.
+            seen["meanwhile"] = await consumer.getmany(timeout_ms=int(HOLD_MS * 2.5))
+            seen["quiet_again_mode"] = (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms)
+            seen["third"] = await after(b"third")
+        finally:
+            await consumer.stop()
+            await producer.stop()
+        return seen
+
+    seen = run_async(run(), timeout=60)
+    idle, flowing = (1, IDLE_FETCH_WAIT_MS), (MIN_BYTES, HOLD_MS)
+    assert seen["quiet_mode"] == idle
+    assert seen["flowing_mode"] == flowing
+    assert seen["meanwhile"] == {} and seen["quiet_again_mode"] == idle
+    # Faust's consumer alone answers every one of these at once (min_bytes 1).
+    assert seen["first"] < HOLD_MS / 1000 * 0.6, seen
+    assert seen["second"] >= HOLD_MS / 1000 * 0.6, seen
+    assert seen["third"] < HOLD_MS / 1000 * 0.6, seen
