@@ -236,6 +236,7 @@ def create_service(
         policies=policies,
         input_topic_names=names,
         rows=row_store(customers, settings.partitions),
+        tally_rows=row_store(tallies, settings.partitions),
         publisher=Publisher(app),
     )
     # The sweeper exists even without its timer: the agent tells it about

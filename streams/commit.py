@@ -12,14 +12,22 @@ so the order the service's guarantees rest on is written once:
    changelog partition (the row's partition) and wait for their
    acknowledgements; a *guarded* change (one computed by the sweep while the
    agent may write the same key) is dropped here if its row changed since it
-   was read or the agent is processing the key;
+   was read or the agent is processing the key. When no change is guarded
+   (the agent's commits), each tally row the changes move is read here, their
+   deltas applied, and its changelog record published with the states' (one
+   round trip, and no record-at-a-time send through Faust's table later);
 4. **write each partition's rows and persisted offset** (the offset of the
    partition's last changelog record just acknowledged) in one store write
    batch (:meth:`streams.store.RowStore.write`); a guarded change is dropped
    if its row changed while step 3 waited or the agent took the key
    meanwhile (compare-and-set);
-5. **apply the tally deltas** of the written changes (one read-modify-write
-   per shop tally row, through the Faust table) and report each change.
+5. **apply the tally deltas** of the written changes and report each change:
+   a tally row published in step 3 is written straight into the store when
+   the row is still the one it was computed from; otherwise (the sweep's
+   recount wrote it meanwhile), and for the sweep's guarded changes, the
+   deltas are applied to the current row (one read-modify-write per shop
+   tally row) and it is written through the Faust table, which publishes its
+   changelog record.
 
 Steps 4 and 5 run without an ``await``: no other task sees the rows written
 and the tallies not, and nothing changes a row between the compare and the
@@ -27,12 +35,14 @@ set. A crash between two steps means:
 
 * before 2 or between 2 and 3: no state written; the input is redelivered
   (or the sweep runs again) and the outputs repeat with the same ids;
-* between 3 and 4: the changelog holds the new state but the local store does
-  not; a crash always wipes the local store (streams/commands/worker.py), the
-  changelog restores the state and the redelivered input is an exact
-  duplicate, so its outputs (already acknowledged) are not lost;
+* between 3 and 4: the changelog holds the new state (and, for the agent,
+  the tally rows it moves) but the local store does not; a crash always wipes
+  the local store (streams/commands/worker.py), the changelog restores the
+  state and the redelivered input is an exact duplicate, so its outputs
+  (already acknowledged) are not lost;
 * between 4 and 5: the tally rows drift until the sweep's next full scan
-  recounts them exactly (the first sweep after a restart is one).
+  recounts them exactly (the first sweep after a restart is one); rows
+  published in step 3 are restored with the states.
 
 The store is never ahead of the changelog and the changelog never ahead of
 the outputs, so nothing is lost and nothing is counted twice.
@@ -51,7 +61,7 @@ from streams.compat import partition_context
 from streams.context import ServiceContext
 from streams.publish import OutRecord, futures, last_offsets
 from streams.shops import TallyDelta
-from streams.topics import CUSTOMERS_TABLE, changelog_topic_name, shop_of, tally_key
+from streams.topics import CUSTOMERS_TABLE, TALLIES_TABLE, changelog_topic_name, shop_of, tally_key
 
 
 class WriteFailed(Exception):
@@ -89,6 +99,10 @@ class Committed:
     complete: bool = True
 
 
+#: a tally row: (partition, tally key)
+TallySlot = tuple[int, bytes]
+#: tally rows computed from the rows read: slot -> (row read, None: no row; new row)
+TallyRows = dict[TallySlot, tuple[bytes | None, bytes]]
 #: reports a change (written, yielded or, for guarded changes, compared in step 3)
 ChangeHook = Callable[[Change], None]
 #: told (step name, seconds) after a step of a commit
@@ -103,6 +117,7 @@ class Committer:
         #: told the wall time of steps 2 ("outputs"), 3 ("changelog") and 4-5 ("write")
         self.timings = timings
         self.changelog = changelog_topic_name(ctx.settings, CUSTOMERS_TABLE)
+        self.tally_changelog = changelog_topic_name(ctx.settings, TALLIES_TABLE)
         # Partition context for Faust table access (tallies): any topic with
         # the table's partition count; the rekey topic is one.
         self.context_topic = ctx.rekey.get_topic_name()
@@ -136,8 +151,15 @@ class Committer:
         kept = self._compare(changes, result, on_compared, on_yielded)
         if not kept:
             return result
-        offsets = await self._publish([(self.changelog, c.key, c.value, None, c.partition)
-                                       for c in kept])
+        # Unguarded changes are all written in step 4, so their tally rows can be
+        # computed now and logged with the states.
+        staged = None if any(c.guarded for c in kept) else self._stage_tallies(kept)
+        records: list[OutRecord] = [(self.changelog, c.key, c.value, None, c.partition)
+                                    for c in kept]
+        records += [(self.tally_changelog, key, value, None, partition)
+                    for (partition, key), (_, value) in (staged or {}).items()]
+        acked = await self._publish(records)
+        offsets = {p: offset for (topic, p), offset in acked.items() if topic == self.changelog}
         if timings is not None:
             started = _timed(timings, "changelog", started)
         if owns is not None and not owns():
@@ -145,7 +167,7 @@ class Committer:
             return result
         # 4.-5. write rows + offsets, then the tallies (no await from here on)
         try:
-            self.write(kept, offsets, result, on_written, on_yielded)
+            self.write(kept, offsets, result, on_written, on_yielded, staged=staged)
         except Exception as exc:
             raise WriteFailed(f"commit of {len(kept)} states failed while writing") from exc
         if timings is not None:
@@ -154,13 +176,16 @@ class Committer:
 
     def write(self, changes: Sequence[Change], offsets: dict[int, int],
               result: Committed | None = None, on_written: ChangeHook | None = None,
-              on_yielded: ChangeHook | None = None) -> Committed:
+              on_yielded: ChangeHook | None = None,
+              staged: TallyRows | None = None) -> Committed:
         """Steps 4 and 5: rows with persisted offsets, then tally deltas. Never awaits.
 
         ``offsets`` maps a partition to the offset of its last acknowledged
         changelog record; a partition missing from it keeps its persisted
         offset (only for states whose changelog record is not published by
-        this commit, as in unit tests of the write step).
+        this commit, as in unit tests of the write step). ``staged`` are the
+        tally rows of ``changes`` published in step 3 (:meth:`_stage_tallies`),
+        written as they are when their row has not changed since.
         """
         result = result if result is not None else Committed(written=[], yielded=[])
         rows, in_flight = self.ctx.rows, self.ctx.in_flight
@@ -179,13 +204,27 @@ class Committer:
             by_partition.setdefault(change.partition, []).append(change)
         written = [c for batch in by_partition.values() for c in batch]
         # Every tally row is computed before anything is written, so a failing
-        # tally update cannot leave states written and tallies not.
-        tally_rows = self._tally_rows(written)
+        # tally update cannot leave states written and tallies not. A staged row
+        # whose row changed since (the sweep's recount) is computed again.
+        direct: dict[int, list[tuple[bytes, bytes]]] = {}
+        through_table: TallyRows = {}
+        if staged is None:
+            through_table = self._tally_rows(written)
+        else:
+            moved = {slot for slot, (base, _) in staged.items() if self._read_tally(slot) != base}
+            for (partition, key), (_, value) in staged.items():
+                if (partition, key) not in moved:
+                    direct.setdefault(partition, []).append((key, value))
+            if moved:
+                through_table = self._tally_rows([c for c in written
+                                                  if self._slot(c) in moved])
         for partition, batch in by_partition.items():
             # False: the partition moved; its new owner restores from the changelog.
             rows.write(partition, [(c.key, c.value) for c in batch], offsets.get(partition))
         # 5. the tally deltas (summed per tally row), then each change reported
-        self._write_tallies(tally_rows)
+        for partition, tallies in direct.items():
+            self.ctx.tally_rows.write(partition, tallies, None)  # logged in step 3
+        self._write_tallies({slot: value for slot, (_, value) in through_table.items()})
         result.written.extend(written)
         if on_written is not None:
             for change in written:
@@ -193,14 +232,13 @@ class Committer:
         return result
 
     # -- the steps' parts --------------------------------------------------------------
-    async def _publish(self, records: list[OutRecord]) -> dict[int, int]:
-        """Publish and await every acknowledgement; ``partition -> last offset`` per topic
-        partition of the records (only meaningful for one topic: the changelog)."""
+    async def _publish(self, records: list[OutRecord]) -> dict[tuple[str, int], int]:
+        """Publish and await every acknowledgement; ``(topic, partition) -> last offset``."""
         if not records:
             return {}
         sent = await self.ctx.publisher.publish(records)
         await asyncio.gather(*futures(sent))
-        return {partition: offset for (_, partition), offset in last_offsets(sent).items()}
+        return last_offsets(sent)
 
     def _compare(self, changes: Sequence[Change], result: Committed,
                  on_compared: ChangeHook | None, on_yielded: ChangeHook | None) -> list[Change]:
@@ -220,21 +258,35 @@ class Committer:
             kept.append(change)
         return kept
 
-    def _tally_rows(self, changes: Sequence[Change]) -> dict[tuple[int, bytes], bytes]:
-        """Each affected tally row, read once with its deltas applied in order, encoded."""
-        tallies = self.ctx.tallies
-        updated: dict[tuple[int, bytes], ShopTally] = {}
-        for change in changes:
-            slot = (change.partition, tally_key(shop_of(change.key), change.partition))
-            tally = updated.get(slot)
-            if tally is None:
-                with partition_context(self.context_topic, change.partition):
-                    raw = tallies.get(slot[1])
-                tally = updated[slot] = ShopTally.decode(raw) if raw else ShopTally.empty()
-            change.delta.apply(tally)
-        return {slot: bytes(tally.encode()) for slot, tally in updated.items()}
+    @staticmethod
+    def _slot(change: Change) -> TallySlot:
+        return change.partition, tally_key(shop_of(change.key), change.partition)
 
-    def _write_tallies(self, rows: dict[tuple[int, bytes], bytes]) -> None:
+    def _read_tally(self, slot: TallySlot) -> bytes | None:
+        """The tally row of ``slot`` as it is now (None: no row)."""
+        with partition_context(self.context_topic, slot[0]):
+            return self.ctx.tallies.get(slot[1])
+
+    def _tally_rows(self, changes: Sequence[Change]) -> TallyRows:
+        """Each affected tally row, read once, with its deltas applied in order, encoded."""
+        read: dict[TallySlot, tuple[bytes | None, ShopTally]] = {}
+        for change in changes:
+            slot = self._slot(change)
+            entry = read.get(slot)
+            if entry is None:
+                raw = self._read_tally(slot)
+                entry = read[slot] = (raw, ShopTally.decode(raw) if raw else ShopTally.empty())
+            change.delta.apply(entry[1])
+        return {slot: (raw, bytes(tally.encode())) for slot, (raw, tally) in read.items()}
+
+    def _stage_tallies(self, changes: Sequence[Change]) -> TallyRows | None:
+        """:meth:`_tally_rows` of ``changes`` for step 3; None when a partition of them
+        is not open here (their tallies then take the table path in step 5)."""
+        if not all(self.ctx.tally_rows.is_open(c.partition) for c in changes):
+            return None
+        return self._tally_rows(changes)
+
+    def _write_tallies(self, rows: dict[TallySlot, bytes]) -> None:
         """Write tally rows (``(partition, key) -> row``) through the Faust table."""
         for (partition, key), raw in rows.items():
             with partition_context(self.context_topic, partition):
