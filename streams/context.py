@@ -63,7 +63,7 @@ class ServiceContext:
     input_topic_names: tuple[str, ...]
     #: the customer rows the agent and the sweep read and write (streams.store)
     rows: RowStore
-    #: the tally rows, read and written directly by the agent's commits (streams.commit)
+    #: the tally rows' store: the agent's commits write them directly (streams.commit)
     tally_rows: RowStore
     #: batch publisher over the app's producer (every output and changelog record)
     publisher: Publisher

@@ -5,7 +5,8 @@ The agent and the time sweep read and write customer rows through a
 two lookups per read and a buffered changelog message plus a
 persisted-offset write per write, and it has no batch write. The changelog
 records are published by the commit protocol (:mod:`streams.commit`) before
-the rows are written here.
+the rows are written here. The agent's commits write the shop tally rows
+they logged through a second :class:`RowStore` over the tallies table.
 
 * :class:`RocksDBRows` - production: the ``rocksdict`` partition databases
   behind the Faust table (reached through :mod:`streams.compat`), so Faust's
