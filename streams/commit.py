@@ -263,9 +263,9 @@ class Committer:
         return change.partition, tally_key(shop_of(change.key), change.partition)
 
     def _read_tally(self, slot: TallySlot) -> bytes | None:
-        """The tally row of ``slot`` as it is now (None: no row)."""
-        with partition_context(self.context_topic, slot[0]):
-            return self.ctx.tallies.get(slot[1])
+        """The tally row of ``slot`` as it is now (None: no row), from the store the
+        direct writes go to (the Faust table reads the same database)."""
+        return self.ctx.tally_rows.get(*slot)
 
     def _tally_rows(self, changes: Sequence[Change]) -> TallyRows:
         """Each affected tally row, read once, with its deltas applied in order, encoded."""
