@@ -72,6 +72,9 @@ class Processor:
         #: reports a step's wall time to ``loyalty_batch_step_seconds``
         self.time_step: Callable[[str, float], None] = lambda step, s: steps[step].observe(s)
         self.committer = Committer(service, timings=self.time_step)
+        #: called after every batch :meth:`handle_batch` finished (the worker's
+        #: garbage-collector policy, :mod:`streams.collector`)
+        self.after_batch: Callable[[], None] | None = None
 
     def plan(self, record: Record, *, now: datetime | None = None,
              overlay: dict[bytes, CustomerState] | None = None, rows: Rows | None = None) -> Plan:
@@ -174,15 +177,19 @@ class Processor:
         :meth:`handle`'s retries and dead letter; a failure while writing is
         raised.
         """
-        if len(records) == 1:
-            await self.handle(records[0])
-            return
-        while records:
-            failed_at = await self._plan_and_commit(records)
-            if failed_at is None:
+        try:
+            if len(records) == 1:
+                await self.handle(records[0])
                 return
-            await self.handle(records[failed_at])
-            records = records[failed_at + 1:]
+            while records:
+                failed_at = await self._plan_and_commit(records)
+                if failed_at is None:
+                    return
+                await self.handle(records[failed_at])
+                records = records[failed_at + 1:]
+        finally:
+            if self.after_batch is not None:
+                self.after_batch()
 
     async def _plan_and_commit(self, records: list[Record]) -> int | None:
         """Plan ``records`` up to the first that raises, commit those planned.

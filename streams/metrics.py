@@ -132,6 +132,15 @@ class Metrics:
         self.sweep_seconds = Histogram(
             "loyalty_sweep_seconds", "Duration of one time sweep over all owned partitions.",
             buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60), registry=r)
+        self.gc_reclaim_seconds = Histogram(
+            "loyalty_gc_reclaim_seconds",
+            "Duration of one periodic full garbage collection (the event loop is blocked "
+            "meanwhile; grows with the live states kept in memory).",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10), registry=r)
+        self.gc_reclaimed_objects = Counter(
+            "loyalty_gc_reclaimed_objects_total",
+            "Objects the periodic full garbage collection freed (reference cycles).",
+            registry=r)
         self.restored_records = Counter(
             "loyalty_restored_records_total",
             "Changelog records written to local stores by the bulk restore "

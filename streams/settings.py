@@ -180,8 +180,8 @@ class Settings(BaseSettings):
         "the state and re-folding its open buffer. Only a cache: the table stays the truth "
         "(an entry is used only while its row holds exactly the bytes it encoded to). "
         "Costs about 7-15 KiB of memory per entry for a typical customer, and every entry "
-        "lengthens Python's full garbage collections (see README \"Performance\"). "
-        "0 disables it.",
+        "lengthens the periodic full garbage collection (gc_reclaim_interval_s; see README "
+        "\"Performance\"). 0 disables it.",
     )
     head_cache_mb: int = Field(
         64, ge=0,
@@ -191,6 +191,14 @@ class Settings(BaseSettings):
         "its head back instead of re-folding its open buffer. Validated like the state cache "
         "(only while the row holds exactly the bytes the head was kept for); oldest dropped "
         "first. 0 disables it.",
+    )
+    gc_reclaim_interval_s: float = Field(
+        3600.0, ge=0,
+        description="Default 3600. The worker keeps the objects alive after each batch out of "
+        "Python's garbage collector (gc.freeze: the live states are never walked, so no "
+        "collection pause grows with the state cache) and every this many seconds runs one "
+        "full collection to free the reference cycles among them (a pause of its own, "
+        "loyalty_gc_reclaim_seconds). 0 turns this off: Python's collector as tuned at startup.",
     )
     batch_within_s: float = Field(
         0.02, gt=0,

@@ -150,9 +150,11 @@ def run(args: argparse.Namespace) -> int:
 
     add_process_metrics(service.context.metrics)  # process_* / python_* series on /metrics
 
-    from scoring.replay import tune_gc
+    from streams.collector import Collector
 
-    tune_gc()  # states hold no cycles; the default GC re-walks them all (2-3x the fold)
+    # States hold no cycles: the collector need not walk them (streams/collector.py).
+    Collector(service.context.metrics, settings.gc_reclaim_interval_s).install(
+        service.app, service.processor)
 
     class Worker(faust.Worker):
         def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:

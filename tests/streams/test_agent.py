@@ -82,3 +82,19 @@ async def test_the_state_cache_tiers_change_no_output_and_no_state(
     assert len(states) == 6 and tier_states == states
     assert tier_sent == sent and any(s["topic"] == "loyalty.rewards" for s in sent)
     assert cache.misses > 0 and cache.head_hits == cache.misses  # each came back with its head
+
+
+async def test_after_batch_is_told_once_per_batch_whatever_its_path(h: Harness) -> None:
+    """The garbage-collector policy's hook (streams.collector): once per handled
+    batch, for a single record, a committed batch and a batch split by a bad record."""
+    told: list[int] = []
+    h.svc.processor.after_batch = lambda: told.append(len(h.svc.context.customers))
+    one = [purchase_record("c1", "e1", "2026-01-05T10:00:00Z", amount=1000, offset=0)]
+    await h.svc.processor.handle_batch(one)
+    many = [purchase_record(f"c{n}", f"f{n}", "2026-01-05T11:00:00Z", amount=1000,
+                            order_id=f"p{n}", offset=n + 1) for n in range(2, 6)]
+    await h.svc.processor.handle_batch(many)
+    unreadable = Record("loyalty.visits", 0, 9, b"s1|c9", b"{not json")
+    await h.svc.processor.handle_batch([many[0], unreadable])
+    # Told after the batch's writes: the rows it wrote are there.
+    assert told == [1, 5, 5]
