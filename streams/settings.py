@@ -173,8 +173,8 @@ class Settings(BaseSettings):
         "is queued, so this bounds only a backlog's batches.",
     )
     state_cache_size: int = Field(
-        2_000, ge=0,
-        description="Default 2000. Customers whose live state the agent keeps in memory "
+        20_000, ge=0,
+        description="Default 20000. Customers whose live state the agent keeps in memory "
         "between their events (least recently written dropped first), so an event that "
         "arrives in order is appended to the customer's folded history instead of decoding "
         "the state and re-folding its open buffer. Only a cache: the table stays the truth "
