@@ -21,7 +21,7 @@ The policy, applied by :class:`Collector`:
 * every ``gc_reclaim_interval_s`` (:meth:`Collector.reclaim`, a timer):
   ``gc.unfreeze()``, one full collection, freeze again. A reference cycle
   that became garbage after its objects were frozen (an exception's
-  traceback, a finished task; few per batch) is freed there, so memory only
+  traceback, a finished task; rare) is freed there, so memory only
   the collector can free is bounded by one interval's worth. That one
   collection walks every live object: its pause grows with the state cache
   (``loyalty_gc_reclaim_seconds``).

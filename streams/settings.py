@@ -193,12 +193,13 @@ class Settings(BaseSettings):
         "first. 0 disables it.",
     )
     gc_reclaim_interval_s: float = Field(
-        3600.0, ge=0,
-        description="Default 3600. The worker keeps the objects alive after each batch out of "
+        21_600.0, ge=0,
+        description="Default 21600 (6 hours). The worker keeps the objects alive after each batch out of "
         "Python's garbage collector (gc.freeze: the live states are never walked, so no "
         "collection pause grows with the state cache) and every this many seconds runs one "
-        "full collection to free the reference cycles among them (a pause of its own, "
-        "loyalty_gc_reclaim_seconds). 0 turns this off: Python's collector as tuned at startup.",
+        "full collection to free the reference cycles among them (few; a pause of its own that "
+        "grows with the state cache, loyalty_gc_reclaim_seconds). 0 turns this off: Python's "
+        "collector as tuned at startup.",
     )
     batch_within_s: float = Field(
         0.02, gt=0,
