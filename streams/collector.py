@@ -12,7 +12,7 @@ the collector only has to look at what a batch allocated.
 
 The policy, applied by :class:`Collector`:
 
-* at startup (:meth:`Collector.start`): :func:`scoring.replay.tune_gc`
+* at startup (:meth:`Collector.install`): :func:`scoring.replay.tune_gc`
   (everything the imports made is frozen; collections are rare);
 * after every batch the agent processed (:meth:`Collector.batch_done`):
   ``gc.freeze()``, which moves every tracked object into the collector's

@@ -5,11 +5,14 @@ from __future__ import annotations
 import gc
 import weakref
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from streams.collector import Collector
 from streams.metrics import Metrics
+from tests.streams.test_sweep import Harness
 
 
 class _Node:
@@ -80,3 +83,25 @@ def test_interval_zero_turns_the_policy_off() -> None:
     assert cycle() is None  # nothing frozen: Python's collector freed it
     assert collector.reclaim() == 0
     assert _sample(metrics, "loyalty_gc_reclaim_seconds_count") == 0
+
+
+@pytest.mark.usefixtures("leave_an_event_loop")
+@pytest.mark.parametrize("interval", [0, 1234])
+def test_install_tunes_the_process_and_hooks_batches_and_a_timer_when_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interval: float) -> None:
+    h = Harness(tmp_path, monkeypatch, recount_interval_s=3600)
+    timers: list[dict[str, Any]] = []
+
+    def timer(**kwargs: Any) -> Any:
+        timers.append(kwargs)
+        return lambda fun: fun
+
+    monkeypatch.setattr(h.svc.app, "timer", timer)
+    gc.set_threshold(700, 10, 10)
+    Collector(Metrics(), interval).install(h.svc.app, h.svc.processor)
+    assert gc.get_threshold() == (100_000, 50, 1_000)  # scoring.replay.tune_gc
+    if interval:
+        assert h.svc.processor.after_batch is not None
+        assert [(t["interval"], t["name"]) for t in timers] == [(1234, "loyalty-gc-reclaim")]
+    else:
+        assert h.svc.processor.after_batch is None and timers == []
