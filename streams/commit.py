@@ -282,7 +282,7 @@ class Committer:
     def _stage_tallies(self, changes: Sequence[Change]) -> TallyRows | None:
         """:meth:`_tally_rows` of ``changes`` for step 3; None when a partition of them
         is not open here (their tallies then take the table path in step 5)."""
-        if not all(self.ctx.tally_rows.is_open(c.partition) for c in changes):
+        if not all(self.ctx.tally_rows.is_open(p) for p in {c.partition for c in changes}):
             return None
         return self._tally_rows(changes)
 
