@@ -86,6 +86,60 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
 
 
+def local_broker_pid(settings: Settings) -> int | None:
+    """The pid of the local broker (``loyalty broker``) when ``settings`` point at it, else None.
+
+    Only a broker this project started (``LOYALTY_BROKER_DIR``) that advertises
+    the configured bootstrap address counts: a remote broker's CPU cannot be
+    read here, and another local instance is not the one the bench loads.
+    """
+    from streams import broker
+
+    cfg = broker.BrokerConfig.from_settings(settings)
+    if cfg.bootstrap not in settings.bootstrap_servers:
+        return None
+    try:
+        props = cfg.properties_path.read_text().splitlines()
+    except OSError:
+        return None
+    if f"advertised.listeners=PLAINTEXT://{cfg.bootstrap}" not in props:
+        return None
+    return broker.running_pid(cfg)
+
+
+class CpuMeter:
+    """CPU used by the worker, this process (the bench's clients) and the local broker
+    over a stretch of wall clock, in cores (CPU seconds per second).
+
+    On a shared machine these three compete for the same cores, so a phase's
+    latency reads differently when the load generator takes a third of one.
+    A process that is gone or unknown gives None, never an error.
+    """
+
+    def __init__(self, worker_pid: int, broker_pid: int | None) -> None:
+        self.pids = {"worker": worker_pid, "broker": broker_pid}
+        self.started = time.monotonic()
+        self.first = self._read()
+
+    def _read(self) -> dict[str, float | None]:
+        own = os.times()
+        out: dict[str, float | None] = {"bench": own.user + own.system}
+        for name, pid in self.pids.items():
+            out[name] = cpu_seconds(pid) if pid is not None else None
+        return out
+
+    def cores(self) -> dict[str, float | None]:
+        """``{"worker", "bench", "broker"} -> cores`` since the meter was made (rounded)."""
+        wall = time.monotonic() - self.started
+        last = self._read()
+        out: dict[str, float | None] = {}
+        for name in ("worker", "bench", "broker"):
+            a, b = self.first[name], last[name]
+            out[name] = round((b - a) / wall, 3) if a is not None and b is not None and wall > 0 \
+                else None
+        return out
+
+
 def parse_metrics(text: str) -> dict[str, float]:
     """Prometheus text -> {sample name: sum over label sets} (only what the bench needs)."""
     out: dict[str, float] = {}

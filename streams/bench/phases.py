@@ -33,6 +33,7 @@ from streams.bench.generator import rfc3339_us
 from streams.bench.harness import (
     BenchEnv,
     BenchError,
+    CpuMeter,
     WorkerProc,
     batch_profile,
     cpu_seconds,
@@ -230,6 +231,8 @@ class Latency:
     stalls: list[tuple[float, float, int, float]] = field(default_factory=list)
     #: the worker's batches during the phase (:func:`batch_profile`)
     batches: dict[str, Any] = field(default_factory=dict)
+    #: cores used while sending: the worker, this process, the local broker (:class:`CpuMeter`)
+    cpu_cores: dict[str, float | None] = field(default_factory=dict)
 
     @property
     def kept_up(self) -> bool:
@@ -245,12 +248,14 @@ class Latency:
                 "mean_ms": round(self.mean_ms, 2), "max_ms": round(self.max_ms, 2),
                 "p50_first_quarter_ms": round(self.p50_first_quarter_ms, 2),
                 "p50_last_quarter_ms": round(self.p50_last_quarter_ms, 2),
-                "kept_up": self.kept_up, "stalls": self.stalls[:20], "batches": self.batches}
+                "kept_up": self.kept_up, "stalls": self.stalls[:20], "batches": self.batches,
+                "cpu_cores": self.cpu_cores}
 
 
 async def latency(env: BenchEnv, worker: WorkerProc, keys: list[bytes], rate: float,
                   duration_s: float, drain_s: float = 30.0, seed: int = 11,
-                  linger_ms: int = LATENCY_LINGER_MS) -> Latency:
+                  linger_ms: int = LATENCY_LINGER_MS,
+                  broker_pid: int | None = None) -> Latency:
     """Offer events at ``rate``/s for ``duration_s``; time produce -> snapshot on scores.
 
     Each event is a purchase, visit or feedback of an existing customer, in the
@@ -271,7 +276,9 @@ async def latency(env: BenchEnv, worker: WorkerProc, keys: list[bytes], rate: fl
     schedule (k / rate); a late sender catches up without changing the
     schedule, so the offered rate stays fixed even when the worker stalls.
     Events whose snapshot does not arrive within ``drain_s`` after the last
-    send are counted as unmatched (not in the percentiles).
+    send are counted as unmatched (not in the percentiles). ``cpu_cores``:
+    what the worker, this process and the local broker (``broker_pid``; None
+    when not given) used while the events were sent (:class:`CpuMeter`).
     """
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
@@ -340,6 +347,7 @@ async def latency(env: BenchEnv, worker: WorkerProc, keys: list[bytes], rate: fl
         phase_id = f"{env.run_id}-{uuid.uuid4().hex[:6]}"
         sent_n = 0
         last_us = 0
+        meter = CpuMeter(worker.pid, broker_pid)
         started = time.monotonic()
         total = max(1, int(rate * duration_s))
         futures = []
@@ -378,6 +386,7 @@ async def latency(env: BenchEnv, worker: WorkerProc, keys: list[bytes], rate: fl
                         f.result()  # raises if the send failed
                 futures = [f for f in futures if not f.done()]
         send_s = time.monotonic() - started
+        cpu_cores = meter.cores()
         await asyncio.gather(*futures)
         stop.set()
         try:
@@ -409,7 +418,7 @@ async def latency(env: BenchEnv, worker: WorkerProc, keys: list[bytes], rate: fl
                    achieved_per_s=sent_n / send_s if send_s > 0 else float(sent_n),
                    sent=sent_n, matched=len(ms), coalesced=coalesced, duration_s=send_s,
                    p50_first_quarter_ms=_pct(first_q, 50), p50_last_quarter_ms=_pct(last_q, 50),
-                   batches=batches)
+                   batches=batches, cpu_cores=cpu_cores)
 
 
 async def catch_up(env: BenchEnv, worker: WorkerProc, timeout_s: float) -> float:

@@ -237,7 +237,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
 
     from streams.bench import phases
     from streams.bench.generator import StreamStats
-    from streams.bench.harness import BenchEnv, BenchError, check_broker
+    from streams.bench.harness import BenchEnv, BenchError, check_broker, local_broker_pid
     from streams.bench.report import machine
     from streams.settings import get_settings
 
@@ -311,15 +311,20 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
             _stop_profile(profiler)
             profiler = _start_profile(spy, worker.pid, args.profile / "latency.speedscope.json")
 
+        broker_pid = local_broker_pid(env.base)
+
         async def latency_at(rate: float, name: str) -> phases.Latency:
             _progress(args, f"latency: {rate:,.0f} events/s for {args.latency_seconds:g} s")
             lat = await phases.latency(env, worker, stats.keys_sample, rate,
-                                       args.latency_seconds, linger_ms=args.latency_linger_ms)
+                                       args.latency_seconds, linger_ms=args.latency_linger_ms,
+                                       broker_pid=broker_pid)
             observed[name] = lat.observed()
             if not lat.kept_up:
                 _progress(args, "latency: the worker did not keep up with the offered rate "
                                 "(latency grew during the phase); p50/p99 include queueing")
-            _progress(args, f"latency: p50 {lat.p50_ms:.1f} ms, p99 {lat.p99_ms:.1f} ms")
+            cores = ", ".join(f"{who} {n:.2f}" for who, n in lat.cpu_cores.items() if n is not None)
+            _progress(args, f"latency: p50 {lat.p50_ms:.1f} ms, p99 {lat.p99_ms:.1f} ms; "
+                            f"CPU cores: {cores}")
             return lat
 
         lat = await latency_at(args.latency_rate or max(1.0, tput.events_per_s / 2), "latency")

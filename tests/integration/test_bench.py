@@ -86,6 +86,14 @@ def test_bench_tiny_run_reports_every_figure_and_cleans_up(bootstrap: str) -> No
     assert fixed["offered_per_s"] == 1000 and fixed["matched"] == fixed["sent"] > 0
     assert fixed["p99_ms"] == result["latency_p99_ms_at_1000"]
     assert 0 < obs["worker_cpu_s"] and 0 < obs["measured_events"] <= 3000
+    # What each process used while a latency phase sent: the worker folded, the
+    # bench produced and consumed; the broker's share only when it is the local one.
+    ncpu = os.cpu_count() or 1
+    for phase in (obs["latency"], fixed):
+        cores = phase["cpu_cores"]
+        assert set(cores) == {"worker", "bench", "broker"}
+        assert 0 < cores["worker"] <= ncpu and 0 < cores["bench"] <= ncpu
+        assert cores["broker"] is None or 0 < cores["broker"] <= ncpu
     # The worker's own batch timings, per phase: every step of a batch has a mean.
     for batches in (obs["batches"], obs["latency"]["batches"], fixed["batches"]):
         assert batches["batches"] > 0 and batches["records_per_batch"] >= 1, batches

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from streams.bench.harness import local_broker_pid
 from streams.broker import BrokerConfig, probe_metadata
 from streams.ports import free_ports
 from streams.settings import Settings
@@ -101,6 +102,12 @@ def test_second_broker_start_twice_then_stop(second_broker) -> None:
 
     status = _cli("broker", "status", *flags)
     assert status.returncode == 0 and status.stdout.startswith("up:"), status.stdout
+
+    # The bench reads this broker's CPU only when its settings point at it.
+    here = Settings(broker=f"kafka://{cfg.bootstrap}", broker_dir=cfg.dir)
+    assert local_broker_pid(here) == pids[0]
+    for other in (f"127.0.0.1:{cfg.port + 7}", f"kafka.example:{cfg.port}"):
+        assert local_broker_pid(Settings(broker=f"kafka://{other}", broker_dir=cfg.dir)) is None
 
     logs = _cli("broker", "logs", "-n", "5", *flags)
     assert logs.returncode == 0 and len(logs.stdout.splitlines()) == 5

@@ -3,7 +3,11 @@ on the text a real :class:`streams.metrics.Metrics` registry exposes."""
 
 from __future__ import annotations
 
-from streams.bench.harness import batch_profile
+import subprocess
+import sys
+import time
+
+from streams.bench.harness import CpuMeter, batch_profile
 from streams.metrics import BATCH_STEPS, Metrics
 
 
@@ -34,3 +38,32 @@ def test_batch_profile_gives_the_means_between_two_scrapes() -> None:
     assert batch_profile(empty, empty) == {
         "batches": 0, "records_per_batch": None,
         "ms_per_batch": {step: None for step in BATCH_STEPS}}
+
+
+def _child(code: str) -> subprocess.Popen[bytes]:
+    """A Python child running ``code`` once its start-up is over (the CPU of starting
+    an interpreter would otherwise count)."""
+    proc = subprocess.Popen([sys.executable, "-c", f"print(flush=True)\n{code}"],
+                            stdout=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdout.readline() == b"\n"
+    return proc
+
+
+def test_cpu_meter_reads_the_cores_each_process_used() -> None:
+    """A busy child reads as busy, a sleeping one as idle; unknown and gone processes
+    read as None, never as an error."""
+    busy = _child("import time\nend = time.time() + 1.5\nwhile time.time() < end: pass")
+    idle = _child("import time; time.sleep(1.5)")
+    try:
+        busy_meter, idle_meter = CpuMeter(busy.pid, None), CpuMeter(idle.pid, None)
+        time.sleep(1.0)
+        on_busy, on_idle = busy_meter.cores(), idle_meter.cores()
+    finally:
+        busy.communicate(timeout=10)
+        idle.communicate(timeout=10)
+    assert set(on_busy) == {"worker", "bench", "broker"}
+    assert on_busy["worker"] is not None and on_busy["worker"] > 0.1, on_busy
+    assert on_idle["worker"] is not None and on_idle["worker"] < 0.05, on_idle
+    assert on_busy["broker"] is None  # no local broker given
+    assert on_busy["bench"] is not None and on_busy["bench"] < 0.5  # this process slept
+    assert busy_meter.cores()["worker"] is None  # the child has exited and been reaped
