@@ -89,22 +89,18 @@ def cpu_seconds(pid: int) -> float | None:
 def local_broker_pid(settings: Settings) -> int | None:
     """The pid of the local broker (``loyalty broker``) when ``settings`` point at it, else None.
 
-    Only a broker this project started (``LOYALTY_BROKER_DIR``) that advertises
-    the configured bootstrap address counts: a remote broker's CPU cannot be
-    read here, and another local instance is not the one the bench loads.
+    Only the broker of ``LOYALTY_BROKER_DIR`` answering on the configured
+    bootstrap address counts (:func:`streams.broker.status`): a remote
+    broker's CPU cannot be read here, and another local instance is not the
+    one the bench loads.
     """
     from streams import broker
 
     cfg = broker.BrokerConfig.from_settings(settings)
     if cfg.bootstrap not in settings.bootstrap_servers:
         return None
-    try:
-        props = cfg.properties_path.read_text().splitlines()
-    except OSError:
-        return None
-    if f"advertised.listeners=PLAINTEXT://{cfg.bootstrap}" not in props:
-        return None
-    return broker.running_pid(cfg)
+    state = broker.status(cfg)
+    return state.pid if state.ours else None
 
 
 class CpuMeter:
