@@ -93,8 +93,15 @@ def detractor_status(agg: Agg, policy: ShopPolicy) -> str | None:
 
 def change_days(agg: Agg, after_day: int, through_day: int, policy: ShopPolicy) -> list[int]:
     """Sorted dates in ``(after_day, through_day]`` on which the stage may differ
-    from the day before, with no new event: a purchase date leaving the attached
-    window, the at-risk and lapse thresholds, and tenure reaching the loyal minimum.
+    from the day before, with no new event: the lapse and at-risk thresholds,
+    tenure reaching the loyal minimum, and the attached window's purchase-date
+    count falling below ``attached_min_purchase_days``.
+
+    ``after_day`` is at or after the last purchase date (the head's own day).
+    With no new event that count only falls, one purchase date at a time, and
+    the stage reads it only through that minimum, so of the dates on which a
+    purchase date leaves the window only the crossing one can move the stage:
+    at most four dates, however many purchases the window holds.
     """
     if agg.purchase_count == 0 or through_day <= after_day:
         return []
@@ -103,9 +110,11 @@ def change_days(agg: Agg, after_day: int, through_day: int, policy: ShopPolicy) 
              day_of(agg.first_seen_us) + policy.loyal_min_tenure_days}  # type: ignore[arg-type]
     if agg.purchase_days >= 2:
         cands.add(last + _at_risk_days(agg, policy) + 1)
-    w = policy.attached_window_days
-    for p in agg.pdays[bisect_right(agg.pdays, after_day - w):]:
-        cands.add(p + w)
+    need = policy.attached_min_purchase_days
+    if 0 < need <= len(agg.pdays):
+        # In the window on day d are the dates p with d - window < p: at least
+        # `need` of them until the need-th latest one leaves.
+        cands.add(agg.pdays[-need] + policy.attached_window_days)
     return sorted(d for d in cands if after_day < d <= through_day)
 
 
