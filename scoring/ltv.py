@@ -33,12 +33,14 @@ def margin_of(net: int, rate_num: int, rate_den: int) -> int:
     return round_ratio(net * rate_num, rate_den)
 
 
-def ltv_formula(agg: Agg, day: int, tenure_days: int, shop_margin: Fraction, months: int) -> int:
+def ltv_formula(agg: Agg, day: int, tenure_days: int, shop_margin: Fraction, months: int,
+                orders_365d: int | None = None) -> int:
     """DOMAIN.md's S x C x P x t, rounded half-even to an integer number of minor units.
 
     S = spend_total / purchase_count; C = orders in window 365 / max(1, min(12,
     (tenure_days + 1) / 30.4375)); P = margin_total / spend_total (the shop's
     margin when spend_total is 0); t = ``months``. 0 with no purchase.
+    ``orders_365d``: the window's order count when the caller has it already.
     """
     if agg.purchase_count == 0:
         return 0
@@ -50,7 +52,7 @@ def ltv_formula(agg: Agg, day: int, tenure_days: int, shop_margin: Fraction, mon
         span_num, span_den = 12, 1
     elif span_num < span_den:
         span_num, span_den = 1, 1
-    orders = window_totals(agg, day, 365)[1]
+    orders = window_totals(agg, day, 365)[1] if orders_365d is None else orders_365d
     if agg.spend_total:
         p_num, p_den = agg.margin_total, agg.spend_total
     else:

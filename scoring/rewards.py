@@ -24,16 +24,18 @@ def spend_in_window(agg: Agg, day: int, window: int) -> int:
     return window_totals(agg, day, window)[0]
 
 
-def tier_on(agg: Agg, day: int, policy: ShopPolicy) -> tuple[str, object, int]:
+def tier_on(agg: Agg, day: int, policy: ShopPolicy,
+            spend_365d: int | None = None) -> tuple[str, object, int]:
     """(name, multiplier, discount_pct) of the tier reached by spend_365d on ``day``.
 
     With the discount programme off every customer stays in the first tier.
+    ``spend_365d``: that spend when the caller has it already.
     """
     table = policy.tier_table
     if not policy.discount_enabled:
         _, name, mult, pct = table[-1]
         return name, mult, pct
-    spend = spend_in_window(agg, day, 365)
+    spend = spend_in_window(agg, day, 365) if spend_365d is None else spend_365d
     for threshold, name, mult, pct in table:
         if spend >= threshold:
             return name, mult, pct

@@ -15,7 +15,7 @@ from typing import Any
 
 from schemas.policy import ShopPolicy
 from scoring import rfm
-from scoring.aggregate import Agg
+from scoring.aggregate import Agg, window_totals
 from scoring.clock import day_of, rfc3339, to_us
 from scoring.fold import _Ctx, advance_time, cached_head, fold_open
 from scoring.ltv import ltv_formula
@@ -95,7 +95,10 @@ def snapshot_of_head(shop_id: str, customer_id: str, h: Agg, as_of_us: int, poli
     tenure = day - day_of(h.first_seen_us) if h.first_seen_us is not None else None
     mip = mean_interpurchase_days(h)
     pd90 = purchase_days_in_window(h, day, 90)
-    tier, _mult, pct = tier_on(h, day, policy)
+    # The 365-day window is read once for the spend, the tier and the LTV
+    # formula: for a customer buying daily it is a year of purchase dates.
+    spend_365d, orders_365d = window_totals(h, day, 365)
+    tier, _mult, pct = tier_on(h, day, policy, spend_365d)
     det_status = detractor_status(h, policy)
     out: dict[str, Any] = {
         "shop_id": shop_id,
@@ -111,7 +114,7 @@ def snapshot_of_head(shop_id: str, customer_id: str, h: Agg, as_of_us: int, poli
         "margin_total": h.margin_total,
         "spend_30d": spend_in_window(h, day, 30),
         "spend_90d": spend_in_window(h, day, 90),
-        "spend_365d": spend_in_window(h, day, 365),
+        "spend_365d": spend_365d,
         "purchase_days_30d": purchase_days_in_window(h, day, 30),
         "purchase_days_90d": pd90,
         "purchase_days_180d": purchase_days_in_window(h, day, 180),
@@ -122,7 +125,8 @@ def snapshot_of_head(shop_id: str, customer_id: str, h: Agg, as_of_us: int, poli
         "frequency_per_month": round(pd90 / 3, 4),
         "mean_interpurchase_days": None if mip is None else round(mip, 4),
         "ltv_historical": h.margin_total,
-        "ltv_formula": ltv_formula(h, day, tenure or 0, policy.margin_fraction, policy.ltv_months),
+        "ltv_formula": ltv_formula(h, day, tenure or 0, policy.margin_fraction, policy.ltv_months,
+                                   orders_365d),
         "nps_last": h.nps_last,
         "share_of_wallet_last": h.sow_last,
         "stage": stage,
