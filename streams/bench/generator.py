@@ -1,6 +1,6 @@
 """Input streams for the benchmark, as ``(event_type, key, value)`` triples in arrival order.
 
-Three generators:
+Four generators:
 
 * :func:`fast_stream` (default) - exactly ``events`` valid contract-v1 events
   over exactly ``min(events, customers)`` customers in 5 shops. Every customer
@@ -26,6 +26,13 @@ Three generators:
   events are the fast stream's mix over the other customers; the counts are
   exact and the refunds and redemptions valid in the same way (it is the
   same generator with the heavy customers' events fixed instead of drawn).
+* :func:`regulars_stream` - the heavy stream's hot customers over a long
+  history instead: the same counts (:func:`heavy_plan`), spread over
+  ``span_days`` (:data:`REGULARS_SPAN_DAYS`, a year, by default), so each is a
+  regular with a purchase every few days, whose windows (the 180-day
+  attached window, the 365-day spend window, a year of point lots) are full.
+  It measures what an event costs with a long history behind it, where the
+  heavy stream measures a full lateness buffer.
 * :func:`synthetic_stream` - :func:`streams.synthetic.generate` with its
   segments and injected faults (duplicates, late, too-late, misrouted and
   invalid records). Its event count follows from the customer count (about
@@ -55,6 +62,8 @@ _REWARDS = ("coffee", "voucher", "tote")
 HEAVY_CUSTOMERS = 300
 HEAVY_EVENTS = 200
 HEAVY_SHARE = 0.5
+#: regulars generator: the default event-time span of its stream, days
+REGULARS_SPAN_DAYS = 365.0
 
 
 @dataclass
@@ -152,8 +161,33 @@ def heavy_stream(events: int, customers: int, *, seed: int = 7, span_days: float
     if not span_days < lateness:
         raise ValueError(f"the heavy generator needs span_days < the allowed lateness "
                          f"({lateness} days), got {span_days}")
+    return _hot_stream("heavy", events, customers, seed=seed, span_days=span_days,
+                       heavy_customers=heavy_customers, heavy_events=heavy_events, end=end,
+                       stats=stats)
+
+
+def regulars_stream(events: int, customers: int, *, seed: int = 7,
+                    span_days: float = REGULARS_SPAN_DAYS,
+                    heavy_customers: int = HEAVY_CUSTOMERS, heavy_events: int = HEAVY_EVENTS,
+                    end: datetime | None = None, stats: StreamStats | None = None,
+                    ) -> Iterator[Triple]:
+    """:func:`heavy_stream`'s hot customers over ``span_days`` of history (module docstring).
+
+    Raises :class:`ValueError` unless ``span_days`` is positive.
+    """
+    if not span_days > 0:
+        raise ValueError(f"the regulars generator needs span_days > 0, got {span_days}")
+    return _hot_stream("regulars", events, customers, seed=seed, span_days=span_days,
+                       heavy_customers=heavy_customers, heavy_events=heavy_events, end=end,
+                       stats=stats)
+
+
+def _hot_stream(name: str, events: int, customers: int, *, seed: int, span_days: float,
+                heavy_customers: int, heavy_events: int, end: datetime | None,
+                stats: StreamStats | None) -> Iterator[Triple]:
+    """The fast stream with :func:`heavy_plan`'s hot customers, recorded as generator ``name``."""
     stats = stats if stats is not None else StreamStats()
-    stats.generator = "heavy"
+    stats.generator = name
     stats.heavy_customers, stats.heavy_events_each = heavy_plan(events, customers,
                                                                 heavy_customers, heavy_events)
     return _stream(events, customers, seed=seed, span_days=span_days, end=end, stats=stats,

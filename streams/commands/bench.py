@@ -39,7 +39,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from streams.bench.generator import HEAVY_CUSTOMERS, HEAVY_EVENTS, HEAVY_SHARE
+from streams.bench.generator import HEAVY_CUSTOMERS, HEAVY_EVENTS, HEAVY_SHARE, REGULARS_SPAN_DAYS
 from streams.bench.phases import LATENCY_LINGER_MS
 
 #: offered rate of the second latency phase (``latency_p99_ms_at_1000``)
@@ -59,24 +59,29 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--keep", action="store_true",
                         help="keep the topics, groups and /tmp/bench_<id> files")
-    parser.add_argument("--generator", choices=["fast", "heavy", "synthetic"], default="fast",
+    parser.add_argument("--generator", choices=["fast", "heavy", "regulars", "synthetic"],
+                        default="fast",
                         help="fast: exact counts, valid events (default); heavy: the fast "
                              "mix plus a few hundred hot customers with hundreds of events "
                              "each inside the lateness window (see --heavy-customers); "
+                             "regulars: the same hot customers over a year of history "
+                             "(--span-days default 365); "
                              "synthetic: streams.synthetic with faults, ~4.2 events per customer")
     parser.add_argument("--heavy-customers", type=int, default=HEAVY_CUSTOMERS, metavar="N",
-                        help=f"--generator heavy: hot customers (default {HEAVY_CUSTOMERS}); "
+                        help=f"--generator heavy or regulars: hot customers (default "
+                             f"{HEAVY_CUSTOMERS}); "
                              f"each gets --heavy-events events, all within --span-days, at "
                              f"most {HEAVY_SHARE * 100:.0f}%% of --events in all (fewer hot "
                              f"customers in smaller runs: 20000 events -> 50)")
     parser.add_argument("--heavy-events", type=int, default=HEAVY_EVENTS, metavar="N",
-                        help=f"--generator heavy: events of each hot customer "
+                        help=f"--generator heavy or regulars: events of each hot customer "
                              f"(default {HEAVY_EVENTS})")
     parser.add_argument("--seed", type=int, default=7,
                         help="random seed of the generated population (default 7)")
-    parser.add_argument("--span-days", type=float, default=6.0,
-                        help="event-time span of the fast generator's stream (default 6: "
-                             "less than the 7-day allowed lateness, see README)")
+    parser.add_argument("--span-days", type=float, default=None,
+                        help="event-time span of the generated stream (default 6, less than "
+                             "the 7-day allowed lateness, see README; 365 with --generator "
+                             "regulars)")
     parser.add_argument("--latency-seconds", type=float, default=15.0,
                         help="duration of each of the two fixed-rate latency phases (half the "
                              "max rate, then 1000 events/s; default 15: together they span "
@@ -124,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
             raise BenchError("--events and --customers must be at least 1")
         if args.latency_linger_ms < 0:
             raise BenchError("--latency-linger-ms must be 0 or more")
+        if args.span_days is None:
+            args.span_days = REGULARS_SPAN_DAYS if args.generator == "regulars" else 6.0
         if args.core_only and (args.population or args.profile or args.keep):
             raise BenchError("--core-only starts no worker and creates no topics: "
                              "--population, --profile and --keep do not apply to it")
@@ -152,17 +159,17 @@ def run(args: argparse.Namespace) -> int:
 
 def _stream(args: argparse.Namespace, stats: Any) -> Any:
     """The generated input stream the options ask for; BenchError for impossible sizes."""
-    from streams.bench.generator import fast_stream, heavy_stream, synthetic_stream
+    from streams.bench.generator import fast_stream, heavy_stream, regulars_stream, synthetic_stream
     from streams.bench.harness import BenchError
 
     if args.generator == "synthetic":
         return synthetic_stream(args.customers, seed=args.seed, stats=stats)
-    if args.generator == "heavy":
+    if args.generator in ("heavy", "regulars"):
+        hot = heavy_stream if args.generator == "heavy" else regulars_stream
         try:
-            return heavy_stream(args.events, args.customers, seed=args.seed,
-                                span_days=args.span_days, stats=stats,
-                                heavy_customers=args.heavy_customers,
-                                heavy_events=args.heavy_events)
+            return hot(args.events, args.customers, seed=args.seed, span_days=args.span_days,
+                       stats=stats, heavy_customers=args.heavy_customers,
+                       heavy_events=args.heavy_events)
         except ValueError as exc:
             raise BenchError(str(exc)) from exc
     return fast_stream(args.events, args.customers, seed=args.seed,

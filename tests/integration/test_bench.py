@@ -13,6 +13,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -186,22 +187,44 @@ def test_fast_generator_gives_exact_counts_of_valid_events() -> None:
     assert set(stats.by_type) == {"purchase", "visit", "feedback", "refund", "redemption"}
 
 
-def test_heavy_generator_gives_hot_customers_inside_the_lateness_window() -> None:
-    from schemas.policy import PolicyBook
-    from streams.bench.generator import StreamStats, heavy_stream
+def _hot_customers(make: Any, name: str) -> tuple[dict[str, list[Any]], list[str]]:
+    """3 000 events over 300 customers from ``make`` (heavy or regulars), 5 of them hot:
+    every customer's valid events, and the hot customers' keys (counts checked)."""
+    from streams.bench.generator import StreamStats
 
     stats = StreamStats()
-    triples = list(heavy_stream(3000, 300, seed=3, heavy_customers=5, heavy_events=200,
-                                stats=stats))
+    triples = list(make(3000, 300, seed=3, heavy_customers=5, heavy_events=200, stats=stats))
     assert len(triples) == stats.events == 3000
-    assert stats.customers == 300 and stats.generator == "heavy"
+    assert stats.customers == 300 and stats.generator == name
     assert (stats.heavy_customers, stats.heavy_events_each) == (5, 200)
     events = _valid_events(triples)
     assert len(events) == 300
-    heavy = [k for k, evs in events.items() if len(evs) == 200]
-    assert len(heavy) == 5 and max(len(v) for k, v in events.items() if k not in heavy) < 200
+    hot = [k for k, evs in events.items() if len(evs) == 200]
+    assert len(hot) == 5 and max(len(v) for k, v in events.items() if k not in hot) < 200
+    return events, hot
+
+
+def test_heavy_generator_gives_hot_customers_inside_the_lateness_window() -> None:
+    from schemas.policy import PolicyBook
+    from streams.bench.generator import heavy_stream
+
+    events, heavy = _hot_customers(heavy_stream, "heavy")
     lateness = PolicyBook.load(None).for_shop("fit-club").allowed_lateness_days
     for k in heavy:
         ts = [e.occurred_at for e in events[k]]
         assert ts == sorted(ts) and ts[-1] - ts[0] < timedelta(days=lateness)
     assert any({"refund", "redemption"} <= {e.type for e in events[k]} for k in heavy)
+
+
+def test_regulars_generator_spreads_the_hot_customers_over_a_year() -> None:
+    from streams.bench.generator import regulars_stream
+
+    events, regulars = _hot_customers(regulars_stream, "regulars")
+    for k in regulars:
+        ts = [e.occurred_at for e in events[k]]
+        # first seen in the first 80 % of the year, then active until its end
+        assert ts == sorted(ts) and ts[-1] - ts[0] > timedelta(days=60)
+        purchase_days = {e.occurred_at.date() for e in events[k] if e.type == "purchase"}
+        assert len(purchase_days) > 30  # a full attached window, not a burst
+    with pytest.raises(ValueError, match="span_days > 0"):
+        list(regulars_stream(100, 10, span_days=0))
