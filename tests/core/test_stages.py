@@ -51,18 +51,20 @@ def test_change_days_hold_every_date_a_day_by_day_scan_finds_a_change(case: tupl
     assert len(listed) <= 4
 
 
-def test_a_full_window_of_purchases_is_one_candidate_date() -> None:
-    # 200 purchase dates in a row: the old candidate list had one date per
-    # purchase date leaving the window; only the one leaving the count below
-    # the minimum can change the stage.
+def test_a_full_window_of_purchases_gives_one_date_for_the_window() -> None:
+    # 200 purchase dates in a row (a daily buyer): one date per purchase date
+    # leaving the attached window was listed before; only the one that takes
+    # the count below the minimum can change the stage.
     policy = ShopPolicy()
     agg = Agg()
     agg.pdays = list(range(19_801, 20_001))
     agg.purchase_days = agg.purchase_count = 200
     agg.first_purchase_us = agg.first_seen_us = 19_801 * US_PER_DAY
     agg.last_purchase_us = 20_000 * US_PER_DAY
-    days = change_days(agg, 20_000, 21_000, policy)
-    need = policy.attached_min_purchase_days
-    assert agg.pdays[-need] + policy.attached_window_days in days
     assert stage_on(agg, 20_000, policy) == "loyal"
-    assert [stage_on(agg, d, policy) for d in days][:1] == ["at_risk"]
+    at_risk = 20_000 + policy.at_risk_min_days + 1  # a mean gap of one day: the minimum applies
+    window = agg.pdays[-policy.attached_min_purchase_days] + policy.attached_window_days
+    lapse = 20_000 + policy.lapsed_days + 1  # (tenure reached its minimum long before)
+    assert change_days(agg, 20_000, 21_000, policy) == [at_risk, window, lapse]
+    assert [stage_on(agg, d, policy) for d in (at_risk, window, lapse)] == \
+        ["at_risk", "at_risk", "lapsed"]
