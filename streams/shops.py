@@ -77,8 +77,7 @@ class TallyDelta:
         for day, cls, touchpoint in self.feedbacks:
             tally.add_feedback(day, cls, touchpoint=touchpoint)
         if self.kpi_before != self.kpi_after:
-            tally.add_contribution(self.kpi_before, -1)
-            tally.add_contribution(self.kpi_after)
+            tally.replace_contribution(self.kpi_before, self.kpi_after)
         return tally
 
     def then(self, later: TallyDelta) -> TallyDelta:
