@@ -62,7 +62,9 @@ _REWARDS = ("coffee", "voucher", "tote")
 HEAVY_CUSTOMERS = 300
 HEAVY_EVENTS = 200
 HEAVY_SHARE = 0.5
-#: regulars generator: the default event-time span of its stream, days
+#: the default event-time span of the fast and heavy streams, days (less than
+#: the 7-day allowed lateness) and of the regulars stream
+SPAN_DAYS = 6.0
 REGULARS_SPAN_DAYS = 365.0
 
 
@@ -113,7 +115,7 @@ class _Formatter:
 rfc3339_us = _Formatter()
 
 
-def fast_stream(events: int, customers: int, *, seed: int = 7, span_days: float = 6.0,
+def fast_stream(events: int, customers: int, *, seed: int = 7, span_days: float = SPAN_DAYS,
                 end: datetime | None = None, stats: StreamStats | None = None) -> Iterator[Triple]:
     """Yield ``events`` valid events over ``min(events, customers)`` customers, in arrival order.
 
@@ -143,7 +145,7 @@ def heavy_plan(events: int, customers: int, heavy_customers: int = HEAVY_CUSTOME
     return n_heavy, 1 + min(heavy_events - 1, spare // n_heavy)
 
 
-def heavy_stream(events: int, customers: int, *, seed: int = 7, span_days: float = 6.0,
+def heavy_stream(events: int, customers: int, *, seed: int = 7, span_days: float = SPAN_DAYS,
                  heavy_customers: int = HEAVY_CUSTOMERS, heavy_events: int = HEAVY_EVENTS,
                  end: datetime | None = None, stats: StreamStats | None = None,
                  ) -> Iterator[Triple]:

@@ -39,7 +39,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from streams.bench.generator import HEAVY_CUSTOMERS, HEAVY_EVENTS, HEAVY_SHARE, REGULARS_SPAN_DAYS
+from streams.bench.generator import (
+    HEAVY_CUSTOMERS,
+    HEAVY_EVENTS,
+    HEAVY_SHARE,
+    REGULARS_SPAN_DAYS,
+    SPAN_DAYS,
+)
 from streams.bench.phases import LATENCY_LINGER_MS
 
 #: offered rate of the second latency phase (``latency_p99_ms_at_1000``)
@@ -79,9 +85,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=7,
                         help="random seed of the generated population (default 7)")
     parser.add_argument("--span-days", type=float, default=None,
-                        help="event-time span of the generated stream (default 6, less than "
-                             "the 7-day allowed lateness, see README; 365 with --generator "
-                             "regulars)")
+                        help=f"event-time span of the generated stream (default {SPAN_DAYS:g}, "
+                             f"less than the 7-day allowed lateness, see README; "
+                             f"{REGULARS_SPAN_DAYS:g} with --generator regulars)")
     parser.add_argument("--latency-seconds", type=float, default=15.0,
                         help="duration of each of the two fixed-rate latency phases (half the "
                              "max rate, then 1000 events/s; default 15: together they span "
@@ -130,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         if args.latency_linger_ms < 0:
             raise BenchError("--latency-linger-ms must be 0 or more")
         if args.span_days is None:
-            args.span_days = REGULARS_SPAN_DAYS if args.generator == "regulars" else 6.0
+            args.span_days = REGULARS_SPAN_DAYS if args.generator == "regulars" else SPAN_DAYS
         if args.core_only and (args.population or args.profile or args.keep):
             raise BenchError("--core-only starts no worker and creates no topics: "
                              "--population, --profile and --keep do not apply to it")
