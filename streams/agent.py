@@ -38,6 +38,7 @@ from typing import Any
 
 from scoring.state import CustomerState
 from streams import compat
+from streams.aligned_input import AlignedInput
 from streams.aligned_input import install as install_aligned_input
 from streams.commit import Change, Committer, WriteFailed
 from streams.consume import consume
@@ -261,11 +262,12 @@ class Processor:
 
 
 def register_agents(service: ServiceContext,
-                    on_change: ChangeListener | None = None) -> Processor:
+                    on_change: ChangeListener | None = None) -> tuple[Processor, AlignedInput]:
     """Attach the state agent, its gap repair and its re-drive timer to ``service.app``.
 
     ``on_change`` is told about every state the agent writes (the time sweep's
-    :meth:`streams.sweep.Sweeper.note_change`). Returns the :class:`Processor`.
+    :meth:`streams.sweep.Sweeper.note_change`). Returns the :class:`Processor` and the
+    agent's :class:`streams.aligned_input.AlignedInput` (the sweep follows its event time).
     """
     processor = Processor(service, on_change)
     progress = Progress(service.metrics)
@@ -295,4 +297,4 @@ def register_agents(service: ServiceContext,
     @service.app.on_before_shutdown.connect
     async def close_gap_reader(app: Any, **kwargs: Any) -> None:
         await reader.close()
-    return processor
+    return processor, aligned

@@ -126,6 +126,10 @@ class Aligner(Generic[R]):
         #: empty, not caught-up tps given up on after ``max_idle_s``
         self._idle: set[TP] = set()
         self._paused: set[TP] = set()
+        #: event time (us) of the newest record released since the last ``retain``
+        #: (-1: none); released records are in event-time order, so this is how
+        #: far in event time the released input has come
+        self.released_until_us = -1
         self.stats = AlignStats()
 
     # -- input ---------------------------------------------------------------------
@@ -219,6 +223,8 @@ class Aligner(Generic[R]):
             _, _, record = q.items.popleft()
             out.append(record)
             self._held -= 1
+            if key[0] > self.released_until_us:
+                self.released_until_us = key[0]
             if self._idle:
                 self.stats.forced += 1
             if q.items:
@@ -270,6 +276,8 @@ class Aligner(Generic[R]):
             self._heap = [(k, tp) for k, tp in self._heap if tp in keep]
             heapq.heapify(self._heap)
         self._waiting_since = None
+        # The partitions kept or gained may be behind what was released before.
+        self.released_until_us = -1
         return dropped
 
     # -- observation ---------------------------------------------------------------

@@ -95,11 +95,17 @@ class AlignedInput:
         self._forwarded: set[int] = set()
         self._reported = (0, 0, 0)
         self._skew_labels: set[int] = set()
+        #: event time (us) of the newest record processed in this generation (-1: none)
+        self._processed_until_us = -1
+        #: monotonic time the input last showed it is moving (see ``input_time_us``)
+        self._moving_at = time.monotonic()
+        self._max_idle_s = settings.max_idle_ms / 1000.0
 
     # -- called by the agent -------------------------------------------------------
     def receive(self, records: list[Record]) -> None:
         """Buffer records in arrival order (per topic-partition: offset order)."""
         self._check_generation()
+        self._moving_at = time.monotonic()
         partitions = self.service.partitions
         now_us = int(time.time() * 1_000_000)
         for r in records:
@@ -136,6 +142,7 @@ class AlignedInput:
                                                self._caught_up)
                 if not ready:
                     break
+                until = self.aligner.released_until_us
                 finished = 0
                 try:
                     for start in range(0, len(ready), self.batch_max):
@@ -153,6 +160,8 @@ class AlignedInput:
                                           for r in ready[finished:]])
                     raise
                 done += finished
+                self._processed_until_us = max(self._processed_until_us, until)
+                self._moving_at = time.monotonic()
                 await self._await_forwarded()
             await self._apply_flow()
             self._observe()
@@ -166,6 +175,34 @@ class AlignedInput:
         async with self.lock:
             if self.service.tables_ready():
                 await self.commit_owed()
+            else:
+                # Nothing is fetched during a rebalance or a recovery: the quiet
+                # that follows says nothing about being caught up.
+                self._moving_at = time.monotonic()
+
+    def input_time_us(self) -> int | None:
+        """How far in event time this worker's input is processed, while it is behind.
+
+        None when the input is caught up: nothing is held or being processed,
+        and every assigned input topic-partition is caught up, or none has
+        received or processed anything for ``max_idle_ms`` (the bound the
+        aligner itself waits for a partition; a partition whose end offset
+        its records never reach, such as one ending in a transaction marker,
+        must not hold this back forever). Otherwise the event time of the
+        newest record processed in this consumer generation: every record
+        still to come is (up to the aligner's idle bound) at least that old,
+        so the time sweep (:mod:`streams.sweep`) advances customers no
+        further, and their history is not overtaken by their own clock.
+        -1 when nothing was processed yet in a new generation.
+        """
+        self._check_generation()  # a rebalance may have come with no record since
+        if self.aligner.held or self.lock.locked():
+            return self._processed_until_us
+        if time.monotonic() - self._moving_at >= self._max_idle_s:
+            return None
+        if all(self._caught_up(tp) for tp in self._members()):
+            return None
+        return self._processed_until_us
 
     # -- internals -----------------------------------------------------------------
     def _check_generation(self) -> None:
@@ -177,6 +214,8 @@ class AlignedInput:
                             "(their new owner receives them: none was committed)", dropped)
             self._forwarded.clear()
             self.generation = generation
+            self._processed_until_us = -1
+            self._moving_at = time.monotonic()
 
     def _members(self) -> list[tuple[str, int]]:
         try:

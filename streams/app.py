@@ -242,7 +242,8 @@ def create_service(
     # The sweeper exists even without its timer: the agent tells it about
     # every write, and tests drive it directly.
     sweeper = Sweeper(context)
-    processor = register_agents(context, on_change=sweeper.note_change)
+    processor, aligned = register_agents(context, on_change=sweeper.note_change)
+    sweeper.input_time = aligned.input_time_us
     install_bulk_restore(context)
     clv = None
     if sweep_enabled:

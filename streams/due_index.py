@@ -97,7 +97,11 @@ class Recount:
 class SweepStats:
     """What one sweep did."""
 
+    #: the wall clock the sweep started at
     now: datetime
+    #: the instant due customers were advanced to: ``now``, or earlier while the
+    #: input is behind (None: nothing processed yet since the last rebalance)
+    advanced_to: datetime | None = None
     #: customer rows in the swept partitions (as counted by the due index)
     customers: int = 0
     #: customer states read and advanced (every row in a full scan, due keys otherwise)

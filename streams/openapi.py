@@ -75,7 +75,11 @@ SCHEMAS: dict[str, Any] = {
         "checks": _CHECKS, "app_id": {"type": "string"}, "partitions": {"type": "integer"},
         "owned_partitions": _PARTITIONS,
         "last_sweep": {"oneOf": [{"type": "null"}, _obj({
-            "now": {"type": "string"}, "customers": {"type": "integer"},
+            "now": {"type": "string"},
+            "advanced_to": {**_NULLABLE_STR, "description": (
+                "the instant due customers were advanced to: now, or the event time the "
+                "input is processed to while it is behind (null: nothing processed yet)")},
+            "customers": {"type": "integer"},
             "visited": {"type": "integer"}, "full_scans": {"type": "integer"},
             "changed": {"type": "integer"}, "seconds": {"type": "number"}})]}}),
     "TallyPart": _obj({"partitions": _PARTITIONS,

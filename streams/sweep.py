@@ -16,6 +16,20 @@ time-driven change is noticed, never what the resulting state is, so a
 worker with a skewed clock publishes changes early or late but computes the
 same state as ``loyalty replay --as-of`` for the same instant.
 
+**Never ahead of the input.** While the worker's input is behind (a history
+import, a restart after downtime: records held by the aligned input, or an
+input partition not caught up), customers are advanced only to the event
+time the input is processed to (:attr:`Sweeper.input_time`, from
+:meth:`streams.aligned_input.AlignedInput.input_time_us`), not to the wall
+clock. The aligned input releases records in event-time order, so a
+customer's events still to come are not older than that: they are appended
+to its history instead of arriving behind its clock, which would make the
+fold re-fold the customer and void the time-driven transitions it had
+published for it. Once the input has caught up, ``now`` is the wall clock
+again. The full-scan schedule and the recount's windows always follow the
+wall clock. ``SweepStats.advanced_to`` (``/health``) tells how far a sweep
+advanced.
+
 **What is visited when.** ``CustomerState.next_due`` is the earliest instant
 at which time alone changes a state (``fold.advance`` is a no-op before it).
 Each owned partition gets one of two passes per sweep:
@@ -116,7 +130,7 @@ from typing import Any
 from schemas import codec
 from schemas.policy import ShopPolicy
 from scoring import fold
-from scoring.clock import day_of, to_us
+from scoring.clock import day_of, from_us, to_us
 from scoring.shop import SPEND_WINDOW_DAYS, ShopTally
 from scoring.snapshot import snapshot
 from scoring.state import CustomerState
@@ -222,6 +236,11 @@ class Sweeper:
 
     def __init__(self, service: ServiceContext) -> None:
         self.service = service
+        #: how far in event time the worker's input is processed while it is
+        #: behind (None: caught up); set to
+        #: :meth:`streams.aligned_input.AlignedInput.input_time_us` when the
+        #: agent is registered. Customers are advanced no further than that.
+        self.input_time: Callable[[], int | None] = lambda: None
         self.committer = Committer(service)
         self._passes: dict[int, Recount] = {}
         self._index: dict[int, DueIndex] = {}
@@ -273,20 +292,25 @@ class Sweeper:
         async with self._lock:  # a slow sweep must not overlap the next timer tick
             stats = SweepStats(now=now or datetime.now(UTC))
             started = time.perf_counter()
+            wall_us = to_us(stats.now)
+            behind = self.input_time()
+            # Never past the input: a customer's own history still on its way
+            # would then arrive behind its clock (a re-fold, voided transitions).
+            now_us = wall_us if behind is None else min(wall_us, behind)
+            stats.advanced_to = from_us(now_us) if now_us >= 0 else None
             generation = compat.generation(self.service.app)
             if generation != self._generation:
                 # Ownership may have changed and stores may have been restored:
                 # every index is rebuilt by a full scan.
                 self._index.clear()
                 self._generation = generation
-            now_us = to_us(stats.now)
             owned = self.service.owned_partitions() if self.service.tables_ready() else []
             for partition in owned:
                 await asyncio.sleep(0)  # partitions are slices too
                 try:
                     index = self._index.get(partition)
-                    if index is None or not index.complete or now_us >= index.horizon_us:
-                        await self._full_scan(partition, now_us, stats)
+                    if index is None or not index.complete or wall_us >= index.horizon_us:
+                        await self._full_scan(partition, now_us, wall_us, stats)
                     else:
                         await self._due_pass(partition, index, now_us, stats)
                 except Exception:  # noqa: BLE001 - the timer must keep running
@@ -314,11 +338,16 @@ class Sweeper:
             self.service.last_sweep = stats
             return stats
 
-    async def _full_scan(self, partition: int, now_us: int, stats: SweepStats) -> None:
-        """Read every row: advance the due, rebuild the index, recount the tallies."""
+    async def _full_scan(self, partition: int, now_us: int, wall_us: int,
+                         stats: SweepStats) -> None:
+        """Read every row: advance the due to ``now_us``, rebuild the index, recount the tallies.
+
+        The next full scan and the tally windows follow the wall clock
+        (``wall_us``), also while advancing is held back by the input.
+        """
         svc = self.service
         interval_us = int(svc.settings.tally_recount_interval_s * _US_PER_S)
-        index = self._index[partition] = DueIndex(horizon_us=now_us + interval_us)
+        index = self._index[partition] = DueIndex(horizon_us=wall_us + interval_us)
         run = self._passes[partition] = Recount()
         stats.full_scans += 1
         budget = _Budget(SWEEP_DUTY)
@@ -332,7 +361,7 @@ class Sweeper:
                 tkey = tally_key(shop, partition)
                 current = svc.tallies.get(tkey)
                 if current is None or not _same_tally(
-                        current, exact, day_of(now_us),
+                        current, exact, day_of(wall_us),
                         svc.policies.for_shop(shop).shop_nps_window_days):
                     if current is not None:
                         stats.tallies_repaired += 1

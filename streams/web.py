@@ -391,7 +391,10 @@ def register_health(service: ServiceContext) -> None:
                 "partitions": service.partitions,
                 "owned_partitions": service.owned_partitions(),
                 "last_sweep": None if last is None else {
-                    "now": last.now.isoformat(), "customers": last.customers,
+                    "now": last.now.isoformat(),
+                    "advanced_to": (None if last.advanced_to is None
+                                    else last.advanced_to.isoformat()),
+                    "customers": last.customers,
                     "visited": last.visited, "full_scans": last.full_scans,
                     "changed": last.changed, "seconds": round(last.seconds, 3)},
             })

@@ -299,8 +299,8 @@ async def wait_current(settings: Any, base: str, since: datetime,
 
     Returns the instant to query as of (whole seconds, on the same UTC day as the
     sweep and the fit), or None on timeout or when ``alive()`` turns false. The
-    guarantee: a time sweep started after ``since`` (``/health``'s ``last_sweep.now``)
-    and a CLV refit *started* after ``since``. Refits run one after the other and
+    guarantee: a time sweep advanced customers past ``since`` (``/health``'s
+    ``last_sweep.advanced_to``: it stays behind while the input is) and a CLV refit *started* after ``since``. Refits run one after the other and
     stamp ``fitted_at`` when they finish, so the second refit that finished after
     ``since`` (read back from the CLV params topic) started after it.
     """
@@ -330,7 +330,8 @@ async def wait_current(settings: Any, base: str, since: datetime,
                 sweep = _get(f"{base}/health", None, 5).get("last_sweep") or {}
             except OSError:
                 continue
-            swept = sweep.get("now") and datetime.fromisoformat(sweep["now"]) > since
+            swept = (sweep.get("advanced_to")
+                     and datetime.fromisoformat(sweep["advanced_to"]) > since)
             if swept and sum(1 for f in finished if f > since) >= 2:
                 now = datetime.now(UTC).replace(microsecond=0)
                 if now.date() == since.date():

@@ -236,3 +236,60 @@ def test_forget_requests_inside_a_history_import(bootstrap: str, tmp_path) -> No
         assert too_late_dead_letters(env) == expected_too_late(env, records)
     finally:
         env.stop_all()
+
+
+@pytest.mark.slow
+def test_the_time_sweep_advances_no_customer_past_the_history_still_being_imported(
+        bootstrap: str, tmp_path) -> None:
+    """A sweep every second while a year of clean history (no faults) is imported.
+
+    The history ends long before the wall clock, so every imported customer is
+    due (at risk, lapsed) by the wall clock. Were the sweep to advance
+    customers to the wall clock mid-import, their own later events would
+    arrive behind their clock and void the time-driven transitions published
+    for them. The sweep stays at the event time the input is processed to, so
+    none is voided; once the worker has caught up it advances everyone to the
+    wall clock.
+    """
+    import json
+    from datetime import UTC, datetime
+
+    env = ServiceEnv(bootstrap, tmp_path, lateness_days=LATENESS, sweep_interval_s=1.0)
+    env.create_topics()
+    records = synthetic.generate(seed=404, shops=5, customers_per_shop=150,
+                                 span_days=SPAN_DAYS, lateness_days=LATENESS, end=AS_OF,
+                                 faults=False)
+    expected = expected_snapshots(env, records)
+    env.produce(records)
+    w = env.worker().start()
+    try:
+        w.wait_ready()
+        equal_or_explain(env, w, expected, timeout=300)
+        deadline = time.monotonic() + 60
+        advanced_to = None
+        while time.monotonic() < deadline:
+            sweep = json.loads(w.get("/health")[1])["last_sweep"] or {}
+            if sweep.get("advanced_to") and sweep["advanced_to"] == sweep["now"]:
+                advanced_to = datetime.fromisoformat(sweep["advanced_to"])
+                break
+            time.sleep(0.5)
+        assert advanced_to is not None and advanced_to > AS_OF, w.log_tail()
+        published: dict[str, dict[str, Any]] = {}
+        voided: list[str] = []
+        for m in env.read_topic(env.settings().topic_transitions):
+            t = codec.loads(m.value)
+            if t.get("void"):
+                voided.append(t["id"])
+            else:
+                published.setdefault(t["id"], t)
+        def by_time(t: dict[str, Any]) -> bool:
+            return (t.get("cause") or {}).get("type") == "time"  # alerts have no cause
+
+        timed = [t for t in published.values() if by_time(t)]
+        assert timed  # the sweep did move customers (to the wall clock, at the end)
+        voided_by_time = [i for i in voided if by_time(published[i])]
+        assert voided_by_time == [], (
+            f"{len(voided_by_time)} of {len(timed)} time-driven transitions voided")
+        assert datetime.now(UTC) >= advanced_to
+    finally:
+        env.stop_all()

@@ -128,6 +128,21 @@ def test_a_rebalance_keeps_what_stays_drops_what_moved_and_ignores_repeats() -> 
     assert a.pop_ready(0.0, [V], everything_caught_up) == ["v3", "v4"]
 
 
+def test_released_until_is_the_newest_event_time_released_since_the_last_rebalance() -> None:
+    a: Aligner[str] = Aligner(max_idle_s=5.0, max_buffered=100)
+    assert a.released_until_us == -1
+    a.add(P, 0, (30, ""), "p0")
+    a.add(P, 1, (10, ""), "p1")  # out of order within its topic: released after p0
+    a.add(R, 0, UNREADABLE, "junk")
+    assert a.pop_ready(0.0, [P], everything_caught_up) == ["junk", "p0", "p1"]
+    assert a.released_until_us == 30  # never lowered by an older record
+    a.add(P, 2, (40, ""), "p2")
+    a.retain([P])  # a rebalance: partitions gained may be behind
+    assert a.released_until_us == -1
+    assert a.pop_ready(0.0, [P], everything_caught_up) == ["p2"]
+    assert a.released_until_us == 40
+
+
 def test_skew_is_reported_per_partition_number() -> None:
     a: Aligner[str] = Aligner(max_idle_s=5.0, max_buffered=10)
     a.add(("purchases", 0), 0, (1_000, ""), "a")

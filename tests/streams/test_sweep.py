@@ -180,6 +180,38 @@ async def test_sweep_with_nothing_due_visits_nobody_and_a_due_customer_is_advanc
     assert (again.visited, again.changed) == (0, 0)
 
 
+async def test_customers_are_advanced_no_further_than_the_input_is_processed(
+        long_index: Harness) -> None:
+    """While the input is behind, ``now`` is capped at its event time, in a full scan
+    (all customers due by the wall clock) and in a due pass; the recount's schedule
+    stays on the wall clock."""
+    h = long_index
+    keys = monthly_customers(h)
+    input_time: list[int | None] = [-1]  # a new generation, nothing processed yet
+    h.sweeper.input_time = lambda: input_time[0]
+    later = NOW + timedelta(days=400)  # every customer is due by then
+    first = await h.sweeper.sweep(later)
+    assert (first.full_scans, first.visited, first.changed) == (PARTITIONS, 10, 0)
+    assert first.now == later and first.advanced_to is None
+    assert all(h.state(k).clock < to_us(NOW) for k in keys)
+
+    key, due_at = first_due(h)
+    input_time[0] = due_at - 1
+    held = await h.sweeper.sweep(later)
+    assert (held.full_scans, held.changed) == (0, 0)  # a due pass: the index stays
+    assert held.advanced_to == from_us(due_at - 1)
+    input_time[0] = due_at
+    moved = await h.sweeper.sweep(later)
+    assert (moved.full_scans, moved.changed) == (0, 1)
+    assert h.state(key).clock == due_at
+    assert all(h.state(k).clock < due_at for k in keys if k != key)
+
+    input_time[0] = None  # caught up: the wall clock
+    live = await h.sweeper.sweep(later)
+    assert live.advanced_to == later and live.changed == 10
+    assert all(h.state(k).clock == to_us(later) for k in keys)
+
+
 async def test_agent_write_updates_the_index(hourly: Harness) -> None:
     h = hourly
     monthly_customers(h, 3)
