@@ -270,13 +270,15 @@ def register_agents(service: ServiceContext,
     agent's :class:`streams.aligned_input.AlignedInput` (the sweep follows its event time).
     """
     processor = Processor(service, on_change)
-    progress = Progress(service.metrics)
+    progress = Progress(service.metrics, skipped=lambda tp, start, end: compat.skipped_offsets(
+        service.app, tp, start, end))
     reader = GapReader(service)
     settings = service.settings
 
     commit_owed = install_seek_tracking(service, progress, reader)
     compat.deliver_directly(service.app)
-    compat.track_delivered_highwaters(service.app)
+    compat.read_committed(service.app)  # aborted transactions are no events
+    compat.track_fetches(service.app)
     compat.batch_fetches(service.app, settings.fetch_min_bytes, settings.fetch_max_wait_ms)
     aligned = install_aligned_input(service, processor, progress, reader, commit_owed)
 

@@ -11,7 +11,7 @@ the two callers: records are folded by one task at a time, as before.
 What "caught up" means here: the worker has received every record of the
 topic-partition up to the high-water mark of the fetches whose records the
 consumer has handed on (:func:`streams.compat.highwater`, with
-:func:`streams.compat.track_delivered_highwaters`); before any record of the
+:func:`streams.compat.track_fetches`); before any record of the
 current consumer generation, the position is the committed offset Faust
 seeked to (0 when the group has none). A record the worker itself forwarded
 to the rekey topic is awaited explicitly (:meth:`Aligner.expect`), because

@@ -41,8 +41,12 @@ log = logging.getLogger(__name__)
 class Progress:
     """Per input partition: what the agent saw, what it finished, where the consumer was put."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics,
+                 skipped: Callable[[tuple[str, int], int, int], bool] | None = None) -> None:
         self.metrics = metrics
+        #: ``skipped(tp, start, end)``: the consumer itself passed over every offset
+        #: of the range without a record (:func:`streams.compat.skipped_offsets`)
+        self.skipped = skipped or (lambda tp, start, end: False)
         #: (topic, partition) -> (generation, offset) of the last record seen
         self.last_offset: dict[tuple[str, int], tuple[int | None, int]] = {}
         #: (topic, partition) -> monotonic time the last record was seen
@@ -61,16 +65,19 @@ class Progress:
     def find_gap(self, record: Record, generation: int | None) -> tuple[int, int] | None:
         """The offsets ``[start, end)`` of this record's partition that the consumer skipped.
 
-        Input topics are delete-policy and written without transactions, so
-        their offsets are contiguous. Faust has known bugs around rebalances
-        (records prefetched before a rebalance delivered after it, and its
-        "gap" bookkeeping then treating the skipped range as done:
-        faust-streaming#216, #221, #606) that make the stream jump ahead:
-        records fetched just before a rebalance are dropped *and acknowledged*
-        after it. We detect a jump within one group generation, and a first
-        record of a generation that is not the one the consumer was positioned
-        at on assignment (see :func:`install_seek_tracking`). A false positive
-        only costs a re-read: re-applying records is idempotent.
+        Input topics are delete-policy, so a partition's offsets are
+        contiguous except where the consumer itself passed over offsets that
+        hold no record for it (a transaction's commit marker, records of an
+        aborted transaction: ``skipped``); such a range is no gap. Faust has
+        known bugs around rebalances (records prefetched before a rebalance
+        delivered after it, and its "gap" bookkeeping then treating the
+        skipped range as done: faust-streaming#216, #221, #606) that make the
+        stream jump ahead: records fetched just before a rebalance are
+        dropped *and acknowledged* after it. We detect a jump within one
+        group generation, and a first record of a generation that is not the
+        one the consumer was positioned at on assignment (see
+        :func:`install_seek_tracking`). A false positive only costs a re-read:
+        re-applying records is idempotent.
         """
         tp = (record.topic, record.partition)
         last = self.last_offset.get(tp)
@@ -85,7 +92,7 @@ class Progress:
             if seek is None or seek[0] != generation:
                 return None
             start = seek[1]
-        if record.offset > start:
+        if record.offset > start and not self.skipped(tp, start, record.offset):
             self.metrics.offset_gaps.labels(record.topic).inc(record.offset - start)
             log.warning("consumer skipped %s[%d] offsets %d..%d (generation %s): re-reading",
                         record.topic, record.partition, start, record.offset - 1, generation)
@@ -138,6 +145,7 @@ class GapReader:
             consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap_servers,
                                         group_id=None, enable_auto_commit=False,
                                         auto_offset_reset="earliest", retry_backoff_ms=20,
+                                        isolation_level="read_committed",  # as the worker's
                                         **client_kwargs(self.settings))
             await consumer.start()
             self._consumer = consumer
@@ -164,7 +172,9 @@ class GapReader:
         """Records with ``start <= offset < end`` of one partition, in order.
 
         Concurrent calls take turns (each assigns the consumer its partition).
-        Fewer records than asked, logged as an error, only if the broker does
+        Offsets that hold no record (a transaction's commit marker) are passed
+        over: the read ends once the consumer's position reaches ``end``. Fewer
+        records than there are, logged as an error, only if the broker does
         not deliver them within ``timeout``.
         """
         async with self._reading:
@@ -188,6 +198,8 @@ class GapReader:
                                   headers=tuple((k, bytes(v or b"")) for k, v in m.headers)))
             if out and out[-1].offset >= end - 1:
                 return out
+            if await consumer.position(tp) >= end:
+                return out  # the rest of the range holds no record (markers)
         log.error("could only re-read %d of %d skipped records of %s[%d]", len(out),
                   end - start, topic, partition)
         return out
@@ -309,6 +321,16 @@ async def redrive_idle_partitions(service: ServiceContext, progress: Progress,
         position = positions.get(TP(*tp))
         if position is None or position <= expected:
             continue
+        if progress.skipped(tp, expected, position):
+            # Only offsets without a record (a transaction's commit marker) were
+            # read past: nothing was dropped. Once everything before them is
+            # processed, they count as done, so the committed offset passes them
+            # too (else the partition shows a lag of one marker for good).
+            progress.last_offset[tp] = (generation, position - 1)
+            if progress.done.get(tp, -1) >= expected - 1:
+                progress.done[tp] = position - 1
+                progress.owed[TP(*tp)] = max(progress.owed.get(TP(*tp), -1), position)
+            continue
         candidates.append((tp, expected, position))
     if not candidates:
         return 0
@@ -329,6 +351,8 @@ async def redrive_idle_partitions(service: ServiceContext, progress: Progress,
             progress.done[(topic, partition)] = max(
                 progress.done.get((topic, partition), -1), end - 1)
         progress.last_seen_at[(topic, partition)] = time.monotonic()
+        if not records:
+            continue  # only transaction markers were read past: nothing was dropped
         service.metrics.offset_gaps.labels(topic).inc(len(records))
         log.warning("consumer read %s[%d] up to %d but the agent got nothing after %d: "
                     "re-driving %d records through the rekey topic", topic, partition,

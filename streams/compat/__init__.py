@@ -15,7 +15,7 @@ Modules: :mod:`.events` (a stand-in current event for table access outside a
 stream), :mod:`.producer` (flush hardening, the raw aiokafka producer), :mod:`.hot_path`
 (Faust's per-record settings lookups, resolved once),
 :mod:`.consumer` (seek and commit hooks, read offsets, pausing and batching
-fetches, high-water marks), :mod:`.delivery` (records to the streams without a task
+fetches, high-water marks and offsets passed over, committed-only reads), :mod:`.delivery` (records to the streams without a task
 race per record), :mod:`.batches` (batches of what is queued, without
 Faust's fixed wait per batch), :mod:`.tables` (RocksDB partition databases, the
 persisted-offset key, the recovery hook), :mod:`.clients` (plain aiokafka
@@ -37,8 +37,10 @@ from streams.compat.consumer import (
     highwater,
     leave_group_on_stop,
     on_seek_to_committed,
+    read_committed,
     set_fetching,
-    track_delivered_highwaters,
+    skipped_offsets,
+    track_fetches,
 )
 from streams.compat.delivery import deliver_directly
 from streams.compat.events import partition_context
@@ -59,7 +61,7 @@ __all__ = [
     "consumed_positions", "delete_consumer_group", "deliver_directly", "generation",
     "harden_producer_flush", "highwater", "leave_group_on_stop", "on_recovery_offsets",
     "on_seek_to_committed", "open_rocksdict_partition", "partition_context",
-    "persisted_offset_key", "recovery_table", "refresh_topic_metadata", "resolve_hot_settings",
-    "rocksdict_partition", "set_fetching", "start_tables_without_delay", "take_batches",
-    "track_delivered_highwaters", "track_only",
+    "persisted_offset_key", "read_committed", "recovery_table", "refresh_topic_metadata",
+    "resolve_hot_settings", "rocksdict_partition", "set_fetching", "skipped_offsets",
+    "start_tables_without_delay", "take_batches", "track_fetches", "track_only",
 ]

@@ -42,9 +42,12 @@ TOUCHES: tuple[Touch, ...] = (
     Touch("faust.transport.consumer", "Consumer", "seek_to_committed",
           "consumer.on_seek_to_committed"),
     Touch("faust.transport.consumer", "Consumer", "_commit", "consumer.cap_commits"),
-    *(Touch("aiokafka.consumer.subscription_state", owner, name, "consumer.consumed_positions")
+    *(Touch("aiokafka.consumer.subscription_state", owner, name, used_by)
       for owner, name in (("SubscriptionState", "subscription"), ("Subscription", "assignment"),
-                          ("Assignment", "all_consumed_offsets"))),
+                          ("Assignment", "all_consumed_offsets"))
+      for used_by in ("consumer.consumed_positions", "consumer.track_fetches")),
+    *(Touch("aiokafka", "AIOKafkaConsumer", "_subscription", used_by, set_in_init=True)
+      for used_by in ("consumer.consumed_positions", "consumer.track_fetches")),
     Touch("faust.transport.consumer", "ThreadDelegateConsumer", "_thread",
           "consumer.set_fetching"),
     Touch("faust.transport.drivers.aiokafka", "AIOKafkaConsumerThread", "_ensure_consumer",
@@ -57,11 +60,14 @@ TOUCHES: tuple[Touch, ...] = (
     Touch("aiokafka", "AIOKafkaConsumer", "resume", "consumer.set_fetching"),
     Touch("faust.transport.consumer", "Consumer", "highwater", "consumer.highwater"),
     *(Touch("faust.transport.drivers.aiokafka", "AIOKafkaConsumerThread", name,
-            "consumer.track_delivered_highwaters") for name in ("_fetch_records", "getmany")),
+            "consumer.track_fetches") for name in ("_fetch_records", "getmany")),
     Touch("faust.transport.consumer", "ThreadDelegateConsumer", "_getmany",
-          "consumer.track_delivered_highwaters"),
-    Touch("faust.transport.drivers.aiokafka", "AIOKafkaConsumerThread",
-          "_create_worker_consumer", "consumer.batch_fetches"),
+          "consumer.track_fetches"),
+    *(Touch("faust.transport.drivers.aiokafka", "AIOKafkaConsumerThread",
+            "_create_worker_consumer", used_by)
+      for used_by in ("consumer.batch_fetches", "consumer.read_committed")),
+    *(Touch("aiokafka", "AIOKafkaConsumer", "_isolation_level", used_by, set_in_init=True)
+      for used_by in ("consumer.read_committed", "consumer.track_fetches")),
     Touch("aiokafka", "AIOKafkaConsumer", "_fetcher", "consumer.batch_fetches",
           set_in_init=True),
     *(Touch("aiokafka.consumer.fetcher", "Fetcher", name, "consumer.batch_fetches",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
@@ -107,13 +107,7 @@ def consumed_positions(app: faust.App) -> dict[TP, int]:
     ``ThreadDelegateConsumer._thread``, ``AIOKafkaConsumerThread._ensure_consumer``,
     ``AIOKafkaConsumer._subscription``); an int read, no call into the thread.
     """
-    consumer = app.consumer._thread._ensure_consumer()  # type: ignore[attr-defined]
-    subscription = consumer._subscription.subscription
-    assignment = None if subscription is None else subscription.assignment
-    if assignment is None:
-        return {}
-    return {TP(tp.topic, tp.partition): int(meta.offset)
-            for tp, meta in assignment.all_consumed_offsets().items()}
+    return _consumed_offsets(app.consumer._thread._ensure_consumer())  # type: ignore[attr-defined]
 
 
 def generation(app: faust.App) -> int:
@@ -152,22 +146,48 @@ async def set_fetching(app: faust.App, pause: Iterable[tuple[str, int]],
     await thread.call_thread(apply)
 
 
+#: skipped ranges remembered per partition; a gap an older one would have
+#: explained is read back instead, which is harmless
+SKIPPED_KEPT = 64
+
+
 @dataclass
-class _DeliveredMarks:
-    """High-water marks as of what Faust's fetcher has handed on (see
-    :func:`track_delivered_highwaters`)."""
+class _Fetches:
+    """What the consumer thread fetched (see :func:`track_fetches`)."""
 
     #: (generation, marks) taken in the consumer thread right after its last fetch
     taken: tuple[int, dict[TP, int | None]] | None = None
     #: the ``taken`` of the fetch before the current one, whose records are delivered
     delivered: tuple[int, dict[TP, int | None]] | None = None
+    #: generation of ``last_record`` and ``skipped``
+    generation: int | None = None
+    #: per partition, the offset after the last record fetched in ``generation``
+    last_record: dict[TP, int] = field(default_factory=dict)
+    #: per partition, ``[start, end)`` offset ranges aiokafka passed over without
+    #: returning a record (transaction markers, aborted records), newest last;
+    #: replaced, never mutated, so the main thread reads them without a lock
+    skipped: dict[TP, tuple[tuple[int, int], ...]] = field(default_factory=dict)
+
+    def skip(self, tp: TP, start: int, end: int) -> None:
+        self.skipped[tp] = (*self.skipped.get(tp, ())[-(SKIPPED_KEPT - 1):], (start, end))
 
 
-_MARKS: weakref.WeakKeyDictionary[Any, _DeliveredMarks] = weakref.WeakKeyDictionary()
+_FETCHES: weakref.WeakKeyDictionary[Any, _Fetches] = weakref.WeakKeyDictionary()
 
 
-def track_delivered_highwaters(app: faust.App) -> None:
-    """Make :func:`highwater` answer as of the records Faust has delivered to the streams.
+def _consumed_offsets(consumer: Any) -> dict[TP, int]:
+    """aiokafka's consumed position per assigned partition (private ``_subscription``)."""
+    subscription = consumer._subscription.subscription
+    assignment = None if subscription is None else subscription.assignment
+    if assignment is None:
+        return {}
+    return {TP(tp.topic, tp.partition): int(meta.offset)
+            for tp, meta in assignment.all_consumed_offsets().items()}
+
+
+def track_fetches(app: faust.App) -> None:
+    """Record what the consumer fetched: high-water marks as of the records Faust has
+    delivered (:func:`highwater`) and the offsets it passed over (:func:`skipped_offsets`).
 
     Works around: Faust's ``Consumer.highwater`` is aiokafka's live mark, which
     the consumer thread moves as soon as a fetch response arrives, while that
@@ -181,27 +201,126 @@ def track_delivered_highwaters(app: faust.App) -> None:
     that snapshot becomes :func:`highwater`'s answer when Faust's fetcher asks
     for its next batch (the instance's ``getmany``), by which time it has
     delivered every record of the batch the snapshot came with. A snapshot
-    taken in an earlier consumer generation is never used.
+    taken in an earlier consumer generation is never used. The mark is the
+    last stable offset when the consumer reads committed records only
+    (:func:`read_committed`): records of an open transaction cannot be
+    fetched before it ends, so they are not waited for.
+
+    Also works around: offsets that hold no record for the consumer. A
+    transactional producer ends every transaction with a commit marker, and
+    records of aborted transactions are not returned, so offsets are not
+    contiguous: the mark stayed one past anything the worker could receive
+    (the aligned input held every other partition back for ``max_idle_ms``
+    after each transaction), and each marker looked like a record Faust
+    dropped (a re-read per transaction). aiokafka's consumed position
+    (private ``AIOKafkaConsumer._subscription``) moves past such offsets:
+    comparing it before and after each fetch with the offsets of the records
+    returned gives the ranges passed over, remembered per partition for the
+    current generation (a fetch during which the generation changed records
+    none). When the position has passed the mark, the snapshot holds the
+    offset after the last record fetched in this generation (0 if none)
+    instead: what follows it holds no record.
     """
     thread = app.consumer._thread  # type: ignore[attr-defined]
-    marks = _MARKS[app] = _DeliveredMarks()
+    fetches = _FETCHES[app] = _Fetches()
     fetch_records = thread._fetch_records
     getmany = thread.getmany
 
     async def fetch_and_mark(consumer: Any, active_partitions: Any,
                              timeout: float | None = None, max_records: int | None = None) -> Any:
+        gen = generation(app)
+        before = _consumed_offsets(consumer)
         records = await fetch_records(consumer, active_partitions, timeout=timeout,
                                       max_records=max_records)
-        marks.taken = (generation(app), {TP(tp.topic, tp.partition): consumer.highwater(tp)
-                                         for tp in consumer.assignment()})
+        after = _consumed_offsets(consumer)
+        if generation(app) != gen:
+            return records  # positions moved by a rebalance's seeks: nothing to learn
+        if fetches.generation != gen:
+            fetches.generation, fetches.last_record, fetches.skipped = gen, {}, {}
+        ended: dict[TP, int] = {}
+        for tp, fetched in records.items():
+            if not fetched:
+                continue
+            key = TP(tp.topic, tp.partition)
+            first, last = fetched[0].offset, fetched[-1].offset
+            start = before.get(key)
+            if start is not None and first > start:
+                fetches.skip(key, start, first)
+            if last - first + 1 != len(fetched):
+                for a, b in zip(fetched, fetched[1:], strict=False):
+                    if b.offset > a.offset + 1:
+                        fetches.skip(key, a.offset + 1, b.offset)
+            fetches.last_record[key] = ended[key] = last + 1
+        for key, position in after.items():
+            start = ended.get(key, before.get(key))
+            if start is not None and position > start:
+                fetches.skip(key, start, position)
+        committed_only = consumer._isolation_level == "read_committed"
+        taken: dict[TP, int | None] = {}
+        for tp in consumer.assignment():
+            key = TP(tp.topic, tp.partition)
+            mark = consumer.highwater(tp)
+            if committed_only:
+                stable = consumer.last_stable_offset(tp)
+                mark = stable if stable is not None and stable >= 0 else mark
+            position = after.get(key)
+            if mark is not None and position is not None and position >= mark:
+                mark = min(mark, fetches.last_record.get(key, 0))
+            taken[key] = mark
+        fetches.taken = (gen, taken)
         return records
 
     async def getmany_delivered(active_partitions: Any, timeout: float) -> Any:
-        marks.delivered = marks.taken  # Faust delivered the previous batch before asking
+        fetches.delivered = fetches.taken  # Faust delivered the previous batch before asking
         return await getmany(active_partitions, timeout)
 
     thread._fetch_records = fetch_and_mark
     thread.getmany = getmany_delivered
+
+
+def skipped_offsets(app: faust.App, tp: tuple[str, int], start: int, end: int) -> bool:
+    """True if the consumer passed over every offset in ``[start, end)`` without a record.
+
+    Such offsets hold transaction markers or aborted records, never a record
+    Faust dropped (those were returned). Known only for the current
+    generation and the last :data:`SKIPPED_KEPT` ranges of a partition, and
+    only with :func:`track_fetches` installed; False when unknown, so the
+    caller reads the range back.
+    """
+    fetches = _FETCHES.get(app)
+    if fetches is None or fetches.generation != generation(app) or start >= end:
+        return False
+    reached = start
+    for a, b in sorted(fetches.skipped.get(TP(*tp), ())):
+        if a > reached:
+            break
+        reached = max(reached, b)
+        if reached >= end:
+            return True
+    return False
+
+
+def read_committed(app: faust.App) -> None:
+    """Make the worker's consumer read committed records only.
+
+    Works around: Faust creates its consumer with ``isolation_level``
+    ``read_uncommitted`` unless the app is ``exactly_once``
+    (``AIOKafkaConsumerThread._create_worker_consumer``, private, no
+    setting), so records of transactions a producer aborted would be
+    processed as events. Sets the consumer's private ``_isolation_level``
+    before it starts (its fetcher is built from it in ``start``). Changes
+    nothing for producers that do not use transactions. Install before the
+    app starts.
+    """
+    thread = app.consumer._thread  # type: ignore[attr-defined]
+    create = thread._create_worker_consumer
+
+    def create_committed(transport: Any) -> Any:
+        consumer = create(transport)
+        consumer._isolation_level = "read_committed"
+        return consumer
+
+    thread._create_worker_consumer = create_committed
 
 
 #: the fetch wait while no records flow: Faust's own (a long poll answered by the first record)
@@ -268,13 +387,13 @@ def highwater(app: faust.App, tp: TP) -> int | None:
     """The offset after the last record of ``tp`` that the consumer has fetched.
 
     As of the records already delivered to the streams when
-    :func:`track_delivered_highwaters` is installed (and its snapshot is of
+    :func:`track_fetches` is installed (and its snapshot is of
     the current generation and has ``tp``), else Faust's public
     ``Consumer.highwater`` (the consumer's last fetch). None while the
     consumer has not fetched from ``tp`` (aiokafka knows no high-water mark).
     """
-    marks = _MARKS.get(app)
-    delivered = None if marks is None else marks.delivered
+    fetches = _FETCHES.get(app)
+    delivered = None if fetches is None else fetches.delivered
     if delivered is not None and delivered[0] == generation(app) and tp in delivered[1]:
         value: Any = delivered[1][tp]
     else:

@@ -293,3 +293,128 @@ def test_the_time_sweep_advances_no_customer_past_the_history_still_being_import
         assert datetime.now(UTC) >= advanced_to
     finally:
         env.stop_all()
+
+
+@pytest.mark.slow
+def test_input_from_a_transactional_producer_backlog_then_live(bootstrap: str,
+                                                               tmp_path) -> None:
+    """A history produced in transactions, some aborted, then a live feed of one
+    transaction per event.
+
+    Every transaction ends its partitions in a commit marker, an offset that
+    holds no record, and an aborted one leaves records that must never count.
+    The worker reads committed records only and equals ``loyalty replay`` of the
+    committed history; the markers are neither gaps to re-read nor a partition
+    that never catches up (each live event would otherwise wait
+    ``LOYALTY_MAX_IDLE_MS``, 10 s, for it).
+    """
+    import asyncio
+    import json
+    import uuid
+    from datetime import UTC, datetime
+
+    from aiokafka import AIOKafkaProducer
+
+    from streams.topics import message_key, partition_for
+
+    env = ServiceEnv(bootstrap, tmp_path, lateness_days=LATENESS)
+    env.create_topics()
+    s = env.settings()
+    records = synthetic.generate(seed=505, shops=3, customers_per_shop=100,
+                                 span_days=SPAN_DAYS, lateness_days=LATENESS, end=AS_OF,
+                                 faults=False)
+    expected = expected_snapshots(env, records)
+
+    def topic_of(event_type: str | None) -> str:
+        return input_topic_for_event_type(s, event_type)
+
+    async def send(producer: AIOKafkaProducer, topic: str, key: bytes, value: bytes) -> None:
+        await producer.send(topic, value, key=key, partition=partition_for(key, s.partitions))
+
+    async def backlog() -> int:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap,
+                                    transactional_id=f"tx-{uuid.uuid4().hex[:8]}")
+        await producer.start()
+        aborted = 0
+        try:
+            for n, start in enumerate(range(0, len(records), 150)):
+                chunk = records[start:start + 150]
+                if n % 4 == 3:  # the same events with other ids and amounts, rolled back
+                    await producer.begin_transaction()
+                    for r in chunk:
+                        obj = codec.loads(r.value)
+                        obj["event_id"] = f"aborted-{obj['event_id']}"
+                        if "amount" in obj:
+                            obj["amount"] += 99
+                        await send(producer, topic_of(r.event_type), r.key, codec.dumps(obj))
+                    await producer.abort_transaction()
+                    aborted += len(chunk)
+                async with producer.transaction():
+                    for r in chunk:
+                        await send(producer, topic_of(r.event_type), r.key, r.value)
+        finally:
+            await producer.stop()
+        return aborted
+
+    async def live() -> list[float]:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap,
+                                    transactional_id=f"tx-{uuid.uuid4().hex[:8]}")
+        await producer.start()
+        waits = []
+        try:
+            for i in range(9):
+                customer = f"live{i}"
+                key = message_key("s1", customer)
+                event: dict[str, Any] = {
+                    "event_id": f"e{i}", "shop_id": "s1", "customer_id": customer,
+                    "occurred_at": datetime.now(UTC).isoformat().replace("+00:00", "Z")}
+                if i % 2:
+                    topic, event = s.topic_visits, {**event, "type": "visit"}
+                else:
+                    topic, event = s.topic_purchases, {
+                        **event, "type": "purchase", "order_id": f"o{i}", "amount": 1000,
+                        "currency": "USD"}
+                if i == 4:  # rolled back: this customer must never appear
+                    await producer.begin_transaction()
+                    await send(producer, topic, key, json.dumps(event).encode())
+                    await producer.abort_transaction()
+                    continue
+                async with producer.transaction():
+                    await send(producer, topic, key, json.dumps(event).encode())
+                sent = time.monotonic()
+                while w.get(f"/customers/s1/{customer}")[0] != 200:
+                    assert time.monotonic() - sent < 30, w.log_tail()
+                    await asyncio.sleep(0.05)
+                waits.append(time.monotonic() - sent)
+        finally:
+            await producer.stop()
+        return waits
+
+    aborted = asyncio.run(backlog())
+    assert aborted > 0
+    w = env.worker().start()
+    try:
+        w.wait_ready()
+        equal_or_explain(env, w, expected, timeout=300)
+        waits = asyncio.run(live())
+        print("live: seconds from commit to served:", [round(x, 2) for x in waits])
+        assert max(waits) < 5.0, waits
+        assert w.get("/customers/s1/live4")[0] == 404  # its transaction was aborted
+        samples = metric_samples(w)
+        assert samples[("loyalty_align_idle_timeouts_total", ())] == 0
+        gaps = sum(v for (name, _), v in samples.items()
+                   if name == "loyalty_input_offset_gaps_total")
+        assert gaps == 0  # markers and aborted records are not taken for dropped records
+        assert samples[("loyalty_align_held_records", ())] == 0
+        # The last offset of each partition is a marker: once the partition is idle
+        # the committed offset passes it, so no lag is left (an alert reads it).
+        deadline = time.monotonic() + 60
+        while True:
+            lag = {labels: v for (name, labels), v in metric_samples(w).items()
+                   if name == "loyalty_consumer_lag" and v}
+            if not lag or time.monotonic() > deadline:
+                break
+            time.sleep(1.0)
+        assert lag == {}
+    finally:
+        env.stop_all()

@@ -153,3 +153,44 @@ def test_a_partition_assigned_again_without_a_commit_keeps_nothing_old() -> None
     # Nothing from generation 1 may let a commit pass records no one processed.
     assert progress.seeks[(TOPIC, 1)][:2] == (3, 0)
     assert progress.done[(TOPIC, 1)] == -1 and progress.covered[TP(TOPIC, 1)] == 0
+
+
+def _record(offset: int) -> Record:
+    return Record(TOPIC, 0, offset, b"s|c", b"{}")
+
+
+def test_offsets_the_consumer_passed_over_are_no_gap_but_a_record_in_between_is() -> None:
+    passed_over = {(5, 6)}  # a transaction's commit marker at offset 5
+    gaps = _Counter()
+    progress = Progress(SimpleNamespace(offset_gaps=gaps),
+                        skipped=lambda tp, start, end: (start, end) in passed_over)
+    progress.seeks[(TOPIC, 0)] = (GENERATION, 3, time.monotonic())
+    assert progress.find_gap(_record(3), GENERATION) is None
+    assert progress.find_gap(_record(4), GENERATION) is None
+    assert progress.find_gap(_record(6), GENERATION) is None  # 5 held no record
+    assert progress.find_gap(_record(9), GENERATION) == (7, 9)  # 7-8 were dropped
+    assert gaps.value == 2
+
+
+async def test_an_idle_partition_read_past_markers_only_is_not_re_driven() -> None:
+    service, published = _service(4, consumed=6)  # 4-5: markers the consumer passed over
+    progress = Progress(SimpleNamespace(),
+                        skipped=lambda tp, start, end: (tp, start, end) == ((TOPIC, 0), 4, 6))
+    progress.seeks[(TOPIC, 0)] = (GENERATION, 4, time.monotonic() - 30.0)
+    progress.done[(TOPIC, 0)] = 3
+    assert await redrive_idle_partitions(service, progress, _Reader(end=10)) == 0
+    assert published == []
+    # Nothing lies before the markers: they count as done, so the commit passes them.
+    assert progress.done[(TOPIC, 0)] == 5 and progress.owed[TP(TOPIC, 0)] == 6
+
+
+async def test_markers_behind_records_still_held_are_not_done_yet() -> None:
+    service, _ = _service(4, consumed=6)
+    progress = Progress(SimpleNamespace(),
+                        skipped=lambda tp, start, end: (tp, start, end) == ((TOPIC, 0), 4, 6))
+    progress.seeks[(TOPIC, 0)] = (GENERATION, 0, time.monotonic() - 30.0)
+    progress.last_offset[(TOPIC, 0)] = (GENERATION, 3)  # 0-3 received, 0-1 processed
+    progress.last_seen_at[(TOPIC, 0)] = time.monotonic() - 30.0
+    progress.done[(TOPIC, 0)] = 1
+    assert await redrive_idle_partitions(service, progress, _Reader(end=10)) == 0
+    assert progress.done[(TOPIC, 0)] == 1 and not progress.owed
