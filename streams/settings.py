@@ -119,8 +119,7 @@ class Settings(BaseSettings):
     producer_compression: Literal["none", "gzip", "lz4", "zstd"] = Field(
         "none",
         description="Default none. Compression of every record the worker writes (outputs and "
-        "changelogs). lz4 and zstd need the `cramjam` package (`pip install "
-        "'loyalty-scorer[compression]'`). See README \"Performance\" for what it costs and saves.",
+        "changelogs). See README \"Performance\" for what it costs and saves.",
     )
 
     # --- Topic names -----------------------------------------------------------------
@@ -361,8 +360,8 @@ class Settings(BaseSettings):
         import importlib.util
 
         if value in ("lz4", "zstd") and importlib.util.find_spec("cramjam") is None:
-            raise ValueError(f"{value} needs the cramjam package: "
-                             "pip install 'loyalty-scorer[compression]'")
+            raise ValueError(f"{value} needs the cramjam package, a dependency of "
+                             "loyalty-scorer: reinstall it with its dependencies")
         return value
 
     @field_validator("policy_file", mode="before")

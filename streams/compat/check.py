@@ -1,4 +1,5 @@
-"""The startup check: every private Faust/aiokafka name this package touches still exists."""
+"""The startup check: every private Faust/aiokafka name this package touches still exists,
+and aiokafka can decompress every codec a Kafka record batch may carry."""
 
 from __future__ import annotations
 
@@ -123,6 +124,7 @@ def check(touches: tuple[Touch, ...] = TOUCHES) -> None:
 
     Run once at worker startup, before anything is patched, so an upgrade that
     renames a private name fails loudly instead of silently losing a guarantee.
+    Then :func:`check_codecs`.
     """
     for touch in touches:
         where = touch.module if touch.owner is None else f"{touch.module}.{touch.owner}"
@@ -136,3 +138,20 @@ def check(touches: tuple[Touch, ...] = TOUCHES) -> None:
         if not _has(owner, touch.name, touch.set_in_init):
             raise CompatError(f"{versions()}: {where}.{touch.name} is missing; "
                               f"streams.compat.{touch.used_by} relies on it")
+    check_codecs()
+
+
+def check_codecs() -> None:
+    """Raise :class:`CompatError` unless aiokafka can decompress snappy, lz4 and zstd.
+
+    A producer or a topic's ``compression.type`` decides how input arrives;
+    without the library the consumer would crash on the first such batch.
+    """
+    from aiokafka import codec
+
+    missing = [name for name, has in (("snappy", codec.has_snappy), ("lz4", codec.has_lz4),
+                                      ("zstd", codec.has_zstd)) if not has()]
+    if missing:
+        raise CompatError(f"aiokafka cannot decompress {', '.join(missing)}: the cramjam "
+                          "package, a dependency of loyalty-scorer, is missing (reinstall "
+                          "with its dependencies)")

@@ -88,3 +88,44 @@ def test_service_end_to_end(bootstrap: str, tmp_path) -> None:
                     assert m.key.decode().rsplit("|", 1)[1] == str(m.partition), m.key
     finally:
         env.stop_all()
+
+
+@pytest.mark.slow
+def test_input_in_every_compression_codec_kafka_stores(bootstrap: str, tmp_path) -> None:
+    """Each input topic set to another ``compression.type`` (the broker recompresses
+    what it receives), as a shop's producers or its Kafka operators may choose. The
+    worker decodes every codec (a missing library would crash it on the first batch)
+    and equals replay."""
+    import asyncio
+
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    env = ServiceEnv(bootstrap, tmp_path)
+    env.create_topics()
+    s = env.settings()
+    codecs = {s.topic_purchases: "lz4", s.topic_visits: "zstd", s.topic_feedback: "snappy",
+              s.topic_redemptions: "gzip"}
+
+    async def configure() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            await admin.alter_configs([
+                ConfigResource(ConfigResourceType.TOPIC, topic, {"compression.type": codec})
+                for topic, codec in codecs.items()])
+        finally:
+            await admin.close()
+
+    asyncio.run(configure())
+    records = synthetic.generate(seed=12, shops=2, customers_per_shop=40,
+                                 lateness_days=LATENESS_DAYS, end=AS_OF, faults=False)
+    expected = expected_snapshots(env, records)
+    env.produce(records)
+    w = env.worker().start()
+    try:
+        w.wait_ready()
+        wait_equal(w, expected, timeout=120)
+        assert w.proc is not None and w.proc.poll() is None
+    finally:
+        env.stop_all()

@@ -53,3 +53,12 @@ def test_an_instance_attribute_set_in_init_counts_and_a_missing_one_fails() -> N
                  "clients.refresh_topic_metadata", set_in_init=True)
     with pytest.raises(compat.CompatError, match=r"AIOKafkaConsumer\._no_such_client is missing"):
         compat.check((gone,))
+
+
+def test_a_missing_compression_library_fails_naming_the_codecs_and_the_package(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from aiokafka import codec
+
+    monkeypatch.setattr(codec, "cramjam", None)
+    with pytest.raises(compat.CompatError, match="snappy, lz4, zstd: the cramjam package"):
+        compat.check()
