@@ -281,8 +281,10 @@ def track_fetches(app: faust.App) -> None:
 def skipped_offsets(app: faust.App, tp: tuple[str, int], start: int, end: int) -> bool:
     """True if the consumer passed over every offset in ``[start, end)`` without a record.
 
-    Such offsets hold transaction markers or aborted records, never a record
-    Faust dropped (those were returned). Known only for the current
+    Such offsets hold transaction markers or aborted records (or records
+    retention deleted before they were read: aiokafka then moves its position
+    to the log start), never a record Faust dropped (those were returned).
+    Known only for the current
     generation and the last :data:`SKIPPED_KEPT` ranges of a partition, and
     only with :func:`track_fetches` installed; False when unknown, so the
     caller reads the range back.
