@@ -246,6 +246,8 @@ class Sweeper:
         self._index: dict[int, DueIndex] = {}
         self._lock = asyncio.Lock()
         self._generation = -1
+        #: shop -> signature (day, owned partitions, tally rows) of its published gauges
+        self._published: dict[str, int] = {}
 
     # -- called by the agent ---------------------------------------------------------
     def note_change(self, partition: int, key: bytes, delta: TallyDelta,
@@ -326,7 +328,7 @@ class Sweeper:
             stats.customers = sum(ix.rows for ix in indexes)
             stats.indexed = sum(len(ix.due) for ix in indexes)
             stats.seconds = time.perf_counter() - started
-            self._publish_gauges()
+            await self._publish_gauges()
             m = self.service.metrics
             if owned:
                 m.table_rows.labels("customers").set(stats.customers)
@@ -548,23 +550,44 @@ class Sweeper:
                 and compat.generation(self.service.app) == self._generation
                 and partition in self.service.owned_partitions())
 
-    def _publish_gauges(self) -> None:
+    async def _publish_gauges(self) -> None:
+        """Set every owned shop's figure gauges from its tally rows.
+
+        A shop whose rows and day are those of its last publication is skipped
+        (its figures cannot have changed), and the work is sliced like the
+        sweep's, so a deployment with many shops neither recomputes all of
+        them every sweep nor stalls the agent while it does.
+        """
         svc = self.service
         shops: set[str] = set()
-        owned = set(svc.owned_partitions())
+        owned = sorted(svc.owned_partitions())
+        owned_set = set(owned)
         rows = 0
         for k in list(svc.tallies.keys()):
             shop, _, p = k.decode().rpartition("|")
-            if p.isdigit() and int(p) in owned:
+            if p.isdigit() and int(p) in owned_set:
                 shops.add(shop)
                 rows += 1
         svc.metrics.table_rows.labels("shop-tallies").set(rows)
         today = day_of(to_us(datetime.now(UTC)))
-        for shop in shops:
+        budget = _Budget(SWEEP_DUTY)
+        for shop in sorted(shops):
+            if budget.spent():
+                await budget.pause()
+                if not svc.tables_ready():
+                    return  # a rebalance: the next sweep publishes what this worker owns
             try:
-                _, tally = svc.local_tally(shop)
+                raws = [svc.tallies.get(tally_key(shop, p)) for p in owned]
+                signature = hash((today, tuple(owned), tuple(raws)))
+                if self._published.get(shop) == signature:
+                    continue
+                tally = ShopTally.empty()
+                for raw in raws:
+                    if raw:
+                        tally = tally.merge(ShopTally.decode(raw))
                 figures = tally.figures(shop, today, svc.policies.for_shop(shop))
                 svc.metrics.set_shop_figures(shop, figures)
+                self._published[shop] = signature
             except Exception:  # noqa: BLE001 - gauges are best effort
                 log.exception("shop gauges for %s", shop)
 

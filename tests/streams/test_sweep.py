@@ -452,3 +452,30 @@ async def test_full_scan_counts_keys_the_agent_creates_during_its_last_commit(
     h.rebalance()  # a recount with no concurrent writes: nothing may need repair
     check = await h.sweeper.sweep(NOW + timedelta(seconds=30))
     assert check.tallies_repaired == 0 and check.customers == len(keys) + len(created)
+
+
+async def test_shop_gauges_follow_the_tallies_and_skip_shops_that_did_not_change(
+        hourly: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    h = hourly
+    metrics = h.svc.context.metrics
+    published: list[str] = []
+    set_figures = metrics.set_shop_figures
+
+    def recording(shop: str, figures: Any) -> None:
+        published.append(shop)
+        set_figures(shop, figures)
+
+    monkeypatch.setattr(metrics, "set_shop_figures", recording)
+
+    def buyers() -> float:
+        return metrics.registry.get_sample_value("loyalty_shop_kpi",
+                                                  {"shop": "s1", "kpi": "buyers"})
+
+    monthly_customers(h, 3)
+    await h.sweeper.sweep(NOW)
+    assert published == ["s1"] and buyers() == 3
+    await h.sweeper.sweep(NOW + timedelta(seconds=30))
+    assert published == ["s1"]  # same rows, same day: not recomputed
+    h.purchase("new", "2026-01-09T10:00:00Z", "e-new")
+    await h.sweeper.sweep(NOW + timedelta(seconds=60))
+    assert published == ["s1", "s1"] and buyers() == 4
