@@ -66,6 +66,8 @@ HEAVY_SHARE = 0.5
 #: the 7-day allowed lateness) and of the regulars stream
 SPAN_DAYS = 6.0
 REGULARS_SPAN_DAYS = 365.0
+#: the default number of shops the customers are spread over (round robin)
+SHOPS = len(SHOP_NAMES)
 
 
 @dataclass
@@ -79,14 +81,22 @@ class StreamStats:
     first_us: int | None = None
     last_us: int | None = None
     keys_sample: list[bytes] = field(default_factory=list)  # customer keys, for latency
+    shops: int = 0  # shops the customers are spread over
     heavy_customers: int = 0  # heavy generator: customers with heavy_events_each events
     heavy_events_each: int = 0
 
 
-def customer_ids(customers: int) -> list[tuple[str, str]]:
+def shop_names(shops: int) -> list[str]:
+    """The first ``shops`` of the synthetic shops' names, then ``shop-00005`` and so on."""
+    if shops < 1:
+        raise ValueError(f"at least one shop is needed, got {shops}")
+    return [SHOP_NAMES[i] if i < len(SHOP_NAMES) else f"shop-{i:05d}" for i in range(shops)]
+
+
+def customer_ids(customers: int, shops: int = SHOPS) -> list[tuple[str, str]]:
     """``(shop_id, customer_id)`` of customer ``0..customers-1`` (round robin over shops)."""
-    shops = SHOP_NAMES
-    return [(shops[i % len(shops)], f"c{i:07d}") for i in range(customers)]
+    names = shop_names(shops)
+    return [(names[i % shops], f"c{i:07d}") for i in range(customers)]
 
 
 class _Formatter:
@@ -116,7 +126,8 @@ rfc3339_us = _Formatter()
 
 
 def fast_stream(events: int, customers: int, *, seed: int = 7, span_days: float = SPAN_DAYS,
-                end: datetime | None = None, stats: StreamStats | None = None) -> Iterator[Triple]:
+                end: datetime | None = None, stats: StreamStats | None = None,
+                shops: int = SHOPS) -> Iterator[Triple]:
     """Yield ``events`` valid events over ``min(events, customers)`` customers, in arrival order.
 
     ``end`` (default: wall clock minus 5 minutes) is the newest ``occurred_at``.
@@ -124,7 +135,8 @@ def fast_stream(events: int, customers: int, *, seed: int = 7, span_days: float 
     """
     stats = stats if stats is not None else StreamStats()
     stats.generator = "fast"
-    return _stream(events, customers, seed=seed, span_days=span_days, end=end, stats=stats)
+    return _stream(events, customers, seed=seed, span_days=span_days, end=end, stats=stats,
+                   shops=shops)
 
 
 def heavy_plan(events: int, customers: int, heavy_customers: int = HEAVY_CUSTOMERS,
@@ -148,7 +160,7 @@ def heavy_plan(events: int, customers: int, heavy_customers: int = HEAVY_CUSTOME
 def heavy_stream(events: int, customers: int, *, seed: int = 7, span_days: float = SPAN_DAYS,
                  heavy_customers: int = HEAVY_CUSTOMERS, heavy_events: int = HEAVY_EVENTS,
                  end: datetime | None = None, stats: StreamStats | None = None,
-                 ) -> Iterator[Triple]:
+                 shops: int = SHOPS) -> Iterator[Triple]:
     """:func:`fast_stream` with hot customers: see :func:`heavy_plan` for how many.
 
     The heavy customers are the first ones (spread over the shops); each gets
@@ -165,14 +177,14 @@ def heavy_stream(events: int, customers: int, *, seed: int = 7, span_days: float
                          f"({lateness} days), got {span_days}")
     return _hot_stream("heavy", events, customers, seed=seed, span_days=span_days,
                        heavy_customers=heavy_customers, heavy_events=heavy_events, end=end,
-                       stats=stats)
+                       stats=stats, shops=shops)
 
 
 def regulars_stream(events: int, customers: int, *, seed: int = 7,
                     span_days: float = REGULARS_SPAN_DAYS,
                     heavy_customers: int = HEAVY_CUSTOMERS, heavy_events: int = HEAVY_EVENTS,
                     end: datetime | None = None, stats: StreamStats | None = None,
-                    ) -> Iterator[Triple]:
+                    shops: int = SHOPS) -> Iterator[Triple]:
     """:func:`heavy_stream`'s hot customers over ``span_days`` of history (module docstring).
 
     Raises :class:`ValueError` unless ``span_days`` is positive.
@@ -181,24 +193,24 @@ def regulars_stream(events: int, customers: int, *, seed: int = 7,
         raise ValueError(f"the regulars generator needs span_days > 0, got {span_days}")
     return _hot_stream("regulars", events, customers, seed=seed, span_days=span_days,
                        heavy_customers=heavy_customers, heavy_events=heavy_events, end=end,
-                       stats=stats)
+                       stats=stats, shops=shops)
 
 
 def _hot_stream(name: str, events: int, customers: int, *, seed: int, span_days: float,
                 heavy_customers: int, heavy_events: int, end: datetime | None,
-                stats: StreamStats | None) -> Iterator[Triple]:
+                stats: StreamStats | None, shops: int) -> Iterator[Triple]:
     """The fast stream with :func:`heavy_plan`'s hot customers, recorded as generator ``name``."""
     stats = stats if stats is not None else StreamStats()
     stats.generator = name
     stats.heavy_customers, stats.heavy_events_each = heavy_plan(events, customers,
                                                                 heavy_customers, heavy_events)
     return _stream(events, customers, seed=seed, span_days=span_days, end=end, stats=stats,
-                   heavy=stats.heavy_customers, heavy_each=stats.heavy_events_each)
+                   heavy=stats.heavy_customers, heavy_each=stats.heavy_events_each, shops=shops)
 
 
 def _stream(events: int, customers: int, *, seed: int, span_days: float,
             end: datetime | None, stats: StreamStats, heavy: int = 0, heavy_each: int = 0,
-            ) -> Iterator[Triple]:
+            shops: int = SHOPS) -> Iterator[Triple]:
     """The fast stream; customers ``0..heavy-1`` get exactly ``heavy_each`` events each."""
     import numpy as np
 
@@ -229,7 +241,8 @@ def _stream(events: int, customers: int, *, seed: int, span_days: float,
     rolls = rng.random(events).tolist()
     amounts = np.maximum(100, rng.lognormal(7.8, 0.7, events).astype(np.int64)).tolist()
     rnd = random.Random(seed)
-    ids = customer_ids(n_cust)
+    ids = customer_ids(n_cust, shops)
+    stats.shops = min(shops, n_cust)
     keys = [f"{s}|{c}".encode() for s, c in ids]
     last_order: list[tuple[str, int] | None] = [None] * n_cust
     points = [0] * n_cust
@@ -293,7 +306,7 @@ def _stream(events: int, customers: int, *, seed: int, span_days: float,
 
 
 def synthetic_stream(customers: int, *, seed: int = 7, stats: StreamStats | None = None,
-                     ) -> Iterator[Triple]:
+                     shops: int = SHOPS) -> Iterator[Triple]:
     """Yield :func:`streams.synthetic.generate` records (with faults) for ~``customers``.
 
     Unroutable records (no type) go to the purchases topic like ``loyalty
@@ -303,7 +316,7 @@ def synthetic_stream(customers: int, *, seed: int = 7, stats: StreamStats | None
 
     stats = stats if stats is not None else StreamStats()
     stats.generator = "synthetic"
-    shops = len(SHOP_NAMES)
+    stats.shops = shops
     per_shop = max(1, math.ceil(customers / shops))
     end = datetime.now(UTC) - timedelta(minutes=5)
     records = synthetic.generate(seed=seed, shops=shops, customers_per_shop=per_shop, end=end)

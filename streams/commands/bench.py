@@ -44,6 +44,7 @@ from streams.bench.generator import (
     HEAVY_EVENTS,
     HEAVY_SHARE,
     REGULARS_SPAN_DAYS,
+    SHOPS,
     SPAN_DAYS,
 )
 from streams.bench.phases import LATENCY_LINGER_MS
@@ -84,6 +85,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              f"(default {HEAVY_EVENTS})")
     parser.add_argument("--seed", type=int, default=7,
                         help="random seed of the generated population (default 7)")
+    parser.add_argument("--shops", type=int, default=SHOPS, metavar="N",
+                        help=f"shops the generated customers are spread over, round robin "
+                             f"(default {SHOPS}); many shops mean many shop-tally rows per "
+                             f"batch and many shop-labelled gauges")
     parser.add_argument("--span-days", type=float, default=None,
                         help=f"event-time span of the generated stream (default {SPAN_DAYS:g}, "
                              f"less than the 7-day allowed lateness, see README; "
@@ -131,8 +136,8 @@ def run(args: argparse.Namespace) -> int:
     from streams.bench.harness import BenchError
 
     try:
-        if args.events < 1 or args.customers < 1:
-            raise BenchError("--events and --customers must be at least 1")
+        if args.events < 1 or args.customers < 1 or args.shops < 1:
+            raise BenchError("--events, --customers and --shops must be at least 1")
         if args.latency_linger_ms < 0:
             raise BenchError("--latency-linger-ms must be 0 or more")
         if args.span_days is None:
@@ -169,17 +174,17 @@ def _stream(args: argparse.Namespace, stats: Any) -> Any:
     from streams.bench.harness import BenchError
 
     if args.generator == "synthetic":
-        return synthetic_stream(args.customers, seed=args.seed, stats=stats)
+        return synthetic_stream(args.customers, seed=args.seed, stats=stats, shops=args.shops)
     if args.generator in ("heavy", "regulars"):
         hot = heavy_stream if args.generator == "heavy" else regulars_stream
         try:
             return hot(args.events, args.customers, seed=args.seed, span_days=args.span_days,
                        stats=stats, heavy_customers=args.heavy_customers,
-                       heavy_events=args.heavy_events)
+                       heavy_events=args.heavy_events, shops=args.shops)
         except ValueError as exc:
             raise BenchError(str(exc)) from exc
     return fast_stream(args.events, args.customers, seed=args.seed,
-                       span_days=args.span_days, stats=stats)
+                       span_days=args.span_days, stats=stats, shops=args.shops)
 
 
 def _run_core(args: argparse.Namespace) -> dict[str, Any]:
@@ -201,6 +206,7 @@ def _run_core(args: argparse.Namespace) -> dict[str, Any]:
                           cache_size=settings.state_cache_size,
                           head_cache_mb=settings.head_cache_mb)
     result["generator"] = stats.generator
+    result["shops"] = stats.shops
     result["machine"] = machine(settings.kafka_version)
     return result
 
@@ -416,7 +422,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
             "machine": mach,
             "params": {"events": total, "customers": args.customers,
                        "partitions": partitions, "generator": stats.generator,
-                       "seed": args.seed, "span_days": args.span_days,
+                       "seed": args.seed, "shops": stats.shops, "span_days": args.span_days,
                        "heavy_customers": args.heavy_customers,
                        "heavy_events": args.heavy_events,
                        "latency_seconds": args.latency_seconds,

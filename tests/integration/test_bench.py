@@ -187,6 +187,27 @@ def test_fast_generator_gives_exact_counts_of_valid_events() -> None:
     assert set(stats.by_type) == {"purchase", "visit", "feedback", "refund", "redemption"}
 
 
+def test_fast_generator_spreads_the_customers_over_the_shops_asked_for() -> None:
+    from streams.bench.generator import StreamStats, fast_stream
+
+    stats = StreamStats()
+    events = _valid_events(list(fast_stream(2000, 150, seed=3, stats=stats, shops=40)))
+    per_shop: dict[str, int] = {}
+    for key in events:
+        shop = key.decode().split("|", 1)[0]
+        per_shop[shop] = per_shop.get(shop, 0) + 1
+    assert stats.shops == len(per_shop) == 40
+    assert set(per_shop.values()) == {3, 4}  # 150 customers round robin over 40 shops
+
+
+def test_bench_refuses_no_shops_before_touching_the_broker() -> None:
+    port = free_port()
+    proc = _bench("--shops", "0", "--json", broker=f"kafka://127.0.0.1:{port}", timeout=60)
+    assert proc.returncode == 1
+    assert "--shops must be at least 1" in proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
 def _hot_customers(make: Any, name: str) -> tuple[dict[str, list[Any]], list[str]]:
     """3 000 events over 300 customers from ``make`` (heavy or regulars), 5 of them hot:
     every customer's valid events, and the hot customers' keys (counts checked)."""
