@@ -324,10 +324,11 @@ async def redrive_idle_partitions(service: ServiceContext, progress: Progress,
         if progress.skipped(tp, expected, position):
             # Only offsets without a record (a transaction's commit marker) were
             # read past: nothing was dropped. Once everything before them is
-            # processed, they count as done, so the committed offset passes them
-            # too (else the partition shows a lag of one marker for good).
-            progress.last_offset[tp] = (generation, position - 1)
-            if progress.done.get(tp, -1) >= expected - 1:
+            # processed (records may still be held: then a later check), they
+            # count as done, so the committed offset passes them too (else the
+            # partition shows a lag of one marker for good).
+            done = progress.done.get(tp, -1)
+            if expected - 1 <= done < position - 1:
                 progress.done[tp] = position - 1
                 progress.owed[TP(*tp)] = max(progress.owed.get(TP(*tp), -1), position)
             continue

@@ -284,10 +284,9 @@ def skipped_offsets(app: faust.App, tp: tuple[str, int], start: int, end: int) -
     Such offsets hold transaction markers or aborted records (or records
     retention deleted before they were read: aiokafka then moves its position
     to the log start), never a record Faust dropped (those were returned).
-    Known only for the current
-    generation and the last :data:`SKIPPED_KEPT` ranges of a partition, and
-    only with :func:`track_fetches` installed; False when unknown, so the
-    caller reads the range back.
+    Known only for the current generation and the last :data:`SKIPPED_KEPT`
+    ranges of a partition, and only with :func:`track_fetches` installed;
+    False when unknown, so the caller reads the range back.
     """
     fetches = _FETCHES.get(app)
     if fetches is None or fetches.generation != generation(app) or start >= end:

@@ -194,3 +194,6 @@ async def test_markers_behind_records_still_held_are_not_done_yet() -> None:
     progress.done[(TOPIC, 0)] = 1
     assert await redrive_idle_partitions(service, progress, _Reader(end=10)) == 0
     assert progress.done[(TOPIC, 0)] == 1 and not progress.owed
+    progress.done[(TOPIC, 0)] = 3  # the held records were processed
+    assert await redrive_idle_partitions(service, progress, _Reader(end=10)) == 0
+    assert progress.done[(TOPIC, 0)] == 5 and progress.owed[TP(TOPIC, 0)] == 6
