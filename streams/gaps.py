@@ -251,7 +251,12 @@ def install_seek_tracking(service: ServiceContext, progress: Progress,
                 if done is None:
                     continue  # nothing processed here yet: leave the broker's offset
                 offset = min(offset, done + 1)
-                progress.covered[tp] = max(progress.covered.get(tp, -1), offset)
+                if offset <= progress.covered.get(tp, -1):
+                    # Committed as far already (an owed commit, or one past a
+                    # transaction's trailing marker, which Faust never sees):
+                    # committing less would move the group's offset back.
+                    continue
+                progress.covered[tp] = offset
             capped[tp] = offset
         return capped
 

@@ -16,7 +16,7 @@ from faust.types import TP
 
 from schemas import codec
 from streams import compat
-from streams.gaps import Progress, redrive_idle_partitions
+from streams.gaps import Progress, install_seek_tracking, redrive_idle_partitions
 from streams.records import Record
 
 TOPIC = "svc.redemptions"
@@ -197,3 +197,41 @@ async def test_markers_behind_records_still_held_are_not_done_yet() -> None:
     progress.done[(TOPIC, 0)] = 3  # the held records were processed
     assert await redrive_idle_partitions(service, progress, _Reader(end=10)) == 0
     assert progress.done[(TOPIC, 0)] == 5 and progress.owed[TP(TOPIC, 0)] == 6
+
+
+async def test_no_commit_moves_the_group_offset_back() -> None:
+    """Faust never sees a transaction's trailing marker, so its own commit (the offset
+    after its last acknowledged record) can come after the worker committed past the
+    marker; it must not take the group's offset back."""
+    sent: list[dict[TP, int]] = []
+
+    async def broker_commit(offsets: dict[TP, int]) -> bool:
+        sent.append(dict(offsets))
+        return True
+
+    async def seek_to_committed() -> dict[TopicPartition, int]:
+        return {TopicPartition(TOPIC, 0): 0}
+
+    async def flush() -> None:
+        return None
+
+    tp = TP(TOPIC, 0)
+    consumer = SimpleNamespace(_commit=broker_commit, seek_to_committed=seek_to_committed,
+                               assignment=lambda: {tp})
+    app = SimpleNamespace(consumer=consumer, consumer_generation_id=GENERATION,
+                          producer=SimpleNamespace(flush=flush))
+    service = SimpleNamespace(app=app, input_topic_names=(TOPIC,),
+                              rekey=SimpleNamespace(get_topic_name=lambda: "svc-rekey"))
+    progress = Progress(SimpleNamespace())
+    commit_owed = install_seek_tracking(service, progress,  # type: ignore[arg-type]
+                                        SimpleNamespace(beginning_offsets=None))
+    progress.seeked({tp: 0}, GENERATION)
+    progress.processed([_record(0), _record(1), _record(2)])
+    progress.done[(TOPIC, 0)], progress.owed[tp] = 3, 4  # 3: a marker, counted done
+    await commit_owed()
+    assert sent == [{tp: 4}]
+    assert await consumer._commit({tp: 3})  # Faust's own, after acknowledging record 2
+    assert sent == [{tp: 4}]  # not sent: the group stays at 4
+    progress.processed([_record(4)])
+    assert await consumer._commit({tp: 5})
+    assert sent == [{tp: 4}, {tp: 5}]
