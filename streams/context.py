@@ -21,6 +21,7 @@ one part reads:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -121,9 +122,8 @@ class ServiceContext:
         for the shop contribute nothing.
         """
         owned = self.owned_partitions()
-        total = ShopTally.empty()
-        for p in owned:
-            raw = self.tallies.get(tally_key(shop_id, p))
-            if raw:
-                total = total.merge(ShopTally.decode(raw))
-        return owned, total
+        return owned, ShopTally.merged(self.shop_tally_rows(shop_id, owned))
+
+    def shop_tally_rows(self, shop_id: str, partitions: Iterable[int]) -> list[bytes | None]:
+        """The encoded tally rows of ``shop_id`` in ``partitions`` (None: no row)."""
+        return [self.tallies.get(tally_key(shop_id, p)) for p in partitions]

@@ -577,15 +577,11 @@ class Sweeper:
                 if not svc.tables_ready():
                     return  # a rebalance: the next sweep publishes what this worker owns
             try:
-                raws = [svc.tallies.get(tally_key(shop, p)) for p in owned]
+                raws = svc.shop_tally_rows(shop, owned)
                 signature = hash((today, tuple(owned), tuple(raws)))
                 if self._published.get(shop) == signature:
                     continue
-                tally = ShopTally.empty()
-                for raw in raws:
-                    if raw:
-                        tally = tally.merge(ShopTally.decode(raw))
-                figures = tally.figures(shop, today, svc.policies.for_shop(shop))
+                figures = ShopTally.merged(raws).figures(shop, today, svc.policies.for_shop(shop))
                 svc.metrics.set_shop_figures(shop, figures)
                 self._published[shop] = signature
             except Exception:  # noqa: BLE001 - gauges are best effort
