@@ -9,7 +9,9 @@ marked ``integration`` automatically, and with ``CI_FORBID_INTEGRATION_SKIPS=1``
 
 Isolation: tests share one broker, and other people's test runs may share it
 at the same time, so every topic and consumer group a test creates must come
-from ``unique_name``.
+from ``unique_name``. Hygiene: the topics a test creates are deleted when it
+ends (``create_topic``'s, and every topic named after a ``unique_name`` or a
+:func:`tests.leftovers.own_topics` registration).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from collections.abc import Callable, Coroutine, Generator, Iterator
 from typing import Any, TypeVar
 
 import pytest
+
+from tests import leftovers
 
 T = TypeVar("T")
 
@@ -97,17 +101,41 @@ def bootstrap() -> str:
     )
 
 
+def _default_bootstrap() -> str:
+    from streams.settings import get_settings
+
+    settings = get_settings()
+    return f"{settings.broker_host}:{settings.broker_port}"
+
+
+@pytest.fixture(autouse=True)
+def _delete_owned_topics() -> Iterator[None]:
+    """After each test (and its other fixtures), delete the topics it registered
+    (:mod:`tests.leftovers`: why). A test that registered nothing costs nothing."""
+    mark = leftovers.mark()
+    yield
+    by_broker: dict[str, list[str]] = {}
+    for bootstrap, part in leftovers.owned_since(mark):
+        by_broker.setdefault(bootstrap, []).append(part)
+    for bootstrap, parts in by_broker.items():
+        leftovers.delete_topics(bootstrap, containing=parts)
+
+
 @pytest.fixture
 def unique_name(request: pytest.FixtureRequest) -> Callable[[str], str]:
     """Factory of collision-free topic / group names: ``unique_name("scores")``.
 
     Names embed the test name (for debugging leftovers on the broker) and a
-    random suffix (for concurrent runs against the same broker).
+    random suffix (for concurrent runs against the same broker). Topics whose
+    names contain the suffix (also derived ones: an app id's changelogs) are
+    deleted from the default broker after the test.
     """
     test = "".join(c if c.isalnum() else "-" for c in request.node.name)[:40].strip("-")
 
     def make(prefix: str = "t") -> str:
-        return f"test.{prefix}.{test}.{uuid.uuid4().hex[:10]}"
+        suffix = uuid.uuid4().hex[:10]
+        leftovers.own_topics(_default_bootstrap(), suffix)
+        return f"test.{prefix}.{test}.{suffix}"
 
     return make
 
@@ -162,26 +190,8 @@ class TopicFactory:
 
     def cleanup(self) -> None:
         """Best-effort deletion of every created/tracked topic that exists."""
-        if not self.created:
-            return
-
-        async def delete() -> None:
-            from aiokafka.admin import AIOKafkaAdminClient
-
-            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
-            await admin.start()
-            try:
-                existing = set(await admin.list_topics())
-                doomed = [t for t in dict.fromkeys(self.created) if t in existing]
-                if doomed:
-                    await admin.delete_topics(doomed)
-            finally:
-                await admin.close()
-
-        try:
-            run_async(delete(), timeout=30)
-        except Exception:  # noqa: BLE001 - leftovers are harmless: names are unique
-            pass
+        if self.created:
+            leftovers.delete_topics(self.bootstrap, self.created)
 
 
 @pytest.fixture

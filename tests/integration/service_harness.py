@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from streams.ports import free_port
+from tests.leftovers import own_topics
 
 REPO = Path(__file__).resolve().parents[2]
 LOYALTY = [sys.executable, "-m", "streams.cli"]
@@ -169,6 +170,7 @@ class ServiceEnv:
         self.bootstrap = bootstrap
         self.tmp = tmp
         self.name = f"svc-{uuid.uuid4().hex[:10]}"
+        own_topics(bootstrap, self.name)  # deleted after the test (tests/leftovers.py)
         self.policy_file = tmp / "policy.json"
         self.policy_file.write_text(json.dumps(
             {"defaults": {"allowed_lateness_days": lateness_days}}))

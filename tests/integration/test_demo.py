@@ -29,6 +29,7 @@ from scoring.snapshot import head_as_of
 from streams.commands.demo import CUSTOMER_COLUMNS, clv_line
 from streams.ports import free_port
 from tests.integration.service_harness import LOYALTY, REPO
+from tests.leftovers import own_topics
 
 CUSTOMERS_PER_SHOP = 60  # 3 shops: the pooled CLV model (all shops) is sound at this size
 
@@ -82,6 +83,7 @@ def parse_report(out: str) -> tuple[str, dict[str, list[str]], list[list[str]]]:
 @pytest.mark.slow
 def test_demo_prints_what_replay_computes(bootstrap: str, tmp_path) -> None:
     ns = f"demotest-{uuid.uuid4().hex[:8]}"
+    own_topics(bootstrap, ns)
     var = tmp_path / "var"
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOYALTY_")}
     env.update(LOYALTY_BROKER=f"kafka://{bootstrap}", PYTHONUNBUFFERED="1",
