@@ -137,6 +137,11 @@ class Metrics:
             "Duration of one periodic full garbage collection (the event loop is blocked "
             "meanwhile; grows with the live states kept in memory).",
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10), registry=r)
+        self.loop_lag = Histogram(
+            "loyalty_event_loop_lag_seconds",
+            "How much later than asked the event loop ran a 0.1 s sleep: what an event "
+            "arriving then waited before the worker could look at it (streams/loop_watch.py).",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=r)
         self.gc_reclaimed_objects = Counter(
             "loyalty_gc_reclaimed_objects_total",
             "Objects the periodic full garbage collection freed (reference cycles).",

@@ -200,6 +200,13 @@ class Settings(BaseSettings):
         "grows with the state cache, loyalty_gc_reclaim_seconds). 0 turns this off: Python's "
         "collector as tuned at startup.",
     )
+    loop_stall_report_s: float = Field(
+        1.0, ge=0,
+        description="Default 1. When the worker's event loop has not come back for this many "
+        "seconds (something holds it: every event waits meanwhile), log one warning with "
+        "what it is running, and one when it is back. loyalty_event_loop_lag_seconds "
+        "measures the loop's lag either way. 0 turns the warnings off.",
+    )
     batch_within_s: float = Field(
         0.02, gt=0,
         description="Default 0.02. Seconds the agent sleeps, with no record queued, before it "

@@ -156,6 +156,11 @@ def run(args: argparse.Namespace) -> int:
     Collector(service.context.metrics, settings.gc_reclaim_interval_s).install(
         service.app, service.processor)
 
+    from streams.loop_watch import LoopWatch
+
+    # Whether (and where) the event loop stalls: every event waits meanwhile.
+    LoopWatch(service.context.metrics, settings.loop_stall_report_s).install(service.app)
+
     class Worker(faust.Worker):
         def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
             # Faust's terminal spinner sets the root logger to DEBUG so that it

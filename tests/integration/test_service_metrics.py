@@ -79,6 +79,8 @@ def test_service_metrics(bootstrap: str, tmp_path) -> None:
         for step in ("changelog", "write"):
             assert value("loyalty_batch_step_seconds_count", step=step) > 0, step
             assert value("loyalty_batch_step_seconds_sum", step=step) > 0, step
+        # The loop watch runs in the worker: ten probes a second since it started.
+        assert value("loyalty_event_loop_lag_seconds_count") >= 10
         assert value("loyalty_points_total", kind="earned") > 0
         customers = sum(v for (name, _), v in m.items() if name == "loyalty_customers")
         assert customers == len(expected_snapshots(env, records))
