@@ -177,6 +177,33 @@ def batch_profile(before: str, after: str) -> dict[str, Any]:
             "ms_per_batch": steps}
 
 
+#: lateness thresholds (ms) of :func:`loop_lag_profile`: buckets of loyalty_event_loop_lag_seconds
+LOOP_LAG_MS = (50, 100, 250, 500, 1000)
+
+
+def loop_lag_profile(before: str, after: str) -> dict[str, Any]:
+    """The worker's event-loop lag between two ``/metrics`` scrapes (``before`` may be empty).
+
+    ``probes``: the loop watch's 0.1 s sleeps in between; ``late_ms``: how many
+    of them woke up more than that many milliseconds late (``streams/loop_watch.py``).
+    A burst of slow events with no late probe was not the worker's loop holding them.
+    """
+    metric = "loyalty_event_loop_lag_seconds"
+
+    def counts(text: str) -> tuple[float, dict[str, float]]:
+        return (parse_metrics(text).get(metric + "_count", 0.0),
+                parse_labelled(text, metric + "_bucket"))
+
+    n0, b0 = counts(before)
+    n1, b1 = counts(after)
+    late = {}
+    for ms in LOOP_LAG_MS:
+        label = f'le="{ms / 1000:g}"' if ms < 1000 else f'le="{ms / 1000:.1f}"'
+        within = b1.get(label, 0.0) - b0.get(label, 0.0)
+        late[str(ms)] = int((n1 - n0) - within)
+    return {"probes": int(n1 - n0), "late_ms": late}
+
+
 def parse_labelled(text: str, metric: str) -> dict[str, float]:
     """Samples of one metric keyed by their label text (e.g. ``type="purchase"``)."""
     out: dict[str, float] = {}
@@ -307,6 +334,24 @@ class BenchEnv:
         return rekey_topic_name(self.settings)
 
     # -- topics and data ----------------------------------------------------------------
+    async def broker_partitions(self) -> int:
+        """Partitions the broker holds (every topic, internal ones included).
+
+        A condition of every figure, like the machine's load: a local broker
+        carrying thousands of partitions (topics that earlier runs left)
+        spends CPU on them and serves every request slower.
+        """
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=20000)
+        await admin.start()
+        try:
+            topics = await admin.list_topics()
+            described = await admin.describe_topics(topics) if topics else []
+            return sum(len(d["partitions"]) for d in described)
+        finally:
+            await admin.close()
+
     async def create_topics(self) -> None:
         """All project topics of this run plus the baseline output, with P partitions."""
         from streams.topics import TopicSpec, all_topic_specs, ensure_topics

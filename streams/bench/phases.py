@@ -38,6 +38,7 @@ from streams.bench.harness import (
     batch_profile,
     cpu_seconds,
     http_get,
+    loop_lag_profile,
     parse_labelled,
     parse_metrics,
     read_proc_status,
@@ -231,6 +232,8 @@ class Latency:
     stalls: list[tuple[float, float, int, float]] = field(default_factory=list)
     #: the worker's batches during the phase (:func:`batch_profile`)
     batches: dict[str, Any] = field(default_factory=dict)
+    #: the worker's event-loop lag during the phase (:func:`loop_lag_profile`)
+    loop_lag: dict[str, Any] = field(default_factory=dict)
     #: cores used while sending: the worker, this process, the local broker (:class:`CpuMeter`)
     cpu_cores: dict[str, float | None] = field(default_factory=dict)
 
@@ -249,7 +252,7 @@ class Latency:
                 "p50_first_quarter_ms": round(self.p50_first_quarter_ms, 2),
                 "p50_last_quarter_ms": round(self.p50_last_quarter_ms, 2),
                 "kept_up": self.kept_up, "stalls": self.stalls[:20], "batches": self.batches,
-                "cpu_cores": self.cpu_cores}
+                "loop_lag": self.loop_lag, "cpu_cores": self.cpu_cores}
 
 
 async def latency(env: BenchEnv, worker: WorkerProc, keys: list[bytes], rate: float,
@@ -403,7 +406,9 @@ async def latency(env: BenchEnv, worker: WorkerProc, keys: list[bytes], rate: fl
     if not lat:
         raise BenchError(f"latency phase: no snapshot of the {sent_n} events arrived on {topic} "
                          f"within {drain_s:.0f} s; worker log:\n{worker.log_tail()}")
-    batches = batch_profile(before, await _scrape(worker))
+    after = await _scrape(worker)
+    batches = batch_profile(before, after)
+    loop_lag = loop_lag_profile(before, after)
     ms = sorted(x * 1000 for x in lat)
     # In arrival order: the first and last quarter's medians show whether the
     # worker kept up (flat) or queued (growing) at the offered rate.
@@ -418,7 +423,7 @@ async def latency(env: BenchEnv, worker: WorkerProc, keys: list[bytes], rate: fl
                    achieved_per_s=sent_n / send_s if send_s > 0 else float(sent_n),
                    sent=sent_n, matched=len(ms), coalesced=coalesced, duration_s=send_s,
                    p50_first_quarter_ms=_pct(first_q, 50), p50_last_quarter_ms=_pct(last_q, 50),
-                   batches=batches, cpu_cores=cpu_cores)
+                   batches=batches, loop_lag=loop_lag, cpu_cores=cpu_cores)
 
 
 async def catch_up(env: BenchEnv, worker: WorkerProc, timeout_s: float) -> float:

@@ -51,6 +51,10 @@ from streams.bench.phases import LATENCY_LINGER_MS
 
 #: offered rate of the second latency phase (``latency_p99_ms_at_1000``)
 FIXED_RATE = 1000.0
+#: above this many partitions on the broker before a run, the run says so: on the
+#: 2-core machine a broker left with ~14 000 (a day of test runs) made the latency
+#: phases' p99 several times worse than on an empty one (README "Performance")
+BUSY_BROKER_PARTITIONS = 1000
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -278,6 +282,11 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     observed: dict[str, Any] = {}
     extra_envs: list[Any] = []
     try:
+        observed["broker_partitions_before"] = await env.broker_partitions()
+        if observed["broker_partitions_before"] > BUSY_BROKER_PARTITIONS:
+            _progress(args, f"note: the broker holds {observed['broker_partitions_before']:,} "
+                            "partitions before this run's; a broker carrying many slows every "
+                            "figure (README \"Performance\"): compare runs on the same broker")
         _progress(args, f"run {env.app_id}: creating topics ({partitions} partitions)")
         await env.create_topics()
         stats = StreamStats()

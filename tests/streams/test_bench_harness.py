@@ -1,5 +1,6 @@
-"""The bench's reading of the worker's batch metrics (streams.bench.harness.batch_profile),
-on the text a real :class:`streams.metrics.Metrics` registry exposes."""
+"""The bench's reading of the worker's batch and loop-lag metrics
+(streams.bench.harness.batch_profile, loop_lag_profile), on the text a real
+:class:`streams.metrics.Metrics` registry exposes."""
 
 from __future__ import annotations
 
@@ -7,8 +8,20 @@ import subprocess
 import sys
 import time
 
-from streams.bench.harness import CpuMeter, batch_profile
+from streams.bench.harness import CpuMeter, batch_profile, loop_lag_profile
 from streams.metrics import BATCH_STEPS, Metrics
+
+
+def test_loop_lag_profile_counts_the_late_probes_between_two_scrapes() -> None:
+    m = Metrics()
+    m.loop_lag.observe(2.0)  # before the phase: must not count
+    before = m.render().decode()
+    for lag in (0.001, 0.002, 0.07, 0.3, 0.6, 1.2):
+        m.loop_lag.observe(lag)
+    got = loop_lag_profile(before, m.render().decode())
+    assert got == {"probes": 6, "late_ms": {"50": 4, "100": 3, "250": 3, "500": 2, "1000": 1}}
+    assert loop_lag_profile("", "") == {"probes": 0, "late_ms": dict.fromkeys(
+        ("50", "100", "250", "500", "1000"), 0)}
 
 
 def test_batch_profile_gives_the_means_between_two_scrapes() -> None:
