@@ -124,7 +124,7 @@ def test_every_dashboard_query_returns_data_from_a_real_worker(bootstrap: str,
         rules = {r["name"]: r for g in groups for r in g["rules"]}
         assert set(rules) == {"LoyaltyConsumerLagGrowing", "LoyaltyWorkerNotReady",
                               "LoyaltyWorkerDown", "LoyaltyDeadLettersRising",
-                              "LoyaltyNoEventsProcessed"}
+                              "LoyaltyNoEventsProcessed", "LoyaltyEventLoopStalls"}
         assert all(r["health"] == "ok" for r in rules.values()), rules
         # The worker is up and ready: these two must not be pending or firing.
         assert rules["LoyaltyWorkerDown"]["state"] == "inactive"
