@@ -11,6 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests import leftovers
 from tests.chaos.scenarios import FULL, SCENARIOS, SHORT
 
 
@@ -19,7 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--short", action="store_true", help="the CI profile (fewer kills)")
     parser.add_argument("--only", nargs="+", choices=sorted(SCENARIOS), default=None)
     parser.add_argument("--bootstrap", default="127.0.0.1:9092")
-    parser.add_argument("--keep", action="store_true", help="keep the scenario directories")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the scenario directories and topics")
     args = parser.parse_args(argv)
     # The runner's own producer retries through the broker scenario's outage:
     # one line per scenario, not thousands of aiokafka connection errors.
@@ -32,7 +34,13 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.only or [n for n in SCENARIOS if n not in profile.skip]:
             tmp = Path(root) / name
             tmp.mkdir()
+            mark = leftovers.mark()
             out = SCENARIOS[name](args.bootstrap, tmp, profile)
+            owned = leftovers.owned_since(mark)
+            if not args.keep:  # the scenario's topics (tests/leftovers.py: why)
+                for bootstrap in {b for b, _ in owned}:
+                    leftovers.delete_topics(bootstrap, containing=[p for b, p in owned
+                                                                   if b == bootstrap])
             print(out.line(), flush=True)
             if not out.ok:
                 failed += 1
