@@ -39,8 +39,17 @@ class BenchError(RuntimeError):
 
 
 def check_broker(settings: Settings) -> None:
-    """Raise :class:`BenchError` with instructions if the broker does not answer."""
+    """Raise :class:`BenchError` with instructions if the broker does not answer.
+
+    The bench measures a worker beside its broker (the local one): its own
+    clients connect in PLAINTEXT, so a secured broker is refused by name.
+    """
     from streams.broker import probe_metadata
+
+    if settings.security_protocol != "PLAINTEXT":
+        raise BenchError(
+            f"loyalty bench talks to a PLAINTEXT broker (the local one, `loyalty broker start`); "
+            f"LOYALTY_SECURITY_PROTOCOL is {settings.security_protocol}: unset it for the bench")
 
     host, port = settings.broker_host, settings.broker_port
     for _ in range(3):  # a loaded machine can make the first request slow
