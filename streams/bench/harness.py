@@ -48,8 +48,8 @@ def check_broker(settings: Settings) -> None:
 
     if settings.security_protocol != "PLAINTEXT":
         raise BenchError(
-            f"loyalty bench talks to a PLAINTEXT broker (the local one, `loyalty broker start`); "
-            f"LOYALTY_SECURITY_PROTOCOL is {settings.security_protocol}: unset it for the bench")
+            f"it measures against a PLAINTEXT broker only (the local one, `loyalty broker "
+            f"start`), and LOYALTY_SECURITY_PROTOCOL is {settings.security_protocol}: unset it")
 
     host, port = settings.broker_host, settings.broker_port
     for _ in range(3):  # a loaded machine can make the first request slow
