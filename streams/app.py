@@ -50,6 +50,7 @@ from streams.compat import (
     start_tables_without_delay,
 )
 from streams.context import ServiceContext
+from streams.metrics import Metrics
 from streams.publish import Publisher
 from streams.restore import install_bulk_restore
 from streams.security import faust_credentials
@@ -238,6 +239,7 @@ def create_service(
         rows=row_store(customers, settings.partitions),
         tally_rows=row_store(tallies, settings.partitions),
         publisher=Publisher(app),
+        metrics=Metrics(settings.exported_shops),
     )
     # The sweeper exists even without its timer: the agent tells it about
     # every write, and tests drive it directly.

@@ -42,7 +42,9 @@ _POINT_ENTRIES = {"earn": "earned", "redeem": "redeemed", "expire": "expired", "
 class Metrics:
     """All metrics of one worker. Cheap to construct; never raises on update."""
 
-    def __init__(self) -> None:
+    def __init__(self, exported_shops: frozenset[str] | None = None) -> None:
+        #: shops whose per-shop series are set (None: every shop; LOYALTY_SHOP_METRICS)
+        self.exported_shops = exported_shops
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.events_consumed = Counter(
@@ -289,12 +291,19 @@ class Metrics:
         for label, n in points.items():
             self.points.labels(label).inc(n)
 
+    def exports_shop(self, shop_id: str) -> bool:
+        """Whether ``shop_id``'s per-shop series are exported (``LOYALTY_SHOP_METRICS``)."""
+        return self.exported_shops is None or shop_id in self.exported_shops
+
     def set_shop_figures(self, shop_id: str, figures: Mapping[str, Any]) -> None:
         """Publish one shop's funnel and NPS gauges from ``ShopTally.figures()`` output.
 
         Tolerant of the figure layout: looks for a ``funnel``/``stages`` mapping
-        and an ``nps`` number at the top level or under ``all_time``.
+        and an ``nps`` number at the top level or under ``all_time``. Nothing
+        for a shop that is not exported.
         """
+        if not self.exports_shop(shop_id):
+            return
         funnel = figures.get("funnel") or figures.get("stages") or {}
         if isinstance(funnel, Mapping):
             for stage, count in funnel.items():
@@ -323,7 +332,10 @@ class Metrics:
         set_shop_kpis(self, shop_id, figures)
 
     def set_clv(self, shop_id: str, model: str | None, degenerate: bool) -> None:
-        """Record which CLV model scores ``shop_id`` and whether its own fit is degenerate."""
+        """Record which CLV model scores ``shop_id`` and whether its own fit is degenerate
+        (nothing for a shop that is not exported)."""
+        if not self.exports_shop(shop_id):
+            return
         for kind in ("shop", "pooled", "none"):
             self.clv_model.labels(shop_id, kind).set(1 if kind == (model or "none") else 0)
         self.clv_fit_degenerate.labels(shop_id).set(1 if degenerate else 0)

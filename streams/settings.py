@@ -308,6 +308,13 @@ class Settings(BaseSettings):
         "request to the broker (a metadata and end-offsets probe every third of this, at most "
         "every 5 s) is older than this many seconds.",
     )
+    shop_metrics: str = Field(
+        "", description="Default empty: every shop. Comma-separated shop ids whose per-shop "
+        "series the worker exports (loyalty_customers, loyalty_shop_*, loyalty_clv_model, "
+        "loyalty_clv_fit_degenerate); '-' exports none. Each shop adds about 27 series per "
+        "worker: with hundreds of shops, list the ones dashboards and alerts need. The other "
+        "shops' figures stay in GET /shops/{shop}.",
+    )
     log_repeat_interval_s: float = Field(
         30.0, ge=0,
         description="Default 30. The worker logs a repeated message (same logger, same "
@@ -422,7 +429,26 @@ class Settings(BaseSettings):
                 raise ValueError(f"{name}={path}: no such file")
         return self
 
+    @field_validator("shop_metrics")
+    @classmethod
+    def _shop_list(cls, value: str) -> str:
+        value = value.strip()
+        if value in ("", "-"):
+            return value
+        ids = [part.strip() for part in value.split(",")]
+        if any(not part for part in ids):
+            raise ValueError(f"{value!r}: an empty shop id in the list (write 'a,b', or '-' "
+                             "for none)")
+        return ",".join(ids)
+
     # --- Derived values ----------------------------------------------------------------
+    @property
+    def exported_shops(self) -> frozenset[str] | None:
+        """The shops whose per-shop series are exported (``shop_metrics``); None: every shop."""
+        if self.shop_metrics == "":
+            return None
+        return frozenset() if self.shop_metrics == "-" else frozenset(self.shop_metrics.split(","))
+
     @property
     def bootstrap_servers(self) -> list[str]:
         """``broker`` as aiokafka bootstrap servers: ``["127.0.0.1:9092", ...]``."""

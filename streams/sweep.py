@@ -572,6 +572,8 @@ class Sweeper:
         today = day_of(to_us(datetime.now(UTC)))
         budget = _Budget(SWEEP_DUTY)
         for shop in sorted(shops):
+            if not svc.metrics.exports_shop(shop):
+                continue  # LOYALTY_SHOP_METRICS: no series, so no figures to compute
             if budget.spent():
                 await budget.pause()
                 if not svc.tables_ready():

@@ -479,3 +479,28 @@ async def test_shop_gauges_follow_the_tallies_and_skip_shops_that_did_not_change
     h.purchase("new", "2026-01-09T10:00:00Z", "e-new")
     await h.sweeper.sweep(NOW + timedelta(seconds=60))
     assert published == ["s1", "s1"] and buyers() == 4
+
+
+@pytest.mark.parametrize(("listed", "exported"), [("s1", True), ("s2,s3", False), ("-", False)])
+async def test_shop_gauges_only_for_the_listed_shops(tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
+                                                     listed: str, exported: bool) -> None:
+    h = Harness(tmp_path, monkeypatch, 3600, shop_metrics=listed)
+    metrics = h.svc.context.metrics
+    computed: list[str] = []
+    merged = ShopTally.merged
+
+    def recording(raws: Any) -> ShopTally:
+        computed.append("s1")
+        return merged(raws)
+
+    monkeypatch.setattr(ShopTally, "merged", staticmethod(recording))
+    monthly_customers(h, 3)
+    await h.sweeper.sweep(NOW)
+    buyers = metrics.registry.get_sample_value("loyalty_shop_kpi", {"shop": "s1", "kpi": "buyers"})
+    assert buyers == (3 if exported else None)
+    # a shop without series is not even computed; its CLV gauges are not set either
+    assert computed == (["s1"] if exported else [])
+    metrics.set_clv("s1", "pooled", False)
+    assert (metrics.registry.get_sample_value("loyalty_clv_model",
+                                              {"shop": "s1", "model": "pooled"})
+            == (1.0 if exported else None))

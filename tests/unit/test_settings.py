@@ -176,3 +176,16 @@ def test_a_compression_codec_without_its_library_is_refused_at_startup(monkeypat
         assert "cramjam" in str(exc)
     else:
         raise AssertionError("lz4 without cramjam was accepted")
+
+
+@pytest.mark.parametrize(("value", "shops"), [
+    ("", None), ("-", frozenset()), ("s1", frozenset({"s1"})),
+    (" s1 , s2 ", frozenset({"s1", "s2"})),
+])
+def test_shop_metrics_lists_the_exported_shops(value: str, shops: frozenset[str] | None) -> None:
+    assert Settings(shop_metrics=value).exported_shops == shops
+
+
+def test_shop_metrics_with_an_empty_id_is_refused_with_the_fix() -> None:
+    with pytest.raises(ValidationError, match="an empty shop id"):
+        Settings(shop_metrics="s1,,s2")
