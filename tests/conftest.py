@@ -114,11 +114,7 @@ def _delete_owned_topics() -> Iterator[None]:
     (:mod:`tests.leftovers`: why). A test that registered nothing costs nothing."""
     mark = leftovers.mark()
     yield
-    by_broker: dict[str, list[str]] = {}
-    for bootstrap, part in leftovers.owned_since(mark):
-        by_broker.setdefault(bootstrap, []).append(part)
-    for bootstrap, parts in by_broker.items():
-        leftovers.delete_topics(bootstrap, containing=parts)
+    leftovers.delete_registered_since(mark)
 
 
 @pytest.fixture

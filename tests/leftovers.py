@@ -42,6 +42,15 @@ def mark() -> int:
     return len(_owned)
 
 
+def delete_registered_since(mark: int) -> None:
+    """Delete the topics registered after :func:`mark` gave ``mark``, each on its broker."""
+    by_broker: dict[str, list[str]] = {}
+    for bootstrap, part in owned_since(mark):
+        by_broker.setdefault(bootstrap, []).append(part)
+    for bootstrap, parts in by_broker.items():
+        delete_topics(bootstrap, containing=parts)
+
+
 def delete_topics(bootstrap: str, names: Iterable[str] = (), *,
                   containing: Iterable[str] = (), timeout: float = 30.0) -> list[str]:
     """Delete ``names`` and every topic whose name contains one of ``containing``.

@@ -36,11 +36,10 @@ def main(argv: list[str] | None = None) -> int:
             tmp.mkdir()
             mark = leftovers.mark()
             out = SCENARIOS[name](args.bootstrap, tmp, profile)
-            owned = leftovers.owned_since(mark)
-            if not args.keep:  # the scenario's topics (tests/leftovers.py: why)
-                for bootstrap in {b for b, _ in owned}:
-                    leftovers.delete_topics(bootstrap, containing=[p for b, p in owned
-                                                                   if b == bootstrap])
+            if args.keep:
+                leftovers.owned_since(mark)  # kept: only forget them
+            else:  # the scenario's topics (tests/leftovers.py: why)
+                leftovers.delete_registered_since(mark)
             print(out.line(), flush=True)
             if not out.ok:
                 failed += 1
