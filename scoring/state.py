@@ -167,15 +167,40 @@ class StateCache:
             self.hits += 1
             return item[1]
         self.misses += 1
+        state, head_hit = self._decode(key, raw)
+        self.head_hits += head_hit
+        return state
+
+    def peek(self, key: bytes, raw: bytes) -> CustomerState:
+        """What :meth:`get` returns for a row that exists, leaving the recency order
+        and the counters as they are: for readers other than the agent (the time
+        sweep's scans), which must not keep entries alive. The object is shared:
+        read it, never change it."""
+        item = self._items.get(key)
+        if item is not None and item[0] == raw:
+            return item[1]
+        return self._decode(key, raw)[0]
+
+    def replace(self, key: bytes, raw: bytes, state: CustomerState) -> None:
+        """A writer other than the agent wrote ``raw`` (``state``'s encoding): a live
+        entry of ``key`` takes it, in place in the recency order; a key not live
+        is not added (its kept head, now stale, is dropped)."""
+        if key in self._items:
+            self._items[key] = (compact(raw), state)
+        else:
+            self._drop_head(key)
+
+    def _decode(self, key: bytes, raw: bytes) -> tuple[CustomerState, int]:
+        """``raw`` decoded, with its kept head when the head tier has it for these bytes
+        (second value 1, else 0)."""
         state = CustomerState.decode(raw)
         kept = self._heads.get(key)
         if kept is not None:
             if kept[0] == raw:
                 state.head = (kept[1], Agg.from_list(loads(kept[2])))
-                self.head_hits += 1
-            else:
-                self._drop_head(key)
-        return state
+                return state, 1
+            self._drop_head(key)
+        return state, 0
 
     def put(self, key: bytes, raw: bytes, state: CustomerState) -> None:
         """Remember ``state`` as what ``raw`` (its encoding, just written) holds."""

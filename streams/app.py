@@ -41,6 +41,7 @@ from typing import Any
 import faust
 
 from schemas.policy import PolicyBook
+from scoring.state import StateCache
 from streams.agent import Processor, register_agents
 from streams.clv_service import ClvService, register_clv
 from streams.compat import (
@@ -240,6 +241,7 @@ def create_service(
         tally_rows=row_store(tallies, settings.partitions),
         publisher=Publisher(app),
         metrics=Metrics(settings.exported_shops),
+        states=StateCache(settings.state_cache_size, head_budget=settings.head_cache_mb << 20),
     )
     # The sweeper exists even without its timer: the agent tells it about
     # every write, and tests drive it directly.

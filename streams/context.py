@@ -13,6 +13,9 @@ one part reads:
 
 * :attr:`ServiceContext.in_flight`: customer keys whose outputs the agent is
   waiting for; the time sweep neither reads nor overwrites them meanwhile;
+* :attr:`ServiceContext.states`: the live customer states (the agent's cache,
+  validated by the row's bytes), which the time sweep reads instead of
+  decoding and re-folding, and updates in place when it writes a live one;
 * readiness (:meth:`ServiceContext.tables_ready`) and ownership
   (:meth:`ServiceContext.owned_partitions`);
 * the local shop tallies (:meth:`ServiceContext.local_tally`) and the last
@@ -26,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from scoring.shop import ShopTally
+from scoring.state import StateCache
 from streams.clv_models import ClvModels
 from streams.metrics import Metrics
 from streams.publish import Publisher
@@ -69,6 +73,8 @@ class ServiceContext:
     #: batch publisher over the app's producer (every output and changelog record)
     publisher: Publisher
     metrics: Metrics = field(default_factory=Metrics)
+    #: live states of recently written customers (streams.planning: the agent's cache)
+    states: StateCache = field(default_factory=StateCache)
     #: the CLV models served per shop (filled by streams.clv_service when CLV is enabled;
     #: every change of a shop's served model is reported to the metrics)
     clv_models: ClvModels = field(init=False)

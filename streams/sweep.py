@@ -434,7 +434,10 @@ class Sweeper:
                     index.due.pop(key, None)
                     continue
                 stats.visited += 1
-                state = CustomerState.decode(raw)
+                # The live state when the agent has it for these bytes: its
+                # folded head spares the re-fold that counting and advancing
+                # a decoded state need (read only; the cache stays as it was).
+                state = svc.states.peek(key, raw)
                 if run is not None:
                     index.rows += 1
                 if key in svc.in_flight:
@@ -519,7 +522,7 @@ class Sweeper:
             if current is None:
                 index.due.pop(change.key, None)
             else:
-                state = CustomerState.decode(current)
+                state = svc.states.peek(change.key, current)
                 self._count(run, change.key, state)
                 index.file(change.key, state.next_due)  # still due unless the agent moved it
 
@@ -527,6 +530,8 @@ class Sweeper:
             if run is not None:
                 run.held.discard(change.key)
             stats.changed += 1
+            if change.value is not None:  # a live state stays live, with the new bytes
+                svc.states.replace(change.key, change.value, states[change.key])
             self._count(run, change.key, states[change.key])
             index.file(change.key, change.next_due)
 

@@ -191,6 +191,33 @@ def test_state_cache_serves_live_objects_only_for_identical_bytes() -> None:
     assert len(cache) == 2 and cache.get(key, raw) is not out.state  # evicted (LRU)
 
 
+def test_state_cache_peek_leaves_it_as_it_was_and_replace_keeps_live_entries_live() -> None:
+    from scoring.fold import apply
+    from scoring.state import StateCache
+    from tests.core.factory import parse
+
+    policy = PolicyBook().default
+    cache = StateCache(capacity=2)
+    first = apply(None, parse(purchase(T0, 100, order_id="a")), policy).state
+    raw = first.encode()
+    cache.put(b"a", raw, first)
+    cache.put(b"b", raw, first)
+    # peek: the live object for the same bytes, a decoded one otherwise; no counters,
+    # no recency: "a" stays the oldest and is the one the next put evicts
+    assert cache.peek(b"a", raw) is first
+    later = apply(first, parse(visit(T0 + timedelta(days=1))), policy).state
+    other = later.encode()
+    assert cache.peek(b"a", other) is not first and cache.peek(b"a", other).encode() == other
+    assert (cache.hits, cache.misses) == (0, 0)
+    cache.put(b"c", raw, first)
+    assert cache.peek(b"a", raw) is not first and cache.peek(b"b", raw) is first
+    # replace: a live key takes the other writer's bytes and state, in place
+    cache.replace(b"b", other, later)
+    assert cache.get(b"b", other) is later and cache.get(b"b", raw) is not first
+    cache.replace(b"z", other, later)  # not live: not added
+    assert len(cache) == 2 and cache.peek(b"z", other) is not later
+
+
 def test_state_cache_keeps_heads_of_evicted_states_within_its_byte_budget() -> None:
     from scoring.fold import apply, cached_head
     from scoring.state import StateCache

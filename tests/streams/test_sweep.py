@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from schemas import codec
+from scoring import snapshot as snapshot_module
 from scoring.clock import from_us, to_us
 from scoring.shop import ShopTally
 from scoring.state import CustomerState
@@ -504,3 +505,37 @@ async def test_shop_gauges_only_for_the_listed_shops(tmp_path: Any, monkeypatch:
     assert (metrics.registry.get_sample_value("loyalty_clv_model",
                                               {"shop": "s1", "model": "pooled"})
             == (1.0 if exported else None))
+
+
+@pytest.mark.parametrize("live", [True, False])
+async def test_a_full_scan_reads_live_states_instead_of_re_folding_them(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch, live: bool) -> None:
+    """The agent's live states (with their folded heads) serve the scan's recount and
+    advance; without them (a cache of size 0) every customer's open history is
+    re-folded, and the recount is the same."""
+    sizes = {} if live else {"state_cache_size": 0, "head_cache_mb": 0}
+    h = Harness(tmp_path, monkeypatch, 400 * 86400, **sizes)
+    refolds: list[bytes] = []
+    fold_open = snapshot_module.fold_open
+
+    def counting(state: CustomerState, *args: Any, **kw: Any) -> Any:
+        refolds.append(state.customer_id.encode())
+        return fold_open(state, *args, **kw)
+
+    monkeypatch.setattr(snapshot_module, "fold_open", counting)
+    for i in range(5):
+        h.purchase(f"c{i}", f"2025-12-2{i}T10:00:00Z", f"e{i}")
+    first = await h.sweeper.sweep(NOW)
+    assert (first.full_scans, first.visited, first.tallies_repaired) == (PARTITIONS, 5, 0)
+    assert len(refolds) == (0 if live else 5)
+
+    # A customer the sweep advances stays live, with the bytes it wrote: the
+    # agent's next event for it is a cache hit, not a decode and re-fold.
+    states = h.svc.context.states
+    key, due_at = first_due(h)
+    await h.sweeper.sweep(from_us(due_at))
+    row = h.svc.context.customers.get(key)
+    assert h.state(key).clock == due_at
+    hits = states.hits
+    got = states.get(key, row)
+    assert (states.hits == hits + 1 and got.head is not None) if live else states.hits == 0
