@@ -47,7 +47,7 @@ from schemas import codec
 from schemas.events import InvalidEvent, parse_event
 from scoring import fold
 from scoring.snapshot import snapshot
-from scoring.state import CustomerState
+from scoring.state import CustomerState, StateCache
 from streams.commit import Change
 from streams.context import ServiceContext
 from streams.forget import erasure_refused, plan_erasure
@@ -105,9 +105,12 @@ class Planner:
     def __init__(self, service: ServiceContext) -> None:
         self.service = service
         self.rekey_name = service.rekey.get_topic_name()
-        #: live states of recently written customers (see :meth:`remember`), the
-        #: service's: the time sweep reads them too
-        self.states = service.states
+
+    @property
+    def states(self) -> StateCache:
+        """Live states of recently written customers (see :meth:`remember`): the
+        service's cache, which the time sweep reads too."""
+        return self.service.states
 
     def read_rows(self, records: Sequence[Record]) -> Rows:
         """The rows ``records`` will read, by (partition, key): one batch read per partition.

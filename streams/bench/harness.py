@@ -199,16 +199,18 @@ def loop_lag_profile(before: str, after: str) -> dict[str, Any]:
     """
     metric = "loyalty_event_loop_lag_seconds"
 
-    def counts(text: str) -> tuple[float, dict[str, float]]:
+    def counts(text: str) -> tuple[float, dict[float, float]]:
+        # bucket bound (seconds) -> probes within it; bounds read as numbers, not as
+        # the exporter's spelling of them ("1.0", "0.05")
+        buckets = parse_labelled(text, metric + "_bucket")
         return (parse_metrics(text).get(metric + "_count", 0.0),
-                parse_labelled(text, metric + "_bucket"))
+                {float(label.split('"')[1]): n for label, n in buckets.items()})
 
     n0, b0 = counts(before)
     n1, b1 = counts(after)
     late = {}
     for ms in LOOP_LAG_MS:
-        label = f'le="{ms / 1000:g}"' if ms < 1000 else f'le="{ms / 1000:.1f}"'
-        within = b1.get(label, 0.0) - b0.get(label, 0.0)
+        within = b1.get(ms / 1000, 0.0) - b0.get(ms / 1000, 0.0)
         late[str(ms)] = int((n1 - n0) - within)
     return {"probes": int(n1 - n0), "late_ms": late}
 
