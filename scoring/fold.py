@@ -103,7 +103,6 @@ class Outcome:
     detail: str | None = None
     stage_before: str | None = None
     stage_after: str | None = None
-    points: dict[str, int] = field(default_factory=dict)
     #: the customer's shop-KPI contribution before and after (None: not a
     #: customer yet); set when ``changed``: the tally moves by their difference
     kpi_before: list[Any] | None = None
@@ -426,11 +425,6 @@ def _compare(eid: int, at: int, kind: str, eff: dict, prev: dict[int, list],
     emitted[eid] = [dg, at, kind]
 
 
-def _points_delta(before: list[int], after: list[int]) -> dict[str, int]:
-    return {name: a - b for name, a, b in zip(("earned", "redeemed", "expired", "clawed_back"),
-                                               after, before, strict=True)}
-
-
 def _reject(state: CustomerState, reason: str, detail: str) -> Outcome:
     return Outcome(state, REJECTED, False, reason=reason, detail=detail,
                    stage_before=state.stage, stage_after=state.stage)
@@ -554,7 +548,7 @@ def _applied(old: CustomerState, new: CustomerState, head: Agg, effects: list[di
     before = _kpi_of(old, policy)
     new.head = (policy, head)
     return Outcome(new, APPLIED, True, effects, stage_before=old.stage, stage_after=new.stage,
-                   points=_points_delta(old.totals, new.totals), kpi_before=before, kpi_after=new.kpi)
+                   kpi_before=before, kpi_after=new.kpi)
 
 
 def _kpi_of(state: CustomerState, policy: ShopPolicy) -> list[Any] | None:
