@@ -270,13 +270,19 @@ class ShopTally:
         }
 
     def encode(self) -> bytes:
-        # Money sums are written as decimal strings: a shop's sum of customer
-        # totals may leave 64 bits (orjson's integer range) where no single
-        # customer's can.
-        return dumps([self.funnel, self.nps_all, [[d, *r] for d, r in self.nps_days.items()],
-                      [[tp, *r] for tp, r in self.nps_tp.items()], self.buyers, self.repeaters,
-                      self.types, self.wallets, self.detractors, str(self.spend_sum), str(self.count_sum),
-                      [[d, str(a), str(b)] for d, (a, b) in self.spend_days.items()]])
+        counts = [self.funnel, self.nps_all, [[d, *r] for d, r in self.nps_days.items()],
+                  [[tp, *r] for tp, r in self.nps_tp.items()], self.buyers, self.repeaters,
+                  self.types, self.wallets, self.detractors]
+        try:
+            return dumps([*counts, self.spend_sum, self.count_sum,
+                          [[d, *r] for d, r in self.spend_days.items()]])
+        except TypeError:
+            # A shop's sum of customer totals may leave 64 bits (orjson's integer
+            # range) where no single customer's can: then the money sums are
+            # written as decimal strings. :meth:`decode` reads both forms (rows
+            # of earlier builds hold strings), and so did every earlier decode.
+            return dumps([*counts, str(self.spend_sum), str(self.count_sum),
+                          [[d, str(a), str(b)] for d, (a, b) in self.spend_days.items()]])
 
     @classmethod
     def decode(cls, data: bytes) -> ShopTally:
@@ -291,8 +297,12 @@ class ShopTally:
             (tps, out.buyers, out.repeaters, out.types, out.wallets, out.detractors, spend_sum,
              count_sum, spend_days) = raw[3:]
             out.nps_tp = {row[0]: row[1:] for row in tps}
-            out.spend_sum, out.count_sum = int(spend_sum), int(count_sum)
-            out.spend_days = {row[0]: [int(row[1]), int(row[2])] for row in spend_days}
+            if isinstance(spend_sum, int):
+                out.spend_sum, out.count_sum = spend_sum, count_sum
+                out.spend_days = {row[0]: row[1:] for row in spend_days}
+            else:  # decimal strings: see encode()
+                out.spend_sum, out.count_sum = int(spend_sum), int(count_sum)
+                out.spend_days = {row[0]: [int(row[1]), int(row[2])] for row in spend_days}
         return out
 
 

@@ -60,7 +60,7 @@ from scoring.state import CustomerState
 from streams.compat import partition_context
 from streams.context import ServiceContext
 from streams.publish import OutRecord, futures, last_offsets
-from streams.shops import TallyDelta
+from streams.shops import DecodedTallies, TallyDelta
 from streams.topics import CUSTOMERS_TABLE, TALLIES_TABLE, changelog_topic_name, shop_of, tally_key
 
 
@@ -101,8 +101,13 @@ class Committed:
 
 #: a tally row: (partition, tally key)
 TallySlot = tuple[int, bytes]
-#: tally rows computed from the rows read: slot -> (row read, None: no row; new row)
-TallyRows = dict[TallySlot, tuple[bytes | None, bytes]]
+#: tally rows computed from the rows read: slot -> (row read, None: no row; new row;
+#: the tally the new row encodes)
+TallyRows = dict[TallySlot, tuple[bytes | None, bytes, ShopTally]]
+#: tally rows kept decoded per committer (:class:`DecodedTallies`): a shop's rows on
+#: the partitions this worker owns, for a few hundred shops (a row of a shop with a
+#: year of history is a few tens of KiB as objects)
+TALLY_ROWS_KEPT = 256
 #: reports a change (written, yielded or, for guarded changes, compared in step 3)
 ChangeHook = Callable[[Change], None]
 #: told (step name, seconds) after a step of a commit
@@ -121,6 +126,7 @@ class Committer:
         # Partition context for Faust table access (tallies): any topic with
         # the table's partition count; the rekey topic is one.
         self.context_topic = ctx.rekey.get_topic_name()
+        self.tallies_kept = DecodedTallies(TALLY_ROWS_KEPT)
 
     async def commit(self, outputs: Sequence[OutRecord], changes: Sequence[Change], *,
                      owns: Callable[[], bool] | None = None,
@@ -157,7 +163,7 @@ class Committer:
         records: list[OutRecord] = [(self.changelog, c.key, c.value, None, c.partition)
                                     for c in kept]
         records += [(self.tally_changelog, key, value, None, partition)
-                    for (partition, key), (_, value) in (staged or {}).items()]
+                    for (partition, key), (_, value, _) in (staged or {}).items()]
         acked = await self._publish(records)
         offsets = {p: offset for (topic, p), offset in acked.items() if topic == self.changelog}
         if timings is not None:
@@ -211,8 +217,9 @@ class Committer:
         if staged is None:
             through_table = self._tally_rows(written)
         else:
-            moved = {slot for slot, (base, _) in staged.items() if self._read_tally(slot) != base}
-            for (partition, key), (_, value) in staged.items():
+            moved = {slot for slot, (base, _, _) in staged.items()
+                     if self._read_tally(slot) != base}
+            for (partition, key), (_, value, _) in staged.items():
                 if (partition, key) not in moved:
                     direct.setdefault(partition, []).append((key, value))
             if moved:
@@ -224,7 +231,12 @@ class Committer:
         # 5. the tally deltas (summed per tally row), then each change reported
         for partition, tallies in direct.items():
             self.ctx.tally_rows.write(partition, tallies, None)  # logged in step 3
-        self._write_tallies({slot: value for slot, (_, value) in through_table.items()})
+        self._write_tallies({slot: value for slot, (_, value, _) in through_table.items()})
+        for slot, (_, value, tally) in (staged or {}).items():
+            if slot not in through_table:
+                self.tallies_kept.keep(slot, value, tally)
+        for slot, (_, value, tally) in through_table.items():
+            self.tallies_kept.keep(slot, value, tally)
         result.written.extend(written)
         if on_written is not None:
             for change in written:
@@ -268,16 +280,20 @@ class Committer:
         return self.ctx.tally_rows.get(*slot)
 
     def _tally_rows(self, changes: Sequence[Change]) -> TallyRows:
-        """Each affected tally row, read once, with its deltas applied in order, encoded."""
+        """Each affected tally row, read once, with its deltas applied in order, encoded.
+
+        A row this committer wrote last is not decoded again: :class:`DecodedTallies`
+        hands back the object it encoded, while the row still holds those bytes.
+        """
         read: dict[TallySlot, tuple[bytes | None, ShopTally]] = {}
         for change in changes:
             slot = self._slot(change)
             entry = read.get(slot)
             if entry is None:
                 raw = self._read_tally(slot)
-                entry = read[slot] = (raw, ShopTally.decode(raw) if raw else ShopTally.empty())
+                entry = read[slot] = (raw, self.tallies_kept.take(slot, raw))
             change.delta.apply(entry[1])
-        return {slot: (raw, bytes(tally.encode())) for slot, (raw, tally) in read.items()}
+        return {slot: (raw, bytes(tally.encode()), tally) for slot, (raw, tally) in read.items()}
 
     def _stage_tallies(self, changes: Sequence[Change]) -> TallyRows | None:
         """:meth:`_tally_rows` of ``changes`` for step 3; None when a partition of them

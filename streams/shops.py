@@ -26,10 +26,12 @@ Tally row keys (:func:`streams.topics.tally_key`) are one of the key rules of
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from schemas.codec import compact
 from scoring import nps
 from scoring.clock import day_of, to_us
 from scoring.shop import ShopTally
@@ -122,3 +124,45 @@ def update_row(raw: bytes | None, delta: TallyDelta) -> bytes:
     """Apply ``delta`` to an encoded tally row (``None``: empty) and encode it."""
     tally = ShopTally.decode(raw) if raw else ShopTally.empty()
     return bytes(delta.apply(tally).encode())
+
+
+class DecodedTallies:
+    """Tally rows this worker wrote, kept decoded, so the next commit that moves a
+    row starts from the object instead of decoding the row again.
+
+    Every commit reads, changes and re-encodes each tally row its changes move
+    (:mod:`streams.commit`); a shop with a year of history has a row of several
+    KiB whose decoding costs more than a customer's fold.
+
+    Guarantee: :meth:`take` returns exactly ``ShopTally.decode(raw)``. An entry
+    is served only when the row still holds the very bytes it was kept with;
+    any other writer (the sweep's recount, a restore after a rebalance) changes
+    them and the row is decoded. The object is handed over, not shared: the
+    caller may change it and :meth:`keep` s it only with the encoding it wrote,
+    so a commit abandoned on the way leaves no entry behind. At most
+    ``capacity`` rows are kept, the least recently kept leave first.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._rows: OrderedDict[Any, tuple[bytes, ShopTally]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def take(self, slot: Any, raw: bytes | None) -> ShopTally:
+        """The tally ``raw`` encodes (``None``: an empty one), now the caller's."""
+        kept = self._rows.pop(slot, None)
+        if kept is not None and kept[0] == raw:
+            self.hits += 1
+            return kept[1]
+        self.misses += 1
+        return ShopTally.decode(raw) if raw else ShopTally.empty()
+
+    def keep(self, slot: Any, raw: bytes, tally: ShopTally) -> None:
+        """``raw`` (``tally.encode()``) is now written to the row of ``slot``; ``tally``
+        must not be changed afterwards."""
+        if self.capacity <= 0:
+            return
+        self._rows[slot] = (compact(raw), tally)
+        while len(self._rows) > self.capacity:
+            self._rows.popitem(last=False)

@@ -7,6 +7,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
+from schemas.codec import dumps, loads
 from scoring.shop import ShopTally
 
 _TYPES = st.sampled_from(["true", "latent", "spurious", "none", "unknown"])
@@ -49,3 +50,22 @@ def test_replacing_a_contribution_is_removing_then_adding(
     replaced.replace_contribution(before, after)
     assert _figures(replaced) == _figures(expected)
     assert ShopTally.decode(replaced.encode()).spend_days == expected.spend_days
+
+
+@given(st.lists(contributions(), max_size=4), st.booleans())
+def test_a_row_of_decimal_strings_reads_as_the_row_of_integers(
+        added: list[list[Any]], huge: bool) -> None:
+    # Earlier builds wrote the money sums as decimal strings; this one writes
+    # integers while they fit orjson's 64 bits, strings beyond (a shop's sums).
+    tally = ShopTally.empty()
+    for contrib in added:
+        tally.add_contribution(contrib)
+    if huge:
+        tally.spend_sum += 2**64
+    row = loads(tally.encode())
+    assert isinstance(row[9], str if huge else int)
+    as_strings = row[:9] + [str(row[9]), str(row[10]),
+                            [[d, str(a), str(b)] for d, a, b in row[11]]]
+    from_strings = ShopTally.decode(dumps(as_strings))
+    assert _figures(from_strings) == _figures(ShopTally.decode(tally.encode())) == _figures(tally)
+    assert from_strings.encode() == tally.encode()

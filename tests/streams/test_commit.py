@@ -166,3 +166,39 @@ def test_a_tally_row_rewritten_meanwhile_gets_the_deltas_on_top(svc: LoyaltyServ
 
 async def _write(committer: Committer, change: Change, staged: Any) -> None:
     committer.write([change], {}, staged=staged)
+
+
+def test_tally_rows_kept_decoded_follow_the_row_not_the_object(svc: LoyaltyService) -> None:
+    # The committer keeps each tally row it wrote decoded (DecodedTallies). The
+    # next commit starts from that object only while the row holds what it
+    # wrote: a commit abandoned after staging, or another writer of the row,
+    # must not leak into the figures.
+    ctx = svc.context
+    committer = Committer(ctx)
+    keys = iter(k for i in range(100) if partition_for(k := message_key("s1", f"c{i}"),
+                                                         PARTITIONS) == 0)
+    funnels: list[dict[str, int]] = []
+
+    async def commit(owns: Any = None) -> bool:
+        change = Change(0, next(keys), b"state", TallyDelta(None, "new"), None)
+        complete = (await committer.commit([], [change], owns=owns)).complete
+        funnels.append(_tally(svc, 0).funnel)
+        return complete
+
+    async def body() -> None:
+        await commit()
+        await commit()
+        answers = iter([True, False])  # staged and logged, then ownership lost
+        assert not await commit(lambda: next(answers))
+        await commit()
+        recount = ShopTally.empty()
+        recount.move(None, "loyal")
+        with compat.partition_context(ctx.rekey.get_topic_name(), 0):
+            ctx.tallies[tally_key("s1", 0)] = bytes(recount.encode())  # the sweep's recount
+        await commit()
+
+    with_producer(svc.app, body)
+    assert funnels == [{"new": 1}, {"new": 2}, {"new": 2}, {"new": 3}, {"loyal": 1, "new": 1}]
+    # commits 2 and 3 start from the kept object; 1 (no row yet), 4 (after the
+    # abandoned one) and 5 (after the recount) decode the row
+    assert (committer.tallies_kept.hits, committer.tallies_kept.misses) == (2, 3)

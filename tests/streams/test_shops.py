@@ -26,6 +26,7 @@ from scoring.shop import ShopTally
 from scoring.state import CustomerState
 from streams import synthetic
 from streams.shops import (
+    DecodedTallies,
     delta_for_advance,
     delta_for_event,
     recount_contribution,
@@ -159,6 +160,26 @@ def test_money_sums_beyond_64_bits_encode() -> None:
     tally.spend_days[5] = [2**66, 2**65]
     again = ShopTally.decode(tally.encode())
     assert (again.spend_sum, again.spend_days) == (2**70, {5: [2**66, 2**65]})
+
+
+def test_a_kept_tally_is_served_once_and_only_for_its_own_bytes() -> None:
+    kept = DecodedTallies(capacity=2)
+    tally = ShopTally.empty()
+    tally.move(None, "new")
+    raw = tally.encode()
+    kept.keep("a", raw, tally)
+    assert kept.take("a", raw) is tally  # handed over ...
+    again = kept.take("a", raw)  # ... so a second taker decodes its own copy
+    assert again is not tally and again.funnel == {"new": 1}
+    kept.keep("a", raw, tally)
+    other = ShopTally.empty()
+    other.move(None, "loyal")
+    assert kept.take("a", other.encode()).funnel == {"loyal": 1}  # another writer's row
+    assert kept.take("a", None).funnel == {}  # no row: an empty tally
+    for slot in "abc":
+        kept.keep(slot, raw, ShopTally.decode(raw))
+    assert kept.take("a", raw) is not None and (kept.hits, kept.misses) == (1, 4)
+    assert len(kept._rows) == 2  # "a", kept first, left first
 
 
 def test_numeric_kpis_become_prometheus_gauges() -> None:
