@@ -89,7 +89,10 @@ class ShopTally:
     def __init__(self) -> None:
         self.funnel: dict[str, int] = {}
         self.nps_all = [0, 0, 0]  # promoters, passives, detractors
-        self.nps_days: dict[int, list[int]] = {}  # day -> [p, pa, d], trimmed to the window
+        # Per-day rows are kept as they are encoded, the day first, so that an
+        # encode is one C-level copy of the values, not a Python list per day
+        # (a year of spend rows is encoded with every batch that moves the row).
+        self.nps_days: dict[int, list[int]] = {}  # day -> [day, p, pa, d], trimmed to the window
         self.nps_tp: dict[str | None, list[int]] = {}  # touchpoint -> [p, pa, d], all time
         self.buyers = 0
         self.repeaters = 0
@@ -98,7 +101,8 @@ class ShopTally:
         self.detractors: dict[str, int] = {}  # detractor status ("null": none) -> customers
         self.spend_sum = 0  # sum of spend_total
         self.count_sum = 0  # sum of purchase_count
-        self.spend_days: dict[int, list[int]] = {}  # purchase date -> [net all, net attached/loyal]
+        #: purchase date -> [date, net all, net attached/loyal]
+        self.spend_days: dict[int, list[int]] = {}
 
     @classmethod
     def empty(cls) -> ShopTally:
@@ -115,7 +119,7 @@ class ShopTally:
 
     def add_feedback(self, day: int, cls: int, n: int = 1, touchpoint: str | None = None) -> None:
         self.nps_all[cls] += n
-        self.nps_days.setdefault(day, [0, 0, 0])[cls] += n
+        self.nps_days.setdefault(day, [day, 0, 0, 0])[cls + 1] += n
         self.nps_tp.setdefault(touchpoint, [0, 0, 0])[cls] += n
 
     def add_contribution(self, contrib: list[Any] | None, sign: int = 1) -> None:
@@ -162,11 +166,13 @@ class ShopTally:
         self.count_sum += sign * contrib[C_COUNT]
 
     def _add_spend(self, day: int, net: int, attached: int) -> None:
-        row = self.spend_days.setdefault(day, [0, 0])
-        row[0] += net
+        row = self.spend_days.get(day)
+        if row is None:
+            row = self.spend_days[day] = [day, 0, 0]
+        row[1] += net
         if attached:
-            row[1] += net
-        if row == [0, 0]:
+            row[2] += net
+        if not row[1] and not row[2]:
             del self.spend_days[day]  # keeps rows small: quiet days leave
 
     def add_customer(self, head: Agg, stage: str | None, policy: ShopPolicy, sign: int = 1) -> None:
@@ -179,7 +185,7 @@ class ShopTally:
         for cls in range(3):
             self.nps_all[cls] += sign * head.fb_counts[cls]
         for day, cls in head.fb_recent:
-            self.nps_days.setdefault(day, [0, 0, 0])[cls] += sign
+            self.nps_days.setdefault(day, [day, 0, 0, 0])[cls + 1] += sign
         for tp, *counts in head.fb_tp:
             acc = self.nps_tp.setdefault(tp, [0, 0, 0])
             for i in range(3):
@@ -203,11 +209,17 @@ class ShopTally:
                 out.funnel[k] = out.funnel.get(k, 0) + v
             for i in range(3):
                 out.nps_all[i] += t.nps_all[i]
-            for table, acc_table, width in ((t.nps_days, out.nps_days, 3), (t.nps_tp, out.nps_tp, 3),
-                                            (t.spend_days, out.spend_days, 2)):
-                for k, row in table.items():
-                    acc = acc_table.setdefault(k, [0] * width)
-                    for i in range(width):
+            for k, row in t.nps_tp.items():
+                acc = out.nps_tp.setdefault(k, [0, 0, 0])
+                for i in range(3):
+                    acc[i] += row[i]
+            for table, acc_table in ((t.nps_days, out.nps_days), (t.spend_days, out.spend_days)):
+                for k, row in table.items():  # rows led by their day
+                    acc = acc_table.get(k)
+                    if acc is None:
+                        acc_table[k] = row[:]
+                        continue
+                    for i in range(1, len(row)):
                         acc[i] += row[i]
             for counts, acc in ((t.types, out.types), (t.wallets, out.wallets),
                                 (t.detractors, out.detractors)):
@@ -230,8 +242,8 @@ class ShopTally:
         total = attached = 0
         for d, row in self.spend_days.items():
             if lo < d <= as_of_day:
-                total += row[0]
-                attached += row[1]
+                total += row[1]
+                attached += row[2]
         return total, attached
 
     def figures(self, shop_id: str, as_of_day: int, policy: ShopPolicy) -> dict[str, Any]:
@@ -240,7 +252,7 @@ class ShopTally:
         for d, row in self.nps_days.items():
             if lo < d <= as_of_day:
                 for i in range(3):
-                    win[i] += row[i]
+                    win[i] += row[i + 1]
         spend_all, spend_attached = self._spend_365d(as_of_day)
         n_attached = self.funnel.get(ATTACHED, 0) + self.funnel.get(LOYAL, 0)
         uplift = None
@@ -270,19 +282,18 @@ class ShopTally:
         }
 
     def encode(self) -> bytes:
-        counts = [self.funnel, self.nps_all, [[d, *r] for d, r in self.nps_days.items()],
+        counts = [self.funnel, self.nps_all, list(self.nps_days.values()),
                   [[tp, *r] for tp, r in self.nps_tp.items()], self.buyers, self.repeaters,
                   self.types, self.wallets, self.detractors]
         try:
-            return dumps([*counts, self.spend_sum, self.count_sum,
-                          [[d, *r] for d, r in self.spend_days.items()]])
+            return dumps([*counts, self.spend_sum, self.count_sum, list(self.spend_days.values())])
         except TypeError:
             # A shop's sum of customer totals may leave 64 bits (orjson's integer
             # range) where no single customer's can: then the money sums are
             # written as decimal strings. :meth:`decode` reads both forms (rows
             # of earlier builds hold strings), and so did every earlier decode.
             return dumps([*counts, str(self.spend_sum), str(self.count_sum),
-                          [[d, str(a), str(b)] for d, (a, b) in self.spend_days.items()]])
+                          [[d, str(a), str(b)] for d, a, b in self.spend_days.values()]])
 
     @classmethod
     def decode(cls, data: bytes) -> ShopTally:
@@ -292,17 +303,17 @@ class ShopTally:
         funnel, nps_all, days = raw[:3]
         out = cls()
         out.funnel, out.nps_all = funnel, nps_all
-        out.nps_days = {row[0]: row[1:] for row in days}
+        out.nps_days = {row[0]: row for row in days}
         if len(raw) > 3:
             (tps, out.buyers, out.repeaters, out.types, out.wallets, out.detractors, spend_sum,
              count_sum, spend_days) = raw[3:]
             out.nps_tp = {row[0]: row[1:] for row in tps}
             if isinstance(spend_sum, int):
                 out.spend_sum, out.count_sum = spend_sum, count_sum
-                out.spend_days = {row[0]: row[1:] for row in spend_days}
+                out.spend_days = {row[0]: row for row in spend_days}
             else:  # decimal strings: see encode()
                 out.spend_sum, out.count_sum = int(spend_sum), int(count_sum)
-                out.spend_days = {row[0]: [int(row[1]), int(row[2])] for row in spend_days}
+                out.spend_days = {row[0]: [row[0], int(row[1]), int(row[2])] for row in spend_days}
         return out
 
 

@@ -222,10 +222,10 @@ def _same_tally(a: bytes, b: bytes, today: int | None = None,
     def norm(raw: bytes) -> tuple[Any, ...]:
         t = ShopTally.decode(raw)
         return (nz(t.funnel), list(t.nps_all),
-                nz({int(d): r for d, r in t.nps_days.items() if int(d) > lo_nps}),
+                nz({int(d): r[1:] for d, r in t.nps_days.items() if int(d) > lo_nps}),
                 nz(t.nps_tp), t.buyers, t.repeaters, nz(t.types), nz(t.wallets),
                 nz(t.detractors), t.spend_sum, t.count_sum,
-                nz({int(d): r for d, r in t.spend_days.items()
+                nz({int(d): r[1:] for d, r in t.spend_days.items()
                     if int(d) > lo_spend}))
 
     return norm(a) == norm(b)
