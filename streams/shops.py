@@ -27,6 +27,7 @@ Tally row keys (:func:`streams.topics.tally_key`) are one of the key rules of
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -145,11 +146,11 @@ class DecodedTallies:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._rows: OrderedDict[Any, tuple[bytes, ShopTally]] = OrderedDict()
+        self._rows: OrderedDict[Hashable, tuple[bytes, ShopTally]] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
-    def take(self, slot: Any, raw: bytes | None) -> ShopTally:
+    def take(self, slot: Hashable, raw: bytes | None) -> ShopTally:
         """The tally ``raw`` encodes (``None``: an empty one), now the caller's."""
         kept = self._rows.pop(slot, None)
         if kept is not None and kept[0] == raw:
@@ -158,7 +159,7 @@ class DecodedTallies:
         self.misses += 1
         return ShopTally.decode(raw) if raw else ShopTally.empty()
 
-    def keep(self, slot: Any, raw: bytes, tally: ShopTally) -> None:
+    def keep(self, slot: Hashable, raw: bytes, tally: ShopTally) -> None:
         """``raw`` (``tally.encode()``) is now written to the row of ``slot``; ``tally``
         must not be changed afterwards."""
         if self.capacity <= 0:
@@ -166,3 +167,6 @@ class DecodedTallies:
         self._rows[slot] = (compact(raw), tally)
         while len(self._rows) > self.capacity:
             self._rows.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._rows)

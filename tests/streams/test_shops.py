@@ -179,7 +179,7 @@ def test_a_kept_tally_is_served_once_and_only_for_its_own_bytes() -> None:
     for slot in "abc":
         kept.keep(slot, raw, ShopTally.decode(raw))
     assert kept.take("a", raw) is not None and (kept.hits, kept.misses) == (1, 4)
-    assert len(kept._rows) == 2  # "a", kept first, left first
+    assert len(kept) == 2  # "a", kept first, left first
 
 
 def test_numeric_kpis_become_prometheus_gauges() -> None:
