@@ -296,9 +296,12 @@ class ShopTally:
                           [[d, str(a), str(b)] for d, a, b in self.spend_days.values()]])
 
     @classmethod
-    def decode(cls, data: bytes) -> ShopTally:
-        """Read :meth:`encode` output; a row written before rule v2 (funnel and NPS
-        only) decodes with empty KPI counts, which the next full recount fills."""
+    def decode(cls, data: bytes | None) -> ShopTally:
+        """Read :meth:`encode` output (no row, ``None`` or empty: an empty tally); a row
+        written before rule v2 (funnel and NPS only) decodes with empty KPI counts,
+        which the next full recount fills."""
+        if not data:
+            return cls()
         raw = loads(data)
         funnel, nps_all, days = raw[:3]
         out = cls()

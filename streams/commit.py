@@ -232,10 +232,8 @@ class Committer:
         for partition, tallies in direct.items():
             self.ctx.tally_rows.write(partition, tallies, None)  # logged in step 3
         self._write_tallies({slot: value for slot, (_, value, _) in through_table.items()})
-        for slot, (_, value, tally) in (staged or {}).items():
-            if slot not in through_table:
-                self.tallies_kept.keep(slot, value, tally)
-        for slot, (_, value, tally) in through_table.items():
+        # what each row now holds: the staged rows, or what replaced a moved one
+        for slot, (_, value, tally) in {**(staged or {}), **through_table}.items():
             self.tallies_kept.keep(slot, value, tally)
         result.written.extend(written)
         if on_written is not None:

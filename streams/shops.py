@@ -123,8 +123,7 @@ def recount_contribution(tally: ShopTally, state: CustomerState, policy: ShopPol
 
 def update_row(raw: bytes | None, delta: TallyDelta) -> bytes:
     """Apply ``delta`` to an encoded tally row (``None``: empty) and encode it."""
-    tally = ShopTally.decode(raw) if raw else ShopTally.empty()
-    return bytes(delta.apply(tally).encode())
+    return bytes(delta.apply(ShopTally.decode(raw)).encode())
 
 
 class DecodedTallies:
@@ -157,7 +156,7 @@ class DecodedTallies:
             self.hits += 1
             return kept[1]
         self.misses += 1
-        return ShopTally.decode(raw) if raw else ShopTally.empty()
+        return ShopTally.decode(raw)
 
     def keep(self, slot: Hashable, raw: bytes, tally: ShopTally) -> None:
         """``raw`` (``tally.encode()``) is now written to the row of ``slot``; ``tally``

@@ -58,7 +58,7 @@ def _key(partition: int) -> bytes:
 def _tally(svc: LoyaltyService, partition: int) -> ShopTally:
     with compat.partition_context(svc.context.rekey.get_topic_name(), partition):
         raw = svc.context.tallies.get(tally_key("s1", partition))
-    return ShopTally.decode(raw) if raw else ShopTally.empty()
+    return ShopTally.decode(raw)
 
 
 def test_outputs_then_changelog_then_rows_offset_and_tally(svc: LoyaltyService,
