@@ -349,12 +349,29 @@ def batch_fetches(app: faust.App, min_bytes: int, max_wait_ms: int) -> None:
     behaviour). Records, order and positions are aiokafka's: only the wait
     changes.
 
+    Also works around: a long poll that leaves partitions out. aiokafka
+    leaves out of a fetch request every partition whose fetched records are
+    still waiting to be consumed (after its 0.1 s prefetch backoff) and every
+    paused one, and while a fetch to a broker is in flight it sends that
+    broker no other. A long poll naming only quiet partitions (the rekey
+    topic's, say) is answered only when its wait ends, so the busy
+    partitions, consumed meanwhile, were not fetched again for up to 1.5 s:
+    a worker that took longer than the backoff over a batch stalled its
+    input, in a backlog and on a live feed alike (README "Performance").
+    A request is therefore a long poll only when it names every assigned
+    partition; otherwise it waits at most ``max_wait_ms``, as while records
+    flow.
+
     Wraps the instance's ``_create_worker_consumer``, then the ``start`` of
     the consumer it returns; once started, the consumer's ``_fetcher``
     (private) gets its ``_proc_fetch_request`` (private: handles one fetch
-    response, true when it buffered records) wrapped, and its
+    response, true when it buffered records) and ``_get_actions_per_node``
+    (private: builds the fetch requests) wrapped, and its
     ``_fetch_min_bytes`` and ``_fetch_max_wait_ms`` (private, read for every
-    fetch request) set after each response. Install before the app starts.
+    fetch request) set after each response, and before a request is built
+    while its ``_records`` (private: the fetched records not consumed yet)
+    or the consumer's paused partitions leave some out. Install before the
+    app starts.
     """
     thread = app.consumer._thread  # type: ignore[attr-defined]
     create = thread._create_worker_consumer
@@ -377,6 +394,15 @@ def batch_fetches(app: faust.App, min_bytes: int, max_wait_ms: int) -> None:
                 return buffered
 
             fetcher._proc_fetch_request = handle_and_adapt
+            build = fetcher._get_actions_per_node
+
+            def build_without_partial_long_poll(assignment: Any) -> Any:
+                if fetcher._fetch_max_wait_ms == IDLE_FETCH_WAIT_MS and (
+                        fetcher._records or consumer.paused()):
+                    fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms = flowing
+                return build(assignment)
+
+            fetcher._get_actions_per_node = build_without_partial_long_poll
 
         consumer.start = start_batching
         return consumer

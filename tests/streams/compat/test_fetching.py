@@ -4,7 +4,8 @@ Against the real broker, with the consumer Faust builds for a worker: after
 a quiet spell a record comes at once (a long poll, as Faust's own); while
 records flow the next fetch is held for ``min_bytes`` or the wait, which is
 what lets a live feed arrive in fewer, fuller fetches; once a held fetch
-brings nothing, the consumer long-polls again.
+brings nothing, the consumer long-polls again; but never while partitions
+are left out of the request, or they wait for the long poll to end.
 """
 
 from __future__ import annotations
@@ -25,11 +26,11 @@ HOLD_MS = 600  # long enough to tell a held fetch from an answer at once on a bu
 MIN_BYTES = 1 << 20  # far more than the test's records: a held fetch waits the whole HOLD_MS
 
 
-def _worker_consumer(bootstrap: str) -> Any:
+def _worker_consumer(bootstrap: str, min_bytes: int = MIN_BYTES, hold_ms: int = HOLD_MS) -> Any:
     """The aiokafka consumer Faust creates for a worker of a new app, not started."""
     app = faust.App(f"fetch-test-{time.monotonic_ns()}", broker=f"kafka://{bootstrap}",
                     autodiscover=False, web_enabled=False)
-    batch_fetches(app, MIN_BYTES, HOLD_MS)
+    batch_fetches(app, min_bytes, hold_ms)
     return app.consumer._thread._create_worker_consumer(app.transport)  # type: ignore[attr-defined]
 
 
@@ -78,3 +79,44 @@ def test_fetches_long_poll_when_quiet_and_are_held_while_records_flow(
     assert seen["first"] < HOLD_MS / 1000 * 0.6, seen
     assert seen["second"] >= HOLD_MS / 1000 * 0.6, seen
     assert seen["third"] < HOLD_MS / 1000 * 0.6, seen
+
+
+def test_no_long_poll_leaves_out_a_partition_whose_records_wait(
+        bootstrap: str, create_topic: Callable[..., str]) -> None:
+    """A busy partition's records wait unconsumed (a worker busy with a batch) while
+    its neighbour is quiet: once they are consumed, the busy partition's next
+    record comes at once, not when a long poll of the quiet partition alone ends."""
+    topic = create_topic(2)
+    busy, quiet = TopicPartition(topic, 0), TopicPartition(topic, 1)
+    hold_ms = 20  # the wait while records flow: short, so only a long poll can be slow
+
+    async def run() -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        consumer = _worker_consumer(bootstrap, 1, hold_ms)
+        await producer.start()
+        await consumer.start()
+        try:
+            consumer.assign([busy, quiet])
+            await consumer.seek_to_beginning()
+            await producer.send_and_wait(topic, b"waits", partition=0)
+            # Longer than aiokafka's prefetch backoff (0.1 s): the consumer now
+            # fetches the quiet partition alone, the busy one's record unconsumed.
+            await asyncio.sleep(0.6)
+            first = await consumer.getmany(busy, timeout_ms=1000)
+            seen["first"] = [r.value for r in first.get(busy, [])]
+            await producer.send_and_wait(topic, b"next", partition=0)
+            sent = time.monotonic()
+            record = await consumer.getone(busy)
+            seen["next_after_s"] = time.monotonic() - sent
+            seen["next"] = record.value
+        finally:
+            await consumer.stop()
+            await producer.stop()
+        return seen
+
+    seen = run_async(run(), timeout=60)
+    assert seen["first"] == [b"waits"] and seen["next"] == b"next"
+    # Before the fix the quiet partition's long poll (IDLE_FETCH_WAIT_MS) was in
+    # flight here and the record came 0.9-1.5 s late.
+    assert seen["next_after_s"] < IDLE_FETCH_WAIT_MS / 1000 / 3, seen
