@@ -16,8 +16,11 @@ from typing import Any
 
 import orjson
 
-__all__ = ["CodecError", "compact", "dumps", "dumps_pretty", "dumps_sorted", "loads",
-           "text_or_base64"]
+__all__ = ["CodecError", "Fragment", "compact", "dumps", "dumps_pretty", "dumps_sorted",
+           "loads", "text_or_base64"]
+
+#: JSON already encoded, embedded as it is by ``dumps`` (the caller vouches for it)
+Fragment = orjson.Fragment
 
 
 class CodecError(ValueError):

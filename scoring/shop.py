@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from fractions import Fraction
 from typing import Any
 
-from schemas.codec import dumps, loads
+from schemas.codec import Fragment, dumps, loads
 from schemas.policy import ShopPolicy
 from scoring import nps
 from scoring.aggregate import Agg
@@ -48,6 +48,9 @@ LOYALTY_TYPES = ("true", "latent", "spurious", "none", "unknown")
 WALLET_BANDS = ("committed", "moderate", "vulnerable")
 DETRACTOR_STATUSES = ("detractor", "recovered", "none")
 SPEND_WINDOW_DAYS = 365  # attached_spend_uplift compares spend_365d
+#: per-day rows are encoded in blocks of 2**DAY_BLOCK_SHIFT consecutive days,
+#: each kept encoded until one of its days changes (see ShopTally.encode)
+DAY_BLOCK_SHIFT = 5
 
 # Contribution slots: [buyer, repeater, loyalty type, wallet band, detractor
 # status, spend_total, purchase_count, attached-or-loyal, [[day, net], ...]]
@@ -83,8 +86,19 @@ def _ratio(num: int, den: int) -> float | None:
 
 
 class ShopTally:
+    """A mergeable count of a shop's figures (see the module); encodes to one JSON row.
+
+    The per-day rows (``nps_days``, ``spend_days``) change only through the
+    methods: :meth:`encode` keeps them encoded per block of days and
+    re-encodes only the blocks a method changed since the last encode (a
+    year of spend rows is encoded with every batch that moves the row, and
+    one batch changes a day or two of it). A tally fresh from
+    :meth:`decode`, :meth:`merge` or the constructor encodes every row once.
+    """
+
     __slots__ = ("funnel", "nps_all", "nps_days", "nps_tp", "buyers", "repeaters", "types",
-                 "wallets", "detractors", "spend_sum", "count_sum", "spend_days")
+                 "wallets", "detractors", "spend_sum", "count_sum", "spend_days",
+                 "_nps_blocks", "_spend_blocks")
 
     def __init__(self) -> None:
         self.funnel: dict[str, int] = {}
@@ -103,6 +117,9 @@ class ShopTally:
         self.count_sum = 0  # sum of purchase_count
         #: purchase date -> [date, net all, net attached/loyal]
         self.spend_days: dict[int, list[int]] = {}
+        #: block -> its rows encoded, None: changed since (None: not encoded yet)
+        self._nps_blocks: dict[int, bytes | None] | None = None
+        self._spend_blocks: dict[int, bytes | None] | None = None
 
     @classmethod
     def empty(cls) -> ShopTally:
@@ -120,6 +137,8 @@ class ShopTally:
     def add_feedback(self, day: int, cls: int, n: int = 1, touchpoint: str | None = None) -> None:
         self.nps_all[cls] += n
         self.nps_days.setdefault(day, [day, 0, 0, 0])[cls + 1] += n
+        if self._nps_blocks is not None:
+            self._nps_blocks[day >> DAY_BLOCK_SHIFT] = None
         self.nps_tp.setdefault(touchpoint, [0, 0, 0])[cls] += n
 
     def add_contribution(self, contrib: list[Any] | None, sign: int = 1) -> None:
@@ -166,6 +185,8 @@ class ShopTally:
         self.count_sum += sign * contrib[C_COUNT]
 
     def _add_spend(self, day: int, net: int, attached: int) -> None:
+        if self._spend_blocks is not None:
+            self._spend_blocks[day >> DAY_BLOCK_SHIFT] = None
         row = self.spend_days.get(day)
         if row is None:
             row = self.spend_days[day] = [day, 0, 0]
@@ -186,6 +207,8 @@ class ShopTally:
             self.nps_all[cls] += sign * head.fb_counts[cls]
         for day, cls in head.fb_recent:
             self.nps_days.setdefault(day, [day, 0, 0, 0])[cls + 1] += sign
+            if self._nps_blocks is not None:
+                self._nps_blocks[day >> DAY_BLOCK_SHIFT] = None
         for tp, *counts in head.fb_tp:
             acc = self.nps_tp.setdefault(tp, [0, 0, 0])
             for i in range(3):
@@ -236,6 +259,8 @@ class ShopTally:
         lo = day - window_days
         for d in [d for d in self.nps_days if d <= lo]:
             del self.nps_days[d]
+            if self._nps_blocks is not None:
+                self._nps_blocks[d >> DAY_BLOCK_SHIFT] = None
 
     def _spend_365d(self, as_of_day: int) -> tuple[int, int]:
         lo = as_of_day - SPEND_WINDOW_DAYS
@@ -282,11 +307,19 @@ class ShopTally:
         }
 
     def encode(self) -> bytes:
-        counts = [self.funnel, self.nps_all, list(self.nps_days.values()),
+        """The row: JSON, the per-day rows in blocks of days (ascending within a block);
+        :meth:`decode` reads it, and so does every earlier build's (the order of
+        the per-day rows carries nothing)."""
+        if self._nps_blocks is None:
+            self._nps_blocks = _blocks_of(self.nps_days)
+        if self._spend_blocks is None:
+            self._spend_blocks = _blocks_of(self.spend_days)
+        counts = [self.funnel, self.nps_all, _encode_days(self.nps_days, self._nps_blocks),
                   [[tp, *r] for tp, r in self.nps_tp.items()], self.buyers, self.repeaters,
                   self.types, self.wallets, self.detractors]
         try:
-            return dumps([*counts, self.spend_sum, self.count_sum, list(self.spend_days.values())])
+            return dumps([*counts, self.spend_sum, self.count_sum,
+                          _encode_days(self.spend_days, self._spend_blocks)])
         except TypeError:
             # A shop's sum of customer totals may leave 64 bits (orjson's integer
             # range) where no single customer's can: then the money sums are
@@ -318,6 +351,35 @@ class ShopTally:
                 out.spend_sum, out.count_sum = int(spend_sum), int(count_sum)
                 out.spend_days = {row[0]: [row[0], int(row[1]), int(row[2])] for row in spend_days}
         return out
+
+
+def _blocks_of(days: dict[int, list[int]]) -> dict[int, bytes | None]:
+    """Every block that holds a row of ``days``, none encoded yet."""
+    return dict.fromkeys(day >> DAY_BLOCK_SHIFT for day in days)
+
+
+def _encode_days(days: dict[int, list[int]], blocks: dict[int, bytes | None]) -> Fragment:
+    """The JSON list of the rows of ``days``: the blocks encoded before as they are, the
+    blocks marked None encoded now (and kept; a block left without rows is dropped).
+
+    Raises TypeError, as ``dumps`` does, for a value beyond 64 bits.
+    """
+    parts: list[bytes] = []
+    emptied: list[int] = []
+    for block, encoded in blocks.items():
+        if encoded is None:
+            first = block << DAY_BLOCK_SHIFT
+            rows = [row for day in range(first, first + (1 << DAY_BLOCK_SHIFT))
+                    if (row := days.get(day)) is not None]
+            # the slice is an exact-size copy: kept bytes do not hold orjson's buffer
+            encoded = blocks[block] = dumps(rows)[1:-1]
+        if encoded:
+            parts.append(encoded)
+        else:
+            emptied.append(block)
+    for block in emptied:
+        del blocks[block]
+    return Fragment(b"[" + b",".join(parts) + b"]")
 
 
 def _nps(counts: list[int], policy: ShopPolicy) -> dict[str, Any]:

@@ -69,3 +69,41 @@ def test_a_row_of_decimal_strings_reads_as_the_row_of_integers(
     from_strings = ShopTally.decode(dumps(as_strings))
     assert _figures(from_strings) == _figures(ShopTally.decode(tally.encode())) == _figures(tally)
     assert from_strings.encode() == tally.encode()
+
+
+_DAYS = st.integers(19_600, 20_000)
+_STEPS = st.lists(st.one_of(
+    st.tuples(st.just("feedback"), _DAYS, st.integers(0, 2)),
+    st.tuples(st.just("add"), contributions(), st.sampled_from([1, -1])),
+    st.tuples(st.just("replace"), contributions(), contributions()),
+    st.tuples(st.just("trim"), _DAYS, st.integers(0, 200)),
+    st.tuples(st.just("encode")),
+), max_size=12)
+
+
+@given(st.lists(contributions(), max_size=3), _STEPS)
+def test_an_encode_after_changes_holds_every_row_as_it_is_now(
+        start: list[list[Any]], steps: list[tuple[Any, ...]]) -> None:
+    # encode() re-encodes only the blocks of days changed since the last
+    # encode: whatever the changes in between, the row must decode to the
+    # tally's rows as they are, as a tally encoded from scratch does.
+    tally = ShopTally.empty()
+    for contrib in start:
+        tally.add_contribution(contrib)
+    tally.add_feedback(19_700, 0)
+    tally.encode()
+    for step in steps:
+        if step[0] == "feedback":
+            tally.add_feedback(step[1], step[2])
+        elif step[0] == "add":
+            tally.add_contribution(step[1], step[2])
+        elif step[0] == "replace":
+            tally.replace_contribution(step[1], step[2])
+        elif step[0] == "trim":
+            tally.trim(step[1], step[2])
+        else:
+            tally.encode()
+        row = ShopTally.decode(tally.encode())
+        assert (row.nps_days, row.spend_days) == (tally.nps_days, tally.spend_days)
+        fresh = ShopTally.decode(ShopTally.decode(tally.encode()).encode())
+        assert _figures(fresh) == _figures(tally)
