@@ -358,15 +358,18 @@ def batch_fetches(app: faust.App, min_bytes: int, max_wait_ms: int) -> None:
     partitions, consumed meanwhile, were not fetched again for up to 1.5 s:
     a worker that took longer than the backoff over a batch stalled its
     input, in a backlog and on a live feed alike (README "Performance").
-    A request is therefore a long poll only when it names every assigned
-    partition; otherwise it waits at most ``max_wait_ms``, as while records
-    flow.
+    A request is therefore a long poll only when it names every partition
+    that Faust asks records of (the partitions of the last ``getmany``; the
+    tables' changelog partitions stay assigned with records waiting that
+    Faust never asks for); otherwise it waits at most ``max_wait_ms``, as
+    while records flow.
 
     Wraps the instance's ``_create_worker_consumer``, then the ``start`` of
     the consumer it returns; once started, the consumer's ``_fetcher``
     (private) gets its ``_proc_fetch_request`` (private: handles one fetch
-    response, true when it buffered records) and ``_get_actions_per_node``
-    (private: builds the fetch requests) wrapped, and its
+    response, true when it buffered records), ``_get_actions_per_node``
+    (private: builds the fetch requests) and ``fetched_records`` (returns
+    the records Faust's ``getmany`` asks for) wrapped, and its
     ``_fetch_min_bytes`` and ``_fetch_max_wait_ms`` (private, read for every
     fetch request) set after each response, and before a request is built
     while its ``_records`` (private: the fetched records not consumed yet)
@@ -394,14 +397,28 @@ def batch_fetches(app: faust.App, min_bytes: int, max_wait_ms: int) -> None:
                 return buffered
 
             fetcher._proc_fetch_request = handle_and_adapt
-            build = fetcher._get_actions_per_node
+            build, fetched_records = fetcher._get_actions_per_node, fetcher.fetched_records
+            #: the partitions Faust last asked records of (None or empty: all)
+            asked: list[Any] = [None]
+
+            async def fetched_records_noting(partitions: Any, timeout: float = 0,
+                                             max_records: int | None = None) -> Any:
+                asked[0] = partitions
+                return await fetched_records(partitions, timeout=timeout, max_records=max_records)
 
             def build_without_partial_long_poll(assignment: Any) -> Any:
-                if fetcher._fetch_max_wait_ms == IDLE_FETCH_WAIT_MS and (
-                        fetcher._records or consumer.paused()):
-                    fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms = flowing
+                if fetcher._fetch_max_wait_ms == IDLE_FETCH_WAIT_MS:
+                    # Left out of this request: partitions whose records wait, and
+                    # paused ones. Only those Faust consumes matter: the records
+                    # of the tables' changelogs, fetched before their recovery
+                    # ended, wait for good and are never asked for.
+                    left_out = fetcher._records.keys() | consumer.paused()
+                    wanted = asked[0]
+                    if left_out and (not wanted or any(tp in wanted for tp in left_out)):
+                        fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms = flowing
                 return build(assignment)
 
+            fetcher.fetched_records = fetched_records_noting
             fetcher._get_actions_per_node = build_without_partial_long_poll
 
         consumer.start = start_batching

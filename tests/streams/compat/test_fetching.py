@@ -120,3 +120,49 @@ def test_no_long_poll_leaves_out_a_partition_whose_records_wait(
     # Before the fix the quiet partition's long poll (IDLE_FETCH_WAIT_MS) was in
     # flight here and the record came 0.9-1.5 s late.
     assert seen["next_after_s"] < IDLE_FETCH_WAIT_MS / 1000 / 3, seen
+
+
+def test_records_nobody_asks_for_do_not_stop_the_long_poll(
+        bootstrap: str, create_topic: Callable[..., str]) -> None:
+    """Records wait for good in a partition Faust never asks records of (a table's
+    changelog after its recovery): an idle consumer still long-polls the rest
+    instead of fetching every ``max_wait_ms``."""
+    topic = create_topic(2)
+    asked, ignored = TopicPartition(topic, 0), TopicPartition(topic, 1)
+    hold_ms = 20
+
+    async def run() -> int:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        consumer = _worker_consumer(bootstrap, 1, hold_ms)
+        await producer.start()
+        await consumer.start()
+        fetcher = consumer._fetcher
+        handle = fetcher._proc_fetch_request
+        responses = 0
+
+        async def counted(*args: Any) -> Any:
+            nonlocal responses
+            responses += 1
+            return await handle(*args)
+
+        fetcher._proc_fetch_request = counted
+        try:
+            consumer.assign([asked, ignored])
+            await consumer.seek_to_beginning()
+            await producer.send_and_wait(topic, b"never asked for", partition=1)
+            deadline = time.monotonic() + 0.8
+            while time.monotonic() < deadline:  # settle: the record is fetched and waits
+                await consumer.getmany(asked, timeout_ms=100)
+            responses = 0
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline:
+                assert await consumer.getmany(asked, timeout_ms=100) == {}
+            return responses
+        finally:
+            await consumer.stop()
+            await producer.stop()
+
+    responses = run_async(run(), timeout=60)
+    # Long polls of IDLE_FETCH_WAIT_MS: two or three in 2 s. Fetching every
+    # hold_ms (the bug this guards against) answered about 95.
+    assert responses <= 4, responses
