@@ -326,6 +326,8 @@ def read_committed(app: faust.App) -> None:
 
 #: the fetch wait while no records flow: Faust's own (a long poll answered by the first record)
 IDLE_FETCH_WAIT_MS = 1500
+#: the fetch wait instead while partitions Faust consumes are left out of the request
+PARTIAL_FETCH_WAIT_MS = 50
 
 
 def batch_fetches(app: faust.App, min_bytes: int, max_wait_ms: int) -> None:
@@ -361,8 +363,11 @@ def batch_fetches(app: faust.App, min_bytes: int, max_wait_ms: int) -> None:
     A request is therefore a long poll only when it names every partition
     that Faust asks records of (the partitions of the last ``getmany``; the
     tables' changelog partitions stay assigned with records waiting that
-    Faust never asks for); otherwise it waits at most ``max_wait_ms``, as
-    while records flow.
+    Faust never asks for); otherwise it waits at most
+    :data:`PARTIAL_FETCH_WAIT_MS` for one byte: a partition consumed meanwhile
+    waits that long at most. Not ``max_wait_ms``: while a backlog's records
+    wait, requests that often, mostly empty, cost about 8 % of a backlog's
+    events per CPU-second (README "Performance").
 
     Wraps the instance's ``_create_worker_consumer``, then the ``start`` of
     the consumer it returns; once started, the consumer's ``_fetcher``
@@ -379,6 +384,7 @@ def batch_fetches(app: faust.App, min_bytes: int, max_wait_ms: int) -> None:
     thread = app.consumer._thread  # type: ignore[attr-defined]
     create = thread._create_worker_consumer
     flowing, idle = (min_bytes, max_wait_ms), (1, IDLE_FETCH_WAIT_MS)
+    partial = (1, PARTIAL_FETCH_WAIT_MS)
 
     def create_batching(transport: Any) -> Any:
         consumer = create(transport)
@@ -415,7 +421,7 @@ def batch_fetches(app: faust.App, min_bytes: int, max_wait_ms: int) -> None:
                     left_out = fetcher._records.keys() | consumer.paused()
                     wanted = asked[0]
                     if left_out and (not wanted or any(tp in wanted for tp in left_out)):
-                        fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms = flowing
+                        fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms = partial
                 return build(assignment)
 
             fetcher.fetched_records = fetched_records_noting
