@@ -279,7 +279,8 @@ def register_agents(service: ServiceContext,
     compat.deliver_directly(service.app)
     compat.read_committed(service.app)  # aborted transactions are no events
     compat.track_fetches(service.app)
-    compat.batch_fetches(service.app, settings.fetch_min_bytes, settings.fetch_max_wait_ms)
+    compat.batch_fetches(service.app, settings.fetch_min_bytes, settings.fetch_max_wait_ms,
+                         {*service.input_topic_names, service.rekey.get_topic_name()})
     aligned = install_aligned_input(service, processor, progress, reader, commit_owed)
 
     async def loyalty_state(stream: Any) -> None:

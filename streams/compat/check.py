@@ -73,7 +73,7 @@ TOUCHES: tuple[Touch, ...] = (
           set_in_init=True),
     *(Touch("aiokafka.consumer.fetcher", "Fetcher", name, "consumer.batch_fetches",
             set_in_init=True)
-      for name in ("_proc_fetch_request", "_get_actions_per_node", "fetched_records", "_records",
+      for name in ("_proc_fetch_request", "_get_actions_per_node", "_records",
                    "_fetch_min_bytes", "_fetch_max_wait_ms")),
     Touch("faust.streams", "Stream", "_enable_passive", "batches.take_batches"),
     Touch("faust.streams", "Stream", "_processors", "batches.take_batches"),

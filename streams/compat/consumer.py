@@ -330,7 +330,8 @@ IDLE_FETCH_WAIT_MS = 1500
 PARTIAL_FETCH_WAIT_MS = 50
 
 
-def batch_fetches(app: faust.App, min_bytes: int, max_wait_ms: int) -> None:
+def batch_fetches(app: faust.App, min_bytes: int, max_wait_ms: int,
+                  read_topics: Collection[str]) -> None:
     """While records flow, let the broker hold each fetch of the worker's consumer until
     ``min_bytes`` are there or ``max_wait_ms`` have passed; while none flow, long-poll.
 
@@ -360,10 +361,12 @@ def batch_fetches(app: faust.App, min_bytes: int, max_wait_ms: int) -> None:
     partitions, consumed meanwhile, were not fetched again for up to 1.5 s:
     a worker that took longer than the backoff over a batch stalled its
     input, in a backlog and on a live feed alike (README "Performance").
-    A request is therefore a long poll only when it names every partition
-    that Faust asks records of (the partitions of the last ``getmany``; the
-    tables' changelog partitions stay assigned with records waiting that
-    Faust never asks for); otherwise it waits at most
+    A request is therefore a long poll only when it names every partition of
+    ``read_topics`` (the topics the worker's agent reads: the tables'
+    changelog partitions stay assigned with records fetched during their
+    recovery that wait for good, and Faust takes a partition out of its
+    ``getmany`` while that partition's stream buffer is full, so neither
+    what waits nor what Faust asks for tells); otherwise it waits at most
     :data:`PARTIAL_FETCH_WAIT_MS` for one byte: a partition consumed meanwhile
     waits that long at most. Not ``max_wait_ms``: while a backlog's records
     wait, requests that often, mostly empty, cost about 8 % of a backlog's
@@ -372,9 +375,8 @@ def batch_fetches(app: faust.App, min_bytes: int, max_wait_ms: int) -> None:
     Wraps the instance's ``_create_worker_consumer``, then the ``start`` of
     the consumer it returns; once started, the consumer's ``_fetcher``
     (private) gets its ``_proc_fetch_request`` (private: handles one fetch
-    response, true when it buffered records), ``_get_actions_per_node``
-    (private: builds the fetch requests) and ``fetched_records`` (returns
-    the records Faust's ``getmany`` asks for) wrapped, and its
+    response, true when it buffered records) and ``_get_actions_per_node``
+    (private: builds the fetch requests) wrapped, and its
     ``_fetch_min_bytes`` and ``_fetch_max_wait_ms`` (private, read for every
     fetch request) set after each response, and before a request is built
     while its ``_records`` (private: the fetched records not consumed yet)
@@ -385,6 +387,7 @@ def batch_fetches(app: faust.App, min_bytes: int, max_wait_ms: int) -> None:
     create = thread._create_worker_consumer
     flowing, idle = (min_bytes, max_wait_ms), (1, IDLE_FETCH_WAIT_MS)
     partial = (1, PARTIAL_FETCH_WAIT_MS)
+    topics = frozenset(read_topics)
 
     def create_batching(transport: Any) -> Any:
         consumer = create(transport)
@@ -403,28 +406,15 @@ def batch_fetches(app: faust.App, min_bytes: int, max_wait_ms: int) -> None:
                 return buffered
 
             fetcher._proc_fetch_request = handle_and_adapt
-            build, fetched_records = fetcher._get_actions_per_node, fetcher.fetched_records
-            #: the partitions Faust last asked records of (None or empty: all)
-            asked: list[Any] = [None]
-
-            async def fetched_records_noting(partitions: Any, timeout: float = 0,
-                                             max_records: int | None = None) -> Any:
-                asked[0] = partitions
-                return await fetched_records(partitions, timeout=timeout, max_records=max_records)
+            build = fetcher._get_actions_per_node
 
             def build_without_partial_long_poll(assignment: Any) -> Any:
-                if fetcher._fetch_max_wait_ms == IDLE_FETCH_WAIT_MS:
-                    # Left out of this request: partitions whose records wait, and
-                    # paused ones. Only those Faust consumes matter: the records
-                    # of the tables' changelogs, fetched before their recovery
-                    # ended, wait for good and are never asked for.
-                    left_out = fetcher._records.keys() | consumer.paused()
-                    wanted = asked[0]
-                    if left_out and (not wanted or any(tp in wanted for tp in left_out)):
-                        fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms = partial
+                if fetcher._fetch_max_wait_ms == IDLE_FETCH_WAIT_MS and any(
+                        tp.topic in topics for tp in fetcher._records.keys() | consumer.paused()):
+                    # a partition the agent reads is left out of this request
+                    fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms = partial
                 return build(assignment)
 
-            fetcher.fetched_records = fetched_records_noting
             fetcher._get_actions_per_node = build_without_partial_long_poll
 
         consumer.start = start_batching
