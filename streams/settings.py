@@ -220,7 +220,10 @@ class Settings(BaseSettings):
         "feed then comes in a few fetches per round of the agent instead of one fetch per round "
         "trip, each of which costs CPU in the consumer thread. A fetch that brings nothing makes "
         "the next one a long poll answered by the first record, so an idle worker fetches no "
-        "more often than Faust's and a record after a quiet spell is not held.",
+        "more often than Faust's and a record after a quiet spell is not held; that poll lasts at "
+        "most 50 ms while fetched records of partitions the worker reads still wait to be "
+        "consumed (aiokafka leaves those out of the request and sends no other while it is in "
+        "flight).",
     )
     fetch_min_bytes: int = Field(
         16_384, ge=1,
