@@ -326,7 +326,7 @@ def read_committed(app: faust.App) -> None:
 
 #: the fetch wait while no records flow: Faust's own (a long poll answered by the first record)
 IDLE_FETCH_WAIT_MS = 1500
-#: the fetch wait instead while partitions Faust consumes are left out of the request
+#: the fetch wait instead while partitions of the topics the agent reads are left out
 PARTIAL_FETCH_WAIT_MS = 50
 
 
@@ -398,21 +398,26 @@ def batch_fetches(app: faust.App, min_bytes: int, max_wait_ms: int,
             fetcher = consumer._fetcher
             fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms = idle
             handle = fetcher._proc_fetch_request
+            #: whether the next request is a long poll (the last response buffered nothing)
+            polling = [True]
 
             async def handle_and_adapt(assignment: Any, node_id: int, request: Any) -> bool:
                 buffered = await handle(assignment, node_id, request)
                 fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms = (
                     flowing if buffered else idle)
+                polling[0] = not buffered
                 return buffered
 
             fetcher._proc_fetch_request = handle_and_adapt
             build = fetcher._get_actions_per_node
 
             def build_without_partial_long_poll(assignment: Any) -> Any:
-                if fetcher._fetch_max_wait_ms == IDLE_FETCH_WAIT_MS and any(
-                        tp.topic in topics for tp in fetcher._records.keys() | consumer.paused()):
-                    # a partition the agent reads is left out of this request
-                    fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms = partial
+                if polling[0]:
+                    # a partition the agent reads left out of this request: no long poll
+                    left_out = any(tp.topic in topics
+                                   for tp in fetcher._records.keys() | consumer.paused())
+                    fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms = (
+                        partial if left_out else idle)
                 return build(assignment)
 
             fetcher._get_actions_per_node = build_without_partial_long_poll
