@@ -136,10 +136,14 @@ class ShopTally:
 
     def add_feedback(self, day: int, cls: int, n: int = 1, touchpoint: str | None = None) -> None:
         self.nps_all[cls] += n
-        self.nps_days.setdefault(day, [day, 0, 0, 0])[cls + 1] += n
+        self._nps_row(day)[cls + 1] += n
+        self.nps_tp.setdefault(touchpoint, [0, 0, 0])[cls] += n
+
+    def _nps_row(self, day: int) -> list[int]:
+        """The NPS row of ``day`` (created empty), its block marked changed for :meth:`encode`."""
         if self._nps_blocks is not None:
             self._nps_blocks[day >> DAY_BLOCK_SHIFT] = None
-        self.nps_tp.setdefault(touchpoint, [0, 0, 0])[cls] += n
+        return self.nps_days.setdefault(day, [day, 0, 0, 0])
 
     def add_contribution(self, contrib: list[Any] | None, sign: int = 1) -> None:
         """Add (``sign`` 1) or remove (-1) one customer's :func:`contribution`."""
@@ -206,9 +210,7 @@ class ShopTally:
         for cls in range(3):
             self.nps_all[cls] += sign * head.fb_counts[cls]
         for day, cls in head.fb_recent:
-            self.nps_days.setdefault(day, [day, 0, 0, 0])[cls + 1] += sign
-            if self._nps_blocks is not None:
-                self._nps_blocks[day >> DAY_BLOCK_SHIFT] = None
+            self._nps_row(day)[cls + 1] += sign
         for tp, *counts in head.fb_tp:
             acc = self.nps_tp.setdefault(tp, [0, 0, 0])
             for i in range(3):
