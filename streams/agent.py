@@ -44,6 +44,7 @@ from streams.commit import Change, Committer, WriteFailed
 from streams.consume import consume
 from streams.context import ServiceContext
 from streams.gaps import GapReader, Progress, install_seek_tracking, redrive_idle_partitions
+from streams.load import BusyShare
 from streams.metrics import BATCH_STEPS
 from streams.planning import Plan, Planner, Rows
 from streams.publish import futures
@@ -58,6 +59,9 @@ RETRIES = 2  # extra attempts before a record is dead-lettered as internal_error
 RETRY_DELAY_S = 0.5
 #: seconds between checks for partitions whose dropped records need re-driving
 REDRIVE_INTERVAL_S = 5.0
+#: the window of :attr:`Processor.load` (seconds): long against a batch, short
+#: against a full scan of the time sweep, which reads it
+LOAD_WINDOW_S = 2.0
 
 
 class Processor:
@@ -76,6 +80,9 @@ class Processor:
         #: called after every batch :meth:`handle_batch` finished (the worker's
         #: garbage-collector policy, :mod:`streams.collector`)
         self.after_batch: Callable[[], None] | None = None
+        #: the share of recent wall time spent in :meth:`handle_batch` (the time
+        #: sweep gives way while it is high)
+        self.load = BusyShare(LOAD_WINDOW_S)
 
     def plan(self, record: Record, *, now: datetime | None = None,
              overlay: dict[bytes, CustomerState] | None = None, rows: Rows | None = None) -> Plan:
@@ -178,6 +185,7 @@ class Processor:
         :meth:`handle`'s retries and dead letter; a failure while writing is
         raised.
         """
+        started = time.perf_counter()
         try:
             if len(records) == 1:
                 await self.handle(records[0])
@@ -189,6 +197,7 @@ class Processor:
                 await self.handle(records[failed_at])
                 records = records[failed_at + 1:]
         finally:
+            self.load.add(started, time.perf_counter())
             if self.after_batch is not None:
                 self.after_batch()
 

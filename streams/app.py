@@ -248,6 +248,7 @@ def create_service(
     sweeper = Sweeper(context)
     processor, aligned = register_agents(context, on_change=sweeper.note_change)
     sweeper.input_time = aligned.input_time_us
+    sweeper.agent_load = processor.load.share
     install_bulk_restore(context)
     clv = None
     if sweep_enabled:

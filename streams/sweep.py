@@ -75,11 +75,13 @@ customers until it has spent :data:`SLICE_BUDGET_S`, commits what changed
 (waiting for the broker yields), then yields to the event loop before the
 next slice, so the agent waits only briefly for the sweep, in a full scan as
 well as in a due pass. Slices are also spaced so the sweep uses at most
-:data:`SWEEP_DUTY` of the wall clock: a full scan of a large partition takes
-long, but never halves the agent's throughput. A full scan reads a partition
-afresh per slice from the last key it reached
-(:meth:`streams.store.RowStore.keys_after`), so it neither lists all keys in
-memory nor keeps an iterator open across an ``await``.
+:data:`SWEEP_DUTY` of the wall clock, and at most :data:`SWEEP_DUTY_BUSY`
+while the agent has spent half of the last seconds or more on batches: a full
+scan of a large partition takes long, but never halves the agent's throughput,
+and a live feed near the agent's capacity keeps its latency while the scan
+runs. A full scan reads a partition afresh per slice from the last key it
+reached (:meth:`streams.store.RowStore.keys_after`), so it neither lists all
+keys in memory nor keeps an iterator open across an ``await``.
 
 **Cost.** A due pass reads no row unless something is due: the index keeps
 a lower bound of its entries, so a partition with nothing due costs a
@@ -161,6 +163,14 @@ SLICE_BUDGET_S = 0.005
 #: busy agent and queue its events (the bench's latency figures are in the
 #: README's Performance section).
 SWEEP_DUTY = 0.1
+#: The share while the agent is busy (its :attr:`streams.agent.Processor.load`
+#: at or above :data:`AGENT_BUSY_SHARE`): a live feed near the agent's capacity
+#: has no tenth of the CPU to spare, and the sweep's slices would queue its
+#: events. Never zero, so a scan still finishes under a sustained backlog
+#: (five times as long as on a quiet worker).
+SWEEP_DUTY_BUSY = 0.02
+#: The agent's busy share from which the sweep slows down to SWEEP_DUTY_BUSY.
+AGENT_BUSY_SHARE = 0.5
 
 _US_PER_S = 1_000_000
 #: index entries a due pass examines between two looks at the clock
@@ -171,11 +181,14 @@ class _Budget:
     """The time a slice has left before it must yield (:data:`SLICE_BUDGET_S`).
 
     ``duty`` < 1 makes :meth:`pause` sleep so that slices use at most that
-    share of the wall clock (:data:`SWEEP_DUTY`).
+    share of the wall clock (:data:`SWEEP_DUTY`); while ``load()`` (the agent's
+    busy share) is at least :data:`AGENT_BUSY_SHARE`, at most
+    :data:`SWEEP_DUTY_BUSY`.
     """
 
-    def __init__(self, duty: float = 1.0) -> None:
+    def __init__(self, duty: float = 1.0, load: Callable[[], float] = lambda: 0.0) -> None:
         self.duty = duty
+        self.load = load
         self.restart()
 
     def restart(self) -> None:
@@ -184,10 +197,15 @@ class _Budget:
     def spent(self) -> bool:
         return time.perf_counter() - self.started >= SLICE_BUDGET_S
 
+    def current_duty(self) -> float:
+        """The share of the wall clock the next pause allows the slices."""
+        return min(self.duty, SWEEP_DUTY_BUSY) if self.load() >= AGENT_BUSY_SHARE else self.duty
+
     async def pause(self) -> None:
         """Yield to the event loop (sleeping off the duty cycle), then start a new slice."""
         ran = time.perf_counter() - self.started
-        await asyncio.sleep(ran * (1.0 / self.duty - 1.0) if self.duty < 1.0 else 0)
+        duty = self.current_duty()
+        await asyncio.sleep(ran * (1.0 / duty - 1.0) if duty < 1.0 else 0)
         self.restart()
 
 
@@ -248,6 +266,12 @@ class Sweeper:
         self._generation = -1
         #: shop -> signature (day, owned partitions, tally rows) of its published gauges
         self._published: dict[str, int] = {}
+        #: the agent's busy share (:attr:`streams.agent.Processor.load`), set when the
+        #: agent is registered: the sweep gives way while it is high (:class:`_Budget`)
+        self.agent_load: Callable[[], float] = lambda: 0.0
+
+    def _budget(self) -> _Budget:
+        return _Budget(SWEEP_DUTY, lambda: self.agent_load())
 
     # -- called by the agent ---------------------------------------------------------
     def note_change(self, partition: int, key: bytes, delta: TallyDelta,
@@ -352,7 +376,7 @@ class Sweeper:
         index = self._index[partition] = DueIndex(horizon_us=wall_us + interval_us)
         run = self._passes[partition] = Recount()
         stats.full_scans += 1
-        budget = _Budget(SWEEP_DUTY)
+        budget = self._budget()
         if not await self._advance(partition, index, now_us, stats, run, budget,
                                    lambda: self._keys_after(partition, run)):
             return  # rebalanced mid-scan: the index stays incomplete
@@ -376,7 +400,7 @@ class Sweeper:
         """Advance only the keys the index says are due."""
         if index.earliest is None or index.earliest > now_us:
             return  # nothing can be due: not even the index is read
-        budget = _Budget(SWEEP_DUTY)
+        budget = self._budget()
         # Each slice resumes the same iterator where the last one stopped.
         due = iter(await self._select_due(index, now_us, budget))
         if not await self._advance(partition, index, now_us, stats, None, budget,
@@ -575,7 +599,7 @@ class Sweeper:
                 rows += 1
         svc.metrics.table_rows.labels("shop-tallies").set(rows)
         today = day_of(to_us(datetime.now(UTC)))
-        budget = _Budget(SWEEP_DUTY)
+        budget = self._budget()
         for shop in sorted(shops):
             if not svc.metrics.exports_shop(shop):
                 continue  # LOYALTY_SHOP_METRICS: no series, so no figures to compute

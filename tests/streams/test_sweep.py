@@ -10,6 +10,7 @@ worker against RocksDB.
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -539,3 +540,22 @@ async def test_a_full_scan_reads_live_states_instead_of_re_folding_them(
     hits = states.hits
     got = states.get(key, row)
     assert (states.hits == hits + 1 and got.head is not None) if live else states.hits == 0
+
+
+async def test_the_sweep_gives_way_to_a_busy_agent(hourly: Harness) -> None:
+    """The slices' share of the wall clock follows the agent's load (the service wires
+    the processor's busy share to the sweeper): a tenth while the agent is quiet, a
+    fiftieth while it spent most of the last seconds on batches."""
+    h = hourly
+    budget = h.sweeper._budget()
+    assert budget.current_duty() == sweep_module.SWEEP_DUTY
+    h.purchase("c1", "2025-12-20T10:00:00Z", "e1")
+    await h.svc.processor.handle_batch([purchase_record("c2", "e2", "2025-12-21T10:00:00Z")])
+    assert 0 < h.svc.processor.load.share() < sweep_module.AGENT_BUSY_SHARE
+    assert budget.current_duty() == sweep_module.SWEEP_DUTY
+    now = time.perf_counter()
+    h.svc.processor.load.add(now - 3.0, now)  # three seconds of back-to-back batches
+    assert budget.current_duty() == sweep_module.SWEEP_DUTY_BUSY
+    # The scan still runs (slower), and the agent's load decays once it is quiet.
+    assert (await h.sweeper.sweep(NOW)).visited == 2
+    assert h.svc.processor.load.share(now + 10.0) < sweep_module.AGENT_BUSY_SHARE
