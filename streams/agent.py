@@ -59,6 +59,8 @@ RETRIES = 2  # extra attempts before a record is dead-lettered as internal_error
 RETRY_DELAY_S = 0.5
 #: seconds between checks for partitions whose dropped records need re-driving
 REDRIVE_INTERVAL_S = 5.0
+#: batches of ``settings.batch_max`` records the intake holds before the fetcher waits
+INTAKE_BATCHES = 4
 #: the window of :attr:`Processor.load` (seconds): long against a batch, short
 #: against a full scan of the time sweep, which reads it
 LOAD_WINDOW_S = 2.0
@@ -291,9 +293,12 @@ def register_agents(service: ServiceContext,
     compat.batch_fetches(service.app, settings.fetch_min_bytes, settings.fetch_max_wait_ms,
                          {*service.input_topic_names, service.rekey.get_topic_name()})
     aligned = install_aligned_input(service, processor, progress, reader, commit_owed)
+    # Room for a few batches: the fetcher runs ahead while one is processed.
+    intake = compat.Intake(service.app, INTAKE_BATCHES * settings.batch_max)
+    compat.deliver_to_intake(service.app, aligned.watched, intake)
 
     async def loyalty_state(stream: Any) -> None:
-        await consume(stream, aligned, progress, reader, settings)
+        await consume(stream, intake, aligned, progress, reader, settings)
 
     service.app.agent(service.inputs, name="loyalty-state", concurrency=1)(loyalty_state)
 

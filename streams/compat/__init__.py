@@ -16,8 +16,8 @@ stream), :mod:`.producer` (flush hardening, the raw aiokafka producer), :mod:`.h
 (Faust's per-record settings lookups, resolved once),
 :mod:`.consumer` (seek and commit hooks, read offsets, pausing and batching
 fetches, high-water marks and offsets passed over, committed-only reads), :mod:`.delivery` (records to the streams without a task
-race per record), :mod:`.batches` (batches of what is queued, without
-Faust's fixed wait per batch), :mod:`.tables` (RocksDB partition databases, the
+race per record), :mod:`.intake` (the agent's topics straight from the
+fetcher, in batches of what is queued), :mod:`.tables` (RocksDB partition databases, the
 persisted-offset key, the recovery hook), :mod:`.clients` (plain aiokafka
 clients of tools such as ``loyalty bench`` and of the broker probe: deleting a
 consumer group, fetching a topic's metadata, tracking only some topics).
@@ -25,7 +25,6 @@ consumer group, fetching a topic's metadata, tracking only some topics).
 
 from __future__ import annotations
 
-from streams.compat.batches import take_batches
 from streams.compat.check import TOUCHES, CompatError, check
 from streams.compat.clients import delete_consumer_group, refresh_topic_metadata, track_only
 from streams.compat.consumer import (
@@ -45,6 +44,7 @@ from streams.compat.consumer import (
 from streams.compat.delivery import deliver_directly
 from streams.compat.events import partition_context
 from streams.compat.hot_path import resolve_hot_settings
+from streams.compat.intake import Intake, deliver_to_intake
 from streams.compat.producer import aiokafka_producer, harden_producer_flush
 from streams.compat.tables import (
     on_recovery_offsets,
@@ -56,12 +56,12 @@ from streams.compat.tables import (
 )
 
 __all__ = [
-    "TOUCHES", "CompatError", "aiokafka_producer", "assignment", "batch_fetches", "cap_commits",
-    "check",
-    "consumed_positions", "delete_consumer_group", "deliver_directly", "generation",
-    "harden_producer_flush", "highwater", "leave_group_on_stop", "on_recovery_offsets",
-    "on_seek_to_committed", "open_rocksdict_partition", "partition_context",
-    "persisted_offset_key", "read_committed", "recovery_table", "refresh_topic_metadata",
-    "resolve_hot_settings", "rocksdict_partition", "set_fetching", "skipped_offsets",
-    "start_tables_without_delay", "take_batches", "track_fetches", "track_only",
+    "TOUCHES", "CompatError", "Intake", "aiokafka_producer", "assignment", "batch_fetches",
+    "cap_commits", "check", "consumed_positions", "delete_consumer_group", "deliver_directly",
+    "deliver_to_intake", "generation", "harden_producer_flush", "highwater",
+    "leave_group_on_stop", "on_recovery_offsets", "on_seek_to_committed",
+    "open_rocksdict_partition", "partition_context", "persisted_offset_key", "read_committed",
+    "recovery_table", "refresh_topic_metadata", "resolve_hot_settings", "rocksdict_partition",
+    "set_fetching", "skipped_offsets", "start_tables_without_delay", "track_fetches",
+    "track_only",
 ]

@@ -75,8 +75,10 @@ TOUCHES: tuple[Touch, ...] = (
             set_in_init=True)
       for name in ("_proc_fetch_request", "_get_actions_per_node", "_records",
                    "_fetch_min_bytes", "_fetch_max_wait_ms")),
-    Touch("faust.streams", "Stream", "_enable_passive", "batches.take_batches"),
-    Touch("faust.streams", "Stream", "_processors", "batches.take_batches"),
+    Touch("faust.transport.consumer", "Consumer", "callback", "intake.deliver_to_intake",
+          set_in_init=True),
+    Touch("faust.sensors.monitor", "Monitor", "stream_inbound_time", "intake.Intake.batches",
+          set_in_init=True),
     Touch("faust.transport.consumer", "Consumer", "_drain_messages", "delivery.deliver_directly"),
     Touch("faust.transport.consumer", "Consumer", "wait_first", "delivery.deliver_directly"),
     Touch("faust.transport.consumer", "Consumer", "suspend_flow", "delivery.deliver_directly"),
