@@ -4,9 +4,9 @@ Works around: every fetched message of a stream's topic passes Faust's
 conductor (an ``Event`` built, a queue put with pressure callbacks), the
 stream's iterator (sensors, the current-event context variable, processors)
 and its acknowledgement path, one message at a time, with a task switch per
-queue handover: about a fifth of the worker's CPU per event, for
-guarantees the agent does not use (it batches, aligns and commits itself;
-README "Performance" has the figures).
+queue handover: a large share of the worker's CPU per event (README
+"Performance"), for guarantees the agent does not use (it batches, aligns
+and commits itself).
 
 :func:`deliver_to_intake` routes the messages of the agent's topics from the
 consumer's callback into an :class:`Intake`; every other topic (table
