@@ -291,11 +291,11 @@ def register_agents(service: ServiceContext,
     compat.read_committed(service.app)  # aborted transactions are no events
     compat.track_fetches(service.app)
     compat.batch_fetches(service.app, settings.fetch_min_bytes, settings.fetch_max_wait_ms,
-                         {*service.input_topic_names, service.rekey.get_topic_name()})
+                         service.agent_topic_names)
     aligned = install_aligned_input(service, processor, progress, reader, commit_owed)
     # Room for a few batches: the fetcher runs ahead while one is processed.
     intake = compat.Intake(service.app, INTAKE_BATCHES * settings.batch_max)
-    compat.deliver_to_intake(service.app, aligned.watched, intake)
+    compat.deliver_to_intake(service.app, service.agent_topic_names, intake)
 
     async def loyalty_state(stream: Any) -> None:
         await consume(stream, intake, aligned, progress, reader, settings)

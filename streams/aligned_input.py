@@ -87,7 +87,7 @@ class AlignedInput:
         self.aligner: Aligner[Record] = Aligner(settings.max_idle_ms / 1000.0,
                                                 settings.align_max_buffered)
         self.rekey_name = service.rekey.get_topic_name()
-        self.watched = frozenset({*service.input_topic_names, self.rekey_name})
+        self.watched = service.agent_topic_names
         self.batch_max = settings.batch_max
         self.lock = asyncio.Lock()
         self.generation: int | None = None

@@ -90,6 +90,11 @@ class ServiceContext:
     def partitions(self) -> int:
         return self.settings.partitions
 
+    @property
+    def agent_topic_names(self) -> frozenset[str]:
+        """The topics the state agent reads: the four inputs and the rekey topic."""
+        return frozenset({*self.input_topic_names, self.rekey.get_topic_name()})
+
     def clv_model(self, shop_id: str) -> ShopModel | None:
         """The shop's fitted CLV model, or None (snapshot CLV fields are then null)."""
         return self.clv_models.get(shop_id)

@@ -236,7 +236,7 @@ def install_seek_tracking(service: ServiceContext, progress: Progress,
     partitions without a commit, over its own connection.
     """
     app = service.app
-    watched = {*service.input_topic_names, service.rekey.get_topic_name()}
+    watched = service.agent_topic_names
 
     def on_seek(positions: Mapping[TP, int]) -> None:
         progress.seeked(positions, compat.generation(app))

@@ -220,8 +220,7 @@ async def test_no_commit_moves_the_group_offset_back() -> None:
                                assignment=lambda: {tp})
     app = SimpleNamespace(consumer=consumer, consumer_generation_id=GENERATION,
                           producer=SimpleNamespace(flush=flush))
-    service = SimpleNamespace(app=app, input_topic_names=(TOPIC,),
-                              rekey=SimpleNamespace(get_topic_name=lambda: "svc-rekey"))
+    service = SimpleNamespace(app=app, agent_topic_names=frozenset({TOPIC, "svc-rekey"}))
     progress = Progress(SimpleNamespace())
     commit_owed = install_seek_tracking(service, progress,  # type: ignore[arg-type]
                                         SimpleNamespace(beginning_offsets=None))
