@@ -33,6 +33,11 @@ from streams.bench.generator import Triple
 from streams.ports import free_port
 from streams.settings import Settings
 
+#: Passes of the baseline loop per run, each over the whole preloaded input;
+#: the ratios use their median. One pass lasts about two seconds, short enough
+#: for one burst of other load on the shared machine to move it by a third.
+BASELINE_PASSES = 3
+
 
 class BenchError(RuntimeError):
     """A benchmark step failed or timed out; the message says what to do."""
@@ -321,6 +326,10 @@ class BenchEnv:
         self.baseline_topic = f"{n}.baseline-out"
         self.baseline_group = f"{n}-baseline"
 
+    def baseline_group_of(self, run: int) -> str:
+        """The consumer group of the baseline loop's ``run``-th pass (each reads from the start)."""
+        return f"{self.baseline_group}-{run}"
+
     @property
     def bootstrap(self) -> list[str]:
         return self.settings.bootstrap_servers
@@ -473,7 +482,8 @@ class BenchEnv:
             mine = sorted(t for t in await admin.list_topics() if t.startswith(self.app_id))
             if mine:
                 await admin.delete_topics(mine)
-            for group in (self.app_id, self.baseline_group):
+            groups = [self.baseline_group_of(i) for i in range(BASELINE_PASSES)]
+            for group in (self.app_id, *groups):
                 try:
                     await delete_consumer_group(admin, group)
                 except Exception:  # noqa: BLE001 - an empty group expires on its own

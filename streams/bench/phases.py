@@ -79,11 +79,12 @@ class Throughput:
         return self.measured_events / self.worker_cpu_s if self.worker_cpu_s else None
 
 
-async def baseline(env: BenchEnv, expected: int, timeout_s: float) -> dict[str, Any]:
-    """Run the plain loop in a subprocess on the run's input topics; return its JSON."""
+async def baseline(env: BenchEnv, expected: int, timeout_s: float, run: int = 0) -> dict[str, Any]:
+    """Run the plain loop's ``run``-th pass in a subprocess on the run's input topics
+    (from their start, in a group of its own); return its JSON."""
     cmd = [sys.executable, "-m", "streams.bench.baseline",
            "--bootstrap", ",".join(env.bootstrap), "--out", env.baseline_topic,
-           "--group", env.baseline_group, "--expected", str(expected),
+           "--group", env.baseline_group_of(run), "--expected", str(expected),
            "--timeout", str(timeout_s)]
     for t in env.input_topics:
         cmd += ["--topic", t]
