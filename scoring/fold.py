@@ -84,6 +84,12 @@ _FAR_DAYS = 100_000
 #: tier multipliers and ltv_months, every total, points count and the LTV
 #: formula then stay below 2**63, so states and snapshots always encode.
 MAX_CUSTOMER_GROSS = 10**15
+#: Ids of a customer's last this many accepted events are remembered however
+#: far behind its newest event they are (see :func:`_prune_seen`). A record
+#: redelivered after a crash (processed, its offset not committed yet) is then
+#: an exact duplicate even when a backlog moved the customer's history months
+#: on in between, instead of a ``too_late`` rejection of an applied event.
+DEDUP_RECENT_IDS = 32
 
 
 @dataclass
@@ -606,17 +612,33 @@ def _force_finalize(state: CustomerState, policy: ShopPolicy, n: int) -> int:
 
 
 def _prune_seen(state: CustomerState, policy: ShopPolicy) -> None:
-    """Forget event ids older than the dedup horizon, keeping at most max_seen_ids.
+    """Forget event ids older than the dedup horizon, except the customer's last
+    :data:`DEDUP_RECENT_IDS` accepted ones; keep at most ``max_seen_ids``.
 
-    Ids are remembered for *at least* ``dedup_retention_days``: the check looks
-    only at the oldest-inserted id (O(1)), since ids mostly arrive in time
-    order; a full pass runs when that one is due or the cap is exceeded.
+    Ids are remembered for *at least* ``dedup_retention_days`` of event time,
+    and the ids of the last :data:`DEDUP_RECENT_IDS` accepted events however
+    old. ``seen`` is in acceptance order: the check looks only at its first
+    id (O(1)); a full pass runs when that one is due and more than twice the
+    recent ids are kept (so a pass is paid once per that many events), or when
+    the cap is exceeded. A pass keeps the order: the ids within the horizon
+    (the newest by event time when the cap binds), then the recent ones.
     """
     horizon = state.max_ts - policy.dedup_retention_days * US_PER_DAY  # type: ignore[operator]
     seen = state.seen
-    if len(seen) > policy.max_seen_ids or (seen and next(iter(seen.values()))[1] < horizon):
-        rows = sorted(((v[1], k) for k, v in seen.items() if v[1] >= horizon), reverse=True)
-        state.seen = {k: seen[k] for _, k in rows[: policy.max_seen_ids]}
+    n = len(seen)
+    if n > policy.max_seen_ids or (
+            n > 2 * DEDUP_RECENT_IDS and next(iter(seen.values()))[1] < horizon):
+        items = list(seen.items())
+        recent = items[n - DEDUP_RECENT_IDS:]
+        older = items[:n - DEDUP_RECENT_IDS]
+        room = policy.max_seen_ids - len(recent)
+        within = [(v[1], k) for k, v in older if v[1] >= horizon]
+        if len(within) > room:
+            kept = {k for _, k in sorted(within, reverse=True)[:room]}
+        else:
+            kept = {k for _, k in within}
+        state.seen = {k: v for k, v in older if k in kept}
+        state.seen.update(recent)
 
 
 def _prune_finalized(agg: Agg, policy: ShopPolicy) -> None:

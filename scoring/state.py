@@ -24,9 +24,10 @@ Size bounds (defaults; all are policy settings):
 * ``buf``: events of the last ``allowed_lateness_days`` (7) of event time,
   at most ``max_buffer_events`` (512); past the cap the oldest are finalized
   early (the frontier moves up: documented as a tighter lateness).
-* ``seen``: ids of the last ``dedup_retention_days`` (90) of event time, at
-  most ``max_seen_ids`` (4096) ids, 2 integers each. A retry of an event
-  within that horizon is recognised as a duplicate. Older retries are older
+* ``seen``: ids of the last ``dedup_retention_days`` (90) of event time and
+  of the last :data:`scoring.fold.DEDUP_RECENT_IDS` (32) accepted events, in
+  acceptance order, at most ``max_seen_ids`` (4096) ids, 2 integers each. A
+  retry of one of them is recognised as a duplicate. Older retries are older
   than the lateness too, so they are rejected as ``too_late`` and still change
   nothing.
 * ``ckpt``: see :mod:`scoring.aggregate` (orders kept 730 days, 365 days of

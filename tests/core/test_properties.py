@@ -101,7 +101,8 @@ def test_duplicates_change_nothing(events, seed, data) -> None:
     assert dup.snap(end) == clean.snap(end)
     assert sum(o.status == "applied" for o in dup.outcomes) == len(arrivals)
     # Redeliveries are recognised as duplicates for dedup_retention_days (90) of
-    # event time; an older one is past the lateness too and is rejected as too_late.
+    # event time and among the last DEDUP_RECENT_IDS accepted events; an older
+    # one is past the lateness too and is rejected as too_late.
     for o in dup.outcomes:
         assert o.status in ("applied", "duplicate") or o.reason == "too_late"
     assert ledger_view(dup.effects) == ledger_view(clean.effects)
