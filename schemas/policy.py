@@ -104,7 +104,7 @@ class ShopPolicy(BaseModel):
     clv_spend_floor: Rate = Field(Decimal("0.01"), ge=0, lt=1, description="repeat buyers whose mean repeat spend is below this fraction of the shop's median are left out of the Gamma-Gamma fit (0 keeps all)")
     # state bounds (see scoring/state.py)
     order_retention_days: int = Field(730, ge=400, description="orders are kept this long for refunds; older refunds are orphans")
-    dedup_retention_days: int = Field(90, ge=8, description="an event_id is recognised as a duplicate at least this long (event time) behind the newest event (and while among the customer's last 32 accepted events, however old)")
+    dedup_retention_days: int = Field(90, ge=8, description="an event_id is recognised as a duplicate at least this long (event time) behind the newest event; the ids of the customer's latest accepted events are kept however old (README, Duplicates beyond retention)")
     max_seen_ids: int = Field(4096, ge=64, description="cap on remembered event ids per customer")
     max_buffer_events: int = Field(512, ge=8, description="cap on events held open for reordering per customer")
 

@@ -629,8 +629,8 @@ def _prune_seen(state: CustomerState, policy: ShopPolicy) -> None:
     if n > policy.max_seen_ids or (
             n > 2 * DEDUP_RECENT_IDS and next(iter(seen.values()))[1] < horizon):
         items = list(seen.items())
-        recent = items[n - DEDUP_RECENT_IDS:]
-        older = items[:n - DEDUP_RECENT_IDS]
+        split = n - min(DEDUP_RECENT_IDS, policy.max_seen_ids)
+        recent, older = items[split:], items[:split]
         room = policy.max_seen_ids - len(recent)
         within = [(v[1], k) for k, v in older if v[1] >= horizon]
         if len(within) > room:

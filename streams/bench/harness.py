@@ -34,8 +34,8 @@ from streams.ports import free_port
 from streams.settings import Settings
 
 #: Passes of the baseline loop per run, each over the whole preloaded input;
-#: the ratios use their median. One pass lasts about two seconds, short enough
-#: for one burst of other load on the shared machine to move it by a third.
+#: the ratios use the median pass of each measure. One pass is short, so one
+#: burst of other load on a shared machine moves it far (README "Performance").
 BASELINE_PASSES = 3
 
 

@@ -318,8 +318,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
              "events_per_s": round(p["events_per_s"], 1),
              "events_per_cpu_s": _round(total / p["cpu_s"] if p["cpu_s"] else None, 1)}
             for p in passes]
-        # The median pass, per measure: one pass is about two seconds, and one
-        # burst of other load on the machine moves a single pass by up to a third.
+        # The median pass, per measure (why: BASELINE_PASSES).
         base_rate = statistics.median(p["events_per_s"] for p in passes)
         base_cpu_rate = statistics.median(total / p["cpu_s"] if p["cpu_s"] else 0.0
                                           for p in passes) or None
