@@ -154,10 +154,8 @@ class BrokerProbe:
         return self._admin
 
     def _topic_names(self) -> list[str]:
-        """The worker's input topics and its rekey topic: all the probe asks about."""
-        from streams.app import rekey_topic_name
-
-        return sorted({*self.service.input_topic_names, rekey_topic_name(self.service.settings)})
+        """The topics the state agent reads (inputs, rekey): all the probe asks about."""
+        return sorted(self.service.agent_topic_names)
 
     def _input_partitions(self) -> list[Any]:
         from aiokafka import TopicPartition

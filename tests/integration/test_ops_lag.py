@@ -27,7 +27,8 @@ def _service(settings: Settings, topic: str, assigned: set[TopicPartition]) -> A
     # The parts of streams.context.ServiceContext the probe and readiness read.
     app = SimpleNamespace(consumer=SimpleNamespace(assignment=lambda: set(assigned)))
     return SimpleNamespace(settings=settings, metrics=Metrics(), app=app,
-                           tables_ready=lambda: True, input_topic_names=(topic,))
+                           tables_ready=lambda: True,
+                           agent_topic_names=frozenset({topic, rekey_topic_name(settings)}))
 
 
 def _recording(parsed: list[set[str]]) -> Any:
