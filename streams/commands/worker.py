@@ -175,6 +175,12 @@ def run(args: argparse.Namespace) -> int:
 
             install(settings.log_repeat_interval_s)
 
+        def _on_sigusr2(self) -> None:
+            # mode enters pdb on SIGUSR2: in a service without a terminal that
+            # stops the event loop for good. SIGUSR1 (mode's stack dump) stays.
+            logging.getLogger(__name__).warning(
+                "SIGUSR2 ignored (kill -USR1 writes every thread's and task's stack to the log)")
+
         def stop_and_shutdown(self) -> None:
             super().stop_and_shutdown()
             # Reached only after a graceful stop (producer flushed, offsets committed).

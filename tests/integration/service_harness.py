@@ -154,6 +154,30 @@ class Worker:
             self.proc.kill()
             self.proc.wait(10)
 
+    def task_stacks(self, settle_s: float = 5.0) -> str:
+        """The worker's asyncio tasks that are in the project's code, with their
+        frames: where a worker that stopped making progress is waiting.
+
+        Asks the worker for mode's stack dump (SIGUSR1: every thread and task,
+        with locals, into the log) and condenses it. For a test's failure
+        message, so that a hang seen once can be explained from the CI log.
+        """
+        if self.proc is None or self.proc.poll() is not None:
+            return "(worker not running)"
+        start = self.log_path.stat().st_size
+        self.proc.send_signal(signal.SIGUSR1)
+        deadline, size = time.monotonic() + settle_s, start
+        while time.monotonic() < deadline:  # the dump is written in one go: wait until it stops growing
+            time.sleep(0.5)
+            grown = self.log_path.stat().st_size
+            if grown > start and grown == size:
+                break
+            size = grown
+        with open(self.log_path, "rb") as f:
+            f.seek(start)
+            dump = f.read().decode(errors="replace")
+        return condense_task_dump(dump, str(REPO / "streams"))
+
     def log_tail(self, n: int = 60) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
@@ -327,13 +351,49 @@ def settle(worker: Worker, expected: list[dict[str, Any]], timeout: float = 120.
 
 def wait_equal(worker: Worker, expected: list[dict[str, Any]], timeout: float = 120.0,
                alive: Callable[[], None] | None = None) -> float:
-    """Poll until every served snapshot equals ``expected``; returns seconds waited."""
+    """Poll until every served snapshot equals ``expected``; returns seconds waited.
+
+    On a timeout the failure names the differences, the worker's log tail, its
+    /health and the stacks of its tasks in the project's code.
+    """
     waited, diffs = settle(worker, expected, timeout, alive)
     if not diffs:
         return waited
+    tail = worker.log_tail(30)  # before the stack dump lands in the log
+    try:
+        health = worker.get("/health", timeout=5.0)[1].decode(errors="replace")
+    except OSError as exc:
+        health = repr(exc)
     raise AssertionError(f"{len(diffs)} of {len(expected)} snapshots differ after {timeout}s, "
-                         f"e.g.:\n" + "\n".join(diffs[:5]) + "\nworker log:\n"
-                         + worker.log_tail(30))
+                         f"e.g.:\n" + "\n".join(diffs[:5]) + "\nworker log:\n" + tail
+                         + f"\n/health: {health}\ntasks in streams/:\n" + worker.task_stacks())
+
+
+def condense_task_dump(dump: str, code_dir: str) -> str:
+    """From mode's stack dump (``mode.utils.logging.cry``), each task with a frame
+    in ``code_dir``: its name and the ``File ...`` line of every frame, no locals.
+    A task's frames end where mode's walk stops (at an awaitable that is not a
+    coroutine, such as Faust's agent actor)."""
+    out: list[str] = []
+    task: list[str] = []
+    dumping = False  # the task that prints the dump: its frames are the loop thread's
+
+    def flush() -> None:
+        if any(code_dir in line for line in task[1:]) and not dumping:
+            out.extend(task)
+
+    for line in dump.splitlines():
+        if line.startswith("  TASK "):
+            flush()
+            task, dumping = [line.strip()], False
+        elif task and line.startswith("   -> ") and "._cry " in line:
+            dumping = True
+        elif task and line.startswith('  File "'):
+            task.append(line)
+    flush()
+    if not dump:
+        return "(no dump: the worker's event loop did not run its signal handler)"
+    return "\n".join(out) if out else f"(no task in {code_dir}; dump of {len(dump)} chars)"
 
 
 def metric_samples(worker: Worker) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

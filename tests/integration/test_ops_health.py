@@ -4,12 +4,14 @@ The worker runs against a private broker which the test stops and starts
 again: /health/ready must turn 503 within the configured broker age (plus
 one probe interval), /health/live must stay 200, the worker's log must not
 flood during the outage (the repeat filter), and readiness must come back
-after the broker does.
+after the broker does. Before the outage, the worker's stack dump on SIGUSR1
+(the harness's failure explanation uses it) and that SIGUSR2 leaves it running.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,6 +61,13 @@ def test_ready_follows_the_broker_and_the_log_does_not_flood(private_broker, tmp
         assert ready["ready"] is True and ready["reason"] is None
         assert all(c["ok"] for c in ready["checks"].values())
         assert worker.get("/health/live")[0] == 200
+
+        # kill -USR1: stacks into the log, and the worker goes on; SIGUSR2 is ignored.
+        stacks = worker.task_stacks()
+        assert "streams/health.py" in stacks, stacks  # the broker probe, between probes
+        worker.proc.send_signal(signal.SIGUSR2)
+        _wait_status(worker, "/health/ready", 200, 10)
+        assert "SIGUSR2 ignored" in worker.log_tail(5)
 
         log_before = worker.log_path.stat().st_size
         private_broker.stop()
