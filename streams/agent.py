@@ -43,7 +43,7 @@ from streams.aligned_input import install as install_aligned_input
 from streams.commit import Change, Committer, WriteFailed
 from streams.consume import consume
 from streams.context import ServiceContext
-from streams.gaps import GapReader, Progress, install_seek_tracking, redrive_idle_partitions
+from streams.gaps import GapReader, Progress, install_seek_tracking, reread_dropped
 from streams.load import BusyShare
 from streams.metrics import BATCH_STEPS
 from streams.planning import Plan, Planner, Rows
@@ -57,8 +57,9 @@ log = logging.getLogger(__name__)
 ChangeListener = Callable[[int, bytes, TallyDelta, "int | None"], None]
 RETRIES = 2  # extra attempts before a record is dead-lettered as internal_error
 RETRY_DELAY_S = 0.5
-#: seconds between checks for partitions whose dropped records need re-driving
-REDRIVE_INTERVAL_S = 5.0
+#: seconds between checks for partitions whose last records the consumer dropped
+#: (streams.gaps.reread_dropped: two checks confirm a drop, well inside max_idle_ms)
+REREAD_INTERVAL_S = 0.5
 #: batches of ``settings.batch_max`` records the intake holds before the fetcher waits
 INTAKE_BATCHES = 4
 #: the window of :attr:`Processor.load` (seconds): long against a batch, short
@@ -274,7 +275,7 @@ class Processor:
 
 def register_agents(service: ServiceContext,
                     on_change: ChangeListener | None = None) -> tuple[Processor, AlignedInput]:
-    """Attach the state agent, its gap repair and its re-drive timer to ``service.app``.
+    """Attach the state agent, its gap repair and its read-back timer to ``service.app``.
 
     ``on_change`` is told about every state the agent writes (the time sweep's
     :meth:`streams.sweep.Sweeper.note_change`). Returns the :class:`Processor` and the
@@ -302,14 +303,16 @@ def register_agents(service: ServiceContext,
 
     service.app.agent(service.inputs, name="loyalty-state", concurrency=1)(loyalty_state)
 
-    async def loyalty_redrive() -> None:
+    async def loyalty_reread() -> None:
+        if not service.tables_ready():
+            return  # nothing is delivered during a rebalance or a recovery: no evidence
         try:
-            await redrive_idle_partitions(service, progress, reader)
+            await reread_dropped(service, progress, reader, aligned.receive, intake.partitions)
         except Exception:  # noqa: BLE001 - best effort; retried next tick
-            log.exception("re-drive check failed")
+            log.exception("read-back check failed")
 
-    service.app.timer(interval=REDRIVE_INTERVAL_S, on_leader=False,
-                      name="loyalty-redrive")(loyalty_redrive)
+    service.app.timer(interval=REREAD_INTERVAL_S, on_leader=False,
+                      name="loyalty-reread")(loyalty_reread)
 
     @service.app.on_before_shutdown.connect
     async def close_gap_reader(app: Any, **kwargs: Any) -> None:

@@ -40,10 +40,13 @@ async def consume(stream: Any, intake: Intake, aligned: AlignedInput, progress: 
     """
     aiter(stream.channel)  # subscribes: Faust's conductor learns the topics here
     async for messages in intake.batches(settings.batch_max, settings.batch_within_s):
+        # Every record is seen (Progress) before any read-back awaits: taken from
+        # the intake, it must not look dropped to streams.gaps.reread_dropped.
+        records = [Record.from_message(message) for message in messages]
+        gaps = [progress.find_gap(record, message.generation_id)
+                for record, message in zip(records, messages, strict=True)]
         batch: list[Record] = []
-        for message in messages:
-            record = Record.from_message(message)
-            gap = progress.find_gap(record, message.generation_id)
+        for record, gap in zip(records, gaps, strict=True):
             if gap is not None:
                 batch.extend(await reader.fetch(record.topic, record.partition, *gap))
             batch.append(record)

@@ -10,8 +10,9 @@ Three measures keep every input record processed:
 * a jump in a partition's offsets is detected (:meth:`Progress.find_gap`)
   and the skipped range read back (:class:`GapReader`) before the batch is
   handled;
-* silent partitions whose consumer read past the agent are re-driven through
-  the rekey topic (:func:`redrive_idle_partitions`).
+* partitions whose consumer read past the agent, with nothing more arriving
+  to reveal the gap, are read back into the agent's input
+  (:func:`reread_dropped`).
 
 A false positive only costs a re-read: re-applying a record is idempotent.
 """
@@ -26,14 +27,11 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import TP
 
-from schemas import codec
 from streams import compat
 from streams.context import ServiceContext
 from streams.metrics import Metrics
-from streams.publish import futures
-from streams.records import ORIGIN_HEADER, Record
+from streams.records import Record
 from streams.security import client_kwargs
-from streams.topics import message_key
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +59,9 @@ class Progress:
         #: the consumer was put (the committed offset, or the first one when none
         #: was committed), then each commit; nothing below it needs committing
         self.covered: dict[TP, int] = {}
+        #: (topic, partition) -> ((generation, next offset expected), monotonic time):
+        #: read past by the consumer, nothing received since (:func:`reread_dropped`)
+        self.suspects: dict[tuple[str, int], tuple[tuple[int | None, int], float]] = {}
 
     def find_gap(self, record: Record, generation: int | None) -> tuple[int, int] | None:
         """The offsets ``[start, end)`` of this record's partition that the consumer skipped.
@@ -128,7 +129,7 @@ class GapReader:
         self.settings = service.settings
         self._consumer: AIOKafkaConsumer | None = None
         self._starting = asyncio.Lock()  # callers race at start-up: one consumer
-        # The agent's gap repair and the re-drive timer may read at the same
+        # The agent's gap repair and the read-back timer may read at the same
         # time; a read assigns the consumer its one partition, so reads take turns.
         self._reading = asyncio.Lock()
 
@@ -291,21 +292,34 @@ def install_seek_tracking(service: ServiceContext, progress: Progress,
     return commit_owed
 
 
-async def redrive_idle_partitions(service: ServiceContext, progress: Progress,
-                                  reader: GapReader, idle_s: float = 10.0) -> int:
-    """Re-read records the consumer read but never handed to the agent.
+#: seconds a partition must stay read past the agent, with nothing of it queued or
+#: received, before its records count as dropped: records on their way from the
+#: consumer's thread to the agent arrive within milliseconds, and the aligned
+#: input waits ``max_idle_ms`` (10 s by default) for a partition behind the others
+REREAD_CONFIRM_S = 1.0
 
-    The agent's sequence check needs a *later* record on the same partition;
-    on a sparse partition (feedback, redemptions) records dropped by the
-    consumer would stay unnoticed. So, for each input partition of the current
-    generation on which the agent has seen nothing for ``idle_s`` seconds:
-    if Faust's consumer has read past the next offset the agent expects, the
-    records in between were dropped. They are fetched and forwarded, correctly
-    keyed, to the rekey topic, where the agent processes them in order
-    (re-applying a record is harmless). Returns the number re-driven.
+
+async def reread_dropped(service: ServiceContext, progress: Progress, reader: GapReader,
+                         receive: Callable[[list[Record]], None],
+                         queued: Callable[[], set[tuple[str, int]] | None],
+                         confirm_s: float = REREAD_CONFIRM_S) -> int:
+    """Re-read records the consumer read but never handed to the agent, into its input.
+
+    The agent's sequence check (:meth:`Progress.find_gap`) needs a *later*
+    record of the same partition; when the consumer dropped the last records it
+    read of a partition, none comes: a sparse partition (feedback, redemptions),
+    or a whole backlog fetched in one go around a rebalance. So, per input
+    partition of the current generation: when Faust's consumer has read past
+    the next offset the agent expects, no record of the partition waits in the
+    agent's intake (``queued()``: the partitions it holds records of, or None
+    while it is full, when records may wait in front of it), and the same holds
+    ``confirm_s`` later with nothing received in between, the records in
+    between were dropped. They are read back and handed to ``receive`` (the
+    aligned input) as that partition's records, in offset order: they take
+    their place in event time like any record, and a late delivery of one of
+    them is ignored as a repeat. Returns the number re-read.
     """
     app = service.app
-    rekey = service.rekey.get_topic_name()
     generation = compat.generation(app)
     now = time.monotonic()
     # How far the consumer read: aiokafka's consumed position (the offset
@@ -315,14 +329,12 @@ async def redrive_idle_partitions(service: ServiceContext, progress: Progress,
     # dropped looked read up to one record (or not at all, with no committed
     # offset): the rest stayed unprocessed, silently, until the next restart.
     positions = compat.consumed_positions(app)
-    candidates = []
-    for tp, (gen, seek_offset, at) in list(progress.seeks.items()):
+    suspects: dict[tuple[str, int], tuple[int, int]] = {}
+    for tp, (gen, seek_offset, _) in list(progress.seeks.items()):
         if gen != generation:
             continue
         last = progress.last_offset.get(tp)
         expected = last[1] + 1 if last is not None and last[0] == gen else seek_offset
-        if now - max(at, progress.last_seen_at.get(tp, 0.0)) < idle_s:
-            continue
         position = positions.get(TP(*tp))
         if position is None or position <= expected:
             continue
@@ -337,40 +349,46 @@ async def redrive_idle_partitions(service: ServiceContext, progress: Progress,
                 progress.done[tp] = position - 1
                 progress.owed[TP(*tp)] = max(progress.owed.get(TP(*tp), -1), position)
             continue
-        candidates.append((tp, expected, position))
-    if not candidates:
+        suspects[tp] = (expected, position)
+    waiting = queued() if suspects else set()
+    if waiting is None:
+        return 0  # the intake is full: records may be waiting to enter it
+    confirmed = []
+    for tp, (expected, position) in suspects.items():
+        if tp in waiting:
+            progress.suspects.pop(tp, None)
+            continue
+        first = progress.suspects.get(tp)
+        if first is None or first[0] != (generation, expected):
+            progress.suspects[tp] = ((generation, expected), now)
+        elif now - first[1] >= confirm_s:
+            confirmed.append((tp, expected, position))
+    for tp in [tp for tp in progress.suspects if tp not in suspects]:
+        del progress.suspects[tp]
+    if not confirmed:
         return 0
-    ends = await reader.end_offsets([TP(t, p) for (t, p), _, _ in candidates])
+    ends = await reader.end_offsets([TP(t, p) for (t, p), _, _ in confirmed])
     total = 0
-    for (topic, partition), start, stop in candidates:
+    for (topic, partition), start, stop in confirmed:
         end = min(stop, ends.get(TP(topic, partition), 0))
         if end <= start or compat.generation(app) != generation:
             continue
         records = await reader.fetch(topic, partition, start, end)
-        sent = await service.publisher.publish(
-            [(rekey, _redrive_key(r), r.value or b"",
-              [(ORIGIN_HEADER, codec.dumps(r.origin()))], None) for r in records])
-        if sent:
-            await asyncio.gather(*futures(sent))  # durable in the rekey topic before "done"
-        progress.last_offset[(topic, partition)] = (generation, end - 1)
-        if records and records[-1].offset == end - 1:
-            progress.done[(topic, partition)] = max(
-                progress.done.get((topic, partition), -1), end - 1)
-        progress.last_seen_at[(topic, partition)] = time.monotonic()
-        if not records:
-            continue  # only transaction markers were read past: nothing was dropped
+        progress.suspects.pop((topic, partition), None)
+        last = progress.last_offset.get((topic, partition))
+        if last is not None and last[0] == generation:
+            # Delivered meanwhile after all (late, not dropped): those are not read back.
+            records = [r for r in records if r.offset > last[1]]
+        if compat.generation(app) != generation or not records:
+            continue  # moved away meanwhile, or only transaction markers were read past
+        # The same bookkeeping as for records the consumer delivers (no gap: the
+        # range starts at the offset the agent expects).
+        for record in records:
+            progress.find_gap(record, generation)
+        receive(records)
         service.metrics.offset_gaps.labels(topic).inc(len(records))
         log.warning("consumer read %s[%d] up to %d but the agent got nothing after %d: "
-                    "re-driving %d records through the rekey topic", topic, partition,
+                    "%d records read back into the agent's input", topic, partition,
                     end - 1, start - 1, len(records))
         total += len(records)
     return total
-
-
-def _redrive_key(record: Record) -> bytes | None:
-    """Correct key for a re-driven record (its own key if the value is unparseable)."""
-    try:
-        data = codec.loads(record.value or b"")
-        return message_key(data["shop_id"], data["customer_id"])
-    except Exception:  # noqa: BLE001 - invalid records are dead-lettered downstream
-        return record.key

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from streams.context import ServiceContext
 
-#: header carrying where a re-keyed or re-driven record first entered (JSON)
+#: header carrying where a re-keyed record first entered (JSON)
 ORIGIN_HEADER = "loyalty-origin"
 
 @dataclass(frozen=True)

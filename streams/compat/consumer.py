@@ -45,7 +45,7 @@ def on_seek_to_committed(app: faust.App, topics: Collection[str], listener: Seek
       waited behind its fetch long-poll, over a second of every rebalance).
       Without a position for such a partition the worker could not see that
       Faust dropped its first records after a rebalance (no gap check, no
-      re-drive), and those are exactly the partitions the aligned input holds
+      read-back), and those are exactly the partitions the aligned input holds
       longest without a commit: redemptions.
 
     Not Faust's ``_committed_offset`` map: Faust records there the offsets it
@@ -98,7 +98,7 @@ def consumed_positions(app: faust.App) -> dict[TP, int]:
 
     Works around: Faust does not expose how far its consumer got, which is the
     only evidence that records were read and then dropped before reaching the
-    agent (see :func:`streams.gaps.redrive_idle_partitions`). Faust's own
+    agent (see :func:`streams.gaps.reread_dropped`). Faust's own
     ``_read_offset`` is no such evidence: a seek sets it to the committed
     offset (the *next* record) or None, and records Faust drops never
     update it. aiokafka's consumed position moves past every record it

@@ -70,6 +70,13 @@ class Intake:
         self._messages.append(message)
         self._arrived.set()
 
+    def partitions(self) -> set[tuple[str, int]] | None:
+        """``(topic, partition)`` of every waiting message; None while the intake is
+        full (more may then be waiting in front of it, in the fetcher's delivery)."""
+        if len(self._messages) >= self.max_buffered:
+            return None
+        return {(message.topic, message.partition) for message in self._messages}
+
     def clear(self) -> int:
         """Drop every waiting message (a rebalance); returns how many."""
         dropped = len(self._messages)

@@ -1,6 +1,6 @@
-"""Re-driving records Faust's consumer read but never handed to the agent
-(:func:`streams.gaps.redrive_idle_partitions`), with the consumer stubbed as
-Faust and aiokafka leave it after a rebalance."""
+"""Reading back records Faust's consumer read but never handed to the agent
+(:func:`streams.gaps.reread_dropped`), with the consumer stubbed as Faust and
+aiokafka leave it after a rebalance; the seek and commit bookkeeping."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from faust.types import TP
 
 from schemas import codec
 from streams import compat
-from streams.gaps import Progress, install_seek_tracking, redrive_idle_partitions
+from streams.gaps import REREAD_CONFIRM_S, Progress, install_seek_tracking, reread_dropped
 from streams.records import Record
 
 TOPIC = "svc.redemptions"
@@ -49,16 +49,10 @@ class _Reader:
             for o in range(start, end)]
 
 
-def _service(read_offset: int | None, consumed: int) -> tuple[Any, list[Any]]:
+def _service(read_offset: int | None, consumed: int) -> Any:
     """A service whose consumer was positioned at the committed offset by a seek, and
     whose aiokafka client has since handed ``consumed`` - the next offset - to Faust,
     which dropped those records (they never reached the agent)."""
-    published: list[Any] = []
-
-    async def publish(records: list[Any]) -> list[Any]:
-        published.extend(records)
-        return []
-
     assignment = SimpleNamespace(all_consumed_offsets=lambda: {
         TopicPartition(TOPIC, 0): OffsetAndMetadata(consumed, "")})
     aiokafka_consumer = SimpleNamespace(_subscription=SimpleNamespace(
@@ -68,42 +62,121 @@ def _service(read_offset: int | None, consumed: int) -> tuple[Any, list[Any]]:
         # *next* record) or None without one; dropped records never move it.
         _read_offset={TP(TOPIC, 0): read_offset},
         _thread=SimpleNamespace(_ensure_consumer=lambda: aiokafka_consumer))
-    service = SimpleNamespace(
+    return SimpleNamespace(
         app=SimpleNamespace(consumer_generation_id=GENERATION, consumer=consumer),
-        rekey=SimpleNamespace(get_topic_name=lambda: "svc-rekey"),
-        publisher=SimpleNamespace(publish=publish),
         metrics=SimpleNamespace(offset_gaps=_Counter()))
-    return service, published
+
+
+class _Input:
+    """The agent's input as the read-back sees it: the intake's waiting partitions
+    (None: full) and the aligned input's ``receive``."""
+
+    def __init__(self, queued: set[tuple[str, int]] | None = None) -> None:
+        self.queued: set[tuple[str, int]] | None = queued if queued is not None else set()
+        self.received: list[Record] = []
+
+    async def check(self, service: Any, progress: Progress, end: int = 10) -> int:
+        return await reread_dropped(service, progress, _Reader(end=end), self.received.extend,
+                                    lambda: self.queued, confirm_s=0.0)
+
+
+def _seeked(progress: Progress, offset: int) -> None:
+    progress.seeks[(TOPIC, 0)] = (GENERATION, offset, time.monotonic())
+    progress.done[(TOPIC, 0)] = offset - 1
 
 
 @pytest.mark.parametrize("committed", [None, 4])
-async def test_records_dropped_right_after_a_seek_are_all_re_driven(
+async def test_records_dropped_right_after_a_seek_are_read_back_once_confirmed(
         committed: int | None) -> None:
-    # A sparse partition (redemptions): after the rebalance the consumer was
-    # positioned at the committed offset, fetched every record up to 10 and
-    # Faust dropped them; no later record arrives to reveal the gap.
+    # A sparse partition (redemptions), or a whole backlog fetched in one go:
+    # after the rebalance the consumer was positioned at the committed offset,
+    # fetched every record up to 10 and Faust dropped them; no later record
+    # arrives to reveal the gap.
     start = committed or 0
-    service, published = _service(committed, consumed=10)
+    service = _service(committed, consumed=10)
     progress = Progress(SimpleNamespace())
-    progress.seeks[(TOPIC, 0)] = (GENERATION, start, time.monotonic() - 30.0)
-    progress.done[(TOPIC, 0)] = start - 1
+    _seeked(progress, start)
+    agent = _Input()
 
-    n = await redrive_idle_partitions(service, progress, _Reader(end=10))
+    assert await agent.check(service, progress) == 0  # first sight: may be on its way
+    n = await agent.check(service, progress)  # still nothing received: dropped
 
     assert n == 10 - start
-    assert [codec.loads(v)["customer_id"] for _, _, v, _, _ in published] == [
-        f"c{o}" for o in range(start, 10)]
-    assert progress.done[(TOPIC, 0)] == 9
-    # Nothing left: the next check re-drives nothing more.
-    assert await redrive_idle_partitions(service, progress, _Reader(end=10)) == 0
+    # Into the agent's own input, in offset order, as records of their partition.
+    assert [(r.topic, r.partition, r.offset) for r in agent.received] == [
+        (TOPIC, 0, o) for o in range(start, 10)]
+    assert progress.last_offset[(TOPIC, 0)] == (GENERATION, 9)
+    assert service.metrics.offset_gaps.value == 10 - start
+    # Processed only when the aligned input releases them: nothing is done yet.
+    assert progress.done[(TOPIC, 0)] == start - 1
+    # Nothing left: the next checks read back nothing more.
+    assert await agent.check(service, progress) == 0
+    assert await agent.check(service, progress) == 0
+
+
+async def test_a_drop_is_confirmed_only_after_the_wait_with_nothing_received() -> None:
+    service = _service(0, consumed=10)
+    progress = Progress(SimpleNamespace())
+    _seeked(progress, 0)
+    agent = _Input()
+
+    async def check() -> int:
+        return await reread_dropped(service, progress, _Reader(end=10), agent.received.extend,
+                                    lambda: agent.queued)
+
+    assert await check() == 0
+    assert await check() == 0  # seen again at once: not confirmed yet
+    # A record arrives meanwhile (it was on its way): the wait starts again from it.
+    progress.find_gap(_record(0), GENERATION)
+    first = progress.suspects[(TOPIC, 0)][1]
+    assert await check() == 0
+    assert progress.suspects[(TOPIC, 0)][0] == (GENERATION, 1)
+    assert progress.suspects[(TOPIC, 0)][1] >= first
+    progress.suspects[(TOPIC, 0)] = ((GENERATION, 1), time.monotonic() - REREAD_CONFIRM_S)
+    assert await check() == 9
+    assert [r.offset for r in agent.received] == list(range(1, 10))
+
+
+async def test_records_waiting_in_the_intake_or_behind_a_full_one_are_not_dropped() -> None:
+    service = _service(0, consumed=10)
+    progress = Progress(SimpleNamespace())
+    _seeked(progress, 0)
+    agent = _Input(queued={(TOPIC, 0)})
+    for _ in range(3):
+        assert await agent.check(service, progress) == 0
+    assert not progress.suspects
+    agent.queued = None  # full: the fetcher's delivery may hold more in front of it
+    for _ in range(3):
+        assert await agent.check(service, progress) == 0
+    assert agent.received == []
+
+
+async def test_records_delivered_while_the_range_is_read_are_not_read_back() -> None:
+    service = _service(0, consumed=10)
+    progress = Progress(SimpleNamespace())
+    _seeked(progress, 0)
+    agent = _Input()
+
+    class _LateReader(_Reader):
+        async def fetch(self, topic: str, partition: int, start: int, end: int) -> list[Record]:
+            for offset in range(4):  # the consumer hands on 0-3 after all meanwhile
+                progress.find_gap(_record(offset), GENERATION)
+            return await super().fetch(topic, partition, start, end)
+
+    assert await agent.check(service, progress) == 0
+    n = await reread_dropped(service, progress, _LateReader(end=10), agent.received.extend,
+                             lambda: set(), confirm_s=0.0)
+    assert n == 6 and [r.offset for r in agent.received] == list(range(4, 10))
 
 
 async def test_a_partition_read_up_to_what_the_agent_expects_is_left_alone() -> None:
-    service, published = _service(4, consumed=4)
+    service = _service(4, consumed=4)
     progress = Progress(SimpleNamespace())
-    progress.seeks[(TOPIC, 0)] = (GENERATION, 4, time.monotonic() - 30.0)
-    assert await redrive_idle_partitions(service, progress, _Reader(end=10)) == 0
-    assert published == []
+    _seeked(progress, 4)
+    agent = _Input()
+    assert await agent.check(service, progress) == 0
+    assert await agent.check(service, progress) == 0
+    assert agent.received == [] and not progress.suspects
 
 
 async def test_a_seek_reports_the_brokers_answer_and_the_first_offset_without_one() -> None:
@@ -172,30 +245,31 @@ def test_offsets_the_consumer_passed_over_are_no_gap_but_a_record_in_between_is(
     assert gaps.value == 2
 
 
-async def test_an_idle_partition_read_past_markers_only_is_not_re_driven() -> None:
-    service, published = _service(4, consumed=6)  # 4-5: markers the consumer passed over
+async def test_a_partition_read_past_markers_only_is_not_read_back() -> None:
+    service = _service(4, consumed=6)  # 4-5: markers the consumer passed over
     progress = Progress(SimpleNamespace(),
                         skipped=lambda tp, start, end: (tp, start, end) == ((TOPIC, 0), 4, 6))
-    progress.seeks[(TOPIC, 0)] = (GENERATION, 4, time.monotonic() - 30.0)
-    progress.done[(TOPIC, 0)] = 3
-    assert await redrive_idle_partitions(service, progress, _Reader(end=10)) == 0
-    assert published == []
+    _seeked(progress, 4)
+    agent = _Input()
+    assert await agent.check(service, progress) == 0
+    assert await agent.check(service, progress) == 0
+    assert agent.received == []
     # Nothing lies before the markers: they count as done, so the commit passes them.
     assert progress.done[(TOPIC, 0)] == 5 and progress.owed[TP(TOPIC, 0)] == 6
 
 
 async def test_markers_behind_records_still_held_are_not_done_yet() -> None:
-    service, _ = _service(4, consumed=6)
+    service = _service(4, consumed=6)
     progress = Progress(SimpleNamespace(),
                         skipped=lambda tp, start, end: (tp, start, end) == ((TOPIC, 0), 4, 6))
     progress.seeks[(TOPIC, 0)] = (GENERATION, 0, time.monotonic() - 30.0)
     progress.last_offset[(TOPIC, 0)] = (GENERATION, 3)  # 0-3 received, 0-1 processed
     progress.last_seen_at[(TOPIC, 0)] = time.monotonic() - 30.0
     progress.done[(TOPIC, 0)] = 1
-    assert await redrive_idle_partitions(service, progress, _Reader(end=10)) == 0
+    assert await _Input().check(service, progress) == 0
     assert progress.done[(TOPIC, 0)] == 1 and not progress.owed
     progress.done[(TOPIC, 0)] = 3  # the held records were processed
-    assert await redrive_idle_partitions(service, progress, _Reader(end=10)) == 0
+    assert await _Input().check(service, progress) == 0
     assert progress.done[(TOPIC, 0)] == 5 and progress.owed[TP(TOPIC, 0)] == 6
 
 
