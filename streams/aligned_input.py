@@ -248,7 +248,9 @@ class AlignedInput:
         pause, resume = self.aligner.flow()
         if pause or resume:
             try:
-                await compat.set_fetching(self.service.app, pause, resume)
+                # Decided in this generation and applied only in it: a pause landing
+                # after a rebalance would outlive the aligner's memory of it.
+                await compat.set_fetching(self.service.app, pause, resume, self.generation)
             except Exception as exc:  # noqa: BLE001 - a rebalance raced us: it resets pauses
                 log.warning("could not pause %s / resume %s: %r", sorted(pause),
                             sorted(resume), exc)

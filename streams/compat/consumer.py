@@ -116,8 +116,9 @@ def generation(app: faust.App) -> int:
 
 
 async def set_fetching(app: faust.App, pause: Iterable[tuple[str, int]],
-                       resume: Iterable[tuple[str, int]]) -> None:
-    """Pause / resume fetching of topic-partitions in the aiokafka consumer itself.
+                       resume: Iterable[tuple[str, int]], generation: int | None) -> bool:
+    """Pause / resume fetching of topic-partitions in the aiokafka consumer itself,
+    as decided in consumer group ``generation``; False when that generation is over.
 
     Works around: Faust's public ``Consumer.pause_partitions`` only removes a
     partition from its set of active partitions, and its ``getmany`` filters
@@ -128,7 +129,7 @@ async def set_fetching(app: faust.App, pause: Iterable[tuple[str, int]],
     *without* advancing its position, so they are fetched again on resume.
     The call runs in Faust's consumer thread, which owns the aiokafka client:
     private ``ThreadDelegateConsumer._thread``, ``AIOKafkaConsumerThread
-    ._ensure_consumer`` and ``call_thread``.
+    ._ensure_consumer`` and ``call_thread`` (:func:`apply_fetching` there).
     """
     from aiokafka import TopicPartition
 
@@ -137,13 +138,37 @@ async def set_fetching(app: faust.App, pause: Iterable[tuple[str, int]],
     thread = app.consumer._thread  # type: ignore[attr-defined]
     consumer = thread._ensure_consumer()
 
-    async def apply() -> None:
-        if pause_tps:
-            consumer.pause(*pause_tps)
-        if resume_tps:
-            consumer.resume(*resume_tps)
+    async def apply() -> bool:
+        return apply_fetching(consumer, pause_tps, resume_tps, generation)
 
-    await thread.call_thread(apply)
+    return bool(await thread.call_thread(apply))
+
+
+def apply_fetching(consumer: Any, pause: Collection[Any], resume: Collection[Any],
+                   generation: int | None) -> bool:
+    """Pause / resume ``consumer``'s partitions (aiokafka ``TopicPartition``s) if its
+    group generation is still ``generation``; in the thread that owns ``consumer``.
+
+    A decision of an earlier generation is dropped (False): a new assignment
+    starts every partition unpaused, and its caller forgets its pauses when it
+    sees the new generation, so a pause that landed after the assignment would
+    stop the partition for good. The generation is aiokafka's own
+    (``AIOKafkaConsumer._coordinator.generation``, private), which changes when
+    the group answers the join, before the assignment, so the check and the
+    calls cannot straddle it. Partitions not assigned (during a rebalance:
+    none) are left out instead of failing the rest.
+    """
+    coordinator = consumer._coordinator
+    if coordinator is None or coordinator.generation != generation:
+        return False
+    assigned = consumer.assignment()
+    paused = [tp for tp in pause if tp in assigned]
+    resumed = [tp for tp in resume if tp in assigned]
+    if paused:
+        consumer.pause(*paused)
+    if resumed:
+        consumer.resume(*resumed)
+    return True
 
 
 #: skipped ranges remembered per partition; a gap an older one would have

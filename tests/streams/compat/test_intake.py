@@ -108,6 +108,17 @@ async def test_a_full_intake_holds_the_fetcher_back_until_a_batch_is_taken() -> 
     assert [o for offsets, _ in got for o in offsets] == [0, 1, 2, 3]
 
 
+async def test_the_partitions_waiting_are_known_and_unknown_while_full() -> None:
+    # What the read-back of dropped records asks (streams.gaps.reread_dropped).
+    intake = Intake(app_with_generation(), max_buffered=3)
+    assert intake.partitions() == set()
+    await intake.put(message(0))
+    await intake.put(message(0, topic="loyalty.feedback"))
+    assert intake.partitions() == {(TOPIC, 0), ("loyalty.feedback", 0)}
+    await intake.put(message(1))
+    assert intake.partitions() is None  # full: more may wait in front of it
+
+
 async def test_messages_of_an_earlier_generation_are_never_handed_over() -> None:
     app = app_with_generation(1)
     intake = Intake(app, max_buffered=100)
