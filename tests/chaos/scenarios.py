@@ -49,18 +49,23 @@ class Profile:
     backlog_kills: int  # kill -9s while a backlog is folded
     broker_bounces: tuple[str, ...]  # "stop" (clean) and/or "kill" (kill -9)
     customers_per_shop: int
+    #: two workers on a history import: kill -9s, each waited out until the other
+    #: worker owns every partition (takes the dead one's over mid-backlog)
+    takeover_kills: int = 0
     settle_timeout_s: float = 240.0
     #: scenarios the profile leaves out
     skip: frozenset[str] = frozenset()
 
 
 FULL = Profile("full", kills=20, churn_cycles=4, backlog_kills=4,
-               broker_bounces=("stop", "kill"), customers_per_shop=120)
+               broker_bounces=("stop", "kill"), customers_per_shop=120, takeover_kills=3)
 # CI: fewer kills and a smaller stream; no broker bounce (a private broker's
 # JVM start and stop are most of that scenario's minute or two; the worker
-# through a private broker's outage is also in tests/integration/test_ops_health.py).
+# through a private broker's outage is also in tests/integration/test_ops_health.py);
+# no takeover (one is tests/integration/test_aligned_input.py's backlog with a kill).
 SHORT = Profile("short", kills=3, churn_cycles=1, backlog_kills=1,
-                broker_bounces=("kill",), customers_per_shop=40, skip=frozenset({"broker"}))
+                broker_bounces=("kill",), customers_per_shop=40,
+                skip=frozenset({"broker", "takeover"}))
 
 
 @dataclass
@@ -361,6 +366,83 @@ def backlog(bootstrap: str, tmp: Path, profile: Profile) -> Outcome:
     return out
 
 
+#: takeover: the production lateness over a year of events, so that the order in
+#: which the workers fold matters (the other scenarios' stream spans less than
+#: the harness' forgiving lateness: any order gives replay's result)
+TAKEOVER_LATENESS_DAYS = 7
+TAKEOVER_SPAN_DAYS = 400.0
+
+
+def takeover(bootstrap: str, tmp: Path, profile: Profile) -> Outcome:
+    """A history import waits in Kafka; two workers fold it; one at a time is killed -9
+    and restarted only once the other owns every partition, so partitions change
+    hands mid-backlog. With the production lateness, a record folded out of its
+    event-time order shows as a customer unequal to replay or a missing ``too_late``.
+
+    Every record replay rejects as ``too_late`` must be dead-lettered so. More
+    ``too_late`` dead letters are reported, not failed: records a killed worker
+    had folded, redelivered to the survivor behind more of the customer's events
+    than its remembered ids cover (README "Duplicates beyond retention"); they
+    change nothing, which every customer equal to replay confirms.
+    """
+    from scoring.replay import fold_lines
+
+    records = synthetic.generate(seed=81, shops=5,
+                                 customers_per_shop=profile.customers_per_shop * 5 // 2,
+                                 span_days=TAKEOVER_SPAN_DAYS,
+                                 lateness_days=TAKEOVER_LATENESS_DAYS, end=AS_OF)
+    with _scenario("takeover", bootstrap, tmp, lateness_days=TAKEOVER_LATENESS_DAYS,
+                   sweep_interval_s=2.0) as (env, out):
+        out.records = len(records)
+        env.create_topics()
+        env.produce(records)
+        workers = [env.worker().start(), env.worker().start()]
+        out.first_event_s.append(workers[0].first_event_s())
+        for i in range(profile.takeover_kills):
+            time.sleep(1.0)
+            down, up = workers[i % 2], workers[(i + 1) % 2]
+            _kill(down, out)
+            _wait_owner_of_all(env, up)  # the dead member's session ends: a takeover
+            _restart(down, out, measure=False)
+        lines = synthetic.lines(records)
+        _judge(env, workers[0], lines, out, profile, since=workers[0].started_at)
+        replay_late: set[bytes] = set()
+
+        def on_reject(_lineno: int, line: bytes, reason: str, _detail: str) -> None:
+            if reason == "too_late":
+                replay_late.add(line)
+
+        fold_lines(lines, policies=env.policies(), as_of=AS_OF, on_reject=on_reject)
+        served_late = _too_late_values(env)
+        missing, extra = replay_late - served_late, served_late - replay_late
+        out.note = (f"too_late: {len(replay_late & served_late)} as replay, {len(extra)} "
+                    "redelivered past the remembered ids")
+        if missing:
+            out.problems.append(f"{len(missing)} records replay rejects as too_late were not "
+                                "dead-lettered so")
+    return out
+
+
+def _wait_owner_of_all(env: ServiceEnv, worker: Worker, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            owned = worker.get_json("/health").get("owned_partitions") or []
+        except (OSError, ValueError):
+            owned = []
+        if len(owned) == env.settings().partitions:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"worker {worker.index} did not take every partition in {timeout}s")
+
+
+def _too_late_values(env: ServiceEnv) -> set[bytes]:
+    """The input records dead-lettered ``too_late`` (their values; a crash may repeat a letter)."""
+    letters = [codec.loads(m.value) for m in env.read_topic(env.settings().topic_dead_letter)]
+    return {d["value"].encode() for d in letters
+            if d["reason"] == "too_late" and d["value_encoding"] == "utf-8"}
+
+
 def duplicates(bootstrap: str, tmp: Path, profile: Profile) -> Outcome:
     """10 % of the stream re-sent late, after the rest (a producer retrying, a replay)."""
     records = _stream(profile, seed=81)
@@ -468,5 +550,5 @@ def _letter_value(letter: dict[str, Any]) -> bytes:
 
 SCENARIOS: dict[str, Callable[[str, Path, Profile], Outcome]] = {
     "kills": kills, "churn": churn, "broker": broker, "backlog": backlog,
-    "duplicates": duplicates, "poison": poison,
+    "takeover": takeover, "duplicates": duplicates, "poison": poison,
 }
