@@ -47,12 +47,10 @@ class Progress:
         self.skipped = skipped or (lambda tp, start, end: False)
         #: (topic, partition) -> (generation, offset) of the last record seen
         self.last_offset: dict[tuple[str, int], tuple[int | None, int]] = {}
-        #: (topic, partition) -> monotonic time the last record was seen
-        self.last_seen_at: dict[tuple[str, int], float] = {}
         #: (topic, partition) -> highest offset up to which every record was processed
         self.done: dict[tuple[str, int], int] = {}
-        #: (topic, partition) -> (generation, offset positioned at, monotonic time)
-        self.seeks: dict[tuple[str, int], tuple[int, int, float]] = {}
+        #: (topic, partition) -> (generation, offset positioned at)
+        self.seeks: dict[tuple[str, int], tuple[int, int]] = {}
         #: input partition -> the offset Faust wanted to commit beyond ``done``
         self.owed: dict[TP, int] = {}
         #: input partition -> the offset the group's position already covers: where
@@ -83,7 +81,6 @@ class Progress:
         tp = (record.topic, record.partition)
         last = self.last_offset.get(tp)
         self.last_offset[tp] = (generation, record.offset)
-        self.last_seen_at[tp] = time.monotonic()
         if last is not None and last[0] == generation:
             start = last[1] + 1
         else:
@@ -110,9 +107,8 @@ class Progress:
         process (processed further, never committed, given away, assigned
         again) must not let a commit pass records no one processed.
         """
-        now = time.monotonic()
         for tp, offset in positions.items():
-            self.seeks[(tp.topic, tp.partition)] = (generation, offset, now)
+            self.seeks[(tp.topic, tp.partition)] = (generation, offset)
             self.done[(tp.topic, tp.partition)] = offset - 1
             self.covered[tp] = offset
 
@@ -330,7 +326,7 @@ async def reread_dropped(service: ServiceContext, progress: Progress, reader: Ga
     # offset): the rest stayed unprocessed, silently, until the next restart.
     positions = compat.consumed_positions(app)
     suspects: dict[tuple[str, int], tuple[int, int]] = {}
-    for tp, (gen, seek_offset, _) in list(progress.seeks.items()):
+    for tp, (gen, seek_offset) in list(progress.seeks.items()):
         if gen != generation:
             continue
         last = progress.last_offset.get(tp)
@@ -375,12 +371,20 @@ async def reread_dropped(service: ServiceContext, progress: Progress, reader: Ga
             continue
         records = await reader.fetch(topic, partition, start, end)
         progress.suspects.pop((topic, partition), None)
+        if compat.generation(app) != generation:
+            continue  # moved away meanwhile: its new owner starts from the committed offset
         last = progress.last_offset.get((topic, partition))
+        if not records:
+            # Only offsets without a record (transaction markers) were read past:
+            # nothing was dropped, and the range is not read again.
+            if last is None or last[0] != generation or last[1] < end - 1:
+                progress.last_offset[(topic, partition)] = (generation, end - 1)
+            continue
         if last is not None and last[0] == generation:
             # Delivered meanwhile after all (late, not dropped): those are not read back.
             records = [r for r in records if r.offset > last[1]]
-        if compat.generation(app) != generation or not records:
-            continue  # moved away meanwhile, or only transaction markers were read past
+            if not records:
+                continue
         # The same bookkeeping as for records the consumer delivers (no gap: the
         # range starts at the offset the agent expects).
         for record in records:

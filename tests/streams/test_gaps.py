@@ -81,7 +81,7 @@ class _Input:
 
 
 def _seeked(progress: Progress, offset: int) -> None:
-    progress.seeks[(TOPIC, 0)] = (GENERATION, offset, time.monotonic())
+    progress.seeks[(TOPIC, 0)] = (GENERATION, offset)
     progress.done[(TOPIC, 0)] = offset - 1
 
 
@@ -169,6 +169,27 @@ async def test_records_delivered_while_the_range_is_read_are_not_read_back() -> 
     assert n == 6 and [r.offset for r in agent.received] == list(range(4, 10))
 
 
+async def test_a_range_that_reads_back_empty_is_not_read_again() -> None:
+    # Offsets without a record (transaction markers) the skip tracking did not see.
+    service = _service(0, consumed=3)
+    progress = Progress(SimpleNamespace())
+    _seeked(progress, 0)
+
+    class _Markers(_Reader):
+        calls = 0
+
+        async def fetch(self, topic: str, partition: int, start: int, end: int) -> list[Record]:
+            self.calls += 1
+            return []
+
+    reader, received = _Markers(end=3), []
+    for _ in range(4):
+        assert await reread_dropped(service, progress, reader, received.extend, lambda: set(),
+                                    confirm_s=0.0) == 0
+    assert reader.calls == 1 and received == []
+    assert progress.last_offset[(TOPIC, 0)] == (GENERATION, 2)
+
+
 async def test_a_partition_read_up_to_what_the_agent_expects_is_left_alone() -> None:
     service = _service(4, consumed=4)
     progress = Progress(SimpleNamespace())
@@ -216,7 +237,7 @@ async def test_a_seek_reports_the_brokers_answer_and_the_first_offset_without_on
 def test_a_partition_assigned_again_without_a_commit_keeps_nothing_old() -> None:
     progress = Progress(SimpleNamespace())
     progress.seeked({TP(TOPIC, 0): 40, TP(TOPIC, 1): 3}, generation=1)
-    assert progress.seeks[(TOPIC, 0)][:2] == (1, 40)
+    assert progress.seeks[(TOPIC, 0)] == (1, 40)
     assert progress.done[(TOPIC, 0)] == 39 and progress.covered[TP(TOPIC, 0)] == 40
     progress.done[(TOPIC, 1)] = 99  # processed further, never committed, then given away
 
@@ -224,7 +245,7 @@ def test_a_partition_assigned_again_without_a_commit_keeps_nothing_old() -> None
     progress.seeked({TP(TOPIC, 1): 0}, generation=3)
 
     # Nothing from generation 1 may let a commit pass records no one processed.
-    assert progress.seeks[(TOPIC, 1)][:2] == (3, 0)
+    assert progress.seeks[(TOPIC, 1)] == (3, 0)
     assert progress.done[(TOPIC, 1)] == -1 and progress.covered[TP(TOPIC, 1)] == 0
 
 
@@ -237,7 +258,7 @@ def test_offsets_the_consumer_passed_over_are_no_gap_but_a_record_in_between_is(
     gaps = _Counter()
     progress = Progress(SimpleNamespace(offset_gaps=gaps),
                         skipped=lambda tp, start, end: (start, end) in passed_over)
-    progress.seeks[(TOPIC, 0)] = (GENERATION, 3, time.monotonic())
+    progress.seeks[(TOPIC, 0)] = (GENERATION, 3)
     assert progress.find_gap(_record(3), GENERATION) is None
     assert progress.find_gap(_record(4), GENERATION) is None
     assert progress.find_gap(_record(6), GENERATION) is None  # 5 held no record
@@ -262,9 +283,8 @@ async def test_markers_behind_records_still_held_are_not_done_yet() -> None:
     service = _service(4, consumed=6)
     progress = Progress(SimpleNamespace(),
                         skipped=lambda tp, start, end: (tp, start, end) == ((TOPIC, 0), 4, 6))
-    progress.seeks[(TOPIC, 0)] = (GENERATION, 0, time.monotonic() - 30.0)
+    progress.seeks[(TOPIC, 0)] = (GENERATION, 0)
     progress.last_offset[(TOPIC, 0)] = (GENERATION, 3)  # 0-3 received, 0-1 processed
-    progress.last_seen_at[(TOPIC, 0)] = time.monotonic() - 30.0
     progress.done[(TOPIC, 0)] = 1
     assert await _Input().check(service, progress) == 0
     assert progress.done[(TOPIC, 0)] == 1 and not progress.owed
