@@ -216,8 +216,7 @@ def _judge(env: ServiceEnv, worker: Worker, lines: list[bytes], out: Outcome,
     out.ledger, ldiffs = ledger_diffs(env, lines)
     out.ledger_equal = out.ledger - len(ldiffs)
     out.examples.extend(f"ledger {i}: {d}" for i, d in list(ldiffs.items())[:3])
-    letters = [codec.loads(m.value) for m in env.read_topic(env.settings().topic_dead_letter)]
-    out.dead_letters = Counter(d["reason"] for d in letters)
+    out.dead_letters = Counter(d["reason"] for d in env.dead_letters())
     if out.dead_letters.get("internal_error"):
         out.problems.append(f"{out.dead_letters['internal_error']} internal_error dead letters")
     if worker.proc is None or worker.proc.poll() is not None:
@@ -438,8 +437,7 @@ def _wait_owner_of_all(env: ServiceEnv, worker: Worker, timeout: float = 60.0) -
 
 def _too_late_values(env: ServiceEnv) -> set[bytes]:
     """The input records dead-lettered ``too_late`` (their values; a crash may repeat a letter)."""
-    letters = [codec.loads(m.value) for m in env.read_topic(env.settings().topic_dead_letter)]
-    return {d["value"].encode() for d in letters
+    return {d["value"].encode() for d in env.dead_letters()
             if d["reason"] == "too_late" and d["value_encoding"] == "utf-8"}
 
 
@@ -485,8 +483,7 @@ def poison(bootstrap: str, tmp: Path, profile: Profile) -> Outcome:
         w.wait_ready()
         env.produce(records)
         _judge(env, w, synthetic.lines(records), out, profile, since=time.monotonic())
-        all_letters = [codec.loads(m.value)
-                       for m in env.read_topic(env.settings().topic_dead_letter)]
+        all_letters = env.dead_letters()
         letters = {_letter_value(d): d for d in all_letters}
         # Besides the expected ones only the stream's rejections may be dead-lettered.
         others = sum(1 for d in all_letters

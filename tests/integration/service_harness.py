@@ -264,6 +264,13 @@ class ServiceEnv:
         """Every record currently in ``topic`` (from the beginning)."""
         return self.read_topics([topic], timeout)[topic]
 
+    def dead_letters(self, timeout: float = 5.0) -> list[dict[str, Any]]:
+        """Every dead letter so far, decoded (:class:`schemas.outputs.DeadLetter`)."""
+        from schemas import codec
+
+        return [codec.loads(m.value)
+                for m in self.read_topic(self.settings().topic_dead_letter, timeout)]
+
     def read_topics(self, topics: list[str], timeout: float = 5.0) -> dict[str, list[Any]]:
         """Every record currently in each of ``topics``, read by one consumer."""
         from aiokafka import AIOKafkaConsumer

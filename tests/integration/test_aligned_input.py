@@ -52,8 +52,7 @@ def equal_or_explain(env: ServiceEnv, worker: Any, expected: list[dict[str, Any]
     try:
         return wait_equal(worker, expected, timeout=timeout)
     except AssertionError as exc:
-        letters = [codec.loads(m.value)
-                   for m in env.read_topic(env.settings().topic_dead_letter, timeout=3.0)]
+        letters = env.dead_letters(timeout=3.0)
         by = Counter((d["reason"], d["topic"].rsplit(".", 1)[-1], d["partition"])
                      for d in letters)
         raise AssertionError(f"{exc}\ndead letters by (reason, topic, partition): "
@@ -62,8 +61,7 @@ def equal_or_explain(env: ServiceEnv, worker: Any, expected: list[dict[str, Any]
 
 def too_late_dead_letters(env: ServiceEnv) -> int:
     """Distinct input records dead-lettered as ``too_late`` (outputs may repeat after a crash)."""
-    letters = [codec.loads(m.value)
-               for m in env.read_topic(env.settings().topic_dead_letter, timeout=3.0)]
+    letters = env.dead_letters(timeout=3.0)
     return len({(d["topic"], d["partition"], d["offset"])
                 for d in letters if d["reason"] == "too_late"})
 

@@ -49,8 +49,7 @@ def test_service_poison(bootstrap: str, tmp_path) -> None:
         wait_equal(w, expected_snapshots(env, records))
         assert w.proc is not None and w.proc.poll() is None, "worker died"
 
-        letters = [codec.loads(m.value) for m in
-                   env.read_topic(env.settings().topic_dead_letter)]
+        letters = env.dead_letters()
         got = sorted(d["reason"] for d in letters
                      if d["reason"] not in ("conflicting_duplicate", "too_late"))
         assert got == expected_reasons
