@@ -519,15 +519,25 @@ def apply(state: CustomerState | None, event: Event, policy: ShopPolicy) -> Outc
     return _applied(state, new, head, effects, policy)
 
 
-def advance(state: CustomerState, now_us: int, policy: ShopPolicy) -> Outcome:
+def advance(state: CustomerState, now_us: int, policy: ShopPolicy, *, stale: bool = False) -> Outcome:
     """Account for the passage of time up to ``now_us`` (the periodic sweep).
 
     Publishes point expiries and time-driven stage transitions due by
     ``now_us``. Cheap when nothing is due: it only compares with ``next_due``.
+
+    ``stale``: the state's derived figures are not what ``policy`` gives
+    (:func:`rederive` said so): it is advanced as if due, to
+    ``max(now_us, clock)``. The open window's effects that changed are then
+    published as a late event's are (new, ``restated``, ``void``), and the
+    transitions the policy makes due meanwhile at their own instants.
     """
-    if state.clock is None or now_us <= state.clock or state.next_due is None or now_us < state.next_due:
+    if state.clock is None:
         return Outcome(state, APPLIED, False, stage_before=state.stage, stage_after=state.stage)
-    cached = cached_head(state, policy)
+    if stale:
+        now_us = max(now_us, state.clock)
+    elif now_us <= state.clock or state.next_due is None or now_us < state.next_due:
+        return Outcome(state, APPLIED, False, stage_before=state.stage, stage_after=state.stage)
+    cached = None if stale else cached_head(state, policy)
     if cached is not None:
         head = cached.copy()
         later: list[_Eff] = []
@@ -542,6 +552,39 @@ def advance(state: CustomerState, now_us: int, policy: ShopPolicy) -> Outcome:
     new.clock = now_us
     new.emitted = emitted
     return _applied(state, new, head, effects, policy)
+
+
+def rederive(state: CustomerState, policy: ShopPolicy) -> tuple[Agg | None, bool]:
+    """The state's head as of its clock under ``policy``, and whether its derived
+    figures are stale: not what ``policy`` gives.
+
+    A state's ``next_due``, stage, point totals and KPI contribution, and the
+    effects it has published for its open window, were computed under the
+    policy (and rules) of whoever wrote it; after a start with another policy
+    they may be wrong, and a time-driven change the new policy makes due
+    earlier would wait for the old ``next_due``. Stale means any of them
+    differs from a re-fold of the open window under ``policy``; then
+    ``advance(..., stale=True)`` brings the state up to date. A state with an
+    in-memory head for ``policy`` (folded by this process under that very
+    policy object) is never stale and costs nothing; any other costs one
+    re-fold. The head (None for a state without events) is a new object the
+    caller may keep. Finalized history is not re-folded (its aggregate is all
+    that is kept): a stage the new policy would have changed before the
+    customer's newest finalized event changes at the customer's next event.
+    """
+    if state.clock is None:
+        return None, False
+    cached = cached_head(state, policy)
+    if cached is not None:
+        return cached.copy(), False
+    head, truth, _, _ = fold_open(state, policy, state.clock)
+    effects, _ = _publish(state, truth, state.frontier)
+    stale = bool(effects) or (
+        head.stage != state.stage
+        or _next_due(head, policy) != state.next_due
+        or _totals(head) != state.totals
+        or contribution(head, head.stage, day_of(head.t_us), policy) != state.kpi)  # type: ignore[arg-type]
+    return head, stale
 
 
 def _applied(old: CustomerState, new: CustomerState, head: Agg, effects: list[dict],
@@ -658,4 +701,4 @@ def _prune_finalized(agg: Agg, policy: ShopPolicy) -> None:
 
 
 __all__ = ["APPLIED", "DUPLICATE", "REJECTED", "Erasure", "Outcome", "advance", "apply", "apply_record",
-           "fold_open", "forget"]
+           "fold_open", "forget", "rederive"]

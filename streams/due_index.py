@@ -86,6 +86,8 @@ class Recount:
     cursor: bytes | None = None
     held: set[bytes] = field(default_factory=set)
     acc: dict[str, ShopTally] = field(default_factory=dict)
+    #: re-derive every state under the running policy (``fold.rederive``) as it is read
+    recheck: bool = False
 
     def pending(self, key: bytes) -> bool:
         if key in self.held:

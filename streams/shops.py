@@ -40,6 +40,7 @@ from scoring.snapshot import head_as_of
 
 if TYPE_CHECKING:
     from schemas.policy import ShopPolicy
+    from scoring.aggregate import Agg
     from scoring.state import CustomerState
 
 #: How far from the worker's clock ``GET /shops/{shop}?as_of=`` may be: the tallies
@@ -115,9 +116,12 @@ def delta_for_advance(outcome: Any) -> TallyDelta:
                       kpi_before=outcome.kpi_before, kpi_after=outcome.kpi_after)
 
 
-def recount_contribution(tally: ShopTally, state: CustomerState, policy: ShopPolicy) -> None:
-    """Add one customer's whole contribution to ``tally`` (exact recount)."""
-    head = head_as_of(state, state.clock if state.clock is not None else 0, policy)
+def recount_contribution(tally: ShopTally, state: CustomerState, policy: ShopPolicy,
+                         head: Agg | None = None) -> None:
+    """Add one customer's whole contribution to ``tally`` (exact recount). ``head``: the
+    state's fold as of its clock under ``policy`` when the caller has it (else re-folded)."""
+    if head is None:
+        head = head_as_of(state, state.clock if state.clock is not None else 0, policy)
     tally.add_customer(head, state.stage, policy)
 
 

@@ -89,7 +89,20 @@ comparison. Otherwise the pass reads the index entries (in budgeted slices)
 and, per due customer, one row, ``fold.advance`` and, if it changed, a
 commit. A full scan costs one decode, ``fold.advance`` and a tally
 contribution per customer, spread over slices (figures in the README's
-Performance section).
+Performance section); in the first one of a generation the recount's
+re-fold is also the policy check (above).
+
+**A changed policy or rule.** A state's ``next_due`` and other derived
+figures were computed by whoever wrote it, under the policy it ran with;
+policies are read at start-up. So the first full scan of a partition in a
+consumer generation (after every start and rebalance) re-derives each
+customer under the running policy (``fold.rederive``: one re-fold of the
+open window per customer not held live by the agent, which the tally recount
+then uses instead of its own): a
+customer whose figures differ is advanced and written as if due, with the
+open window's changed effects and the transitions the policy makes due at
+their own instants. Without this, a shorter ``lapsed_days`` would wait for
+the old lapse instant.
 
 **Writing.** Changed states are committed through the same protocol as the
 agent's (:mod:`streams.commit`): effects and snapshots acknowledged, then
@@ -132,6 +145,7 @@ from typing import Any
 from schemas import codec
 from schemas.policy import ShopPolicy
 from scoring import fold
+from scoring.aggregate import Agg
 from scoring.clock import day_of, from_us, to_us
 from scoring.shop import SPEND_WINDOW_DAYS, ShopTally
 from scoring.snapshot import snapshot
@@ -262,6 +276,9 @@ class Sweeper:
         self.committer = Committer(service)
         self._passes: dict[int, Recount] = {}
         self._index: dict[int, DueIndex] = {}
+        #: partitions whose every row a full scan of this consumer generation has
+        #: re-derived under the running policy
+        self._rechecked: set[int] = set()
         self._lock = asyncio.Lock()
         self._generation = -1
         #: shop -> signature (day, owned partitions, tally rows) of its published gauges
@@ -329,6 +346,7 @@ class Sweeper:
                 # Ownership may have changed and stores may have been restored:
                 # every index is rebuilt by a full scan.
                 self._index.clear()
+                self._rechecked.clear()
                 self._generation = generation
             owned = self.service.owned_partitions() if self.service.tables_ready() else []
             for partition in owned:
@@ -374,7 +392,7 @@ class Sweeper:
         svc = self.service
         interval_us = int(svc.settings.tally_recount_interval_s * _US_PER_S)
         index = self._index[partition] = DueIndex(horizon_us=wall_us + interval_us)
-        run = self._passes[partition] = Recount()
+        run = self._passes[partition] = Recount(recheck=partition not in self._rechecked)
         stats.full_scans += 1
         budget = self._budget()
         if not await self._advance(partition, index, now_us, stats, run, budget,
@@ -394,6 +412,7 @@ class Sweeper:
                         log.warning("repaired drifted tally %s", tkey)
                     svc.tallies[tkey] = exact
         index.complete = True
+        self._rechecked.add(partition)
 
     async def _due_pass(self, partition: int, index: DueIndex, now_us: int,
                         stats: SweepStats) -> None:
@@ -472,13 +491,15 @@ class Sweeper:
                     index.file(key, state.next_due)
                 else:
                     policy = svc.policies.for_shop(state.shop_id)
-                    outcome = fold.advance(state, now_us, policy)
+                    head, stale = (fold.rederive(state, policy) if run is not None and run.recheck
+                                   else (None, False))
+                    outcome = fold.advance(state, now_us, policy, stale=stale)
                     if outcome.changed:
                         work.append(self._prepare(key, raw, outcome, policy))
                         if run is not None:
                             run.held.add(key)
                     else:
-                        self._count(run, key, state)
+                        self._count(run, key, state, head)
                         index.file(key, state.next_due)
                 if budget.spent():
                     finished = False
@@ -565,13 +586,15 @@ class Sweeper:
         budget.restart()
         return done.complete
 
-    def _count(self, run: Recount | None, key: bytes, state: CustomerState) -> None:
-        """Count one customer's current state into the running recount."""
+    def _count(self, run: Recount | None, key: bytes, state: CustomerState,
+               head: Agg | None = None) -> None:
+        """Count one customer's current state into the running recount (``head``: its
+        fold as of its clock under the running policy, if already computed)."""
         if run is None:
             return
         shop = shop_of(key)
         tally = run.acc.get(shop) or ShopTally.empty()
-        recount_contribution(tally, state, self.service.policies.for_shop(shop))
+        recount_contribution(tally, state, self.service.policies.for_shop(shop), head)
         run.acc[shop] = tally
 
     def _still_owner(self, partition: int) -> bool:

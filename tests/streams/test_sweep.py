@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 
 from schemas import codec
+from schemas.policy import PolicyBook
+from scoring import fold as fold_module
 from scoring import snapshot as snapshot_module
 from scoring.clock import from_us, to_us
 from scoring.shop import ShopTally
@@ -513,7 +515,8 @@ async def test_a_full_scan_reads_live_states_instead_of_re_folding_them(
         tmp_path: Any, monkeypatch: pytest.MonkeyPatch, live: bool) -> None:
     """The agent's live states (with their folded heads) serve the scan's recount and
     advance; without them (a cache of size 0) every customer's open history is
-    re-folded, and the recount is the same."""
+    re-folded once (the first full scan's policy check, whose head the recount
+    takes), and the recount is the same."""
     sizes = {} if live else {"state_cache_size": 0, "head_cache_mb": 0}
     h = Harness(tmp_path, monkeypatch, 400 * 86400, **sizes)
     refolds: list[bytes] = []
@@ -523,9 +526,11 @@ async def test_a_full_scan_reads_live_states_instead_of_re_folding_them(
         refolds.append(state.customer_id.encode())
         return fold_open(state, *args, **kw)
 
-    monkeypatch.setattr(snapshot_module, "fold_open", counting)
+    monkeypatch.setattr(snapshot_module, "fold_open", counting)  # the recount's
+    monkeypatch.setattr(fold_module, "fold_open", counting)  # the policy check's
     for i in range(5):
         h.purchase(f"c{i}", f"2025-12-2{i}T10:00:00Z", f"e{i}")
+    refolds.clear()  # a new customer's first event is a re-fold of nothing
     first = await h.sweeper.sweep(NOW)
     assert (first.full_scans, first.visited, first.tallies_repaired) == (PARTITIONS, 5, 0)
     assert len(refolds) == (0 if live else 5)
@@ -559,3 +564,35 @@ async def test_the_sweep_gives_way_to_a_busy_agent(hourly: Harness) -> None:
     # The scan still runs (slower), and the agent's load decays once it is quiet.
     assert (await h.sweeper.sweep(NOW)).visited == 2
     assert h.svc.processor.load.share(now + 10.0) < sweep_module.AGENT_BUSY_SHARE
+
+
+async def test_the_first_full_scan_of_a_generation_applies_a_changed_policy(
+        hourly: Harness) -> None:
+    """Policies are read at start-up, states carry figures of the policy they were
+    written under: a shorter lapse reaches a quiet customer at the first full scan
+    after the start (a new generation), at the lapse's own instant."""
+    h = hourly
+    key = h.purchase("c1", "2025-06-24T10:00:00Z", "e1")  # 200 days before NOW
+    first = await h.sweeper.sweep(NOW)
+    assert first.full_scans == PARTITIONS and first.changed == 0
+    assert h.state(key).stage == "first_purchase"  # the default lapse is 365 days
+
+    h.svc.context.policies = PolicyBook({"lapsed_days": 180})
+    same_generation = await h.sweeper.sweep(NOW + timedelta(seconds=30))
+    assert (same_generation.full_scans, same_generation.changed) == (0, 0)
+    assert h.state(key).stage == "first_purchase"  # the old next_due rules until a restart
+
+    h.rebalance()  # as a restart with the new policy file: a new consumer generation
+    sent = len(h.sent)
+    after = await h.sweeper.sweep(NOW + timedelta(seconds=60))
+    assert after.full_scans == PARTITIONS and after.changed == 1
+    state = h.state(key)
+    assert state.stage == "lapsed"
+    [transition] = [codec.loads(r["value"]) for r in h.sent[sent:]
+                    if r["topic"].endswith("stage-transitions")]
+    assert (transition["from"], transition["to"]) == ("first_purchase", "lapsed")
+    assert transition["at"] == "2025-12-22T00:00:00Z"  # the midnight after 180 days
+    assert state.next_due is None or state.next_due > to_us(NOW)
+    # the next full scan of the generation re-derives nothing: nothing changed
+    again = await h.sweeper.sweep(NOW + timedelta(hours=2))
+    assert again.full_scans == PARTITIONS and again.changed == 0

@@ -1,0 +1,99 @@
+"""A state written under one policy, advanced under another (``rederive``, ``advance(stale=)``).
+
+Policies are read when a worker starts; the states in its table were folded
+by whoever ran before, possibly under other settings. ``rederive`` tells
+whether a state's derived figures are what the running policy gives; under
+the policy it was written with they always are.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from schemas.policy import PolicyBook
+from scoring import fold
+from scoring.clock import to_us
+from scoring.fold import advance, rederive
+from scoring.state import CustomerState
+from tests.core.conftest import Customer
+from tests.core.factory import T0, purchase, visit
+from tests.core.test_properties import FAST, arrival_order, customer_events
+
+SHORT_LAPSE = PolicyBook({"lapsed_days": 180})
+DOUBLE_POINTS = PolicyBook({"points_per_unit": "2"})
+
+
+def decoded(state: CustomerState) -> CustomerState:
+    """The state as a new worker reads it from its table: no in-memory head."""
+    return CustomerState.decode(state.encode())
+
+
+def recheck(state: CustomerState, now_us: int, policy: Any) -> Any:
+    """What the sweep's first full scan does with a row."""
+    return advance(state, now_us, policy, stale=rederive(state, policy)[1])
+
+
+@FAST
+@given(customer_events(), st.integers(0, 2**32), st.integers(0, 800))
+def test_under_the_same_policy_a_recheck_changes_nothing(events, seed, days) -> None:
+    policy = PolicyBook().default
+    c = Customer().send(*arrival_order(events, seed))
+    state = decoded(c.state)
+    head, stale = rederive(state, policy)
+    assert not stale and head is not None and head.stage == state.stage
+    now = to_us(events[-1][0] + timedelta(days=days))
+    plain, rechecked = advance(state, now, policy), recheck(state, now, policy)
+    assert rechecked.changed == plain.changed
+    assert rechecked.effects == plain.effects
+    assert rechecked.state.encode() == plain.state.encode()
+    if plain.changed:  # and once advanced, the advanced state rechecks clean too
+        assert rederive(decoded(plain.state), policy)[1] is False
+
+
+def test_a_shorter_lapse_is_published_at_its_own_instant_not_at_the_old_due_one() -> None:
+    old = Customer().send(purchase(T0, 5_000, event_id="p1"))
+    state = decoded(old.state)
+    new_policy = SHORT_LAPSE.default
+    now = to_us(T0 + timedelta(days=200))
+    # Without a recheck the state's next due instant (the old 365-day lapse) rules.
+    assert state.next_due > now
+    assert advance(state, now, new_policy).changed is False
+
+    assert rederive(state, new_policy)[1] is True
+    out = recheck(state, now, new_policy)
+    assert out.changed and out.stage_before == "first_purchase" and out.stage_after == "lapsed"
+    [transition] = [e for e in out.effects if e["kind"] == "transition"]
+    assert (transition["from"], transition["to"]) == ("first_purchase", "lapsed")
+    # the midnight after 180 days without a purchase: what the new policy gives from the start
+    fresh = Customer(SHORT_LAPSE).send(purchase(T0, 5_000, event_id="p1"))
+    expected = advance(decoded(fresh.state), now, new_policy)
+    assert out.effects == expected.effects
+    assert out.state.encode() == expected.state.encode()
+    # rechecked once, the state holds the new policy's figures: nothing left to do
+    assert rederive(decoded(out.state), new_policy)[1] is False
+
+
+def test_more_points_per_unit_restate_the_open_window_as_a_late_event_would() -> None:
+    events = [purchase(T0, 5_000, event_id="p1"), visit(T0 + timedelta(days=2), event_id="v1")]
+    state = decoded(Customer().send(*events).state)
+    new_policy = DOUBLE_POINTS.default
+    out = recheck(state, state.clock, new_policy)
+    [earn] = [e for e in out.effects if e["kind"] == "ledger"]
+    assert earn["entry"] == "earn" and earn["points"] == 100 and earn["restated"] is True
+    fresh = Customer(DOUBLE_POINTS).send(*events)
+    assert out.state.encode() == decoded(fresh.state).encode()
+
+
+def test_a_live_state_of_this_policy_is_not_re_folded(monkeypatch: pytest.MonkeyPatch) -> None:
+    c = Customer(keep_objects=True).send(purchase(T0, 5_000, event_id="p1"))
+    policy = c.policies.for_shop(c.state.shop_id)
+    monkeypatch.setattr(fold, "fold_open", lambda *a, **kw: pytest.fail("re-folded"))
+    # the head was folded under this very policy object: trusted, copied, not re-folded
+    assert c.state.head is not None
+    head, stale = rederive(c.state, policy)
+    assert stale is False and head is not c.state.head[1] and head == c.state.head[1]
