@@ -566,8 +566,8 @@ def rederive(state: CustomerState, policy: ShopPolicy) -> tuple[Agg | None, bool
     differs from a re-fold of the open window under ``policy``; then
     ``advance(..., stale=True)`` brings the state up to date. A state with an
     in-memory head for ``policy`` (folded by this process under that very
-    policy object) is never stale and costs nothing; any other costs one
-    re-fold. The head (None for a state without events) is a new object the
+    policy object) is never stale and costs a copy of that head; any other
+    costs one re-fold. The head (None for a state without events) is a new object the
     caller may keep. Finalized history is not re-folded (its aggregate is all
     that is kept): a stage the new policy would have changed before the
     customer's newest finalized event changes at the customer's next event.
