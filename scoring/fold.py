@@ -569,8 +569,9 @@ def rederive(state: CustomerState, policy: ShopPolicy) -> tuple[Agg | None, bool
     policy object) is never stale and costs a copy of that head; any other
     costs one re-fold. The head (None for a state without events) is a new object the
     caller may keep. Finalized history is not re-folded (its aggregate is all
-    that is kept): a stage the new policy would have changed before the
-    customer's newest finalized event changes at the customer's next event.
+    that is kept): a stage the new policy would have changed before the open
+    window changes at the window's first event, the re-fold's first chance
+    (the window always holds the newest event), with that event as cause.
     """
     if state.clock is None:
         return None, False

@@ -97,3 +97,31 @@ def test_a_live_state_of_this_policy_is_not_re_folded(monkeypatch: pytest.Monkey
     assert c.state.head is not None
     head, stale = rederive(c.state, policy)
     assert stale is False and head is not c.state.head[1] and head == c.state.head[1]
+
+
+def test_a_stage_the_policy_changes_inside_finalized_history_moves_at_the_open_window() -> None:
+    """The purchase and the first visit are finalized (the second visit is more than
+    the lateness later); under the shorter lapse the customer was lapsed before the
+    first visit. Only the aggregate of finalized events is kept: the re-fold of the
+    open window moves the stage at its first event, the second visit."""
+    second_visit = T0 + timedelta(days=210)
+    events = [purchase(T0, 5_000, event_id="p1"), visit(T0 + timedelta(days=200), event_id="v1"),
+              visit(second_visit, event_id="v2")]
+    c = Customer().send(*events)
+    state = decoded(c.state)
+    assert state.ckpt.t_us == to_us(T0 + timedelta(days=200)) and state.stage == "first_purchase"
+    new_policy = SHORT_LAPSE.default
+    assert rederive(state, new_policy)[1] is True
+
+    out = recheck(state, to_us(T0 + timedelta(days=211)), new_policy)
+    assert out.stage_after == "lapsed"
+    [transition] = [e for e in out.effects if e["kind"] == "transition"]
+    assert (transition["from"], transition["to"], transition["cause"]) == (
+        "first_purchase", "lapsed", {"type": "event", "event_id": "v2"})
+    assert transition["at"] == second_visit.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert rederive(decoded(out.state), new_policy)[1] is False
+    # the customer's next event folds onto that: no second transition
+    c.policies, c.state = SHORT_LAPSE, decoded(out.state)
+    c.send(visit(T0 + timedelta(days=215), event_id="v3"))
+    assert not [e for e in c.outcomes[-1].effects if e["kind"] == "transition"]
+    assert c.state.stage == "lapsed"
