@@ -580,21 +580,23 @@ def rederive(state: CustomerState, policy: ShopPolicy) -> tuple[Agg | None, bool
         return cached.copy(), False
     head, truth, _, _ = fold_open(state, policy, state.clock)
     effects, _ = _publish(state, truth, state.frontier)
-    stale = bool(effects) or (
-        head.stage != state.stage
-        or _next_due(head, policy) != state.next_due
-        or _totals(head) != state.totals
-        or contribution(head, head.stage, day_of(head.t_us), policy) != state.kpi)  # type: ignore[arg-type]
+    stale = bool(effects) or _derived(head, policy) != (state.stage, state.next_due, state.totals,
+                                                        state.kpi)
     return head, stale
+
+
+def _derived(head: Agg, policy: ShopPolicy) -> tuple[str | None, int | None, list[int], list[Any]]:
+    """What a state keeps derived from its head: stage, next due instant, point
+    totals and shop-KPI contribution (the one list of them: :func:`_applied` sets
+    them, :func:`rederive` compares them)."""
+    return (head.stage, _next_due(head, policy), _totals(head),
+            contribution(head, head.stage, day_of(head.t_us), policy))  # type: ignore[arg-type]
 
 
 def _applied(old: CustomerState, new: CustomerState, head: Agg, effects: list[dict],
              policy: ShopPolicy) -> Outcome:
     """Record the head's derived fields on ``new`` and report the change from ``old``."""
-    new.stage = head.stage
-    new.next_due = _next_due(head, policy)
-    new.totals = _totals(head)
-    new.kpi = contribution(head, head.stage, day_of(head.t_us), policy)  # type: ignore[arg-type]
+    new.stage, new.next_due, new.totals, new.kpi = _derived(head, policy)
     before = _kpi_of(old, policy)
     new.head = (policy, head)
     return Outcome(new, APPLIED, True, effects, stage_before=old.stage, stage_after=new.stage,
