@@ -437,8 +437,7 @@ def _wait_owner_of_all(env: ServiceEnv, worker: Worker, timeout: float = 60.0) -
 
 def _too_late_values(env: ServiceEnv) -> set[bytes]:
     """The input records dead-lettered ``too_late`` (their values; a crash may repeat a letter)."""
-    return {d["value"].encode() for d in env.dead_letters()
-            if d["reason"] == "too_late" and d["value_encoding"] == "utf-8"}
+    return {_letter_value(d) for d in env.dead_letters() if d["reason"] == "too_late"}
 
 
 def duplicates(bootstrap: str, tmp: Path, profile: Profile) -> Outcome:
