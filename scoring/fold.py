@@ -463,6 +463,7 @@ def apply(state: CustomerState | None, event: Event, policy: ShopPolicy) -> Outc
                        f"customer's finalized history (allowed lateness {policy.allowed_lateness_days} days)")
 
     new = CustomerState(state.shop_id, state.customer_id, state.ckpt)
+    new.positions = state.positions
     new.buf = state.buf[:]
     insort(new.buf, rec, key=lambda r: (r[0], r[1]))
     new.seen = dict(state.seen)
@@ -547,7 +548,7 @@ def advance(state: CustomerState, now_us: int, policy: ShopPolicy, *, stale: boo
         head, truth, _, _ = fold_open(state, policy, now_us)
         effects, emitted = _publish(state, truth, state.frontier)
     new = CustomerState(state.shop_id, state.customer_id, state.ckpt)
-    new.buf, new.seen = state.buf, state.seen
+    new.buf, new.seen, new.positions = state.buf, state.seen, state.positions
     new.max_ts, new.frontier = state.max_ts, state.frontier
     new.clock = now_us
     new.emitted = emitted

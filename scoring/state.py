@@ -18,6 +18,11 @@ Layout (see :mod:`scoring.fold` for how it moves)::
     kpi       the customer's contribution to its shop's KPIs as of ``clock``
               (:func:`scoring.shop.contribution`), so that the service can
               update shop tallies by difference; None in a version-1 state
+    positions input source -> offset of the last record that changed this state
+              (the service's "topic:partition"; empty offline and in states of
+              formats 1-3). The fold carries it unchanged and never reads it;
+              the service sets it (:mod:`streams.planning`) to tell a
+              redelivered record from a late one
 
 Size bounds (defaults; all are policy settings):
 
@@ -43,14 +48,15 @@ from typing import Any
 from schemas.codec import compact, dumps, loads
 from scoring.aggregate import Agg
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 # Formats this build decodes. Version 1 (before rule v2) lacks the aggregate's
 # detractor and touchpoint slots; changelogs in production still hold such
 # states, and they are upgraded on read (scoring.aggregate.Agg.from_list).
 # Version 3 writes ``seen`` and ``emitted`` as [keys, values] instead of rows
 # [key, *value]: both are encoded and decoded without a Python loop, which
-# matters for a busy customer with thousands of remembered ids.
-READABLE_VERSIONS = (1, 2, 3)
+# matters for a busy customer with thousands of remembered ids. Version 4
+# appends the input positions (older states decode with none).
+READABLE_VERSIONS = (1, 2, 3, 4)
 
 
 class StateFormatError(ValueError):
@@ -59,7 +65,7 @@ class StateFormatError(ValueError):
 
 class CustomerState:
     __slots__ = ("shop_id", "customer_id", "ckpt", "buf", "seen", "emitted", "max_ts",
-                 "frontier", "clock", "stage", "next_due", "totals", "kpi", "head")
+                 "frontier", "clock", "stage", "next_due", "totals", "kpi", "positions", "head")
 
     def __init__(self, shop_id: str, customer_id: str, ckpt: Agg | None = None) -> None:
         self.shop_id = shop_id
@@ -77,6 +83,8 @@ class CustomerState:
         self.next_due: int | None = None
         self.totals = [0, 0, 0, 0]  # head points earned, redeemed, expired, clawed back (metrics)
         self.kpi: list[Any] | None = None
+        # Replaced, never mutated: states derived from this one share it.
+        self.positions: dict[str, int] = {}
         # Not serialized: (policy, Agg) = the re-fold as of ``clock`` under that
         # policy object, kept while the object lives so that in-order events
         # need not re-fold the buffer. A decoded state starts without it.
@@ -92,6 +100,7 @@ class CustomerState:
             [list(self.seen), list(self.seen.values())],
             [list(self.emitted), list(self.emitted.values())],
             self.max_ts, self.frontier, self.clock, self.stage, self.next_due, self.totals, self.kpi,
+            self.positions,
         ])
 
     @classmethod
@@ -102,9 +111,14 @@ class CustomerState:
                 raise StateFormatError(f"state format {raw[0]!r}; this build reads {READABLE_VERSIONS}")
             new = cls.__new__(cls)
             if raw[0] == 1:
-                raw = [*raw, None]  # version 1 had no shop KPI contribution
+                raw = [*raw, None, {}]  # version 1 had no shop KPI contribution
+            elif raw[0] < 4:
+                raw = [*raw, {}]  # nor had versions 2 and 3 input positions
             (_, new.shop_id, new.customer_id, ckpt, new.buf, seen, emitted, new.max_ts,
-             new.frontier, new.clock, new.stage, new.next_due, new.totals, new.kpi) = raw
+             new.frontier, new.clock, new.stage, new.next_due, new.totals, new.kpi,
+             new.positions) = raw
+            if not isinstance(new.positions, dict):
+                raise StateFormatError(f"unreadable customer state: positions {new.positions!r}")
             new.ckpt = Agg.from_list(ckpt)
             new.head = None
             if raw[0] >= 3:

@@ -60,6 +60,10 @@ class Metrics:
         self.duplicates = Counter(
             "loyalty_duplicates_ignored_total",
             "Exact duplicate events ignored (same event_id, same content).", registry=r)
+        self.redeliveries = Counter(
+            "loyalty_redeliveries_recognised_total",
+            "Of the duplicates: redelivered records recognised by their input offset, "
+            "their event ids no longer remembered.", registry=r)
         self.rekeyed = Counter(
             "loyalty_rekeyed_total",
             "Wrongly keyed or partitioned input records forwarded to the rekey topic.",
@@ -224,7 +228,7 @@ class Metrics:
         are those of counting record by record. ``event_lag`` ends at the last
         record's lag per topic, as it would record by record.
         """
-        # (counter, label values) -> records; () for the unlabelled duplicates counter
+        # (counter, label values) -> records; () for the unlabelled counters
         counts: dict[tuple[Counter, tuple[str, ...]], int] = {}
         lags: dict[str, datetime] = {}
         effects: list[dict[str, Any]] = []
@@ -244,6 +248,8 @@ class Metrics:
                 k = (self.rekeyed, (record.topic,))
             elif status == "duplicate":
                 k = (self.duplicates, ())
+                if plan.reason == "redelivered":
+                    counts[self.redeliveries, ()] = counts.get((self.redeliveries, ()), 0) + 1
             else:
                 continue
             counts[k] = counts.get(k, 0) + 1

@@ -19,7 +19,11 @@ planning changes nothing. The checks, in this order:
    still holds exactly what that object encoded to, else the row decoded
    (rows are read for the whole batch before planning, :meth:`Planner.read_rows`);
    ``fold.apply``; a changed state brings its effects and tally delta;
-5. a ``rejected`` outcome goes to the dead letter with the fold's reason.
+5. a ``rejected`` outcome goes to the dead letter with the fold's reason,
+   except a ``too_late`` record at or before the offset of its partition
+   that last changed the state (:func:`redelivered`): that record was
+   applied before and is redelivered, so it is a ``duplicate``. A changed
+   state records the record's offset (:func:`at_position`).
 
 :meth:`Planner.settle` then turns a batch of plans into what the commit
 writes, coalesced per customer: every effect, dead letter and rekey of every
@@ -79,7 +83,9 @@ class Plan:
     sends: list[Outgoing] = field(default_factory=list)
     event_type: str = "invalid"
     status: str = "invalid"
-    reason: str | None = None  # dead-letter reason of an invalid record or rejected outcome
+    #: dead-letter reason of an invalid record or rejected outcome; "redelivered" for a
+    #: duplicate told by its input offset (:func:`redelivered`)
+    reason: str | None = None
     occurred_at: datetime | None = None
     effects: list[dict[str, Any]] = field(default_factory=list)
 
@@ -97,6 +103,34 @@ class Settled:
 
     outputs: list[OutRecord]
     changes: list[Change]
+
+
+def input_source(record: Record) -> str:
+    """The key of ``record``'s partition in :attr:`CustomerState.positions`."""
+    return f"{record.topic}:{record.partition}"
+
+
+def at_position(state: CustomerState, source: str, offset: int) -> CustomerState:
+    """``state`` (new from the fold, not yet shared) marked as changed by the record at
+    ``offset`` of ``source``; the positions dict is replaced, because earlier
+    states share the old one."""
+    state.positions = {**state.positions, source: offset}
+    return state
+
+
+def redelivered(state: CustomerState | None, source: str, offset: int) -> bool:
+    """Whether a record at or before ``offset`` of ``source`` already changed ``state``.
+
+    Sound because every partition's records reach the planner in offset order
+    (gaps are read back before later records, streams/gaps.py) and a state is
+    written only after the outputs of the records that changed it were
+    acknowledged (streams/commit.py): a record at or before that position was
+    planned, and whatever it caused was published. Only a topic deleted and
+    created again under the same name (offsets restart) breaks the first
+    premise; the planner therefore asks only for records the fold rejects as
+    ``too_late``, which change nothing either way.
+    """
+    return state is not None and offset <= state.positions.get(source, -1)
 
 
 class Planner:
@@ -197,9 +231,18 @@ class Planner:
             return plan_erasure(svc, Plan(event_type=event.type, occurred_at=event.occurred_at),
                                 record.partition, key, old)
         outcome = fold.apply(old, event, policy)
+        source = input_source(record)
+        if (outcome.status == "rejected" and outcome.reason == "too_late"
+                and redelivered(old, source, record.offset)):
+            # This very record changed the state before (and its outputs were
+            # published before the state was written): it was redelivered, after
+            # a crash or a takeover, behind more of the customer's events than
+            # the remembered ids cover. An exact duplicate, not a late event.
+            return Plan(event_type=event.type, status="duplicate", reason="redelivered",
+                        occurred_at=event.occurred_at)
         plan = Plan(event_type=event.type, status=outcome.status, occurred_at=event.occurred_at)
         if outcome.changed:
-            plan.state = outcome.state
+            plan.state = at_position(outcome.state, source, record.offset)
             plan.tally_delta = (record.partition, key,
                                 delta_for_event(outcome, event, policy, old is None))
         plan.effects = list(outcome.effects)

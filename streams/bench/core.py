@@ -7,7 +7,8 @@ the rows in a dict instead of RocksDB:
 * per record (:meth:`streams.planning.Planner.plan`): ``parse_event``; the
   customer's state from the batch's earlier records, else through
   :class:`scoring.state.StateCache` (live states, then kept heads) from the
-  row; ``fold.apply``; every effect encoded;
+  row; ``fold.apply``; a changed state marked with the record's position
+  (its type and index stand for topic and offset); every effect encoded;
 * per batch of ``batch_max`` records (:meth:`streams.planning.Planner.settle`
   and the commit's write): per changed customer, its state encoded, the row
   written, the cache told, and its score snapshot built and encoded.
@@ -35,6 +36,7 @@ from schemas.policy import PolicyBook
 from scoring import fold
 from scoring.snapshot import snapshot
 from scoring.state import CustomerState, StateCache
+from streams.planning import at_position
 from streams.topics import message_key
 
 
@@ -59,7 +61,7 @@ def measure_core(stream: Iterable[tuple[str, bytes, bytes]], *, policies: Policy
     started = time.process_time()
     for first in range(0, len(records), batch_max):
         planned: dict[bytes, CustomerState] = {}  # the batch's overlay
-        for _type, _key, value in records[first:first + batch_max]:
+        for offset, (topic, _key, value) in enumerate(records[first:first + batch_max], first):
             try:
                 event = parse_event(value, now=now, policies=policies)
             except InvalidEvent:
@@ -75,7 +77,7 @@ def measure_core(stream: Iterable[tuple[str, bytes, bytes]], *, policies: Policy
             for effect in outcome.effects:
                 codec.dumps(effect)
             if outcome.changed:
-                planned[key] = outcome.state
+                planned[key] = at_position(outcome.state, topic, offset)
         for key, state in planned.items():
             raw = state.encode()
             rows[key] = raw

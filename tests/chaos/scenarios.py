@@ -90,6 +90,8 @@ class Outcome:
     #: redelivered records found already applied (exact duplicates), summed over the
     #: lives (sampled just before each kill): what the crashes made the worker re-fold
     refolded: float = 0.0
+    #: of those, the ones told by their input offset, their event ids forgotten
+    recognised: float = 0.0
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
     examples: list[str] = field(default_factory=list)
@@ -111,7 +113,7 @@ class Outcome:
             fe = sorted(self.first_event_s)
             parts.append(f"start->first event median={fe[len(fe) // 2]:.1f}s max={fe[-1]:.1f}s")
         if self.kills:
-            parts.append(f"re-folded={self.refolded:.0f}")
+            parts.append(f"re-folded={self.refolded:.0f} ({self.recognised:.0f} by offset)")
         if self.catch_up_s is not None:
             rate = f" ({self.catch_up_rate:.0f} ev/s)" if self.catch_up_rate else ""
             parts.append(f"catch-up={self.catch_up_s:.1f}s{rate}")
@@ -175,9 +177,14 @@ class _Producer:
 
 def _kill(worker: Worker, out: Outcome) -> None:
     """kill -9, after noting how many redelivered duplicates this life re-folded."""
-    out.refolded += metric_sum(worker, "loyalty_duplicates_ignored_total")
+    _count_refolded(worker, out)
     worker.kill()
     out.kills += 1
+
+
+def _count_refolded(worker: Worker, out: Outcome) -> None:
+    out.refolded += metric_sum(worker, "loyalty_duplicates_ignored_total")
+    out.recognised += metric_sum(worker, "loyalty_redeliveries_recognised_total")
 
 
 def _restart(worker: Worker, out: Outcome, *, measure: bool = True) -> None:
@@ -209,7 +216,7 @@ def _judge(env: ServiceEnv, worker: Worker, lines: list[bytes], out: Outcome,
         life = time.monotonic() - worker.started_at
         out.catch_up_rate = consumed / life if consumed and life > 0 else None
     if out.kills:
-        out.refolded += metric_sum(worker, "loyalty_duplicates_ignored_total")
+        _count_refolded(worker, out)
     out.customers = len(expected)
     out.customers_equal = len(expected) - len(diffs)
     out.examples.extend(diffs[:3])
@@ -378,11 +385,11 @@ def takeover(bootstrap: str, tmp: Path, profile: Profile) -> Outcome:
     hands mid-backlog. With the production lateness, a record folded out of its
     event-time order shows as a customer unequal to replay or a missing ``too_late``.
 
-    Every record replay rejects as ``too_late`` must be dead-lettered so. More
-    ``too_late`` dead letters are reported, not failed: records a killed worker
-    had folded, redelivered to the survivor behind more of the customer's events
-    than its remembered ids cover (README "Duplicates beyond retention"); they
-    change nothing, which every customer equal to replay confirms.
+    The ``too_late`` dead letters must be exactly the records replay rejects so.
+    Records a killed worker had folded are redelivered to the survivor, often
+    behind more of the customer's events than its remembered ids cover; the
+    positions kept with the states (streams/planning.py ``redelivered``) must
+    tell them from late input (README "Duplicates beyond retention").
     """
     from scoring.replay import fold_lines
 
@@ -414,8 +421,11 @@ def takeover(bootstrap: str, tmp: Path, profile: Profile) -> Outcome:
         fold_lines(lines, policies=env.policies(), as_of=AS_OF, on_reject=on_reject)
         served_late = _too_late_values(env)
         missing, extra = replay_late - served_late, served_late - replay_late
-        out.note = (f"too_late: {len(replay_late & served_late)} as replay, {len(extra)} "
-                    "redelivered past the remembered ids")
+        _count_refolded(workers[1], out)  # _judge counted workers[0]'s last life
+        out.note = f"too_late: {len(replay_late & served_late)} as replay"
+        if extra:
+            out.problems.append(f"{len(extra)} records dead-lettered as too_late that replay "
+                                "applies (redelivered records taken for late ones)")
         if missing:
             out.problems.append(f"{len(missing)} records replay rejects as too_late were not "
                                 "dead-lettered so")

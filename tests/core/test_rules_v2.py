@@ -13,7 +13,7 @@ from scoring import nps
 from scoring.snapshot import snapshot
 from scoring.state import CustomerState
 from tests.core.conftest import Customer
-from tests.core.factory import at, feedback, iso, purchase
+from tests.core.factory import at, feedback, iso, purchase, visit
 
 DATA = Path(__file__).parent / "data"
 
@@ -154,7 +154,7 @@ def test_a_state_written_by_version_1_still_decodes_and_folds_on() -> None:
     c.send(feedback(at(30), 9, touchpoint="app"))
     snap = c.snap()
     assert (snap["detractor_status"], snap["loyalty_type"]) == ("recovered", "true")
-    assert c.state.encode().startswith(b"[3,")  # upgraded when written
+    assert c.state.encode().startswith(b"[4,")  # upgraded when written
     assert [a["alert"] for a in alerts(c)] == ["recovered"]
     # Version 1 kept no shop-KPI contribution: it is computed from the old
     # state, so the service's tally moves from what the customer counted as.
@@ -174,9 +174,11 @@ def test_an_unknown_state_format_is_refused_with_a_clear_error() -> None:
         CustomerState.decode(b'[2,"s","c",[1,2,3],[],[],[],null,null,null,null,null,[0,0,0,0]]')
 
 
-def test_a_state_written_by_version_2_decodes_to_the_same_state() -> None:
-    """Format 3 changed only the layout of the id maps; a version-2 state (rows
-    ``[id, *value]``) decodes to exactly the state it was written from."""
+def test_states_written_by_versions_2_and_3_decode_to_the_same_state() -> None:
+    """Format 3 changed only the layout of the id maps, format 4 appended the
+    input positions (none in a state the core folds): a version-2 state (rows
+    ``[id, *value]``) and a version-3 one decode to exactly the state they
+    were written from."""
     from schemas import codec
 
     c = Customer()
@@ -184,8 +186,33 @@ def test_a_state_written_by_version_2_decodes_to_the_same_state() -> None:
            purchase(at(3), 1500, order_id="o2"))
     state = c.state
     assert state.seen and state.emitted
-    v3 = codec.loads(state.encode())
-    assert v3[0] == 3
+    v4 = codec.loads(state.encode())
+    assert v4[0] == 4 and v4[-1] == {}
+    v3 = [3, *v4[1:-1]]
     v2 = [2, *v3[1:5], [[k, *v] for k, v in state.seen.items()],
           [[k, *v] for k, v in state.emitted.items()], *v3[7:]]
+    assert CustomerState.decode(codec.dumps(v3)) == state
     assert CustomerState.decode(codec.dumps(v2)) == state
+
+
+def test_input_positions_travel_with_the_state_and_the_fold_keeps_them() -> None:
+    """The service's positions are encoded, decoded, and carried unchanged by
+    every state the fold derives (an applied event, time passing); a state
+    whose positions are not a map is refused as unreadable."""
+    from schemas import codec
+    from scoring import fold
+    from scoring.clock import to_us
+    from scoring.state import StateFormatError
+
+    c = Customer()
+    c.send(purchase(at(1), 3000, order_id="o1"))
+    c.state.positions = {"loyalty.purchases:2": 41}
+    c.send(visit(at(2)))
+    assert c.state.positions == {"loyalty.purchases:2": 41}
+    later = fold.advance(c.state, to_us(at(400)), PolicyBook().for_shop(c.state.shop_id))
+    assert later.changed and later.state.positions == {"loyalty.purchases:2": 41}
+    decoded = CustomerState.decode(later.state.encode())
+    assert decoded.positions == {"loyalty.purchases:2": 41} and decoded == later.state
+    raw = codec.loads(later.state.encode())
+    with pytest.raises(StateFormatError, match="positions"):
+        CustomerState.decode(codec.dumps([*raw[:-1], [41]]))

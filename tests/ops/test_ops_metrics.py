@@ -64,6 +64,8 @@ def _processed() -> list[tuple[Record, Plan]]:
         ("t.redemptions", Plan(event_type="redemption", status="applied", occurred_at=at,
                                effects=[redeem])),
         ("t.visits", Plan(event_type="visit", status="duplicate", occurred_at=at)),
+        ("t.visits", Plan(event_type="visit", status="duplicate", reason="redelivered",
+                          occurred_at=at)),
         ("t.visits", Plan(event_type="invalid", status="invalid", reason="bad_json")),
         ("t.visits", Plan(event_type="redemption", status="rejected", reason="insufficient_points")),
         ("t.purchases", Plan(event_type="purchase", status="rekeyed")),
@@ -87,12 +89,13 @@ def test_a_batch_counts_what_its_records_count_one_by_one() -> None:
     got = counters(batch)
     assert got == counters(single)
     consumed = {k[1]: v for k, v in got.items() if k[0] == "loyalty_events_consumed_total"}
-    assert sum(consumed.values()) == 7
+    assert sum(consumed.values()) == 8
     assert consumed[(("topic", "t.purchases"), ("type", "purchase"))] == 3
     assert got[("loyalty_events_applied_total", (("type", "purchase"),))] == 2
     assert got[("loyalty_invalid_events_total", (("reason", "bad_json"),))] == 1
     assert got[("loyalty_invalid_events_total", (("reason", "insufficient_points"),))] == 1
-    assert got[("loyalty_duplicates_ignored_total", ())] == 1
+    assert got[("loyalty_duplicates_ignored_total", ())] == 2
+    assert got[("loyalty_redeliveries_recognised_total", ())] == 1
     assert got[("loyalty_rekeyed_total", (("topic", "t.purchases"),))] == 1
     assert got[("loyalty_points_total", (("kind", "earned"),))] == 80
     assert got[("loyalty_points_total", (("kind", "redeemed"),))] == 25
@@ -100,4 +103,4 @@ def test_a_batch_counts_what_its_records_count_one_by_one() -> None:
     assert got[("loyalty_stage_transitions_total",
                 (("from_stage", "none"), ("to_stage", "first_visit")))] == 1
     assert got[("loyalty_effects_voided_total", (("kind", "transition"),))] == 1
-    assert got[("loyalty_processing_seconds_count", ())] == 7
+    assert got[("loyalty_processing_seconds_count", ())] == 8

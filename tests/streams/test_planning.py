@@ -52,11 +52,11 @@ def purchase(**kw: object) -> bytes:
 
 
 def record(value: bytes | None, key: bytes | None = None, partition: int | None = None,
-           topic: str = "loyalty.purchases") -> Record:
+           topic: str = "loyalty.purchases", offset: int = 7) -> Record:
     key = message_key("s1", "c1") if key is None else key
     if partition is None:
         partition = partition_for(message_key("s1", "c1"), 4)
-    return Record(topic=topic, partition=partition, offset=7, key=key, value=value,
+    return Record(topic=topic, partition=partition, offset=offset, key=key, value=value,
                   timestamp=1.0)
 
 
@@ -187,6 +187,34 @@ def test_the_state_cache_serves_the_live_state_only_while_the_row_holds_it(servi
     raw = service.context.rows.get(rec.partition, key)
     assert proc.planner.states.get(key, raw) is plan.state  # the live object, head and all
     assert proc.planner.states.get(key, raw + b" ") is not plan.state  # another writer's bytes
+
+
+def test_a_too_late_record_at_or_before_the_last_applied_offset_is_a_redelivery(service) -> None:
+    """The state remembers, per input partition, the offset of the last record that
+    changed it. A record the fold rejects as ``too_late`` at or before that
+    offset was applied before (its id forgotten since): a ``duplicate``, no dead
+    letter. Later in the partition, or in another partition, it is late input."""
+    first = planned_and_written(service, record(purchase(), offset=7))
+    assert first.state.positions == {f"loyalty.purchases:{first.tally_delta[0]}": 7}
+    old = {"event_id": "e0", "order_id": "o0", "occurred_at": "2025-12-01T10:00:00Z"}
+
+    again = service.processor.plan(record(purchase(**old), offset=5), now=NOW)
+    assert (again.status, again.reason, again.sends, again.state_write) == (
+        "duplicate", "redelivered", [], None)
+    at_itself = service.processor.plan(record(purchase(**old), offset=7), now=NOW)
+    assert at_itself.status == "duplicate" and at_itself.sends == []
+    for late in (record(purchase(**old), offset=8),
+                 record(purchase(**old), offset=5, topic="loyalty.refunds")):
+        plan = service.processor.plan(late, now=NOW)
+        assert (plan.status, plan.reason) == ("rejected", "too_late")
+        [letter] = plan.sends
+        assert letter.topic is service.context.dead_letter
+
+    second = planned_and_written(service, record(purchase(event_id="e2", order_id="o2"),
+                                                 offset=3, topic="loyalty.refunds"))
+    assert second.state.positions == {f"loyalty.purchases:{first.tally_delta[0]}": 7,
+                                      f"loyalty.refunds:{first.tally_delta[0]}": 3}
+    assert first.state.positions == {f"loyalty.purchases:{first.tally_delta[0]}": 7}  # not shared
 
 
 def test_rows_read_ahead_for_a_batch_are_the_rows_plan_would_read(service) -> None:
