@@ -21,7 +21,7 @@ Layout (see :mod:`scoring.fold` for how it moves)::
     positions input source -> offset of the last record that changed this state
               (the service's "topic:partition"; empty offline and in states of
               formats 1-3). The fold carries it unchanged and never reads it;
-              the service sets it (:mod:`streams.planning`) to tell a
+              the service sets it (:mod:`streams.positions`) to tell a
               redelivered record from a late one
 
 Size bounds (defaults; all are policy settings):

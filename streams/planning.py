@@ -21,9 +21,9 @@ planning changes nothing. The checks, in this order:
    ``fold.apply``; a changed state brings its effects and tally delta;
 5. a ``rejected`` outcome goes to the dead letter with the fold's reason,
    except a ``too_late`` record at or before the offset of its partition
-   that last changed the state (:func:`redelivered`): that record was
+   that last changed the state (:func:`streams.positions.redelivered`): that record was
    applied before and is redelivered, so it is a ``duplicate``. A changed
-   state records the record's offset (:func:`at_position`).
+   state records the record's offset.
 
 :meth:`Planner.settle` then turns a batch of plans into what the commit
 writes, coalesced per customer: every effect, dead letter and rekey of every
@@ -55,6 +55,7 @@ from scoring.state import CustomerState, StateCache
 from streams.commit import Change
 from streams.context import ServiceContext
 from streams.forget import erasure_refused, plan_erasure
+from streams.positions import at_position, input_source, redelivered
 from streams.publish import OutRecord
 from streams.records import ORIGIN_HEADER, Outgoing, Record, dead_letter_record, effect_messages
 from streams.shops import TallyDelta, delta_for_event
@@ -84,7 +85,7 @@ class Plan:
     event_type: str = "invalid"
     status: str = "invalid"
     #: dead-letter reason of an invalid record or rejected outcome; "redelivered" for a
-    #: duplicate told by its input offset (:func:`redelivered`)
+    #: duplicate told by its input offset (:mod:`streams.positions`)
     reason: str | None = None
     occurred_at: datetime | None = None
     effects: list[dict[str, Any]] = field(default_factory=list)
@@ -103,34 +104,6 @@ class Settled:
 
     outputs: list[OutRecord]
     changes: list[Change]
-
-
-def input_source(record: Record) -> str:
-    """The key of ``record``'s partition in :attr:`CustomerState.positions`."""
-    return f"{record.topic}:{record.partition}"
-
-
-def at_position(state: CustomerState, source: str, offset: int) -> CustomerState:
-    """``state`` (new from the fold, not yet shared) marked as changed by the record at
-    ``offset`` of ``source``; the positions dict is replaced, because earlier
-    states share the old one."""
-    state.positions = {**state.positions, source: offset}
-    return state
-
-
-def redelivered(state: CustomerState | None, source: str, offset: int) -> bool:
-    """Whether a record at or before ``offset`` of ``source`` already changed ``state``.
-
-    Sound because every partition's records reach the planner in offset order
-    (gaps are read back before later records, streams/gaps.py) and a state is
-    written only after the outputs of the records that changed it were
-    acknowledged (streams/commit.py): a record at or before that position was
-    planned, and whatever it caused was published. Only a topic deleted and
-    created again under the same name (offsets restart) breaks the first
-    premise; the planner therefore asks only for records the fold rejects as
-    ``too_late``, which change nothing either way.
-    """
-    return state is not None and offset <= state.positions.get(source, -1)
 
 
 class Planner:

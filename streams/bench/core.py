@@ -36,7 +36,7 @@ from schemas.policy import PolicyBook
 from scoring import fold
 from scoring.snapshot import snapshot
 from scoring.state import CustomerState, StateCache
-from streams.planning import at_position
+from streams.positions import at_position
 from streams.topics import message_key
 
 
