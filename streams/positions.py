@@ -39,9 +39,12 @@ def redelivered(state: CustomerState | None, source: str, offset: int) -> bool:
     (gaps are read back before later records, streams/gaps.py) and a state is
     written only after the outputs of the records that changed it were
     acknowledged (streams/commit.py): a record at or before that position was
-    planned, and whatever it caused was published. Only a topic deleted and
-    created again under the same name (offsets restart) breaks the first
-    premise; the planner therefore asks only for records the fold rejects as
-    ``too_late``, which change nothing either way.
+    planned, and whatever it caused was published. Two things break the first
+    premise: a topic deleted and created again under the same name (offsets
+    restart), and a skipped range the gap reader could not read back in time
+    (logged as an error, "could only re-read"), whose records, if they come
+    again later, are behind later ones. The planner therefore asks only for
+    records the fold rejects as ``too_late``, which change nothing either way:
+    such a record loses its dead letter, never an effect.
     """
     return state is not None and offset <= state.positions.get(source, -1)
