@@ -59,8 +59,21 @@ FORMAT_VERSION = 4
 READABLE_VERSIONS = (1, 2, 3, 4)
 
 
+#: Formats :meth:`CustomerState.encode` can write. Writing 3 during a rolling
+#: upgrade from a build that reads at most 3 keeps its workers able to read
+#: every state (the input positions are then not kept).
+WRITABLE_VERSIONS = (3, 4)
+
+
 class StateFormatError(ValueError):
     """The bytes are not a customer state of a format this code can read."""
+
+
+class NewerStateFormat(StateFormatError):
+    """The state was written in a format newer than this build's: by a newer build.
+
+    Unlike a corrupt state, the state is fine and this worker is too old for it.
+    """
 
 
 class CustomerState:
@@ -94,20 +107,29 @@ class CustomerState:
     def key(self) -> str:
         return f"{self.shop_id}|{self.customer_id}"
 
-    def encode(self) -> bytes:
-        return dumps([
-            FORMAT_VERSION, self.shop_id, self.customer_id, self.ckpt.to_list(), self.buf,
+    def encode(self, version: int = FORMAT_VERSION) -> bytes:
+        """The state as bytes in format ``version`` (one of :data:`WRITABLE_VERSIONS`;
+        format 3 leaves the input positions out). ValueError for another."""
+        fields = [
+            version, self.shop_id, self.customer_id, self.ckpt.to_list(), self.buf,
             [list(self.seen), list(self.seen.values())],
             [list(self.emitted), list(self.emitted.values())],
             self.max_ts, self.frontier, self.clock, self.stage, self.next_due, self.totals, self.kpi,
-            self.positions,
-        ])
+        ]
+        if version == FORMAT_VERSION:
+            fields.append(self.positions)
+        elif version != 3:
+            raise ValueError(f"state format {version!r}; this build writes {WRITABLE_VERSIONS}")
+        return dumps(fields)
 
     @classmethod
     def decode(cls, data: bytes) -> CustomerState:
         try:
             raw: list[Any] = loads(data)
             if raw[0] not in READABLE_VERSIONS:
+                if isinstance(raw[0], int) and raw[0] > FORMAT_VERSION:
+                    raise NewerStateFormat(f"state format {raw[0]}, written by a newer build; "
+                                           f"this build reads {READABLE_VERSIONS}")
                 raise StateFormatError(f"state format {raw[0]!r}; this build reads {READABLE_VERSIONS}")
             new = cls.__new__(cls)
             if raw[0] == 1:

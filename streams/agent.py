@@ -36,7 +36,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from scoring.state import CustomerState
+from scoring.state import CustomerState, NewerStateFormat
 from streams import compat
 from streams.aligned_input import AlignedInput
 from streams.aligned_input import install as install_aligned_input
@@ -130,7 +130,14 @@ class Processor:
         self.metrics.batch_records.observe(len(planned))
 
     async def handle(self, record: Record) -> str:
-        """Process one record end to end; never raises. Returns the plan status.
+        """Process one record end to end. Returns the plan status.
+
+        Never raises, with one exception: a customer state of a newer format
+        (:class:`scoring.state.NewerStateFormat`) stops the worker
+        (:meth:`ServiceContext.stop_for_newer_state`) and this call waits until
+        the stop cancels it, so the record is neither processed nor
+        dead-lettered, and neither is the rest of its batch (the aligned input
+        hands them back; they are not marked done).
 
         Order matters for at-least-once outputs: the outputs are published and
         acknowledged by the broker *before* the state is written. If the worker
@@ -154,6 +161,15 @@ class Processor:
                 self._mark_in_flight(())
                 self.observe([(record, plan)], started)
                 return plan.status
+            except NewerStateFormat as exc:
+                # Not this record's fault and not transient: a newer build wrote
+                # the customer's state. Neither retried nor dead-lettered.
+                self._mark_in_flight(())
+                await self.service.stop_for_newer_state(
+                    exc, f"{record.topic}[{record.partition}]@{record.offset}")
+                # Hold the record (and the rest of its batch) until the stop cancels
+                # this task: the aligned input then hands them back unprocessed.
+                await asyncio.Event().wait()
             except Exception as exc:  # noqa: BLE001 - the worker must survive any record
                 self._mark_in_flight(())
                 if attempt < RETRIES:

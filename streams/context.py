@@ -24,17 +24,20 @@ one part reads:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from scoring.shop import ShopTally
-from scoring.state import StateCache
+from scoring.state import NewerStateFormat, StateCache
 from streams.clv_models import ClvModels
 from streams.metrics import Metrics
 from streams.publish import Publisher
 from streams.store import RowStore
 from streams.topics import tally_key
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import faust
@@ -82,6 +85,10 @@ class ServiceContext:
     in_flight: set[bytes] = field(default_factory=set)
     #: what the last time sweep did (None before the first one)
     last_sweep: SweepStats | None = None
+    #: starts the worker's graceful stop (set by ``loyalty worker``); None: crash the app
+    stop_worker: Callable[[], None] | None = None
+    #: why the worker stops on its own (its exit status is then 1)
+    stop_reason: BaseException | None = None
 
     def __post_init__(self) -> None:
         self.clv_models = ClvModels(self.metrics.set_clv)
@@ -111,6 +118,29 @@ class ServiceContext:
         except Exception:  # assignor not ready (before the first rebalance)
             return []
         return sorted(tp.partition for tp in actives if tp.topic == changelog)
+
+    async def stop_for_newer_state(self, exc: NewerStateFormat, where: str) -> None:
+        """Stop this worker: it met, at ``where``, a customer state a newer build wrote.
+
+        Nothing is dead-lettered and no offset passes the input that needed
+        that state (the caller raises ``exc`` on): once this worker has left
+        the group, a worker of the newer build takes its partitions over and
+        folds that input. Logged as critical, with what to do.
+        """
+        if self.stop_reason is not None:
+            return  # already stopping
+        log.critical("%s: %s. This worker's build is older than the one that wrote the "
+                     "state: stopping, so that a newer worker takes its partitions over. "
+                     "Upgrade it, or run the newer workers with LOYALTY_STATE_WRITE_FORMAT "
+                     "until every worker is upgraded (README: Upgrading a running group).",
+                     where, exc)
+        self.stop_reason = exc
+        if self.stop_worker is not None:
+            # The operator's SIGTERM path: offsets committed only up to what was
+            # processed, the producer flushed, the local stores kept.
+            self.stop_worker()
+        else:
+            await self.app.crash(exc)
 
     def tables_ready(self) -> bool:
         """True when no rebalance or changelog recovery is under way.

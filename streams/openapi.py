@@ -155,7 +155,10 @@ PATHS: dict[str, Any] = {
         {"200": _answer("the snapshot as of `as_of` (default: now)", "CustomerSnapshot"),
          "400": _error("bad id or `as_of`, or `as_of` before the customer's finalized "
                        "history (`as_of_too_early`)"),
-         "404": _error("unknown customer"), "503": UNAVAILABLE},
+         "404": _error("unknown customer"),
+         "503": _error("a rebalance or table recovery is under way, or a partition has no "
+                       "reachable owner; retry shortly; or the owner is older than the build "
+                       "that wrote the customer's state (`newer_state_format`)")},
         description="Answered by the worker owning the customer's partition (proxied there "
                     "in one hop).") | _get(
         "Forget a customer (right to erasure)", [SHOP, CUSTOMER],

@@ -259,6 +259,14 @@ class Settings(BaseSettings):
         "input). A caught-up partition never holds anything back; the wait normally lasts one "
         "fetch, this is the bound for a fetch that is slow or stuck.",
     )
+    state_write_format: int = Field(
+        4, ge=3, le=4,
+        description="Default 4. The customer-state format this worker writes (it reads 1-4). "
+        "For a rolling upgrade from a build that reads at most format 3, start the new workers "
+        "with 3 and switch to 4 once no older worker runs: an old worker cannot read format 4. "
+        "Format 4 keeps the input positions that tell a redelivered record from a late one "
+        "(see Duplicates beyond retention).",
+    )
     align_max_buffered: int = Field(
         1000, ge=2,
         description="Default 1000. Records the alignment holds per input partition before it "

@@ -149,7 +149,7 @@ from scoring.aggregate import Agg
 from scoring.clock import day_of, from_us, to_us
 from scoring.shop import SPEND_WINDOW_DAYS, ShopTally
 from scoring.snapshot import snapshot
-from scoring.state import CustomerState
+from scoring.state import CustomerState, NewerStateFormat
 from streams import compat
 from streams.commit import Change, Committer
 from streams.compat import partition_context
@@ -330,7 +330,9 @@ class Sweeper:
         """One sweep of every actively owned partition. Never raises.
 
         A failure in one partition is logged and counted as an internal error;
-        the other partitions are still swept.
+        the other partitions are still swept. A customer state written by a
+        newer build stops the worker instead
+        (:meth:`streams.context.ServiceContext.stop_for_newer_state`).
         """
         async with self._lock:  # a slow sweep must not overlap the next timer tick
             stats = SweepStats(now=now or datetime.now(UTC))
@@ -357,6 +359,9 @@ class Sweeper:
                         await self._full_scan(partition, now_us, wall_us, stats)
                     else:
                         await self._due_pass(partition, index, now_us, stats)
+                except NewerStateFormat as exc:
+                    await self.service.stop_for_newer_state(exc, f"sweep of partition {partition}")
+                    break
                 except Exception:  # noqa: BLE001 - the timer must keep running
                     log.exception("sweep of partition %d failed", partition)
                     self.service.metrics.internal_errors.inc()
@@ -549,7 +554,8 @@ class Sweeper:
             outputs.extend((out.topic.get_topic_name(), out.key, out.value, None, None)
                            for out in item.messages)
             svc.metrics.observe_effects(item.effects)
-        changes = [Change(partition, item.key, bytes(item.outcome.state.encode()),
+        version = svc.settings.state_write_format
+        changes = [Change(partition, item.key, bytes(item.outcome.state.encode(version)),
                           delta_for_advance(item.outcome), item.outcome.state.next_due,
                           base=item.raw)
                    for item in work]

@@ -176,9 +176,13 @@ def register_web(service: ServiceContext) -> None:
                 return error(self, 404, "not_found", "unknown customer")
             from scoring.clock import from_us, to_us
             from scoring.snapshot import AsOfTooEarly, snapshot
-            from scoring.state import CustomerState
+            from scoring.state import CustomerState, NewerStateFormat
 
-            state = CustomerState.decode(raw)
+            try:
+                state = CustomerState.decode(raw)
+            except NewerStateFormat as exc:
+                return error(self, 503, "newer_state_format",
+                             f"{exc}: this worker must be upgraded (README: Upgrading a running group)")
             if as_of is None:
                 # Default: now (wall clock), so recency, tenure and windows are
                 # current. An instant inside already-finalized history (events

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -185,7 +187,13 @@ def run(args: argparse.Namespace) -> int:
             super().stop_and_shutdown()
             # Reached only after a graceful stop (producer flushed, offsets committed).
             marker_path(data_dir).unlink(missing_ok=True)
+            reason = service.context.stop_reason
+            if reason is not None:  # stopped itself (ServiceContext.stop_for_newer_state)
+                print(f"loyalty worker: stopped: {reason}", file=sys.stderr)
+                raise SystemExit(1)
 
     worker = Worker(service.app, loglevel=args.loglevel, quiet=True)
+    # The same graceful stop as an operator's SIGTERM.
+    service.context.stop_worker = lambda: os.kill(os.getpid(), signal.SIGTERM)
     worker.execute_from_commandline()
     return 0  # pragma: no cover - execute_from_commandline exits

@@ -174,6 +174,30 @@ def test_an_unknown_state_format_is_refused_with_a_clear_error() -> None:
         CustomerState.decode(b'[2,"s","c",[1,2,3],[],[],[],null,null,null,null,null,[0,0,0,0]]')
 
 
+def test_a_state_is_written_in_format_3_on_request_and_a_newer_one_is_told_apart() -> None:
+    """Format 3 (for a group that still runs an older build) is format 4 without
+    the positions; a format this build does not know is refused, a newer one as
+    :class:`NewerStateFormat` (the worker stops rather than dead-letter)."""
+    from schemas import codec
+    from scoring.state import NewerStateFormat, StateFormatError
+
+    c = Customer()
+    c.send(purchase(at(1), 3000, order_id="o1"))
+    c.state.positions = {"loyalty.purchases:2": 41}
+    v3 = c.state.encode(3)
+    assert v3.startswith(b"[3,") and b"loyalty.purchases" not in v3
+    decoded = CustomerState.decode(v3)
+    assert decoded.positions == {} and decoded.encode(3) == v3
+    assert codec.loads(decoded.encode()) == [4, *codec.loads(v3)[1:], {}]
+    with pytest.raises(ValueError, match="this build writes"):
+        c.state.encode(5)
+    with pytest.raises(NewerStateFormat, match="written by a newer build"):
+        CustomerState.decode(b'[5,"s","c"]')
+    with pytest.raises(StateFormatError) as refused:
+        CustomerState.decode(b'[0,"s","c"]')
+    assert not isinstance(refused.value, NewerStateFormat)
+
+
 def test_states_written_by_versions_2_and_3_decode_to_the_same_state() -> None:
     """Format 3 changed only the layout of the id maps, format 4 appended the
     input positions (none in a state the core folds): a version-2 state (rows

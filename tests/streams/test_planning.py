@@ -217,6 +217,18 @@ def test_a_too_late_record_at_or_before_the_last_applied_offset_is_a_redelivery(
     assert first.state.positions == {f"loyalty.purchases:{first.tally_delta[0]}": 7}  # not shared
 
 
+def test_the_state_format_written_is_the_setting(service) -> None:
+    """LOYALTY_STATE_WRITE_FORMAT=3 (a rolling upgrade from a build that reads at
+    most format 3): the changes the commit writes are in that format."""
+    plan = service.processor.plan(record(purchase()), now=NOW)
+    [change] = service.processor.planner.changes([plan])
+    assert change.value.startswith(b"[4,")
+    service.context.settings = service.context.settings.model_copy(
+        update={"state_write_format": 3})
+    [change] = service.processor.planner.changes([plan])
+    assert change.value.startswith(b"[3,") and b"loyalty.purchases" not in change.value
+
+
 def test_rows_read_ahead_for_a_batch_are_the_rows_plan_would_read(service) -> None:
     """``read_rows`` reads a batch's rows by (partition, key) in one call per partition;
     a misplaced record with the same key does not shadow the row of the right partition,

@@ -23,7 +23,7 @@ from scoring import fold as fold_module
 from scoring import snapshot as snapshot_module
 from scoring.clock import from_us, to_us
 from scoring.shop import ShopTally
-from scoring.state import CustomerState
+from scoring.state import CustomerState, NewerStateFormat
 from streams import sweep as sweep_module
 from streams.app import LoyaltyService, create_service
 from streams.compat import partition_context
@@ -596,3 +596,24 @@ async def test_the_first_full_scan_of_a_generation_applies_a_changed_policy(
     # the next full scan of the generation re-derives nothing: nothing changed
     again = await h.sweeper.sweep(NOW + timedelta(hours=2))
     assert again.full_scans == PARTITIONS and again.changed == 0
+
+
+async def test_a_state_of_a_newer_format_stops_the_worker_instead_of_failing_each_sweep(
+        hourly: Harness) -> None:
+    """A rolling upgrade's newer build wrote a row (README "Upgrading a running
+    group"): the sweep asks the worker to stop, as the agent does, rather than
+    log the partition's failure at every sweep; the other rows are untouched."""
+    h = hourly
+    keys = monthly_customers(h, 3)
+    before = {k: h.svc.context.customers.get(k) for k in keys}
+    stops: list[int] = []
+    h.svc.context.stop_worker = lambda: stops.append(1)
+    newer = purchase_record("c-newer", "e-newer", "2025-01-05T10:00:00Z").key
+    assert h.svc.context.rows.write(partition_for(newer, PARTITIONS),
+                                    [(newer, b'[5,"s1","c-newer"]')], None)
+    await h.sweeper.sweep(NOW)
+    assert stops == [1] and isinstance(h.svc.context.stop_reason, NewerStateFormat)
+    assert h.svc.context.metrics.internal_errors._value.get() == 0
+    await h.sweeper.sweep(NOW + timedelta(seconds=30))
+    assert stops == [1]  # asked once
+    assert {k: h.svc.context.customers.get(k) for k in keys} == before

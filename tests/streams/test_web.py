@@ -102,6 +102,19 @@ async def test_a_stored_customer_is_served_as_its_snapshot(
     assert status == 404 and body["error"] == "not_found"
 
 
+async def test_a_state_of_a_newer_format_is_a_503_that_says_so(
+        client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker older than the build that wrote a customer's state (a rolling
+    upgrade, README "Upgrading a running group") cannot read it: 503, not 500."""
+    c, svc = client
+    monkeypatch.setattr(svc.context, "tables_ready", lambda: True)
+    key = _store_purchase(svc)
+    assert svc.context.rows.write(partition_for(key, PARTITIONS), [(key, b'[5,"s1","c1"]')], None)
+    status, body = await _get(c, "/customers/s1/c1", **LOCAL)
+    assert status == 503 and body["error"] == "newer_state_format"
+    assert "state format 5" in body["detail"] and "upgraded" in body["detail"]
+
+
 async def test_metrics_are_served_without_a_token(client: Any) -> None:
     c, svc = client
     svc.context.metrics.internal_errors.inc()

@@ -1,0 +1,104 @@
+"""Rolling upgrades: the state format a worker writes, and a worker older than a state (real broker).
+
+README "Upgrading a running group": new workers can write the old format
+until no old worker runs (``LOYALTY_STATE_WRITE_FORMAT``), and a worker that
+meets a state of a newer format stops without dead-lettering or committing
+the input that needed it, so that a newer worker folds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from schemas import codec
+from streams.synthetic import SyntheticRecord
+from streams.topics import CUSTOMERS_TABLE, changelog_topic_name, message_key, partition_for
+from tests.integration.service_harness import ServiceEnv, Worker
+
+SHOP = "upgrade-shop"
+
+
+def purchase(n: int) -> SyntheticRecord:
+    value = codec.dumps({
+        "type": "purchase", "event_id": f"p{n}", "shop_id": SHOP, "customer_id": "c1",
+        "occurred_at": f"2025-06-0{n}T10:00:00Z", "order_id": f"o{n}", "amount": 2_000,
+        "currency": "USD"})
+    return SyntheticRecord(value, message_key(SHOP, "c1"), "purchase")
+
+
+def wait_served(w: Worker, timeout: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        status, body = w.get(f"/customers/{SHOP}/c1")
+        if status == 200:
+            return codec.loads(body)
+        assert time.monotonic() < deadline, w.log_tail()
+        time.sleep(0.5)
+
+
+async def _send(bootstrap: str, topic: str, partition: int, key: bytes, value: bytes) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, value, key=key, partition=partition)
+    finally:
+        await producer.stop()
+
+
+async def _committed(bootstrap: str, group: str) -> dict[tuple[str, int], int]:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return {(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items()}
+
+
+@pytest.mark.slow
+def test_old_format_written_on_request_and_a_newer_state_stops_the_worker(
+        bootstrap: str, tmp_path) -> None:
+    env = ServiceEnv(bootstrap, tmp_path)
+    env.create_topics()
+    settings = env.settings()
+    key = message_key(SHOP, "c1")
+    partition = partition_for(key, settings.partitions)
+    changelog = changelog_topic_name(settings, CUSTOMERS_TABLE)
+    try:
+        # 1. A new worker in a group that still has old ones writes format 3.
+        env.env["LOYALTY_STATE_WRITE_FORMAT"] = "3"
+        old_format = env.worker().start()
+        old_format.wait_ready()
+        env.produce([purchase(1)])
+        assert wait_served(old_format)["purchase_count"] == 1
+        old_format.stop()
+        rows = [m.value for m in env.read_topic(changelog) if m.key == key]
+        assert rows and all(row.startswith(b"[3,") for row in rows), rows
+
+        # 2. A newer build (format 5, as far as this one knows) wrote the state;
+        # this worker restores it and then gets the customer's next purchase.
+        del env.env["LOYALTY_STATE_WRITE_FORMAT"]
+        asyncio.run(_send(bootstrap, changelog, partition, key, b'[5,"upgrade-shop","c1"]'))
+        env.produce([purchase(2)])
+        too_old = env.worker().start()  # an empty data directory: the changelog restores it
+        assert too_old.proc is not None
+        try:
+            status = too_old.proc.wait(120)
+        except Exception:  # noqa: BLE001 - report what the worker did instead
+            pytest.fail(f"the worker did not stop:\n{too_old.log_tail()}")
+        log = too_old.log_path.read_text()
+        assert status != 0
+        assert "state format 5, written by a newer build" in log and "Upgrade it" in log, log[-3000:]
+        assert env.dead_letters() == []
+        purchases = settings.topic_purchases
+        committed = asyncio.run(_committed(bootstrap, env.name)).get((purchases, partition), 0)
+        assert committed <= 1, committed  # the second purchase (offset 1) is left for a newer worker
+    finally:
+        env.stop_all()
