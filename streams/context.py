@@ -123,9 +123,11 @@ class ServiceContext:
         """Stop this worker: it met, at ``where``, a customer state a newer build wrote.
 
         Nothing is dead-lettered and no offset passes the input that needed
-        that state (the caller raises ``exc`` on): once this worker has left
-        the group, a worker of the newer build takes its partitions over and
-        folds that input. Logged as critical, with what to do.
+        that state (the caller goes no further: the agent waits to be
+        cancelled by the stop, the sweep leaves its pass): once this worker has
+        left the group, a worker of the newer build takes its partitions over
+        and folds that input. Logged as critical, with what to do; asked again,
+        does nothing.
         """
         if self.stop_reason is not None:
             return  # already stopping
