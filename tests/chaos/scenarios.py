@@ -388,8 +388,8 @@ def takeover(bootstrap: str, tmp: Path, profile: Profile) -> Outcome:
     The ``too_late`` dead letters must be exactly the records replay rejects so.
     Records a killed worker had folded are redelivered to the survivor, often
     behind more of the customer's events than its remembered ids cover; the
-    positions kept with the states (streams/positions.py) must
-    tell them from late input (README "Duplicates beyond retention").
+    positions kept with the states (streams/positions.py) must tell them from
+    late input (README "Duplicates beyond retention").
     """
     from scoring.replay import fold_lines
 

@@ -5,9 +5,9 @@ offset commit come again, and a busy customer's oldest ones can be months
 and more than :data:`scoring.fold.DEDUP_RECENT_IDS` events behind its newest
 by then: their ids are no longer remembered and the fold takes them for
 ``too_late`` input. The offset each state keeps per input partition
-(streams/positions.py) tells them apart. Here the whole
-input is read again, by a worker with an empty data directory (its states
-restored from the changelog, as after a takeover) and no committed offsets.
+(streams/positions.py) tells them apart. Here the whole input is read
+again, by a worker with an empty data directory (its states restored from
+the changelog, as after a takeover) and no committed offsets.
 """
 
 from __future__ import annotations
