@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from scoring.shop import ShopTally
-from scoring.state import NewerStateFormat, StateCache
+from scoring.state import CustomerState, NewerStateFormat, StateCache
 from streams.clv_models import ClvModels
 from streams.metrics import Metrics
 from streams.publish import Publisher
@@ -85,7 +85,8 @@ class ServiceContext:
     in_flight: set[bytes] = field(default_factory=set)
     #: what the last time sweep did (None before the first one)
     last_sweep: SweepStats | None = None
-    #: starts the worker's graceful stop (set by ``loyalty worker``); None: crash the app
+    #: starts the worker's graceful stop (set by ``loyalty worker``, the only runner of
+    #: the service; None in unit tests, where only ``stop_reason`` is set)
     stop_worker: Callable[[], None] | None = None
     #: why the worker stops on its own (its exit status is then 1)
     stop_reason: BaseException | None = None
@@ -119,6 +120,11 @@ class ServiceContext:
             return []
         return sorted(tp.partition for tp in actives if tp.topic == changelog)
 
+    def encode_state(self, state: CustomerState) -> bytes:
+        """``state`` as its row's bytes, in the format this worker writes
+        (``LOYALTY_STATE_WRITE_FORMAT``): every writer of the customer table encodes here."""
+        return bytes(state.encode(self.settings.state_write_format))
+
     async def stop_for_newer_state(self, exc: NewerStateFormat, where: str) -> None:
         """Stop this worker: it met, at ``where``, a customer state a newer build wrote.
 
@@ -139,10 +145,9 @@ class ServiceContext:
         self.stop_reason = exc
         if self.stop_worker is not None:
             # The operator's SIGTERM path: offsets committed only up to what was
-            # processed, the producer flushed, the local stores kept.
+            # processed, the producer flushed, the local stores kept. (Faust's
+            # app.crash() does not stop the worker process.)
             self.stop_worker()
-        else:
-            await self.app.crash(exc)
 
     def tables_ready(self) -> bool:
         """True when no rebalance or changelog recovery is under way.

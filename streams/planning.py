@@ -264,7 +264,6 @@ class Planner:
     def changes(self, plans: list[Plan]) -> list[Change]:
         """One :class:`Change` per customer of ``plans``, in order of its first change:
         the last state encoded once (``value`` None: erased), the tally deltas merged."""
-        version = self.service.settings.state_write_format
         last: dict[bytes, tuple[int, CustomerState | None, TallyDelta]] = {}
         for plan in plans:
             if plan.tally_delta is None or (plan.state is None and not plan.erase):
@@ -275,7 +274,7 @@ class Planner:
                 delta = before[2].then(delta)
             last[key] = (partition, None if plan.erase else plan.state, delta)
         return [Change(partition, key, None, delta, None) if state is None
-                else Change(partition, key, bytes(state.encode(version)), delta, state.next_due,
+                else Change(partition, key, self.service.encode_state(state), delta, state.next_due,
                             state=state)
                 for key, (partition, state, delta) in last.items()]
 

@@ -554,8 +554,7 @@ class Sweeper:
             outputs.extend((out.topic.get_topic_name(), out.key, out.value, None, None)
                            for out in item.messages)
             svc.metrics.observe_effects(item.effects)
-        version = svc.settings.state_write_format
-        changes = [Change(partition, item.key, bytes(item.outcome.state.encode(version)),
+        changes = [Change(partition, item.key, svc.encode_state(item.outcome.state),
                           delta_for_advance(item.outcome), item.outcome.state.next_due,
                           base=item.raw)
                    for item in work]
