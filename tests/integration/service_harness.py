@@ -321,6 +321,18 @@ def served_snapshots(worker: Worker, keys: Iterable[tuple[str, str]]) -> dict[tu
     return out
 
 
+def fold_and_serve(env: ServiceEnv, worker: Worker, records: list[Any]
+                   ) -> tuple[list[tuple[str, str]], dict[tuple[str, str], Any]]:
+    """Produce ``records``, wait until ``worker`` serves replay's snapshots of them
+    (:func:`wait_equal`), and return the customers' keys and what it serves: the
+    reference a restarted or rebuilt worker must serve again."""
+    env.produce(records)
+    expected = expected_snapshots(env, records)
+    wait_equal(worker, expected)
+    keys = [(s["shop_id"], s["customer_id"]) for s in expected]
+    return keys, served_snapshots(worker, keys)
+
+
 def mismatches(expected: list[dict[str, Any]], served: dict[tuple[str, str], Any]) -> list[str]:
     """Human-readable differences between replay and the service (empty: equal)."""
     diffs = []

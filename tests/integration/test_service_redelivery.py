@@ -24,10 +24,9 @@ from streams.synthetic import SyntheticRecord
 from streams.topics import message_key
 from tests.integration.service_harness import (
     ServiceEnv,
-    expected_snapshots,
+    fold_and_serve,
     metric_sum,
     served_snapshots,
-    wait_equal,
 )
 
 SHOP = "redelivery-shop"
@@ -68,11 +67,7 @@ def test_input_read_again_from_the_start_is_all_duplicates(bootstrap: str, tmp_p
     try:
         first = env.worker().start()
         first.wait_ready()
-        env.produce(records)
-        expected = expected_snapshots(env, records)
-        wait_equal(first, expected)
-        keys = [(s["shop_id"], s["customer_id"]) for s in expected]
-        before = served_snapshots(first, keys)
+        keys, before = fold_and_serve(env, first, records)
         first.stop()
         asyncio.run(_forget_offsets(bootstrap, env.name))  # the worker's group is its app id
 

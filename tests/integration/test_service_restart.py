@@ -14,6 +14,7 @@ from tests.integration.service_harness import (
     LATENESS_DAYS,
     ServiceEnv,
     expected_snapshots,
+    fold_and_serve,
     metric_samples,
     served_snapshots,
     wait_equal,
@@ -31,11 +32,7 @@ def test_service_restart(bootstrap: str, tmp_path) -> None:
     w = env.worker().start()
     try:
         w.wait_ready()
-        env.produce(first)
-        expected_first = expected_snapshots(env, first)
-        wait_equal(w, expected_first)
-        keys = [(s["shop_id"], s["customer_id"]) for s in expected_first]
-        before = served_snapshots(w, keys)
+        keys, before = fold_and_serve(env, w, first)
         w.stop()
         assert w.proc is not None and w.proc.returncode == 0, w.log_tail()
         assert not (w.data_dir / env.name / ".running").exists(), "graceful stop leaves no marker"
