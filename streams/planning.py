@@ -90,13 +90,6 @@ class Plan:
     occurred_at: datetime | None = None
     effects: list[dict[str, Any]] = field(default_factory=list)
 
-    @property
-    def state_write(self) -> tuple[bytes, bytes | None] | None:
-        """``(customer key, encoded new state)`` when the state changed (None: erased)."""
-        if self.tally_delta is None or (self.state is None and not self.erase):
-            return None
-        return (self.tally_delta[1], None if self.erase else bytes(self.state.encode()))
-
 
 @dataclass
 class Settled:

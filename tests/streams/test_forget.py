@@ -24,6 +24,7 @@ from streams import sweep as sweep_module
 from streams.forget import forget_request
 from streams.records import Record
 from streams.topics import CUSTOMERS_TABLE, changelog_topic_name, message_key, partition_for
+from tests.streams.test_planning import state_write
 from tests.streams.test_sweep import NOW, PARTITIONS, Harness, monthly_customers, purchase_record
 
 FORGET_TOPIC = "loyalty.forget"
@@ -130,7 +131,7 @@ async def test_a_forget_request_is_honoured_only_from_the_forget_topic(h: Harnes
                        value=rec.value)
     plan = h.svc.processor.plan(elsewhere, now=NOW)
     assert (plan.status, plan.reason) == ("invalid", "wrong_topic")
-    assert plan.state_write is None
+    assert state_write(h.svc, plan) is None
     # Wrongly keyed on the forget topic: forwarded through the rekey topic, then applied.
     misplaced = Record(topic=FORGET_TOPIC, partition=(rec.partition + 1) % PARTITIONS, offset=3,
                        key=rec.key, value=rec.value)
@@ -140,7 +141,7 @@ async def test_a_forget_request_is_honoured_only_from_the_forget_topic(h: Harnes
     forwarded = Record(topic=out.topic.get_topic_name(), partition=rec.partition, offset=0,
                        key=out.key, value=out.value, headers=tuple(out.headers or ()))
     applied = h.svc.processor.plan(forwarded, now=NOW)
-    assert applied.status == "applied" and applied.state_write == (rec.key, None)
+    assert applied.status == "applied" and state_write(h.svc, applied) == (rec.key, None)
     # ... while a request that entered elsewhere stays refused after a hop, too.
     smuggled = Record(topic=forwarded.topic, partition=rec.partition, offset=1, key=rec.key,
                       value=rec.value,
