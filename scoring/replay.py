@@ -141,6 +141,15 @@ def fit_clv_models(heads: dict[tuple[str, str], Any], as_of_us: int, policies: P
         as_of=from_us(as_of_us).date())
 
 
+def fit_clv_as_of(states: dict[tuple[str, str], CustomerState], as_of_us: int,
+                  policies: PolicyBook, min_customers: int | None = None,
+                  unit_days: int = 7) -> Any:
+    """:func:`fit_clv_models` over each customer's fold as of A (``loyalty clv fit``)."""
+    heads = {key: head_as_of(state, as_of_us, policies.for_shop(key[0]))
+             for key, state in states.items()}
+    return fit_clv_models(heads, as_of_us, policies, min_customers, unit_days)
+
+
 def fit_rfm_models(heads: dict[tuple[str, str], Any], as_of_us: int,
                    min_customers: int | None = None) -> dict[str, Any]:
     """Every shop's RFM cut points as of A (``scoring.rfm.fit``; None: too few buyers).

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from scoring.state import CustomerState, NewerStateFormat
+from scoring.engine import NewerStateFormat, State
 from streams import compat
 from streams.aligned_input import AlignedInput
 from streams.aligned_input import install as install_aligned_input
@@ -88,7 +88,7 @@ class Processor:
         self.load = BusyShare(LOAD_WINDOW_S)
 
     def plan(self, record: Record, *, now: datetime | None = None,
-             overlay: dict[bytes, CustomerState] | None = None, rows: Rows | None = None) -> Plan:
+             overlay: dict[bytes, State] | None = None, rows: Rows | None = None) -> Plan:
         """:meth:`streams.planning.Planner.plan` (reads rows, writes nothing)."""
         return self.planner.plan(record, now=now, overlay=overlay, rows=rows)
 
@@ -133,7 +133,7 @@ class Processor:
         """Process one record end to end. Returns the plan status.
 
         Never raises, with one exception: a customer state of a newer format
-        (:class:`scoring.state.NewerStateFormat`) stops the worker
+        (:class:`scoring.engine.NewerStateFormat`) stops the worker
         (:meth:`ServiceContext.stop_for_newer_state`) and this call waits until
         the stop cancels it, so the record is neither processed nor
         dead-lettered, and neither is the rest of its batch (the aligned input
@@ -229,7 +229,7 @@ class Processor:
         started = time.perf_counter()
         # One clock reading per batch (it only bounds future timestamps, by a day).
         now = datetime.now(UTC)
-        overlay: dict[bytes, CustomerState] = {}
+        overlay: dict[bytes, State] = {}
         planned: list[tuple[Record, Plan]] = []
         failed_at: int | None = None
         # No await from here to the commit: the rows read ahead stay current.

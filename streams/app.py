@@ -11,7 +11,7 @@ several independent services in one process (``memory://`` store).
 State layout (the single source of truth is the changelog):
 
 * ``customers`` table - key ``b"shop|customer"``, value
-  ``CustomerState.encode()`` bytes. One row per customer, so every processed
+  the state's bytes (``scoring.engine``). One row per customer, so every processed
   event makes exactly one changelog write for the customer.
 * ``shop-tallies`` table - key ``b"shop|<partition>"``, value
   ``ShopTally.encode()`` bytes: the per-shop figures of the customers stored
@@ -41,7 +41,7 @@ from typing import Any
 import faust
 
 from schemas.policy import PolicyBook
-from scoring.state import StateCache
+from scoring.engine import PYTHON
 from streams.agent import Processor, register_agents
 from streams.clv_service import ClvService, register_clv
 from streams.compat import (
@@ -241,7 +241,8 @@ def create_service(
         tally_rows=row_store(tallies, settings.partitions),
         publisher=Publisher(app),
         metrics=Metrics(settings.exported_shops),
-        states=StateCache(settings.state_cache_size, head_budget=settings.head_cache_mb << 20),
+        engine=PYTHON,
+        states=PYTHON.state_cache(settings.state_cache_size, settings.head_cache_mb << 20),
     )
     # The sweeper exists even without its timer: the agent tells it about
     # every write, and tests drive it directly.

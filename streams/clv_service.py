@@ -61,6 +61,7 @@ from typing import TYPE_CHECKING, Any
 
 from schemas import codec
 from scoring import rfm
+from scoring.engine import PYTHON, Engine
 from scoring.rfm import RfmModel
 from streams.clv_models import POOLED_PREFIX, ClvModels
 from streams.context import ServiceContext
@@ -102,27 +103,22 @@ def collect_stats(states: Any, now_us: int, policies: Any) -> dict[str, list[tup
     return collect_summaries(states, now_us, policies)[0]
 
 
-def collect_summaries(states: Any, now_us: int, policies: Any) -> tuple[
+def collect_summaries(states: Any, now_us: int, policies: Any, engine: Engine = PYTHON) -> tuple[
         dict[str, list[tuple[int, int, int, int]]], dict[str, list[rfm.Values]]]:
-    """Per shop, each buyer's CLV inputs and RFM values as of ``now_us`` (one pass)."""
-    from scoring.clock import day_of
-    from scoring.snapshot import clv_inputs, head_as_of
-    from scoring.state import CustomerState
-
+    """Per shop, each buyer's CLV inputs and RFM values as of ``now_us`` (one pass
+    over the encoded ``states``, read by ``engine``)."""
     by_shop: dict[str, list[tuple[int, int, int, int]]] = {}
     rfm_by_shop: dict[str, list[rfm.Values]] = {}
     for raw in states:
-        state = CustomerState.decode(raw)
+        state = engine.decode(raw)
         policy = policies.for_shop(state.shop_id)
         # A state finalized past the wall clock (events up to a day ahead are
         # valid) is read as of its own finalized instant.
-        as_of = max(now_us, state.ckpt.t_us or now_us)
-        head = head_as_of(state, as_of, policy)
-        inputs = clv_inputs(head, day_of(as_of))
-        if inputs is not None:
-            by_shop.setdefault(state.shop_id, []).append(inputs)
-            rfm_by_shop.setdefault(state.shop_id, []).append(
-                rfm.values(head, day_of(as_of)))  # type: ignore[arg-type] # a buyer: not None
+        as_of = max(now_us, engine.finalized_until(state) or now_us)
+        summary = engine.buyer_summary(state, as_of, policy)
+        if summary is not None:
+            by_shop.setdefault(state.shop_id, []).append(summary[0])
+            rfm_by_shop.setdefault(state.shop_id, []).append(summary[1])
     return by_shop, rfm_by_shop
 
 
@@ -195,7 +191,7 @@ class ClvService:
                 await asyncio.sleep(0)  # let the agent run between chunks
         loop = asyncio.get_running_loop()
         by_shop, rfm_by_shop = await loop.run_in_executor(None, collect_summaries, rows, now_us,
-                                                          svc.policies)
+                                                          svc.policies, svc.engine)
         fits = await loop.run_in_executor(
             None, fit_all, by_shop, svc.policies, svc.settings.clv_min_customers,
             from_us(now_us).date())

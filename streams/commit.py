@@ -55,8 +55,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from scoring.engine import State
 from scoring.shop import ShopTally
-from scoring.state import CustomerState
 from streams.compat import partition_context
 from streams.context import ServiceContext
 from streams.publish import OutRecord, futures, last_offsets
@@ -81,7 +81,7 @@ class Change:
     #: (the agent, the only writer that never races itself)
     base: bytes | None = None
     #: the live state ``value`` encodes, for the agent's state cache (never written)
-    state: CustomerState | None = None
+    state: State | None = None
 
     @property
     def guarded(self) -> bool:

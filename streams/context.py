@@ -29,8 +29,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from scoring.engine import PYTHON, Engine, NewerStateFormat, State, StateCache
 from scoring.shop import ShopTally
-from scoring.state import CustomerState, NewerStateFormat, StateCache
 from streams.clv_models import ClvModels
 from streams.metrics import Metrics
 from streams.publish import Publisher
@@ -56,7 +56,7 @@ class ServiceContext:
 
     settings: Settings
     app: faust.App
-    #: customer key ``b"shop|customer"`` -> ``CustomerState.encode()`` bytes
+    #: customer key ``b"shop|customer"`` -> the state's bytes (``engine.encode``)
     customers: TableT[bytes, bytes]
     #: tally key ``b"shop|<partition>"`` -> ``ShopTally.encode()`` bytes
     tallies: TableT[bytes, bytes]
@@ -76,8 +76,12 @@ class ServiceContext:
     #: batch publisher over the app's producer (every output and changelog record)
     publisher: Publisher
     metrics: Metrics = field(default_factory=Metrics)
-    #: live states of recently written customers (streams.planning: the agent's cache)
-    states: StateCache = field(default_factory=StateCache)
+    #: the scoring core (scoring.engine): every fold, snapshot, state encoding and
+    #: decoding of the worker goes through it
+    engine: Engine = PYTHON
+    #: live states of recently written customers (streams.planning: the agent's cache);
+    #: by default the engine's with its default bounds
+    states: StateCache = field(default=None)  # type: ignore[assignment]
     #: the CLV models served per shop (filled by streams.clv_service when CLV is enabled;
     #: every change of a shop's served model is reported to the metrics)
     clv_models: ClvModels = field(init=False)
@@ -92,6 +96,8 @@ class ServiceContext:
     stop_reason: BaseException | None = None
 
     def __post_init__(self) -> None:
+        if self.states is None:
+            self.states = self.engine.state_cache(10_000, 0)
         self.clv_models = ClvModels(self.metrics.set_clv)
 
     @property
@@ -120,10 +126,10 @@ class ServiceContext:
             return []
         return sorted(tp.partition for tp in actives if tp.topic == changelog)
 
-    def encode_state(self, state: CustomerState) -> bytes:
+    def encode_state(self, state: State) -> bytes:
         """``state`` as its row's bytes, in the format this worker writes
         (``LOYALTY_STATE_WRITE_FORMAT``): every writer of the customer table encodes here."""
-        return bytes(state.encode(self.settings.state_write_format))
+        return bytes(self.engine.encode(state, self.settings.state_write_format))
 
     async def stop_for_newer_state(self, exc: NewerStateFormat, where: str) -> None:
         """Stop this worker: it met, at ``where``, a customer state a newer build wrote.

@@ -19,7 +19,7 @@ How a customer is forgotten:
    under the customer's key on the compacted scores topic, acknowledged; a
    tombstone in the customers changelog, acknowledged; the row deleted; the
    customer's whole share subtracted from its shop tally
-   (:func:`scoring.fold.forget`); the key dropped from the time sweep's due
+   (the engine's ``forget``, :mod:`scoring.engine`); the key dropped from the time sweep's due
    index. Counted as ``loyalty_events_applied_total{type="forget"}``.
 
 At-least-once: a redelivered (or repeated) request finds no row and writes
@@ -40,8 +40,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from schemas import codec
-from scoring import fold
-from scoring.state import CustomerState
+from scoring.engine import State
 from streams.publish import futures
 from streams.records import Record
 from streams.shops import TallyDelta
@@ -98,7 +97,7 @@ def erasure_refused(service: ServiceContext, record: Record) -> str | None:
 
 
 def plan_erasure(service: ServiceContext, plan: Plan, partition: int, key: bytes,
-                 old: CustomerState | None) -> Plan:
+                 old: State | None) -> Plan:
     """Fill ``plan`` with the erasure of the customer ``key`` whose state is ``old``.
 
     The plan erases (:meth:`streams.planning.Planner.settle` then deletes the
@@ -112,7 +111,7 @@ def plan_erasure(service: ServiceContext, plan: Plan, partition: int, key: bytes
     if old is None:
         plan.status, delta = "duplicate", TallyDelta(None, None)
     else:
-        erasure = fold.forget(old, service.policies.for_shop(old.shop_id))
+        erasure = service.engine.forget(old, service.policies.for_shop(old.shop_id))
         plan.status, delta = "applied", TallyDelta(old.stage, None, erased=erasure.tally)
     plan.erase = True  # Planner.settle: the row deleted, both tombstones
     plan.tally_delta = (partition, key, delta)

@@ -7,7 +7,7 @@ to the others and merges the pages (:func:`merge`, :mod:`streams.web`).
 
 **What is filtered on.** The stage, loyalty type, wallet band and detractor
 status a customer's state holds as of its last event or time sweep (the
-``stage`` and the shop-KPI contribution of :class:`scoring.state.CustomerState`):
+``stage`` and the shop-KPI contribution of a state, :class:`scoring.engine.State`):
 the very figures the funnel and the KPI counts of ``GET /shops/{shop}`` are
 summed from, so ``?stage=at_risk`` lists exactly the customers the funnel
 counts as ``at_risk``. Each item is the customer's snapshot at that same
@@ -39,9 +39,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from schemas.outputs import LIST_FIELDS
+from scoring.engine import State, StateFormatError
 from scoring.shop import C_DET, C_TYPE, C_WALLET, DETRACTOR_STATUSES, LOYALTY_TYPES, WALLET_BANDS
 from scoring.stages import STAGES
-from scoring.state import CustomerState, StateFormatError
 
 if TYPE_CHECKING:
     from streams.context import ServiceContext
@@ -110,7 +110,7 @@ def parse_query(query: Mapping[str, str], names: list[str]) -> Query:
     return Query(filters, limit, after)
 
 
-def dimensions(state: CustomerState) -> dict[str, str | None]:
+def dimensions(state: State) -> dict[str, str | None]:
     """The filterable values of a customer as of its last event or sweep."""
     kpi = state.kpi
     if kpi is None:  # a version-1 state (no KPI contribution yet): no attitude values
@@ -121,7 +121,7 @@ def dimensions(state: CustomerState) -> dict[str, str | None]:
 
 
 def _scan_slice(ctx: ServiceContext, partition: int, prefix: bytes, cursor: bytes, query: Query,
-                found: list[CustomerState]) -> bytes | None:
+                found: list[State]) -> bytes | None:
     """Read rows after ``cursor`` for one slice; the key to resume after, None when done."""
     deadline = time.monotonic() + SLICE_S
     for key in ctx.rows.keys_after(partition, cursor):
@@ -130,7 +130,7 @@ def _scan_slice(ctx: ServiceContext, partition: int, prefix: bytes, cursor: byte
         raw = ctx.rows.get(partition, key)
         if raw is not None:
             try:
-                state = CustomerState.decode(raw)
+                state = ctx.engine.decode(raw)
             except StateFormatError:
                 state = None  # the agent reports unreadable rows; a listing skips them
             if state is not None and all(dimensions(state).get(name) == want
@@ -152,9 +152,9 @@ async def local_page(ctx: ServiceContext, shop_id: str, query: Query) -> tuple[l
     prefix = shop_id.encode() + b"|"
     start = prefix + (query.after.encode() if query.after else b"")
     covered: list[int] = []
-    found: list[CustomerState] = []
+    found: list[State] = []
     for partition in ctx.owned_partitions():
-        mine: list[CustomerState] = []
+        mine: list[State] = []
         cursor: bytes | None = start
         try:
             while cursor is not None:
@@ -168,11 +168,9 @@ async def local_page(ctx: ServiceContext, shop_id: str, query: Query) -> tuple[l
     return covered, [item(ctx, s) for s in found[:query.limit + 1]]
 
 
-def item(ctx: ServiceContext, state: CustomerState) -> dict[str, Any]:
+def item(ctx: ServiceContext, state: State) -> dict[str, Any]:
     """The listed fields of the customer's snapshot as of its last event or sweep."""
-    from scoring.snapshot import snapshot
-
-    snap = snapshot(state, None, ctx.policies.for_shop(state.shop_id),
+    snap = ctx.engine.snapshot(state, None, ctx.policies.for_shop(state.shop_id),
                     ctx.clv_model(state.shop_id))
     return {name: snap[name] for name in LIST_FIELDS}
 

@@ -15,10 +15,10 @@ planning changes nothing. The checks, in this order:
    agent consumes it there, on the right partition); correctly keyed input
    is processed directly, without a hop;
 4. the customer's state: the one planned for an earlier record of the batch,
-   else the live object of :class:`scoring.state.StateCache` when the row
+   else the live object of the engine's state cache (:mod:`scoring.engine`) when the row
    still holds exactly what that object encoded to, else the row decoded
    (rows are read for the whole batch before planning, :meth:`Planner.read_rows`);
-   ``fold.apply``; a changed state brings its effects and tally delta;
+   the engine's ``apply``; a changed state brings its effects and tally delta;
 5. a ``rejected`` outcome goes to the dead letter with the fold's reason,
    except a ``too_late`` record at or before the offset of its partition
    that last changed the state (:func:`streams.positions.redelivered`): that record was
@@ -49,13 +49,11 @@ from typing import Any
 
 from schemas import codec
 from schemas.events import InvalidEvent, parse_event
-from scoring import fold
-from scoring.snapshot import snapshot
-from scoring.state import CustomerState, StateCache
+from scoring.engine import State, StateCache
 from streams.commit import Change
 from streams.context import ServiceContext
 from streams.forget import erasure_refused, plan_erasure
-from streams.positions import at_position, input_source, redelivered
+from streams.positions import input_source, redelivered
 from streams.publish import OutRecord
 from streams.records import ORIGIN_HEADER, Outgoing, Record, dead_letter_record, effect_messages
 from streams.shops import TallyDelta, delta_for_event
@@ -73,7 +71,7 @@ class Plan:
     """Everything one record causes, computed before anything is written."""
 
     #: the new customer state (a live object, not yet encoded) when it changed
-    state: CustomerState | None = None
+    state: State | None = None
     #: the plan erases the customer (right to erasure): its row is deleted
     erase: bool = False
     # (partition, customer key, delta); applied to the tally row at write time,
@@ -142,7 +140,7 @@ class Planner:
         return rows
 
     def plan(self, record: Record, *, now: datetime | None = None,
-             overlay: dict[bytes, CustomerState | None] | None = None,
+             overlay: dict[bytes, State | None] | None = None,
              rows: Rows | None = None) -> Plan:
         """Compute what ``record`` causes. Reads the tables, writes nothing.
 
@@ -184,7 +182,7 @@ class Planner:
 
         policy = svc.policies.for_shop(event.shop_id)
         if overlay is not None and key in overlay:
-            old: CustomerState | None = overlay[key]
+            old: State | None = overlay[key]
         else:
             row = _UNREAD if rows is None else rows.get((record.partition, key), _UNREAD)
             if row is _UNREAD:
@@ -196,7 +194,7 @@ class Planner:
                 return self._reject(record, "wrong_topic", refused)
             return plan_erasure(svc, Plan(event_type=event.type, occurred_at=event.occurred_at),
                                 record.partition, key, old)
-        outcome = fold.apply(old, event, policy)
+        outcome = svc.engine.apply(old, event, policy)
         source = input_source(record)
         if (outcome.status == "rejected" and outcome.reason == "too_late"
                 and redelivered(old, source, record.offset)):
@@ -208,7 +206,7 @@ class Planner:
                         occurred_at=event.occurred_at)
         plan = Plan(event_type=event.type, status=outcome.status, occurred_at=event.occurred_at)
         if outcome.changed:
-            plan.state = at_position(outcome.state, source, record.offset)
+            plan.state = svc.engine.at_position(outcome.state, source, record.offset)
             plan.tally_delta = (record.partition, key,
                                 delta_for_event(outcome, event, policy, old is None))
         plan.effects = list(outcome.effects)
@@ -247,8 +245,8 @@ class Planner:
                 sends.append(Outgoing(svc.scores, change.key, None))
                 continue
             shop = change.state.shop_id
-            snap = snapshot(change.state, None, svc.policies.for_shop(shop), svc.clv_model(shop),
-                            svc.rfm_model(shop))
+            snap = svc.engine.snapshot(change.state, None, svc.policies.for_shop(shop),
+                                       svc.clv_model(shop), svc.rfm_model(shop))
             sends.append(Outgoing(svc.scores, change.key, codec.dumps(snap)))
         outputs = [(out.topic.get_topic_name(), out.key, out.value, out.headers, None)
                    for out in sends]
@@ -257,7 +255,7 @@ class Planner:
     def changes(self, plans: list[Plan]) -> list[Change]:
         """One :class:`Change` per customer of ``plans``, in order of its first change:
         the last state encoded once (``value`` None: erased), the tally deltas merged."""
-        last: dict[bytes, tuple[int, CustomerState | None, TallyDelta]] = {}
+        last: dict[bytes, tuple[int, State | None, TallyDelta]] = {}
         for plan in plans:
             if plan.tally_delta is None or (plan.state is None and not plan.erase):
                 continue

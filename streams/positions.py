@@ -1,13 +1,13 @@
 """Input positions: where a customer's state stands in each input partition.
 
-Each state keeps, per input partition (``"topic:partition"``), the offset of
-the last record that changed it (:attr:`scoring.state.CustomerState.positions`).
-The planner marks every state the fold changes (:func:`at_position`) and asks
-:func:`redelivered` about records the fold rejects as ``too_late``: one at or
-before that offset is a redelivery of a record applied before, whose id the
-state no longer remembers, not late input. Kept apart from the planner so
-that ``loyalty bench --core-only`` marks states as the agent does without
-importing the runtime.
+Each state keeps, per input partition (``"topic:partition"``, :func:`input_source`),
+the offset of the last record that changed it (``positions`` of
+:class:`scoring.engine.State`). The planner marks every state the fold changes
+(the engine's ``at_position``) and asks :func:`redelivered` about records the
+fold rejects as ``too_late``: one at or before that offset is a redelivery of
+a record applied before, whose id the state no longer remembers, not late
+input. Kept apart from the planner so that ``loyalty bench --core-only``
+marks states as the agent does without importing the runtime.
 """
 
 from __future__ import annotations
@@ -15,24 +15,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from scoring.state import CustomerState
+    from scoring.engine import State
     from streams.records import Record
 
 
 def input_source(record: Record) -> str:
-    """The key of ``record``'s partition in :attr:`CustomerState.positions`."""
+    """The key of ``record``'s partition in a state's ``positions``."""
     return f"{record.topic}:{record.partition}"
 
 
-def at_position(state: CustomerState, source: str, offset: int) -> CustomerState:
-    """``state`` (new from the fold, not yet shared) marked as changed by the record at
-    ``offset`` of ``source``; the positions dict is replaced, because earlier
-    states share the old one."""
-    state.positions = {**state.positions, source: offset}
-    return state
-
-
-def redelivered(state: CustomerState | None, source: str, offset: int) -> bool:
+def redelivered(state: State | None, source: str, offset: int) -> bool:
     """Whether a record at or before ``offset`` of ``source`` already changed ``state``.
 
     Sound because every partition's records reach the planner in offset order

@@ -9,7 +9,7 @@ touchpoint) and the rule-v2 KPI sums. It changes in two ways:
   its KPI contribution (:func:`scoring.shop.contribution`, kept in the state as
   of its clock) changed from ``kpi_before`` to ``kpi_after``, and, for an
   accepted feedback event, one answer of class ``cls`` on ``day`` at a touchpoint;
-* exactly, by :func:`recount_contribution` summed over every customer row of
+* exactly, by the engine's ``count_customer`` (:mod:`scoring.engine`) summed over every customer row of
   the partition (the sweep), which repairs any drift left by a crash between
   the state write and the tally write.
 
@@ -36,12 +36,10 @@ from schemas.codec import compact
 from scoring import nps
 from scoring.clock import day_of, to_us
 from scoring.shop import ShopTally
-from scoring.snapshot import head_as_of
 
 if TYPE_CHECKING:
     from schemas.policy import ShopPolicy
-    from scoring.aggregate import Agg
-    from scoring.state import CustomerState
+    from scoring.engine import Outcome
 
 #: How far from the worker's clock ``GET /shops/{shop}?as_of=`` may be: the tallies
 #: hold the present (stages as of the last sweep, every event consumed so far),
@@ -99,7 +97,7 @@ class TallyDelta:
                           steps=(*(self.steps or (self,)), *(later.steps or (later,))))
 
 
-def delta_for_event(outcome: Any, event: Any, policy: ShopPolicy, was_new: bool) -> TallyDelta:
+def delta_for_event(outcome: Outcome, event: Any, policy: ShopPolicy, was_new: bool) -> TallyDelta:
     """The tally change of an applied event (``was_new``: the customer had no row)."""
     feedbacks: tuple[tuple[int, int, str | None], ...] = ()
     if event.type == "feedback" and outcome.status == "applied":
@@ -110,19 +108,10 @@ def delta_for_event(outcome: Any, event: Any, policy: ShopPolicy, was_new: bool)
                       None if was_new else outcome.kpi_before, outcome.kpi_after)
 
 
-def delta_for_advance(outcome: Any) -> TallyDelta:
+def delta_for_advance(outcome: Outcome) -> TallyDelta:
     """The tally change of a time sweep (stage and KPI contribution)."""
     return TallyDelta(outcome.stage_before, outcome.stage_after,
                       kpi_before=outcome.kpi_before, kpi_after=outcome.kpi_after)
-
-
-def recount_contribution(tally: ShopTally, state: CustomerState, policy: ShopPolicy,
-                         head: Agg | None = None) -> None:
-    """Add one customer's whole contribution to ``tally`` (exact recount). ``head``: the
-    state's fold as of its clock under ``policy`` when the caller has it (else re-folded)."""
-    if head is None:
-        head = head_as_of(state, state.clock if state.clock is not None else 0, policy)
-    tally.add_customer(head, state.stage, policy)
 
 
 def update_row(raw: bytes | None, delta: TallyDelta) -> bytes:

@@ -2,10 +2,10 @@
 
 Customers move to ``at_risk``/``lapsed`` or drop out of ``attached`` and points
 expire just because time passes. Every ``settings.sweep_interval_s`` seconds a
-timer calls ``fold.advance(state, now)`` for the customers of the partitions
-this worker *actively* owns whose time has come; changed states are written
-back and their effects (transitions, expiry ledger entries, the new snapshot)
-are published.
+timer calls the engine's ``advance(state, now)`` (:mod:`scoring.engine`) for
+the customers of the partitions this worker *actively* owns whose time has
+come; changed states are written back and their effects (transitions, expiry
+ledger entries, the new snapshot) are published.
 
 **How "now" is defined.** ``now`` is the worker's wall clock in UTC
 (``datetime.now(UTC)``), read once at the start of each sweep and used for
@@ -31,7 +31,7 @@ wall clock. ``SweepStats.advanced_to`` (``/health``) tells how far a sweep
 advanced.
 
 **What is visited when.** ``CustomerState.next_due`` is the earliest instant
-at which time alone changes a state (``fold.advance`` is a no-op before it).
+at which time alone changes a state (``advance`` is a no-op before it).
 Each owned partition gets one of two passes per sweep:
 
 * a *full scan* reads every customer row of the partition in key order. It
@@ -86,8 +86,8 @@ keys in memory nor keeps an iterator open across an ``await``.
 **Cost.** A due pass reads no row unless something is due: the index keeps
 a lower bound of its entries, so a partition with nothing due costs a
 comparison. Otherwise the pass reads the index entries (in budgeted slices)
-and, per due customer, one row, ``fold.advance`` and, if it changed, a
-commit. A full scan costs one decode, ``fold.advance`` and a tally
+and, per due customer, one row, ``advance`` and, if it changed, a
+commit. A full scan costs one decode, ``advance`` and a tally
 contribution per customer, spread over slices (figures in the README's
 Performance section); in the first one of a generation the recount's
 re-fold is also the policy check (above).
@@ -96,7 +96,7 @@ re-fold is also the policy check (above).
 figures were computed by whoever wrote it, under the policy it ran with;
 policies are read at start-up. So the first full scan of a partition in a
 consumer generation (after every start and rebalance) re-derives each
-customer under the running policy (``fold.rederive``: one re-fold of the
+customer under the running policy (``rederive``: one re-fold of the
 open window per customer not held live by the agent, which the tally recount
 then uses instead of its own): a
 customer whose figures differ is advanced and written as if due, with the
@@ -144,12 +144,9 @@ from typing import Any
 
 from schemas import codec
 from schemas.policy import ShopPolicy
-from scoring import fold
-from scoring.aggregate import Agg
 from scoring.clock import day_of, from_us, to_us
+from scoring.engine import NewerStateFormat, Outcome, State
 from scoring.shop import SPEND_WINDOW_DAYS, ShopTally
-from scoring.snapshot import snapshot
-from scoring.state import CustomerState, NewerStateFormat
 from streams import compat
 from streams.commit import Change, Committer
 from streams.compat import partition_context
@@ -159,7 +156,6 @@ from streams.records import Outgoing, effect_messages
 from streams.shops import (
     TallyDelta,
     delta_for_advance,
-    recount_contribution,
 )
 from streams.topics import shop_of, tally_key
 
@@ -229,7 +225,7 @@ class _Work:
 
     key: bytes
     raw: bytes  # the row the advance started from (compare-and-set)
-    outcome: Any  # fold.Outcome
+    outcome: Outcome
     effects: list[dict[str, Any]]
     messages: list[Outgoing]  # effects and the new snapshot
 
@@ -496,9 +492,9 @@ class Sweeper:
                     index.file(key, state.next_due)
                 else:
                     policy = svc.policies.for_shop(state.shop_id)
-                    head, stale = (fold.rederive(state, policy) if run is not None and run.recheck
-                                   else (None, False))
-                    outcome = fold.advance(state, now_us, policy, stale=stale)
+                    head, stale = (svc.engine.rederive(state, policy)
+                                   if run is not None and run.recheck else (None, False))
+                    outcome = svc.engine.advance(state, now_us, policy, stale=stale)
                     if outcome.changed:
                         work.append(self._prepare(key, raw, outcome, policy))
                         if run is not None:
@@ -519,7 +515,7 @@ class Sweeper:
             # is finished only by a slice that did not await.
             await budget.pause()  # let the agent run between slices
 
-    def _prepare(self, key: bytes, raw: bytes, outcome: fold.Outcome,
+    def _prepare(self, key: bytes, raw: bytes, outcome: Outcome,
                  policy: ShopPolicy) -> _Work:
         """Encode what an advanced customer publishes: its effects and new snapshot.
 
@@ -529,7 +525,7 @@ class Sweeper:
         svc = self.service
         effects = list(outcome.effects)
         messages = effect_messages(svc, effects)
-        messages.append(Outgoing(svc.scores, key, codec.dumps(snapshot(
+        messages.append(Outgoing(svc.scores, key, codec.dumps(svc.engine.snapshot(
             outcome.state, None, policy, svc.clv_model(outcome.state.shop_id),
             svc.rfm_model(outcome.state.shop_id)))))
         return _Work(key, raw, outcome, effects, messages)
@@ -591,15 +587,14 @@ class Sweeper:
         budget.restart()
         return done.complete
 
-    def _count(self, run: Recount | None, key: bytes, state: CustomerState,
-               head: Agg | None = None) -> None:
-        """Count one customer's current state into the running recount (``head``: its
-        fold as of its clock under the running policy, if already computed)."""
+    def _count(self, run: Recount | None, key: bytes, state: State, head: Any = None) -> None:
+        """Count one customer's current state into the running recount (``head``: the
+        engine's ``rederive`` under the running policy, if already computed)."""
         if run is None:
             return
         shop = shop_of(key)
         tally = run.acc.get(shop) or ShopTally.empty()
-        recount_contribution(tally, state, self.service.policies.for_shop(shop), head)
+        self.service.engine.count_customer(tally, state, self.service.policies.for_shop(shop), head)
         run.acc[shop] = tally
 
     def _still_owner(self, partition: int) -> bool:

@@ -175,11 +175,11 @@ def register_web(service: ServiceContext) -> None:
             if raw is None:
                 return error(self, 404, "not_found", "unknown customer")
             from scoring.clock import from_us, to_us
-            from scoring.snapshot import AsOfTooEarly, snapshot
-            from scoring.state import CustomerState, NewerStateFormat
+            from scoring.engine import AsOfTooEarly, NewerStateFormat
 
+            engine = service.engine
             try:
-                state = CustomerState.decode(raw)
+                state = engine.decode(raw)
             except NewerStateFormat as exc:
                 return error(self, 503, "newer_state_format",
                              f"{exc}: this worker must be upgraded (README: Upgrading a running group)")
@@ -188,10 +188,11 @@ def register_web(service: ServiceContext) -> None:
                 # current. An instant inside already-finalized history (events
                 # may be up to a day ahead of the clock) reads at its end.
                 as_of = datetime.now(UTC)
-                if state.ckpt.t_us is not None and to_us(as_of) < state.ckpt.t_us:
-                    as_of = from_us(state.ckpt.t_us)
+                finalized = engine.finalized_until(state)
+                if finalized is not None and to_us(as_of) < finalized:
+                    as_of = from_us(finalized)
             try:
-                snap = snapshot(state, as_of, service.policies.for_shop(shop_id),
+                snap = engine.snapshot(state, as_of, service.policies.for_shop(shop_id),
                                 service.clv_model(shop_id), service.rfm_model(shop_id))
             except AsOfTooEarly as exc:
                 return error(self, 400, "as_of_too_early", str(exc))

@@ -6,8 +6,8 @@ the rows in a dict instead of RocksDB:
 
 * per record (:meth:`streams.planning.Planner.plan`): ``parse_event``; the
   customer's state from the batch's earlier records, else through
-  :class:`scoring.state.StateCache` (live states, then kept heads) from the
-  row; ``fold.apply``; a changed state marked with the record's position
+  the engine's state cache (live states, then kept heads) from the row;
+  the engine's ``apply``; a changed state marked with the record's position
   (its type and index stand for topic and offset); every effect encoded;
 * per batch of ``batch_max`` records (:meth:`streams.planning.Planner.settle`
   and the commit's write): per changed customer, its state encoded, the row
@@ -33,17 +33,15 @@ from typing import Any
 from schemas import codec
 from schemas.events import InvalidEvent, parse_event
 from schemas.policy import PolicyBook
-from scoring import fold
-from scoring.snapshot import snapshot
-from scoring.state import CustomerState, StateCache
-from streams.positions import at_position
+from scoring.engine import PYTHON, Engine, State
 from streams.topics import message_key
 
 
 def measure_core(stream: Iterable[tuple[str, bytes, bytes]], *, policies: PolicyBook,
                  batch_max: int, cache_size: int, head_cache_mb: int,
                  now: datetime | None = None,
-                 rows: dict[bytes, bytes] | None = None) -> dict[str, Any]:
+                 rows: dict[bytes, bytes] | None = None,
+                 engine: Engine = PYTHON) -> dict[str, Any]:
     """Fold ``stream`` (``(type, key, value)`` triples) as the agent would; the figures.
 
     Returns ``events``, ``cpu_s``, ``events_per_cpu_s``, ``us_per_event``,
@@ -51,16 +49,17 @@ def measure_core(stream: Iterable[tuple[str, bytes, bytes]], *, policies: Policy
     ``forget`` for erasure requests, which are not folded here) and
     ``state_cache`` (live hits, head hits, misses). Raises nothing for any
     record: invalid input is counted, as the agent dead-letters it. ``rows``
-    (empty by default) receives every customer's encoded state.
+    (empty by default) receives every customer's encoded state. ``engine``: the
+    scoring core measured (:mod:`scoring.engine`).
     """
     records = list(stream)
     now = now or datetime.now(UTC)
     rows = {} if rows is None else rows
-    cache = StateCache(cache_size, head_budget=head_cache_mb << 20)
+    cache = engine.state_cache(cache_size, head_cache_mb << 20)
     statuses: Counter[str] = Counter()
     started = time.process_time()
     for first in range(0, len(records), batch_max):
-        planned: dict[bytes, CustomerState] = {}  # the batch's overlay
+        planned: dict[bytes, State] = {}  # the batch's overlay
         for offset, (topic, _key, value) in enumerate(records[first:first + batch_max], first):
             try:
                 event = parse_event(value, now=now, policies=policies)
@@ -72,20 +71,21 @@ def measure_core(stream: Iterable[tuple[str, bytes, bytes]], *, policies: Policy
                 continue
             key = message_key(event.shop_id, event.customer_id)
             old = planned[key] if key in planned else cache.get(key, rows.get(key))
-            outcome = fold.apply(old, event, policies.for_shop(event.shop_id))
+            outcome = engine.apply(old, event, policies.for_shop(event.shop_id))
             statuses[outcome.status] += 1
             for effect in outcome.effects:
                 codec.dumps(effect)
             if outcome.changed:
-                planned[key] = at_position(outcome.state, topic, offset)
+                planned[key] = engine.at_position(outcome.state, topic, offset)
         for key, state in planned.items():
-            raw = state.encode()
+            raw = engine.encode(state)
             rows[key] = raw
             cache.put(key, raw, state)
-            codec.dumps(snapshot(state, None, policies.for_shop(state.shop_id)))
+            codec.dumps(engine.snapshot(state, None, policies.for_shop(state.shop_id)))
     cpu_s = time.process_time() - started
     events = len(records)
     return {
+        "engine": engine.name,
         "events": events,
         "customers": len(rows),
         "cpu_s": round(cpu_s, 3),

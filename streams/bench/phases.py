@@ -525,12 +525,11 @@ def _expected_snapshot(value: bytes) -> tuple[str, Any]:
     explicitly: the API's default is the wall clock, which keeps moving."""
     from schemas.policy import PolicyBook
     from scoring.clock import rfc3339
-    from scoring.snapshot import snapshot
-    from scoring.state import CustomerState
+    from scoring.engine import PYTHON
 
-    state = CustomerState.decode(value)
+    state = PYTHON.decode(value)
     policy = PolicyBook.load(None).for_shop(state.shop_id)  # the bench runs the default policy
-    return rfc3339(state.clock), codec.loads(codec.dumps(snapshot(state, state.clock, policy)))
+    return rfc3339(state.clock), codec.loads(codec.dumps(PYTHON.snapshot(state, state.clock, policy)))
 
 
 async def recovery(env: BenchEnv, old: WorkerProc, customers: int, timeout_s: float,
@@ -653,7 +652,7 @@ async def population(env: BenchEnv, customers: int, timeout_s: float, seed: int,
 
     from schemas.events import parse_event
     from schemas.policy import PolicyBook
-    from scoring import fold
+    from scoring.engine import PYTHON
     from streams.bench.generator import fast_stream
     from streams.topics import partition_for
 
@@ -664,8 +663,8 @@ async def population(env: BenchEnv, customers: int, timeout_s: float, seed: int,
     def states() -> Iterator[tuple[str, bytes | None, bytes, int | None]]:
         for _typ, key, value in fast_stream(customers, customers, seed=seed):
             event = parse_event(value, now=now, policies=policies)
-            outcome = fold.apply(None, event, policies.for_shop(event.shop_id))
-            yield (env.changelog_topic, key, bytes(outcome.state.encode()),
+            outcome = PYTHON.apply(None, event, policies.for_shop(event.shop_id))
+            yield (env.changelog_topic, key, bytes(PYTHON.encode(outcome.state)),
                    partition_for(key, env.partitions))
 
     await env.produce(states())

@@ -109,8 +109,7 @@ def run(args: argparse.Namespace) -> int:
 def run_fit(args: argparse.Namespace) -> int:
     from schemas.codec import dumps, dumps_pretty
     from scoring.clock import to_us
-    from scoring.replay import fit_clv_models, fold_lines
-    from scoring.snapshot import head_as_of
+    from scoring.replay import fit_clv_as_of, fold_lines
     from streams.commands._inputs import load_policies, open_events, parse_as_of
 
     policies = load_policies("clv fit", args.policy)
@@ -126,9 +125,7 @@ def run_fit(args: argparse.Namespace) -> int:
     unit_days = 7 if args.unit == "weeks" else 1
     fits = None
     if as_of_us is not None:
-        heads = {key: head_as_of(state, as_of_us, policies.for_shop(key[0]))
-                 for key, state in res.states.items()}
-        fits = fit_clv_models(heads, as_of_us, policies, args.min_customers, unit_days)
+        fits = fit_clv_as_of(res.states, as_of_us, policies, args.min_customers, unit_days)
     sys.stdout.buffer.write(dumps_pretty(_fit_report(fits, as_of_us, unit_days, args.min_customers)) + b"\n")
     sys.stderr.buffer.write(dumps({"command": "clv fit", **res.summary()}) + b"\n")
     return 0

@@ -8,8 +8,7 @@ import pytest
 from hypothesis import settings
 
 from schemas.policy import PolicyBook
-from scoring.fold import apply
-from scoring.snapshot import snapshot
+from scoring.engine import PYTHON, Engine
 from tests.core.factory import parse
 
 # CI must be reproducible: the same examples on every run (a failure there is
@@ -21,42 +20,43 @@ if os.environ.get("CI"):
 
 
 class Customer:
-    """Feeds events through the fold the way the service does (state encoded between events)."""
+    """Feeds events through an engine's fold the way the service does (state encoded
+    between events), the reference engine unless told another."""
 
     def __init__(self, policies: PolicyBook | None = None, *, keep_objects: bool = False,
-                 cache: Any = None) -> None:
+                 cache: Any = None, engine: Engine = PYTHON) -> None:
         # keep_objects=False round-trips the state through its encoding after
         # every event, as the service's changelog table does (full re-fold path);
         # True keeps the live object, as replay does (in-order fast path).
-        # ``cache`` (a scoring.state.StateCache) passes every state through it,
+        # ``cache`` (the engine's state cache) passes every state through it,
         # as the service's agent does, instead of either.
         self.keep_objects = keep_objects
         self.cache = cache
+        self.engine = engine
         self.policies = policies or PolicyBook()
         self.state = None
         self.effects: list[dict[str, Any]] = []
         self.outcomes: list[Any] = []
 
     def send(self, *events: bytes) -> Customer:
-        from scoring.state import CustomerState
-
+        engine = self.engine
         for data in events:
             ev = parse(data, self.policies)
-            out = apply(self.state, ev, self.policies.for_shop(ev.shop_id))
+            out = engine.apply(self.state, ev, self.policies.for_shop(ev.shop_id))
             self.outcomes.append(out)
             self.effects.extend(out.effects)
             if not out.changed:
                 continue
             if self.cache is not None:
-                raw = out.state.encode()
+                raw = engine.encode(out.state)
                 self.cache.put(out.state.key.encode(), raw, out.state)
                 self.state = self.cache.get(out.state.key.encode(), raw)
             else:
-                self.state = out.state if self.keep_objects else CustomerState.decode(out.state.encode())
+                self.state = out.state if self.keep_objects else engine.decode(engine.encode(out.state))
         return self
 
     def snap(self, as_of: datetime | None = None) -> dict[str, Any]:
-        return snapshot(self.state, as_of, self.policies.for_shop(self.state.shop_id))
+        return self.engine.snapshot(self.state, as_of, self.policies.for_shop(self.state.shop_id))
 
 
 @pytest.fixture

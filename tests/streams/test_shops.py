@@ -19,17 +19,15 @@ import pytest
 from schemas import codec
 from schemas.events import InvalidEvent, parse_event
 from schemas.policy import PolicyBook
-from scoring import fold
 from scoring.clock import day_of, to_us
+from scoring.engine import PYTHON
 from scoring.replay import fold_lines, snapshots
 from scoring.shop import ShopTally
-from scoring.state import CustomerState
 from streams import synthetic
 from streams.shops import (
     DecodedTallies,
     delta_for_advance,
     delta_for_event,
-    recount_contribution,
     update_row,
 )
 from streams.topics import shop_of, tally_key
@@ -77,18 +75,18 @@ class Service:
         key = f"{event.shop_id}|{event.customer_id}".encode()
         policy = self.policies.for_shop(event.shop_id)
         raw = self.customers.get(key)
-        old = CustomerState.decode(raw) if raw is not None else None
-        outcome = fold.apply(old, event, policy)
+        old = PYTHON.decode(raw) if raw is not None else None
+        outcome = PYTHON.apply(old, event, policy)
         if outcome.changed:
-            self.customers[key] = outcome.state.encode()
+            self.customers[key] = PYTHON.encode(outcome.state)
             self._move(key, delta_for_event(outcome, event, policy, old is None))
         return to_us(event.occurred_at)
 
     def sweep(self, now_us: int) -> None:
         for key, raw in list(self.customers.items()):
-            outcome = fold.advance(CustomerState.decode(raw), now_us, self.policies.for_shop(shop_of(key)))
+            outcome = PYTHON.advance(PYTHON.decode(raw), now_us, self.policies.for_shop(shop_of(key)))
             if outcome.changed:
-                self.customers[key] = outcome.state.encode()
+                self.customers[key] = PYTHON.encode(outcome.state)
                 self._move(key, delta_for_advance(outcome))
 
     def _move(self, key: bytes, delta) -> None:  # noqa: ANN001 - a TallyDelta
@@ -107,7 +105,7 @@ class Service:
         tally = ShopTally.empty()
         for key, raw in self.customers.items():
             if shop_of(key) == shop:
-                recount_contribution(tally, CustomerState.decode(raw), self.policies.for_shop(shop))
+                PYTHON.count_customer(tally, PYTHON.decode(raw), self.policies.for_shop(shop))
         return tally
 
 

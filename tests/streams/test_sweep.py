@@ -90,13 +90,13 @@ class Harness:
         monkeypatch.setattr(ctx, "owned_partitions", lambda: list(range(PARTITIONS)))
         monkeypatch.setattr(ctx, "tables_ready", lambda: True)
         self.recounted = 0
-        recount = sweep_module.recount_contribution
+        recount = ctx.engine.count_customer
 
         def counting(*args: Any) -> None:
             self.recounted += 1
             recount(*args)
 
-        monkeypatch.setattr(sweep_module, "recount_contribution", counting)
+        monkeypatch.setattr(ctx.engine, "count_customer", counting)
 
     @property
     def sweeper(self) -> Any:

@@ -1,0 +1,212 @@
+"""The scoring core's one interface: an :class:`Engine`.
+
+The service (``streams/``) and its tools reach the fold, the snapshot and
+the state format only through an engine; no module of ``streams/`` imports
+:mod:`scoring.fold`, :mod:`scoring.aggregate`, :mod:`scoring.snapshot` or
+:mod:`scoring.state` (``tests/core/test_engine.py`` checks it). That is what
+lets a second engine (native code, ``docs/native-core.md``) replace the
+Python fold without touching the runtime.
+
+A customer's state is a handle the engine gives out (:meth:`Engine.decode`,
+:meth:`Engine.apply`, ...). Callers read only the derived fields of
+:class:`State` and pass the handle back; they never change it. Its bytes
+(:meth:`Engine.encode`) are the changelog's state format, which every engine
+reads and writes identically. A *head* (from :meth:`Engine.rederive`) is
+opaque too: only the engine that made it reads it.
+
+:data:`PYTHON` is the reference engine: :mod:`scoring.fold` and its
+neighbours. Every engine must pass the conformance suite,
+``tests/core/test_engine.py``, with equal bytes: rows, effects, snapshots.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Protocol
+
+from schemas.events import Event
+from schemas.policy import ShopPolicy
+from scoring import fold, rfm
+from scoring import snapshot as _snapshot
+from scoring.clock import day_of
+from scoring.fold import Erasure, Outcome
+from scoring.shop import ShopTally
+from scoring.snapshot import AsOfTooEarly
+from scoring.state import (
+    FORMAT_VERSION,
+    WRITABLE_VERSIONS,
+    CustomerState,
+    NewerStateFormat,
+    StateCache,
+    StateFormatError,
+)
+
+__all__ = [
+    "FORMAT_VERSION", "PYTHON", "WRITABLE_VERSIONS", "AsOfTooEarly", "BuyerSummary", "Engine",
+    "Erasure", "NewerStateFormat", "Outcome", "PythonEngine", "State", "StateCache",
+    "StateFormatError",
+]
+
+#: A buyer's CLV inputs ``(x, t_x_days, T_days, repeat_spend)`` and RFM values as of
+#: an instant (:meth:`Engine.buyer_summary`).
+BuyerSummary = tuple[tuple[int, int, int, int], rfm.Values]
+
+
+class State(Protocol):
+    """What a caller may read of a state handle: its identity and derived fields.
+
+    Every field is as of the state's ``clock`` and was derived under the
+    policy of the engine call that produced the state.
+    """
+
+    @property
+    def shop_id(self) -> str: ...
+    @property
+    def customer_id(self) -> str: ...
+    @property
+    def key(self) -> str: ...
+    #: instant up to which time-driven effects are accounted (None: no event yet)
+    @property
+    def clock(self) -> int | None: ...
+    #: the loyalty stage as of ``clock``
+    @property
+    def stage(self) -> str | None: ...
+    #: earliest instant after ``clock`` at which time alone changes the state
+    @property
+    def next_due(self) -> int | None: ...
+    #: the customer's shop-KPI contribution (:func:`scoring.shop.contribution`;
+    #: None in a format-1 state)
+    @property
+    def kpi(self) -> list[Any] | None: ...
+    #: input partition -> offset of the last record that changed the state
+    @property
+    def positions(self) -> Mapping[str, int]: ...
+
+
+class Engine(Protocol):
+    """The scoring core as the service and the tools use it.
+
+    Every method is pure: it reads its arguments, never changes a state it
+    is given, and keeps nothing between calls except what a returned handle
+    carries (the Python engine's in-memory head). Input that the contract of
+    :mod:`schemas.events` accepts never makes a method raise, except where
+    stated.
+    """
+
+    #: shown in the bench's output and the logs
+    name: str
+
+    def decode(self, raw: bytes) -> State:
+        """The state in ``raw``. Raises :class:`NewerStateFormat` for a format newer
+        than this build's, :class:`StateFormatError` for bytes that are not a state."""
+        ...
+
+    def encode(self, state: State, version: int = FORMAT_VERSION) -> bytes:
+        """The state's bytes in format ``version`` (one of :data:`WRITABLE_VERSIONS`;
+        ValueError for another). Equal states encode to equal bytes."""
+        ...
+
+    def apply(self, state: State | None, event: Event, policy: ShopPolicy) -> Outcome:
+        """Fold one event into ``state`` (None: a new customer); the new state, the
+        effects to publish and the tally's inputs (:class:`scoring.fold.Outcome`)."""
+        ...
+
+    def advance(self, state: State, now_us: int, policy: ShopPolicy, *,
+                stale: bool = False) -> Outcome:
+        """Account for time up to ``now_us``: point expiries and time-driven stage
+        changes (``stale``: as :meth:`rederive` said; see :func:`scoring.fold.advance`)."""
+        ...
+
+    def rederive(self, state: State, policy: ShopPolicy) -> tuple[Any, bool]:
+        """(head, stale): the state's head as of its clock under ``policy`` (opaque,
+        for :meth:`count_customer`; None without events), and whether its derived
+        fields differ from what ``policy`` gives."""
+        ...
+
+    def forget(self, state: State, policy: ShopPolicy) -> Erasure:
+        """The erasure of the customer: the undo of its share in the shop figures."""
+        ...
+
+    def at_position(self, state: State, source: str, offset: int) -> State:
+        """``state``, new from :meth:`apply` and not yet shared, marked as changed by the
+        record at ``offset`` of input partition ``source`` (its ``positions``)."""
+        ...
+
+    def snapshot(self, state: State, as_of: datetime | int | None, policy: ShopPolicy,
+                 clv_model: Any = None, rfm_model: rfm.RfmModel | None = None) -> dict[str, Any]:
+        """The customer snapshot as of ``as_of`` (None: the state's clock). Raises
+        :class:`AsOfTooEarly` for an instant before :meth:`finalized_until`."""
+        ...
+
+    def finalized_until(self, state: State) -> int | None:
+        """The end of the state's finalized history: the earliest instant it can be
+        read as of (None: nothing is finalized)."""
+        ...
+
+    def buyer_summary(self, state: State, as_of_us: int, policy: ShopPolicy) -> BuyerSummary | None:
+        """The customer's CLV inputs and RFM values as of ``as_of_us`` (at or after
+        :meth:`finalized_until`), None if it bought nothing by then."""
+        ...
+
+    def count_customer(self, tally: ShopTally, state: State, policy: ShopPolicy,
+                       head: Any = None) -> None:
+        """Add the customer's whole share (as of its clock) to ``tally``: an exact
+        recount. ``head``: from :meth:`rederive` under ``policy``, if the caller has it."""
+        ...
+
+    def state_cache(self, capacity: int, head_budget: int) -> StateCache:
+        """A bounded cache of this engine's live states, checked against the row's
+        bytes (:class:`scoring.state.StateCache`)."""
+        ...
+
+
+class PythonEngine:
+    """The reference engine: :mod:`scoring.fold`, :mod:`scoring.snapshot` and
+    :mod:`scoring.state`. Its methods are the core's functions themselves (no
+    wrapper on the per-event path)."""
+
+    name = "python"
+    decode = staticmethod(CustomerState.decode)
+    apply = staticmethod(fold.apply)
+    advance = staticmethod(fold.advance)
+    rederive = staticmethod(fold.rederive)
+    forget = staticmethod(fold.forget)
+    snapshot = staticmethod(_snapshot.snapshot)
+
+    @staticmethod
+    def encode(state: CustomerState, version: int = FORMAT_VERSION) -> bytes:
+        return state.encode(version)
+
+    @staticmethod
+    def at_position(state: CustomerState, source: str, offset: int) -> CustomerState:
+        # The dict is replaced, not updated: earlier states share the old one.
+        state.positions = {**state.positions, source: offset}
+        return state
+
+    @staticmethod
+    def finalized_until(state: CustomerState) -> int | None:
+        return state.ckpt.t_us
+
+    @staticmethod
+    def buyer_summary(state: CustomerState, as_of_us: int, policy: ShopPolicy) -> BuyerSummary | None:
+        head = _snapshot.head_as_of(state, as_of_us, policy)
+        inputs = _snapshot.clv_inputs(head, day_of(as_of_us))
+        if inputs is None:
+            return None
+        return inputs, rfm.values(head, day_of(as_of_us))  # type: ignore[return-value] # a buyer
+
+    @staticmethod
+    def count_customer(tally: ShopTally, state: CustomerState, policy: ShopPolicy,
+                       head: Any = None) -> None:
+        if head is None:
+            head = _snapshot.head_as_of(state, state.clock if state.clock is not None else 0, policy)
+        tally.add_customer(head, state.stage, policy)
+
+    @staticmethod
+    def state_cache(capacity: int, head_budget: int) -> StateCache:
+        return StateCache(capacity, head_budget=head_budget)
+
+
+#: The engine every caller uses unless given another.
+PYTHON: Engine = PythonEngine()
