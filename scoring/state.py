@@ -151,7 +151,7 @@ class CustomerState:
                 new.emitted = {row[0]: row[1:] for row in emitted}
         except StateFormatError:
             raise
-        except (ValueError, TypeError, IndexError) as exc:
+        except (ValueError, TypeError, IndexError, KeyError) as exc:
             raise StateFormatError(f"unreadable customer state: {exc}") from None
         return new
 

@@ -1,0 +1,249 @@
+"""The engine conformance suite: what every scoring engine (:mod:`scoring.engine`) does.
+
+Every test runs against each engine of :data:`ENGINES`. The Python fold is
+the reference: where a test compares bytes with an expected value, the value
+comes from the reference engine folding with live objects, the path offline
+replay takes. So a second engine passes only if it writes the reference's
+bytes (rows, effects, snapshots) on every path the service takes: a state
+decoded from its row before every event, a state served by the engine's
+state cache (live tier, kept heads), and a live object.
+
+Also here: the boundary itself. The runtime (``streams/``) reaches the core
+only through the engine, so that an engine can be swapped without touching it.
+"""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from schemas import codec
+from schemas.policy import PolicyBook
+from scoring.clock import day_of, to_us
+from scoring.engine import (
+    FORMAT_VERSION,
+    PYTHON,
+    AsOfTooEarly,
+    Engine,
+    NewerStateFormat,
+    StateFormatError,
+)
+from scoring.shop import ShopTally
+from tests.core.conftest import Customer
+from tests.core.factory import at, parse, purchase, visit
+from tests.core.test_properties import FAST, arrival_order, customer_events
+
+#: Every engine of this build. A new engine is added here and must pass as is.
+ENGINES = [pytest.param(PYTHON, id="python")]
+
+#: Core modules only the engine may import for the runtime.
+BEHIND_THE_ENGINE = ("scoring.fold", "scoring.aggregate", "scoring.snapshot", "scoring.state")
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _imports(path: pathlib.Path) -> set[str]:
+    """Every module ``path`` imports, at any depth (function-level imports too)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def test_the_runtime_reaches_the_core_only_through_the_engine() -> None:
+    modules = sorted((ROOT / "streams").rglob("*.py"))
+    assert len(modules) > 30  # the scan sees the package
+    reached = {str(path.relative_to(ROOT)): sorted(name for name in _imports(path)
+                                                    if name.startswith(BEHIND_THE_ENGINE))
+               for path in modules}
+    assert {path: names for path, names in reached.items() if names} == {}
+
+
+def test_the_scan_sees_function_level_imports(tmp_path: pathlib.Path) -> None:
+    probe = tmp_path / "probe.py"
+    probe.write_text("def f():\n    from scoring import fold\n    from scoring.state import X\n")
+    assert {"scoring.fold", "scoring.state"} <= _imports(probe)
+
+
+def _paths(engine: Engine) -> dict[str, Customer]:
+    """One customer per way the service gets a state to fold onto."""
+    return {
+        "row decoded before every event": Customer(engine=engine),
+        "live object": Customer(engine=engine, keep_objects=True),
+        "state cache, live tier": Customer(engine=engine, cache=engine.state_cache(10, 0)),
+        "state cache, kept heads": Customer(engine=engine, cache=engine.state_cache(0, 1 << 24)),
+    }
+
+
+def _bytes(c: Customer) -> tuple[bytes, list[bytes], list[str], bytes]:
+    """A customer's row, its effects, its outcomes and its snapshot, as bytes."""
+    policy = c.policies.default
+    return (c.engine.encode(c.state), [codec.dumps(e) for e in c.effects],
+            [f"{o.status}:{o.reason}:{o.changed}" for o in c.outcomes],
+            codec.dumps(c.engine.snapshot(c.state, None, policy)))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@FAST
+@given(customer_events(), st.integers(0, 2**32))
+def test_every_path_writes_the_reference_bytes(engine: Engine, events: Any, seed: int) -> None:
+    arrivals = arrival_order(events, seed)
+    want = _bytes(Customer(keep_objects=True).send(*arrivals))
+    for path, customer in _paths(engine).items():
+        assert _bytes(customer.send(*arrivals)) == want, path
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_state_round_trips_through_its_bytes_in_every_writable_format(engine: Engine) -> None:
+    c = Customer(engine=engine).send(purchase(at(0), 1_000, event_id="p1"), visit(at(9)))
+    c.state = engine.at_position(engine.apply(c.state, parse(visit(at(10))), c.policies.default).state,
+                                 "visits:3", 41)
+    raw = engine.encode(c.state)
+    assert raw.startswith(f"[{FORMAT_VERSION},".encode())
+    assert engine.encode(engine.decode(raw)) == raw
+    assert engine.decode(raw).positions == {"visits:3": 41}
+    old = engine.encode(c.state, 3)  # a rolling upgrade's format: no positions
+    assert old.startswith(b"[3,") and engine.decode(old).positions == {}
+    assert engine.encode(engine.decode(old), 3) == old
+    with pytest.raises(ValueError):
+        engine.encode(c.state, FORMAT_VERSION + 1)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("raw", [b"not json", b"", b"5", b"null", b'"4"', b"[]", b"[0]", b'["4"]',
+                                 b"[4]", b'{"v": 4}', b'[4, "shop-1"]'])
+def test_bytes_that_are_no_state_are_a_format_error(engine: Engine, raw: bytes) -> None:
+    with pytest.raises(StateFormatError) as caught:
+        engine.decode(raw)
+    assert not isinstance(caught.value, NewerStateFormat)
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1) | st.floats(allow_nan=False)
+                    | st.text(max_size=5),
+                    lambda inner: st.lists(inner, max_size=16) | st.dictionaries(st.text(max_size=3), inner),
+                    max_leaves=40)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@FAST
+@given(st.sampled_from([1, 2, 3, 4]), st.lists(JSON, max_size=16), st.integers(0, 15))
+def test_a_readable_version_with_any_other_content_is_a_state_or_a_format_error(
+        engine: Engine, version: int, fields: list[Any], keep: int) -> None:
+    """Any JSON after a readable version: decoded (and then encodable), or
+    StateFormatError, never another exception. Half the draws start from a
+    real state's fields, so the decoder gets past its first checks."""
+    real = codec.loads(engine.encode(Customer(engine=engine).send(
+        purchase(at(0), 1_000, event_id="p1"), visit(at(2))).state))
+    raw = codec.dumps([version, *(real[1:1 + keep] if keep % 2 else []), *fields])
+    try:
+        state = engine.decode(raw)
+    except StateFormatError:
+        return
+    engine.encode(state)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_newer_format_is_told_apart_from_a_corrupt_state(engine: Engine) -> None:
+    raw = engine.encode(Customer(engine=engine).send(visit(at(0))).state)
+    newer = f"[{FORMAT_VERSION + 1}".encode() + raw[raw.index(b","):]
+    with pytest.raises(NewerStateFormat):
+        engine.decode(newer)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_nothing_changes_the_state_it_is_given(engine: Engine) -> None:
+    policy = PolicyBook().default
+    raw = engine.encode(Customer(engine=engine).send(purchase(at(0), 1_000, event_id="p1")).state)
+    old = engine.decode(raw)
+    out = engine.apply(old, parse(purchase(at(1), 2_000, event_id="p2")), policy)
+    new = engine.at_position(out.state, "purchases:0", 7)
+    engine.advance(new, to_us(at(400)), policy)
+    engine.forget(old, policy)
+    engine.snapshot(old, to_us(at(30)), policy)
+    engine.count_customer(ShopTally(), old, policy)
+    assert engine.encode(old) == raw and dict(old.positions) == {}
+    assert dict(new.positions) == {"purchases:0": 7}
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@FAST
+@given(customer_events(), st.integers(0, 2**32), st.integers(0, 800))
+def test_advancing_to_an_instant_reads_as_the_snapshot_as_of_it(engine: Engine, events: Any,
+                                                               seed: int, days: int) -> None:
+    policy = PolicyBook().default
+    state = Customer(engine=engine).send(*arrival_order(events, seed)).state
+    when = to_us(events[-1][0] + timedelta(days=days))
+    out = engine.advance(state, when, policy)
+    if out.changed:
+        assert out.state.clock == when
+        assert engine.snapshot(out.state, None, policy) == engine.snapshot(state, when, policy)
+    else:  # nothing was due: the state is handed back as it was
+        assert out.state is state and (state.next_due is None or when < state.next_due)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@FAST
+@given(customer_events(), st.integers(0, 2**32))
+def test_forget_takes_back_exactly_the_customers_count(engine: Engine, events: Any,
+                                                      seed: int) -> None:
+    policy = PolicyBook().default
+    state = Customer(engine=engine).send(*arrival_order(events, seed)).state
+    counted = ShopTally()
+    engine.count_customer(counted, state, policy)
+    assert counted.funnel  # the customer counts somewhere
+    day = day_of(state.clock)
+    assert (counted.merge(engine.forget(state, policy).tally).figures("shop-1", day, policy)
+            == ShopTally().figures("shop-1", day, policy))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_rederive_tells_a_state_of_another_policy_and_its_head_counts_the_same(
+        engine: Engine) -> None:
+    c = Customer(engine=engine).send(purchase(at(0), 5_000, event_id="p1"),
+                                     purchase(at(3), 1_000, event_id="p2"))
+    state = engine.decode(engine.encode(c.state))
+    same, other = PolicyBook().default, PolicyBook({"points_per_unit": "2"}).default
+    head, stale = engine.rederive(state, same)
+    assert head is not None and not stale
+    assert engine.rederive(state, other)[1] is True
+    with_head, without = ShopTally(), ShopTally()
+    engine.count_customer(with_head, state, same, head)
+    engine.count_customer(without, state, same)
+    assert bytes(with_head.encode()) == bytes(without.encode())
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_finalized_history_cannot_be_read_before_its_end(engine: Engine) -> None:
+    policy = PolicyBook().default
+    state = Customer(engine=engine).send(purchase(at(0), 1_000, event_id="p1"),
+                                         purchase(at(30), 2_000, event_id="p2")).state
+    end = engine.finalized_until(state)
+    assert end is not None and to_us(at(0)) <= end < to_us(at(30))
+    assert engine.snapshot(state, end, policy)["as_of"]
+    with pytest.raises(AsOfTooEarly):
+        engine.snapshot(state, end - 1, policy)
+    assert engine.finalized_until(Customer(engine=engine).send(visit(at(0))).state) is None
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_buyers_summary_holds_the_clv_inputs_and_rfm_values(engine: Engine) -> None:
+    policy = PolicyBook().default
+    state = Customer(engine=engine).send(
+        purchase(at(0), 1_000, event_id="p1"), purchase(at(0, hours=2), 500, event_id="p1b"),
+        purchase(at(10), 2_000, event_id="p2"), purchase(at(30), 3_000, event_id="p3")).state
+    # three purchase days: x = 2 repeat days, t_x = 30, T = 40; repeat spend leaves out
+    # the first day's 1 500; RFM: 10 days since the last purchase, 3 days, 6 500 spent
+    assert engine.buyer_summary(state, to_us(at(40)), policy) == ((2, 30, 40, 5_000), (10, 3, 6_500))
+    visitor = Customer(engine=engine).send(visit(at(0)), visit(at(5))).state
+    assert engine.buyer_summary(visitor, to_us(at(40)), policy) is None
+
