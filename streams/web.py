@@ -175,7 +175,7 @@ def register_web(service: ServiceContext) -> None:
             if raw is None:
                 return error(self, 404, "not_found", "unknown customer")
             from scoring.clock import from_us, to_us
-            from scoring.engine import AsOfTooEarly, NewerStateFormat
+            from scoring.engine import AsOfTooEarly, NewerStateFormat, StateFormatError
 
             engine = service.engine
             try:
@@ -183,6 +183,9 @@ def register_web(service: ServiceContext) -> None:
             except NewerStateFormat as exc:
                 return error(self, 503, "newer_state_format",
                              f"{exc}: this worker must be upgraded (README: Upgrading a running group)")
+            except StateFormatError as exc:  # a damaged row: the operator's problem, said plainly
+                log.error("GET /customers/%s/%s: %s", shop_id, customer_id, exc)
+                return error(self, 500, "unreadable_state", str(exc))
             if as_of is None:
                 # Default: now (wall clock), so recency, tenure and windows are
                 # current. An instant inside already-finalized history (events

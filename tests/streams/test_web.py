@@ -115,6 +115,16 @@ async def test_a_state_of_a_newer_format_is_a_503_that_says_so(
     assert "state format 5" in body["detail"] and "upgraded" in body["detail"]
 
 
+async def test_a_damaged_row_is_named_not_a_traceback(client: Any, monkeypatch: Any) -> None:
+    c, svc = client
+    monkeypatch.setattr(svc.context, "tables_ready", lambda: True)
+    key = _store_purchase(svc)
+    assert svc.context.rows.write(partition_for(key, PARTITIONS), [(key, b'{"v": 4}')], None)
+    status, body = await _get(c, "/customers/s1/c1", **LOCAL)
+    assert status == 500 and body["error"] == "unreadable_state"
+    assert "unreadable customer state" in body["detail"]
+
+
 async def test_metrics_are_served_without_a_token(client: Any) -> None:
     c, svc = client
     svc.context.metrics.internal_errors.inc()
