@@ -24,7 +24,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from schemas import codec
+from schemas.events import InvalidEvent
 from schemas.policy import PolicyBook
+from scoring.cdnow import cdnow_events
 from scoring.clock import day_of, to_us
 from scoring.engine import (
     FORMAT_VERSION,
@@ -34,7 +36,9 @@ from scoring.engine import (
     NewerStateFormat,
     StateFormatError,
 )
+from scoring.replay import fold_lines
 from scoring.shop import ShopTally
+from tests.cdnow import CDNOW_PATH
 from tests.core.conftest import Customer
 from tests.core.factory import at, parse, purchase, visit
 from tests.core.test_properties import FAST, arrival_order, customer_events
@@ -46,6 +50,7 @@ ENGINES = [pytest.param(PYTHON, id="python")]
 BEHIND_THE_ENGINE = ("scoring.fold", "scoring.aggregate", "scoring.snapshot", "scoring.state")
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+DATA = pathlib.Path(__file__).resolve().parent / "data"
 
 
 def _imports(path: pathlib.Path) -> set[str]:
@@ -101,6 +106,48 @@ def test_every_path_writes_the_reference_bytes(engine: Engine, events: Any, seed
     want = _bytes(Customer(keep_objects=True).send(*arrivals))
     for path, customer in _paths(engine).items():
         assert _bytes(customer.send(*arrivals)) == want, path
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("path", ["row decoded before every event", "live object",
+                                  "state cache, kept heads"])
+def test_a_real_purchase_log_folds_to_replays_bytes(engine: Engine, path: str) -> None:
+    """The first 4 000 lines of CDNOW (real customers, years of repeat purchases,
+    $0.00 rows the contract rejects), customer by customer, against offline replay."""
+    with CDNOW_PATH.open("rb") as f:
+        lines = [next(f) for _ in range(4_000)]
+    events = list(cdnow_events(lines))
+    want = {f"{shop}|{cust}": PYTHON.encode(state)
+            for (shop, cust), state in fold_lines(events, policies=PolicyBook()).states.items()}
+    customers: dict[str, Customer] = {}
+    for data in events:
+        try:
+            event = parse(data)
+        except InvalidEvent:  # the $0.00 rows: replay skips them too
+            continue
+        key = f"{event.shop_id}|{event.customer_id}"
+        if key not in customers:
+            customers[key] = _paths(engine)[path]
+        customers[key].send(data)
+    assert len(want) > 1_000
+    assert {key: engine.encode(c.state) for key, c in customers.items()} == want
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_format_1_state_folds_on_to_the_reference_bytes(engine: Engine) -> None:
+    """A state of the first format (no detractor or touchpoint slots, no KPI
+    contribution) is upgraded on read and folds on exactly as the reference does."""
+    raw = (DATA / "state_v1_detractor.json").read_bytes()
+    assert raw.startswith(b"[1,")
+    policy = PolicyBook().default
+    event = parse(visit(at(30)))
+    want = PYTHON.apply(PYTHON.decode(raw), event, policy)
+    got = engine.apply(engine.decode(raw), event, policy)
+    assert engine.encode(got.state) == PYTHON.encode(want.state)
+    assert (got.kpi_before, got.kpi_after) == (want.kpi_before, want.kpi_after)
+    assert got.kpi_before is not None  # computed from the old state: the tally moves by it
+    assert (codec.dumps(engine.snapshot(engine.decode(raw), None, policy))
+            == codec.dumps(PYTHON.snapshot(PYTHON.decode(raw), None, policy)))
 
 
 @pytest.mark.parametrize("engine", ENGINES)
