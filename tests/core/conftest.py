@@ -14,6 +14,11 @@ from tests.core.factory import parse
 # CI must be reproducible: the same examples on every run (a failure there is
 # a real regression, not a lucky draw). Locally, exploration stays random so
 # new counterexamples keep being looked for.
+#: Every scoring engine of this build (scoring.engine): the conformance suite
+#: (test_engine.py) and the engine-neutral property tests run against each. A new
+#: engine is added here and must pass as is.
+ENGINES = [pytest.param(PYTHON, id="python")]
+
 settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")

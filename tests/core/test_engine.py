@@ -39,12 +39,9 @@ from scoring.engine import (
 from scoring.replay import fold_lines
 from scoring.shop import ShopTally
 from tests.cdnow import CDNOW_PATH
-from tests.core.conftest import Customer
+from tests.core.conftest import ENGINES, Customer
 from tests.core.factory import at, parse, purchase, visit
 from tests.core.test_properties import FAST, arrival_order, customer_events
-
-#: Every engine of this build. A new engine is added here and must pass as is.
-ENGINES = [pytest.param(PYTHON, id="python")]
 
 #: Core modules only the engine may import for the runtime.
 BEHIND_THE_ENGINE = ("scoring.fold", "scoring.aggregate", "scoring.snapshot", "scoring.state")

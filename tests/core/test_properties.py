@@ -6,13 +6,14 @@ import random
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas.policy import PolicyBook
 from scoring.clock import to_us
-from scoring.fold import advance
-from tests.core.conftest import Customer
+from scoring.engine import Engine
+from tests.core.conftest import ENGINES, Customer
 from tests.core.factory import T0, feedback, purchase, raw, redeem, refund, visit
 
 LATENESS = timedelta(days=7)
@@ -73,11 +74,13 @@ def conserved(snap: dict) -> bool:
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @FAST
 @given(customer_events(), st.integers(0, 2**32))
-def test_any_arrival_order_within_lateness_gives_the_canonical_snapshot(events, seed) -> None:
-    canonical = Customer().send(*[d for _, d in events])
-    shuffled = Customer().send(*arrival_order(events, seed))
+def test_any_arrival_order_within_lateness_gives_the_canonical_snapshot(engine: Engine, events,
+                                                                        seed) -> None:
+    canonical = Customer(engine=engine).send(*[d for _, d in events])
+    shuffled = Customer(engine=engine).send(*arrival_order(events, seed))
     assert all(o.status == "applied" for o in shuffled.outcomes)
     end = events[-1][0] + timedelta(days=1)
     assert shuffled.snap(end) == canonical.snap(end)
@@ -85,9 +88,10 @@ def test_any_arrival_order_within_lateness_gives_the_canonical_snapshot(events, 
     assert ledger_view(shuffled.effects) == ledger_view(canonical.effects)
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @FAST
 @given(customer_events(), st.integers(0, 2**32), st.data())
-def test_duplicates_change_nothing(events, seed, data) -> None:
+def test_duplicates_change_nothing(engine: Engine, events, seed, data) -> None:
     arrivals = arrival_order(events, seed)
     with_dups = list(arrivals)
     for _ in range(data.draw(st.integers(1, 5))):
@@ -95,8 +99,8 @@ def test_duplicates_change_nothing(events, seed, data) -> None:
         first = with_dups.index(arrivals[i])
         j = data.draw(st.integers(first + 1, len(with_dups)))
         with_dups.insert(j, arrivals[i])  # a redelivery, after the original
-    clean = Customer().send(*arrivals)
-    dup = Customer().send(*with_dups)
+    clean = Customer(engine=engine).send(*arrivals)
+    dup = Customer(engine=engine).send(*with_dups)
     end = events[-1][0]
     assert dup.snap(end) == clean.snap(end)
     assert sum(o.status == "applied" for o in dup.outcomes) == len(arrivals)
@@ -148,27 +152,27 @@ def test_state_survives_serialisation(events, seed, probe) -> None:
     assert CustomerState.decode(live.state.encode()).encode() == live.state.encode()
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @FAST
 @given(customer_events(), st.integers(1, 800))
-def test_sweep_publishes_what_a_later_event_would_and_changes_no_snapshot(events, days) -> None:
+def test_sweep_publishes_what_a_later_event_would_and_changes_no_snapshot(engine: Engine, events,
+                                                                         days) -> None:
     policy = PolicyBook().default
-    c = Customer().send(*[d for _, d in events])
+    c = Customer(engine=engine).send(*[d for _, d in events])
     last = events[-1][0]
     now = last + timedelta(days=days)
-    swept = advance(c.state, to_us(now), policy)
+    swept = engine.advance(c.state, to_us(now), policy)
     assert swept.status == "applied"
-    from scoring.snapshot import snapshot
-
     later = now + timedelta(days=1)
-    assert snapshot(swept.state, later, policy) == snapshot(c.state, later, policy)
+    assert engine.snapshot(swept.state, later, policy) == engine.snapshot(c.state, later, policy)
     # a later visit re-derives the same time effects: nothing new but the visit's own
-    c2 = Customer().send(*[d for _, d in events])
+    c2 = Customer(engine=engine).send(*[d for _, d in events])
     c2.state = swept.state
     c2.send(raw("visit", now + timedelta(seconds=1), event_id="late-visit"))
     again = ledger_view(c2.outcomes[-1].effects)
     assert not any(e["kind"] == "ledger" and e["entry"] == "expire" for e in again.values())
     # and a second sweep at the same instant has nothing to do
-    assert advance(swept.state, to_us(now), policy).changed is False
+    assert engine.advance(swept.state, to_us(now), policy).changed is False
 
 
 def test_state_cache_serves_live_objects_only_for_identical_bytes() -> None:
