@@ -35,6 +35,7 @@ from scoring.shop import ShopTally
 from scoring.snapshot import AsOfTooEarly
 from scoring.state import (
     FORMAT_VERSION,
+    READABLE_VERSIONS,
     WRITABLE_VERSIONS,
     CustomerState,
     NewerStateFormat,
@@ -43,9 +44,9 @@ from scoring.state import (
 )
 
 __all__ = [
-    "FORMAT_VERSION", "PYTHON", "WRITABLE_VERSIONS", "AsOfTooEarly", "BuyerSummary", "Engine",
-    "Erasure", "NewerStateFormat", "Outcome", "PythonEngine", "State", "StateCache",
-    "StateFormatError",
+    "FORMAT_VERSION", "PYTHON", "READABLE_VERSIONS", "WRITABLE_VERSIONS", "AsOfTooEarly",
+    "BuyerSummary", "Engine", "Erasure", "NewerStateFormat", "Outcome", "PythonEngine", "State",
+    "StateCache", "StateFormatError",
 ]
 
 #: A buyer's CLV inputs ``(x, t_x_days, T_days, repeat_spend)`` and RFM values as of

@@ -41,7 +41,7 @@ from typing import Any
 import faust
 
 from schemas.policy import PolicyBook
-from scoring.engine import PYTHON
+from scoring.engine import PYTHON, READABLE_VERSIONS
 from streams.agent import Processor, register_agents
 from streams.clv_service import ClvService, register_clv
 from streams.compat import (
@@ -244,6 +244,8 @@ def create_service(
         engine=PYTHON,
         states=PYTHON.state_cache(settings.state_cache_size, settings.head_cache_mb << 20),
     )
+    context.metrics.set_build(_version(), context.engine.name, settings.state_write_format,
+                              READABLE_VERSIONS)
     # The sweeper exists even without its timer: the agent tells it about
     # every write, and tests drive it directly.
     sweeper = Sweeper(context)
@@ -258,3 +260,13 @@ def create_service(
     if web_enabled:
         register_web(context)
     return LoyaltyService(context=context, processor=processor, sweeper=sweeper, clv=clv)
+
+
+def _version() -> str:
+    """The installed package's version ("unknown" when run from a tree not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("loyalty-scorer")
+    except PackageNotFoundError:
+        return "unknown"

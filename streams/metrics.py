@@ -219,6 +219,18 @@ class Metrics:
             "loyalty_clv_fit_degenerate",
             "1 when the shop's own CLV fit is degenerate or did not converge (never served).",
             ["shop"], registry=r)
+        # What this worker runs: one series of value 1 (Prometheus' *_info idiom),
+        # so that a rolling upgrade's state of play can be read off the group.
+        self.build_info = Gauge(
+            "loyalty_build_info",
+            "1, labelled with the worker's version, scoring engine, the state format it "
+            "writes and the formats it reads.",
+            ["version", "engine", "state_format_writes", "state_formats_read"], registry=r)
+
+    def set_build(self, version: str, engine: str, writes: int, reads: Iterable[int]) -> None:
+        """Publish what this worker runs (``loyalty_build_info``); called once at start."""
+        self.build_info.clear()
+        self.build_info.labels(version, engine, str(writes), ",".join(map(str, reads))).set(1)
 
     def observe_processed(self, planned: Sequence[tuple[Record, Plan]], started: float) -> None:
         """Count processed records and their effects, and their processing latency

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import collections
 import time
+from importlib.metadata import version
 
 import pytest
 
 from schemas import codec
+from scoring.engine import FORMAT_VERSION, READABLE_VERSIONS
 from streams import synthetic
 from tests.integration.service_harness import (
     AS_OF,
@@ -63,6 +65,12 @@ def test_service_metrics(bootstrap: str, tmp_path) -> None:
         rekeyed = sum(v for (name, _), v in m.items() if name == "loyalty_rekeyed_total")
         assert rekeyed == misrouted
         assert value("loyalty_internal_errors_total") == 0
+        # What the worker runs, for a rolling upgrade's state of play (README).
+        assert [dict(labels) for (name, labels), v in m.items()
+                if name == "loyalty_build_info" and v == 1] == [{
+                    "version": version("loyalty-scorer"), "engine": "python",
+                    "state_format_writes": str(FORMAT_VERSION),
+                    "state_formats_read": ",".join(map(str, READABLE_VERSIONS))}]
         gaps = sum(v for (name, _), v in m.items() if name == "loyalty_input_offset_gaps_total")
         if gaps == 0:  # re-read records (consumer skips, see agents.find_gap) count again
             assert value("loyalty_processing_seconds_count") == len(records) + misrouted

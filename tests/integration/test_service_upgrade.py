@@ -16,7 +16,7 @@ import pytest
 from schemas import codec
 from streams.synthetic import SyntheticRecord
 from streams.topics import CUSTOMERS_TABLE, changelog_topic_name, message_key, partition_for
-from tests.integration.service_harness import ServiceEnv, Worker
+from tests.integration.service_harness import ServiceEnv, Worker, metric_samples
 
 SHOP = "upgrade-shop"
 
@@ -78,6 +78,10 @@ def test_old_format_written_on_request_and_a_newer_state_stops_the_worker(
         old_format.wait_ready()
         env.produce([purchase(1)])
         assert wait_served(old_format)["purchase_count"] == 1
+        # The operator sees which format each worker writes (README: Upgrading).
+        assert [dict(labels)["state_format_writes"]
+                for (name, labels), v in metric_samples(old_format).items()
+                if name == "loyalty_build_info" and v == 1] == ["3"]
         old_format.stop()
         rows = [m.value for m in env.read_topic(changelog) if m.key == key]
         assert rows and all(row.startswith(b"[3,") for row in rows), rows
