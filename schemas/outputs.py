@@ -152,7 +152,7 @@ class VoidRecord(_Effect):
 Encoding = Literal["utf-8", "base64", "none"]
 #: every reason a record is dead-lettered for (the worker emits no other)
 DEAD_LETTER_REASONS = (*REASONS, "empty", "partition_mismatch", "conflicting_duplicate",
-                       "too_late", "wrong_topic", "internal_error")
+                       "too_late", "wrong_topic", "unreadable_state", "internal_error")
 
 
 class DeadLetter(_Out):
@@ -167,8 +167,9 @@ class DeadLetter(_Out):
         description="why: an invalid event (the event contract's codes), `empty` (no value), "
                     "`partition_mismatch` (a re-keyed record still on the wrong partition), "
                     "`wrong_topic` (a forget request not from the forget topic), a fold "
-                    "rejection (`conflicting_duplicate`, `too_late`, `out_of_range`) or "
-                    "`internal_error`")
+                    "rejection (`conflicting_duplicate`, `too_late`, `out_of_range`), "
+                    "`unreadable_state` (the customer's stored state is damaged: the record "
+                    "is fine, the row needs repair) or `internal_error`")
     detail: str = Field(max_length=4000)
     topic: str = Field(description="where the record first entered (before any rekey hop)")
     partition: int = Field(ge=0)

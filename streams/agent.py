@@ -19,6 +19,9 @@ Failure modes:
   see :meth:`Processor.handle`); if it still fails it is dead-lettered with
   reason ``internal_error`` and a traceback summary, counted, and processing
   continues. The worker never dies of a record and never ``noack``s.
+* A customer row that holds no readable state (damage: a bug or a hand-edited
+  changelog) is not transient: the customer's records are dead-lettered at
+  once with reason ``unreadable_state``, the row stays as it is for repair.
 * A crash anywhere in the commit loses nothing and counts nothing twice
   (:mod:`streams.commit` says what each step boundary means): a record
   redelivered after its state was written is an exact duplicate for the fold.
@@ -36,7 +39,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from scoring.engine import NewerStateFormat, State
+from scoring.engine import NewerStateFormat, State, StateFormatError
 from streams import compat
 from streams.aligned_input import AlignedInput
 from streams.aligned_input import install as install_aligned_input
@@ -170,6 +173,13 @@ class Processor:
                 # Hold the record (and the rest of its batch) until the stop cancels
                 # this task: the aligned input then hands them back unprocessed.
                 await asyncio.Event().wait()
+            except StateFormatError as exc:
+                # A damaged row: retrying reads the same bytes. Its own reason lets
+                # the operator find the row (the record's key) and repair it.
+                self._mark_in_flight(())
+                await self._dead_letter(record, "unreadable_state",
+                                        f"the customer's stored state cannot be read: {exc}")
+                return "invalid"
             except Exception as exc:  # noqa: BLE001 - the worker must survive any record
                 self._mark_in_flight(())
                 if attempt < RETRIES:
@@ -181,7 +191,11 @@ class Processor:
                                 record.partition, record.offset, exc)
                     await asyncio.sleep(RETRY_DELAY_S * (attempt + 1))
                     continue
-                await self._internal_error(record, exc)
+                summary = "".join(traceback.format_exception(exc, limit=6))[-3000:]
+                log.error("internal error on %s[%d]@%d: %s", record.topic, record.partition,
+                          record.offset, summary)
+                self.metrics.internal_errors.inc()
+                await self._dead_letter(record, "internal_error", summary)
         return "internal_error"
 
     async def handle_batch(self, records: list[Record]) -> None:
@@ -271,15 +285,11 @@ class Processor:
         self.service.in_flight.clear()
         self.service.in_flight.update(keys)
 
-    async def _internal_error(self, record: Record, exc: BaseException) -> None:
-        """Dead-letter ``record`` with reason ``internal_error``; never raises."""
-        summary = "".join(traceback.format_exception(exc, limit=6))[-3000:]
-        log.error("internal error on %s[%d]@%d: %s", record.topic, record.partition,
-                  record.offset, summary)
-        self.metrics.internal_errors.inc()
-        self.metrics.invalid_events.labels("internal_error").inc()
+    async def _dead_letter(self, record: Record, reason: str, detail: str) -> None:
+        """Dead-letter ``record``, which could not be processed, with ``reason``; never raises."""
+        self.metrics.invalid_events.labels(reason).inc()
         self.metrics.events_consumed.labels(record.topic, "error").inc()
-        letter = dead_letter_record(record, "internal_error", summary)
+        letter = dead_letter_record(record, reason, detail)
         try:
             sent = await self.service.publisher.publish(
                 [(self.service.dead_letter.get_topic_name(), record.key, letter, None, None)])

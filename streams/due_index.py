@@ -86,8 +86,10 @@ class Recount:
     cursor: bytes | None = None
     held: set[bytes] = field(default_factory=set)
     acc: dict[str, ShopTally] = field(default_factory=dict)
-    #: re-derive every state under the running policy (``fold.rederive``) as it is read
+    #: re-derive every state under the running policy (the engine's ``rederive``) as it is read
     recheck: bool = False
+    #: rows passed over because they hold no readable state (the recount is then not written)
+    unreadable: int = 0
 
     def pending(self, key: bytes) -> bool:
         if key in self.held:

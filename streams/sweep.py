@@ -145,7 +145,7 @@ from typing import Any
 from schemas import codec
 from schemas.policy import ShopPolicy
 from scoring.clock import day_of, from_us, to_us
-from scoring.engine import NewerStateFormat, Outcome, State
+from scoring.engine import NewerStateFormat, Outcome, State, StateFormatError
 from scoring.shop import SPEND_WINDOW_DAYS, ShopTally
 from streams import compat
 from streams.commit import Change, Committer
@@ -399,6 +399,10 @@ class Sweeper:
         if not await self._advance(partition, index, now_us, stats, run, budget,
                                    lambda: self._keys_after(partition, run)):
             return  # rebalanced mid-scan: the index stays incomplete
+        if run.unreadable:
+            log.error("tallies of partition %d not recounted: %d unreadable customer states",
+                      partition, run.unreadable)
+            run.acc.clear()
         ctx_topic = svc.rekey.get_topic_name()
         with partition_context(ctx_topic, partition):
             for shop, tally in run.acc.items():
@@ -481,7 +485,13 @@ class Sweeper:
                 # The live state when the agent has it for these bytes: its
                 # folded head spares the re-fold that counting and advancing
                 # a decoded state need (read only; the cache stays as it was).
-                state = svc.states.peek(key, raw)
+                try:
+                    state = svc.states.peek(key, raw)
+                except StateFormatError as exc:
+                    if isinstance(exc, NewerStateFormat):
+                        raise  # not damage: this worker is too old (sweep() stops it)
+                    self._unreadable(partition, key, exc, index, run)
+                    continue
                 if run is not None:
                     index.rows += 1
                 if key in svc.in_flight:
@@ -514,6 +524,20 @@ class Sweeper:
             # were left to the scan), so the scan reads on from the cursor and
             # is finished only by a slice that did not await.
             await budget.pause()  # let the agent run between slices
+
+    def _unreadable(self, partition: int, key: bytes, exc: StateFormatError, index: DueIndex,
+                    run: Recount | None) -> None:
+        """Pass over a row that holds no readable state, so that one damaged row does
+        not stop the partition's sweep: logged and counted as an internal error,
+        left out of the due index (the next full scan meets it again) and of the
+        tally recount, whose result is then not written (it would drop the
+        customer's share)."""
+        log.error("sweep of partition %d: customer %r has an unreadable state (%s); "
+                  "passed over", partition, key, exc)
+        self.service.metrics.internal_errors.inc()
+        index.due.pop(key, None)
+        if run is not None:
+            run.unreadable += 1
 
     def _prepare(self, key: bytes, raw: bytes, outcome: Outcome,
                  policy: ShopPolicy) -> _Work:

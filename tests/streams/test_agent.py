@@ -98,3 +98,26 @@ async def test_after_batch_is_told_once_per_batch_whatever_its_path(h: Harness) 
     await h.svc.processor.handle_batch([many[0], unreadable])
     # Told after the batch's writes: the rows it wrote are there.
     assert told == [1, 5, 5]
+
+
+async def test_a_damaged_row_costs_its_customers_events_not_the_batch(h: Harness) -> None:
+    """README "Guarantees": an event of a customer whose row no decoder reads is
+    dead-lettered at once with its own reason, not as an internal error (retrying
+    reads the same bytes); the row stays as it was for repair."""
+    from streams.topics import partition_for
+
+    records = [purchase_record(f"c{n}", f"e{n}", "2026-01-05T10:00:00Z", amount=1000,
+                               order_id=f"o{n}", offset=n) for n in range(6)]
+    damaged = records[3]
+    partition = partition_for(damaged.key, h.svc.context.partitions)
+    assert h.svc.context.rows.write(partition, [(damaged.key, b'{"v": 4}')], None)
+    await h.svc.processor.handle_batch(records)
+    assert h.svc.context.customers.get(damaged.key) == b'{"v": 4}'
+    assert all(h.state(r.key).max_ts is not None for r in records if r is not damaged)
+    letters = [codec.loads(s["value"]) for s in h.sent if s["topic"] == "loyalty.dead-letter"]
+    assert [(d["reason"], d["offset"]) for d in letters] == [("unreadable_state", 3)]
+    assert "cannot be read" in letters[0]["detail"]
+    registry = h.svc.context.metrics.registry
+    assert registry.get_sample_value("loyalty_internal_errors_total") == 0
+    assert registry.get_sample_value("loyalty_invalid_events_total",
+                                     {"reason": "unreadable_state"}) == 1

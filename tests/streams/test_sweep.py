@@ -387,6 +387,32 @@ async def test_a_failed_due_pass_is_followed_by_a_full_scan(
     assert (recovered.full_scans, recovered.changed) == (1, 1)  # the failed partition
 
 
+async def test_a_damaged_row_is_passed_over_and_the_partition_still_swept(
+        long_index: Harness) -> None:
+    h = long_index
+    keys = monthly_customers(h)
+    await h.sweeper.sweep(NOW)
+    key, due_at = first_due(h)
+    partition = partition_for(key, PARTITIONS)
+    mine = sum(partition_for(k, PARTITIONS) == partition for k in keys)
+    # A row no decoder reads, sorted before the due customer in the same partition,
+    # and a drifted tally, which a recount without the damaged customer would "repair".
+    damaged = next(k for k in (f"s1|a{i}".encode() for i in range(1000))
+                   if partition_for(k, PARTITIONS) == partition)
+    assert h.svc.context.rows.write(partition, [(damaged, b'{"v": 4}')], None)
+    drifted = ShopTally.decode(h.tally(partition))
+    drifted.move(None, "loyal")
+    h.set_tally(partition, bytes(drifted.encode()))
+    h.rebalance()  # a new generation: every partition is scanned in full, the damaged row too
+    when = from_us(due_at) + timedelta(seconds=1)
+    swept = await h.sweeper.sweep(when)
+    assert swept.full_scans == PARTITIONS and swept.changed == 1  # the due customer, behind it
+    assert h.state(key).clock == to_us(when)
+    assert h.svc.context.metrics.registry.get_sample_value("loyalty_internal_errors_total") == 1
+    assert swept.tallies_repaired == 0  # not recounted: the drift (one customer more) stays
+    assert sum(ShopTally.decode(h.tally(partition)).funnel.values()) == mine + 1
+
+
 async def test_a_key_the_agent_takes_during_the_changelog_ack_is_left_to_the_agent(
         long_index: Harness) -> None:
     h = long_index
