@@ -88,14 +88,15 @@ class State(Protocol):
 class Engine(Protocol):
     """The scoring core as the service and the tools use it.
 
-    Every method is pure: it reads its arguments, never changes a state it
-    is given, and keeps nothing between calls except what a returned handle
-    carries (the Python engine's in-memory head). Input that the contract of
-    :mod:`schemas.events` accepts never makes a method raise, except where
-    stated.
+    Every method but :meth:`at_position` is pure: it reads its arguments,
+    never changes a state it is given, and keeps nothing between calls except
+    what a returned handle carries (the Python engine's in-memory head).
+    :meth:`at_position` marks a state :meth:`apply` has just returned, before
+    anyone else holds it. Input that the contract of :mod:`schemas.events`
+    accepts never makes a method raise, except where stated.
     """
 
-    #: shown in the bench's output and the logs
+    #: shown in ``loyalty bench --core-only`` and ``loyalty_build_info``
     name: str
 
     def decode(self, raw: bytes) -> State:
