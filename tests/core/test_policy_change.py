@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from schemas.policy import PolicyBook
 from scoring import fold
 from scoring.clock import to_us
-from scoring.fold import advance, rederive
-from scoring.state import CustomerState
-from tests.core.conftest import Customer
+from scoring.engine import PYTHON, Engine, State
+from scoring.fold import rederive
+from tests.core.conftest import ENGINES, Customer
 from tests.core.factory import T0, purchase, visit
 from tests.core.test_properties import FAST, arrival_order, customer_events
 
@@ -28,65 +28,71 @@ SHORT_LAPSE = PolicyBook({"lapsed_days": 180})
 DOUBLE_POINTS = PolicyBook({"points_per_unit": "2"})
 
 
-def decoded(state: CustomerState) -> CustomerState:
+def decoded(state: State, engine: Engine = PYTHON) -> State:
     """The state as a new worker reads it from its table: no in-memory head."""
-    return CustomerState.decode(state.encode())
+    return engine.decode(engine.encode(state))
 
 
-def recheck(state: CustomerState, now_us: int, policy: Any) -> Any:
+def recheck(state: State, now_us: int, policy: Any, engine: Engine = PYTHON) -> Any:
     """What the sweep's first full scan does with a row."""
-    return advance(state, now_us, policy, stale=rederive(state, policy)[1])
+    return engine.advance(state, now_us, policy, stale=engine.rederive(state, policy)[1])
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @FAST
 @given(customer_events(), st.integers(0, 2**32), st.integers(0, 800))
-def test_under_the_same_policy_a_recheck_changes_nothing(events, seed, days) -> None:
+def test_under_the_same_policy_a_recheck_changes_nothing(engine: Engine, events, seed,
+                                                         days) -> None:
     policy = PolicyBook().default
-    c = Customer().send(*arrival_order(events, seed))
-    state = decoded(c.state)
-    head, stale = rederive(state, policy)
-    assert not stale and head is not None and head.stage == state.stage
+    c = Customer(engine=engine).send(*arrival_order(events, seed))
+    state = decoded(c.state, engine)
+    head, stale = engine.rederive(state, policy)
+    assert not stale and head is not None
     now = to_us(events[-1][0] + timedelta(days=days))
-    plain, rechecked = advance(state, now, policy), recheck(state, now, policy)
+    plain, rechecked = engine.advance(state, now, policy), recheck(state, now, policy, engine)
     assert rechecked.changed == plain.changed
     assert rechecked.effects == plain.effects
-    assert rechecked.state.encode() == plain.state.encode()
+    assert engine.encode(rechecked.state) == engine.encode(plain.state)
     if plain.changed:  # and once advanced, the advanced state rechecks clean too
-        assert rederive(decoded(plain.state), policy)[1] is False
+        assert engine.rederive(decoded(plain.state, engine), policy)[1] is False
 
 
-def test_a_shorter_lapse_is_published_at_its_own_instant_not_at_the_old_due_one() -> None:
-    old = Customer().send(purchase(T0, 5_000, event_id="p1"))
-    state = decoded(old.state)
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_shorter_lapse_is_published_at_its_own_instant_not_at_the_old_due_one(
+        engine: Engine) -> None:
+    old = Customer(engine=engine).send(purchase(T0, 5_000, event_id="p1"))
+    state = decoded(old.state, engine)
     new_policy = SHORT_LAPSE.default
     now = to_us(T0 + timedelta(days=200))
     # Without a recheck the state's next due instant (the old 365-day lapse) rules.
     assert state.next_due > now
-    assert advance(state, now, new_policy).changed is False
+    assert engine.advance(state, now, new_policy).changed is False
 
-    assert rederive(state, new_policy)[1] is True
-    out = recheck(state, now, new_policy)
+    assert engine.rederive(state, new_policy)[1] is True
+    out = recheck(state, now, new_policy, engine)
     assert out.changed and out.stage_before == "first_purchase" and out.stage_after == "lapsed"
     [transition] = [e for e in out.effects if e["kind"] == "transition"]
     assert (transition["from"], transition["to"]) == ("first_purchase", "lapsed")
     # the midnight after 180 days without a purchase: what the new policy gives from the start
-    fresh = Customer(SHORT_LAPSE).send(purchase(T0, 5_000, event_id="p1"))
-    expected = advance(decoded(fresh.state), now, new_policy)
+    fresh = Customer(SHORT_LAPSE, engine=engine).send(purchase(T0, 5_000, event_id="p1"))
+    expected = engine.advance(decoded(fresh.state, engine), now, new_policy)
     assert out.effects == expected.effects
-    assert out.state.encode() == expected.state.encode()
+    assert engine.encode(out.state) == engine.encode(expected.state)
     # rechecked once, the state holds the new policy's figures: nothing left to do
-    assert rederive(decoded(out.state), new_policy)[1] is False
+    assert engine.rederive(decoded(out.state, engine), new_policy)[1] is False
 
 
-def test_more_points_per_unit_restate_the_open_window_as_a_late_event_would() -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+def test_more_points_per_unit_restate_the_open_window_as_a_late_event_would(
+        engine: Engine) -> None:
     events = [purchase(T0, 5_000, event_id="p1"), visit(T0 + timedelta(days=2), event_id="v1")]
-    state = decoded(Customer().send(*events).state)
+    state = decoded(Customer(engine=engine).send(*events).state, engine)
     new_policy = DOUBLE_POINTS.default
-    out = recheck(state, state.clock, new_policy)
+    out = recheck(state, state.clock, new_policy, engine)
     [earn] = [e for e in out.effects if e["kind"] == "ledger"]
     assert earn["entry"] == "earn" and earn["points"] == 100 and earn["restated"] is True
-    fresh = Customer(DOUBLE_POINTS).send(*events)
-    assert out.state.encode() == decoded(fresh.state).encode()
+    fresh = Customer(DOUBLE_POINTS, engine=engine).send(*events)
+    assert engine.encode(out.state) == engine.encode(decoded(fresh.state, engine))
 
 
 def test_a_live_state_of_this_policy_is_not_re_folded(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -124,11 +124,13 @@ def test_every_dashboard_query_returns_data_from_a_real_worker(bootstrap: str,
         rules = {r["name"]: r for g in groups for r in g["rules"]}
         assert set(rules) == {"LoyaltyConsumerLagGrowing", "LoyaltyWorkerNotReady",
                               "LoyaltyWorkerDown", "LoyaltyDeadLettersRising",
-                              "LoyaltyNoEventsProcessed", "LoyaltyEventLoopStalls"}
+                              "LoyaltyNoEventsProcessed", "LoyaltyEventLoopStalls",
+                              "LoyaltyUpgradeUnfinished"}
         assert all(r["health"] == "ok" for r in rules.values()), rules
-        # The worker is up and ready: these two must not be pending or firing.
+        # The worker is up and ready, and alone: these must not be pending or firing.
         assert rules["LoyaltyWorkerDown"]["state"] == "inactive"
         assert rules["LoyaltyWorkerNotReady"]["state"] == "inactive"
+        assert rules["LoyaltyUpgradeUnfinished"]["state"] == "inactive"
 
         # The Dockerfile's HEALTHCHECK command: healthy against this ready worker,
         # unhealthy where nothing answers.
