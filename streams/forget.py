@@ -97,7 +97,7 @@ def erasure_refused(service: ServiceContext, record: Record) -> str | None:
 
 
 def plan_erasure(service: ServiceContext, plan: Plan, partition: int, key: bytes,
-                 old: State | None) -> Plan:
+                 old: State | None, *, damaged: bool = False) -> Plan:
     """Fill ``plan`` with the erasure of the customer ``key`` whose state is ``old``.
 
     The plan erases (:meth:`streams.planning.Planner.settle` then deletes the
@@ -106,9 +106,17 @@ def plan_erasure(service: ServiceContext, plan: Plan, partition: int, key: bytes
     delta that removes the customer's whole share; the deleted row leaves the
     due index. With no state (already forgotten, or never seen) the tombstones
     are written again and nothing else changes; the status is then
-    ``duplicate``. Reads nothing, writes nothing.
+    ``duplicate``. ``damaged``: the row holds no readable state. It is erased
+    all the same (the way an operator removes such a row), but its share of
+    the shop figures cannot be computed: the tally keeps it until the
+    partition's next full recount (README "Guarantees"). Reads nothing,
+    writes nothing.
     """
-    if old is None:
+    if damaged:
+        log.warning("erasing customer %r, whose stored state is unreadable: its shop figures "
+                    "are corrected by the next full recount of partition %d", key, partition)
+        plan.status, delta = "applied", TallyDelta(None, None)
+    elif old is None:
         plan.status, delta = "duplicate", TallyDelta(None, None)
     else:
         erasure = service.engine.forget(old, service.policies.for_shop(old.shop_id))

@@ -49,7 +49,7 @@ from typing import Any
 
 from schemas import codec
 from schemas.events import InvalidEvent, parse_event
-from scoring.engine import State, StateCache
+from scoring.engine import NewerStateFormat, State, StateCache, StateFormatError
 from streams.commit import Change
 from streams.context import ServiceContext
 from streams.forget import erasure_refused, plan_erasure
@@ -181,19 +181,27 @@ class Planner:
             return plan
 
         policy = svc.policies.for_shop(event.shop_id)
+        forget = event.type == "forget"  # right to erasure: streams/forget.py
+        if forget:
+            refused = erasure_refused(svc, record)
+            if refused is not None:
+                return self._reject(record, "wrong_topic", refused)
+        damaged = False
         if overlay is not None and key in overlay:
             old: State | None = overlay[key]
         else:
             row = _UNREAD if rows is None else rows.get((record.partition, key), _UNREAD)
             if row is _UNREAD:
                 row = svc.rows.get(record.partition, key)
-            old = self.states.get(key, row)
-        if event.type == "forget":  # right to erasure: streams/forget.py
-            refused = erasure_refused(svc, record)
-            if refused is not None:
-                return self._reject(record, "wrong_topic", refused)
+            try:
+                old = self.states.get(key, row)
+            except StateFormatError as exc:
+                if not forget or isinstance(exc, NewerStateFormat):
+                    raise  # Processor.handle: unreadable_state, or the stop for a newer build
+                old, damaged = None, True  # erasing is how a damaged row is removed (README)
+        if forget:
             return plan_erasure(svc, Plan(event_type=event.type, occurred_at=event.occurred_at),
-                                record.partition, key, old)
+                                record.partition, key, old, damaged=damaged)
         outcome = svc.engine.apply(old, event, policy)
         source = input_source(record)
         if (outcome.status == "rejected" and outcome.reason == "too_late"

@@ -115,6 +115,35 @@ async def test_events_after_the_forget_start_a_new_history_even_in_one_batch(
     assert len(h.state(message_key("s1", "c1")).seen) == 1
 
 
+async def test_a_damaged_row_is_removed_by_forgetting_the_customer(h: Harness) -> None:
+    """README "Guarantees": the remedy for a row no decoder reads. Its events are
+    dead-lettered as unreadable_state; a forget request erases it all the same,
+    and the customer's next event starts a new history."""
+    keys = monthly_customers(h, 4)
+    key = keys[2]
+    partition = partition_for(key, PARTITIONS)
+    await h.sweeper.sweep(NOW)  # the full recount counts the customer while it is readable
+    assert h.svc.context.rows.write(partition, [(key, b'{"v": 4}')], None)
+    purchase = purchase_record("c2", "after-damage", "2026-01-07T10:00:00Z", amount=900,
+                               order_id="o-after")
+    await h.svc.processor.handle_batch([purchase])
+    letters = [codec.loads(s["value"]) for s in h.sent if s["topic"] == "loyalty.dead-letter"]
+    assert [d["reason"] for d in letters] == ["unreadable_state"]
+
+    plan = await forget(h, "c2")
+    assert plan.status == "applied"
+    assert h.svc.context.customers.get(key) is None and h.changelog[-1] == (key, None)
+    assert {"topic": "loyalty.scores", "key": key, "value": None} in h.sent
+    await h.svc.processor.handle_batch([purchase])  # a new history, from this event on
+    assert h.state(key).max_ts is not None and len(h.state(key).seen) == 1
+    # Its share could not be taken out at the erasure; the next full recount does it.
+    h.rebalance()
+    stats = await h.sweeper.sweep(NOW + timedelta(seconds=30))
+    assert stats.tallies_repaired == 1
+    h.rebalance()
+    assert (await h.sweeper.sweep(NOW + timedelta(seconds=60))).tallies_repaired == 0
+
+
 async def test_an_invalid_forget_request_is_dead_lettered(h: Harness) -> None:
     rec = forget_record("c1")
     bad = codec.loads(rec.value)
