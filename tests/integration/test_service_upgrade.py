@@ -1,9 +1,11 @@
-"""Rolling upgrades: the state format a worker writes, and a worker older than a state (real broker).
+"""States a worker cannot read (real broker): newer formats, and damaged rows.
 
 README "Upgrading a running group": new workers can write the old format
 until no old worker runs (``LOYALTY_STATE_WRITE_FORMAT``), and a worker that
 meets a state of a newer format stops without dead-lettering or committing
-the input that needed it, so that a newer worker folds it.
+the input that needed it, so that a newer worker folds it. README
+"Guarantees": a damaged row is not a newer format; it costs its customer's
+events (``unreadable_state``) until it is forgotten.
 """
 
 from __future__ import annotations
@@ -104,5 +106,52 @@ def test_old_format_written_on_request_and_a_newer_state_stops_the_worker(
         purchases = settings.topic_purchases
         committed = asyncio.run(_committed(bootstrap, env.name)).get((purchases, partition), 0)
         assert committed <= 1, committed  # the second purchase (offset 1) is left for a newer worker
+    finally:
+        env.stop_all()
+
+
+@pytest.mark.slow
+def test_a_damaged_row_costs_its_customer_and_forgetting_it_removes_it(
+        bootstrap: str, tmp_path) -> None:
+    """README "Guarantees", on the real broker: a changelog record that holds no
+    readable state (a bug or a hand edit) is restored by a fresh worker; the
+    customer's next event is dead-lettered as ``unreadable_state`` while the
+    worker keeps serving; ``loyalty forget`` removes the row and the customer's
+    next event starts a new history."""
+    import os
+    import subprocess
+
+    from tests.integration.service_harness import LOYALTY, REPO
+
+    env = ServiceEnv(bootstrap, tmp_path)
+    env.create_topics()
+    settings = env.settings()
+    key = message_key(SHOP, "c1")
+    partition = partition_for(key, settings.partitions)
+    changelog = changelog_topic_name(settings, CUSTOMERS_TABLE)
+    asyncio.run(_send(bootstrap, changelog, partition, key, b'{"v": 4}'))
+    env.produce([purchase(1)])
+    w = env.worker().start()  # restores the damaged row from the changelog
+    try:
+        w.wait_ready()
+        deadline = time.monotonic() + 60
+        while not (letters := env.dead_letters()):
+            assert time.monotonic() < deadline, w.log_tail()
+            time.sleep(0.5)
+        assert [(d["reason"], d["offset"]) for d in letters] == [("unreadable_state", 0)]
+        status, body = w.get(f"/customers/{SHOP}/c1")
+        assert status == 500 and codec.loads(body)["error"] == "unreadable_state"
+
+        cli = subprocess.run([*LOYALTY, "forget", SHOP, "c1"], cwd=REPO, capture_output=True,
+                             env={**os.environ, **env.env}, timeout=60, text=True)
+        assert cli.returncode == 0, cli.stderr
+        deadline = time.monotonic() + 60
+        while w.get(f"/customers/{SHOP}/c1")[0] != 404:
+            assert time.monotonic() < deadline, w.log_tail()
+            time.sleep(0.5)
+        env.produce([purchase(2)])
+        assert wait_served(w)["purchase_count"] == 1  # a new history, from this event on
+        assert [d["reason"] for d in env.dead_letters()] == ["unreadable_state"]
+        w._check_alive()
     finally:
         env.stop_all()
