@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 
@@ -52,6 +53,16 @@ async def _send(bootstrap: str, topic: str, partition: int, key: bytes, value: b
         await producer.stop()
 
 
+def _env(bootstrap: str, tmp_path: Any) -> tuple[ServiceEnv, bytes, int, str]:
+    """A service environment with its topics, and c1's key, partition and changelog."""
+    env = ServiceEnv(bootstrap, tmp_path)
+    env.create_topics()
+    settings = env.settings()
+    key = message_key(SHOP, "c1")
+    return (env, key, partition_for(key, settings.partitions),
+            changelog_topic_name(settings, CUSTOMERS_TABLE))
+
+
 async def _committed(bootstrap: str, group: str) -> dict[tuple[str, int], int]:
     from aiokafka.admin import AIOKafkaAdminClient
 
@@ -67,12 +78,8 @@ async def _committed(bootstrap: str, group: str) -> dict[tuple[str, int], int]:
 @pytest.mark.slow
 def test_old_format_written_on_request_and_a_newer_state_stops_the_worker(
         bootstrap: str, tmp_path) -> None:
-    env = ServiceEnv(bootstrap, tmp_path)
-    env.create_topics()
+    env, key, partition, changelog = _env(bootstrap, tmp_path)
     settings = env.settings()
-    key = message_key(SHOP, "c1")
-    partition = partition_for(key, settings.partitions)
-    changelog = changelog_topic_name(settings, CUSTOMERS_TABLE)
     try:
         # 1. A new worker in a group that still has old ones writes format 3.
         env.env["LOYALTY_STATE_WRITE_FORMAT"] = "3"
@@ -123,12 +130,7 @@ def test_a_damaged_row_costs_its_customer_and_forgetting_it_removes_it(
 
     from tests.integration.service_harness import LOYALTY, REPO
 
-    env = ServiceEnv(bootstrap, tmp_path)
-    env.create_topics()
-    settings = env.settings()
-    key = message_key(SHOP, "c1")
-    partition = partition_for(key, settings.partitions)
-    changelog = changelog_topic_name(settings, CUSTOMERS_TABLE)
+    env, key, partition, changelog = _env(bootstrap, tmp_path)
     asyncio.run(_send(bootstrap, changelog, partition, key, b'{"v": 4}'))
     env.produce([purchase(1)])
     w = env.worker().start()  # restores the damaged row from the changelog
