@@ -143,6 +143,8 @@ def test_a_damaged_row_costs_its_customer_and_forgetting_it_removes_it(
         assert [(d["reason"], d["offset"]) for d in letters] == [("unreadable_state", 0)]
         status, body = w.get(f"/customers/{SHOP}/c1")
         assert status == 500 and codec.loads(body)["error"] == "unreadable_state"
+        status, body = w.get(f"/shops/{SHOP}/customers")  # the listing leaves it out
+        assert status == 200 and codec.loads(body)["items"] == [], body
 
         cli = subprocess.run([*LOYALTY, "forget", SHOP, "c1"], cwd=REPO, capture_output=True,
                              env={**os.environ, **env.env}, timeout=60, text=True)
