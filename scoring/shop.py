@@ -85,6 +85,11 @@ def _ratio(num: int, den: int) -> float | None:
     return None if den == 0 else float(round(Fraction(num, den), 4))
 
 
+class TallyFormatError(ValueError):
+    """The bytes are not a shop tally row this code can read (damage: tallies are
+    derived data, rebuilt exactly by a recount of the customer rows)."""
+
+
 class ShopTally:
     """A mergeable count of a shop's figures (see the module); encodes to one JSON row.
 
@@ -337,14 +342,28 @@ class ShopTally:
         which the next full recount fills."""
         if not data:
             return cls()
-        raw = loads(data)
+        try:
+            return cls._decode(loads(data))
+        except (ValueError, TypeError, KeyError, IndexError) as exc:
+            raise TallyFormatError(f"unreadable shop tally: {exc!r}") from None
+
+    @classmethod
+    def _decode(cls, raw: Any) -> ShopTally:
         funnel, nps_all, days = raw[:3]
+        # The containers' types, checked once here (cheap), so that a damaged row
+        # fails at its decoding and not in a later merge or figure.
+        if not (isinstance(funnel, dict) and isinstance(nps_all, list) and len(nps_all) == 3
+                and isinstance(days, list)):
+            raise TypeError("funnel, NPS counts or NPS days of the wrong shape")
         out = cls()
         out.funnel, out.nps_all = funnel, nps_all
         out.nps_days = {row[0]: row for row in days}
         if len(raw) > 3:
             (tps, out.buyers, out.repeaters, out.types, out.wallets, out.detractors, spend_sum,
              count_sum, spend_days) = raw[3:]
+            if not (isinstance(out.buyers, int) and isinstance(out.repeaters, int)
+                    and all(isinstance(d, dict) for d in (out.types, out.wallets, out.detractors))):
+                raise TypeError("KPI counts of the wrong shape")
             out.nps_tp = {row[0]: row[1:] for row in tps}
             if isinstance(spend_sum, int):
                 out.spend_sum, out.count_sum = spend_sum, count_sum

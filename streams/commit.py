@@ -56,7 +56,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from scoring.engine import State
-from scoring.shop import ShopTally
+from scoring.shop import ShopTally, TallyFormatError
 from streams.compat import partition_context
 from streams.context import ServiceContext
 from streams.publish import OutRecord, futures, last_offsets
@@ -289,7 +289,14 @@ class Committer:
             entry = read.get(slot)
             if entry is None:
                 raw = self._read_tally(slot)
-                entry = read[slot] = (raw, self.tallies_kept.take(slot, raw))
+                try:
+                    tally = self.tallies_kept.take(slot, raw)
+                except TallyFormatError as exc:
+                    # Derived data: count from empty now, the recount it asks for
+                    # rewrites the row exactly. The states are not held back by it.
+                    self.ctx.tally_unreadable(slot[0], slot[1], exc)
+                    tally = ShopTally.empty()
+                entry = read[slot] = (raw, tally)
             change.delta.apply(entry[1])
         return {slot: (raw, bytes(tally.encode()), tally) for slot, (raw, tally) in read.items()}
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from scoring.engine import PYTHON, Engine, NewerStateFormat, State, StateCache
-from scoring.shop import ShopTally
+from scoring.shop import ShopTally, TallyFormatError
 from streams.clv_models import ClvModels
 from streams.metrics import Metrics
 from streams.publish import Publisher
@@ -87,6 +87,9 @@ class ServiceContext:
     clv_models: ClvModels = field(init=False)
     #: customer keys whose outputs the agent is waiting for (mutated in place)
     in_flight: set[bytes] = field(default_factory=set)
+    #: partitions with a tally row no decoder reads: the sweep recounts them next
+    #: (:meth:`tally_unreadable`; mutated in place)
+    tallies_to_recount: set[int] = field(default_factory=set)
     #: what the last time sweep did (None before the first one)
     last_sweep: SweepStats | None = None
     #: starts the worker's graceful stop (set by ``loyalty worker``, the only runner of
@@ -172,11 +175,37 @@ class ServiceContext:
     def local_tally(self, shop_id: str) -> tuple[list[int], ShopTally]:
         """Merge this worker's tallies of ``shop_id`` over its owned partitions.
 
-        Returns ``(owned partitions, merged tally)``; partitions without a row
-        for the shop contribute nothing.
+        Returns ``(partitions merged, merged tally)``; partitions without a row
+        for the shop contribute nothing. A partition whose row cannot be read
+        is left out (callers answer for it as for a partition without an owner)
+        until the sweep's recount has rewritten it (:meth:`tally_unreadable`).
         """
-        owned = self.owned_partitions()
-        return owned, ShopTally.merged(self.shop_tally_rows(shop_id, owned))
+        return self.merge_tally_rows(shop_id, self.owned_partitions())
+
+    def merge_tally_rows(self, shop_id: str, partitions: Iterable[int]) -> tuple[list[int], ShopTally]:
+        """``(partitions read, their merged tally)`` of ``shop_id``'s rows in ``partitions``;
+        an unreadable row is left out and reported (:meth:`tally_unreadable`)."""
+        merged, total = [], ShopTally.empty()
+        for partition in partitions:
+            raw = self.tallies.get(tally_key(shop_id, partition))
+            try:
+                row = ShopTally.decode(raw)
+            except TallyFormatError as exc:
+                self.tally_unreadable(partition, tally_key(shop_id, partition), exc)
+                continue
+            merged.append(partition)
+            if raw:
+                total = total.merge(row)
+        return merged, total
+
+    def tally_unreadable(self, partition: int, key: bytes, exc: TallyFormatError) -> None:
+        """A shop tally row that no decoder reads (damage). Tallies are derived data: the
+        partition's next sweep is a full scan, whose recount rewrites the row exactly.
+        Logged and counted as an internal error."""
+        log.error("shop tally %r of partition %d is unreadable (%s): recounted by the next "
+                  "time sweep", key, partition, exc)
+        self.metrics.internal_errors.inc()
+        self.tallies_to_recount.add(partition)
 
     def shop_tally_rows(self, shop_id: str, partitions: Iterable[int]) -> list[bytes | None]:
         """The encoded tally rows of ``shop_id`` in ``partitions`` (None: no row)."""

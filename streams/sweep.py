@@ -146,7 +146,7 @@ from schemas import codec
 from schemas.policy import ShopPolicy
 from scoring.clock import day_of, from_us, to_us
 from scoring.engine import NewerStateFormat, Outcome, State, StateFormatError
-from scoring.shop import SPEND_WINDOW_DAYS, ShopTally
+from scoring.shop import SPEND_WINDOW_DAYS, ShopTally, TallyFormatError
 from streams import compat
 from streams.commit import Change, Committer
 from streams.compat import partition_context
@@ -248,7 +248,7 @@ def _same_tally(a: bytes, b: bytes, today: int | None = None,
                 if (any(v) if isinstance(v, list | tuple) else v)}
 
     def norm(raw: bytes) -> tuple[Any, ...]:
-        t = ShopTally.decode(raw)
+        t = ShopTally.decode(raw)  # TallyFormatError for a damaged row: not the same
         return (nz(t.funnel), list(t.nps_all),
                 nz({int(d): r[1:] for d, r in t.nps_days.items() if int(d) > lo_nps}),
                 nz(t.nps_tp), t.buyers, t.repeaters, nz(t.types), nz(t.wallets),
@@ -256,7 +256,10 @@ def _same_tally(a: bytes, b: bytes, today: int | None = None,
                 nz({int(d): r[1:] for d, r in t.spend_days.items()
                     if int(d) > lo_spend}))
 
-    return norm(a) == norm(b)
+    try:
+        return norm(a) == norm(b)
+    except TallyFormatError:
+        return False  # a damaged row is never the recount's: it is rewritten
 
 
 class Sweeper:
@@ -351,7 +354,9 @@ class Sweeper:
                 await asyncio.sleep(0)  # partitions are slices too
                 try:
                     index = self._index.get(partition)
-                    if index is None or not index.complete or wall_us >= index.horizon_us:
+                    if (index is None or not index.complete or wall_us >= index.horizon_us
+                            or partition in self.service.tallies_to_recount):
+                        self.service.tallies_to_recount.discard(partition)
                         await self._full_scan(partition, now_us, wall_us, stats)
                     else:
                         await self._due_pass(partition, index, now_us, stats)
@@ -659,7 +664,10 @@ class Sweeper:
                 signature = hash((today, tuple(owned), tuple(raws)))
                 if self._published.get(shop) == signature:
                     continue
-                figures = ShopTally.merged(raws).figures(shop, today, svc.policies.for_shop(shop))
+                merged, tally = svc.merge_tally_rows(shop, owned)
+                if merged != owned:
+                    continue  # a damaged row, recounted by the next sweep: then published
+                figures = tally.figures(shop, today, svc.policies.for_shop(shop))
                 svc.metrics.set_shop_figures(shop, figures)
                 self._published[shop] = signature
             except Exception:  # noqa: BLE001 - gauges are best effort

@@ -251,10 +251,15 @@ def register_web(service: ServiceContext) -> None:
     def unavailable(view: View, covered: set[int]) -> Any:
         """503 when some partition has no reachable owner, else None."""
         missing = sorted(set(range(service.partitions)) - covered)
-        if missing:
+        if not missing:
+            return None
+        recounting = sorted(set(missing) & service.tallies_to_recount)
+        if recounting:  # this worker owns them: a damaged tally row (ServiceContext.tally_unreadable)
             return error(view, 503, "partitions_unavailable",
-                         f"no reachable owner for partitions {missing}; retry shortly")
-        return None
+                         f"the shop figures of partitions {recounting} are being recounted "
+                         "(a tally row could not be read); retry after the next time sweep")
+        return error(view, 503, "partitions_unavailable",
+                     f"no reachable owner for partitions {missing}; retry shortly")
 
     @app.page("/shops/{shop_id}")
     class ShopView(View):

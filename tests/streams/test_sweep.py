@@ -413,6 +413,45 @@ async def test_a_damaged_row_is_passed_over_and_the_partition_still_swept(
     assert sum(ShopTally.decode(h.tally(partition)).funnel.values()) == mine + 1
 
 
+async def test_a_damaged_tally_row_holds_back_no_event_and_is_recounted_next(
+        long_index: Harness) -> None:
+    """Tallies are derived data (README "Guarantees"): a tally row no decoder reads
+    is counted from empty by the agent's next commit, and the next sweep is a full
+    scan of its partition whose recount rewrites it exactly."""
+    h = long_index
+    keys = monthly_customers(h)
+    await h.sweeper.sweep(NOW)  # full scans; the index is complete for 400 days
+    key = keys[0]
+    partition = partition_for(key, PARTITIONS)
+    h.set_tally(partition, b'{"damaged": true}')
+    await h.svc.processor.handle_batch([purchase_record("c0", "after", "2026-01-07T10:00:00Z",
+                                                        amount=700, order_id="o-after")])
+    assert h.state(key).max_ts == to_us(datetime(2026, 1, 7, 10, tzinfo=UTC))
+    assert not [s for s in h.sent if s["topic"] == "loyalty.dead-letter"]
+    assert h.svc.context.metrics.registry.get_sample_value("loyalty_internal_errors_total") == 1
+    assert ShopTally.decode(h.tally(partition)).funnel  # readable again, counted from empty
+    assert h.svc.context.tallies_to_recount == {partition}
+    stats = await h.sweeper.sweep(NOW + timedelta(seconds=30))
+    assert (stats.full_scans, stats.tallies_repaired) == (1, 1)
+    assert h.svc.context.tallies_to_recount == set()
+    h.rebalance()  # every partition scanned again: nothing left to repair
+    assert (await h.sweeper.sweep(NOW + timedelta(seconds=60))).tallies_repaired == 0
+
+
+async def test_a_damaged_tally_row_is_rewritten_by_the_recount(long_index: Harness) -> None:
+    h = long_index
+    keys = monthly_customers(h)
+    await h.sweeper.sweep(NOW)
+    partition = partition_for(keys[0], PARTITIONS)
+    exact = h.tally(partition)
+    h.set_tally(partition, b"[1, 2]")
+    assert h.svc.context.local_tally("s1")[0] == sorted(set(range(PARTITIONS)) - {partition})
+    h.rebalance()
+    stats = await h.sweeper.sweep(NOW + timedelta(seconds=30))
+    assert stats.tallies_repaired == 1
+    assert sweep_module._same_tally(h.tally(partition), exact)  # the figures it held before
+
+
 async def test_a_key_the_agent_takes_during_the_changelog_ack_is_left_to_the_agent(
         long_index: Harness) -> None:
     h = long_index
@@ -517,13 +556,13 @@ async def test_shop_gauges_only_for_the_listed_shops(tmp_path: Any, monkeypatch:
     h = Harness(tmp_path, monkeypatch, 3600, shop_metrics=listed)
     metrics = h.svc.context.metrics
     computed: list[str] = []
-    merged = ShopTally.merged
+    merge = h.svc.context.merge_tally_rows
 
-    def recording(raws: Any) -> ShopTally:
-        computed.append("s1")
-        return merged(raws)
+    def recording(shop: str, partitions: Any) -> Any:
+        computed.append(shop)
+        return merge(shop, partitions)
 
-    monkeypatch.setattr(ShopTally, "merged", staticmethod(recording))
+    monkeypatch.setattr(h.svc.context, "merge_tally_rows", recording)
     monthly_customers(h, 3)
     await h.sweeper.sweep(NOW)
     buyers = metrics.registry.get_sample_value("loyalty_shop_kpi", {"shop": "s1", "kpi": "buyers"})

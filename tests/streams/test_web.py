@@ -14,9 +14,10 @@ from schemas import codec
 from scoring.snapshot import snapshot
 from scoring.state import CustomerState
 from streams.app import LoyaltyService, create_service
+from streams.compat import partition_context
 from streams.records import Record
 from streams.settings import Settings
-from streams.topics import message_key, partition_for
+from streams.topics import message_key, partition_for, tally_key
 from streams.web import ROUTED_HEADER, parse_as_of
 
 PARTITIONS = 4
@@ -123,6 +124,24 @@ async def test_a_damaged_row_is_named_not_a_traceback(client: Any, monkeypatch: 
     status, body = await _get(c, "/customers/s1/c1", **LOCAL)
     assert status == 500 and body["error"] == "unreadable_state"
     assert "unreadable customer state" in body["detail"]
+
+
+async def test_shop_figures_with_a_damaged_tally_row_say_it_is_being_recounted(
+        client: Any, monkeypatch: Any) -> None:
+    c, svc = client
+    ctx = svc.context
+    monkeypatch.setattr(ctx, "tables_ready", lambda: True)
+    monkeypatch.setattr(ctx, "owned_partitions", lambda: list(range(PARTITIONS)))
+    key = _store_purchase(svc)
+    partition = partition_for(key, PARTITIONS)
+    status, body = await _get(c, "/shops/s1", **LOCAL)
+    assert status == 200 and body["funnel"]
+    with partition_context(ctx.rekey.get_topic_name(), partition):
+        ctx.tallies[tally_key("s1", partition)] = b"[1, 2]"
+    status, body = await _get(c, "/shops/s1", **LOCAL)
+    assert status == 503 and body["error"] == "partitions_unavailable"
+    assert f"partitions [{partition}] are being recounted" in body["detail"]
+    assert ctx.tallies_to_recount == {partition}
 
 
 async def test_metrics_are_served_without_a_token(client: Any) -> None:
