@@ -165,8 +165,10 @@ class Engine(Protocol):
 
 class PythonEngine:
     """The reference engine: :mod:`scoring.fold`, :mod:`scoring.snapshot` and
-    :mod:`scoring.state`. Its methods are the core's functions themselves (no
-    wrapper on the per-event path)."""
+    :mod:`scoring.state`. ``decode``, ``apply``, ``advance``, ``rederive``,
+    ``forget`` and ``snapshot`` are the core's functions themselves, so the
+    agent's per-event call is the call it made before the interface; the other
+    methods are one-line adapters."""
 
     name = "python"
     decode = staticmethod(CustomerState.decode)
