@@ -17,8 +17,6 @@ from streams import agent as agent_module
 from streams.records import Record
 from tests.streams.test_sweep import Harness, purchase_record
 
-pytestmark = pytest.mark.usefixtures("leave_an_event_loop")
-
 
 @pytest.fixture
 def h(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Harness:

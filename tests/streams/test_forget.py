@@ -30,9 +30,6 @@ from tests.streams.test_sweep import NOW, PARTITIONS, Harness, monthly_customers
 FORGET_TOPIC = "loyalty.forget"
 
 
-pytestmark = pytest.mark.usefixtures("leave_an_event_loop")
-
-
 @pytest.fixture
 def h(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Harness:
     harness = Harness(tmp_path, monkeypatch, recount_interval_s=400 * 86400)
