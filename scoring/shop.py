@@ -25,7 +25,6 @@ after that instant has been seen and the sweep has run at it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from fractions import Fraction
 from typing import Any
 
@@ -222,15 +221,6 @@ class ShopTally:
                 acc[i] += sign * counts[i]
         if head.t_us is not None:
             self.add_contribution(contribution(head, stage, day_of(head.t_us), policy), sign)
-
-    @classmethod
-    def merged(cls, rows: Iterable[bytes | None]) -> ShopTally:
-        """The sum of encoded tallies (one per partition); a missing row adds nothing."""
-        total = cls.empty()
-        for raw in rows:
-            if raw:
-                total = total.merge(cls.decode(raw))
-        return total
 
     def merge(self, other: ShopTally) -> ShopTally:
         out = ShopTally()

@@ -180,14 +180,16 @@ class ServiceContext:
         is left out (callers answer for it as for a partition without an owner)
         until the sweep's recount has rewritten it (:meth:`tally_unreadable`).
         """
-        return self.merge_tally_rows(shop_id, self.owned_partitions())
+        owned = self.owned_partitions()
+        return self.merge_tally_rows(shop_id, owned, self.shop_tally_rows(shop_id, owned))
 
-    def merge_tally_rows(self, shop_id: str, partitions: Iterable[int]) -> tuple[list[int], ShopTally]:
-        """``(partitions read, their merged tally)`` of ``shop_id``'s rows in ``partitions``;
-        an unreadable row is left out and reported (:meth:`tally_unreadable`)."""
+    def merge_tally_rows(self, shop_id: str, partitions: list[int],
+                         raws: list[bytes | None]) -> tuple[list[int], ShopTally]:
+        """``(partitions merged, their tally)`` from ``raws``, the rows of ``shop_id`` in
+        ``partitions`` (:meth:`shop_tally_rows`); an unreadable row is left out and
+        reported (:meth:`tally_unreadable`)."""
         merged, total = [], ShopTally.empty()
-        for partition in partitions:
-            raw = self.tallies.get(tally_key(shop_id, partition))
+        for partition, raw in zip(partitions, raws, strict=True):
             try:
                 row = ShopTally.decode(raw)
             except TallyFormatError as exc:

@@ -664,7 +664,7 @@ class Sweeper:
                 signature = hash((today, tuple(owned), tuple(raws)))
                 if self._published.get(shop) == signature:
                     continue
-                merged, tally = svc.merge_tally_rows(shop, owned)
+                merged, tally = svc.merge_tally_rows(shop, owned, raws)
                 if merged != owned:
                     continue  # a damaged row, recounted by the next sweep: then published
                 figures = tally.figures(shop, today, svc.policies.for_shop(shop))

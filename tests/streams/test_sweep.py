@@ -558,9 +558,9 @@ async def test_shop_gauges_only_for_the_listed_shops(tmp_path: Any, monkeypatch:
     computed: list[str] = []
     merge = h.svc.context.merge_tally_rows
 
-    def recording(shop: str, partitions: Any) -> Any:
+    def recording(shop: str, partitions: Any, raws: Any) -> Any:
         computed.append(shop)
-        return merge(shop, partitions)
+        return merge(shop, partitions, raws)
 
     monkeypatch.setattr(h.svc.context, "merge_tally_rows", recording)
     monthly_customers(h, 3)
