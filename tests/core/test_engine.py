@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import pathlib
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -77,14 +78,15 @@ def test_the_scan_sees_function_level_imports(tmp_path: pathlib.Path) -> None:
     assert {"scoring.fold", "scoring.state"} <= _imports(probe)
 
 
-def _paths(engine: Engine) -> dict[str, Customer]:
-    """One customer per way the service gets a state to fold onto."""
-    return {
-        "row decoded before every event": Customer(engine=engine),
-        "live object": Customer(engine=engine, keep_objects=True),
-        "state cache, live tier": Customer(engine=engine, cache=engine.state_cache(10, 0)),
-        "state cache, kept heads": Customer(engine=engine, cache=engine.state_cache(0, 1 << 24)),
-    }
+#: One way each the service gets a state to fold onto: path -> a new customer on it.
+PATHS: dict[str, Callable[[Engine], Customer]] = {
+    "row decoded before every event": lambda engine: Customer(engine=engine),
+    "live object": lambda engine: Customer(engine=engine, keep_objects=True),
+    "state cache, live tier": lambda engine: Customer(engine=engine,
+                                                      cache=engine.state_cache(10, 0)),
+    "state cache, kept heads": lambda engine: Customer(engine=engine,
+                                                       cache=engine.state_cache(0, 1 << 24)),
+}
 
 
 def _bytes(c: Customer) -> tuple[bytes, list[bytes], list[str], bytes]:
@@ -101,8 +103,8 @@ def _bytes(c: Customer) -> tuple[bytes, list[bytes], list[str], bytes]:
 def test_every_path_writes_the_reference_bytes(engine: Engine, events: Any, seed: int) -> None:
     arrivals = arrival_order(events, seed)
     want = _bytes(Customer(keep_objects=True).send(*arrivals))
-    for path, customer in _paths(engine).items():
-        assert _bytes(customer.send(*arrivals)) == want, path
+    for path, new_customer in PATHS.items():
+        assert _bytes(new_customer(engine).send(*arrivals)) == want, path
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -124,7 +126,7 @@ def test_a_real_purchase_log_folds_to_replays_bytes(engine: Engine, path: str) -
             continue
         key = f"{event.shop_id}|{event.customer_id}"
         if key not in customers:
-            customers[key] = _paths(engine)[path]
+            customers[key] = PATHS[path](engine)
         customers[key].send(data)
     assert len(want) > 1_000
     assert {key: engine.encode(c.state) for key, c in customers.items()} == want

@@ -103,27 +103,23 @@ async def test_a_stored_customer_is_served_as_its_snapshot(
     assert status == 404 and body["error"] == "not_found"
 
 
-async def test_a_state_of_a_newer_format_is_a_503_that_says_so(
-        client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A worker older than the build that wrote a customer's state (a rolling
-    upgrade, README "Upgrading a running group") cannot read it: 503, not 500."""
+@pytest.mark.parametrize(("row", "status", "code", "says"), [
+    # A worker older than the build that wrote the state (a rolling upgrade,
+    # README "Upgrading a running group") cannot read it: 503, not 500.
+    (b'[5,"s1","c1"]', 503, "newer_state_format", ("state format 5", "upgraded")),
+    # A damaged row (README "Guarantees"): named, not a bare 500.
+    (b'{"v": 4}', 500, "unreadable_state", ("unreadable customer state",)),
+])
+async def test_a_state_this_worker_cannot_read_is_answered_by_name(
+        client: Any, monkeypatch: pytest.MonkeyPatch, row: bytes, status: int, code: str,
+        says: tuple[str, ...]) -> None:
     c, svc = client
     monkeypatch.setattr(svc.context, "tables_ready", lambda: True)
     key = _store_purchase(svc)
-    assert svc.context.rows.write(partition_for(key, PARTITIONS), [(key, b'[5,"s1","c1"]')], None)
-    status, body = await _get(c, "/customers/s1/c1", **LOCAL)
-    assert status == 503 and body["error"] == "newer_state_format"
-    assert "state format 5" in body["detail"] and "upgraded" in body["detail"]
-
-
-async def test_a_damaged_row_is_named_not_a_traceback(client: Any, monkeypatch: Any) -> None:
-    c, svc = client
-    monkeypatch.setattr(svc.context, "tables_ready", lambda: True)
-    key = _store_purchase(svc)
-    assert svc.context.rows.write(partition_for(key, PARTITIONS), [(key, b'{"v": 4}')], None)
-    status, body = await _get(c, "/customers/s1/c1", **LOCAL)
-    assert status == 500 and body["error"] == "unreadable_state"
-    assert "unreadable customer state" in body["detail"]
+    assert svc.context.rows.write(partition_for(key, PARTITIONS), [(key, row)], None)
+    got, body = await _get(c, "/customers/s1/c1", **LOCAL)
+    assert got == status and body["error"] == code
+    assert all(text in body["detail"] for text in says)
 
 
 async def test_shop_figures_with_a_damaged_tally_row_say_it_is_being_recounted(
