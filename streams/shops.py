@@ -114,11 +114,6 @@ def delta_for_advance(outcome: Outcome) -> TallyDelta:
                       kpi_before=outcome.kpi_before, kpi_after=outcome.kpi_after)
 
 
-def update_row(raw: bytes | None, delta: TallyDelta) -> bytes:
-    """Apply ``delta`` to an encoded tally row (``None``: empty) and encode it."""
-    return bytes(delta.apply(ShopTally.decode(raw)).encode())
-
-
 class DecodedTallies:
     """Tally rows this worker wrote, kept decoded, so the next commit that moves a
     row starts from the object instead of decoding the row again.

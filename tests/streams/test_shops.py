@@ -26,14 +26,20 @@ from scoring.shop import ShopTally
 from streams import synthetic
 from streams.shops import (
     DecodedTallies,
+    TallyDelta,
     delta_for_advance,
     delta_for_event,
-    update_row,
 )
 from streams.topics import shop_of, tally_key
 
 PARTITIONS = 4
 END = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def update_row(raw: bytes | None, delta: TallyDelta) -> bytes:
+    """``delta`` applied to an encoded tally row (``None``: empty), encoded: what the
+    committer does to a row (streams/commit.py), one delta at a time."""
+    return bytes(delta.apply(ShopTally.decode(raw)).encode())
 
 
 def population(seed: int) -> list[bytes]:
