@@ -12,6 +12,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 LOYALTY := $(VENV)/bin/loyalty
 STAMP := $(VENV)/.installed
+NATIVE_STAMP := $(VENV)/.native
+NATIVE_SRC := native/Cargo.toml native/Cargo.lock native/pyproject.toml $(wildcard native/src/*.rs)
 PYTEST_ARGS ?=
 # Test processes (pytest-xdist): 2, what CI runs, about halves the wall clock on
 # 2 cores (most integration tests wait on the broker and worker subprocesses);
@@ -19,17 +21,27 @@ PYTEST_ARGS ?=
 # tests takes half of the other's queue (slow modules go first: tests/conftest.py).
 TEST_WORKERS ?= 2
 
-.PHONY: help venv demo test chaos lint broker-start broker-stop
+.PHONY: help venv native demo test chaos lint broker-start broker-stop
 
 help:
-	@echo "targets: venv demo test chaos lint broker-start broker-stop"
+	@echo "targets: venv native demo test chaos lint broker-start broker-stop"
 
 # Re-install only when pyproject.toml changed (or the venv is missing).
-venv: $(STAMP)
+venv: $(STAMP) $(NATIVE_STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $@
+
+# The native engine (native/, Rust; scoring/native.py), rebuilt when its sources
+# change. Without a Rust toolchain it is not built and the Python engine serves.
+native: $(NATIVE_STAMP)
+$(NATIVE_STAMP): $(STAMP) $(NATIVE_SRC)
+	@if command -v cargo >/dev/null; then \
+		$(PY) -m pip install --quiet --disable-pip-version-check ./native && touch $@; \
+	else \
+		echo "make: no Rust toolchain (cargo): the native engine is not built; the Python engine serves"; \
+	fi
 
 demo: venv
 	$(LOYALTY) demo
@@ -65,6 +77,10 @@ chaos: venv
 
 lint: venv
 	$(VENV)/bin/ruff check .
+	@if command -v cargo >/dev/null; then \
+		cd native && cargo fmt --check && PYO3_PYTHON=$(CURDIR)/$(PY) cargo clippy --quiet --release -- -D warnings \
+			&& PYO3_PYTHON=$(CURDIR)/$(PY) cargo test --quiet --release; \
+	fi
 
 broker-start: venv
 	$(LOYALTY) broker start

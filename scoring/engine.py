@@ -29,6 +29,7 @@ from schemas.events import Event
 from schemas.policy import ShopPolicy
 from scoring import fold, rfm
 from scoring import snapshot as _snapshot
+from scoring.aggregate import Agg
 from scoring.clock import day_of
 from scoring.fold import Erasure, Outcome
 from scoring.shop import ShopTally
@@ -163,6 +164,14 @@ class Engine(Protocol):
         ...
 
 
+def summary_of_head(head: Agg, as_of_us: int) -> BuyerSummary | None:
+    """A buyer's summary read off its head as of ``as_of_us`` (every engine's)."""
+    inputs = _snapshot.clv_inputs(head, day_of(as_of_us))
+    if inputs is None:
+        return None
+    return inputs, rfm.values(head, day_of(as_of_us))  # type: ignore[return-value] # a buyer
+
+
 class PythonEngine:
     """The reference engine: :mod:`scoring.fold`, :mod:`scoring.snapshot` and
     :mod:`scoring.state`. ``decode``, ``apply``, ``advance``, ``rederive``,
@@ -194,11 +203,7 @@ class PythonEngine:
 
     @staticmethod
     def buyer_summary(state: CustomerState, as_of_us: int, policy: ShopPolicy) -> BuyerSummary | None:
-        head = _snapshot.head_as_of(state, as_of_us, policy)
-        inputs = _snapshot.clv_inputs(head, day_of(as_of_us))
-        if inputs is None:
-            return None
-        return inputs, rfm.values(head, day_of(as_of_us))  # type: ignore[return-value] # a buyer
+        return summary_of_head(_snapshot.head_as_of(state, as_of_us, policy), as_of_us)
 
     @staticmethod
     def count_customer(tally: ShopTally, state: CustomerState, policy: ShopPolicy,

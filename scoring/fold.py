@@ -431,6 +431,17 @@ def _compare(eid: int, at: int, kind: str, eff: dict, prev: dict[int, list],
     emitted[eid] = [dg, at, kind]
 
 
+def rejection_detail(reason: str, event: Event, policy: ShopPolicy, behind_us: int = 0) -> str:
+    """The message of a rejection by :func:`apply` (every engine's): ``behind_us`` is how
+    far a ``too_late`` event is behind the frontier."""
+    if reason == "conflicting_duplicate":
+        return f"event_id {event.event_id!r} was already accepted with different content"
+    if reason == "too_late":
+        return (f"occurred_at is {behind_us / US_PER_DAY:.2f} days behind the customer's finalized "
+                f"history (allowed lateness {policy.allowed_lateness_days} days)")
+    return f"amount: the customer's purchases would total more than {MAX_CUSTOMER_GROSS} minor units"
+
+
 def _reject(state: CustomerState, reason: str, detail: str) -> Outcome:
     return Outcome(state, REJECTED, False, reason=reason, detail=detail,
                    stage_before=state.stage, stage_after=state.stage)
@@ -453,14 +464,11 @@ def apply(state: CustomerState | None, event: Event, policy: ShopPolicy) -> Outc
     if seen is not None:
         if seen[0] == digest:
             return Outcome(state, DUPLICATE, False, stage_before=state.stage, stage_after=state.stage)
-        return _reject(state, "conflicting_duplicate",
-                       f"event_id {event.event_id!r} was already accepted with different content")
+        return _reject(state, "conflicting_duplicate", rejection_detail("conflicting_duplicate", event, policy))
     rec = to_record(event)
     ts = rec[0]
     if state.frontier is not None and ts < state.frontier:
-        return _reject(state, "too_late",
-                       f"occurred_at is {(state.frontier - ts) / US_PER_DAY:.2f} days behind the "
-                       f"customer's finalized history (allowed lateness {policy.allowed_lateness_days} days)")
+        return _reject(state, "too_late", rejection_detail("too_late", event, policy, state.frontier - ts))
 
     new = CustomerState(state.shop_id, state.customer_id, state.ckpt)
     new.positions = state.positions
@@ -500,9 +508,7 @@ def apply(state: CustomerState | None, event: Event, policy: ShopPolicy) -> Outc
         effects, emitted = _publish(state, truth, state.frontier)
 
     if head.spend_total + head.refund_total > MAX_CUSTOMER_GROSS:
-        return _reject(state, "out_of_range",
-                       f"amount: the customer's purchases would total more than {MAX_CUSTOMER_GROSS} "
-                       "minor units")
+        return _reject(state, "out_of_range", rejection_detail("out_of_range", event, policy))
     new.ckpt = ckpt_new
     new.buf = new.buf[retired:]
     if len(new.buf) > policy.max_buffer_events:
@@ -642,12 +648,18 @@ def forget(state: CustomerState, policy: ShopPolicy) -> Erasure:
     head = cached_head(state, policy)
     if head is None and state.clock is not None:
         head, _, _, _ = fold_open(state, policy, state.clock)
+    return erasure(state.shop_id, state.customer_id, state.stage, head, policy)
+
+
+def erasure(shop_id: str, customer_id: str, stage: str | None, head: Agg | None,
+            policy: ShopPolicy) -> Erasure:
+    """The erasure of a customer whose head as of its clock is ``head`` (None: no events)."""
     tally = ShopTally()
     if head is not None:
         # NPS answers of the last 90 days come from the finalized part plus the
         # open buffer; fold_open's head holds both, as a recount would count them.
-        tally.add_customer(head, state.stage, policy, sign=-1)
-    return Erasure(state.shop_id, state.customer_id, state.stage, tally)
+        tally.add_customer(head, stage, policy, sign=-1)
+    return Erasure(shop_id, customer_id, stage, tally)
 
 
 def _force_finalize(state: CustomerState, policy: ShopPolicy, n: int) -> int:
@@ -705,4 +717,4 @@ def _prune_finalized(agg: Agg, policy: ShopPolicy) -> None:
 
 
 __all__ = ["APPLIED", "DUPLICATE", "REJECTED", "Erasure", "Outcome", "advance", "apply", "apply_record",
-           "fold_open", "forget", "rederive"]
+           "erasure", "fold_open", "forget", "rederive", "rejection_detail"]

@@ -41,12 +41,26 @@ class AsOfTooEarly(ValueError):
     """The requested instant precedes the customer's finalized history."""
 
 
+def too_early(as_of_us: int, finalized_us: int) -> AsOfTooEarly:
+    """The error for an instant before the finalized history (every engine's)."""
+    return AsOfTooEarly(
+        f"as_of {rfc3339(as_of_us)} is before {rfc3339(finalized_us)}, the end of this "
+        "customer's finalized history; ask for a later instant")
+
+
+def as_of_instant(as_of: datetime | int | None, clock: int | None) -> int:
+    """A snapshot's instant in microseconds: ``as_of``, or the state's clock for None."""
+    if as_of is None:
+        return clock if clock is not None else 0
+    if isinstance(as_of, int):
+        return as_of
+    return to_us(as_of)
+
+
 def head_as_of(state: CustomerState, as_of_us: int, policy: ShopPolicy) -> Agg:
     """The fold of the customer's events with ``occurred_at <= as_of``, time advanced to it."""
     if state.ckpt.t_us is not None and as_of_us < state.ckpt.t_us:
-        raise AsOfTooEarly(
-            f"as_of {rfc3339(as_of_us)} is before {rfc3339(state.ckpt.t_us)}, the end of this "
-            "customer's finalized history; ask for a later instant")
+        raise too_early(as_of_us, state.ckpt.t_us)
     cached = cached_head(state, policy)
     if cached is not None and state.clock is not None and as_of_us >= state.clock:
         head = cached.copy()
@@ -72,12 +86,7 @@ def snapshot(state: CustomerState, as_of: datetime | int | None, policy: ShopPol
     ``clv_model`` and ``rfm_model`` are the shop's fitted models (the refit's);
     without one its fields are null.
     """
-    if as_of is None:
-        as_of_us = state.clock if state.clock is not None else 0
-    elif isinstance(as_of, int):
-        as_of_us = as_of
-    else:
-        as_of_us = to_us(as_of)
+    as_of_us = as_of_instant(as_of, state.clock)
     cached = cached_head(state, policy)
     if cached is not None and as_of_us == state.clock and cached.t_us == as_of_us:
         head = cached  # the live head is exactly as of the clock; read only below

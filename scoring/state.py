@@ -43,6 +43,7 @@ A typical customer (a few orders a year) encodes to well under 1 KiB.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from schemas.codec import compact, dumps, loads
@@ -181,9 +182,15 @@ class StateCache:
     bytes (0: no second tier); the oldest entries go first.
     """
 
-    def __init__(self, capacity: int = 10_000, head_budget: int = 0) -> None:
+    def __init__(self, capacity: int = 10_000, head_budget: int = 0,
+                 decode: Callable[[bytes], Any] | None = None) -> None:
         from collections import OrderedDict
 
+        # Another engine's states: its decoder; their heads are the engine's own,
+        # so such a cache keeps no head tier (head_budget must be 0).
+        if decode is not None and head_budget:
+            raise ValueError("a cache of another engine's states keeps no heads")
+        self._decode_state = decode or CustomerState.decode
         self.capacity = capacity
         self.head_budget = head_budget
         self._items: OrderedDict[bytes, tuple[bytes, CustomerState]] = OrderedDict()
@@ -230,7 +237,7 @@ class StateCache:
     def _decode(self, key: bytes, raw: bytes) -> tuple[CustomerState, int]:
         """``raw`` decoded, with its kept head when the head tier has it for these bytes
         (second value 1, else 0)."""
-        state = CustomerState.decode(raw)
+        state = self._decode_state(raw)
         kept = self._heads.get(key)
         if kept is not None:
             if kept[0] == raw:

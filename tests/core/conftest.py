@@ -9,6 +9,7 @@ from hypothesis import settings
 
 from schemas.policy import PolicyBook
 from scoring.engine import PYTHON, Engine
+from scoring.native import NATIVE
 from tests.core.factory import parse
 
 # CI must be reproducible: the same examples on every run (a failure there is
@@ -18,6 +19,8 @@ from tests.core.factory import parse
 #: (test_engine.py) and the engine-neutral property tests run against each. A new
 #: engine is added here and must pass as is.
 ENGINES = [pytest.param(PYTHON, id="python")]
+if NATIVE is not None:
+    ENGINES.append(pytest.param(NATIVE, id="native"))
 
 settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):

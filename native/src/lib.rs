@@ -1,0 +1,377 @@
+//! `loyalty_native`: the fold of `scoring.fold` in Rust, for `scoring.native`.
+//!
+//! Guarantees: for every call the Python engine answers, this module answers
+//! with equal bytes (state rows, effects, derived fields); the conformance
+//! suite (`tests/core/test_engine.py`) checks it. Event parsing, content
+//! digests, snapshots and shop tallies stay in Python; `scoring.native` wraps
+//! this module into an `Engine`.
+
+// pyo3 0.22's macros test a feature this crate does not declare, and convert
+// their own error type into itself.
+#![allow(unexpected_cfgs, clippy::useless_conversion)]
+
+mod codec;
+mod fold;
+mod json;
+mod model;
+mod rules;
+
+use model::*;
+use pyo3::create_exception;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+create_exception!(loyalty_native, FormatError, PyValueError, "bytes that are not a customer state");
+create_exception!(loyalty_native, NewerFormat, FormatError, "a state written by a newer build");
+create_exception!(loyalty_native, TooEarly, PyValueError, "an instant before the finalized history");
+
+static SERIAL: AtomicU64 = AtomicU64::new(1);
+
+/// The settings of a `ShopPolicy` the fold reads (built by `scoring.native`).
+#[pyclass(module = "loyalty_native", name = "Policy", frozen)]
+struct PyPolicy {
+    inner: Arc<Policy>,
+}
+
+fn get<'py, T: FromPyObject<'py>>(d: &Bound<'py, PyDict>, key: &str) -> PyResult<T> {
+    match d.get_item(key)? {
+        Some(v) => v.extract(),
+        None => Err(PyValueError::new_err(format!("policy setting {key} missing"))),
+    }
+}
+
+#[pymethods]
+impl PyPolicy {
+    #[new]
+    fn new(d: &Bound<'_, PyDict>) -> PyResult<Self> {
+        let tiers: Vec<(i64, String, i64, i64)> = get(d, "tiers")?;
+        if tiers.is_empty() {
+            return Err(PyValueError::new_err("a policy needs a tier"));
+        }
+        let p = Policy {
+            serial: SERIAL.fetch_add(1, Ordering::Relaxed),
+            allowed_lateness_days: get(d, "allowed_lateness_days")?,
+            at_risk_min_days: get(d, "at_risk_min_days")?,
+            at_risk_interval_factor: get(d, "at_risk_interval_factor")?,
+            lapsed_days: get(d, "lapsed_days")?,
+            attached_window_days: get(d, "attached_window_days")?,
+            attached_min_purchase_days: get(d, "attached_min_purchase_days")?,
+            loyal_min_purchase_days: get(d, "loyal_min_purchase_days")?,
+            loyal_min_tenure_days: get(d, "loyal_min_tenure_days")?,
+            loyal_excluded_max_nps: get(d, "loyal_excluded_max_nps")?,
+            promoter_min_nps: get(d, "promoter_min_nps")?,
+            detractor_max_nps: get(d, "detractor_max_nps")?,
+            attitude_high_min_nps: get(d, "attitude_high_min_nps")?,
+            shop_nps_window_days: get(d, "shop_nps_window_days")?,
+            wallet_committed_min_pct: get(d, "wallet_committed_min_pct")?,
+            wallet_moderate_min_pct: get(d, "wallet_moderate_min_pct")?,
+            detractor_status_max_nps: get(d, "detractor_status_max_nps")?,
+            recovered_min_nps: get(d, "recovered_min_nps")?,
+            bonus_enabled: get(d, "bonus_enabled")?,
+            discount_enabled: get(d, "discount_enabled")?,
+            stamps_enabled: get(d, "stamps_enabled")?,
+            points_expiry_days: get(d, "points_expiry_days")?,
+            stamps_per_free_item: get(d, "stamps_per_free_item")?,
+            order_retention_days: get(d, "order_retention_days")?,
+            dedup_retention_days: get(d, "dedup_retention_days")?,
+            max_seen_ids: get(d, "max_seen_ids")?,
+            max_buffer_events: get(d, "max_buffer_events")?,
+            margin_num: get(d, "margin_num")?,
+            margin_den: get(d, "margin_den")?,
+            ppu_num: get(d, "ppu_num")?,
+            ppu_den: get(d, "ppu_den")?,
+            tiers: tiers
+                .into_iter()
+                .map(|(threshold, name, mult_num, mult_den)| Tier {
+                    threshold,
+                    name: Arc::from(name),
+                    mult_num,
+                    mult_den,
+                })
+                .collect(),
+        };
+        Ok(PyPolicy { inner: Arc::new(p) })
+    }
+}
+
+/// A customer's state: a handle (`scoring.engine.State`).
+#[pyclass(module = "loyalty_native", name = "State")]
+struct PyState {
+    inner: Arc<CustomerState>,
+}
+
+fn opt_stage(py: Python<'_>, s: Option<Stage>) -> PyObject {
+    s.map(Stage::name).into_py(py)
+}
+
+fn kpi_py(py: Python<'_>, k: &Option<Kpi>) -> PyObject {
+    let Some(k) = k else { return py.None() };
+    let days = PyList::new_bound(py, k.days.iter().map(|d| PyList::new_bound(py, d)));
+    PyList::new_bound(
+        py,
+        [
+            k.buyer.into_py(py),
+            k.repeater.into_py(py),
+            (&*k.loyalty_type).into_py(py),
+            k.wallet.as_deref().into_py(py),
+            k.detractor.as_deref().into_py(py),
+            k.spend_total.into_py(py),
+            k.purchase_count.into_py(py),
+            k.attached.into_py(py),
+            days.into_py(py),
+        ],
+    )
+    .into_py(py)
+}
+
+fn j_py(py: Python<'_>, v: &json::J) -> PyResult<PyObject> {
+    Ok(match v {
+        json::J::Null => py.None(),
+        json::J::Bool(b) => b.into_py(py),
+        json::J::Int(i) => i.into_py(py),
+        json::J::Str(s) => (&**s).into_py(py),
+        json::J::Obj(items) => {
+            let d = PyDict::new_bound(py);
+            for (k, v) in items {
+                d.set_item(*k, j_py(py, v)?)?;
+            }
+            d.into_py(py)
+        }
+    })
+}
+
+#[pymethods]
+impl PyState {
+    #[getter]
+    fn shop_id(&self) -> &str {
+        &self.inner.shop_id
+    }
+    #[getter]
+    fn customer_id(&self) -> &str {
+        &self.inner.customer_id
+    }
+    #[getter]
+    fn key(&self) -> String {
+        format!("{}|{}", self.inner.shop_id, self.inner.customer_id)
+    }
+    #[getter]
+    fn clock(&self) -> Option<i64> {
+        self.inner.clock
+    }
+    #[getter]
+    fn stage(&self) -> Option<&'static str> {
+        stage_name(self.inner.stage)
+    }
+    #[getter]
+    fn next_due(&self) -> Option<i64> {
+        self.inner.next_due
+    }
+    #[getter]
+    fn totals(&self) -> [i64; 4] {
+        self.inner.totals
+    }
+    #[getter]
+    fn kpi(&self, py: Python<'_>) -> PyObject {
+        kpi_py(py, &self.inner.kpi)
+    }
+    #[getter]
+    fn positions<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new_bound(py);
+        for (k, v) in self.inner.positions.iter() {
+            d.set_item(&**k, *v)?;
+        }
+        Ok(d)
+    }
+    /// The end of the finalized history (None: nothing finalized).
+    #[getter]
+    fn finalized_until(&self) -> Option<i64> {
+        self.inner.ckpt.t_us
+    }
+    /// Whether the state carries its head for this policy (no re-fold needed).
+    fn has_head(&self, policy: &PyPolicy) -> bool {
+        fold::cached_head(&self.inner, &policy.inner).is_some()
+    }
+    fn encode<'py>(&self, py: Python<'py>, version: i64) -> PyResult<Bound<'py, PyBytes>> {
+        if version != 3 && version != codec::FORMAT_VERSION {
+            return Err(PyValueError::new_err(format!("state format {version}; this build writes (3, 4)")));
+        }
+        Ok(PyBytes::new_bound(py, &codec::encode_state(&self.inner, version)))
+    }
+    /// Mark the state (new from `apply`, not yet shared) as changed by `offset` of `source`.
+    fn set_position(&mut self, source: &str, offset: i64) {
+        let state = Arc::make_mut(&mut self.inner);
+        Arc::make_mut(&mut state.positions).insert(Arc::from(source), offset);
+    }
+    /// The head as of `as_of_us` as aggregate JSON (`Agg.to_list`); TooEarly(finalized instant)
+    /// for an instant before the finalized history.
+    fn head_json<'py>(&self, py: Python<'py>, policy: &PyPolicy, as_of_us: i64) -> PyResult<Bound<'py, PyBytes>> {
+        match fold::head_as_of(&self.inner, as_of_us, &policy.inner) {
+            Ok(h) => Ok(agg_bytes(py, &h)),
+            Err(t) => Err(TooEarly::new_err(t)),
+        }
+    }
+    /// The head as of the clock (None without events), as aggregate JSON.
+    fn head_now_json<'py>(&self, py: Python<'py>, policy: &PyPolicy) -> Option<Bound<'py, PyBytes>> {
+        fold::head_now(&self.inner, &policy.inner).map(|h| agg_bytes(py, &h))
+    }
+    fn __repr__(&self) -> String {
+        format!(
+            "State({}|{}, buffered={}, stage={:?})",
+            self.inner.shop_id,
+            self.inner.customer_id,
+            self.inner.buf.len(),
+            stage_name(self.inner.stage)
+        )
+    }
+}
+
+fn agg_bytes<'py>(py: Python<'py>, h: &Agg) -> Bound<'py, PyBytes> {
+    let mut out = Vec::with_capacity(512);
+    codec::encode_agg(&mut out, h);
+    PyBytes::new_bound(py, &out)
+}
+
+#[pyfunction]
+fn decode(data: &[u8]) -> PyResult<PyState> {
+    match codec::decode_state(data) {
+        Ok(s) => Ok(PyState { inner: Arc::new(s) }),
+        Err(codec::DecodeError::Newer(m)) => Err(NewerFormat::new_err(m)),
+        Err(codec::DecodeError::Corrupt(m)) => Err(FormatError::new_err(m)),
+    }
+}
+
+fn outcome_py(py: Python<'_>, o: fold::Outcome, input: Option<&Arc<CustomerState>>) -> PyResult<PyObject> {
+    let (status, reason, behind) = match o.status {
+        fold::Status::Applied => ("applied", None, 0),
+        fold::Status::Duplicate => ("duplicate", None, 0),
+        fold::Status::Rejected(r, b) => ("rejected", Some(r), b),
+    };
+    // An unchanged state is the caller's own object: None tells the wrapper so.
+    let state: PyObject = if !o.changed && input.is_some_and(|i| Arc::ptr_eq(i, &o.state)) {
+        py.None()
+    } else {
+        Py::new(py, PyState { inner: o.state })?.into_py(py)
+    };
+    let effects = PyList::empty_bound(py);
+    for e in &o.effects {
+        effects.append(j_py(py, e)?)?;
+    }
+    Ok(PyTuple::new_bound(
+        py,
+        [
+            status.into_py(py),
+            o.changed.into_py(py),
+            state,
+            effects.into_py(py),
+            reason.into_py(py),
+            behind.into_py(py),
+            opt_stage(py, o.stage_before),
+            opt_stage(py, o.stage_after),
+            kpi_py(py, &o.kpi_before),
+            kpi_py(py, &o.kpi_after),
+        ],
+    )
+    .into_py(py))
+}
+
+fn opt_arc(v: &Bound<'_, PyAny>) -> PyResult<Option<Arc<str>>> {
+    if v.is_none() {
+        Ok(None)
+    } else {
+        Ok(Some(Arc::from(v.extract::<&str>()?)))
+    }
+}
+
+/// Fold one event: `kind` and `a, b, c` as `scoring.records.to_record` makes them.
+#[pyfunction]
+#[pyo3(signature = (state, shop, cust, ts, event_id, kind, a, b, c, digest, key, policy))]
+#[allow(clippy::too_many_arguments)]
+fn apply(
+    py: Python<'_>,
+    state: Option<PyRef<'_, PyState>>,
+    shop: &str,
+    cust: &str,
+    ts: i64,
+    event_id: &str,
+    kind: &str,
+    a: &Bound<'_, PyAny>,
+    b: &Bound<'_, PyAny>,
+    c: &Bound<'_, PyAny>,
+    digest: i64,
+    key: i64,
+    policy: &PyPolicy,
+) -> PyResult<PyObject> {
+    let payload = match kind {
+        "P" => Payload::Purchase { order: Arc::from(a.extract::<&str>()?), amount: b.extract()?, rate: opt_arc(c)? },
+        "R" => Payload::Refund { order: Arc::from(a.extract::<&str>()?), amount: b.extract()? },
+        "V" => Payload::Visit,
+        "F" => Payload::Feedback {
+            nps: a.extract()?,
+            sow: b.extract()?,
+            extra: if c.is_none() {
+                None
+            } else {
+                let tm: Vec<Bound<'_, PyAny>> = c.extract()?;
+                if tm.len() != 2 {
+                    return Err(PyValueError::new_err("feedback extra is [touchpoint, comment]"));
+                }
+                Some((opt_arc(&tm[0])?, opt_arc(&tm[1])?))
+            },
+        },
+        "X" => Payload::Redemption { points: a.extract()? },
+        _ => return Err(PyValueError::new_err(format!("record kind {kind:?}"))),
+    };
+    if let Payload::Purchase { rate: Some(rate), .. } = &payload {
+        if !codec::rate_fits(rate) {
+            return Err(PyValueError::new_err(format!("margin rate {rate} does not fit 64-bit integers")));
+        }
+    }
+    let rec = Rec { ts, event_id: Arc::from(event_id), payload };
+    let input = state.as_ref().map(|s| s.inner.clone());
+    let (shop, cust): (Arc<str>, Arc<str>) = match &input {
+        Some(s) => (s.shop_id.clone(), s.customer_id.clone()),
+        None => (Arc::from(shop), Arc::from(cust)),
+    };
+    drop(state);
+    let o = fold::apply(input.as_ref(), &shop, &cust, rec, digest, key, &policy.inner);
+    outcome_py(py, o, input.as_ref())
+}
+
+#[pyfunction]
+fn advance(
+    py: Python<'_>,
+    state: PyRef<'_, PyState>,
+    now_us: i64,
+    policy: &PyPolicy,
+    stale: bool,
+) -> PyResult<PyObject> {
+    let input = state.inner.clone();
+    drop(state);
+    let o = fold::advance(&input, now_us, &policy.inner, stale);
+    outcome_py(py, o, Some(&input))
+}
+
+/// (head as aggregate JSON or None, stale)
+#[pyfunction]
+fn rederive<'py>(py: Python<'py>, state: PyRef<'_, PyState>, policy: &PyPolicy) -> (Option<Bound<'py, PyBytes>>, bool) {
+    let (head, stale) = fold::rederive(&state.inner, &policy.inner);
+    (head.map(|h| agg_bytes(py, &h)), stale)
+}
+
+#[pymodule]
+fn loyalty_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyPolicy>()?;
+    m.add_class::<PyState>()?;
+    m.add_function(wrap_pyfunction!(decode, m)?)?;
+    m.add_function(wrap_pyfunction!(apply, m)?)?;
+    m.add_function(wrap_pyfunction!(advance, m)?)?;
+    m.add_function(wrap_pyfunction!(rederive, m)?)?;
+    m.add("FormatError", m.py().get_type_bound::<FormatError>())?;
+    m.add("NewerFormat", m.py().get_type_bound::<NewerFormat>())?;
+    m.add("TooEarly", m.py().get_type_bound::<TooEarly>())?;
+    m.add("STATE_FORMAT", codec::FORMAT_VERSION)?;
+    Ok(())
+}
