@@ -23,11 +23,11 @@ from schemas.events import Event
 from schemas.policy import ShopPolicy
 from scoring import rfm
 from scoring.aggregate import Agg
-from scoring.engine import WRITABLE_VERSIONS, BuyerSummary, Engine, summary_of_head
+from scoring.engine import PYTHON, WRITABLE_VERSIONS, BuyerSummary, Engine, summary_of_head
 from scoring.fold import Erasure, Outcome, erasure, rejection_detail
 from scoring.records import content_digest, id_hash, to_record
 from scoring.shop import ShopTally
-from scoring.snapshot import as_of_instant, snapshot_of_head, too_early
+from scoring.snapshot import as_of_instant, snapshot_of_head, too_early, with_models
 from scoring.state import FORMAT_VERSION, NewerStateFormat, StateCache, StateFormatError
 
 try:
@@ -62,8 +62,8 @@ class NativeEngine:
         settings = {name: getattr(policy, name) for name in _SETTINGS}
         settings.update(margin_num=margin.numerator, margin_den=margin.denominator,
                         ppu_num=ppu.numerator, ppu_den=ppu.denominator,
-                        tiers=[(threshold, name, mult.numerator, mult.denominator)
-                               for threshold, name, mult, _pct in policy.tier_table])
+                        tiers=[(threshold, name, mult.numerator, mult.denominator, pct)
+                               for threshold, name, mult, pct in policy.tier_table])
         try:
             native = _n.Policy(settings)
         except OverflowError:
@@ -114,8 +114,15 @@ class NativeEngine:
     def snapshot(self, state: Any, as_of: datetime | int | None, policy: ShopPolicy,
                  clv_model: Any = None, rfm_model: rfm.RfmModel | None = None) -> dict[str, Any]:
         as_of_us = as_of_instant(as_of, state.clock)
-        return snapshot_of_head(state.shop_id, state.customer_id, self._head(state, as_of_us, policy),
-                                as_of_us, policy, clv_model, rfm_model)
+        try:
+            got = state.snapshot(self._policy(policy), as_of_us)
+        except _n.TooEarly as exc:
+            raise too_early(as_of_us, exc.args[0]) from None
+        if got is None:  # the LTV formula needs more than 128 bits: Python's integers
+            return snapshot_of_head(state.shop_id, state.customer_id, self._head(state, as_of_us, policy),
+                                    as_of_us, policy, clv_model, rfm_model)
+        out, inputs, values = got
+        return with_models(out, inputs, values, policy, clv_model, rfm_model)
 
     def finalized_until(self, state: Any) -> int | None:
         return state.finalized_until
@@ -152,7 +159,7 @@ _SETTINGS = (
     "attitude_high_min_nps", "shop_nps_window_days", "wallet_committed_min_pct",
     "wallet_moderate_min_pct", "detractor_status_max_nps", "recovered_min_nps", "bonus_enabled",
     "discount_enabled", "stamps_enabled", "points_expiry_days", "stamps_per_free_item",
-    "order_retention_days", "dedup_retention_days", "max_seen_ids", "max_buffer_events",
+    "order_retention_days", "dedup_retention_days", "max_seen_ids", "max_buffer_events", "ltv_months",
 )
 
 
@@ -166,4 +173,15 @@ def _outcome(out: tuple, state: Any, event: Event | None, policy: ShopPolicy) ->
 #: The native engine, or None when ``loyalty_native`` is not built.
 NATIVE: Engine | None = NativeEngine() if _n is not None else None
 
-__all__ = ["NATIVE", "NativeEngine"]
+
+def engine_named(name: str) -> Engine:
+    """The engine a worker's ``engine`` setting names: ``python``, ``native`` (ValueError
+    when it is not built) or ``auto`` (native when built, else python)."""
+    if name == "python" or (name == "auto" and NATIVE is None):
+        return PYTHON
+    if name in ("native", "auto") and NATIVE is not None:
+        return NATIVE
+    raise ValueError(f"engine {name!r}: this build has {'python and native' if NATIVE else 'python'}")
+
+
+__all__ = ["NATIVE", "NativeEngine", "engine_named"]

@@ -160,12 +160,19 @@ def snapshot_of_head(shop_id: str, customer_id: str, h: Agg, as_of_us: int, poli
     }
     for name in CLV_FIELDS:
         out[name] = None
-    inputs = clv_inputs(h, day)
+    return with_models(out, clv_inputs(h, day), rfm.values(h, day), policy, clv_model, rfm_model)
+
+
+def with_models(out: dict[str, Any], inputs: tuple[int, int, int, int] | None, values: rfm.Values | None,
+                policy: ShopPolicy, clv_model: Any, rfm_model: RfmModel | None) -> dict[str, Any]:
+    """Fill the model fields of a snapshot whose others are set (CLV fields null): the
+    customer's CLV ``inputs`` and RFM ``values`` scored by the shop's models (every engine's)."""
     if clv_model is not None and inputs is not None:
         from scoring import clv  # scipy: imported only when a model exists
 
-        margin = Fraction(h.margin_total, h.spend_total) if h.spend_total else policy.margin_fraction
+        spend, margin_total = out["spend_total"], out["margin_total"]
+        margin = Fraction(margin_total, spend) if spend else policy.margin_fraction
         out.update(clv.score(clv_model, *inputs, margin))
         out["clv_model"] = clv_model.kind
-    out.update(rfm.scores(rfm_model, rfm.values(h, day)))
+    out.update(rfm.scores(rfm_model, values))
     return out

@@ -41,7 +41,8 @@ from typing import Any
 import faust
 
 from schemas.policy import PolicyBook
-from scoring.engine import PYTHON, READABLE_VERSIONS
+from scoring.engine import READABLE_VERSIONS
+from scoring.native import engine_named
 from streams.agent import Processor, register_agents
 from streams.clv_service import ClvService, register_clv
 from streams.compat import (
@@ -224,6 +225,7 @@ def create_service(
     start_tables_without_delay(app)  # every table is defined above
     names = tuple(input_topics(settings))
     rekey_name = rekey_topic_name(settings)
+    engine = engine_named(settings.engine)
     context = ServiceContext(
         settings=settings,
         app=app,
@@ -241,8 +243,8 @@ def create_service(
         tally_rows=row_store(tallies, settings.partitions),
         publisher=Publisher(app),
         metrics=Metrics(settings.exported_shops),
-        engine=PYTHON,
-        states=PYTHON.state_cache(settings.state_cache_size, settings.head_cache_mb << 20),
+        engine=engine,
+        states=engine.state_cache(settings.state_cache_size, settings.head_cache_mb << 20),
     )
     context.metrics.set_build(_version(), context.engine.name, settings.state_write_format,
                               READABLE_VERSIONS)

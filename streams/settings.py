@@ -259,6 +259,13 @@ class Settings(BaseSettings):
         "input). A caught-up partition never holds anything back; the wait normally lasts one "
         "fetch, this is the bound for a fetch that is slow or stuck.",
     )
+    engine: Literal["auto", "python", "native"] = Field(
+        "auto",
+        description="Default auto. The scoring engine (README, Engines): `native` is the fold in "
+        "Rust (built by `make venv` where a Rust toolchain is), `python` the reference fold; both "
+        "write the same bytes, so workers of a group may run either. `auto`: native when it is "
+        "built, else python.",
+    )
     state_write_format: int = Field(
         4, ge=3, le=4,
         description="Default 4. The customer-state format this worker writes (it reads 1-4). "
@@ -408,6 +415,15 @@ class Settings(BaseSettings):
     def _empty_security_is_none(cls, value: object) -> object:
         # An empty variable in a ConfigMap or compose file means "unset".
         return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _check_engine(self) -> Settings:
+        from scoring.native import NATIVE
+
+        if self.engine == "native" and NATIVE is None:
+            raise ValueError("LOYALTY_ENGINE=native, but this build has no native engine: build it "
+                             "with `make native` (it needs a Rust toolchain) or use python")
+        return self
 
     @model_validator(mode="after")
     def _check_security(self) -> Settings:

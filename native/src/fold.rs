@@ -281,7 +281,8 @@ fn purchase(
     let mut order: Order = [day, amount, 0, num, den, margin, 0, 0, ts];
     add_order_day(agg, day, amount, 1);
     if p.bonus_enabled {
-        let (tier, mn, md) = tier_on(agg, day, p);
+        let tier = tier_on(agg, day, p, None);
+        let (mn, md) = (tier.mult_num, tier.mult_den);
         let points = points_for(amount, mn, md, p);
         if points != 0 {
             order[O_POINTS] = points;
@@ -293,7 +294,17 @@ fn purchase(
             });
             agg.earned += points;
             let balance = agg.points_balance();
-            push_order_ledger(out, ctx, "earn", event_id, order_id, points, ts, balance, ("tier", J::Str(tier)));
+            push_order_ledger(
+                out,
+                ctx,
+                "earn",
+                event_id,
+                order_id,
+                points,
+                ts,
+                balance,
+                ("tier", J::Str(tier.name.clone())),
+            );
         }
     }
     agg.orders.insert(order_id.clone(), Arc::new(order));

@@ -15,6 +15,7 @@ mod fold;
 mod json;
 mod model;
 mod rules;
+mod snapshot;
 
 use model::*;
 use pyo3::create_exception;
@@ -47,7 +48,7 @@ fn get<'py, T: FromPyObject<'py>>(d: &Bound<'py, PyDict>, key: &str) -> PyResult
 impl PyPolicy {
     #[new]
     fn new(d: &Bound<'_, PyDict>) -> PyResult<Self> {
-        let tiers: Vec<(i64, String, i64, i64)> = get(d, "tiers")?;
+        let tiers: Vec<(i64, String, i64, i64, i64)> = get(d, "tiers")?;
         if tiers.is_empty() {
             return Err(PyValueError::new_err("a policy needs a tier"));
         }
@@ -79,17 +80,19 @@ impl PyPolicy {
             dedup_retention_days: get(d, "dedup_retention_days")?,
             max_seen_ids: get(d, "max_seen_ids")?,
             max_buffer_events: get(d, "max_buffer_events")?,
+            ltv_months: get(d, "ltv_months")?,
             margin_num: get(d, "margin_num")?,
             margin_den: get(d, "margin_den")?,
             ppu_num: get(d, "ppu_num")?,
             ppu_den: get(d, "ppu_den")?,
             tiers: tiers
                 .into_iter()
-                .map(|(threshold, name, mult_num, mult_den)| Tier {
+                .map(|(threshold, name, mult_num, mult_den, pct)| Tier {
                     threshold,
                     name: Arc::from(name),
                     mult_num,
                     mult_den,
+                    pct,
                 })
                 .collect(),
         };
@@ -212,6 +215,36 @@ impl PyState {
             Ok(h) => Ok(agg_bytes(py, &h)),
             Err(t) => Err(TooEarly::new_err(t)),
         }
+    }
+    /// The snapshot as of `as_of_us` with null CLV fields, its CLV inputs and RFM values
+    /// (each None without purchases); None when a figure needs more than 128-bit
+    /// integers (the caller then reads `head_json`). TooEarly as `head_json`.
+    fn snapshot(&self, py: Python<'_>, policy: &PyPolicy, as_of_us: i64) -> PyResult<Option<PyObject>> {
+        let s = &self.inner;
+        let p = &policy.inner;
+        let owned;
+        let head: &Agg = match fold::cached_head(s, p) {
+            Some(h) if s.clock == Some(as_of_us) && h.t_us == Some(as_of_us) => h,
+            _ => {
+                owned = fold::head_as_of(s, as_of_us, p).map_err(TooEarly::new_err)?;
+                &owned
+            }
+        };
+        let Some(fields) = snapshot::snapshot_of_head(&s.shop_id, &s.customer_id, head, as_of_us, p) else {
+            return Ok(None);
+        };
+        let d = PyDict::new_bound(py);
+        for (k, v) in fields {
+            match v {
+                snapshot::V::Null => d.set_item(k, py.None())?,
+                snapshot::V::Int(i) => d.set_item(k, i)?,
+                snapshot::V::Float(f) => d.set_item(k, f)?,
+                snapshot::V::Str(t) => d.set_item(k, &*t)?,
+            }
+        }
+        let day = day_of(as_of_us);
+        let out = (d, snapshot::clv_inputs(head, day), snapshot::rfm_values(head, day));
+        Ok(Some(out.into_py(py)))
     }
     /// The head as of the clock (None without events), as aggregate JSON.
     fn head_now_json<'py>(&self, py: Python<'py>, policy: &PyPolicy) -> Option<Bound<'py, PyBytes>> {

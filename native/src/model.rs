@@ -280,13 +280,14 @@ impl CustomerState {
     }
 }
 
-/// A tier row: (threshold, name, multiplier num, multiplier den); the discount is the snapshot's.
+/// A tier row: (threshold, name, multiplier num, multiplier den, discount pct).
 #[derive(Clone, Debug)]
 pub struct Tier {
     pub threshold: i64,
     pub name: Arc<str>,
     pub mult_num: i64,
     pub mult_den: i64,
+    pub pct: i64,
 }
 
 /// The settings of `schemas.policy.ShopPolicy` the fold reads.
@@ -319,6 +320,7 @@ pub struct Policy {
     pub dedup_retention_days: i64,
     pub max_seen_ids: i64,
     pub max_buffer_events: i64,
+    pub ltv_months: i64,
     pub margin_num: i64,
     pub margin_den: i64,
     pub ppu_num: i64,

@@ -318,19 +318,14 @@ pub fn contribution(head: &Agg, stage: Option<Stage>, day: i64, p: &Policy) -> O
 
 // ---- rewards ---------------------------------------------------------------
 
-/// (name, multiplier num, multiplier den) of the tier reached on `day`.
-pub fn tier_on(agg: &Agg, day: i64, p: &Policy) -> (Arc<str>, i64, i64) {
+/// The tier reached on `day` (`spend_365d`: that spend, when the caller has it).
+pub fn tier_on<'p>(agg: &Agg, day: i64, p: &'p Policy, spend_365d: Option<i64>) -> &'p Tier {
     let last = p.tiers.last().expect("a policy has a tier");
     if !p.discount_enabled {
-        return (last.name.clone(), last.mult_num, last.mult_den);
+        return last;
     }
-    let spend = window_totals(agg, day, 365).0;
-    for t in &p.tiers {
-        if spend >= t.threshold {
-            return (t.name.clone(), t.mult_num, t.mult_den);
-        }
-    }
-    (last.name.clone(), last.mult_num, last.mult_den)
+    let spend = spend_365d.unwrap_or_else(|| window_totals(agg, day, 365).0);
+    p.tiers.iter().find(|t| spend >= t.threshold).unwrap_or(last)
 }
 
 pub fn points_for(amount: i64, mult_num: i64, mult_den: i64, p: &Policy) -> i64 {

@@ -195,6 +195,7 @@ def _stream(args: argparse.Namespace, stats: Any) -> Any:
 def _run_core(args: argparse.Namespace) -> dict[str, Any]:
     """``--core-only``: :func:`streams.bench.core.measure_core` with the worker's settings."""
     from schemas.policy import PolicyBook
+    from scoring.native import engine_named
     from scoring.replay import tune_gc
     from streams.bench.core import measure_core
     from streams.bench.generator import StreamStats
@@ -209,7 +210,8 @@ def _run_core(args: argparse.Namespace) -> dict[str, Any]:
     result = measure_core(stream, policies=PolicyBook.load(settings.policy_file),
                           batch_max=settings.batch_max,
                           cache_size=settings.state_cache_size,
-                          head_cache_mb=settings.head_cache_mb)
+                          head_cache_mb=settings.head_cache_mb,
+                          engine=engine_named(settings.engine))
     result["generator"] = stats.generator
     result["shops"] = stats.shops
     result["machine"] = machine(settings.kafka_version)

@@ -25,6 +25,8 @@ from scoring.cdnow import cdnow_events
 from scoring.clock import US_PER_DAY
 from scoring.engine import PYTHON, Engine
 from scoring.native import NATIVE
+from scoring.replay import fit_clv_as_of, fit_rfm_models, fold_lines
+from scoring.snapshot import head_as_of
 from streams.bench.generator import fast_stream, heavy_stream, regulars_stream, synthetic_stream
 from tests.cdnow import CDNOW_PATH
 from tests.core.conftest import Customer
@@ -111,3 +113,33 @@ def test_all_of_cdnow_folds_to_the_reference_bytes() -> None:
     got = _fold(NATIVE, events, _cached)  # type: ignore[arg-type]
     assert len(want) > 23_000
     assert got == want
+
+
+@needs_native
+def test_snapshots_scored_by_fitted_models_are_the_references() -> None:
+    """CLV (BG/NBD + Gamma-Gamma) and RFM fields: the models are fitted from the
+    reference's fold of CDNOW's first 20 000 lines and score both engines' states."""
+    with CDNOW_PATH.open("rb") as f:
+        lines = [next(f) for _ in range(20_000)]
+    events = list(cdnow_events(lines))
+    policies = PolicyBook()
+    reference = fold_lines(events, policies=policies).states
+    native: dict[tuple[str, str], Customer] = {}
+    for data in events:
+        try:
+            event = parse(data, policies)
+        except InvalidEvent:
+            continue
+        native.setdefault((event.shop_id, event.customer_id), _cached(NATIVE)).send(data)  # type: ignore[arg-type]
+    as_of = max(state.clock for state in reference.values()) + 30 * US_PER_DAY
+    clv_models = fit_clv_as_of(reference, as_of, policies)
+    rfm_models = fit_rfm_models({key: head_as_of(state, as_of, policies.for_shop(key[0]))
+                                 for key, state in reference.items()}, as_of)
+    scored = 0
+    for key, state in reference.items():
+        policy = policies.for_shop(key[0])
+        models = (clv_models.select(key[0]), rfm_models.get(key[0]))
+        want = PYTHON.snapshot(state, as_of, policy, *models)
+        assert codec.dumps(NATIVE.snapshot(native[key].state, as_of, policy, *models)) == codec.dumps(want)  # type: ignore[union-attr]
+        scored += want["clv_model"] is not None and want["rfm_segment"] is not None
+    assert scored > 1_000
