@@ -28,12 +28,22 @@ impl J {
 }
 
 pub fn write_int(out: &mut Vec<u8>, v: i64) {
-    let mut buf = itoa_buf(v);
-    out.append(&mut buf);
-}
-
-fn itoa_buf(v: i64) -> Vec<u8> {
-    v.to_string().into_bytes()
+    // Digits into a stack buffer, back to front: no allocation per number.
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    let mut n = v.unsigned_abs();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if v < 0 {
+        out.push(b'-');
+    }
+    out.extend_from_slice(&buf[i..]);
 }
 
 pub fn write_opt_int(out: &mut Vec<u8>, v: Option<i64>) {
@@ -126,6 +136,15 @@ mod tests {
         let mut out = Vec::new();
         write_str(&mut out, "a\"b\\c\n\u{1}\u{1f}\u{7f}é\u{2028}");
         assert_eq!(String::from_utf8(out).unwrap(), "\"a\\\"b\\\\c\\n\\u0001\\u001f\u{7f}é\u{2028}\"");
+    }
+
+    #[test]
+    fn integers() {
+        for v in [0, 7, -7, 10, 1_000_000, i64::MAX, i64::MIN] {
+            let mut out = Vec::new();
+            write_int(&mut out, v);
+            assert_eq!(String::from_utf8(out).unwrap(), v.to_string());
+        }
     }
 
     #[test]

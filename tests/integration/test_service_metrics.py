@@ -11,6 +11,7 @@ import pytest
 
 from schemas import codec
 from scoring.engine import FORMAT_VERSION, READABLE_VERSIONS
+from scoring.native import engine_named
 from streams import synthetic
 from tests.integration.service_harness import (
     AS_OF,
@@ -68,7 +69,7 @@ def test_service_metrics(bootstrap: str, tmp_path) -> None:
         # What the worker runs, for a rolling upgrade's state of play (README).
         assert [dict(labels) for (name, labels), v in m.items()
                 if name == "loyalty_build_info" and v == 1] == [{
-                    "version": version("loyalty-scorer"), "engine": "python",
+                    "version": version("loyalty-scorer"), "engine": engine_named("auto").name,
                     "state_format_writes": str(FORMAT_VERSION),
                     "state_formats_read": ",".join(map(str, READABLE_VERSIONS))}]
         gaps = sum(v for (name, _), v in m.items() if name == "loyalty_input_offset_gaps_total")

@@ -28,10 +28,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def dockerfile_sources() -> list[str]:
-    """What deploy/Dockerfile copies into the image before `pip install .` (its COPY sources)."""
-    sources = []
+    """What deploy/Dockerfile copies into the image before `pip install .` (the COPY
+    sources of its last stage; the earlier one builds the native engine's wheel)."""
+    sources: list[str] = []
     for line in (REPO / "deploy" / "Dockerfile").read_text().splitlines():
         parts = line.split()
+        if parts[:1] == ["FROM"]:
+            sources = []
         if parts[:1] == ["COPY"] and not any(p.startswith("--from") for p in parts):
             sources.extend(parts[1:-1])
     return sources
