@@ -10,9 +10,6 @@ use std::sync::Arc;
 
 pub const FORMAT_VERSION: i64 = 4;
 const READABLE: [i64; 4] = [1, 2, 3, 4];
-const AGG_SLOTS: usize = 35;
-const V2_SLOTS: usize = 34;
-const V1_SLOTS: usize = 31;
 
 pub enum DecodeError {
     /// written by a newer build (its format number)
@@ -249,136 +246,324 @@ pub fn encode_state(s: &CustomerState, version: i64) -> Vec<u8> {
 }
 
 // ---- reading ----------------------------------------------------------------
+//
+// A parser for exactly this format, reading the bytes once: no JSON tree, no
+// intermediate values. Whitespace between tokens is accepted, as any JSON
+// reader would; anything else a state cannot hold is a `Corrupt` error.
 
 type R<T> = Result<T, DecodeError>;
 
-fn arr(v: &Value) -> R<&Vec<Value>> {
-    v.as_array().map_or_else(|| bad("expected an array"), Ok)
+struct P<'a> {
+    b: &'a [u8],
+    i: usize,
 }
 
-fn int(v: &Value) -> R<i64> {
-    v.as_i64().map_or_else(|| bad("expected an integer"), Ok)
-}
-
-fn opt_int(v: &Value) -> R<Option<i64>> {
-    if v.is_null() {
-        Ok(None)
-    } else {
-        int(v).map(Some)
-    }
-}
-
-fn string(v: &Value) -> R<Arc<str>> {
-    v.as_str().map_or_else(|| bad("expected a string"), |s| Ok(Arc::from(s)))
-}
-
-fn opt_string(v: &Value) -> R<Option<Arc<str>>> {
-    if v.is_null() {
-        Ok(None)
-    } else {
-        string(v).map(Some)
-    }
-}
-
-fn ints<const N: usize>(v: &Value) -> R<[i64; N]> {
-    let a = arr(v)?;
-    if a.len() != N {
-        return bad("wrong length");
-    }
-    let mut out = [0; N];
-    for (o, x) in out.iter_mut().zip(a) {
-        *o = int(x)?;
-    }
-    Ok(out)
-}
-
-fn stage(v: &Value) -> R<Option<Stage>> {
-    if v.is_null() {
-        return Ok(None);
-    }
-    match v.as_str().and_then(Stage::parse) {
-        Some(s) => Ok(Some(s)),
-        None => bad("unknown stage"),
-    }
-}
-
-fn decode_agg(v: &Value) -> R<Agg> {
-    let d = arr(v)?;
-    let n = d.len();
-    if n != AGG_SLOTS && n != V2_SLOTS && n != V1_SLOTS {
-        return Err(DecodeError::Corrupt(format!(
-            "unreadable customer state: aggregate has {n} slots, expected {AGG_SLOTS}"
-        )));
-    }
-    let mut a = Agg {
-        t_us: opt_int(&d[0])?,
-        first_seen_us: opt_int(&d[1])?,
-        purchase_count: int(&d[2])?,
-        purchase_days: int(&d[3])?,
-        first_purchase_us: opt_int(&d[4])?,
-        last_purchase_us: opt_int(&d[5])?,
-        spend_total: int(&d[6])?,
-        refund_total: int(&d[7])?,
-        margin_total: int(&d[8])?,
-        first_day_net: int(&d[9])?,
-        orders: IndexMap::new(),
-        pdays: arr(&d[11])?.iter().map(int).collect::<R<_>>()?,
-        visit_days: int(&d[12])?,
-        last_visit_day: opt_int(&d[13])?,
-        nps_last: opt_int(&d[14])?,
-        sow_last: opt_int(&d[15])?,
-        fb_counts: ints::<3>(&d[16])?,
-        fb_recent: arr(&d[17])?.iter().map(ints::<2>).collect::<R<_>>()?,
-        lots: Vec::new(),
-        earned: int(&d[19])?,
-        redeemed: int(&d[20])?,
-        expired: int(&d[21])?,
-        clawed: int(&d[22])?,
-        shortfall: int(&d[23])?,
-        redemptions_rejected: int(&d[24])?,
-        stamps: int(&d[25])?,
-        free_items: int(&d[26])?,
-        stage: stage(&d[27])?,
-        orphan_refunds: int(&d[28])?,
-        duplicate_orders: int(&d[29])?,
-        refunds_capped: int(&d[30])?,
-        det_since: None,
-        ever_det: false,
-        fb_tp: Vec::new(),
-        day_net: Vec::new(),
-    };
-    for pair in arr(&d[10])? {
-        let p = arr(pair)?;
-        if p.len() != 2 {
-            return bad("order entry");
+impl<'a> P<'a> {
+    fn ws(&mut self) {
+        while self.i < self.b.len() && matches!(self.b[self.i], b' ' | b'\n' | b'\r' | b'\t') {
+            self.i += 1;
         }
-        a.orders.insert(string(&p[0])?, Arc::new(ints::<9>(&p[1])?));
     }
-    for lot in arr(&d[18])? {
-        let l = arr(lot)?;
-        if l.len() != 4 {
-            return bad("lot");
+
+    fn peek(&mut self) -> Option<u8> {
+        self.ws();
+        self.b.get(self.i).copied()
+    }
+
+    fn eat(&mut self, c: u8) -> R<()> {
+        if self.peek() == Some(c) {
+            self.i += 1;
+            Ok(())
+        } else {
+            bad(&format!("expected {:?} at byte {}", c as char, self.i))
         }
-        a.lots.push(Lot { expires: int(&l[0])?, remaining: int(&l[1])?, order: string(&l[2])?, earned: int(&l[3])? });
     }
-    if n == V1_SLOTS {
-        upgrade_v1(&mut a);
-    } else {
-        a.det_since = opt_int(&d[31])?;
-        a.ever_det = d[32].as_bool().map_or_else(|| bad("ever_det"), Ok)?;
-        for row in arr(&d[33])? {
-            let r = arr(row)?;
-            if r.len() != 4 {
-                return bad("touchpoint row");
+
+    /// `,` (true) or `]` (false) after an array element.
+    fn more(&mut self) -> R<bool> {
+        match self.peek() {
+            Some(b',') => {
+                self.i += 1;
+                Ok(true)
             }
-            a.fb_tp.push((opt_string(&r[0])?, [int(&r[1])?, int(&r[2])?, int(&r[3])?]));
+            Some(b']') => {
+                self.i += 1;
+                Ok(false)
+            }
+            _ => bad(&format!("expected , or ] at byte {}", self.i)),
         }
     }
-    if n == AGG_SLOTS {
-        a.day_net = arr(&d[34])?.iter().map(ints::<3>).collect::<R<_>>()?;
-    } else {
-        upgrade_v2(&mut a);
+
+    fn word(&mut self, w: &[u8]) -> bool {
+        if self.peek().is_some() && self.b[self.i..].starts_with(w) {
+            self.i += w.len();
+            true
+        } else {
+            false
+        }
     }
+
+    fn null(&mut self) -> bool {
+        self.word(b"null")
+    }
+
+    fn int(&mut self) -> R<i64> {
+        self.ws();
+        let start = self.i;
+        if self.b.get(self.i) == Some(&b'-') {
+            self.i += 1;
+        }
+        let digits = self.i;
+        while self.i < self.b.len() && self.b[self.i].is_ascii_digit() {
+            self.i += 1;
+        }
+        let n = self.i - digits;
+        if n == 0 || (n > 1 && self.b[digits] == b'0') || matches!(self.b.get(self.i), Some(b'.' | b'e' | b'E')) {
+            return bad(&format!("expected an integer at byte {start}"));
+        }
+        // The digits are ASCII: the slice is valid UTF-8.
+        std::str::from_utf8(&self.b[start..self.i])
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .map_or_else(|| bad("an integer beyond 64 bits"), Ok)
+    }
+
+    fn opt_int(&mut self) -> R<Option<i64>> {
+        if self.null() {
+            Ok(None)
+        } else {
+            self.int().map(Some)
+        }
+    }
+
+    fn bool(&mut self) -> R<bool> {
+        if self.word(b"true") {
+            Ok(true)
+        } else if self.word(b"false") {
+            Ok(false)
+        } else {
+            bad("expected a boolean")
+        }
+    }
+
+    fn string(&mut self) -> R<String> {
+        self.eat(b'"')?;
+        let mut out: Vec<u8> = Vec::new();
+        loop {
+            let start = self.i;
+            while self.i < self.b.len() && !matches!(self.b[self.i], b'"' | b'\\' | 0..=0x1f) {
+                self.i += 1;
+            }
+            out.extend_from_slice(&self.b[start..self.i]);
+            match self.b.get(self.i) {
+                Some(b'"') => {
+                    self.i += 1;
+                    // The input was checked to be UTF-8 and escapes write UTF-8.
+                    return String::from_utf8(out).map_or_else(|_| bad("string"), Ok);
+                }
+                Some(b'\\') => {
+                    self.i += 1;
+                    let c = self.b.get(self.i).copied();
+                    self.i += 1;
+                    let ch = match c {
+                        Some(b'"') => '"',
+                        Some(b'\\') => '\\',
+                        Some(b'/') => '/',
+                        Some(b'b') => '\u{8}',
+                        Some(b'f') => '\u{c}',
+                        Some(b'n') => '\n',
+                        Some(b'r') => '\r',
+                        Some(b't') => '\t',
+                        Some(b'u') => self.unicode_escape()?,
+                        _ => return bad("string escape"),
+                    };
+                    let mut buf = [0u8; 4];
+                    out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
+                }
+                _ => return bad("unterminated string or a control character in it"),
+            }
+        }
+    }
+
+    fn hex4(&mut self) -> R<u32> {
+        let h = self.b.get(self.i..self.i + 4).and_then(|h| std::str::from_utf8(h).ok());
+        let v = h.and_then(|h| u32::from_str_radix(h, 16).ok()).map_or_else(|| bad("\\u escape"), Ok)?;
+        self.i += 4;
+        Ok(v)
+    }
+
+    /// After `\u`: one code point (a surrogate pair is two escapes).
+    fn unicode_escape(&mut self) -> R<char> {
+        let hi = self.hex4()?;
+        let code = if (0xD800..0xDC00).contains(&hi) {
+            if !self.b[self.i..].starts_with(b"\\u") {
+                return bad("lone surrogate");
+            }
+            self.i += 2;
+            let lo = self.hex4()?;
+            if !(0xDC00..0xE000).contains(&lo) {
+                return bad("lone surrogate");
+            }
+            0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
+        } else {
+            hi
+        };
+        char::from_u32(code).map_or_else(|| bad("lone surrogate"), Ok)
+    }
+
+    fn arc(&mut self) -> R<Arc<str>> {
+        self.string().map(Arc::from)
+    }
+
+    fn opt_arc(&mut self) -> R<Option<Arc<str>>> {
+        if self.null() {
+            Ok(None)
+        } else {
+            self.arc().map(Some)
+        }
+    }
+
+    /// `[x, ...]`, each element read by `f`.
+    fn seq<T>(&mut self, mut f: impl FnMut(&mut Self) -> R<T>) -> R<Vec<T>> {
+        self.eat(b'[')?;
+        let mut out = Vec::new();
+        if self.peek() == Some(b']') {
+            self.i += 1;
+            return Ok(out);
+        }
+        loop {
+            out.push(f(self)?);
+            if !self.more()? {
+                return Ok(out);
+            }
+        }
+    }
+
+    fn ints<const N: usize>(&mut self) -> R<[i64; N]> {
+        self.eat(b'[')?;
+        let mut out = [0; N];
+        for (n, o) in out.iter_mut().enumerate() {
+            if n > 0 {
+                self.eat(b',')?;
+            }
+            *o = self.int()?;
+        }
+        self.eat(b']')?;
+        Ok(out)
+    }
+
+    fn stage(&mut self) -> R<Option<Stage>> {
+        if self.null() {
+            return Ok(None);
+        }
+        let s = self.string()?;
+        Stage::parse(&s).map_or_else(|| bad("unknown stage"), |s| Ok(Some(s)))
+    }
+
+    fn comma(&mut self) -> R<()> {
+        self.eat(b',')
+    }
+}
+
+fn decode_agg(p: &mut P) -> R<Agg> {
+    p.eat(b'[')?;
+    let mut a = Agg { t_us: p.opt_int()?, ..Agg::default() };
+    p.comma()?;
+    a.first_seen_us = p.opt_int()?;
+    p.comma()?;
+    a.purchase_count = p.int()?;
+    p.comma()?;
+    a.purchase_days = p.int()?;
+    p.comma()?;
+    a.first_purchase_us = p.opt_int()?;
+    p.comma()?;
+    a.last_purchase_us = p.opt_int()?;
+    for v in [&mut a.spend_total, &mut a.refund_total, &mut a.margin_total, &mut a.first_day_net] {
+        p.comma()?;
+        *v = p.int()?;
+    }
+    p.comma()?;
+    let orders = p.seq(|p| {
+        p.eat(b'[')?;
+        let k = p.arc()?;
+        p.comma()?;
+        let o = p.ints::<9>()?;
+        p.eat(b']')?;
+        Ok((k, Arc::new(o)))
+    })?;
+    a.orders = orders.into_iter().collect();
+    p.comma()?;
+    a.pdays = p.seq(P::int)?;
+    p.comma()?;
+    a.visit_days = p.int()?;
+    for v in [&mut a.last_visit_day, &mut a.nps_last, &mut a.sow_last] {
+        p.comma()?;
+        *v = p.opt_int()?;
+    }
+    p.comma()?;
+    a.fb_counts = p.ints::<3>()?;
+    p.comma()?;
+    a.fb_recent = p.seq(P::ints::<2>)?;
+    p.comma()?;
+    a.lots = p.seq(|p| {
+        p.eat(b'[')?;
+        let expires = p.int()?;
+        p.comma()?;
+        let remaining = p.int()?;
+        p.comma()?;
+        let order = p.arc()?;
+        p.comma()?;
+        let earned = p.int()?;
+        p.eat(b']')?;
+        Ok(Lot { expires, remaining, order, earned })
+    })?;
+    for v in [
+        &mut a.earned,
+        &mut a.redeemed,
+        &mut a.expired,
+        &mut a.clawed,
+        &mut a.shortfall,
+        &mut a.redemptions_rejected,
+        &mut a.stamps,
+        &mut a.free_items,
+    ] {
+        p.comma()?;
+        *v = p.int()?;
+    }
+    p.comma()?;
+    a.stage = p.stage()?;
+    for v in [&mut a.orphan_refunds, &mut a.duplicate_orders, &mut a.refunds_capped] {
+        p.comma()?;
+        *v = p.int()?;
+    }
+    if !p.more()? {
+        // version 1: 31 slots
+        upgrade_v1(&mut a);
+        upgrade_v2(&mut a);
+        return Ok(a);
+    }
+    a.det_since = p.opt_int()?;
+    p.comma()?;
+    a.ever_det = p.bool()?;
+    p.comma()?;
+    a.fb_tp = p.seq(|p| {
+        p.eat(b'[')?;
+        let tp = p.opt_arc()?;
+        let mut c = [0; 3];
+        for v in c.iter_mut() {
+            p.comma()?;
+            *v = p.int()?;
+        }
+        p.eat(b']')?;
+        Ok((tp, c))
+    })?;
+    if !p.more()? {
+        // version 2: 34 slots
+        upgrade_v2(&mut a);
+        return Ok(a);
+    }
+    a.day_net = p.seq(P::ints::<3>)?;
+    p.eat(b']')?;
     Ok(a)
 }
 
@@ -410,157 +595,231 @@ fn upgrade_v2(a: &mut Agg) {
     }
 }
 
-fn decode_rec(v: &Value) -> R<Arc<Rec>> {
-    let r = arr(v)?;
-    if r.len() != 6 {
-        return bad("buffered event");
-    }
-    let ts = int(&r[0])?;
-    let event_id = string(&r[1])?;
-    let payload = match r[2].as_str() {
-        Some("P") => Payload::Purchase { order: string(&r[3])?, amount: int(&r[4])?, rate: opt_string(&r[5])? },
-        Some("R") => Payload::Refund { order: string(&r[3])?, amount: int(&r[4])? },
-        Some("V") => Payload::Visit,
-        Some("F") => Payload::Feedback {
-            nps: int(&r[3])?,
-            sow: opt_int(&r[4])?,
-            extra: if r[5].is_null() {
+fn decode_rec(p: &mut P) -> R<Arc<Rec>> {
+    p.eat(b'[')?;
+    let ts = p.int()?;
+    p.comma()?;
+    let event_id = p.arc()?;
+    p.comma()?;
+    let kind = p.string()?;
+    p.comma()?;
+    let payload = match kind.as_str() {
+        "P" | "R" => {
+            let order = p.arc()?;
+            p.comma()?;
+            let amount = p.int()?;
+            p.comma()?;
+            if kind == "P" {
+                let rate = p.opt_arc()?;
+                if rate.as_deref().is_some_and(|r| !rate_fits(r)) {
+                    return bad("margin rate");
+                }
+                Payload::Purchase { order, amount, rate }
+            } else {
+                null_slot(p)?;
+                Payload::Refund { order, amount }
+            }
+        }
+        "V" => {
+            null_slot(p)?;
+            p.comma()?;
+            null_slot(p)?;
+            p.comma()?;
+            null_slot(p)?;
+            Payload::Visit
+        }
+        "F" => {
+            let nps = p.int()?;
+            p.comma()?;
+            let sow = p.opt_int()?;
+            p.comma()?;
+            let extra = if p.null() {
                 None
             } else {
-                let e = arr(&r[5])?;
-                if e.len() != 2 {
-                    return bad("feedback extra");
-                }
-                Some((opt_string(&e[0])?, opt_string(&e[1])?))
-            },
-        },
-        Some("X") => Payload::Redemption { points: int(&r[3])? },
+                p.eat(b'[')?;
+                let t = p.opt_arc()?;
+                p.comma()?;
+                let c = p.opt_arc()?;
+                p.eat(b']')?;
+                Some((t, c))
+            };
+            Payload::Feedback { nps, sow, extra }
+        }
+        "X" => {
+            let points = p.int()?;
+            p.comma()?;
+            null_slot(p)?;
+            p.comma()?;
+            null_slot(p)?;
+            Payload::Redemption { points }
+        }
         _ => return bad("event kind"),
     };
-    if let Payload::Purchase { rate: Some(rate), .. } = &payload {
-        if !rate_fits(rate) {
-            return bad("margin rate");
-        }
-    }
+    p.eat(b']')?;
     Ok(Arc::new(Rec { ts, event_id, payload }))
 }
 
-fn decode_kpi(v: &Value) -> R<Option<Kpi>> {
-    if v.is_null() {
+/// A record slot its kind leaves empty: null (the Python engine never reads it).
+fn null_slot(p: &mut P) -> R<()> {
+    if p.null() {
+        Ok(())
+    } else {
+        bad("expected null in an unused record slot")
+    }
+}
+
+fn decode_kpi(p: &mut P) -> R<Option<Kpi>> {
+    if p.null() {
         return Ok(None);
     }
-    let k = arr(v)?;
-    if k.len() != 9 {
-        return bad("kpi");
+    p.eat(b'[')?;
+    let buyer = p.int()?;
+    p.comma()?;
+    let repeater = p.int()?;
+    p.comma()?;
+    let loyalty_type = p.arc()?;
+    p.comma()?;
+    let wallet = p.opt_arc()?;
+    p.comma()?;
+    let detractor = p.opt_arc()?;
+    let mut n = [0; 3];
+    for v in n.iter_mut() {
+        p.comma()?;
+        *v = p.int()?;
     }
-    Ok(Some(Kpi {
-        buyer: int(&k[0])?,
-        repeater: int(&k[1])?,
-        loyalty_type: string(&k[2])?,
-        wallet: opt_string(&k[3])?,
-        detractor: opt_string(&k[4])?,
-        spend_total: int(&k[5])?,
-        purchase_count: int(&k[6])?,
-        attached: int(&k[7])?,
-        days: arr(&k[8])?.iter().map(ints::<2>).collect::<R<_>>()?,
-    }))
+    p.comma()?;
+    let days = p.seq(P::ints::<2>)?;
+    p.eat(b']')?;
+    let [spend_total, purchase_count, attached] = n;
+    Ok(Some(Kpi { buyer, repeater, loyalty_type, wallet, detractor, spend_total, purchase_count, attached, days }))
+}
+
+fn decode_emitted(p: &mut P) -> R<Emitted> {
+    let digest = p.int()?;
+    p.comma()?;
+    let at = p.int()?;
+    p.comma()?;
+    let kind = p.string()?;
+    let kind = EffKind::parse(&kind).map_or_else(|| bad("effect kind"), Ok)?;
+    Ok(Emitted { digest, at, kind })
+}
+
+/// `[[keys], [values]]` (formats 3 and 4) into a map, keys in order.
+fn columns<'a, V>(p: &mut P<'a>, value: impl FnMut(&mut P<'a>) -> R<V>) -> R<IdMap<V>> {
+    p.eat(b'[')?;
+    let keys = p.seq(P::int)?;
+    p.comma()?;
+    let values = p.seq(value)?;
+    p.eat(b']')?;
+    if keys.len() != values.len() {
+        return bad("seen or emitted: keys and values differ in number");
+    }
+    Ok(keys.into_iter().zip(values).collect())
 }
 
 pub fn decode_state(data: &[u8]) -> R<CustomerState> {
-    let raw: Value = match serde_json::from_slice(data) {
-        Ok(v) => v,
-        Err(e) => return Err(DecodeError::Corrupt(format!("unreadable customer state: {e}"))),
-    };
-    let Some(raw) = raw.as_array() else { return bad("not an array") };
-    let Some(first) = raw.first() else { return bad("empty") };
-    let version = match first.as_i64() {
-        Some(v) if READABLE.contains(&v) => v,
-        Some(v) if v > FORMAT_VERSION => {
-            return Err(DecodeError::Newer(format!(
-                "state format {v}, written by a newer build; this build reads (1, 2, 3, 4)"
-            )))
-        }
-        _ => return Err(DecodeError::Corrupt(format!("state format {first}; this build reads (1, 2, 3, 4)"))),
-    };
-    let want = match version {
-        1 => 13,
-        2 | 3 => 14,
-        _ => 15,
-    };
-    if raw.len() != want {
-        return bad("wrong number of fields");
+    if std::str::from_utf8(data).is_err() {
+        return bad("not UTF-8");
     }
-    let mut s = CustomerState::new(string(&raw[1])?, string(&raw[2])?);
-    s.ckpt = Arc::new(decode_agg(&raw[3])?);
-    s.buf = Arc::new(arr(&raw[4])?.iter().map(decode_rec).collect::<R<_>>()?);
-    let mut seen = IndexMap::new();
-    let mut emitted = IndexMap::new();
+    let mut p = P { b: data, i: 0 };
+    p.eat(b'[')?;
+    let version = p.int();
+    let version = match version {
+        Ok(v) if READABLE.contains(&v) => v,
+        _ => return Err(other_format(data)),
+    };
+    p.comma()?;
+    let mut s = CustomerState::new(p.arc()?, {
+        p.comma()?;
+        p.arc()?
+    });
+    p.comma()?;
+    s.ckpt = Arc::new(decode_agg(&mut p)?);
+    p.comma()?;
+    s.buf = Arc::new(p.seq(decode_rec)?);
+    p.comma()?;
     if version >= 3 {
-        let sv = arr(&raw[5])?;
-        let ev = arr(&raw[6])?;
-        if sv.len() != 2 || ev.len() != 2 {
-            return bad("seen or emitted");
-        }
-        let (sk, svals) = (arr(&sv[0])?, arr(&sv[1])?);
-        let (ek, evals) = (arr(&ev[0])?, arr(&ev[1])?);
-        if sk.len() != svals.len() || ek.len() != evals.len() {
-            return bad("seen or emitted lengths");
-        }
-        for (k, v) in sk.iter().zip(svals) {
-            seen.insert(int(k)?, ints::<2>(v)?);
-        }
-        for (k, v) in ek.iter().zip(evals) {
-            emitted.insert(int(k)?, decode_emitted(arr(v)?)?);
-        }
+        s.seen = Arc::new(columns(&mut p, P::ints::<2>)?);
+        p.comma()?;
+        s.emitted = Arc::new(columns(&mut p, |p| {
+            p.eat(b'[')?;
+            let e = decode_emitted(p)?;
+            p.eat(b']')?;
+            Ok(e)
+        })?);
     } else {
-        for row in arr(&raw[5])? {
-            let r = arr(row)?;
-            if r.len() != 3 {
-                return bad("seen row");
-            }
-            seen.insert(int(&r[0])?, [int(&r[1])?, int(&r[2])?]);
-        }
-        for row in arr(&raw[6])? {
-            let r = arr(row)?;
-            if r.len() != 4 {
-                return bad("emitted row");
-            }
-            emitted.insert(int(&r[0])?, decode_emitted(&r[1..])?);
-        }
+        let seen = p.seq(P::ints::<3>)?;
+        s.seen = Arc::new(seen.into_iter().map(|r| (r[0], [r[1], r[2]])).collect());
+        p.comma()?;
+        let emitted = p.seq(|p| {
+            p.eat(b'[')?;
+            let k = p.int()?;
+            p.comma()?;
+            let e = decode_emitted(p)?;
+            p.eat(b']')?;
+            Ok((k, e))
+        })?;
+        s.emitted = Arc::new(emitted.into_iter().collect());
     }
-    s.seen = Arc::new(seen);
-    s.emitted = Arc::new(emitted);
-    s.max_ts = opt_int(&raw[7])?;
-    s.frontier = opt_int(&raw[8])?;
-    s.clock = opt_int(&raw[9])?;
-    s.stage = stage(&raw[10])?;
-    s.next_due = opt_int(&raw[11])?;
-    s.totals = ints::<4>(&raw[12])?;
+    p.comma()?;
+    s.max_ts = p.opt_int()?;
+    p.comma()?;
+    s.frontier = p.opt_int()?;
+    p.comma()?;
+    s.clock = p.opt_int()?;
+    p.comma()?;
+    s.stage = p.stage()?;
+    p.comma()?;
+    s.next_due = p.opt_int()?;
+    p.comma()?;
+    s.totals = p.ints::<4>()?;
     if version >= 2 {
-        s.kpi = decode_kpi(&raw[13])?;
+        p.comma()?;
+        s.kpi = decode_kpi(&mut p)?;
     }
     if version == 4 {
-        let Some(pos) = raw[14].as_object() else {
-            return bad("positions");
-        };
+        p.comma()?;
+        p.eat(b'{')?;
         let mut positions = IndexMap::new();
-        for (k, v) in pos {
-            positions.insert(Arc::from(k.as_str()), int(v)?);
+        if p.peek() == Some(b'}') {
+            p.i += 1;
+        } else {
+            loop {
+                let k = p.arc()?;
+                p.eat(b':')?;
+                positions.insert(k, p.int()?);
+                match p.peek() {
+                    Some(b',') => p.i += 1,
+                    Some(b'}') => {
+                        p.i += 1;
+                        break;
+                    }
+                    _ => return bad("positions"),
+                }
+            }
         }
         s.positions = Arc::new(positions);
+    }
+    p.eat(b']')?;
+    if p.peek().is_some() {
+        return bad("trailing bytes");
     }
     Ok(s)
 }
 
-fn decode_emitted(v: &[Value]) -> R<Emitted> {
-    if v.len() != 3 {
-        return bad("emitted entry");
-    }
-    let kind = match v[2].as_str().and_then(EffKind::parse) {
-        Some(k) => k,
-        None => return bad("effect kind"),
+/// The error for bytes whose first element is not a readable format number:
+/// a newer build's state when they are JSON starting with a larger integer.
+fn other_format(data: &[u8]) -> DecodeError {
+    let Ok(Value::Array(raw)) = serde_json::from_slice::<Value>(data) else {
+        return DecodeError::Corrupt("unreadable customer state: not a JSON array".into());
     };
-    Ok(Emitted { digest: int(&v[0])?, at: int(&v[1])?, kind })
+    match raw.first() {
+        Some(v) if v.as_i64().is_some_and(|v| v > FORMAT_VERSION) => {
+            DecodeError::Newer(format!("state format {v}, written by a newer build; this build reads (1, 2, 3, 4)"))
+        }
+        Some(v) => DecodeError::Corrupt(format!("state format {v}; this build reads (1, 2, 3, 4)")),
+        None => DecodeError::Corrupt("unreadable customer state: empty".into()),
+    }
 }
 
 /// A margin rate "num/den" the fold can compute with: both 64-bit, den > 0.

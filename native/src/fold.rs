@@ -5,7 +5,6 @@
 use crate::json::J;
 use crate::model::*;
 use crate::rules::*;
-use indexmap::IndexMap;
 use std::sync::Arc;
 
 const FAR_DAYS: i64 = 100_000;
@@ -463,12 +462,7 @@ fn next_due(head: &Agg, p: &Policy) -> Option<i64> {
     due
 }
 
-fn compare(
-    mut eff: Eff,
-    prev: Option<&IndexMap<i64, Emitted>>,
-    emitted: &mut IndexMap<i64, Emitted>,
-    out: &mut Vec<J>,
-) {
+fn compare(mut eff: Eff, prev: Option<&IdMap<Emitted>>, emitted: &mut IdMap<Emitted>, out: &mut Vec<J>) {
     let dg = digest(&eff.body);
     let before = match prev {
         Some(prev) => prev.get(&eff.id).copied(),
@@ -487,8 +481,8 @@ fn compare(
     emitted.insert(eff.id, Emitted { digest: dg, at: eff.at, kind: eff.kind });
 }
 
-fn publish(old: &CustomerState, truth: Vec<Eff>, frontier: Option<i64>) -> (Vec<J>, IndexMap<i64, Emitted>) {
-    let mut emitted = IndexMap::new();
+fn publish(old: &CustomerState, truth: Vec<Eff>, frontier: Option<i64>) -> (Vec<J>, IdMap<Emitted>) {
+    let mut emitted = Default::default();
     let mut out = Vec::new();
     for eff in truth {
         if matches!(frontier, Some(f) if eff.at < f) {
@@ -504,7 +498,7 @@ fn publish(old: &CustomerState, truth: Vec<Eff>, frontier: Option<i64>) -> (Vec<
     (out, emitted)
 }
 
-fn publish_appended(old: &CustomerState, new_effects: Vec<Eff>) -> (Vec<J>, IndexMap<i64, Emitted>) {
+fn publish_appended(old: &CustomerState, new_effects: Vec<Eff>) -> (Vec<J>, IdMap<Emitted>) {
     let mut emitted = (*old.emitted).clone();
     let mut out = Vec::new();
     for eff in new_effects {
@@ -757,7 +751,7 @@ fn kpi_of(state: &CustomerState, p: &Policy) -> Option<Kpi> {
     contribution(&head, state.stage, day_of(clock), p)
 }
 
-fn prune_seen(seen: IndexMap<i64, [i64; 2]>, max_ts: i64, p: &Policy) -> IndexMap<i64, [i64; 2]> {
+fn prune_seen(seen: IdMap<[i64; 2]>, max_ts: i64, p: &Policy) -> IdMap<[i64; 2]> {
     let horizon = max_ts - p.dedup_retention_days * US_PER_DAY;
     let n = seen.len();
     let first_due = seen.first().is_some_and(|(_, v)| v[1] < horizon);
@@ -775,7 +769,7 @@ fn prune_seen(seen: IndexMap<i64, [i64; 2]>, max_ts: i64, p: &Policy) -> IndexMa
     } else {
         within.iter().map(|&(_, k)| k).collect()
     };
-    let mut out: IndexMap<i64, [i64; 2]> = older.iter().filter(|(k, _)| kept.contains(k)).cloned().collect();
+    let mut out: IdMap<[i64; 2]> = older.iter().filter(|(k, _)| kept.contains(k)).cloned().collect();
     out.extend(recent.iter().cloned());
     out
 }

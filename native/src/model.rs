@@ -4,7 +4,30 @@
 //! shares its lists.
 
 use indexmap::IndexMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
+
+/// A hasher for keys that are hashes already (event-id and effect-id digests):
+/// one multiplication spreads their bits over the table.
+#[derive(Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ b as u64).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    fn write_i64(&mut self, v: i64) {
+        self.0 = (v as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// A map keyed by a 63-bit digest, in insertion order.
+pub type IdMap<V> = IndexMap<i64, V, BuildHasherDefault<IdHasher>>;
 
 pub const US_PER_DAY: i64 = 86_400_000_000;
 
@@ -244,8 +267,8 @@ pub struct CustomerState {
     pub customer_id: Arc<str>,
     pub ckpt: Arc<Agg>,
     pub buf: Arc<Vec<Arc<Rec>>>,
-    pub seen: Arc<IndexMap<i64, [i64; 2]>>,
-    pub emitted: Arc<IndexMap<i64, Emitted>>,
+    pub seen: Arc<IdMap<[i64; 2]>>,
+    pub emitted: Arc<IdMap<Emitted>>,
     pub max_ts: Option<i64>,
     pub frontier: Option<i64>,
     pub clock: Option<i64>,
@@ -265,8 +288,8 @@ impl CustomerState {
             customer_id,
             ckpt: Arc::new(Agg::default()),
             buf: Arc::new(Vec::new()),
-            seen: Arc::new(IndexMap::new()),
-            emitted: Arc::new(IndexMap::new()),
+            seen: Arc::new(IdMap::default()),
+            emitted: Arc::new(IdMap::default()),
             max_ts: None,
             frontier: None,
             clock: None,
