@@ -90,9 +90,13 @@ def _strict_rate(value: Any) -> Any:
 Timestamp = Annotated[datetime, BeforeValidator(parse_rfc3339), WithJsonSchema({
     "type": "string", "format": "date-time", "pattern": _RFC3339.pattern,
     "description": "RFC 3339 with an offset (Z or +hh:mm); at most 1 day ahead of the wall clock"})]
-MarginRate = Annotated[Decimal, BeforeValidator(_strict_rate), Field(ge=0, le=1), WithJsonSchema({
+# At most 18 decimal places: the exact rate's numerator and denominator then fit
+# 64-bit integers, which states are written in (a finer rate broke the state's
+# encoding once its order was finalized).
+MarginRate = Annotated[Decimal, BeforeValidator(_strict_rate), Field(ge=0, le=1, decimal_places=18),
+                       WithJsonSchema({
     "type": "number", "minimum": 0, "maximum": 1,
-    "description": "exact decimal as written, e.g. 0.35"})]
+    "description": "exact decimal as written, e.g. 0.35; at most 18 decimal places"})]
 Str128 = Annotated[StrictStr, Field(min_length=1, max_length=128)]
 ShopId = Annotated[StrictStr, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
 # "printable": no control characters (C0, DEL, C1).
@@ -204,7 +208,7 @@ _PYDANTIC_REASON = {
     "int_type": "wrong_type", "int_from_float": "wrong_type", "string_type": "wrong_type",
     "list_type": "wrong_type", "model_type": "wrong_type", "model_attributes_type": "wrong_type",
     "dict_type": "wrong_type", "decimal_type": "wrong_type", "bool_type": "wrong_type",
-    "greater_than": "out_of_range", "greater_than_equal": "out_of_range",
+    "greater_than": "out_of_range", "greater_than_equal": "out_of_range", "decimal_max_places": "out_of_range",
     "less_than": "out_of_range", "less_than_equal": "out_of_range",
     "string_too_short": "out_of_range", "string_too_long": "out_of_range",
     "too_long": "out_of_range", "too_short": "out_of_range",

@@ -41,7 +41,7 @@ from scoring.replay import fold_lines
 from scoring.shop import ShopTally
 from tests.cdnow import CDNOW_PATH
 from tests.core.conftest import ENGINES, Customer
-from tests.core.factory import at, parse, purchase, visit
+from tests.core.factory import at, parse, purchase, refund, visit
 from tests.core.test_properties import FAST, arrival_order, customer_events
 
 #: Core modules only the engine may import for the runtime.
@@ -130,6 +130,18 @@ def test_a_real_purchase_log_folds_to_replays_bytes(engine: Engine, path: str) -
         customers[key].send(data)
     assert len(want) > 1_000
     assert {key: engine.encode(c.state) for key, c in customers.items()} == want
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_the_finest_margin_rate_folds_to_the_reference_bytes_once_finalized(engine: Engine) -> None:
+    """A rate of 18 decimal places (the contract's finest) is exact in 64-bit integers:
+    its order is written into the finalized aggregate, refunded, and read back."""
+    events = [purchase(at(0), 999_999_999_999, event_id="p1", order_id="o1", margin_rate=1e-18),
+              purchase(at(1), 7, event_id="p2", margin_rate=0.123456789012345678),
+              refund(at(20), "o1", 5, event_id="r1"), visit(at(40), event_id="v1")]
+    want = _bytes(Customer(keep_objects=True).send(*events))
+    assert b',1,1000000000000000000,' in want[0]  # o1's exact rate, in the finalized aggregate
+    assert _bytes(Customer(engine=engine).send(*events)) == want
 
 
 @pytest.mark.parametrize("engine", ENGINES)

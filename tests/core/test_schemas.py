@@ -61,6 +61,8 @@ CASES = [
     ("margin above 1", bad(margin_rate=1.01), "out_of_range", "margin_rate"),
     ("margin as bool", bad(margin_rate=True), "wrong_type", "margin_rate"),
     ("margin as string", bad(margin_rate="0.3"), "wrong_type", "margin_rate"),
+    # Finer rates do not fit the state's 64-bit integers once exact.
+    ("margin finer than 18 places", bad(margin_rate=1e-20), "out_of_range", "margin_rate"),
     ("too many items", bad(items=[{"sku": "a", "quantity": 1, "unit_amount": 1}] * 501), "out_of_range", "items"),
     ("item quantity 0", bad(items=[{"sku": "a", "quantity": 0, "unit_amount": 1}]), "out_of_range", "items.0.quantity"),
     ("bad channel", bad(channel="fax"), "invalid_format", "channel"),
