@@ -2,12 +2,13 @@
 behind :class:`scoring.engine.Engine`.
 
 What runs in Rust: the state format (decode, encode), :meth:`apply`,
-:meth:`advance`, :meth:`rederive` and the head a snapshot, a summary, a count
-or an erasure reads. What stays in Python, shared with the reference engine:
-the event contract (parsing, the record and content digest of an event),
-rejection messages, the snapshot's fields of a head, shop tallies. Every
-answer equals the reference engine's, byte for byte: the conformance suite
-(``tests/core/test_engine.py``) runs against both.
+:meth:`advance`, :meth:`rederive`, the snapshot's fields, and the head a
+summary, a count or an erasure reads. What stays in Python, shared with the
+reference engine: the event contract (parsing, the record and content digest
+of an event), rejection messages, the CLV and RFM fields of a snapshot, shop
+tallies. Every answer equals the reference engine's, byte for byte: the
+conformance suite (``tests/core/test_engine.py``) runs against both, and
+``tests/core/test_native.py`` over whole streams.
 
 :data:`NATIVE` is None when the extension is not built (``make native``; it
 needs a Rust toolchain): the Python engine then serves alone.
@@ -74,7 +75,7 @@ class NativeEngine:
 
     def decode(self, raw: bytes) -> Any:
         try:
-            return _n.decode(raw)
+            return _n.decode(raw if isinstance(raw, bytes) else bytes(raw))
         except _n.NewerFormat as exc:
             raise NewerStateFormat(str(exc)) from None
         except _n.FormatError as exc:

@@ -189,7 +189,8 @@ class Settings(BaseSettings):
         "does not walk: when such a customer's next event comes, its state is decoded and given "
         "its head back instead of re-folding its open buffer. Validated like the state cache "
         "(only while the row holds exactly the bytes the head was kept for); oldest dropped "
-        "first. 0 disables it.",
+        "first. 0 disables it. The Python engine's only: the native engine re-folds such a "
+        "buffer in Rust instead.",
     )
     gc_reclaim_interval_s: float = Field(
         21_600.0, ge=0,
