@@ -28,6 +28,26 @@ use std::sync::Arc;
 create_exception!(loyalty_native, FormatError, PyValueError, "bytes that are not a customer state");
 create_exception!(loyalty_native, NewerFormat, FormatError, "a state written by a newer build");
 create_exception!(loyalty_native, TooEarly, PyValueError, "an instant before the finalized history");
+create_exception!(
+    loyalty_native,
+    EngineError,
+    pyo3::exceptions::PyRuntimeError,
+    "the native engine failed on this input (a bug, or a figure beyond 64 bits)"
+);
+
+/// Run `f`, turning a panic (an arithmetic overflow: release builds check them)
+/// into `EngineError`. pyo3 would raise a BaseException, which the agent's
+/// handlers (`except Exception`) would not catch: one record would stop the worker.
+fn guard<T>(f: impl FnOnce() -> T) -> PyResult<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|e| {
+        let msg = e
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| e.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        EngineError::new_err(format!("native engine: {msg}"))
+    })
+}
 
 static SERIAL: AtomicU64 = AtomicU64::new(1);
 
@@ -201,7 +221,7 @@ impl PyState {
         if version != 3 && version != codec::FORMAT_VERSION {
             return Err(PyValueError::new_err(format!("state format {version}; this build writes (3, 4)")));
         }
-        Ok(PyBytes::new_bound(py, &codec::encode_state(&self.inner, version)))
+        Ok(PyBytes::new_bound(py, &guard(|| codec::encode_state(&self.inner, version))?))
     }
     /// Mark the state (new from `apply`, not yet shared) as changed by `offset` of `source`.
     fn set_position(&mut self, source: &str, offset: i64) {
@@ -211,7 +231,7 @@ impl PyState {
     /// The head as of `as_of_us` as aggregate JSON (`Agg.to_list`); TooEarly(finalized instant)
     /// for an instant before the finalized history.
     fn head_json<'py>(&self, py: Python<'py>, policy: &PyPolicy, as_of_us: i64) -> PyResult<Bound<'py, PyBytes>> {
-        match fold::head_as_of(&self.inner, as_of_us, &policy.inner) {
+        match guard(|| fold::head_as_of(&self.inner, as_of_us, &policy.inner))? {
             Ok(h) => Ok(agg_bytes(py, &h)),
             Err(t) => Err(TooEarly::new_err(t)),
         }
@@ -226,11 +246,11 @@ impl PyState {
         let head: &Agg = match fold::cached_head(s, p) {
             Some(h) if s.clock == Some(as_of_us) && h.t_us == Some(as_of_us) => h,
             _ => {
-                owned = fold::head_as_of(s, as_of_us, p).map_err(TooEarly::new_err)?;
+                owned = guard(|| fold::head_as_of(s, as_of_us, p))?.map_err(TooEarly::new_err)?;
                 &owned
             }
         };
-        let Some(fields) = snapshot::snapshot_of_head(&s.shop_id, &s.customer_id, head, as_of_us, p) else {
+        let Some(fields) = guard(|| snapshot::snapshot_of_head(&s.shop_id, &s.customer_id, head, as_of_us, p))? else {
             return Ok(None);
         };
         let d = PyDict::new_bound(py);
@@ -247,8 +267,8 @@ impl PyState {
         Ok(Some(out.into_py(py)))
     }
     /// The head as of the clock (None without events), as aggregate JSON.
-    fn head_now_json<'py>(&self, py: Python<'py>, policy: &PyPolicy) -> Option<Bound<'py, PyBytes>> {
-        fold::head_now(&self.inner, &policy.inner).map(|h| agg_bytes(py, &h))
+    fn head_now_json<'py>(&self, py: Python<'py>, policy: &PyPolicy) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        Ok(guard(|| fold::head_now(&self.inner, &policy.inner))?.map(|h| agg_bytes(py, &h)))
     }
     fn __repr__(&self) -> String {
         format!(
@@ -269,7 +289,7 @@ fn agg_bytes<'py>(py: Python<'py>, h: &Agg) -> Bound<'py, PyBytes> {
 
 #[pyfunction]
 fn decode(data: &[u8]) -> PyResult<PyState> {
-    match codec::decode_state(data) {
+    match guard(|| codec::decode_state(data))? {
         Ok(s) => Ok(PyState { inner: Arc::new(s) }),
         Err(codec::DecodeError::Newer(m)) => Err(NewerFormat::new_err(m)),
         Err(codec::DecodeError::Corrupt(m)) => Err(FormatError::new_err(m)),
@@ -369,7 +389,7 @@ fn apply(
         None => (Arc::from(shop), Arc::from(cust)),
     };
     drop(state);
-    let o = fold::apply(input.as_ref(), &shop, &cust, rec, digest, key, &policy.inner);
+    let o = guard(|| fold::apply(input.as_ref(), &shop, &cust, rec, digest, key, &policy.inner))?;
     outcome_py(py, o, input.as_ref())
 }
 
@@ -383,15 +403,19 @@ fn advance(
 ) -> PyResult<PyObject> {
     let input = state.inner.clone();
     drop(state);
-    let o = fold::advance(&input, now_us, &policy.inner, stale);
+    let o = guard(|| fold::advance(&input, now_us, &policy.inner, stale))?;
     outcome_py(py, o, Some(&input))
 }
 
 /// (head as aggregate JSON or None, stale)
 #[pyfunction]
-fn rederive<'py>(py: Python<'py>, state: PyRef<'_, PyState>, policy: &PyPolicy) -> (Option<Bound<'py, PyBytes>>, bool) {
-    let (head, stale) = fold::rederive(&state.inner, &policy.inner);
-    (head.map(|h| agg_bytes(py, &h)), stale)
+fn rederive<'py>(
+    py: Python<'py>,
+    state: PyRef<'_, PyState>,
+    policy: &PyPolicy,
+) -> PyResult<(Option<Bound<'py, PyBytes>>, bool)> {
+    let (head, stale) = guard(|| fold::rederive(&state.inner, &policy.inner))?;
+    Ok((head.map(|h| agg_bytes(py, &h)), stale))
 }
 
 #[pymodule]
@@ -405,6 +429,7 @@ fn loyalty_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("FormatError", m.py().get_type_bound::<FormatError>())?;
     m.add("NewerFormat", m.py().get_type_bound::<NewerFormat>())?;
     m.add("TooEarly", m.py().get_type_bound::<TooEarly>())?;
+    m.add("EngineError", m.py().get_type_bound::<EngineError>())?;
     m.add("STATE_FORMAT", codec::FORMAT_VERSION)?;
     Ok(())
 }

@@ -30,7 +30,7 @@ from scoring.snapshot import head_as_of
 from streams.bench.generator import fast_stream, heavy_stream, regulars_stream, synthetic_stream
 from tests.cdnow import CDNOW_PATH
 from tests.core.conftest import Customer
-from tests.core.factory import parse
+from tests.core.factory import at, parse, purchase
 
 needs_native = pytest.mark.skipif(NATIVE is None, reason="loyalty_native is not built (no Rust toolchain)")
 
@@ -143,3 +143,16 @@ def test_snapshots_scored_by_fitted_models_are_the_references() -> None:
         assert codec.dumps(NATIVE.snapshot(native[key].state, as_of, policy, *models)) == codec.dumps(want)  # type: ignore[union-attr]
         scored += want["clv_model"] is not None and want["rfm_segment"] is not None
     assert scored > 1_000
+
+
+@needs_native
+def test_a_figure_beyond_64_bits_is_an_error_the_agent_catches_not_a_wrong_answer() -> None:
+    """Python's integers never overflow; the native engine's release build checks every
+    operation, and a failure is a RuntimeError (the agent's handlers catch Exception and
+    dead-letter the record), never a wrapped figure nor a panic that stops the worker."""
+    policies = PolicyBook(defaults={"lapsed_days": 2**63 - 10})
+    event = parse(purchase(at(0), 1_000), policies)
+    policy = policies.for_shop(event.shop_id)
+    assert PYTHON.apply(None, event, policy).status == "applied"  # the reference copes
+    with pytest.raises(RuntimeError, match="overflow"):
+        NATIVE.apply(None, event, policy)  # type: ignore[union-attr]
