@@ -3,8 +3,8 @@
 //! Guarantees: for every call the Python engine answers, this module answers
 //! with equal bytes (state rows, effects, derived fields); the conformance
 //! suite (`tests/core/test_engine.py`) checks it. Event parsing, content
-//! digests, snapshots and shop tallies stay in Python; `scoring.native` wraps
-//! this module into an `Engine`.
+//! digests, the CLV and RFM fields of snapshots and shop tallies stay in
+//! Python; `scoring.native` wraps this module into an `Engine`.
 
 // pyo3 0.22's macros test a feature this crate does not declare, and convert
 // their own error type into itself.
@@ -193,10 +193,6 @@ impl PyState {
         self.inner.next_due
     }
     #[getter]
-    fn totals(&self) -> [i64; 4] {
-        self.inner.totals
-    }
-    #[getter]
     fn kpi(&self, py: Python<'_>) -> PyObject {
         kpi_py(py, &self.inner.kpi)
     }
@@ -212,10 +208,6 @@ impl PyState {
     #[getter]
     fn finalized_until(&self) -> Option<i64> {
         self.inner.ckpt.t_us
-    }
-    /// Whether the state carries its head for this policy (no re-fold needed).
-    fn has_head(&self, policy: &PyPolicy) -> bool {
-        fold::cached_head(&self.inner, &policy.inner).is_some()
     }
     fn encode<'py>(&self, py: Python<'py>, version: i64) -> PyResult<Bound<'py, PyBytes>> {
         if version != 3 && version != codec::FORMAT_VERSION {
