@@ -21,6 +21,12 @@ from tests.core.factory import parse
 ENGINES = [pytest.param(PYTHON, id="python")]
 if NATIVE is not None:
     ENGINES.append(pytest.param(NATIVE, id="native"))
+#: For a test of the native engine alone. It is built wherever a Rust toolchain is
+#: (make venv); where cargo is installed and it is missing,
+#: test_native.py::test_the_native_engine_is_built_wherever_rust_is fails instead.
+NEEDS_NATIVE = pytest.mark.skipif(
+    NATIVE is None, reason="the native engine is not built: this machine has no Rust toolchain "
+    "(README, Engines); the Python engine serves alone")
 
 settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):

@@ -29,10 +29,8 @@ from scoring.replay import fit_clv_as_of, fit_rfm_models, fold_lines
 from scoring.snapshot import head_as_of
 from streams.bench.generator import fast_stream, heavy_stream, regulars_stream, synthetic_stream
 from tests.cdnow import CDNOW_PATH
-from tests.core.conftest import Customer
+from tests.core.conftest import NEEDS_NATIVE, Customer
 from tests.core.factory import at, parse, purchase
-
-needs_native = pytest.mark.skipif(NATIVE is None, reason="loyalty_native is not built (no Rust toolchain)")
 
 
 def test_the_native_engine_is_built_wherever_rust_is() -> None:
@@ -93,7 +91,7 @@ def _reference(stream: str) -> tuple[list[bytes], dict[str, Any]]:
     return events, _fold(PYTHON, events, _live)
 
 
-@needs_native
+@NEEDS_NATIVE
 @pytest.mark.parametrize("stream", STREAMS)
 @pytest.mark.parametrize("driver", [_cached, _decoded], ids=["state cache", "row decoded per event"])
 def test_the_bench_streams_fold_to_the_reference_bytes(stream: str, driver: Callable[[Engine], Customer]) -> None:
@@ -104,7 +102,7 @@ def test_the_bench_streams_fold_to_the_reference_bytes(stream: str, driver: Call
         assert got[key] == want[key], key
 
 
-@needs_native
+@NEEDS_NATIVE
 def test_all_of_cdnow_folds_to_the_reference_bytes() -> None:
     """69 659 purchases of 23 570 customers over 18 months (years of repeat buyers)."""
     with CDNOW_PATH.open("rb") as f:
@@ -115,7 +113,7 @@ def test_all_of_cdnow_folds_to_the_reference_bytes() -> None:
     assert got == want
 
 
-@needs_native
+@NEEDS_NATIVE
 def test_snapshots_scored_by_fitted_models_are_the_references() -> None:
     """CLV (BG/NBD + Gamma-Gamma) and RFM fields: the models are fitted from the
     reference's fold of CDNOW's first 20 000 lines and score both engines' states."""
@@ -145,7 +143,7 @@ def test_snapshots_scored_by_fitted_models_are_the_references() -> None:
     assert scored > 1_000
 
 
-@needs_native
+@NEEDS_NATIVE
 def test_a_figure_beyond_64_bits_is_an_error_the_agent_catches_not_a_wrong_answer() -> None:
     """Python's integers never overflow; the native engine's release build checks every
     operation, and a failure is a RuntimeError (the agent's handlers catch Exception and

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from schemas import codec
-from scoring.native import NATIVE
 from streams import agent as agent_module
 from streams.records import Record
+from tests.core.conftest import NEEDS_NATIVE
 from tests.streams.test_sweep import Harness, purchase_record
 
 
@@ -60,15 +60,13 @@ async def test_a_record_that_cannot_be_planned_splits_the_batch(
     assert h.publishes == 5  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("engine", ["python", "native"])
+@pytest.mark.parametrize("engine", ["python", pytest.param("native", marks=NEEDS_NATIVE)])
 async def test_the_state_cache_tiers_change_no_output_and_no_state(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, engine: str) -> None:
     """The same batches through a worker that decodes and re-folds every state
     (no cache) and one that keeps a single live state, so that every other
     customer comes back from the head tier (the Python engine's; a native
     state is decoded and re-folded in Rust): identical rows and outputs."""
-    if engine == "native" and NATIVE is None:
-        pytest.skip("loyalty_native is not built (no Rust toolchain)")
     records = []
     for n in range(30):  # 6 customers, 5 purchases each, some out of order
         day = (1, 3, 2, 5, 4)[n // 6]
