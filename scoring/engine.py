@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
+from schemas.codec import dumps
 from schemas.events import Event
 from schemas.policy import ShopPolicy
 from scoring import fold, rfm
@@ -142,6 +143,12 @@ class Engine(Protocol):
         :class:`AsOfTooEarly` for an instant before :meth:`finalized_until`."""
         ...
 
+    def snapshot_json(self, state: State, as_of: datetime | int | None, policy: ShopPolicy,
+                      clv_model: Any = None, rfm_model: rfm.RfmModel | None = None) -> bytes:
+        """:meth:`snapshot` encoded: exactly the bytes ``schemas.codec.dumps`` gives for
+        it (the score record). Raises as :meth:`snapshot`."""
+        ...
+
     def finalized_until(self, state: State) -> int | None:
         """The end of the state's finalized history: the earliest instant it can be
         read as of (None: nothing is finalized)."""
@@ -190,6 +197,11 @@ class PythonEngine:
     @staticmethod
     def encode(state: CustomerState, version: int = FORMAT_VERSION) -> bytes:
         return state.encode(version)
+
+    @staticmethod
+    def snapshot_json(state: CustomerState, as_of: datetime | int | None, policy: ShopPolicy,
+                      clv_model: Any = None, rfm_model: rfm.RfmModel | None = None) -> bytes:
+        return dumps(_snapshot.snapshot(state, as_of, policy, clv_model, rfm_model))
 
     @staticmethod
     def at_position(state: CustomerState, source: str, offset: int) -> CustomerState:

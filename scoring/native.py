@@ -2,7 +2,8 @@
 behind :class:`scoring.engine.Engine`.
 
 What runs in Rust: the state format (decode, encode), :meth:`apply`,
-:meth:`advance`, :meth:`rederive`, the snapshot's fields, and the head a
+:meth:`advance`, :meth:`rederive`, the snapshot's fields (encoded too, for the
+score record), and the head a
 summary, a count or an erasure reads. What stays in Python, shared with the
 reference engine: the event contract (parsing, the record and content digest
 of an event), rejection messages, the CLV and RFM fields of a snapshot, shop
@@ -19,7 +20,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from schemas.codec import loads
+from schemas.codec import dumps, loads
 from schemas.events import Event
 from schemas.policy import ShopPolicy
 from scoring import rfm
@@ -28,7 +29,7 @@ from scoring.engine import PYTHON, WRITABLE_VERSIONS, BuyerSummary, Engine, summ
 from scoring.fold import Erasure, Outcome, erasure, rejection_detail
 from scoring.records import content_digest, id_hash, to_record
 from scoring.shop import ShopTally
-from scoring.snapshot import as_of_instant, snapshot_of_head, too_early, with_models
+from scoring.snapshot import as_of_instant, close_snapshot, snapshot_of_head, too_early, with_models
 from scoring.state import FORMAT_VERSION, NewerStateFormat, StateCache, StateFormatError
 
 try:
@@ -124,6 +125,20 @@ class NativeEngine:
                                     as_of_us, policy, clv_model, rfm_model)
         out, inputs, values = got
         return with_models(out, inputs, values, policy, clv_model, rfm_model)
+
+    def snapshot_json(self, state: Any, as_of: datetime | int | None, policy: ShopPolicy,
+                      clv_model: Any = None, rfm_model: rfm.RfmModel | None = None) -> bytes:
+        # The fields before the model fields come encoded from Rust: no dict of
+        # fifty-odd items is built and encoded again per score record.
+        as_of_us = as_of_instant(as_of, state.clock)
+        try:
+            got = state.snapshot_json(self._policy(policy), as_of_us)
+        except _n.TooEarly as exc:
+            raise too_early(as_of_us, exc.args[0]) from None
+        if got is None:  # beyond 128-bit integers: snapshot's fallback
+            return dumps(self.snapshot(state, as_of_us, policy, clv_model, rfm_model))
+        head, inputs, values, spend, margin = got
+        return close_snapshot(head, spend, margin, inputs, values, policy, clv_model, rfm_model)
 
     def finalized_until(self, state: Any) -> int | None:
         return state.finalized_until

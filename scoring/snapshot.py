@@ -13,6 +13,7 @@ from datetime import datetime
 from fractions import Fraction
 from typing import Any
 
+from schemas.codec import dumps
 from schemas.policy import ShopPolicy
 from scoring import rfm
 from scoring.aggregate import Agg, window_totals
@@ -163,16 +164,49 @@ def snapshot_of_head(shop_id: str, customer_id: str, h: Agg, as_of_us: int, poli
     return with_models(out, clv_inputs(h, day), rfm.values(h, day), policy, clv_model, rfm_model)
 
 
-def with_models(out: dict[str, Any], inputs: tuple[int, int, int, int] | None, values: rfm.Values | None,
-                policy: ShopPolicy, clv_model: Any, rfm_model: RfmModel | None) -> dict[str, Any]:
-    """Fill the model fields of a snapshot whose others are set (CLV fields null): the
-    customer's CLV ``inputs`` and RFM ``values`` scored by the shop's models (every engine's)."""
+#: The fields a fitted model fills, in the snapshot's order: they close it.
+MODEL_FIELDS = (*CLV_FIELDS, *rfm.RFM_FIELDS)
+
+
+def model_fields(spend_total: int, margin_total: int, inputs: tuple[int, int, int, int] | None,
+                 values: rfm.Values | None, policy: ShopPolicy, clv_model: Any,
+                 rfm_model: RfmModel | None) -> dict[str, Any]:
+    """The :data:`MODEL_FIELDS` of a snapshot, in order: the customer's CLV ``inputs``
+    and RFM ``values`` scored by the shop's models, null without a model or purchases
+    (every engine's)."""
+    out: dict[str, Any] = dict.fromkeys(CLV_FIELDS)
     if clv_model is not None and inputs is not None:
         from scoring import clv  # scipy: imported only when a model exists
 
-        spend, margin_total = out["spend_total"], out["margin_total"]
-        margin = Fraction(margin_total, spend) if spend else policy.margin_fraction
+        margin = Fraction(margin_total, spend_total) if spend_total else policy.margin_fraction
         out.update(clv.score(clv_model, *inputs, margin))
         out["clv_model"] = clv_model.kind
     out.update(rfm.scores(rfm_model, values))
     return out
+
+
+def with_models(out: dict[str, Any], inputs: tuple[int, int, int, int] | None, values: rfm.Values | None,
+                policy: ShopPolicy, clv_model: Any, rfm_model: RfmModel | None) -> dict[str, Any]:
+    """Fill the model fields of a snapshot whose others are set (CLV fields null):
+    :func:`model_fields`."""
+    out.update(model_fields(out["spend_total"], out["margin_total"], inputs, values, policy,
+                            clv_model, rfm_model))
+    return out
+
+
+#: The model fields' JSON without a model: every one null (the usual case per event).
+_NO_MODELS = dumps(dict.fromkeys(MODEL_FIELDS))
+
+
+def close_snapshot(head_fields: bytes, spend_total: int, margin_total: int,
+                   inputs: tuple[int, int, int, int] | None, values: rfm.Values | None,
+                   policy: ShopPolicy, clv_model: Any, rfm_model: RfmModel | None) -> bytes:
+    """The snapshot's JSON from ``head_fields`` (``{`` and every field before
+    :data:`MODEL_FIELDS`, encoded, no closing brace) and its model fields: the bytes
+    ``dumps`` gives for the whole snapshot (every engine's)."""
+    if clv_model is None and (rfm_model is None or values is None):
+        tail = _NO_MODELS
+    else:
+        tail = dumps(model_fields(spend_total, margin_total, inputs, values, policy, clv_model,
+                                  rfm_model))
+    return b"".join((head_fields, b",", memoryview(tail)[1:]))

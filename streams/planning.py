@@ -253,9 +253,9 @@ class Planner:
                 sends.append(Outgoing(svc.scores, change.key, None))
                 continue
             shop = change.state.shop_id
-            snap = svc.engine.snapshot(change.state, None, svc.policies.for_shop(shop),
-                                       svc.clv_model(shop), svc.rfm_model(shop))
-            sends.append(Outgoing(svc.scores, change.key, codec.dumps(snap)))
+            snap = svc.engine.snapshot_json(change.state, None, svc.policies.for_shop(shop),
+                                            svc.clv_model(shop), svc.rfm_model(shop))
+            sends.append(Outgoing(svc.scores, change.key, snap))
         outputs = [(out.topic.get_topic_name(), out.key, out.value, out.headers, None)
                    for out in sends]
         return Settled(outputs, changes)

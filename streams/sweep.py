@@ -142,7 +142,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from schemas import codec
 from schemas.policy import ShopPolicy
 from scoring.clock import day_of, from_us, to_us
 from scoring.engine import NewerStateFormat, Outcome, State, StateFormatError
@@ -554,9 +553,9 @@ class Sweeper:
         svc = self.service
         effects = list(outcome.effects)
         messages = effect_messages(svc, effects)
-        messages.append(Outgoing(svc.scores, key, codec.dumps(svc.engine.snapshot(
+        messages.append(Outgoing(svc.scores, key, svc.engine.snapshot_json(
             outcome.state, None, policy, svc.clv_model(outcome.state.shop_id),
-            svc.rfm_model(outcome.state.shop_id)))))
+            svc.rfm_model(outcome.state.shop_id))))
         return _Work(key, raw, outcome, effects, messages)
 
     async def _commit(self, partition: int, work: list[_Work], index: DueIndex,

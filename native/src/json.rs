@@ -1,7 +1,8 @@
-//! JSON as the Python engine writes it (orjson, compact): the state rows and
-//! the effects' digests must be equal bytes, so this writer emits exactly
-//! orjson's form for the values the core uses (integers, strings, null,
-//! booleans, arrays, objects in insertion order). No floats: the fold has none.
+//! JSON as the Python engine writes it (orjson, compact): the state rows, the
+//! effects' digests and the score snapshots must be equal bytes, so this writer
+//! emits exactly orjson's form for the values the core uses (integers, strings,
+//! null, booleans, arrays, objects in insertion order, and the snapshot's
+//! finite floats). The fold itself has no floats.
 
 use std::sync::Arc;
 
@@ -51,6 +52,14 @@ pub fn write_opt_int(out: &mut Vec<u8>, v: Option<i64>) {
         Some(v) => write_int(out, v),
         None => out.extend_from_slice(b"null"),
     }
+}
+
+/// A finite float as orjson writes it: the shortest text that reads back as the same
+/// float (`0.3333`, `3.0`, `0.00001`, `1e+16`); serde_json's writer has that form
+/// (checked against orjson by `tests/core/test_native.py`).
+pub fn write_float(out: &mut Vec<u8>, v: f64) {
+    debug_assert!(v.is_finite());
+    serde_json::to_writer(&mut *out, &v).expect("writing to a Vec cannot fail");
 }
 
 /// A JSON string as orjson writes it: `"` and `\` escaped, control characters

@@ -232,17 +232,7 @@ impl PyState {
     /// (each None without purchases); None when a figure needs more than 128-bit
     /// integers (the caller then reads `head_json`). TooEarly as `head_json`.
     fn snapshot(&self, py: Python<'_>, policy: &PyPolicy, as_of_us: i64) -> PyResult<Option<PyObject>> {
-        let s = &self.inner;
-        let p = &policy.inner;
-        let owned;
-        let head: &Agg = match fold::cached_head(s, p) {
-            Some(h) if s.clock == Some(as_of_us) && h.t_us == Some(as_of_us) => h,
-            _ => {
-                owned = guard(|| fold::head_as_of(s, as_of_us, p))?.map_err(TooEarly::new_err)?;
-                &owned
-            }
-        };
-        let Some(fields) = guard(|| snapshot::snapshot_of_head(&s.shop_id, &s.customer_id, head, as_of_us, p))? else {
+        let Some((fields, inputs, values)) = self.snapshot_fields(policy, as_of_us)? else {
             return Ok(None);
         };
         let d = PyDict::new_bound(py);
@@ -254,9 +244,29 @@ impl PyState {
                 snapshot::V::Str(t) => d.set_item(k, &*t)?,
             }
         }
-        let day = day_of(as_of_us);
-        let out = (d, snapshot::clv_inputs(head, day), snapshot::rfm_values(head, day));
-        Ok(Some(out.into_py(py)))
+        Ok(Some((d, inputs, values).into_py(py)))
+    }
+    /// What `snapshot` gives, with the fields before the model fields already encoded:
+    /// (`{` and those fields as orjson writes them, no closing brace; CLV inputs; RFM
+    /// values; spend total; margin total). None and TooEarly as `snapshot`.
+    #[allow(clippy::type_complexity)]
+    fn snapshot_json<'py>(
+        &self,
+        py: Python<'py>,
+        policy: &PyPolicy,
+        as_of_us: i64,
+    ) -> PyResult<Option<(Bound<'py, PyBytes>, Option<[i64; 4]>, Option<[i64; 3]>, i64, i64)>> {
+        let Some((fields, inputs, values)) = self.snapshot_fields(policy, as_of_us)? else {
+            return Ok(None);
+        };
+        let int = |name: &str| match fields.iter().find(|(k, _)| *k == name) {
+            Some((_, snapshot::V::Int(i))) => *i,
+            _ => unreachable!("the snapshot has an integer {name}"),
+        };
+        let (spend, margin) = (int("spend_total"), int("margin_total"));
+        let mut out = Vec::with_capacity(1024);
+        snapshot::write_head_fields(&mut out, &fields);
+        Ok(Some((PyBytes::new_bound(py, &out), inputs, values, spend, margin)))
     }
     /// The head as of the clock (None without events), as aggregate JSON.
     fn head_now_json<'py>(&self, py: Python<'py>, policy: &PyPolicy) -> PyResult<Option<Bound<'py, PyBytes>>> {
@@ -271,6 +281,41 @@ impl PyState {
             stage_name(self.inner.stage)
         )
     }
+}
+
+/// The snapshot's parts both `snapshot` and `snapshot_json` read.
+type SnapshotParts = (Vec<(&'static str, snapshot::V)>, Option<[i64; 4]>, Option<[i64; 3]>);
+
+impl PyState {
+    fn snapshot_fields(&self, policy: &PyPolicy, as_of_us: i64) -> PyResult<Option<SnapshotParts>> {
+        let s = &self.inner;
+        let p = &policy.inner;
+        let owned;
+        let head: &Agg = match fold::cached_head(s, p) {
+            Some(h) if s.clock == Some(as_of_us) && h.t_us == Some(as_of_us) => h,
+            _ => {
+                owned = guard(|| fold::head_as_of(s, as_of_us, p))?.map_err(TooEarly::new_err)?;
+                &owned
+            }
+        };
+        let Some(fields) = guard(|| snapshot::snapshot_of_head(&s.shop_id, &s.customer_id, head, as_of_us, p))? else {
+            return Ok(None);
+        };
+        let day = day_of(as_of_us);
+        Ok(Some((fields, snapshot::clv_inputs(head, day), snapshot::rfm_values(head, day))))
+    }
+}
+
+/// A finite float as the JSON writer writes it (orjson's form): for the test that
+/// compares the two.
+#[pyfunction]
+fn json_float<'py>(py: Python<'py>, v: f64) -> PyResult<Bound<'py, PyBytes>> {
+    if !v.is_finite() {
+        return Err(PyValueError::new_err("JSON has no NaN or infinity"));
+    }
+    let mut out = Vec::new();
+    json::write_float(&mut out, v);
+    Ok(PyBytes::new_bound(py, &out))
 }
 
 fn agg_bytes<'py>(py: Python<'py>, h: &Agg) -> Bound<'py, PyBytes> {
@@ -415,6 +460,7 @@ fn loyalty_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyPolicy>()?;
     m.add_class::<PyState>()?;
     m.add_function(wrap_pyfunction!(decode, m)?)?;
+    m.add_function(wrap_pyfunction!(json_float, m)?)?;
     m.add_function(wrap_pyfunction!(apply, m)?)?;
     m.add_function(wrap_pyfunction!(advance, m)?)?;
     m.add_function(wrap_pyfunction!(rederive, m)?)?;

@@ -2,6 +2,7 @@
 //! to the fields that need a fitted model: the CLV and RFM fields are the
 //! Python caller's (`scoring.native`), from the inputs returned here.
 
+use crate::json;
 use crate::model::*;
 use crate::rules::*;
 use std::sync::Arc;
@@ -73,6 +74,29 @@ pub fn rfm_values(h: &Agg, day: i64) -> Option<[i64; 3]> {
         return None;
     }
     Some([day - day_of(h.last_purchase_us?), h.purchase_days, h.spend_total])
+}
+
+/// The first field the Python caller fills from fitted models (`scoring.snapshot.MODEL_FIELDS`):
+/// it and the fields after it are left out of [`write_head_fields`].
+pub const FIRST_MODEL_FIELD: &str = "p_alive";
+
+/// `{` and the snapshot's fields before the model fields, as orjson writes them, with
+/// no closing brace: the caller appends the model fields' JSON.
+pub fn write_head_fields(out: &mut Vec<u8>, fields: &[(&'static str, V)]) {
+    out.push(b'{');
+    for (n, (k, v)) in fields.iter().take_while(|(k, _)| *k != FIRST_MODEL_FIELD).enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        json::write_str(out, k);
+        out.push(b':');
+        match v {
+            V::Null => out.extend_from_slice(b"null"),
+            V::Int(i) => json::write_int(out, *i),
+            V::Float(f) => json::write_float(out, *f),
+            V::Str(t) => json::write_str(out, t),
+        }
+    }
 }
 
 /// The snapshot's fields in their order, CLV fields null; None when the LTV formula

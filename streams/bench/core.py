@@ -81,7 +81,7 @@ def measure_core(stream: Iterable[tuple[str, bytes, bytes]], *, policies: Policy
             raw = engine.encode(state)
             rows[key] = raw
             cache.put(key, raw, state)
-            codec.dumps(engine.snapshot(state, None, policies.for_shop(state.shop_id)))
+            engine.snapshot_json(state, None, policies.for_shop(state.shop_id))
     cpu_s = time.process_time() - started
     events = len(records)
     return {

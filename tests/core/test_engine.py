@@ -90,11 +90,13 @@ PATHS: dict[str, Callable[[Engine], Customer]] = {
 
 
 def _bytes(c: Customer) -> tuple[bytes, list[bytes], list[str], bytes]:
-    """A customer's row, its effects, its outcomes and its snapshot, as bytes."""
+    """A customer's row, its effects, its outcomes and its snapshot, as bytes (the
+    score record's, which must be the snapshot's ``dumps``)."""
     policy = c.policies.default
+    snapshot = c.engine.snapshot_json(c.state, None, policy)
+    assert snapshot == codec.dumps(c.engine.snapshot(c.state, None, policy))
     return (c.engine.encode(c.state), [codec.dumps(e) for e in c.effects],
-            [f"{o.status}:{o.reason}:{o.changed}" for o in c.outcomes],
-            codec.dumps(c.engine.snapshot(c.state, None, policy)))
+            [f"{o.status}:{o.reason}:{o.changed}" for o in c.outcomes], snapshot)
 
 
 @pytest.mark.parametrize("engine", ENGINES)

@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from schemas import codec
 from schemas.events import InvalidEvent
@@ -60,7 +62,8 @@ def _fold(engine: Engine, events: Iterable[bytes], driver: Callable[[Engine], Cu
         out[key] = (engine.encode(c.state), [codec.dumps(e) for e in c.effects],
                     [f"{o.status}:{o.reason}:{o.detail}:{o.kpi_before}:{o.kpi_after}" for o in c.outcomes],
                     engine.encode(later.state), [codec.dumps(e) for e in later.effects],
-                    codec.dumps(engine.snapshot(later.state, None, policy)))
+                    codec.dumps(engine.snapshot(later.state, None, policy)),
+                    engine.snapshot_json(c.state, None, policy))
     return out
 
 
@@ -139,6 +142,7 @@ def test_snapshots_scored_by_fitted_models_are_the_references() -> None:
         models = (clv_models.select(key[0]), rfm_models.get(key[0]))
         want = PYTHON.snapshot(state, as_of, policy, *models)
         assert codec.dumps(NATIVE.snapshot(native[key].state, as_of, policy, *models)) == codec.dumps(want)  # type: ignore[union-attr]
+        assert NATIVE.snapshot_json(native[key].state, as_of, policy, *models) == codec.dumps(want)  # type: ignore[union-attr]
         scored += want["clv_model"] is not None and want["rfm_segment"] is not None
     assert scored > 1_000
 
@@ -154,3 +158,16 @@ def test_a_figure_beyond_64_bits_is_an_error_the_agent_catches_not_a_wrong_answe
     assert PYTHON.apply(None, event, policy).status == "applied"  # the reference copes
     with pytest.raises(RuntimeError, match="overflow"):
         NATIVE.apply(None, event, policy)  # type: ignore[union-attr]
+
+
+@NEEDS_NATIVE
+@settings(max_examples=2_000, deadline=None)
+@given(st.one_of(st.floats(allow_nan=False, allow_infinity=False),
+                 st.integers(0, 10**9).map(lambda n: n / 10_000),  # the snapshot's 4-decimal figures
+                 st.integers(0, 10**12).map(lambda n: round(n / 7, 4))))
+def test_the_native_json_writer_writes_floats_as_orjson(value: float) -> None:
+    """The snapshot's floats are written in Rust (score records are its bytes): each
+    must be orjson's text for it, or score records would differ between engines."""
+    import loyalty_native
+
+    assert loyalty_native.json_float(value) == codec.dumps(value)
