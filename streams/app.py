@@ -195,6 +195,9 @@ def create_service(
         value_serializer="raw",
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        # A commit's records for one partition in one batch (settings.py): aiokafka
+        # sends one batch per partition per produce request.
+        producer_max_batch_size=settings.producer_batch_bytes,
         producer_compression_type=(None if settings.producer_compression == "none"
                                    else settings.producer_compression),
         processing_guarantee="at_least_once",

@@ -121,6 +121,15 @@ class Settings(BaseSettings):
         description="Default none. Compression of every record the worker writes (outputs and "
         "changelogs). See README \"Performance\" for what it costs and saves.",
     )
+    producer_batch_bytes: int = Field(
+        524_288, ge=16_384, le=1_048_576,
+        description="Default 524288 (512 KiB; at least 16384, Kafka's default, at most 1 MiB). "
+        "Most bytes of one batch of records the worker writes to one topic-partition. A batch "
+        "is one produce request's share for its partition, so each commit's outputs and "
+        "changelog records for a partition go in one round trip instead of one per 16 KiB. "
+        "Keep it at or below the broker's message.max.bytes and the topics' "
+        "max.message.bytes (1 MiB by default).",
+    )
 
     # --- Topic names -----------------------------------------------------------------
     topic_purchases: str = Field(

@@ -50,3 +50,28 @@ def test_records_land_where_kafka_would_put_them_in_order(bootstrap: str, create
         assert t == topic
         assert offset == max(m.offset for m in read if m.partition == p)
     assert {p for _, p in last} == {m.partition for m in read}
+
+
+def test_a_commits_records_for_a_partition_go_in_one_batch(bootstrap: str, create_topic,
+                                                           unique_name, tmp_path: Path) -> None:
+    """``producer_batch_bytes`` sizes the batches: 300 KiB of records for one partition
+    (a busy commit's changelog records) are one batch, one produce request's share, by
+    default; with Kafka's 16 KiB they are about twenty, each a round trip of its own."""
+    topic = create_topic(partitions=1)
+    records = [(topic, f"c{i}".encode(), bytes(1024), None, 0) for i in range(300)]
+
+    def batches(**kw: Any) -> list[int]:
+        settings = Settings(app_id=unique_name("batches"), broker=f"kafka://{bootstrap}",
+                            store="memory://", partitions=1, data_dir=tmp_path, **kw)
+        ctx = create_service(settings, web_enabled=False, sweep_enabled=False).context
+
+        async def run() -> list[int]:
+            sent = await ctx.publisher.publish(records)
+            await asyncio.gather(*futures(sent))
+            return [s.count for s in sent]
+
+        return with_producer(ctx.app, run)
+
+    assert batches() == [300]
+    small = batches(producer_batch_bytes=16_384)
+    assert len(small) >= 18 and sum(small) == 300
