@@ -219,20 +219,6 @@ def _run_core(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-async def _baseline_pass(env: Any, total: int, timeout: float, run: int,
-                         broker_pid: int | None) -> dict[str, Any]:
-    """One pass of the baseline loop (:func:`streams.bench.phases.baseline`), with the
-    CPU seconds the local broker spent meanwhile (``broker_cpu_s``; None: not local)."""
-    from streams.bench import phases
-    from streams.bench.harness import cpu_seconds
-
-    before = cpu_seconds(broker_pid) if broker_pid is not None else None
-    result = await phases.baseline(env, total, timeout, run)
-    after = cpu_seconds(broker_pid) if broker_pid is not None else None
-    result["broker_cpu_s"] = after - before if before is not None and after is not None else None
-    return result
-
-
 def _baseline_medians(passes: list[dict[str, Any]], total: int) -> tuple[float, float | None]:
     """``(events/s, events per CPU-second)`` of baseline ``passes``: the median pass of each."""
     import statistics
@@ -338,8 +324,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
                         f"in {observed['preload_s']} s")
 
         _progress(args, f"baseline: plain aiokafka loop, {BASELINE_PASSES} passes")
-        broker_pid = local_broker_pid(env.base)
-        passes = [await _baseline_pass(env, total, timeout, run, broker_pid)
+        passes = [await phases.baseline(env, total, timeout, run)
                   for run in range(BASELINE_PASSES)]
         before_rate, before_cpu_rate = _baseline_medians(passes, total)
         _progress(args, f"baseline: {before_rate:,.0f} events/s, {before_cpu_rate or 0:,.0f} per "
@@ -376,7 +361,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
             profiler = None
         _progress(args, f"baseline: {BASELINE_PASSES_AFTER} more passes, the worker idle")
         meter = CpuMeter(worker.pid, None)
-        after = [await _baseline_pass(env, total, timeout, run, broker_pid)
+        after = [await phases.baseline(env, total, timeout, run)
                  for run in range(BASELINE_PASSES, BASELINE_PASSES + BASELINE_PASSES_AFTER)]
         # The worker's share of the machine meanwhile: a sweep running beside
         # the passes would slow them, in the worker's favour.
@@ -385,8 +370,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
             {"when": "before" if i < BASELINE_PASSES else "after",
              "seconds": round(p["seconds"], 3), "cpu_s": round(p["cpu_s"], 3),
              "events_per_s": round(p["events_per_s"], 1),
-             "events_per_cpu_s": _round(total / p["cpu_s"] if p["cpu_s"] else None, 1),
-             "broker_cpu_s": _round(p["broker_cpu_s"], 3)}
+             "events_per_cpu_s": _round(total / p["cpu_s"] if p["cpu_s"] else None, 1)}
             for i, p in enumerate(passes + after)]
         observed["baseline_before"] = {"events_per_s": round(before_rate, 1),
                                        "events_per_cpu_s": _round(before_cpu_rate, 1)}
@@ -397,6 +381,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         if args.profile is not None:
             profiler = _start_profile(spy, worker.pid, args.profile / "latency.speedscope.json")
 
+        broker_pid = local_broker_pid(env.base)
 
         async def latency_at(rate: float, name: str) -> phases.Latency:
             _progress(args, f"latency: {rate:,.0f} events/s for {args.latency_seconds:g} s")

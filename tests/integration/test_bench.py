@@ -75,8 +75,6 @@ def test_bench_tiny_run_reports_every_figure_and_cleans_up(bootstrap: str) -> No
     assert sorted(p["events_per_cpu_s"] for p in passes[:3])[1] == pytest.approx(
         observed["baseline_before"]["events_per_cpu_s"], abs=0.1)
     assert observed["worker_cores_during_after_passes"] >= 0
-    # What the local broker spent serving each pass (the run's own broker).
-    assert all(p["broker_cpu_s"] > 0 for p in passes)
     assert 0 < result["latency_p99_ms_at_1000"] < 60_000
     assert result["cold_start_s"] > 0
     assert 0 < result["latency_p50_ms"] <= result["latency_p99_ms"]
