@@ -33,15 +33,10 @@ from streams.bench.generator import Triple
 from streams.ports import free_port
 from streams.settings import Settings
 
-#: Passes of the baseline loop per run before the worker's throughput phase,
-#: each over the whole preloaded input; the ratios use the median pass of each
-#: measure over these and :data:`BASELINE_PASSES_AFTER`. One pass is short, so
-#: one burst of other load on a shared machine moves it far (README "Performance").
+#: Passes of the baseline loop per run, each over the whole preloaded input;
+#: the ratios use the median pass of each measure. One pass is short, so one
+#: burst of other load on a shared machine moves it far (README "Performance").
 BASELINE_PASSES = 3
-#: Passes after the throughput phase (the worker caught up and idle): a shared
-#: machine's speed drifts within minutes, and passes on both sides of the
-#: worker's phase keep a drift from counting for or against the worker alone.
-BASELINE_PASSES_AFTER = 2
 
 
 class BenchError(RuntimeError):
@@ -487,8 +482,7 @@ class BenchEnv:
             mine = sorted(t for t in await admin.list_topics() if t.startswith(self.app_id))
             if mine:
                 await admin.delete_topics(mine)
-            groups = [self.baseline_group_of(i)
-                      for i in range(BASELINE_PASSES + BASELINE_PASSES_AFTER)]
+            groups = [self.baseline_group_of(i) for i in range(BASELINE_PASSES)]
             for group in (self.app_id, *groups):
                 try:
                     await delete_consumer_group(admin, group)

@@ -7,8 +7,7 @@ unless --keep):
 
   1. preload N generated events for the customers into the input topics;
   2. baseline_events_per_s: a plain aiokafka consume-parse-produce-commit loop,
-     three passes over the same input, and two more after step 3 (the median
-     pass per measure, of all five);
+     three passes over the same input (the median pass per measure);
   3. events_per_s and cold_start_s: a cold `loyalty worker` on the same input,
      until its committed offsets reach the end of every input partition;
      events_per_cpu_s divides the same events by the CPU seconds the worker
@@ -219,15 +218,6 @@ def _run_core(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def _baseline_medians(passes: list[dict[str, Any]], total: int) -> tuple[float, float | None]:
-    """``(events/s, events per CPU-second)`` of baseline ``passes``: the median pass of each."""
-    import statistics
-
-    rate = statistics.median(p["events_per_s"] for p in passes)
-    cpu_rate = statistics.median(total / p["cpu_s"] if p["cpu_s"] else 0.0 for p in passes)
-    return rate, cpu_rate or None
-
-
 def _round(value: float | None, digits: int) -> float | None:
     """``round`` that passes None through (a figure that could not be measured)."""
     return None if value is None else round(value, digits)
@@ -270,15 +260,14 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     import logging
     import shutil
     import signal
+    import statistics
 
     from streams.bench import phases
     from streams.bench.generator import StreamStats
     from streams.bench.harness import (
         BASELINE_PASSES,
-        BASELINE_PASSES_AFTER,
         BenchEnv,
         BenchError,
-        CpuMeter,
         check_broker,
         local_broker_pid,
     )
@@ -326,9 +315,17 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         _progress(args, f"baseline: plain aiokafka loop, {BASELINE_PASSES} passes")
         passes = [await phases.baseline(env, total, timeout, run)
                   for run in range(BASELINE_PASSES)]
-        before_rate, before_cpu_rate = _baseline_medians(passes, total)
-        _progress(args, f"baseline: {before_rate:,.0f} events/s, {before_cpu_rate or 0:,.0f} per "
-                        "CPU-second (medians)")
+        observed["baseline_passes"] = [
+            {"seconds": round(p["seconds"], 3), "cpu_s": round(p["cpu_s"], 3),
+             "events_per_s": round(p["events_per_s"], 1),
+             "events_per_cpu_s": _round(total / p["cpu_s"] if p["cpu_s"] else None, 1)}
+            for p in passes]
+        # The median pass, per measure (why: BASELINE_PASSES).
+        base_rate = statistics.median(p["events_per_s"] for p in passes)
+        base_cpu_rate = statistics.median(total / p["cpu_s"] if p["cpu_s"] else 0.0
+                                          for p in passes) or None
+        _progress(args, f"baseline: {base_rate:,.0f} events/s, "
+                        f"{base_cpu_rate or 0:,.0f} per CPU-second (medians)")
 
         _progress(args, "throughput: cold worker on the preloaded topics")
         worker = env.new_worker("main")
@@ -358,27 +355,6 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
 
         if profiler is not None:
             _stop_profile(profiler)
-            profiler = None
-        _progress(args, f"baseline: {BASELINE_PASSES_AFTER} more passes, the worker idle")
-        meter = CpuMeter(worker.pid, None)
-        after = [await phases.baseline(env, total, timeout, run)
-                 for run in range(BASELINE_PASSES, BASELINE_PASSES + BASELINE_PASSES_AFTER)]
-        # The worker's share of the machine meanwhile: a sweep running beside
-        # the passes would slow them, in the worker's favour.
-        observed["worker_cores_during_after_passes"] = meter.cores()["worker"]
-        observed["baseline_passes"] = [
-            {"when": "before" if i < BASELINE_PASSES else "after",
-             "seconds": round(p["seconds"], 3), "cpu_s": round(p["cpu_s"], 3),
-             "events_per_s": round(p["events_per_s"], 1),
-             "events_per_cpu_s": _round(total / p["cpu_s"] if p["cpu_s"] else None, 1)}
-            for i, p in enumerate(passes + after)]
-        observed["baseline_before"] = {"events_per_s": round(before_rate, 1),
-                                       "events_per_cpu_s": _round(before_cpu_rate, 1)}
-        # The median pass, per measure, of all of them (why: BASELINE_PASSES_AFTER).
-        base_rate, base_cpu_rate = _baseline_medians(passes + after, total)
-        _progress(args, f"baseline: {base_rate:,.0f} events/s, {base_cpu_rate or 0:,.0f} per "
-                        f"CPU-second (medians of all {len(passes) + len(after)} passes)")
-        if args.profile is not None:
             profiler = _start_profile(spy, worker.pid, args.profile / "latency.speedscope.json")
 
         broker_pid = local_broker_pid(env.base)
