@@ -128,7 +128,9 @@ class Settings(BaseSettings):
         "is one produce request's share for its partition, so each commit's outputs and "
         "changelog records for a partition go in one round trip instead of one per 16 KiB. "
         "Keep it at or below the broker's message.max.bytes and the topics' "
-        "max.message.bytes (1 MiB by default).",
+        "max.message.bytes (1 MiB by default): a batch they refuse fails the commit before "
+        "anything is written, and the agent then folds those records one at a time (logged), "
+        "much slower but losing nothing.",
     )
 
     # --- Topic names -----------------------------------------------------------------

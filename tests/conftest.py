@@ -149,13 +149,15 @@ class TopicFactory:
         self.created: list[str] = []
 
     def __call__(self, partitions: int = 1, *, name: str | None = None,
-                 compacted: bool = False, prefix: str = "topic") -> str:
+                 compacted: bool = False, prefix: str = "topic",
+                 configs: dict[str, str] | None = None) -> str:
         """Create one topic (replication 1) and return its name once it has leaders.
 
-        Raises :class:`RuntimeError` on a broker error (e.g. the name exists).
+        ``configs``: more topic configs (``max.message.bytes``, ...). Raises
+        :class:`RuntimeError` on a broker error (e.g. the name exists).
         """
         name = name or self._unique_name(prefix)
-        configs = {"cleanup.policy": "compact" if compacted else "delete"}
+        configs = {"cleanup.policy": "compact" if compacted else "delete", **(configs or {})}
 
         async def create() -> None:
             from aiokafka.admin import AIOKafkaAdminClient, NewTopic

@@ -75,3 +75,30 @@ def test_a_commits_records_for_a_partition_go_in_one_batch(bootstrap: str, creat
     assert batches() == [300]
     small = batches(producer_batch_bytes=16_384)
     assert len(small) >= 18 and sum(small) == 300
+
+
+def test_a_batch_the_topic_refuses_as_too_large_fails_its_future(
+        bootstrap: str, create_topic, unique_name, tmp_path: Path) -> None:
+    """A topic whose ``max.message.bytes`` is below the batch size refuses the batch:
+    its future raises, so the agent's commit fails before any write and its records
+    go through one at a time (``Processor.handle_batch``), each commit small."""
+    from aiokafka.errors import MessageSizeTooLargeError
+
+    topic = create_topic(partitions=1, configs={"max.message.bytes": "65536"})
+    settings = Settings(app_id=unique_name("toolarge"), broker=f"kafka://{bootstrap}",
+                        store="memory://", partitions=1, data_dir=tmp_path)
+    ctx = create_service(settings, web_enabled=False, sweep_enabled=False).context
+
+    async def failure(records: list[Any]) -> BaseException | None:
+        sent = await ctx.publisher.publish(records)
+        results = await asyncio.gather(*futures(sent), return_exceptions=True)
+        return next((r for r in results if isinstance(r, BaseException)), None)
+
+    big = [(topic, f"c{i}".encode(), bytes(1024), None, 0) for i in range(300)]
+
+    async def run() -> tuple[BaseException | None, BaseException | None]:
+        return await failure(big), await failure(big[:3])  # one record's outputs fit
+
+    too_large, small = with_producer(ctx.app, run)
+    assert isinstance(too_large, MessageSizeTooLargeError)
+    assert small is None
