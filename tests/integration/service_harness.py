@@ -352,6 +352,8 @@ def settle(worker: Worker, expected: list[dict[str, Any]], timeout: float = 120.
            poll_s: float = 1.0) -> tuple[float, list[str]]:
     """Poll until every served snapshot equals ``expected`` or ``timeout`` passes.
 
+    A worker that is alive but not listening yet (just restarted) is polled
+    again, not an error: the chaos scenarios judge right after a restart.
     Returns the seconds waited and the differences left (empty: equal).
     """
     started = time.monotonic()
@@ -361,7 +363,12 @@ def settle(worker: Worker, expected: list[dict[str, Any]], timeout: float = 120.
         worker._check_alive()
         if alive:
             alive()
-        diffs = mismatches(expected, served_snapshots(worker, keys))
+        try:
+            diffs = mismatches(expected, served_snapshots(worker, keys))
+        except urllib.error.URLError as exc:
+            if not isinstance(exc.reason, ConnectionRefusedError):
+                raise
+            diffs = [f"worker {worker.index} not listening yet on {worker.url}"]
         if not diffs:
             break
         time.sleep(poll_s)
