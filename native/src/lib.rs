@@ -232,11 +232,11 @@ impl PyState {
     /// (each None without purchases); None when a figure needs more than 128-bit
     /// integers (the caller then reads `head_json`). TooEarly as `head_json`.
     fn snapshot(&self, py: Python<'_>, policy: &PyPolicy, as_of_us: i64) -> PyResult<Option<PyObject>> {
-        let Some((fields, inputs, values)) = self.snapshot_fields(policy, as_of_us)? else {
+        let Some(parts) = self.snapshot_fields(policy, as_of_us)? else {
             return Ok(None);
         };
         let d = PyDict::new_bound(py);
-        for (k, v) in fields {
+        for (k, v) in parts.fields {
             match v {
                 snapshot::V::Null => d.set_item(k, py.None())?,
                 snapshot::V::Int(i) => d.set_item(k, i)?,
@@ -244,7 +244,7 @@ impl PyState {
                 snapshot::V::Str(t) => d.set_item(k, &*t)?,
             }
         }
-        Ok(Some((d, inputs, values).into_py(py)))
+        Ok(Some((d, parts.inputs, parts.values).into_py(py)))
     }
     /// What `snapshot` gives, with the fields before the model fields already encoded:
     /// (`{` and those fields as orjson writes them, no closing brace; CLV inputs; RFM
@@ -256,17 +256,12 @@ impl PyState {
         policy: &PyPolicy,
         as_of_us: i64,
     ) -> PyResult<Option<(Bound<'py, PyBytes>, Option<[i64; 4]>, Option<[i64; 3]>, i64, i64)>> {
-        let Some((fields, inputs, values)) = self.snapshot_fields(policy, as_of_us)? else {
+        let Some(p) = self.snapshot_fields(policy, as_of_us)? else {
             return Ok(None);
         };
-        let int = |name: &str| match fields.iter().find(|(k, _)| *k == name) {
-            Some((_, snapshot::V::Int(i))) => *i,
-            _ => unreachable!("the snapshot has an integer {name}"),
-        };
-        let (spend, margin) = (int("spend_total"), int("margin_total"));
         let mut out = Vec::with_capacity(1024);
-        snapshot::write_head_fields(&mut out, &fields);
-        Ok(Some((PyBytes::new_bound(py, &out), inputs, values, spend, margin)))
+        snapshot::write_head_fields(&mut out, &p.fields);
+        Ok(Some((PyBytes::new_bound(py, &out), p.inputs, p.values, p.spend_total, p.margin_total)))
     }
     /// The head as of the clock (None without events), as aggregate JSON.
     fn head_now_json<'py>(&self, py: Python<'py>, policy: &PyPolicy) -> PyResult<Option<Bound<'py, PyBytes>>> {
@@ -284,7 +279,14 @@ impl PyState {
 }
 
 /// The snapshot's parts both `snapshot` and `snapshot_json` read.
-type SnapshotParts = (Vec<(&'static str, snapshot::V)>, Option<[i64; 4]>, Option<[i64; 3]>);
+struct SnapshotParts {
+    fields: Vec<(&'static str, snapshot::V)>,
+    inputs: Option<[i64; 4]>,
+    values: Option<[i64; 3]>,
+    /// the head's spend and margin totals (the CLV margin the Python caller scores with)
+    spend_total: i64,
+    margin_total: i64,
+}
 
 impl PyState {
     fn snapshot_fields(&self, policy: &PyPolicy, as_of_us: i64) -> PyResult<Option<SnapshotParts>> {
@@ -302,7 +304,13 @@ impl PyState {
             return Ok(None);
         };
         let day = day_of(as_of_us);
-        Ok(Some((fields, snapshot::clv_inputs(head, day), snapshot::rfm_values(head, day))))
+        Ok(Some(SnapshotParts {
+            fields,
+            inputs: snapshot::clv_inputs(head, day),
+            values: snapshot::rfm_values(head, day),
+            spend_total: head.spend_total,
+            margin_total: head.margin_total,
+        }))
     }
 }
 
