@@ -165,9 +165,10 @@ class Engine(Protocol):
         recount. ``head``: from :meth:`rederive` under ``policy``, if the caller has it."""
         ...
 
-    def state_cache(self, capacity: int, head_budget: int) -> StateCache:
+    def state_cache(self, capacity: int, head_budget: int, budget: int | None = None) -> StateCache:
         """A bounded cache of this engine's live states, checked against the row's
-        bytes (:class:`scoring.state.StateCache`)."""
+        bytes (:class:`scoring.state.StateCache`): at most ``capacity`` of them and
+        ``budget`` bytes (None: no bound) by this engine's estimate of a live state."""
         ...
 
 
@@ -225,8 +226,8 @@ class PythonEngine:
         tally.add_customer(head, state.stage, policy)
 
     @staticmethod
-    def state_cache(capacity: int, head_budget: int) -> StateCache:
-        return StateCache(capacity, head_budget=head_budget)
+    def state_cache(capacity: int, head_budget: int, budget: int | None = None) -> StateCache:
+        return StateCache(capacity, head_budget=head_budget, budget=budget)
 
 
 #: The engine every caller uses unless given another.

@@ -151,10 +151,10 @@ class NativeEngine:
             head = self._head(state, state.clock if state.clock is not None else 0, policy)
         tally.add_customer(head, state.stage, policy)
 
-    def state_cache(self, capacity: int, head_budget: int) -> StateCache:
+    def state_cache(self, capacity: int, head_budget: int, budget: int | None = None) -> StateCache:
         # A native state keeps its head inside it; the cache's head tier holds
         # the reference engine's heads only, so this cache has the live tier alone.
-        return StateCache(capacity, decode=self.decode)
+        return StateCache(capacity, decode=self.decode, budget=budget, weigh=live_weight)
 
     def _head(self, state: Any, as_of_us: int, policy: ShopPolicy) -> Agg:
         try:
@@ -177,6 +177,13 @@ _SETTINGS = (
     "discount_enabled", "stamps_enabled", "points_expiry_days", "stamps_per_free_item",
     "order_retention_days", "dedup_retention_days", "max_seen_ids", "max_buffer_events", "ltv_months",
 )
+
+
+def live_weight(raw: bytes) -> int:
+    """Estimated bytes of memory a live native state of row ``raw`` costs in a state
+    cache, the row's kept copy included: :func:`scoring.state.live_weight`'s
+    counterpart, fitted the same way (a native state is two to three times leaner)."""
+    return 2048 + len(raw) * 8 // 5
 
 
 def _outcome(out: tuple, state: Any, event: Event | None, policy: ShopPolicy) -> Outcome:

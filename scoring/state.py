@@ -180,10 +180,18 @@ class StateCache:
     decoded state then gets its head back (same policy object, same bytes
     check) instead of being re-folded. ``head_budget`` bounds that tier in
     bytes (0: no second tier); the oldest entries go first.
+
+    The live tier holds at most ``capacity`` entries and, when ``budget`` is
+    given, at most ``budget`` bytes as ``weigh`` estimates them from each
+    entry's row (the engine's own estimate of what a live state of that row
+    costs; :func:`live_weight` for this module's states). A count alone
+    bounds memory badly: a customer with a year of history costs several
+    times a newcomer. An entry heavier than the whole budget is not kept.
     """
 
     def __init__(self, capacity: int = 10_000, head_budget: int = 0,
-                 decode: Callable[[bytes], Any] | None = None) -> None:
+                 decode: Callable[[bytes], Any] | None = None, *,
+                 budget: int | None = None, weigh: Callable[[bytes], int] | None = None) -> None:
         from collections import OrderedDict
 
         # Another engine's states: its decoder; their heads are the engine's own,
@@ -193,6 +201,11 @@ class StateCache:
         self._decode_state = decode or CustomerState.decode
         self.capacity = capacity
         self.head_budget = head_budget
+        #: bytes the live tier may hold by :attr:`weigh`'s estimate (None: no bound)
+        self.budget = budget
+        self.weigh = weigh or live_weight
+        #: the live tier's estimated bytes (:attr:`weigh` of every entry's row)
+        self.weight = 0
         self._items: OrderedDict[bytes, tuple[bytes, CustomerState]] = OrderedDict()
         #: key -> (row bytes, policy, encoded head, bytes charged to the budget)
         self._heads: OrderedDict[bytes, tuple[bytes, object, bytes, int]] = OrderedDict()
@@ -229,8 +242,12 @@ class StateCache:
         """A writer other than the agent wrote ``raw`` (``state``'s encoding): a live
         entry of ``key`` takes it, in place in the recency order; a key not live
         is not added (its kept head, now stale, is dropped)."""
-        if key in self._items:
-            self._items[key] = (compact(raw), state)
+        item = self._items.get(key)
+        if item is not None:
+            raw = compact(raw)
+            self.weight += self.weigh(raw) - self.weigh(item[0])
+            self._items[key] = (raw, state)
+            self._evict()
         else:
             self._drop_head(key)
 
@@ -252,18 +269,32 @@ class StateCache:
         if self.capacity <= 0 and self.head_budget <= 0:
             return  # no tier at all: not even the copy below
         raw = compact(raw)  # kept for long: see schemas.codec.compact
-        if self.capacity <= 0:
+        weight = self.weigh(raw)
+        self._pop_live(key)
+        if self.capacity <= 0 or (self.budget is not None and weight > self.budget):
             self._keep_head(key, raw, state)
             return
         self._items[key] = (raw, state)
-        self._items.move_to_end(key)
-        while len(self._items) > self.capacity:
+        self.weight += weight
+        self._evict()
+
+    def _evict(self) -> None:
+        """Move the least recently written live entries to the head tier until the
+        live tier is within its count and its budget."""
+        budget = self.budget
+        while len(self._items) > self.capacity or (budget is not None and self.weight > budget):
             old_key, (old_raw, old_state) = self._items.popitem(last=False)
+            self.weight -= self.weigh(old_raw)
             self._keep_head(old_key, old_raw, old_state)
+
+    def _pop_live(self, key: bytes) -> None:
+        item = self._items.pop(key, None)
+        if item is not None:
+            self.weight -= self.weigh(item[0])
 
     def discard(self, key: bytes) -> None:
         """Forget ``key`` (its row was deleted)."""
-        self._items.pop(key, None)
+        self._pop_live(key)
         self._drop_head(key)
 
     def _keep_head(self, key: bytes, raw: bytes, state: CustomerState) -> None:
@@ -290,3 +321,14 @@ class StateCache:
 
 # The dict slot, the tuple and the objects' headers of one head-tier entry.
 _HEAD_ENTRY_OVERHEAD = 300
+
+
+def live_weight(raw: bytes) -> int:
+    """Estimated bytes of memory a live :class:`CustomerState` of row ``raw`` costs in
+    a :class:`StateCache`, the row's kept copy and its head included.
+
+    Fitted to measured growth of a process's resident memory per cached state
+    (a newcomer, the bench's heavy and year-long customers; docs/performance-history.md):
+    within about a third of each.
+    """
+    return 3072 + 5 * len(raw)

@@ -247,7 +247,8 @@ def create_service(
         publisher=Publisher(app),
         metrics=Metrics(settings.exported_shops),
         engine=engine,
-        states=engine.state_cache(settings.state_cache_size, settings.head_cache_mb << 20),
+        states=engine.state_cache(settings.state_cache_size, settings.head_cache_mb << 20,
+                                  settings.state_cache_mb << 20),
     )
     context.metrics.set_build(_version(), context.engine.name, settings.state_write_format,
                               READABLE_VERSIONS)

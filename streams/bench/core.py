@@ -39,6 +39,7 @@ from streams.topics import message_key
 
 def measure_core(stream: Iterable[tuple[str, bytes, bytes]], *, policies: PolicyBook,
                  batch_max: int, cache_size: int, head_cache_mb: int,
+                 cache_mb: int | None = None,
                  now: datetime | None = None,
                  rows: dict[bytes, bytes] | None = None,
                  engine: Engine = PYTHON) -> dict[str, Any]:
@@ -50,12 +51,14 @@ def measure_core(stream: Iterable[tuple[str, bytes, bytes]], *, policies: Policy
     ``state_cache`` (live hits, head hits, misses). Raises nothing for any
     record: invalid input is counted, as the agent dead-letters it. ``rows``
     (empty by default) receives every customer's encoded state. ``engine``: the
-    scoring core measured (:mod:`scoring.engine`).
+    scoring core measured (:mod:`scoring.engine`). ``cache_mb``: the state cache's
+    memory budget (None: the count alone bounds it).
     """
     records = list(stream)
     now = now or datetime.now(UTC)
     rows = {} if rows is None else rows
-    cache = engine.state_cache(cache_size, head_cache_mb << 20)
+    cache = engine.state_cache(cache_size, head_cache_mb << 20,
+                               None if cache_mb is None else cache_mb << 20)
     statuses: Counter[str] = Counter()
     started = time.process_time()
     for first in range(0, len(records), batch_max):
@@ -96,5 +99,6 @@ def measure_core(stream: Iterable[tuple[str, bytes, bytes]], *, policies: Policy
                         "misses": cache.misses},
         "batch_max": batch_max,
         "state_cache_size": cache_size,
+        "state_cache_mb": cache_mb,
         "head_cache_mb": head_cache_mb,
     }

@@ -211,6 +211,7 @@ def _run_core(args: argparse.Namespace) -> dict[str, Any]:
                           batch_max=settings.batch_max,
                           cache_size=settings.state_cache_size,
                           head_cache_mb=settings.head_cache_mb,
+                          cache_mb=settings.state_cache_mb,
                           engine=engine_named(settings.engine))
     result["generator"] = stats.generator
     result["shops"] = stats.shops

@@ -86,6 +86,8 @@ PATHS: dict[str, Callable[[Engine], Customer]] = {
                                                       cache=engine.state_cache(10, 0)),
     "state cache, kept heads": lambda engine: Customer(engine=engine,
                                                        cache=engine.state_cache(0, 1 << 24)),
+    "state cache, a budget nothing fits": lambda engine: Customer(
+        engine=engine, cache=engine.state_cache(10, 0, 1)),
 }
 
 
@@ -97,6 +99,46 @@ def _bytes(c: Customer) -> tuple[bytes, list[bytes], list[str], bytes]:
     assert snapshot == codec.dumps(c.engine.snapshot(c.state, None, policy))
     return (c.engine.encode(c.state), [codec.dumps(e) for e in c.effects],
             [f"{o.status}:{o.reason}:{o.changed}" for o in c.outcomes], snapshot)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_the_state_cache_keeps_the_latest_states_its_byte_budget_holds(engine: Engine) -> None:
+    policy = PolicyBook().default
+    states: dict[bytes, tuple[bytes, Any]] = {}
+    for n in range(4):  # c3 bought twenty times: a longer row, a heavier state
+        state = None
+        for k in range(1 if n < 3 else 20):
+            event = parse(purchase(at(k), 100 + k, order_id=f"o{k}", customer_id=f"c{n}"))
+            state = engine.apply(state, event, policy).state
+        states[f"c{n}".encode()] = (engine.encode(state), state)
+    probe = engine.state_cache(10, 0, 1 << 30)
+    weigh = probe.weigh
+    w = {key: weigh(raw) for key, (raw, _) in states.items()}
+    assert w[b"c3"] > max(w[b"c0"], w[b"c1"], w[b"c2"]) > 0  # the estimate grows with the row
+    small = max(w[b"c0"], w[b"c1"], w[b"c2"])
+    cache = engine.state_cache(100, 0, 2 * small + small // 2)
+    for key in (b"c0", b"c1", b"c2"):
+        cache.put(key, *states[key])
+    # Two fit: the least recently written left, and the weight is the live rows'.
+    assert list(cache._items) == [b"c1", b"c2"] and cache.weight == w[b"c1"] + w[b"c2"]
+    assert cache.get(b"c0", states[b"c0"][0]) is not states[b"c0"][1]  # decoded
+    assert cache.get(b"c2", states[b"c2"][0]) is states[b"c2"][1]
+    # Heavier than the whole budget: never kept, and a stale entry of its key goes
+    # (the light one pushed c1 out first).
+    cache.put(b"c3", *states[b"c0"])
+    assert list(cache._items) == [b"c2", b"c3"]
+    cache.put(b"c3", *states[b"c3"])
+    assert list(cache._items) == [b"c2"] and cache.weight == w[b"c2"]
+    # Another writer's bytes change the entry's weight in place; a deleted row frees it.
+    cache.replace(b"c2", *states[b"c1"])
+    assert cache.weight == w[b"c1"] and cache.get(b"c2", states[b"c1"][0]) is states[b"c1"][1]
+    cache.discard(b"c2")
+    assert len(cache) == 0 and cache.weight == 0
+    # The count still caps it, whatever the budget.
+    capped = engine.state_cache(1, 0, 1 << 30)
+    for key in (b"c0", b"c1"):
+        capped.put(key, *states[key])
+    assert list(capped._items) == [b"c1"] and capped.weight == w[b"c1"]
 
 
 @pytest.mark.parametrize("engine", ENGINES)

@@ -74,7 +74,7 @@ async def test_the_state_cache_tiers_change_no_output_and_no_state(
                                        amount=1000 + n, offset=n))
     runs = {}
     for name, sizes in (("none", {"state_cache_size": 0, "head_cache_mb": 0}),
-                        ("tiers", {"state_cache_size": 1, "head_cache_mb": 1})):
+                        ("tiers", {"state_cache_size": 1, "head_cache_mb": 1, "state_cache_mb": 1})):
         harness = Harness(tmp_path / name, monkeypatch, recount_interval_s=400 * 86400, engine=engine, **sizes)
         for start in range(0, len(records), 4):
             await harness.svc.processor.handle_batch(records[start:start + 4])
@@ -84,6 +84,7 @@ async def test_the_state_cache_tiers_change_no_output_and_no_state(
     assert tier_sent == sent and any(s["topic"] == "loyalty.rewards" for s in sent)
     # Python: each came back with its head; native: a state carries its head inside.
     assert cache.misses > 0 and cache.head_hits == (cache.misses if engine == "python" else 0)
+    assert cache.budget == 1 << 20 and 0 < cache.weight <= cache.budget  # LOYALTY_STATE_CACHE_MB
 
 
 async def test_after_batch_is_told_once_per_batch_whatever_its_path(h: Harness) -> None:
