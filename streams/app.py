@@ -252,6 +252,7 @@ def create_service(
     )
     context.metrics.set_build(_version(), context.engine.name, settings.state_write_format,
                               READABLE_VERSIONS)
+    context.metrics.watch_state_cache(context.states)
     # The sweeper exists even without its timer: the agent tells it about
     # every write, and tests drive it directly.
     sweeper = Sweeper(context)

@@ -24,9 +24,11 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
+    from scoring.engine import StateCache
     from streams.planning import Plan
     from streams.records import Record
 
@@ -227,6 +229,14 @@ class Metrics:
             "writes and the formats it reads.",
             ["version", "engine", "state_format_writes", "state_formats_read"], registry=r)
 
+    def watch_state_cache(self, cache: StateCache) -> None:
+        """Export ``cache``'s size and lookups, read at scrape time (no cost per event):
+        ``loyalty_state_cache_states``, ``loyalty_state_cache_bytes`` (the engine's
+        estimate, bounded by LOYALTY_STATE_CACHE_MB) and
+        ``loyalty_state_cache_lookups_total{result}`` (``live``: the live state served;
+        ``head``: decoded with its kept head; ``decoded``: decoded and re-folded)."""
+        self.registry.register(_StateCacheCollector(cache))
+
     def set_build(self, version: str, engine: str, writes: int, reads: Iterable[int]) -> None:
         """Publish what this worker runs (``loyalty_build_info``); called once at start."""
         self.build_info.clear()
@@ -402,3 +412,26 @@ def add_process_metrics(metrics: Metrics) -> None:
     ProcessCollector(registry=metrics.registry)
     PlatformCollector(registry=metrics.registry)
     GCCollector(registry=metrics.registry)
+
+
+class _StateCacheCollector:
+    """:meth:`Metrics.watch_state_cache`'s series, read off the cache when scraped."""
+
+    def __init__(self, cache: StateCache) -> None:
+        self.cache = cache
+
+    def collect(self) -> Iterable[Any]:
+        c = self.cache
+        yield GaugeMetricFamily("loyalty_state_cache_states",
+                                "Customers whose live state the state cache holds.", value=len(c))
+        yield GaugeMetricFamily("loyalty_state_cache_bytes",
+                                "Memory the state cache's live states take, by the engine's "
+                                "estimate (bounded by LOYALTY_STATE_CACHE_MB).", value=c.weight)
+        lookups = CounterMetricFamily(
+            "loyalty_state_cache_lookups", "States the agent read, by how: live (the cached "
+            "state), head (decoded, its kept head), decoded (decoded and re-folded).",
+            labels=["result"])
+        lookups.add_metric(["live"], c.hits)
+        lookups.add_metric(["head"], c.head_hits)
+        lookups.add_metric(["decoded"], c.misses - c.head_hits)
+        yield lookups

@@ -91,6 +91,11 @@ def test_service_metrics(bootstrap: str, tmp_path) -> None:
         # The loop watch runs in the worker: ten probes a second since it started.
         assert value("loyalty_event_loop_lag_seconds_count") >= 10
         assert value("loyalty_points_total", kind="earned") > 0
+        # The state cache: every customer fits the default budget, and the agent read
+        # states from it (a customer's later events) and decoded others.
+        assert value("loyalty_state_cache_states") > 0 and value("loyalty_state_cache_bytes") > 0
+        assert value("loyalty_state_cache_bytes") <= s.state_cache_mb << 20
+        assert value("loyalty_state_cache_lookups_total", result="live") > 0
         customers = sum(v for (name, _), v in m.items() if name == "loyalty_customers")
         assert customers == len(expected_snapshots(env, records))
         assert value("loyalty_table_rows", table="customers") == customers

@@ -104,3 +104,23 @@ def test_a_batch_counts_what_its_records_count_one_by_one() -> None:
                 (("from_stage", "none"), ("to_stage", "first_visit")))] == 1
     assert got[("loyalty_effects_voided_total", (("kind", "transition"),))] == 1
     assert got[("loyalty_processing_seconds_count", ())] == 8
+
+
+def test_the_state_cache_is_exported_as_read_at_scrape_time() -> None:
+    from scoring.engine import PYTHON
+    from scoring.fold import apply
+    from tests.core.factory import parse, purchase
+
+    m, cache = Metrics(), PYTHON.state_cache(10, 1 << 20, 1 << 20)
+    m.watch_state_cache(cache)
+    assert _samples(m)[("loyalty_state_cache_states", ())] == 0
+    state = apply(None, parse(purchase(datetime(2026, 1, 5, tzinfo=UTC), 100)), PolicyBook().default).state
+    raw = state.encode()
+    cache.put(b"shop-1|c1", raw, state)
+    cache.get(b"shop-1|c1", raw)  # live
+    cache.get(b"shop-1|c1", raw + b" ")  # another writer's bytes: decoded
+    got = _samples(m)
+    assert got[("loyalty_state_cache_states", ())] == 1
+    assert got[("loyalty_state_cache_bytes", ())] == cache.weight > 0
+    assert {r: got[("loyalty_state_cache_lookups_total", (("result", r),))]
+            for r in ("live", "head", "decoded")} == {"live": 1, "head": 0, "decoded": 1}
