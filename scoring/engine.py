@@ -21,11 +21,11 @@ neighbours. Every engine must pass the conformance suite,
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from schemas.codec import dumps
+from schemas.codec import dumps, loads
 from schemas.events import Event
 from schemas.policy import ShopPolicy
 from scoring import fold, rfm
@@ -47,9 +47,63 @@ from scoring.state import (
 
 __all__ = [
     "FORMAT_VERSION", "PYTHON", "READABLE_VERSIONS", "WRITABLE_VERSIONS", "AsOfTooEarly",
-    "BuyerSummary", "Engine", "Erasure", "NewerStateFormat", "Outcome", "PythonEngine", "State",
-    "StateCache", "StateFormatError",
+    "BuyerSummary", "EffectMark", "EncodedEffects", "Engine", "Erasure", "NewerStateFormat", "Outcome", "PythonEngine", "State",
+    "StateCache", "StateFormatError", "effect_marks", "effect_values",
 ]
+
+#: What the service counts of an effect: ``(kind, void, from, to, entry, points)``, None
+#: for a field the effect has not (``streams.metrics``).
+EffectMark = tuple[Any, Any, Any, Any, Any, Any]
+
+
+class EncodedEffects(Sequence[dict[str, Any]]):
+    """An outcome's effects as an engine may hand them over: each effect's JSON (the
+    bytes ``dumps`` writes for its dict: the output record's value) and its
+    :data:`EffectMark`. Read as a sequence, each effect is decoded to its dict,
+    once, on first read; the service's hot path reads :func:`effect_values` and
+    :func:`effect_marks` instead and decodes nothing."""
+
+    __slots__ = ("_dicts", "json", "marks")
+
+    def __init__(self, json: list[bytes], marks: list[EffectMark]) -> None:
+        self.json = json
+        self.marks = marks
+        self._dicts: list[dict[str, Any]] | None = None
+
+    def _decoded(self) -> list[dict[str, Any]]:
+        if self._dicts is None:
+            self._dicts = [loads(raw) for raw in self.json]
+        return self._dicts
+
+    def __len__(self) -> int:
+        return len(self.json)
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._decoded()[index]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"EncodedEffects({self._decoded()!r})"
+
+
+def effect_values(effects: Sequence[Mapping[str, Any]]) -> list[tuple[Any, bytes]]:
+    """``(kind, JSON bytes)`` of each effect, in order: what its output record carries."""
+    if isinstance(effects, EncodedEffects):
+        return [(mark[0], raw) for mark, raw in zip(effects.marks, effects.json, strict=True)]
+    return [(eff.get("kind"), dumps(eff)) for eff in effects]
+
+
+def effect_marks(effects: Sequence[Mapping[str, Any]]) -> list[EffectMark]:
+    """The :data:`EffectMark` of each effect, in order."""
+    if isinstance(effects, EncodedEffects):
+        return effects.marks
+    return [(eff.get("kind"), eff.get("void"), eff.get("from"), eff.get("to"), eff.get("entry"),
+             eff.get("points")) for eff in effects]
+
 
 #: A buyer's CLV inputs ``(x, t_x_days, T_days, repeat_spend)`` and RFM values as of
 #: an instant (:meth:`Engine.buyer_summary`).

@@ -31,6 +31,7 @@ old value and can simply apply the event again.
 from __future__ import annotations
 
 from bisect import insort
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
@@ -98,13 +99,15 @@ class Outcome:
 
     ``changed`` is False exactly when ``state`` is the input object unchanged
     (duplicates, rejections, a sweep with nothing due): the caller then writes
-    nothing. ``effects`` are JSON-ready dicts (see :mod:`scoring.effects`).
+    nothing. ``effects`` are JSON-ready dicts (see :mod:`scoring.effects`); another
+    engine may hand them over encoded (:class:`scoring.engine.EncodedEffects`, a
+    sequence of the same dicts).
     """
 
     state: CustomerState
     status: str
     changed: bool
-    effects: list[dict[str, Any]] = field(default_factory=list)
+    effects: Sequence[dict[str, Any]] = field(default_factory=list)
     reason: str | None = None
     detail: str | None = None
     stage_before: str | None = None

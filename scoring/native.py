@@ -25,7 +25,14 @@ from schemas.events import Event
 from schemas.policy import ShopPolicy
 from scoring import rfm
 from scoring.aggregate import Agg
-from scoring.engine import PYTHON, WRITABLE_VERSIONS, BuyerSummary, Engine, summary_of_head
+from scoring.engine import (
+    PYTHON,
+    WRITABLE_VERSIONS,
+    BuyerSummary,
+    EncodedEffects,
+    Engine,
+    summary_of_head,
+)
 from scoring.fold import Erasure, Outcome, erasure, rejection_detail
 from scoring.records import content_digest, id_hash, to_record
 from scoring.shop import ShopTally
@@ -187,9 +194,10 @@ def live_weight(raw: bytes) -> int:
 
 
 def _outcome(out: tuple, state: Any, event: Event | None, policy: ShopPolicy) -> Outcome:
-    status, changed, new, effects, reason, behind, before, after, kpi_before, kpi_after = out
+    status, changed, new, (effects, marks), reason, behind, before, after, kpi_before, kpi_after = out
     detail = None if reason is None else rejection_detail(reason, event, policy, behind)  # type: ignore[arg-type]
-    return Outcome(state if new is None else new, status, changed, effects, reason, detail, before, after,
+    return Outcome(state if new is None else new, status, changed,
+                   EncodedEffects(effects, marks) if effects else [], reason, detail, before, after,
                    kpi_before, kpi_after)
 
 

@@ -27,6 +27,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from scoring.engine import EffectMark, effect_marks
+
 if TYPE_CHECKING:
     from scoring.engine import StateCache
     from streams.planning import Plan
@@ -253,9 +255,10 @@ class Metrics:
         # (counter, label values) -> records; () for the unlabelled counters
         counts: dict[tuple[Counter, tuple[str, ...]], int] = {}
         lags: dict[str, datetime] = {}
-        effects: list[dict[str, Any]] = []
+        marks: list[EffectMark] = []
         for record, plan in planned:
-            effects.extend(plan.effects)
+            if plan.effects:
+                marks.extend(effect_marks(plan.effects))
             if plan.occurred_at is not None:
                 lags[record.topic] = plan.occurred_at  # the gauge holds the last one
             k: tuple[Counter, tuple[str, ...]] = (self.events_consumed,
@@ -277,7 +280,7 @@ class Metrics:
             counts[k] = counts.get(k, 0) + 1
         for (counter, labels), n in counts.items():
             (counter.labels(*labels) if labels else counter).inc(n)
-        self.observe_effects(effects)
+        self.observe_effects(marks)
         now = time.time()
         for topic, occurred_at in lags.items():
             self.event_lag.labels(topic).set(now - occurred_at.timestamp())
@@ -285,29 +288,28 @@ class Metrics:
         for _ in planned:
             self.latency.observe(elapsed)
 
-    def observe_effects(self, effects: Iterable[Mapping[str, Any]]) -> None:
-        """Count published effects (ledger entries and transitions).
+    def observe_effects(self, marks: Iterable[EffectMark]) -> None:
+        """Count published effects (ledger entries and transitions) by their marks
+        (:func:`scoring.engine.effect_marks`).
 
         Counted per call, then each labelled series incremented once."""
         voided: dict[str, int] = {}
         transitions: dict[tuple[str, str], int] = {}
         entries: dict[str, int] = {}
         points: dict[str, int] = {}
-        for eff in effects:
-            kind = eff.get("kind")
-            if eff.get("void"):
+        for kind, void, frm, to, entry, n in marks:
+            if void:
                 # A retraction of an earlier effect (a late event changed history).
                 voided[str(kind)] = voided.get(str(kind), 0) + 1
                 continue
             if kind == "transition":
                 # from is null for a customer's first stage: label it "none".
-                k = (str(eff.get("from") or "none"), str(eff.get("to")))
+                k = (str(frm or "none"), str(to))
                 transitions[k] = transitions.get(k, 0) + 1
             elif kind == "ledger":
-                entry = str(eff.get("entry"))
+                entry = str(entry)
                 entries[entry] = entries.get(entry, 0) + 1
                 label = _POINT_ENTRIES.get(entry)
-                n = eff.get("points")
                 if label and isinstance(n, int) and not isinstance(n, bool):
                     points[label] = points.get(label, 0) + abs(n)
         for kind, n in voided.items():

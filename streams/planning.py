@@ -86,7 +86,7 @@ class Plan:
     #: duplicate told by its input offset (:mod:`streams.positions`)
     reason: str | None = None
     occurred_at: datetime | None = None
-    effects: list[dict[str, Any]] = field(default_factory=list)
+    effects: Sequence[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -217,8 +217,8 @@ class Planner:
             plan.state = svc.engine.at_position(outcome.state, source, record.offset)
             plan.tally_delta = (record.partition, key,
                                 delta_for_event(outcome, event, policy, old is None))
-        plan.effects = list(outcome.effects)
-        plan.sends.extend(effect_messages(svc, plan.effects))
+        plan.effects = outcome.effects
+        plan.sends.extend(effect_messages(svc, key, outcome.effects))
         if outcome.status == "rejected":
             reason = getattr(outcome, "reason", None) or "rejected"
             detail = getattr(outcome, "detail", None) or reason

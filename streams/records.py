@@ -9,13 +9,14 @@ the agent and the time sweep alike).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from schemas import codec
 from scoring.clock import rfc3339, to_us
-from streams.topics import message_key
+from scoring.engine import effect_values
 
 if TYPE_CHECKING:
     from faust.types import TopicT
@@ -101,11 +102,10 @@ def dead_letter_record(record: Record, reason: str, detail: str) -> bytes:
     })
 
 
-def effect_messages(ctx: ServiceContext, effects: list[dict[str, Any]]) -> list[Outgoing]:
-    """Output records for fold effects: ledger -> rewards, transition -> transitions."""
-    out = []
-    for eff in effects:
-        topic = ctx.rewards if eff.get("kind") == "ledger" else ctx.transitions
-        out.append(Outgoing(topic, message_key(eff["shop_id"], eff["customer_id"]),
-                            codec.dumps(eff)))
-    return out
+def effect_messages(ctx: ServiceContext, key: bytes,
+                    effects: Sequence[Mapping[str, Any]]) -> list[Outgoing]:
+    """Output records for the effects of customer ``key``'s fold (every effect names
+    that customer): ledger -> rewards, the others (transitions, alerts) -> transitions."""
+    rewards, transitions = ctx.rewards, ctx.transitions
+    return [Outgoing(rewards if kind == "ledger" else transitions, key, value)
+            for kind, value in effect_values(effects)]

@@ -137,14 +137,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from schemas.policy import ShopPolicy
 from scoring.clock import day_of, from_us, to_us
-from scoring.engine import NewerStateFormat, Outcome, State, StateFormatError
+from scoring.engine import NewerStateFormat, Outcome, State, StateFormatError, effect_marks
 from scoring.shop import SPEND_WINDOW_DAYS, ShopTally, TallyFormatError
 from streams import compat
 from streams.commit import Change, Committer
@@ -225,7 +225,7 @@ class _Work:
     key: bytes
     raw: bytes  # the row the advance started from (compare-and-set)
     outcome: Outcome
-    effects: list[dict[str, Any]]
+    effects: Sequence[dict[str, Any]]
     messages: list[Outgoing]  # effects and the new snapshot
 
 
@@ -551,8 +551,8 @@ class Sweeper:
         snapshot costs more than the advance itself).
         """
         svc = self.service
-        effects = list(outcome.effects)
-        messages = effect_messages(svc, effects)
+        effects = outcome.effects
+        messages = effect_messages(svc, key, effects)
         messages.append(Outgoing(svc.scores, key, svc.engine.snapshot_json(
             outcome.state, None, policy, svc.clv_model(outcome.state.shop_id),
             svc.rfm_model(outcome.state.shop_id))))
@@ -577,7 +577,7 @@ class Sweeper:
         for item in work:
             outputs.extend((out.topic.get_topic_name(), out.key, out.value, None, None)
                            for out in item.messages)
-            svc.metrics.observe_effects(item.effects)
+            svc.metrics.observe_effects(effect_marks(item.effects))
         changes = [Change(partition, item.key, svc.encode_state(item.outcome.state),
                           delta_for_advance(item.outcome), item.outcome.state.next_due,
                           base=item.raw)

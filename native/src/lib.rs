@@ -155,22 +155,6 @@ fn kpi_py(py: Python<'_>, k: &Option<Kpi>) -> PyObject {
     .into_py(py)
 }
 
-fn j_py(py: Python<'_>, v: &json::J) -> PyResult<PyObject> {
-    Ok(match v {
-        json::J::Null => py.None(),
-        json::J::Bool(b) => b.into_py(py),
-        json::J::Int(i) => i.into_py(py),
-        json::J::Str(s) => (&**s).into_py(py),
-        json::J::Obj(items) => {
-            let d = PyDict::new_bound(py);
-            for (k, v) in items {
-                d.set_item(*k, j_py(py, v)?)?;
-            }
-            d.into_py(py)
-        }
-    })
-}
-
 #[pymethods]
 impl PyState {
     #[getter]
@@ -358,9 +342,16 @@ fn outcome_py(py: Python<'_>, o: fold::Outcome, input: Option<&Arc<CustomerState
     } else {
         Py::new(py, PyState { inner: o.state })?.into_py(py)
     };
+    // Effects handed over encoded (the output record's bytes) with the fields the
+    // service counts: a dict per effect cost a third of this call.
     let effects = PyList::empty_bound(py);
+    let marks = PyList::empty_bound(py);
+    let mut out = Vec::with_capacity(256);
     for e in &o.effects {
-        effects.append(j_py(py, e)?)?;
+        out.clear();
+        json::write(&mut out, e, false);
+        effects.append(PyBytes::new_bound(py, &out))?;
+        marks.append(mark_py(py, e))?;
     }
     Ok(PyTuple::new_bound(
         py,
@@ -368,7 +359,7 @@ fn outcome_py(py: Python<'_>, o: fold::Outcome, input: Option<&Arc<CustomerState
             status.into_py(py),
             o.changed.into_py(py),
             state,
-            effects.into_py(py),
+            PyTuple::new_bound(py, [effects.into_py(py), marks.into_py(py)]).into_py(py),
             reason.into_py(py),
             behind.into_py(py),
             opt_stage(py, o.stage_before),
@@ -378,6 +369,24 @@ fn outcome_py(py: Python<'_>, o: fold::Outcome, input: Option<&Arc<CustomerState
         ],
     )
     .into_py(py))
+}
+
+/// `(kind, void, from, to, entry, points)` of an effect, None where it has no such
+/// field: what `streams.metrics` counts (`scoring.engine.EffectMark`).
+fn mark_py(py: Python<'_>, e: &json::J) -> PyObject {
+    let field = |name: &str| -> PyObject {
+        match e {
+            json::J::Obj(items) => match items.iter().find(|(k, _)| *k == name) {
+                Some((_, json::J::Str(s))) => (&**s).into_py(py),
+                Some((_, json::J::Int(i))) => i.into_py(py),
+                Some((_, json::J::Bool(b))) => b.into_py(py),
+                _ => py.None(),
+            },
+            _ => py.None(),
+        }
+    };
+    PyTuple::new_bound(py, [field("kind"), field("void"), field("from"), field("to"), field("entry"), field("points")])
+        .into_py(py)
 }
 
 fn opt_arc(v: &Bound<'_, PyAny>) -> PyResult<Option<Arc<str>>> {

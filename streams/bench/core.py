@@ -30,10 +30,9 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from schemas import codec
 from schemas.events import InvalidEvent, parse_event
 from schemas.policy import PolicyBook
-from scoring.engine import PYTHON, Engine, State
+from scoring.engine import PYTHON, Engine, State, effect_values
 from streams.topics import message_key
 
 
@@ -76,8 +75,7 @@ def measure_core(stream: Iterable[tuple[str, bytes, bytes]], *, policies: Policy
             old = planned[key] if key in planned else cache.get(key, rows.get(key))
             outcome = engine.apply(old, event, policies.for_shop(event.shop_id))
             statuses[outcome.status] += 1
-            for effect in outcome.effects:
-                codec.dumps(effect)
+            effect_values(outcome.effects)  # each effect's output record value
             if outcome.changed:
                 planned[key] = engine.at_position(outcome.state, topic, offset)
         for key, state in planned.items():

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import settings
 
 from schemas.policy import PolicyBook
-from scoring.engine import PYTHON, Engine
+from scoring.engine import PYTHON, Engine, effect_marks, effect_values
 from scoring.native import NATIVE
 from tests.core.factory import parse
 
@@ -54,6 +54,9 @@ class Customer:
         self.policies = policies or PolicyBook()
         self.state = None
         self.effects: list[dict[str, Any]] = []
+        #: each effect as the service publishes it: (kind, value bytes), and its mark
+        self.published: list[tuple[Any, bytes]] = []
+        self.marks: list[Any] = []
         self.outcomes: list[Any] = []
 
     def send(self, *events: bytes) -> Customer:
@@ -63,6 +66,8 @@ class Customer:
             out = engine.apply(self.state, ev, self.policies.for_shop(ev.shop_id))
             self.outcomes.append(out)
             self.effects.extend(out.effects)
+            self.published.extend(effect_values(out.effects))
+            self.marks.extend(effect_marks(out.effects))
             if not out.changed:
                 continue
             if self.cache is not None:

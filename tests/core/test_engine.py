@@ -91,13 +91,15 @@ PATHS: dict[str, Callable[[Engine], Customer]] = {
 }
 
 
-def _bytes(c: Customer) -> tuple[bytes, list[bytes], list[str], bytes]:
-    """A customer's row, its effects, its outcomes and its snapshot, as bytes (the
-    score record's, which must be the snapshot's ``dumps``)."""
+def _bytes(c: Customer) -> tuple[bytes, list[Any], list[Any], list[str], bytes]:
+    """A customer's row, its effects as published (kind and value bytes, which must be
+    each effect's ``dumps``) with their marks, its outcomes and its snapshot, as bytes
+    (the score record's, which must be the snapshot's ``dumps``)."""
     policy = c.policies.default
     snapshot = c.engine.snapshot_json(c.state, None, policy)
     assert snapshot == codec.dumps(c.engine.snapshot(c.state, None, policy))
-    return (c.engine.encode(c.state), [codec.dumps(e) for e in c.effects],
+    assert [value for _, value in c.published] == [codec.dumps(e) for e in c.effects]
+    return (c.engine.encode(c.state), c.published, c.marks,
             [f"{o.status}:{o.reason}:{o.changed}" for o in c.outcomes], snapshot)
 
 

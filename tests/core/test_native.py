@@ -25,7 +25,7 @@ from schemas.events import InvalidEvent
 from schemas.policy import PolicyBook
 from scoring.cdnow import cdnow_events
 from scoring.clock import US_PER_DAY
-from scoring.engine import PYTHON, Engine
+from scoring.engine import PYTHON, Engine, effect_marks, effect_values
 from scoring.native import NATIVE
 from scoring.replay import fit_clv_as_of, fit_rfm_models, fold_lines
 from scoring.snapshot import head_as_of
@@ -59,9 +59,10 @@ def _fold(engine: Engine, events: Iterable[bytes], driver: Callable[[Engine], Cu
     for key, c in customers.items():
         policy = policies.for_shop(c.state.shop_id)
         later = engine.advance(c.state, c.state.clock + 365 * US_PER_DAY, policy)
-        out[key] = (engine.encode(c.state), [codec.dumps(e) for e in c.effects],
+        # Effects as published (kind and value bytes) and as counted (marks).
+        out[key] = (engine.encode(c.state), c.published, c.marks,
                     [f"{o.status}:{o.reason}:{o.detail}:{o.kpi_before}:{o.kpi_after}" for o in c.outcomes],
-                    engine.encode(later.state), [codec.dumps(e) for e in later.effects],
+                    engine.encode(later.state), effect_values(later.effects), effect_marks(later.effects),
                     codec.dumps(engine.snapshot(later.state, None, policy)),
                     engine.snapshot_json(c.state, None, policy))
     return out
