@@ -47,8 +47,9 @@ from scoring.state import (
 
 __all__ = [
     "FORMAT_VERSION", "PYTHON", "READABLE_VERSIONS", "WRITABLE_VERSIONS", "AsOfTooEarly",
-    "BuyerSummary", "EffectMark", "EncodedEffects", "Engine", "Erasure", "NewerStateFormat", "Outcome", "PythonEngine", "State",
-    "StateCache", "StateFormatError", "effect_marks", "effect_values",
+    "BuyerSummary", "EffectMark", "EncodedEffects", "Engine", "Erasure", "NewerStateFormat",
+    "Outcome", "PythonEngine", "State", "StateCache", "StateFormatError", "effect_marks",
+    "effect_values",
 ]
 
 #: What the service counts of an effect: ``(kind, void, from, to, entry, points)``, None
@@ -82,7 +83,9 @@ class EncodedEffects(Sequence[dict[str, Any]]):
         return self._decoded()[index]
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Sequence) and list(self) == list(other)
+        if not isinstance(other, Sequence):
+            return NotImplemented
+        return list(self) == list(other)
 
     __hash__ = None  # type: ignore[assignment]
 

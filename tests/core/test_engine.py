@@ -351,3 +351,20 @@ def test_a_buyers_summary_holds_the_clv_inputs_and_rfm_values(engine: Engine) ->
     visitor = Customer(engine=engine).send(visit(at(0)), visit(at(5))).state
     assert engine.buyer_summary(visitor, to_us(at(40)), policy) is None
 
+
+
+def test_encoded_effects_read_as_the_dicts_they_encode() -> None:
+    from scoring.engine import EncodedEffects, effect_marks, effect_values
+
+    dicts = [{"kind": "ledger", "entry": "earn", "points": 5},
+             {"kind": "transition", "from": None, "to": "first_visit"}]
+    marks = effect_marks(dicts)
+    encoded = EncodedEffects([codec.dumps(d) for d in dicts], marks)
+    assert encoded._dicts is None  # nothing decoded until read as dicts
+    assert effect_values(encoded) == effect_values(dicts) == [
+        ("ledger", codec.dumps(dicts[0])), ("transition", codec.dumps(dicts[1]))]
+    assert effect_marks(encoded) == marks == [("ledger", None, None, None, "earn", 5),
+                                              ("transition", None, None, "first_visit", None, None)]
+    assert encoded._dicts is None
+    assert len(encoded) == 2 and encoded[1]["to"] == "first_visit" and list(encoded) == dicts
+    assert encoded == dicts and encoded != dicts[:1] and encoded != 3
