@@ -198,8 +198,8 @@ class Settings(BaseSettings):
         "the engine's estimate of each live state from its row's size: about 2 KiB plus 1.6 "
         "times the row with the native engine, 3 KiB plus 5 times the row with the Python "
         "one, within about a third of measured (a customer with a year of history weighs "
-        "several times a newcomer). 160 MiB holds about 40 000 typical customers (rows of "
-        "about 1 KiB) with the native engine and 20 000 with the Python one. Every entry of "
+        "several times a newcomer). 160 MiB holds about 44 000 typical customers (rows of "
+        "about 1.1 KiB) with the native engine and 19 000 with the Python one. Every entry of "
         "the Python engine also lengthens the periodic full garbage collection "
         "(gc_reclaim_interval_s; see README \"Performance\"). 0 disables the cache.",
     )
