@@ -21,7 +21,7 @@ is why :func:`ensure_topics` reports mismatches instead of ignoring them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal
@@ -208,19 +208,35 @@ def parse_message_key(key: bytes | str) -> tuple[str, str]:
 
 def partition_for(key: bytes, partitions: int) -> int:
     """Partition Kafka's default partitioner (Java and aiokafka) picks for ``key``."""
-    return _key_hash(key) % partitions
+    return (_key_hash or _load_key_hash())(key) % partitions
 
 
-@lru_cache(maxsize=1 << 16)
-def _key_hash(key: bytes) -> int:
-    # An event hashes its customer key for its own partition and for each
-    # output record, and active customers come back: a bounded cache avoids
-    # re-running aiokafka's pure-Python murmur2. Imported here, not at the top,
-    # because importing aiokafka is slow and the CLI imports this module for
-    # ``--help``; the import runs only on a cache miss.
-    from aiokafka.partitioner import murmur2
+#: ``murmur2(key) & 0x7fffffff``, bound on first use (:func:`_load_key_hash`)
+_key_hash: Callable[[bytes], int] | None = None
 
-    return int(murmur2(key)) & 0x7FFFFFFF
+
+def _load_key_hash() -> Callable[[bytes], int]:
+    """The native engine's hash when it is built, else aiokafka's behind a bounded cache.
+
+    An event hashes its customer key for its own partition and for each
+    output record. aiokafka's murmur2 is pure Python (microseconds a key): a
+    cache spares active customers, but a population larger than the cache
+    pays it on almost every event; the native hash costs a fraction of a
+    cache lookup. Bound here, not at import, because importing aiokafka is
+    slow and the CLI imports this module for ``--help``.
+    """
+    global _key_hash
+    try:
+        from loyalty_native import partition_hash
+    except ImportError:  # no Rust toolchain, or a build older than the hash
+        from aiokafka.partitioner import murmur2
+
+        @lru_cache(maxsize=1 << 16)
+        def partition_hash(key: bytes) -> int:
+            return int(murmur2(key)) & 0x7FFFFFFF
+
+    _key_hash = partition_hash
+    return partition_hash
 
 
 def tally_key(shop_id: str, partition: int) -> bytes:

@@ -4,7 +4,8 @@
 //! with equal bytes (state rows, effects, derived fields); the conformance
 //! suite (`tests/core/test_engine.py`) checks it. Event parsing, content
 //! digests, the CLV and RFM fields of snapshots and shop tallies stay in
-//! Python; `scoring.native` wraps this module into an `Engine`.
+//! Python; `scoring.native` wraps this module into an `Engine`. One helper is
+//! not the fold's: Kafka's partitioner hash (`partitioner.rs`), for `streams.topics`.
 
 // pyo3 0.22's macros test a feature this crate does not declare, and convert
 // their own error type into itself.
@@ -14,6 +15,7 @@ mod codec;
 mod fold;
 mod json;
 mod model;
+mod partitioner;
 mod rules;
 mod snapshot;
 
@@ -477,6 +479,13 @@ fn rederive<'py>(
     Ok((head.map(|h| agg_bytes(py, &h)), stale))
 }
 
+/// Kafka's default partitioner hash of `key`: `murmur2(key) & 0x7fffffff`
+/// (`partitioner.rs`), for `streams.topics.partition_for`. Never fails.
+#[pyfunction]
+fn partition_hash(key: &[u8]) -> u32 {
+    partitioner::positive_murmur2(key)
+}
+
 #[pymodule]
 fn loyalty_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyPolicy>()?;
@@ -486,6 +495,7 @@ fn loyalty_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(apply, m)?)?;
     m.add_function(wrap_pyfunction!(advance, m)?)?;
     m.add_function(wrap_pyfunction!(rederive, m)?)?;
+    m.add_function(wrap_pyfunction!(partition_hash, m)?)?;
     m.add("FormatError", m.py().get_type_bound::<FormatError>())?;
     m.add("NewerFormat", m.py().get_type_bound::<NewerFormat>())?;
     m.add("TooEarly", m.py().get_type_bound::<TooEarly>())?;
