@@ -18,14 +18,17 @@ exactly-once (see README "Guarantees and failure modes").
 
 from __future__ import annotations
 
+import threading
 import time
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.utils import floatToGoString
 
 from scoring.engine import EffectMark, effect_marks
 
@@ -80,10 +83,10 @@ class Metrics:
             "loyalty_internal_errors_total",
             "Unexpected exceptions while processing a record (record dead-lettered).",
             registry=r)
-        self.latency = Histogram(
+        self.latency = GroupedHistogram(
             "loyalty_processing_seconds", "Wall time to process one input record.",
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
-            registry=r)
+            (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+        r.register(self.latency)
         self.batch_steps = Histogram(
             "loyalty_batch_step_seconds",
             "Wall time of each step of the agent's batches: plan (parse, read, fold), settle "
@@ -284,9 +287,8 @@ class Metrics:
         now = time.time()
         for topic, occurred_at in lags.items():
             self.event_lag.labels(topic).set(now - occurred_at.timestamp())
-        elapsed = time.perf_counter() - started
-        for _ in planned:
-            self.latency.observe(elapsed)
+        # Every record of the batch waited for the whole batch: one observation each.
+        self.latency.observe(time.perf_counter() - started, len(planned))
 
     def observe_effects(self, marks: Iterable[EffectMark]) -> None:
         """Count published effects (ledger entries and transitions) by their marks
@@ -414,6 +416,47 @@ def add_process_metrics(metrics: Metrics) -> None:
     ProcessCollector(registry=metrics.registry)
     PlatformCollector(registry=metrics.registry)
     GCCollector(registry=metrics.registry)
+
+
+class GroupedHistogram:
+    """A histogram observed in groups of equal values, exposed as prometheus_client's.
+
+    The agent observes every record of a batch with the batch's time:
+    prometheus_client's ``Histogram.observe`` per record took about a
+    microsecond each (a lock and a bucket search), this is one search and one
+    lock per group. Exposition: the same ``_bucket``/``_count``/``_sum``
+    series as a ``Histogram`` with these buckets fed value by value (a test
+    compares them); no ``_created`` series. Safe to scrape from another thread.
+    """
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.bounds = tuple(float(b) for b in buckets)
+        if list(self.bounds) != sorted(set(self.bounds)):
+            raise ValueError(f"{name}: buckets must increase: {buckets}")
+        self._counts = [0] * (len(self.bounds) + 1)  # the last one: above every bound (+Inf)
+        self._sum = 0.0
+        self._lock = threading.Lock()
+
+    def observe(self, value: float, count: int = 1) -> None:
+        """Observe ``value`` ``count`` times (``le`` buckets: ``value <= bound``)."""
+        if count <= 0:
+            return
+        i = bisect_left(self.bounds, value)
+        with self._lock:
+            self._counts[i] += count
+            self._sum += value * count
+
+    def collect(self) -> Iterable[Any]:
+        with self._lock:
+            counts, total = list(self._counts), self._sum
+        cumulative, buckets = 0, []
+        for bound, n in zip((*self.bounds, float("inf")), counts, strict=True):
+            cumulative += n
+            buckets.append((floatToGoString(bound), cumulative))
+        yield HistogramMetricFamily(self.name, self.documentation, buckets=buckets,
+                                    sum_value=total)
 
 
 class _StateCacheCollector:

@@ -1,15 +1,17 @@
-"""NPS exported as summable counts, and the default process metrics."""
+"""NPS exported as summable counts, the default process metrics, batch counting."""
 
 from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
 
+import pytest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.policy import PolicyBook
 from scoring.shop import ShopTally
-from streams.metrics import Metrics, add_process_metrics
+from streams.metrics import GroupedHistogram, Metrics, add_process_metrics
 from streams.planning import Plan
 from streams.records import Record
 
@@ -124,3 +126,28 @@ def test_the_state_cache_is_exported_as_read_at_scrape_time() -> None:
     assert got[("loyalty_state_cache_bytes", ())] == cache.weight > 0
     assert {r: got[("loyalty_state_cache_lookups_total", (("result", r),))]
             for r in ("live", "head", "decoded")} == {"live": 1, "head": 0, "decoded": 1}
+
+
+def test_a_grouped_histogram_exposes_what_prometheus_histogram_does() -> None:
+    bounds = (0.001, 0.01, 0.1, 1)
+    grouped = GroupedHistogram("t_seconds", "doc", bounds)
+    plain_registry, grouped_registry = CollectorRegistry(), CollectorRegistry()
+    plain = Histogram("t_seconds", "doc", buckets=bounds, registry=plain_registry)
+    grouped_registry.register(grouped)
+    # on a bound (le is inclusive), between, above every bound, zero, an empty group
+    for value, count in ((0.001, 3), (0.0005, 1), (0.05, 2), (7.5, 4), (0.0, 1), (0.2, 0)):
+        grouped.observe(value, count)
+        for _ in range(count):
+            plain.observe(value)
+
+    def series(registry: CollectorRegistry) -> dict:
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for fam in text_string_to_metric_families(generate_latest(registry).decode())
+                for s in fam.samples if not s.name.endswith("_created")}
+
+    got = series(grouped_registry)
+    assert got == series(plain_registry)
+    assert got[("t_seconds_bucket", (("le", "0.001"),))] == 5
+    assert got[("t_seconds_bucket", (("le", "+Inf"),))] == got[("t_seconds_count", ())] == 11
+    with pytest.raises(ValueError, match="increase"):
+        GroupedHistogram("bad", "doc", (0.1, 0.01))
