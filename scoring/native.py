@@ -161,7 +161,9 @@ class NativeEngine:
     def state_cache(self, capacity: int, head_budget: int, budget: int | None = None) -> StateCache:
         # A native state keeps its head inside it; the cache's head tier holds
         # the reference engine's heads only, so this cache has the live tier alone.
-        return StateCache(capacity, decode=self.decode, budget=budget, weigh=live_weight)
+        # Its rows are exact-size bytes made in Rust: nothing to compact.
+        return StateCache(capacity, decode=self.decode, budget=budget, weigh=live_weight,
+                          exact_rows=True)
 
     def _head(self, state: Any, as_of_us: int, policy: ShopPolicy) -> Agg:
         try:

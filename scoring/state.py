@@ -187,11 +187,16 @@ class StateCache:
     costs; :func:`live_weight` for this module's states). A count alone
     bounds memory badly: a customer with a year of history costs several
     times a newcomer. An entry heavier than the whole budget is not kept.
+
+    Rows are kept as exact-size copies (:func:`schemas.codec.compact`) unless
+    ``exact_rows`` says the engine's encodings already are (the native
+    engine's): an encoding that shares a larger buffer would hold all of it.
     """
 
     def __init__(self, capacity: int = 10_000, head_budget: int = 0,
                  decode: Callable[[bytes], Any] | None = None, *,
-                 budget: int | None = None, weigh: Callable[[bytes], int] | None = None) -> None:
+                 budget: int | None = None, weigh: Callable[[bytes], int] | None = None,
+                 exact_rows: bool = False) -> None:
         from collections import OrderedDict
 
         # Another engine's states: its decoder; their heads are the engine's own,
@@ -204,9 +209,11 @@ class StateCache:
         #: bytes the live tier may hold by :attr:`weigh`'s estimate (None: no bound)
         self.budget = budget
         self.weigh = weigh or live_weight
+        self._compact = (lambda raw: raw) if exact_rows else compact
         #: the live tier's estimated bytes (:attr:`weigh` of every entry's row)
         self.weight = 0
-        self._items: OrderedDict[bytes, tuple[bytes, CustomerState]] = OrderedDict()
+        #: key -> (row bytes, live state, :attr:`weigh` of the row)
+        self._items: OrderedDict[bytes, tuple[bytes, CustomerState, int]] = OrderedDict()
         #: key -> (row bytes, policy, encoded head, bytes charged to the budget)
         self._heads: OrderedDict[bytes, tuple[bytes, object, bytes, int]] = OrderedDict()
         self.head_bytes = 0
@@ -244,9 +251,10 @@ class StateCache:
         is not added (its kept head, now stale, is dropped)."""
         item = self._items.get(key)
         if item is not None:
-            raw = compact(raw)
-            self.weight += self.weigh(raw) - self.weigh(item[0])
-            self._items[key] = (raw, state)
+            raw = self._compact(raw)
+            weight = self.weigh(raw)
+            self.weight += weight - item[2]
+            self._items[key] = (raw, state, weight)
             self._evict()
         else:
             self._drop_head(key)
@@ -268,13 +276,13 @@ class StateCache:
         self._drop_head(key)
         if self.capacity <= 0 and self.head_budget <= 0:
             return  # no tier at all: not even the copy below
-        raw = compact(raw)  # kept for long: see schemas.codec.compact
+        raw = self._compact(raw)  # kept for long: see schemas.codec.compact
         weight = self.weigh(raw)
         self._pop_live(key)
         if self.capacity <= 0 or (self.budget is not None and weight > self.budget):
             self._keep_head(key, raw, state)
             return
-        self._items[key] = (raw, state)
+        self._items[key] = (raw, state, weight)
         self.weight += weight
         self._evict()
 
@@ -283,14 +291,14 @@ class StateCache:
         live tier is within its count and its budget."""
         budget = self.budget
         while len(self._items) > self.capacity or (budget is not None and self.weight > budget):
-            old_key, (old_raw, old_state) = self._items.popitem(last=False)
-            self.weight -= self.weigh(old_raw)
+            old_key, (old_raw, old_state, old_weight) = self._items.popitem(last=False)
+            self.weight -= old_weight
             self._keep_head(old_key, old_raw, old_state)
 
     def _pop_live(self, key: bytes) -> None:
         item = self._items.pop(key, None)
         if item is not None:
-            self.weight -= self.weigh(item[0])
+            self.weight -= item[2]
 
     def discard(self, key: bytes) -> None:
         """Forget ``key`` (its row was deleted)."""

@@ -144,6 +144,19 @@ def test_the_state_cache_keeps_the_latest_states_its_byte_budget_holds(engine: E
 
 
 @pytest.mark.parametrize("engine", ENGINES)
+def test_the_state_cache_copies_rows_unless_the_engine_makes_them_exact(engine: Engine) -> None:
+    policy = PolicyBook().default
+    state = engine.apply(None, parse(purchase(at(0), 100, order_id="o0")), policy).state
+    # orjson's output (the Python engine's rows) may share a larger buffer: copied.
+    raw = engine.encode(state)
+    cache = engine.state_cache(4, 0)
+    cache.put(b"k", raw, state)
+    kept = cache._items[b"k"][0]
+    assert kept == raw and (kept is raw) == (engine.name != "python")
+    assert cache.get(b"k", raw) is state
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 @FAST
 @given(customer_events(), st.integers(0, 2**32))
 def test_every_path_writes_the_reference_bytes(engine: Engine, events: Any, seed: int) -> None:
