@@ -422,9 +422,9 @@ class GroupedHistogram:
     """A histogram observed in groups of equal values, exposed as prometheus_client's.
 
     The agent observes every record of a batch with the batch's time:
-    prometheus_client's ``Histogram.observe`` per record took about a
-    microsecond each (a lock and a bucket search), this is one search and one
-    lock per group. Exposition: the same ``_bucket``/``_count``/``_sum``
+    prometheus_client's ``Histogram.observe`` takes a lock and searches the
+    buckets in Python per record, this once per group (measured in
+    docs/performance-history.md). Exposition: the same ``_bucket``/``_count``/``_sum``
     series as a ``Histogram`` with these buckets fed value by value (a test
     compares them); no ``_created`` series. Safe to scrape from another thread.
     """

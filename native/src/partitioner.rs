@@ -1,9 +1,9 @@
 //! Kafka's default partitioner hash, for `streams.topics.partition_for`.
 //!
 //! Not part of the fold: the worker hashes a customer's key for its own
-//! partition and for every output record, and aiokafka's hash is pure Python
-//! (microseconds per key). With a population larger than the caller's cache
-//! every event paid it several times.
+//! partition and for every output record, and aiokafka's hash is pure Python.
+//! With a population larger than the caller's cache every event paid it
+//! several times.
 //!
 //! Guarantee: `murmur2(key) & 0x7fffffff`, exactly what the Java client's
 //! `Utils.toPositive(Utils.murmur2(key))` gives (and aiokafka's
