@@ -79,9 +79,10 @@ class Processor:
         #: told about every state write (the time sweep's due index and recount)
         self.on_change = on_change
         self.planner = Planner(service)
-        steps = {step: self.metrics.batch_steps.labels(step) for step in BATCH_STEPS}
-        #: reports a step's wall time to ``loyalty_batch_step_seconds``
-        self.time_step: Callable[[str, float], None] = lambda step, s: steps[step].observe(s)
+        self._step_wall = {step: self.metrics.batch_steps.labels(step) for step in BATCH_STEPS}
+        self._step_cpu = {step: self.metrics.batch_step_cpu.labels(step) for step in BATCH_STEPS}
+        #: this thread's CPU time when the current step began (see :meth:`time_step`)
+        self._cpu_mark = time.thread_time()
         self.committer = Committer(service, timings=self.time_step)
         #: called after every batch :meth:`handle_batch` finished (the worker's
         #: garbage-collector policy, :mod:`streams.collector`)
@@ -89,6 +90,22 @@ class Processor:
         #: the share of recent wall time spent in :meth:`handle_batch` (the time
         #: sweep gives way while it is high)
         self.load = BusyShare(LOAD_WINDOW_S)
+
+    def time_step(self, step: str, seconds: float) -> None:
+        """Report ``step`` of a batch: ``seconds`` of wall time, and this thread's CPU
+        since the previous step ended (or the batch began: :meth:`_start_steps`).
+
+        The steps run back to back on the agent's thread, so their CPU adds up to
+        the batch's; what other tasks of the loop ran while a step awaited (the
+        producer's sender, Faust's services) is counted in that step.
+        """
+        self._step_wall[step].observe(seconds)
+        now = time.thread_time()
+        self._step_cpu[step].inc(now - self._cpu_mark)
+        self._cpu_mark = now
+
+    def _start_steps(self) -> None:
+        self._cpu_mark = time.thread_time()
 
     def plan(self, record: Record, *, now: datetime | None = None,
              overlay: dict[bytes, State] | None = None, rows: Rows | None = None) -> Plan:
@@ -157,6 +174,7 @@ class Processor:
         for attempt in range(RETRIES + 1):
             try:
                 planning = time.perf_counter()
+                self._start_steps()
                 plan = self.plan(record)
                 self.time_step("plan", time.perf_counter() - planning)
                 self._mark_in_flight({plan.tally_delta[1]} if plan.tally_delta else ())
@@ -241,6 +259,7 @@ class Processor:
         or None when every record was planned.
         """
         started = time.perf_counter()
+        self._start_steps()
         # One clock reading per batch (it only bounds future timestamps, by a day).
         now = datetime.now(UTC)
         overlay: dict[bytes, State] = {}

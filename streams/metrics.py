@@ -94,8 +94,15 @@ class Metrics:
             "broker acknowledged every record), write (rows, tallies, state cache).",
             ["step"], buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                                1, 2.5), registry=r)
+        self.batch_step_cpu = Counter(
+            "loyalty_batch_step_cpu_seconds",
+            "CPU time of the agent's thread in each step of its batches (the steps of "
+            "loyalty_batch_step_seconds), with what other tasks of its event loop ran while "
+            "the step waited: the producer's sender in outputs and changelog, above all.",
+            ["step"], registry=r)
         for step in BATCH_STEPS:
             self.batch_steps.labels(step)
+            self.batch_step_cpu.labels(step)
         self.batch_records = Histogram(
             "loyalty_batch_records", "Input records per batch the agent committed.",
             buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000), registry=r)

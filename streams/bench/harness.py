@@ -170,25 +170,35 @@ def batch_profile(before: str, after: str) -> dict[str, Any]:
 
     ``batches`` and ``records_per_batch`` from ``loyalty_batch_records``;
     ``ms_per_batch``: for each step of ``loyalty_batch_step_seconds``, its mean
-    wall time in milliseconds over the batches that took it (None: none did).
+    wall time in milliseconds over the batches that took it (None: none did);
+    ``cpu_us_per_record``: for each step, the agent thread's CPU in it
+    (``loyalty_batch_step_cpu_seconds``) in microseconds per record of the
+    batches (None: no batch).
     """
-    def totals(text: str) -> tuple[float, float, dict[str, float], dict[str, float]]:
+    def totals(text: str) -> tuple[float, float, dict[str, float], dict[str, float],
+                                   dict[str, float]]:
         m = parse_metrics(text)
         return (m.get("loyalty_batch_records_count", 0.0), m.get("loyalty_batch_records_sum", 0.0),
                 parse_labelled(text, "loyalty_batch_step_seconds_sum"),
-                parse_labelled(text, "loyalty_batch_step_seconds_count"))
+                parse_labelled(text, "loyalty_batch_step_seconds_count"),
+                parse_labelled(text, "loyalty_batch_step_cpu_seconds_total"))
 
-    n0, r0, sums0, counts0 = totals(before)
-    n1, r1, sums1, counts1 = totals(after)
-    batches = n1 - n0
+    def step_of(label: str) -> str:
+        return label.split("=", 1)[1].strip('"')
+
+    n0, r0, sums0, counts0, cpu0 = totals(before)
+    n1, r1, sums1, counts1, cpu1 = totals(after)
+    batches, records = n1 - n0, r1 - r0
     steps: dict[str, float | None] = {}
     for label, total in sums1.items():
         taken = counts1.get(label, 0.0) - counts0.get(label, 0.0)
-        steps[label.split("=", 1)[1].strip('"')] = (
+        steps[step_of(label)] = (
             round((total - sums0.get(label, 0.0)) / taken * 1000, 2) if taken else None)
+    cpu = {step_of(label): round((total - cpu0.get(label, 0.0)) / records * 1e6, 1)
+           if records else None for label, total in cpu1.items()}
     return {"batches": int(batches),
-            "records_per_batch": round((r1 - r0) / batches, 1) if batches else None,
-            "ms_per_batch": steps}
+            "records_per_batch": round(records / batches, 1) if batches else None,
+            "ms_per_batch": steps, "cpu_us_per_record": cpu}
 
 
 #: lateness thresholds (ms) of :func:`loop_lag_profile`: buckets of loyalty_event_loop_lag_seconds

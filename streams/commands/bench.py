@@ -234,6 +234,17 @@ def _progress(args: argparse.Namespace, message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
+def _progress_steps(args: argparse.Namespace, phase: str, batches: dict[str, Any]) -> None:
+    """The phase's batches: their mean size and the agent thread's CPU per record by step."""
+    cpu = batches.get("cpu_us_per_record") or {}
+    if not batches.get("batches") or not cpu:
+        return
+    steps = ", ".join(f"{step} {us:.0f}" for step, us in cpu.items() if us is not None)
+    total = sum(us for us in cpu.values() if us is not None)
+    _progress(args, f"{phase}: {batches['batches']:,} batches of {batches['records_per_batch']:g} "
+                    f"records; agent thread CPU per record {total:.0f} us ({steps})")
+
+
 def _start_profile(spy: str, pid: int, out: Path) -> Any:
     """Attach ``py-spy record`` to ``pid``; it writes ``out`` (speedscope) when stopped."""
     import subprocess
@@ -353,6 +364,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         _progress(args, f"throughput: {tput.events_per_s:,.0f} events/s, "
                         f"{cpu_rate or 0:,.0f} per CPU-second "
                         f"(cold start {tput.cold_start_s:.1f} s)")
+        _progress_steps(args, "throughput", tput.batches)
 
         if profiler is not None:
             _stop_profile(profiler)
@@ -372,6 +384,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
             cores = ", ".join(f"{who} {n:.2f}" for who, n in lat.cpu_cores.items() if n is not None)
             _progress(args, f"latency: p50 {lat.p50_ms:.1f} ms, p99 {lat.p99_ms:.1f} ms; "
                             f"CPU cores: {cores}")
+            _progress_steps(args, "latency", lat.batches)
             return lat
 
         lat = await latency_at(args.latency_rate or max(1.0, tput.events_per_s / 2), "latency")

@@ -88,6 +88,12 @@ def test_service_metrics(bootstrap: str, tmp_path) -> None:
         for step in ("changelog", "write"):
             assert value("loyalty_batch_step_seconds_count", step=step) > 0, step
             assert value("loyalty_batch_step_seconds_sum", step=step) > 0, step
+        # The agent thread's CPU per step: planning always costs some, and all the
+        # steps together are part of the process's CPU, never more.
+        step_cpu = {step: value("loyalty_batch_step_cpu_seconds_total", step=step)
+                    for step in ("plan", "settle", "outputs", "changelog", "write")}
+        assert step_cpu["plan"] > 0, step_cpu
+        assert 0 < sum(step_cpu.values()) <= value("process_cpu_seconds_total"), step_cpu
         # The loop watch runs in the worker: ten probes a second since it started.
         assert value("loyalty_event_loop_lag_seconds_count") >= 10
         assert value("loyalty_points_total", kind="earned") > 0

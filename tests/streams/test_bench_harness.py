@@ -31,6 +31,7 @@ def test_batch_profile_gives_the_means_between_two_scrapes() -> None:
     m.batch_records.observe(1000)
     for step in BATCH_STEPS:
         m.batch_steps.labels(step).observe(1.0)
+        m.batch_step_cpu.labels(step).inc(0.5)
     before = m.render().decode()
     # The phase: two batches (3 and 5 records); the second never reached its changelog
     # and write steps (ownership lost after the outputs).
@@ -40,17 +41,23 @@ def test_batch_profile_gives_the_means_between_two_scrapes() -> None:
             m.batch_steps.labels(step).observe(seconds)
     m.batch_steps.labels("changelog").observe(0.004)
     m.batch_steps.labels("write").observe(0.002)
+    # The agent thread's CPU in the phase: 8 records, so 1 ms is 125 us a record.
+    for step, cpu_s in (("plan", 0.002), ("settle", 0.001), ("outputs", 0.0004)):
+        m.batch_step_cpu.labels(step).inc(cpu_s)
     after = m.render().decode()
 
     got = batch_profile(before, after)
     assert got["batches"] == 2 and got["records_per_batch"] == 4.0
     assert got["ms_per_batch"] == {"plan": 20.0, "settle": 20.0, "outputs": 20.0,
                                    "changelog": 4.0, "write": 2.0}
+    assert got["cpu_us_per_record"] == {"plan": 250.0, "settle": 125.0, "outputs": 50.0,
+                                        "changelog": 0.0, "write": 0.0}
     # From an empty scrape (a fresh worker): everything counts; a step never taken is None.
     assert batch_profile("", before)["records_per_batch"] == 1000.0
     assert batch_profile(empty, empty) == {
         "batches": 0, "records_per_batch": None,
-        "ms_per_batch": {step: None for step in BATCH_STEPS}}
+        "ms_per_batch": {step: None for step in BATCH_STEPS},
+        "cpu_us_per_record": {step: None for step in BATCH_STEPS}}
 
 
 def _child(code: str) -> subprocess.Popen[bytes]:
