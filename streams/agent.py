@@ -96,7 +96,8 @@ class Processor:
         since the previous step ended (or the batch began: :meth:`_start_steps`).
 
         The steps run back to back on the agent's thread, so their CPU adds up to
-        the batch's; what other tasks of the loop ran while a step awaited (the
+        the batch's, but for the metrics and the collector policy after the
+        write; what other tasks of the loop ran while a step awaited (the
         producer's sender, Faust's services) is counted in that step.
         """
         self._step_wall[step].observe(seconds)
