@@ -221,8 +221,9 @@ def _load_key_hash() -> Callable[[bytes], int]:
     An event hashes its customer key for its own partition and for each
     output record. aiokafka's murmur2 is pure Python: a cache spares active
     customers, but a population larger than the cache pays it on almost
-    every event; the native hash costs less than the cache's lookup. Bound here, not at import, because importing aiokafka is
-    slow and the CLI imports this module for ``--help``.
+    every event; the native hash costs less than the cache's lookup. Bound
+    here, not at import, because importing aiokafka is slow and the CLI
+    imports this module for ``--help``.
     """
     global _key_hash
     try:
