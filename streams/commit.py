@@ -7,7 +7,10 @@ so the order the service's guarantees rest on is written once:
 1. **stage** - the caller has computed every output record and every new
    customer state (a :class:`Change`); nothing is written yet;
 2. **publish the outputs** (effects, snapshots, dead letters, rekeys) and
-   wait for every broker acknowledgement;
+   wait for every broker acknowledgement. While they travel, the changes
+   are computed if the caller handed a function for them (the agent: its
+   states are encoded then) and, when none is guarded, step 3's records
+   too: both only read, so the broker's round trip is not idle time;
 3. **publish the changelog records** of the new states to the table's
    changelog partition (the row's partition) and wait for their
    acknowledgements; a *guarded* change (one computed by the sweep while the
@@ -59,7 +62,7 @@ from scoring.engine import State
 from scoring.shop import ShopTally, TallyFormatError
 from streams.compat import partition_context
 from streams.context import ServiceContext
-from streams.publish import OutRecord, futures, last_offsets
+from streams.publish import OutRecord, Sent, futures, last_offsets
 from streams.shops import DecodedTallies, TallyDelta
 from streams.topics import CUSTOMERS_TABLE, TALLIES_TABLE, changelog_topic_name, shop_of, tally_key
 
@@ -112,6 +115,12 @@ TALLY_ROWS_KEPT = 256
 ChangeHook = Callable[[Change], None]
 #: told (step name, seconds) after a step of a commit
 StepTimings = Callable[[str, float], None]
+#: the changes of a commit, or a function computing them (called once, in step 2)
+Changes = Sequence[Change] | Callable[[], Sequence[Change]]
+#: loop steps between queueing step 2's records and computing step 3's: aiokafka's
+#: sender needs three to write the request (its waiter's callback, the sender task,
+#: the request task); fewer only loses the overlap
+SENDER_TURN_STEPS = 3
 
 
 class Committer:
@@ -128,7 +137,7 @@ class Committer:
         self.context_topic = ctx.rekey.get_topic_name()
         self.tallies_kept = DecodedTallies(TALLY_ROWS_KEPT)
 
-    async def commit(self, outputs: Sequence[OutRecord], changes: Sequence[Change], *,
+    async def commit(self, outputs: Sequence[OutRecord], changes: Changes, *,
                      owns: Callable[[], bool] | None = None,
                      on_compared: ChangeHook | None = None,
                      on_written: ChangeHook | None = None,
@@ -140,30 +149,34 @@ class Committer:
         (``complete=False``). ``on_compared`` sees every
         guarded change when step 3 compares it, ``on_written`` every written
         change (after its tally delta), ``on_yielded`` every dropped one.
+        ``changes`` may be a function returning them: it is called once, while
+        the outputs travel (module docstring, step 2).
         Raises the broker's error from steps 2-3 (nothing written then) and
         :class:`WriteFailed` from steps 4-5.
         """
         result = Committed(written=[], yielded=[])
         timings = self.timings
         started = time.perf_counter()
-        # 2. publish the outputs, await every acknowledgement
-        await self._publish(list(outputs))
+        # 2. publish the outputs, await every acknowledgement; meanwhile compute the
+        # changes and, when none is guarded, step 3's records (reads only)
+        sent = await self._queue(list(outputs))
+        if sent:
+            for _ in range(SENDER_TURN_STEPS):
+                await asyncio.sleep(0)
+        changes = list(changes() if callable(changes) else changes)
+        prepared = None if any(c.guarded for c in changes) else self._prepare(changes)
+        await asyncio.gather(*futures(sent))
         if timings is not None:
             started = _timed(timings, "outputs", started)
         if owns is not None and not owns():
             result.complete = False
             return result
         # 3. publish the changelog records, await every acknowledgement
-        kept = self._compare(changes, result, on_compared, on_yielded)
+        if prepared is None:
+            prepared = self._prepare(self._compare(changes, result, on_compared, on_yielded))
+        kept, staged, records = prepared
         if not kept:
             return result
-        # Unguarded changes are all written in step 4, so their tally rows can be
-        # computed now and logged with the states.
-        staged = None if any(c.guarded for c in kept) else self._stage_tallies(kept)
-        records: list[OutRecord] = [(self.changelog, c.key, c.value, None, c.partition)
-                                    for c in kept]
-        records += [(self.tally_changelog, key, value, None, partition)
-                    for (partition, key), (_, value, _) in (staged or {}).items()]
         acked = await self._publish(records)
         offsets = {p: offset for (topic, p), offset in acked.items() if topic == self.changelog}
         if timings is not None:
@@ -242,13 +255,28 @@ class Committer:
         return result
 
     # -- the steps' parts --------------------------------------------------------------
+    async def _queue(self, records: list[OutRecord]) -> list[Sent]:
+        """Hand ``records`` to the producer; await the returned batches' futures."""
+        return await self.ctx.publisher.publish(records) if records else []
+
     async def _publish(self, records: list[OutRecord]) -> dict[tuple[str, int], int]:
         """Publish and await every acknowledgement; ``(topic, partition) -> last offset``."""
-        if not records:
-            return {}
-        sent = await self.ctx.publisher.publish(records)
+        sent = await self._queue(records)
         await asyncio.gather(*futures(sent))
         return last_offsets(sent)
+
+    def _prepare(self, kept: list[Change]) -> tuple[list[Change], TallyRows | None,
+                                                    list[OutRecord]]:
+        """Step 3's records for ``kept``: a changelog record per state and, when no
+        change is guarded, the tally rows they move (staged, published with them)."""
+        # Unguarded changes are all written in step 4, so their tally rows can be
+        # computed now and logged with the states.
+        staged = None if any(c.guarded for c in kept) else self._stage_tallies(kept)
+        records: list[OutRecord] = [(self.changelog, c.key, c.value, None, c.partition)
+                                    for c in kept]
+        records += [(self.tally_changelog, key, value, None, partition)
+                    for (partition, key), (_, value, _) in (staged or {}).items()]
+        return kept, staged, records
 
     def _compare(self, changes: Sequence[Change], result: Committed,
                  on_compared: ChangeHook | None, on_yielded: ChangeHook | None) -> list[Change]:

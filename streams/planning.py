@@ -45,6 +45,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 
 from schemas import codec
@@ -89,12 +90,29 @@ class Plan:
     effects: Sequence[dict[str, Any]] = field(default_factory=list)
 
 
+#: per changed customer key, in order of its first change: (partition, its last state,
+#: None: erased, the tally deltas of its plans merged)
+LastStates = dict[bytes, tuple[int, State | None, TallyDelta]]
+
+
 @dataclass
 class Settled:
-    """What a batch of plans writes: :meth:`Planner.settle`."""
+    """What a batch of plans writes: :meth:`Planner.settle`.
+
+    The states are encoded when :attr:`changes` is first read, not by
+    ``settle``: the commit reads it while the outputs travel to the broker
+    (:meth:`streams.commit.Committer.commit`), so the encoding overlaps that
+    round trip.
+    """
 
     outputs: list[OutRecord]
-    changes: list[Change]
+    last: LastStates
+    planner: Planner
+
+    @cached_property
+    def changes(self) -> list[Change]:
+        """One :class:`Change` per customer, in order of its first change (encoded once)."""
+        return self.planner.encoded(self.last)
 
 
 class Planner:
@@ -241,29 +259,35 @@ class Planner:
 
         Every plan's sends in order, then per changed customer (in order of
         its first change) one score snapshot of its last state, or a scores
-        tombstone when its last plan erased it; and one :class:`Change` per
-        customer: the last state, encoded once (None: the row is deleted),
-        with the tally deltas of all its plans merged in order.
+        tombstone when its last plan erased it; and, in :attr:`Settled.changes`
+        (encoded when first read), one :class:`Change` per customer: the last
+        state, encoded once (None: the row is deleted), with the tally deltas
+        of all its plans merged in order.
         """
         svc = self.service
         sends = [out for plan in plans for out in plan.sends]
-        changes = self.changes(plans)
-        for change in changes:
-            if change.state is None:  # erased: tombstones on the scores topic and the changelog
-                sends.append(Outgoing(svc.scores, change.key, None))
+        last = self.last_states(plans)
+        for key, (_, state, _) in last.items():
+            if state is None:  # erased: tombstones on the scores topic and the changelog
+                sends.append(Outgoing(svc.scores, key, None))
                 continue
-            shop = change.state.shop_id
-            snap = svc.engine.snapshot_json(change.state, None, svc.policies.for_shop(shop),
+            shop = state.shop_id
+            snap = svc.engine.snapshot_json(state, None, svc.policies.for_shop(shop),
                                             svc.clv_model(shop), svc.rfm_model(shop))
-            sends.append(Outgoing(svc.scores, change.key, snap))
+            sends.append(Outgoing(svc.scores, key, snap))
         outputs = [(out.topic.get_topic_name(), out.key, out.value, out.headers, None)
                    for out in sends]
-        return Settled(outputs, changes)
+        return Settled(outputs, last, self)
 
     def changes(self, plans: list[Plan]) -> list[Change]:
         """One :class:`Change` per customer of ``plans``, in order of its first change:
         the last state encoded once (``value`` None: erased), the tally deltas merged."""
-        last: dict[bytes, tuple[int, State | None, TallyDelta]] = {}
+        return self.encoded(self.last_states(plans))
+
+    def last_states(self, plans: list[Plan]) -> LastStates:
+        """Each changed customer's last state in ``plans`` (None: erased), with the tally
+        deltas of all its plans merged in order."""
+        last: LastStates = {}
         for plan in plans:
             if plan.tally_delta is None or (plan.state is None and not plan.erase):
                 continue
@@ -272,6 +296,10 @@ class Planner:
             if before is not None:
                 delta = before[2].then(delta)
             last[key] = (partition, None if plan.erase else plan.state, delta)
+        return last
+
+    def encoded(self, last: LastStates) -> list[Change]:
+        """A :class:`Change` per entry of ``last``, its state encoded (None: erased)."""
         return [Change(partition, key, None, delta, None) if state is None
                 else Change(partition, key, self.service.encode_state(state), delta, state.next_due,
                             state=state)

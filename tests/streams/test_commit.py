@@ -89,6 +89,42 @@ def test_outputs_then_changelog_then_rows_offset_and_tally(svc: LoyaltyService,
         assert _tally(svc, p).funnel.get("new") == 1
 
 
+def test_changes_handed_as_a_function_are_computed_once_while_the_outputs_travel(
+        svc: LoyaltyService, bootstrap: str) -> None:
+    # The agent hands its changes as a function (its states are encoded then): it
+    # is called after the outputs went to the producer and before the changelog
+    # records, once, and what it returns is written as a list would be.
+    ctx = svc.context
+    scores = ctx.scores.get_topic_name()
+    keys = [_key(0), _key(1)]
+    order: list[str] = []
+    publish = ctx.publisher.publish
+
+    async def publish_logged(records: Any) -> Any:
+        records = list(records)
+        order.append("publish " + ",".join(sorted({r[0] for r in records})))
+        return await publish(records)
+
+    def changes() -> list[Change]:
+        order.append("changes")
+        return [Change(partition_for(k, PARTITIONS), k, b"state-" + k, TallyDelta(None, "new"),
+                       None) for k in keys]
+
+    ctx.publisher.publish = publish_logged  # type: ignore[method-assign]
+
+    async def body() -> Any:
+        return await Committer(ctx).commit([(scores, k, b"snap", None, None) for k in keys],
+                                           changes)
+
+    result = with_producer(svc.app, body)
+    changelogs = ",".join(sorted({changelog_topic_name(ctx.settings, CUSTOMERS_TABLE),
+                                  changelog_topic_name(ctx.settings, TALLIES_TABLE)}))
+    assert order == [f"publish {scores}", "changes", f"publish {changelogs}"]
+    assert result.complete and [c.key for c in result.written] == keys
+    assert all(ctx.rows.get(partition_for(k, PARTITIONS), k) == b"state-" + k for k in keys)
+    assert _tally(svc, partition_for(keys[0], PARTITIONS)).funnel.get("new") == 1
+
+
 def test_a_guarded_change_yields_to_a_changed_row(svc: LoyaltyService) -> None:
     ctx = svc.context
     committer = Committer(ctx)
