@@ -150,7 +150,9 @@ class Committer:
         guarded change when step 3 compares it, ``on_written`` every written
         change (after its tally delta), ``on_yielded`` every dropped one.
         ``changes`` may be a function returning them: it is called once, while
-        the outputs travel (module docstring, step 2).
+        the outputs travel (module docstring, step 2); if it raises, the error
+        is raised once the outputs are acknowledged and nothing is written, as
+        when step 3 fails.
         Raises the broker's error from steps 2-3 (nothing written then) and
         :class:`WriteFailed` from steps 4-5.
         """
@@ -163,8 +165,15 @@ class Committer:
         if sent:
             for _ in range(SENDER_TURN_STEPS):
                 await asyncio.sleep(0)
-        changes = list(changes() if callable(changes) else changes)
-        prepared = None if any(c.guarded for c in changes) else self._prepare(changes)
+        try:
+            changes = list(changes() if callable(changes) else changes)
+            prepared = None if any(c.guarded for c in changes) else self._prepare(changes)
+        except Exception:
+            # A bug (a state its engine cannot encode): the outputs are on their
+            # way, so this is a failed step 3 - nothing written, the outputs repeat
+            # with the same ids when the input is processed again.
+            await asyncio.gather(*futures(sent), return_exceptions=True)
+            raise
         await asyncio.gather(*futures(sent))
         if timings is not None:
             started = _timed(timings, "outputs", started)
@@ -256,7 +265,8 @@ class Committer:
 
     # -- the steps' parts --------------------------------------------------------------
     async def _queue(self, records: list[OutRecord]) -> list[Sent]:
-        """Hand ``records`` to the producer; await the returned batches' futures."""
+        """Hand ``records`` to the producer (its acknowledgements are the returned
+        batches' futures, for the caller to await)."""
         return await self.ctx.publisher.publish(records) if records else []
 
     async def _publish(self, records: list[OutRecord]) -> dict[tuple[str, int], int]:

@@ -90,8 +90,9 @@ class Metrics:
         self.batch_steps = Histogram(
             "loyalty_batch_step_seconds",
             "Wall time of each step of the agent's batches: plan (parse, read, fold), settle "
-            "(score snapshots, state encoding), outputs and changelog (published until the "
-            "broker acknowledged every record), write (rows, tallies, state cache).",
+            "(score snapshots), outputs (published until the broker acknowledged every record; "
+            "the states are encoded and the changelog records built meanwhile), changelog "
+            "(published until acknowledged), write (rows, tallies, state cache).",
             ["step"], buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                                1, 2.5), registry=r)
         self.batch_step_cpu = Counter(

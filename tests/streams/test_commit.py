@@ -125,6 +125,27 @@ def test_changes_handed_as_a_function_are_computed_once_while_the_outputs_travel
     assert _tally(svc, partition_for(keys[0], PARTITIONS)).funnel.get("new") == 1
 
 
+def test_changes_that_cannot_be_computed_fail_like_step_3(svc: LoyaltyService,
+                                                         bootstrap: str) -> None:
+    # Computing the changes raises only on a bug; the outputs are then on their way
+    # already: the error is raised after their acknowledgement, nothing is written.
+    ctx = svc.context
+    scores = ctx.scores.get_topic_name()
+    key = _key(0)
+
+    def changes() -> list[Change]:
+        raise RuntimeError("cannot encode")
+
+    async def body() -> Any:
+        with pytest.raises(RuntimeError, match="cannot encode"):
+            await Committer(ctx).commit([(scores, key, b"snap", None, None)], changes)
+        return await read_topic(bootstrap, scores, 1)
+
+    [published] = with_producer(svc.app, body)
+    assert published.key == key and published.value == b"snap"
+    assert ctx.rows.get(0, key) is None and ctx.rows.persisted_offset(0) is None
+
+
 def test_a_guarded_change_yields_to_a_changed_row(svc: LoyaltyService) -> None:
     ctx = svc.context
     committer = Committer(ctx)
