@@ -129,8 +129,7 @@ class Processor:
         settled = self.planner.settle(plans)
         self.time_step("settle", time.perf_counter() - started)
         # The states are encoded while the outputs travel (Settled.changes).
-        await self.committer.commit(settled.outputs, lambda: settled.changes,
-                                    on_written=self._written)
+        await self.committer.commit(settled.outputs, settled.changes, on_written=self._written)
 
     def write(self, plan: Plan, changelog_offsets: dict[int, int] | None = None) -> None:
         """Steps 4-5 of the commit for one plan whose records are already acknowledged.

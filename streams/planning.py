@@ -45,7 +45,6 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cached_property
 from typing import Any
 
 from schemas import codec
@@ -99,8 +98,8 @@ LastStates = dict[bytes, tuple[int, State | None, TallyDelta]]
 class Settled:
     """What a batch of plans writes: :meth:`Planner.settle`.
 
-    The states are encoded when :attr:`changes` is first read, not by
-    ``settle``: the commit reads it while the outputs travel to the broker
+    The states are encoded by :meth:`changes`, not by ``settle``: the commit
+    calls it while the outputs travel to the broker
     (:meth:`streams.commit.Committer.commit`), so the encoding overlaps that
     round trip.
     """
@@ -109,9 +108,9 @@ class Settled:
     last: LastStates
     planner: Planner
 
-    @cached_property
     def changes(self) -> list[Change]:
-        """One :class:`Change` per customer, in order of its first change (encoded once)."""
+        """One :class:`Change` per customer, in order of its first change, its state
+        encoded (each call encodes again: call it once)."""
         return self.planner.encoded(self.last)
 
 
@@ -259,8 +258,8 @@ class Planner:
 
         Every plan's sends in order, then per changed customer (in order of
         its first change) one score snapshot of its last state, or a scores
-        tombstone when its last plan erased it; and, in :attr:`Settled.changes`
-        (encoded when first read), one :class:`Change` per customer: the last
+        tombstone when its last plan erased it; and, from :meth:`Settled.changes`
+        (encoded when called), one :class:`Change` per customer: the last
         state, encoded once (None: the row is deleted), with the tally deltas
         of all its plans merged in order.
         """

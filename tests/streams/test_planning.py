@@ -165,7 +165,7 @@ def test_a_batch_writes_one_state_and_one_snapshot_per_customer(service) -> None
         overlay[plan.tally_delta[1]] = plan.state
         plans.append(plan)
     settled = proc.planner.settle(plans)
-    [change] = settled.changes
+    [change] = settled.changes()
     assert change.value == state_write(service, plans[-1])[1]
     scores = [o for o in settled.outputs if o[0] == service.context.scores.get_topic_name()]
     assert len(scores) == 1 and codec.loads(scores[0][2])["purchase_days"] == 2
