@@ -276,8 +276,7 @@ def test_rows_read_ahead_for_a_batch_are_the_rows_plan_would_read(service) -> No
 
 def test_a_failing_batch_read_leaves_its_partition_to_single_reads(service) -> None:
     """``read_rows`` never raises: a partition whose batch read fails is left out, and
-    ``plan`` reads its rows itself (a store that refuses batch reads, as a broken
-    RocksDB MultiGet would)."""
+    ``plan`` reads its rows itself (a store that refuses batch reads)."""
     rows_store = service.context.rows
 
     class NoBatchReads(type(rows_store)):
