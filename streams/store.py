@@ -90,8 +90,7 @@ class RocksDBRows:
         # whatever thread took it meanwhile (Faust's consumer thread), while
         # the reads themselves cost about the same either way.
         get = self._db(partition).get
-        values = [get(key) for key in keys]
-        return [None if value is None else bytes(value) for value in values]
+        return [None if (value := get(key)) is None else bytes(value) for key in keys]
 
     def _db(self, partition: int) -> Rdict:
         # A database not open yet is opened, as Faust's own table read would:
