@@ -26,8 +26,8 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from schemas.codec import dumps, loads
-from schemas.events import Event
-from schemas.policy import ShopPolicy
+from schemas.events import Event, parse_event
+from schemas.policy import PolicyBook, ShopPolicy
 from scoring import fold, rfm
 from scoring import snapshot as _snapshot
 from scoring.aggregate import Agg
@@ -158,6 +158,14 @@ class Engine(Protocol):
     #: shown in ``loyalty bench --core-only`` and ``loyalty_build_info``
     name: str
 
+    def parse(self, raw: bytes, *, now: datetime, policies: PolicyBook) -> Event:
+        """The event in ``raw``, as :func:`schemas.events.parse_event` judges it (the
+        same acceptance, the same :class:`schemas.events.InvalidEvent` reasons); what
+        it returns is only for this engine's :meth:`apply`, read by the caller
+        through the model's fields (``type``, ``event_id``, ``shop_id``,
+        ``customer_id``, ``occurred_at``, ``nps``, ``touchpoint``)."""
+        ...
+
     def decode(self, raw: bytes) -> State:
         """The state in ``raw``. Raises :class:`NewerStateFormat` for a format newer
         than this build's, :class:`StateFormatError` for bytes that are not a state."""
@@ -245,6 +253,7 @@ class PythonEngine:
     methods are one-line adapters."""
 
     name = "python"
+    parse = staticmethod(parse_event)
     decode = staticmethod(CustomerState.decode)
     apply = staticmethod(fold.apply)
     advance = staticmethod(fold.advance)

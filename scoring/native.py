@@ -3,11 +3,12 @@ behind :class:`scoring.engine.Engine`.
 
 What runs in Rust: the state format (decode, encode), :meth:`apply`,
 :meth:`advance`, :meth:`rederive`, the snapshot's fields (encoded too, for the
-score record), and the head a
-summary, a count or an erasure reads. What stays in Python, shared with the
-reference engine: the event contract (parsing, the record and content digest
-of an event), rejection messages, the CLV and RFM fields of a snapshot, shop
-tallies. Every answer equals the reference engine's, byte for byte: the
+score record), the head a summary, a count or an erasure reads, and the fast
+path of the event contract (:meth:`parse`: the events shops send, with their
+record and content digest). What stays in Python, shared with the reference
+engine: the rest of the event contract (every rejection and its reason,
+forget requests, the forms the fast path leaves to it), rejection messages,
+the CLV and RFM fields of a snapshot, shop tallies. Every answer equals the reference engine's, byte for byte: the
 conformance suite (``tests/core/test_engine.py``) runs against both, and
 ``tests/core/test_native.py`` over whole streams.
 
@@ -21,10 +22,11 @@ from datetime import datetime
 from typing import Any
 
 from schemas.codec import dumps, loads
-from schemas.events import Event
-from schemas.policy import ShopPolicy
+from schemas.events import Event, parse_event
+from schemas.policy import PolicyBook, ShopPolicy
 from scoring import rfm
 from scoring.aggregate import Agg
+from scoring.clock import to_us
 from scoring.engine import (
     PYTHON,
     WRITABLE_VERSIONS,
@@ -43,6 +45,8 @@ try:
     import loyalty_native as _n
 except ImportError:  # not built: see the module docstring
     _n = None
+#: the class of the fast path's events (:meth:`NativeEngine.parse`)
+_FAST: Any = _n.Event if _n is not None else None
 
 #: Policies converted at once, at most; past it the conversions start over
 #: (a worker has one policy per shop, and they live as long as it does).
@@ -60,6 +64,24 @@ class NativeEngine:
         # id(policy) -> (policy, its native settings); the policy is held so that
         # its id is not reused while the entry lives.
         self._policies: dict[int, tuple[ShopPolicy, Any]] = {}
+        #: the last clock reading :meth:`parse` converted, and its microseconds
+        self._now: tuple[datetime | None, int] = (None, 0)
+
+    def parse(self, raw: bytes, *, now: datetime, policies: PolicyBook) -> Any:
+        """The fast path (``native/src/event.rs``: it accepts only what the Python
+        parser accepts, with the same record and digest), then the two rules that
+        need the shop's policy; anything else is :func:`schemas.events.parse_event`'s
+        to judge and word."""
+        event = _n.parse_event(raw)
+        if event is not None:
+            if self._now[0] is not now:
+                self._now = (now, to_us(now))
+            policy = policies.for_shop(event.shop_id)
+            currency = event.currency
+            if (event.ts_us <= self._now[1] + policy.max_future_seconds * 1_000_000
+                    and (currency is None or currency == policy.currency)):
+                return event
+        return parse_event(raw, now=now, policies=policies)
 
     def _policy(self, policy: ShopPolicy) -> Any:
         hit = self._policies.get(id(policy))
@@ -97,6 +119,8 @@ class NativeEngine:
         return state.encode(version)
 
     def apply(self, state: Any, event: Event, policy: ShopPolicy) -> Outcome:
+        if type(event) is _FAST:  # from parse(): folded as it is, nothing converted
+            return _outcome(_n.apply_event(state, event, self._policy(policy)), state, event, policy)
         if event.type == "forget":
             raise ValueError("a forget request is not folded: use the engine's forget")
         if state is not None and (state.shop_id, state.customer_id) != (event.shop_id, event.customer_id):

@@ -7,8 +7,8 @@ planning changes nothing. The checks, in this order:
 
 1. empty or larger than ``max_event_bytes`` -> dead letter (``empty``,
    ``too_large``);
-2. ``parse_event`` -> :class:`schemas.events.InvalidEvent` -> dead letter
-   with its reason;
+2. the engine's ``parse`` (:func:`schemas.events.parse_event`'s judgement) ->
+   :class:`schemas.events.InvalidEvent` -> dead letter with its reason;
 3. keying: if the record's key is not ``b"shop|customer"`` of the event or
    its partition is not :func:`streams.topics.partition_for` of that key,
    forward the original bytes, correctly keyed, to the rekey topic (the same
@@ -48,7 +48,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from schemas import codec
-from schemas.events import InvalidEvent, parse_event
+from schemas.events import InvalidEvent
 from scoring.engine import NewerStateFormat, State, StateCache, StateFormatError
 from streams.commit import Change
 from streams.context import ServiceContext
@@ -161,7 +161,7 @@ class Planner:
              rows: Rows | None = None) -> Plan:
         """Compute what ``record`` causes. Reads the tables, writes nothing.
 
-        ``now`` (wall clock UTC by default) is only used by ``parse_event`` to
+        ``now`` (wall clock UTC by default) is only used by the parser to
         reject timestamps more than a day in the future. ``overlay`` holds the
         states planned (not yet written) for earlier records of the same batch:
         a customer's second record in a batch folds onto the first one's result.
@@ -179,7 +179,7 @@ class Planner:
             return self._reject(record, "too_large",
                                 f"{len(raw)} bytes > max_event_bytes={svc.settings.max_event_bytes}")
         try:
-            event = parse_event(raw, now=now, policies=svc.policies)
+            event = svc.engine.parse(raw, now=now, policies=svc.policies)
         except InvalidEvent as exc:
             return self._reject(record, exc.reason, exc.detail)
 

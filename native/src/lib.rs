@@ -2,16 +2,19 @@
 //!
 //! Guarantees: for every call the Python engine answers, this module answers
 //! with equal bytes (state rows, effects, derived fields); the conformance
-//! suite (`tests/core/test_engine.py`) checks it. Event parsing, content
-//! digests, the CLV and RFM fields of snapshots and shop tallies stay in
-//! Python; `scoring.native` wraps this module into an `Engine`. One helper is
-//! not the fold's: Kafka's partitioner hash (`partitioner.rs`), for `streams.topics`.
+//! suite (`tests/core/test_engine.py`) checks it. The event contract's fast
+//! path is here too (`event.rs`: the events shops send, parsed and digested;
+//! every rejection stays the Python parser's). The CLV and RFM fields of
+//! snapshots and shop tallies stay in Python; `scoring.native` wraps this
+//! module into an `Engine`. One helper is not the fold's: Kafka's partitioner
+//! hash (`partitioner.rs`), for `streams.topics`.
 
 // pyo3 0.22's macros test a feature this crate does not declare, and convert
 // their own error type into itself.
 #![allow(unexpected_cfgs, clippy::useless_conversion)]
 
 mod codec;
+mod event;
 mod fold;
 mod json;
 mod model;
@@ -23,7 +26,7 @@ use model::*;
 use pyo3::create_exception;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use pyo3::types::{timezone_utc_bound, PyBytes, PyDateTime, PyDict, PyList, PyString, PyTuple};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -454,6 +457,155 @@ fn apply(
     outcome_py(py, o, input.as_ref())
 }
 
+/// An event the fast path of the contract accepted (`event.rs`): the fields the
+/// service reads, as the Python parser's model has them, plus its record, content
+/// digest and id hash, so that `apply_event` folds it without converting anything.
+#[pyclass(module = "loyalty_native", name = "Event", frozen)]
+struct PyEvent {
+    inner: event::Event,
+    event_id: Py<PyString>,
+    shop_id: Py<PyString>,
+    customer_id: Py<PyString>,
+}
+
+#[pymethods]
+impl PyEvent {
+    #[getter(r#type)]
+    fn kind(&self) -> &'static str {
+        self.inner.kind
+    }
+    #[getter]
+    fn event_id(&self, py: Python<'_>) -> Py<PyString> {
+        self.event_id.clone_ref(py)
+    }
+    #[getter]
+    fn shop_id(&self, py: Python<'_>) -> Py<PyString> {
+        self.shop_id.clone_ref(py)
+    }
+    #[getter]
+    fn customer_id(&self, py: Python<'_>) -> Py<PyString> {
+        self.customer_id.clone_ref(py)
+    }
+    /// microseconds since the epoch
+    #[getter]
+    fn ts_us(&self) -> i64 {
+        self.inner.ts
+    }
+    /// as the Python parser's model has it: an aware datetime in UTC
+    #[getter]
+    fn occurred_at<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDateTime>> {
+        let us = self.inner.ts;
+        let (y, m, d) = rules::civil_from_days(us.div_euclid(86_400_000_000));
+        let rem = us.rem_euclid(86_400_000_000);
+        let secs = rem / 1_000_000;
+        let utc = timezone_utc_bound(py);
+        PyDateTime::new_bound(
+            py,
+            y as i32,
+            m as u8,
+            d as u8,
+            (secs / 3600) as u8,
+            (secs / 60 % 60) as u8,
+            (secs % 60) as u8,
+            (rem % 1_000_000) as u32,
+            Some(&utc),
+        )
+    }
+    #[getter]
+    fn currency(&self) -> Option<&str> {
+        self.inner.currency.as_deref()
+    }
+    #[getter]
+    fn nps(&self) -> Option<i64> {
+        match &self.inner.payload {
+            Payload::Feedback { nps, .. } => Some(*nps),
+            _ => None,
+        }
+    }
+    #[getter]
+    fn touchpoint(&self) -> Option<&str> {
+        match &self.inner.payload {
+            Payload::Feedback { extra: Some((tp, _)), .. } => tp.as_deref(),
+            _ => None,
+        }
+    }
+    #[getter]
+    fn digest(&self) -> i64 {
+        self.inner.digest
+    }
+    #[getter]
+    fn id_hash(&self) -> i64 {
+        self.inner.id_hash
+    }
+    /// `scoring.records.to_record` of the event (for tests)
+    fn record(&self, py: Python<'_>) -> PyObject {
+        let rec = self.inner.rec();
+        let s = |v: &Arc<str>| (&**v).into_py(py);
+        let opt = |v: &Option<Arc<str>>| v.as_deref().into_py(py);
+        let (kind, a, b, c): (&str, PyObject, PyObject, PyObject) = match &rec.payload {
+            Payload::Purchase { order, amount, rate } => ("P", s(order), amount.into_py(py), opt(rate)),
+            Payload::Refund { order, amount } => ("R", s(order), amount.into_py(py), py.None()),
+            Payload::Visit => ("V", py.None(), py.None(), py.None()),
+            Payload::Feedback { nps, sow, extra } => (
+                "F",
+                nps.into_py(py),
+                sow.into_py(py),
+                match extra {
+                    None => py.None(),
+                    Some((tp, comment)) => PyList::new_bound(py, [opt(tp), opt(comment)]).into_py(py),
+                },
+            ),
+            Payload::Redemption { points } => ("X", points.into_py(py), py.None(), py.None()),
+        };
+        PyList::new_bound(py, [rec.ts.into_py(py), s(&rec.event_id), kind.into_py(py), a, b, c]).into_py(py)
+    }
+    fn __repr__(&self) -> String {
+        format!("Event({} {}|{} {})", self.inner.kind, self.inner.shop_id, self.inner.customer_id, self.inner.event_id)
+    }
+}
+
+/// The event in `raw` if the contract's fast path accepts it, else None: then the
+/// Python parser decides, and words any rejection (`event.rs`). Never raises.
+#[pyfunction]
+fn parse_event(py: Python<'_>, raw: &[u8]) -> PyResult<Option<PyEvent>> {
+    let Some(ev) = event::parse(raw) else { return Ok(None) };
+    Ok(Some(PyEvent {
+        event_id: PyString::new_bound(py, &ev.event_id).unbind(),
+        shop_id: PyString::new_bound(py, &ev.shop_id).unbind(),
+        customer_id: PyString::new_bound(py, &ev.customer_id).unbind(),
+        inner: ev,
+    }))
+}
+
+/// `apply` for an event of `parse_event`: the same fold, nothing converted.
+#[pyfunction]
+#[pyo3(signature = (state, event, policy))]
+fn apply_event(
+    py: Python<'_>,
+    state: Option<PyRef<'_, PyState>>,
+    event: PyRef<'_, PyEvent>,
+    policy: &PyPolicy,
+) -> PyResult<PyObject> {
+    let ev = &event.inner;
+    let input = state.as_ref().map(|s| s.inner.clone());
+    drop(state);
+    let (shop, cust): (Arc<str>, Arc<str>) = match &input {
+        Some(s) if (&*s.shop_id, &*s.customer_id) != (&*ev.shop_id, &*ev.customer_id) => {
+            return Err(PyValueError::new_err(format!(
+                "event for {}|{} applied to {}|{}",
+                ev.shop_id, ev.customer_id, s.shop_id, s.customer_id
+            )));
+        }
+        Some(s) => (s.shop_id.clone(), s.customer_id.clone()),
+        None => (ev.shop_id.clone(), ev.customer_id.clone()),
+    };
+    let rec = ev.rec();
+    let (digest, key) = (ev.digest, ev.id_hash);
+    drop(event);
+    let o = guard(|| fold::apply(input.as_ref(), &shop, &cust, rec, digest, key, &policy.inner))?;
+    outcome_py(py, o, input.as_ref())
+}
+
 #[pyfunction]
 fn advance(
     py: Python<'_>,
@@ -493,6 +645,9 @@ fn loyalty_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decode, m)?)?;
     m.add_function(wrap_pyfunction!(json_float, m)?)?;
     m.add_function(wrap_pyfunction!(apply, m)?)?;
+    m.add_class::<PyEvent>()?;
+    m.add_function(wrap_pyfunction!(parse_event, m)?)?;
+    m.add_function(wrap_pyfunction!(apply_event, m)?)?;
     m.add_function(wrap_pyfunction!(advance, m)?)?;
     m.add_function(wrap_pyfunction!(rederive, m)?)?;
     m.add_function(wrap_pyfunction!(partition_hash, m)?)?;

@@ -71,7 +71,7 @@ fn digits(out: &mut [u8], mut v: i64) {
 }
 
 /// (year, month, day) of a day number since 1970-01-01 (proleptic Gregorian).
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
+pub(crate) fn civil_from_days(z: i64) -> (i64, i64, i64) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -86,7 +86,7 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 
 // ---- digests and effects ---------------------------------------------------
 
-fn blake8(data: &[u8]) -> i64 {
+pub(crate) fn blake8(data: &[u8]) -> i64 {
     let mut h = Blake2bVar::new(8).expect("8 is a valid blake2b size");
     h.update(data);
     let mut out = [0u8; 8];
