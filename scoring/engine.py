@@ -158,12 +158,20 @@ class Engine(Protocol):
     #: shown in ``loyalty bench --core-only`` and ``loyalty_build_info``
     name: str
 
-    def parse(self, raw: bytes, *, now: datetime, policies: PolicyBook) -> Event:
+    def read(self, raw: bytes | None) -> Any:
+        """The event in ``raw`` if the engine's fast path takes it, else None (only
+        :meth:`parse` can tell then). Never raises. What it returns has the fields of
+        :meth:`parse`'s events and ``ts_us`` (``occurred_at`` in microseconds); the
+        rules that need the shop's policy are not checked: pass it to :meth:`parse`."""
+        ...
+
+    def parse(self, raw: bytes, *, now: datetime, policies: PolicyBook, read: Any = None) -> Event:
         """The event in ``raw``, as :func:`schemas.events.parse_event` judges it (the
         same acceptance, the same :class:`schemas.events.InvalidEvent` reasons); what
         it returns is only for this engine's :meth:`apply`, read by the caller
         through the model's fields (``type``, ``event_id``, ``shop_id``,
-        ``customer_id``, ``occurred_at``, ``nps``, ``touchpoint``)."""
+        ``customer_id``, ``occurred_at``, ``nps``, ``touchpoint``). ``read`` is
+        :meth:`read`'s answer for ``raw`` when the caller has it (not read again)."""
         ...
 
     def decode(self, raw: bytes) -> State:
@@ -253,13 +261,20 @@ class PythonEngine:
     methods are one-line adapters."""
 
     name = "python"
-    parse = staticmethod(parse_event)
     decode = staticmethod(CustomerState.decode)
     apply = staticmethod(fold.apply)
     advance = staticmethod(fold.advance)
     rederive = staticmethod(fold.rederive)
     forget = staticmethod(fold.forget)
     snapshot = staticmethod(_snapshot.snapshot)
+
+    @staticmethod
+    def read(raw: bytes | None) -> None:
+        return None  # no fast path: the contract's parser reads every event
+
+    @staticmethod
+    def parse(raw: bytes, *, now: datetime, policies: PolicyBook, read: Any = None) -> Event:
+        return parse_event(raw, now=now, policies=policies)
 
     @staticmethod
     def encode(state: CustomerState, version: int = FORMAT_VERSION) -> bytes:

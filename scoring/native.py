@@ -67,12 +67,17 @@ class NativeEngine:
         #: the last clock reading :meth:`parse` converted, and its microseconds
         self._now: tuple[datetime | None, int] = (None, 0)
 
-    def parse(self, raw: bytes, *, now: datetime, policies: PolicyBook) -> Any:
-        """The fast path (``native/src/event.rs``: it accepts only what the Python
-        parser accepts, with the same record and digest), then the two rules that
-        need the shop's policy; anything else is :func:`schemas.events.parse_event`'s
-        to judge and word."""
-        event = _n.parse_event(raw)
+    @staticmethod
+    def read(raw: bytes | None) -> Any:
+        """The fast path (``native/src/event.rs``): it accepts only what the Python
+        parser accepts, with the same record and digest; None for the rest."""
+        return _n.parse_event(raw) if raw else None
+
+    def parse(self, raw: bytes, *, now: datetime, policies: PolicyBook, read: Any = None) -> Any:
+        """:meth:`read` (or ``read``, its answer already at hand), then the two rules
+        that need the shop's policy; anything else is
+        :func:`schemas.events.parse_event`'s to judge and word."""
+        event = read if read is not None else _n.parse_event(raw)
         if event is not None:
             if self._now[0] is not now:
                 self._now = (now, to_us(now))

@@ -87,6 +87,8 @@ class AlignedInput:
         self.aligner: Aligner[Record] = Aligner(settings.max_idle_ms / 1000.0,
                                                 settings.align_max_buffered)
         self.rekey_name = service.rekey.get_topic_name()
+        #: the engine's fast reading of a value (:meth:`scoring.engine.Engine.read`)
+        self.read = service.engine.read
         self.watched = service.agent_topic_names
         self.batch_max = settings.batch_max
         self.lock = asyncio.Lock()
@@ -117,7 +119,18 @@ class AlignedInput:
             self.aligner.add((r.topic, r.partition), r.offset, at, r)
 
     def _time_key(self, r: Record, now_us: int) -> tuple[TimeKey, bytes | None]:
-        at, key = inspect(r.value)
+        event = r.event
+        if event is None:
+            # Read once here, kept on the record for the planner: what
+            # ``inspect`` would answer, without parsing the value in Python.
+            event = self.read(r.value)
+            if event is not None:
+                r.remember_reading(event)
+        if event is not None:
+            at: TimeKey = (event.ts_us, event.event_id)
+            key: bytes | None = message_key(event.shop_id, event.customer_id)
+        else:
+            at, key = inspect(r.value)
         if key is not None and at[0] > now_us + self._max_future_us(key):
             # Dead-lettered as future_timestamp when processed: at the head of
             # its partition with a time in the future it would hold back every

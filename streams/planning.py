@@ -179,7 +179,7 @@ class Planner:
             return self._reject(record, "too_large",
                                 f"{len(raw)} bytes > max_event_bytes={svc.settings.max_event_bytes}")
         try:
-            event = svc.engine.parse(raw, now=now, policies=svc.policies)
+            event = svc.engine.parse(raw, now=now, policies=svc.policies, read=record.event)
         except InvalidEvent as exc:
             return self._reject(record, exc.reason, exc.detail)
 

@@ -10,7 +10,7 @@ the agent and the time sweep alike).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +37,15 @@ class Record:
     value: bytes | None
     timestamp: float | None = None  # seconds since the epoch (Kafka record timestamp)
     headers: tuple[tuple[str, bytes], ...] = ()
+    #: the engine's reading of ``value`` (:meth:`scoring.engine.Engine.read`), kept by
+    #: :meth:`remember_reading` so the value is parsed once; None: not read, or left
+    #: to the full parser
+    event: Any = field(default=None, compare=False, repr=False)
+
+    def remember_reading(self, event: Any) -> None:
+        """Keep ``event``, the engine's reading of ``value``. A memo of a pure function
+        of the value: the record is otherwise immutable."""
+        object.__setattr__(self, "event", event)
 
     @classmethod
     def from_message(cls, message: Any) -> Record:

@@ -4,7 +4,9 @@
 :func:`schemas.events.parse_event` accepts, and then must give the same
 fields, record, content digest and id hash (a different digest would turn a
 redelivered event into a conflicting duplicate); everything else it hands to
-the Python parser, which words the rejection. Checked here on what the
+the Python parser, which words the rejection. The aligned input orders and
+routes records by the same reading (:func:`streams.aligned_input.inspect`'s
+answer, without a parse in Python). Checked here on what the
 service is sent (the bench's streams, the synthetic stream with its faults,
 CDNOW, every poison kind) and on generated near-valid input: each field drawn
 from valid values, values just past its bounds, other JSON types, and text
@@ -28,7 +30,9 @@ from scoring.cdnow import cdnow_events
 from scoring.engine import PYTHON, effect_values
 from scoring.native import NATIVE
 from scoring.records import content_digest, id_hash, to_record
+from streams.aligned_input import inspect
 from streams.bench.generator import fast_stream, heavy_stream, regulars_stream, synthetic_stream
+from streams.topics import message_key
 from tests.cdnow import CDNOW_PATH
 from tests.chaos.poison import catalogue
 from tests.core.conftest import NEEDS_NATIVE
@@ -69,6 +73,8 @@ def check(raw: bytes) -> bool:
         assert fast.id_hash == id_hash(py.event_id), raw
         assert fast.currency == getattr(py, "currency", None), raw
         assert (fast.nps, fast.touchpoint) == (getattr(py, "nps", None), getattr(py, "touchpoint", None))
+        # the aligned input orders and routes by the fast reading when there is one
+        assert inspect(raw) == ((fast.ts_us, fast.event_id), message_key(fast.shop_id, fast.customer_id))
     # The engine's parse (fast path, then the policy's rules, else Python) judges as
     # the contract does, reason for reason.
     try:
