@@ -4,9 +4,16 @@ Why not ``Topic.send``: Faust wraps every record in a ``FutureMessage`` with
 callbacks and hands it through its own producer layer to aiokafka's per-record
 ``send``, which allocates another future: per input event (a score record
 plus effects each) that was the largest CPU cost after the fold (figures in
-the README's Performance section). Here records are appended to aiokafka
-``BatchBuilder`` s per (topic, partition) and each builder is submitted with
-``send_batch``: one future per builder, and no per-record callbacks.
+the README's Performance section). Here the records of each (topic,
+partition) become whole record batches submitted with ``send_batch``: one
+future per batch, and no per-record callbacks. The batches are built in one
+native call per topic-partition (``loyalty_native.record_batches``: no
+per-record Python call, the CRC-32C in hardware) when the extension is built
+and the producer sends batches as built
+(:func:`streams.compat.prebuilt_batch_bytes`: not idempotent, not
+compressing); otherwise records are appended to aiokafka ``BatchBuilder`` s.
+Both kinds hold at most the producer's ``max_batch_size`` bytes, or one
+larger record.
 
 Guarantees:
 
@@ -15,9 +22,9 @@ Guarantees:
   one to a random partition.
 * A record may name its partition (a changelog record goes to its store's
   partition, whatever its key hashes to).
-* Records for the same (topic, partition) keep their order: they are appended
-  to builders in call order and builders are submitted in that order, so
-  their offsets are contiguous within a builder and increasing across them
+* Records for the same (topic, partition) keep their order: they go into
+  batches in call order and the batches are submitted in that order, so
+  their offsets are contiguous within a batch and increasing across them
   (:func:`last_offsets`).
 * :meth:`Publisher.publish` returns only after every builder is queued; the
   caller awaits the returned batches' futures to know the broker acknowledged them
@@ -33,7 +40,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,13 +90,21 @@ class Publisher:
 
     def __init__(self, app: faust.App) -> None:
         self.app = app
+        #: ``loyalty_native.record_batches`` and the producer's batch size when it
+        #: takes batches built so, else None; decided on the first publish (the
+        #: producer starts with the app)
+        self._native: tuple[Callable[..., list[tuple[bytes, int]]], int] | None = None
+        self._decided = False
 
     async def publish(self, records: Iterable[OutRecord]) -> list[Sent]:
         """Queue the records; return one :class:`Sent` per submitted batch."""
         producer = compat.aiokafka_producer(self.app)
+        if not self._decided:
+            self._native = _native_builder(producer)
+            self._decided = True
         counts: dict[str, int] = {}
-        builders: dict[tuple[str, int], list[Any]] = {}  # tp -> [builder, records in it]
-        sent: list[Sent] = []
+        by_tp: dict[tuple[str, int], list[tuple[bytes | None, bytes | None,
+                                              list[tuple[str, bytes]] | None]]] = {}
         for topic, key, value, headers, partition in records:
             if partition is None:
                 n = counts.get(topic)
@@ -97,21 +113,46 @@ class Publisher:
                     n = counts[topic] = len(await producer.partitions_for(topic))
                 partition = partition_for(key, n) if key is not None else random.randrange(n)
             tp = (topic, partition)
-            slot = builders.get(tp)
-            if slot is None:
-                slot = builders[tp] = [producer.create_batch(), 0]
-            if slot[0].append(key=key, value=value, timestamp=None,
-                              headers=headers or []) is None:
-                # Builder full: submit it and start the next one for this partition.
-                sent.append(Sent(topic, partition, slot[1],
-                                 await producer.send_batch(slot[0], topic, partition=partition)))
-                slot[0], slot[1] = producer.create_batch(), 0
-                if slot[0].append(key=key, value=value, timestamp=None,
+            batch = by_tp.get(tp)
+            if batch is None:
+                batch = by_tp[tp] = []
+            batch.append((key, value, headers))
+        sent: list[Sent] = []
+        if self._native is not None:
+            build, max_bytes = self._native
+            now_ms = int(time.time() * 1000)
+            for (topic, partition), batch in by_tp.items():
+                for data, count in build(batch, now_ms, max_bytes):
+                    future = await producer.send_batch(compat.PrebuiltBatch(data, count), topic,
+                                                       partition=partition)
+                    sent.append(Sent(topic, partition, count, future))
+            return sent
+        for (topic, partition), batch in by_tp.items():
+            builder, count = producer.create_batch(), 0
+            for key, value, headers in batch:
+                if builder.append(key=key, value=value, timestamp=None,
                                   headers=headers or []) is None:
-                    raise ValueError(f"record of {len(value or b'')} bytes does not fit a batch "
-                                     f"of {topic}")
-            slot[1] += 1
-        for (topic, partition), (builder, count) in builders.items():
+                    # Builder full: submit it and start the next one for this partition.
+                    sent.append(Sent(topic, partition, count,
+                                     await producer.send_batch(builder, topic, partition=partition)))
+                    builder, count = producer.create_batch(), 0
+                    if builder.append(key=key, value=value, timestamp=None,
+                                      headers=headers or []) is None:
+                        raise ValueError(f"record of {len(value or b'')} bytes does not fit a "
+                                         f"batch of {topic}")
+                count += 1
             sent.append(Sent(topic, partition, count,
                              await producer.send_batch(builder, topic, partition=partition)))
         return sent
+
+
+def _native_builder(producer: Any) -> tuple[Callable[..., list[tuple[bytes, int]]], int] | None:
+    """``loyalty_native.record_batches`` and the batch size if it is built and
+    ``producer`` sends batches as built (:func:`streams.compat.prebuilt_batch_bytes`),
+    else None."""
+    try:
+        from loyalty_native import record_batches
+    except ImportError:  # no Rust toolchain, or a build older than the batches
+        return None
+    max_bytes = compat.prebuilt_batch_bytes(producer)
+    return None if max_bytes is None else (record_batches, max_bytes)

@@ -6,8 +6,9 @@
 //! path is here too (`event.rs`: the events shops send, parsed and digested;
 //! every rejection stays the Python parser's). The CLV and RFM fields of
 //! snapshots and shop tallies stay in Python; `scoring.native` wraps this
-//! module into an `Engine`. One helper is not the fold's: Kafka's partitioner
-//! hash (`partitioner.rs`), for `streams.topics`.
+//! module into an `Engine`. Two helpers are not the fold's: Kafka's partitioner
+//! hash (`partitioner.rs`), for `streams.topics`, and Kafka's record batches
+//! (`kafka.rs`), for `streams.publish`.
 
 // pyo3 0.22's macros test a feature this crate does not declare, and convert
 // their own error type into itself.
@@ -17,6 +18,7 @@ mod codec;
 mod event;
 mod fold;
 mod json;
+mod kafka;
 mod model;
 mod partitioner;
 mod rules;
@@ -631,6 +633,64 @@ fn rederive<'py>(
     Ok((head.map(|h| agg_bytes(py, &h)), stale))
 }
 
+type Owned<'py> = (
+    Option<Bound<'py, PyBytes>>,
+    Option<Bound<'py, PyBytes>>,
+    Vec<(Bound<'py, PyString>, Option<Bound<'py, PyBytes>>)>,
+);
+
+/// Kafka record batches of `records`, each `(key, value, headers)` (bytes or None, and
+/// a list of `(str, bytes or None)` or None), in order: a list of `(batch bytes, record
+/// count)`, each at most `max_bytes` unless it holds one record (`kafka.rs`).
+#[pyfunction]
+fn record_batches<'py>(
+    py: Python<'py>,
+    records: &Bound<'py, PyList>,
+    timestamp_ms: i64,
+    max_bytes: usize,
+) -> PyResult<Bound<'py, PyList>> {
+    let opt_bytes = |v: Bound<'py, PyAny>| -> PyResult<Option<Bound<'py, PyBytes>>> {
+        if v.is_none() {
+            Ok(None)
+        } else {
+            Ok(Some(v.downcast_into::<PyBytes>()?))
+        }
+    };
+    let mut owned: Vec<Owned<'py>> = Vec::with_capacity(records.len());
+    for item in records.iter() {
+        let t = item.downcast_into::<PyTuple>()?;
+        if t.len() != 3 {
+            return Err(PyValueError::new_err("a record is (key, value, headers)"));
+        }
+        let mut headers = Vec::new();
+        let h = t.get_item(2)?;
+        if !h.is_none() {
+            for pair in h.iter()? {
+                let pair = pair?.downcast_into::<PyTuple>()?;
+                headers.push((pair.get_item(0)?.downcast_into::<PyString>()?, opt_bytes(pair.get_item(1)?)?));
+            }
+        }
+        owned.push((opt_bytes(t.get_item(0)?)?, opt_bytes(t.get_item(1)?)?, headers));
+    }
+    let mut recs = Vec::with_capacity(owned.len());
+    for (k, v, hs) in &owned {
+        let mut headers = Vec::with_capacity(hs.len());
+        for (hk, hv) in hs {
+            headers.push((hk.to_str()?.as_bytes(), hv.as_ref().map(|b| b.as_bytes())));
+        }
+        recs.push(kafka::Record {
+            key: k.as_ref().map(|b| b.as_bytes()),
+            value: v.as_ref().map(|b| b.as_bytes()),
+            headers,
+        });
+    }
+    let out = PyList::empty_bound(py);
+    for (data, count) in kafka::batches(&recs, timestamp_ms, max_bytes) {
+        out.append((PyBytes::new_bound(py, &data), count))?;
+    }
+    Ok(out)
+}
+
 /// Kafka's default partitioner hash of `key`: `murmur2(key) & 0x7fffffff`
 /// (`partitioner.rs`), for `streams.topics.partition_for`. Never fails.
 #[pyfunction]
@@ -651,6 +711,7 @@ fn loyalty_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(advance, m)?)?;
     m.add_function(wrap_pyfunction!(rederive, m)?)?;
     m.add_function(wrap_pyfunction!(partition_hash, m)?)?;
+    m.add_function(wrap_pyfunction!(record_batches, m)?)?;
     m.add("FormatError", m.py().get_type_bound::<FormatError>())?;
     m.add("NewerFormat", m.py().get_type_bound::<NewerFormat>())?;
     m.add("TooEarly", m.py().get_type_bound::<TooEarly>())?;

@@ -12,7 +12,8 @@ guarantee. The names it checks are listed in :data:`TOUCHES`; a new touch
 must be added there.
 
 Modules: :mod:`.events` (a stand-in current event for table access outside a
-stream), :mod:`.producer` (flush hardening, the raw aiokafka producer), :mod:`.hot_path`
+stream), :mod:`.producer` (flush hardening, the raw aiokafka producer,
+batches built outside aiokafka), :mod:`.hot_path`
 (Faust's per-record settings lookups, resolved once),
 :mod:`.consumer` (seek and commit hooks, read offsets, pausing and batching
 fetches, high-water marks and offsets passed over, committed-only reads), :mod:`.delivery` (records to the streams without a task
@@ -45,7 +46,12 @@ from streams.compat.delivery import deliver_directly
 from streams.compat.events import partition_context
 from streams.compat.hot_path import resolve_hot_settings
 from streams.compat.intake import Intake, deliver_to_intake
-from streams.compat.producer import aiokafka_producer, harden_producer_flush
+from streams.compat.producer import (
+    PrebuiltBatch,
+    aiokafka_producer,
+    harden_producer_flush,
+    prebuilt_batch_bytes,
+)
 from streams.compat.tables import (
     on_recovery_offsets,
     open_rocksdict_partition,
@@ -56,12 +62,13 @@ from streams.compat.tables import (
 )
 
 __all__ = [
-    "TOUCHES", "CompatError", "Intake", "aiokafka_producer", "assignment", "batch_fetches",
-    "cap_commits", "check", "consumed_positions", "delete_consumer_group", "deliver_directly",
-    "deliver_to_intake", "generation", "harden_producer_flush", "highwater",
+    "TOUCHES", "CompatError", "Intake", "PrebuiltBatch", "aiokafka_producer", "assignment",
+    "batch_fetches", "cap_commits", "check", "consumed_positions", "delete_consumer_group",
+    "deliver_directly", "deliver_to_intake", "generation", "harden_producer_flush", "highwater",
     "leave_group_on_stop", "on_recovery_offsets", "on_seek_to_committed",
-    "open_rocksdict_partition", "partition_context", "persisted_offset_key", "read_committed",
-    "recovery_table", "refresh_topic_metadata", "resolve_hot_settings", "rocksdict_partition",
-    "set_fetching", "skipped_offsets", "start_tables_without_delay", "track_fetches",
+    "open_rocksdict_partition", "partition_context", "persisted_offset_key",
+    "prebuilt_batch_bytes", "read_committed", "recovery_table", "refresh_topic_metadata",
+    "resolve_hot_settings", "rocksdict_partition", "set_fetching", "skipped_offsets", "start_tables_without_delay",
+    "track_fetches",
     "track_only",
 ]

@@ -40,6 +40,15 @@ TOUCHES: tuple[Touch, ...] = (
     Touch("aiokafka", "AIOKafkaProducer", "create_batch", "publish.Publisher"),
     Touch("aiokafka", "AIOKafkaProducer", "send_batch", "publish.Publisher"),
     Touch("aiokafka", "AIOKafkaProducer", "partitions_for", "publish.Publisher"),
+    Touch("aiokafka", "AIOKafkaProducer", "_message_accumulator",
+          "producer.prebuilt_batch_bytes", set_in_init=True),
+    *(Touch("aiokafka.producer.message_accumulator", "MessageAccumulator", name,
+            "producer.prebuilt_batch_bytes", set_in_init=True)
+      for name in ("_txn_manager", "_compression_type", "_batch_size")),
+    *(Touch("aiokafka.producer.message_accumulator", "BatchBuilder", name,
+            "producer.PrebuiltBatch")
+      for name in ("append", "close", "closed", "record_count", "size", "_build",
+                   "_set_producer_state")),
     Touch("faust.transport.consumer", "Consumer", "seek_to_committed",
           "consumer.on_seek_to_committed"),
     Touch("faust.transport.consumer", "Consumer", "_commit", "consumer.cap_commits"),

@@ -1,4 +1,6 @@
-"""The batch publisher against the real broker: partitioning, order, offsets, acknowledgements."""
+"""The batch publisher against the real broker: partitioning, order, offsets, acknowledgements;
+over both of its batch builders (native, and aiokafka's); and the native batches byte for
+byte against aiokafka's builder."""
 
 from __future__ import annotations
 
@@ -6,6 +8,11 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streams import publish
 from streams.app import create_service
 from streams.publish import futures, last_offsets
 from streams.settings import Settings
@@ -14,9 +21,28 @@ from tests.streams.broker_io import read_topic, with_producer
 
 PARTITIONS = 3
 
+try:
+    from loyalty_native import record_batches
+except ImportError:  # no Rust toolchain: aiokafka's builder serves (test_native.py says why)
+    record_batches = None
+NEEDS_NATIVE = pytest.mark.skipif(record_batches is None, reason="loyalty_native is not built: "
+                                  "run `make native` (tests/core/test_native.py fails for it)")
+
+
+@pytest.fixture(params=["native", "aiokafka"])
+def builder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each publisher test over both batch builders."""
+    if request.param == "native":
+        if record_batches is None:
+            pytest.skip("loyalty_native is not built: run `make native`")
+    else:
+        monkeypatch.setattr(publish, "_native_builder", lambda producer: None)
+    return request.param
+
 
 def test_records_land_where_kafka_would_put_them_in_order(bootstrap: str, create_topic,
-                                                         unique_name, tmp_path: Path) -> None:
+                                                         unique_name, tmp_path: Path,
+                                                         builder: str) -> None:
     topic = create_topic(partitions=PARTITIONS)
     settings = Settings(app_id=unique_name("publish"), broker=f"kafka://{bootstrap}",
                         store="memory://", partitions=PARTITIONS, data_dir=tmp_path)
@@ -53,7 +79,8 @@ def test_records_land_where_kafka_would_put_them_in_order(bootstrap: str, create
 
 
 def test_a_commits_records_for_a_partition_go_in_one_batch(bootstrap: str, create_topic,
-                                                           unique_name, tmp_path: Path) -> None:
+                                                           unique_name, tmp_path: Path,
+                                                           builder: str) -> None:
     """``producer_batch_bytes`` sizes the batches: 300 KiB of records for one partition
     (a busy commit's changelog records) are one batch, one produce request's share, by
     default; with Kafka's 16 KiB they are about twenty, each a round trip of its own."""
@@ -78,7 +105,7 @@ def test_a_commits_records_for_a_partition_go_in_one_batch(bootstrap: str, creat
 
 
 def test_a_batch_the_topic_refuses_as_too_large_fails_its_future(
-        bootstrap: str, create_topic, unique_name, tmp_path: Path) -> None:
+        bootstrap: str, create_topic, unique_name, tmp_path: Path, builder: str) -> None:
     """A topic whose ``max.message.bytes`` is below the batch size refuses the batch:
     its future raises, so the agent's commit fails before any write and its records
     go through one at a time (``Processor.handle_batch``), each commit small."""
@@ -102,3 +129,59 @@ def test_a_batch_the_topic_refuses_as_too_large_fails_its_future(
     too_large, small = with_producer(ctx.app, run)
     assert isinstance(too_large, MessageSizeTooLargeError)
     assert small is None
+
+
+def test_the_native_builder_serves_this_producer(bootstrap: str, unique_name, tmp_path: Path) -> None:
+    """Built, it is the publisher's (the worker's producer is neither idempotent nor
+    compressing); a compressing producer keeps aiokafka's builder."""
+    if record_batches is None:
+        pytest.skip("loyalty_native is not built: run `make native`")
+
+    def native(**kw: Any) -> bool:
+        settings = Settings(app_id=unique_name("builder"), broker=f"kafka://{bootstrap}",
+                            store="memory://", partitions=1, data_dir=tmp_path, **kw)
+        ctx = create_service(settings, web_enabled=False, sweep_enabled=False).context
+
+        async def run() -> bool:
+            from streams.compat import aiokafka_producer
+            return publish._native_builder(aiokafka_producer(ctx.app)) is not None
+
+        return with_producer(ctx.app, run)
+
+    assert native() is True
+    assert native(producer_compression="gzip") is False
+
+
+blobs = st.one_of(st.none(), st.binary(max_size=300))
+records = st.lists(st.tuples(blobs, blobs, st.one_of(st.none(), st.lists(
+    st.tuples(st.text(max_size=8), blobs), max_size=3))), min_size=1, max_size=40)
+
+
+@NEEDS_NATIVE
+@given(records, st.integers(0, 2**41), st.integers(100, 5000))
+@settings(max_examples=300, deadline=None)
+def test_native_batches_are_aiokafka_s_bytes(recs: list[Any], ts: int, max_bytes: int) -> None:
+    """The same records at the same instant: aiokafka's builder writes the same bytes
+    and splits at the same records; its reader reads them back, CRC and all."""
+    from aiokafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
+
+    want: list[tuple[bytes, int]] = []
+    b, n = None, 0
+    for key, value, headers in recs:
+        for _ in range(2):
+            if b is None:
+                b, n = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=0,
+                                                 producer_id=-1, producer_epoch=-1,
+                                                 base_sequence=-1, batch_size=max_bytes), 0
+            if b.append(n, timestamp=ts, key=key, value=value, headers=headers or []) is not None:
+                n += 1
+                break
+            want.append((bytes(b.build()), n))
+            b = None
+    want.append((bytes(b.build()), n))
+    got = record_batches(recs, ts, max_bytes)
+    assert got == want
+    read = [m for data, _ in got for m in DefaultRecordBatch(data)]
+    assert [(m.key, m.value, m.headers) for m in read] == [
+        (k, v, list(h or [])) for k, v, h in recs]
+    assert all(DefaultRecordBatch(data).validate_crc() for data, _ in got)
