@@ -685,8 +685,13 @@ fn record_batches<'py>(
         });
     }
     let out = PyList::empty_bound(py);
-    for (data, count) in kafka::batches(&recs, timestamp_ms, max_bytes) {
-        out.append((PyBytes::new_bound(py, &data), count))?;
+    for (range, size) in kafka::split(&recs, max_bytes) {
+        // written straight into the bytes object: no buffer of its own to copy from
+        let data = PyBytes::new_bound_with(py, size, |buf| {
+            kafka::write(buf, &recs[range.clone()], timestamp_ms);
+            Ok(())
+        })?;
+        out.append((data, range.len()))?;
     }
     Ok(out)
 }
