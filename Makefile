@@ -13,7 +13,8 @@ PY := $(VENV)/bin/python
 LOYALTY := $(VENV)/bin/loyalty
 STAMP := $(VENV)/.installed
 NATIVE_STAMP := $(VENV)/.native
-NATIVE_SRC := native/Cargo.toml native/Cargo.lock native/pyproject.toml $(wildcard native/src/*.rs)
+NATIVE_SRC := native/Cargo.toml native/Cargo.lock native/pyproject.toml $(wildcard native/src/*.rs) \
+	native/python/loyalty_native/__init__.py
 PYTEST_ARGS ?=
 # Test processes (pytest-xdist): 2, what CI runs, about halves the wall clock on
 # 2 cores (most integration tests wait on the broker and worker subprocesses);

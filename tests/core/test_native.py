@@ -42,6 +42,23 @@ def test_the_native_engine_is_built_wherever_rust_is() -> None:
     assert NATIVE is not None, "cargo is installed but loyalty_native is not: run `make native`"
 
 
+@NEEDS_NATIVE
+def test_its_allocator_does_not_ask_for_transparent_huge_pages() -> None:
+    """loyalty_native/__init__.py turns mimalloc's THP advice off before the library
+    loads (its purged segments were faulted back as zeroed 2 MiB pages); the
+    environment may say otherwise, and then this process is left as it says."""
+    import ctypes
+    import os
+    import sys
+
+    if sys.platform != "linux":
+        pytest.skip("PR_GET_THP_DISABLE is Linux's")
+    if os.environ.get("MIMALLOC_ALLOW_THP") != "0":
+        pytest.skip(f"MIMALLOC_ALLOW_THP={os.environ.get('MIMALLOC_ALLOW_THP')} set outside")
+    pr_get_thp_disable = 42
+    assert ctypes.CDLL(None).prctl(pr_get_thp_disable, 0, 0, 0, 0) == 1
+
+
 def _fold(engine: Engine, events: Iterable[bytes], driver: Callable[[Engine], Customer]) -> dict[str, Any]:
     """Per customer: row bytes, effects, outcomes, then a sweep a year on and a snapshot."""
     policies = PolicyBook()
