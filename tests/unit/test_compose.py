@@ -135,13 +135,16 @@ def test_compose_file_is_valid_for_compose_v1(compose: dict[str, Any]) -> None:
 
 def test_the_image_builds_the_native_engine_from_what_make_builds_it_from() -> None:
     """The image's first stage copies the crate's sources (the Makefile's NATIVE_SRC:
-    manifest, lock file, build config, src/) and its last stage installs the wheel."""
+    manifest, lock file, build config, src/, the package's python/) and its last stage
+    installs the wheel."""
     stages = (ROOT / "deploy/Dockerfile").read_text().split("\nFROM ")
     native = next(stage for stage in stages if " AS native" in stage.splitlines()[0])
     copied = {src for line in native.splitlines() if line.startswith("COPY ")
               for src in line.split()[1:-1]}
-    needed = {"native/Cargo.toml", "native/Cargo.lock", "native/pyproject.toml", "native/src"}
+    needed = {"native/Cargo.toml", "native/Cargo.lock", "native/pyproject.toml", "native/src",
+              "native/python"}
     assert copied == needed
     makefile = (ROOT / "Makefile").read_text()
-    assert all(name in makefile for name in needed - {"native/src"}) and "native/src/*.rs" in makefile
+    assert all(name in makefile for name in needed - {"native/src", "native/python"})
+    assert "native/src/*.rs" in makefile and "native/python/loyalty_native/__init__.py" in makefile
     assert "COPY --from=native /wheels /wheels" in stages[-1] and "/wheels/*.whl" in stages[-1]
