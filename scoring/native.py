@@ -8,7 +8,8 @@ path of the event contract (:meth:`parse`: the events shops send, with their
 record and content digest). What stays in Python, shared with the reference
 engine: the rest of the event contract (every rejection and its reason,
 forget requests, the forms the fast path leaves to it), rejection messages,
-the CLV and RFM fields of a snapshot, shop tallies. Every answer equals the reference engine's, byte for byte: the
+the CLV and RFM fields of a snapshot, shop tallies. Every answer equals the
+reference engine's, byte for byte: the
 conformance suite (``tests/core/test_engine.py``) runs against both, and
 ``tests/core/test_native.py`` over whole streams.
 

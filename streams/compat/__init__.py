@@ -68,7 +68,6 @@ __all__ = [
     "leave_group_on_stop", "on_recovery_offsets", "on_seek_to_committed",
     "open_rocksdict_partition", "partition_context", "persisted_offset_key",
     "prebuilt_batch_bytes", "read_committed", "recovery_table", "refresh_topic_metadata",
-    "resolve_hot_settings", "rocksdict_partition", "set_fetching", "skipped_offsets", "start_tables_without_delay",
-    "track_fetches",
-    "track_only",
+    "resolve_hot_settings", "rocksdict_partition", "set_fetching", "skipped_offsets",
+    "start_tables_without_delay", "track_fetches", "track_only",
 ]
