@@ -266,6 +266,7 @@ def install_seek_tracking(service: ServiceContext, progress: Progress,
             return
         assigned = compat.assignment(app)
         todo = {}
+        settled: dict[TP, int] = {}  # owed in full once todo is committed
         for tp, wanted in list(progress.owed.items()):
             if tp not in assigned:
                 del progress.owed[tp]  # revoked: its new owner starts from the committed offset
@@ -277,13 +278,20 @@ def install_seek_tracking(service: ServiceContext, progress: Progress,
             if target > progress.covered.get(tp, -1):
                 todo[tp] = target
             if target >= wanted:
-                del progress.owed[tp]
+                settled[tp] = wanted
         if todo:
             # Tally rows go through Faust's producer buffer: flushed first, as
             # Faust does before its own commits.
             await app.producer.flush()
-            if await commit(todo):
-                progress.covered.update(todo)
+            if not await commit(todo):
+                # Kept owed and asked again at the next tick: Faust will not ask
+                # for a partition that receives nothing more, so dropping it here
+                # left that partition's lag behind for good.
+                return
+            progress.covered.update(todo)
+        for tp, wanted in settled.items():
+            if progress.owed.get(tp) == wanted:  # not raised while the flush awaited
+                del progress.owed[tp]
 
     return commit_owed
 

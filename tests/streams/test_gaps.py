@@ -328,3 +328,39 @@ async def test_no_commit_moves_the_group_offset_back() -> None:
     progress.processed([_record(4)])
     assert await consumer._commit({tp: 5})
     assert sent == [{tp: 4}, {tp: 5}]
+
+
+async def test_an_owed_commit_that_fails_is_asked_again() -> None:
+    """A partition that receives nothing more is committed only through what is owed:
+    a commit of it that fails (Faust's commit answers False on a commit error) must
+    leave it owed for the next tick, or its lag stays for good."""
+    sent: list[dict[TP, int]] = []
+    answers = [False, True]
+
+    async def broker_commit(offsets: dict[TP, int]) -> bool:
+        sent.append(dict(offsets))
+        return answers.pop(0)
+
+    async def seek_to_committed() -> dict[TopicPartition, int]:
+        return {TopicPartition(TOPIC, 0): 0}
+
+    async def flush() -> None:
+        return None
+
+    tp = TP(TOPIC, 0)
+    consumer = SimpleNamespace(_commit=broker_commit, seek_to_committed=seek_to_committed,
+                               assignment=lambda: {tp})
+    app = SimpleNamespace(consumer=consumer, consumer_generation_id=GENERATION,
+                          producer=SimpleNamespace(flush=flush))
+    service = SimpleNamespace(app=app, agent_topic_names=frozenset({TOPIC, "svc-rekey"}))
+    progress = Progress(SimpleNamespace())
+    commit_owed = install_seek_tracking(service, progress,  # type: ignore[arg-type]
+                                        SimpleNamespace(beginning_offsets=None))
+    progress.seeked({tp: 0}, GENERATION)
+    progress.processed([_record(0), _record(1), _record(2)])
+    progress.owed[tp] = 3
+    await commit_owed()
+    assert sent == [{tp: 3}] and progress.owed == {tp: 3}  # failed: still owed
+    await commit_owed()
+    assert sent == [{tp: 3}, {tp: 3}] and not progress.owed
+    assert progress.covered[tp] == 3
