@@ -293,15 +293,15 @@ async def test_markers_behind_records_still_held_are_not_done_yet() -> None:
     assert progress.done[(TOPIC, 0)] == 5 and progress.owed[TP(TOPIC, 0)] == 6
 
 
-async def test_no_commit_moves_the_group_offset_back() -> None:
-    """Faust never sees a transaction's trailing marker, so its own commit (the offset
-    after its last acknowledged record) can come after the worker committed past the
-    marker; it must not take the group's offset back."""
+def _seek_tracking(answers: list[bool] | None = None) -> tuple[Any, Progress, Any, TP,
+                                                                list[dict[TP, int]]]:
+    """Seek tracking over a stand-in consumer whose commits are recorded (and answer
+    ``answers`` in turn, else True): (consumer, progress, commit_owed, tp, sent)."""
     sent: list[dict[TP, int]] = []
 
     async def broker_commit(offsets: dict[TP, int]) -> bool:
         sent.append(dict(offsets))
-        return True
+        return answers.pop(0) if answers else True
 
     async def seek_to_committed() -> dict[TopicPartition, int]:
         return {TopicPartition(TOPIC, 0): 0}
@@ -319,6 +319,14 @@ async def test_no_commit_moves_the_group_offset_back() -> None:
     commit_owed = install_seek_tracking(service, progress,  # type: ignore[arg-type]
                                         SimpleNamespace(beginning_offsets=None))
     progress.seeked({tp: 0}, GENERATION)
+    return consumer, progress, commit_owed, tp, sent
+
+
+async def test_no_commit_moves_the_group_offset_back() -> None:
+    """Faust never sees a transaction's trailing marker, so its own commit (the offset
+    after its last acknowledged record) can come after the worker committed past the
+    marker; it must not take the group's offset back."""
+    consumer, progress, commit_owed, tp, sent = _seek_tracking()
     progress.processed([_record(0), _record(1), _record(2)])
     progress.done[(TOPIC, 0)], progress.owed[tp] = 3, 4  # 3: a marker, counted done
     await commit_owed()
@@ -334,29 +342,7 @@ async def test_an_owed_commit_that_fails_is_asked_again() -> None:
     """A partition that receives nothing more is committed only through what is owed:
     a commit of it that fails (Faust's commit answers False on a commit error) must
     leave it owed for the next tick, or its lag stays for good."""
-    sent: list[dict[TP, int]] = []
-    answers = [False, True]
-
-    async def broker_commit(offsets: dict[TP, int]) -> bool:
-        sent.append(dict(offsets))
-        return answers.pop(0)
-
-    async def seek_to_committed() -> dict[TopicPartition, int]:
-        return {TopicPartition(TOPIC, 0): 0}
-
-    async def flush() -> None:
-        return None
-
-    tp = TP(TOPIC, 0)
-    consumer = SimpleNamespace(_commit=broker_commit, seek_to_committed=seek_to_committed,
-                               assignment=lambda: {tp})
-    app = SimpleNamespace(consumer=consumer, consumer_generation_id=GENERATION,
-                          producer=SimpleNamespace(flush=flush))
-    service = SimpleNamespace(app=app, agent_topic_names=frozenset({TOPIC, "svc-rekey"}))
-    progress = Progress(SimpleNamespace())
-    commit_owed = install_seek_tracking(service, progress,  # type: ignore[arg-type]
-                                        SimpleNamespace(beginning_offsets=None))
-    progress.seeked({tp: 0}, GENERATION)
+    _, progress, commit_owed, tp, sent = _seek_tracking(answers=[False, True])
     progress.processed([_record(0), _record(1), _record(2)])
     progress.owed[tp] = 3
     await commit_owed()
