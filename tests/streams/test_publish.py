@@ -17,6 +17,7 @@ from streams.app import create_service
 from streams.publish import futures, last_offsets
 from streams.settings import Settings
 from streams.topics import message_key, partition_for
+from tests.core.conftest import NEEDS_NATIVE
 from tests.streams.broker_io import read_topic, with_producer
 
 PARTITIONS = 3
@@ -25,17 +26,12 @@ try:
     from loyalty_native import record_batches
 except ImportError:  # no Rust toolchain: aiokafka's builder serves (test_native.py says why)
     record_batches = None
-NEEDS_NATIVE = pytest.mark.skipif(record_batches is None, reason="loyalty_native is not built: "
-                                  "run `make native` (tests/core/test_native.py fails for it)")
 
 
-@pytest.fixture(params=["native", "aiokafka"])
+@pytest.fixture(params=[pytest.param("native", marks=NEEDS_NATIVE), "aiokafka"])
 def builder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Each publisher test over both batch builders."""
-    if request.param == "native":
-        if record_batches is None:
-            pytest.skip("loyalty_native is not built: run `make native`")
-    else:
+    if request.param == "aiokafka":
         monkeypatch.setattr(publish, "_native_builder", lambda producer: None)
     return request.param
 
@@ -131,11 +127,10 @@ def test_a_batch_the_topic_refuses_as_too_large_fails_its_future(
     assert small is None
 
 
+@NEEDS_NATIVE
 def test_the_native_builder_serves_this_producer(bootstrap: str, unique_name, tmp_path: Path) -> None:
     """Built, it is the publisher's (the worker's producer is neither idempotent nor
     compressing); a compressing producer keeps aiokafka's builder."""
-    if record_batches is None:
-        pytest.skip("loyalty_native is not built: run `make native`")
 
     def native(**kw: Any) -> bool:
         settings = Settings(app_id=unique_name("builder"), broker=f"kafka://{bootstrap}",
