@@ -31,9 +31,11 @@ Guarantees:
   (with the app's ``acks=-1``). A failed future raises there; nothing is
   retried here, the caller (the agent) retries or dead-letters its records.
   Needs the Faust producer started (it runs with the app).
-* Uses Faust's own aiokafka producer (:func:`streams.compat.aiokafka_producer`),
-  so ``app.producer.flush()`` (run by Faust before every offset commit) also
-  waits for these records.
+* In the worker it uses Faust's own aiokafka producer
+  (:func:`streams.compat.aiokafka_producer`), so ``app.producer.flush()`` (run
+  by Faust before every offset commit) also waits for these records; the
+  bench's load generator hands it a plain ``AIOKafkaProducer``
+  (:meth:`Publisher.over`).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
+from aiokafka import AIOKafkaProducer
 
 from streams import compat
 from streams.topics import partition_for
@@ -86,19 +89,28 @@ def last_offsets(sent: list[Sent]) -> dict[tuple[str, int], int]:
 
 
 class Publisher:
-    """Batch publisher over the Faust app's aiokafka producer."""
+    """Batch publisher over the Faust app's aiokafka producer (or another, :meth:`over`)."""
 
-    def __init__(self, app: faust.App) -> None:
+    def __init__(self, app: faust.App | None) -> None:
         self.app = app
+        #: the producer of :meth:`over`; None: the app's
+        self._producer: AIOKafkaProducer | None = None
         #: ``loyalty_native.record_batches`` and the producer's batch size when it
         #: takes batches built so, else None; decided on the first publish (the
         #: producer starts with the app)
         self._native: tuple[Callable[..., list[tuple[bytes, int]]], int] | None = None
         self._decided = False
 
+    @classmethod
+    def over(cls, producer: AIOKafkaProducer) -> Publisher:
+        """A publisher over a started plain ``producer`` (no Faust app)."""
+        publisher = cls(None)
+        publisher._producer = producer
+        return publisher
+
     async def publish(self, records: Iterable[OutRecord]) -> list[Sent]:
         """Queue the records; return one :class:`Sent` per submitted batch."""
-        producer = compat.aiokafka_producer(self.app)
+        producer = self._producer or compat.aiokafka_producer(self.app)
         if not self._decided:
             self._native = _native_builder(producer)
             self._decided = True

@@ -44,17 +44,19 @@ from streams.bench.harness import (
     read_proc_status,
     topic_partitions,
 )
+from streams.publish import OutRecord, Publisher
 
 POLL_S = 0.2
 #: Event types of the latency phase with cumulative probabilities: the fast
 #: generator's purchase/visit/feedback shares (45/35/12 %), renormalised.
 LATENCY_MIX = (("purchase", 0.49), ("visit", 0.87), ("feedback", 1.0))
 CONSUMED = "loyalty_events_consumed_total"
-#: linger.ms of the latency phases' producer: the default of Kafka's Java
-#: producer since 4.0 (KIP-1030) and of librdkafka, so the load is offered as
-#: a shop's client would offer it. With 0 every event is a produce request of
-#: its own, and the bench and the broker, which share the machine with the
-#: worker, spend more CPU on offering it (README, Performance).
+#: the latency phases' send interval (ms), as a producer's linger.ms: the
+#: default of Kafka's Java producer since 4.0 (KIP-1030) and of librdkafka, so
+#: the load is offered as a shop's client would offer it. With 0 every event
+#: is a produce request of its own, and the bench and the broker, which share
+#: the machine with the worker, spend more CPU on offering it (README,
+#: Performance).
 LATENCY_LINGER_MS = 5
 
 
@@ -271,9 +273,15 @@ async def latency(env: BenchEnv, worker: WorkerProc, keys: list[bytes], rate: fl
     The worker publishes the customer's new snapshot to the scores topic
     after folding it, as of the state's clock, which is exactly this text:
     ``(key, as_of)`` identifies the output of each event, whatever the sweep
-    publishes meanwhile. Latency = time the scores consumer (this process)
-    receives it - time just before ``producer.send`` (so the producer's
-    ``linger_ms`` wait is part of it). The worker writes one
+    publishes meanwhile. Events are handed to the producer every
+    ``linger_ms`` (a tick), all partitions' batches at once, so they reach
+    the broker in one produce request per tick, as a Java client with that
+    ``linger.ms`` sends them (aiokafka's own linger times each partition's
+    batch apart: a request every few sends, each costing this process and
+    the broker, which share the cores with the worker). Latency = time the
+    scores consumer (this process) receives it - the event's instant on the
+    schedule, so the wait for its tick is part of it; if this process runs
+    late, at most one tick before the sending. The worker writes one
     snapshot per customer per batch: an earlier event of the customer folded
     in the same batch as this one is timed by this snapshot too, the first
     that shows it (``coalesced`` counts them). Sends follow a fixed
@@ -295,10 +303,11 @@ async def latency(env: BenchEnv, worker: WorkerProc, keys: list[bytes], rate: fl
     before = await _scrape(worker)
     consumer = AIOKafkaConsumer(bootstrap_servers=env.bootstrap, enable_auto_commit=False,
                                 fetch_max_wait_ms=100)
-    producer = AIOKafkaProducer(bootstrap_servers=env.bootstrap, acks="all",
-                                linger_ms=linger_ms)
+    # The sends are batched here, one tick of ``linger_ms``, so the producer holds nothing.
+    producer = AIOKafkaProducer(bootstrap_servers=env.bootstrap, acks="all")
     await consumer.start()
     await producer.start()
+    publisher = Publisher.over(producer)
     # key -> occurred_at text -> send instant, in send (= occurred_at) order
     pending: dict[bytes, dict[str, float]] = {}
     coalesced = 0
@@ -354,34 +363,44 @@ async def latency(env: BenchEnv, worker: WorkerProc, keys: list[bytes], rate: fl
         meter = CpuMeter(worker.pid, broker_pid)
         started = time.monotonic()
         total = max(1, int(rate * duration_s))
-        futures = []
+        tick = linger_ms / 1000
+        next_tick = started
+        futures: list[asyncio.Future[Any]] = []
         while sent_n < total:
-            due = started + sent_n / rate
             now = time.monotonic()
-            if due > now:
-                await asyncio.sleep(due - now)
-            key = order[sent_n % len(order)]
-            shop, _, cid = key.decode().partition("|")
-            us = max(last_us + 1, time.time_ns() // 1000)
-            if us % 1_000_000 == 0:
-                us += 1  # rfc3339 drops ".000000": keep the text identical to the service's
-            last_us = us
-            at = rfc3339_us(us)
-            roll = rolls.random()
-            typ = next(t for t, cum in LATENCY_MIX if roll < cum)
-            ev: dict[str, Any] = {"type": typ, "event_id": f"lat-{phase_id}-{sent_n}",
-                                  "shop_id": shop, "customer_id": cid, "occurred_at": at}
-            if typ == "purchase":
-                ev.update(order_id=f"lat-{phase_id}-{sent_n}", amount=1000 + sent_n % 5000,
-                          currency="USD", channel="store")
-            elif typ == "visit":
-                ev["channel"] = "store"
-            else:
-                ev["nps"] = sent_n % 11
-            pending.setdefault(key, {})[at] = time.monotonic()
-            futures.append(await producer.send(topic_of[typ], codec.dumps(ev), key=key))
-            sent_n += 1
-            if len(futures) >= 1000:
+            if next_tick > now:
+                await asyncio.sleep(next_tick - now)
+                now = time.monotonic()
+            due_n = min(total, int((now - started) * rate) + 1)  # every event due by now
+            # An event waits for its tick as it would for a client's linger, so the
+            # wait counts from its due instant; but a stamp is never older than a
+            # tick: this process running late is not the worker's latency.
+            floor = now - tick
+            records: list[OutRecord] = []
+            for n in range(sent_n, due_n):
+                key = order[n % len(order)]
+                shop, _, cid = key.decode().partition("|")
+                us = max(last_us + 1, time.time_ns() // 1000)
+                if us % 1_000_000 == 0:
+                    us += 1  # rfc3339 drops ".000000": keep the text identical to the service's
+                last_us = us
+                at = rfc3339_us(us)
+                roll = rolls.random()
+                typ = next(t for t, cum in LATENCY_MIX if roll < cum)
+                ev: dict[str, Any] = {"type": typ, "event_id": f"lat-{phase_id}-{n}",
+                                      "shop_id": shop, "customer_id": cid, "occurred_at": at}
+                if typ == "purchase":
+                    ev.update(order_id=f"lat-{phase_id}-{n}", amount=1000 + n % 5000,
+                              currency="USD", channel="store")
+                elif typ == "visit":
+                    ev["channel"] = "store"
+                else:
+                    ev["nps"] = n % 11
+                pending.setdefault(key, {})[at] = max(started + n / rate, floor)
+                records.append((topic_of[typ], key, codec.dumps(ev), None, None))
+            sent_n = due_n
+            futures.extend(sent.future for sent in await publisher.publish(records))
+            if len(futures) >= 200:
                 # Check and drop the acknowledged sends as we go: one gather over
                 # the whole phase's futures at the end blocked this process's
                 # loop for ~0.4 s, and the receiver's timestamps with it.
@@ -389,6 +408,7 @@ async def latency(env: BenchEnv, worker: WorkerProc, keys: list[bytes], rate: fl
                     if f.done():
                         f.result()  # raises if the send failed
                 futures = [f for f in futures if not f.done()]
+            next_tick = max(next_tick + tick, started + sent_n / rate)
         send_s = time.monotonic() - started
         cpu_cores = meter.cores()
         await asyncio.gather(*futures)

@@ -107,9 +107,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "events_per_s, the rate at which the latency target applies)")
     parser.add_argument("--latency-linger-ms", type=int, default=LATENCY_LINGER_MS,
                         metavar="MS",
-                        help="linger.ms of the latency phases' producer (default "
-                             f"{LATENCY_LINGER_MS}, the Java client's default since Kafka 4.0 "
-                             "and librdkafka's; 0 sends every event in its own request)")
+                        help="the latency phases send every MS milliseconds what is due, "
+                             "all partitions in one request, as a producer with that linger.ms "
+                             f"(default {LATENCY_LINGER_MS}, the Java client's default since "
+                             "Kafka 4.0 and librdkafka's; 0 sends every event in its own request)")
     parser.add_argument("--compression", choices=["none", "gzip", "snappy", "lz4", "zstd"],
                         default="none", help="compression of the preloaded input (default none)")
     parser.add_argument("--timeout", type=float, default=None,

@@ -127,6 +127,34 @@ def test_a_batch_the_topic_refuses_as_too_large_fails_its_future(
     assert small is None
 
 
+def test_a_publisher_over_a_plain_producer_partitions_as_the_worker_s(
+        bootstrap: str, create_topic, builder: str) -> None:
+    """``Publisher.over`` (the bench's load generator) needs no Faust app: the same
+    partitions and order, one acknowledged batch per topic-partition."""
+    from aiokafka import AIOKafkaProducer
+
+    topic = create_topic(partitions=PARTITIONS)
+    keyed = [(topic, message_key("s1", f"c{i % 5}"), f"k{i}".encode(), None, None)
+             for i in range(30)]
+
+    async def run() -> tuple[list[Any], list[Any]]:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        await producer.start()
+        try:
+            sent = await publish.Publisher.over(producer).publish(keyed)
+            await asyncio.gather(*futures(sent))
+        finally:
+            await producer.stop()
+        return sent, await read_topic(bootstrap, topic, 30)
+
+    sent, read = asyncio.run(run())
+    assert len({(s.topic, s.partition) for s in sent}) == len(sent)
+    assert sum(s.count for s in sent) == 30
+    for p in range(PARTITIONS):
+        got = [m.value for m in sorted(read, key=lambda m: m.offset) if m.partition == p]
+        assert got == [v for _, k, v, _, _ in keyed if partition_for(k, PARTITIONS) == p]
+
+
 @NEEDS_NATIVE
 def test_the_native_builder_serves_this_producer(bootstrap: str, unique_name, tmp_path: Path) -> None:
     """Built, it is the publisher's (the worker's producer is neither idempotent nor
