@@ -308,11 +308,11 @@ async def latency(env: BenchEnv, worker: WorkerProc, keys: list[bytes], rate: fl
     await consumer.start()
     await producer.start()
     publisher = Publisher.over(producer)
-    # key -> occurred_at text -> send instant, in send (= occurred_at) order
+    # key -> occurred_at text -> instant its latency counts from, in send (= occurred_at) order
     pending: dict[bytes, dict[str, float]] = {}
     coalesced = 0
     lat: list[float] = []
-    sent_at: list[float] = []  # send instant of each latency sample, same order
+    sent_at: list[float] = []  # the instant each latency sample counts from, same order
     stop = asyncio.Event()
     receiver: asyncio.Task[None] | None = None
     try:
