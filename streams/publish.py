@@ -91,10 +91,14 @@ def last_offsets(sent: list[Sent]) -> dict[tuple[str, int], int]:
 class Publisher:
     """Batch publisher over the Faust app's aiokafka producer (or another, :meth:`over`)."""
 
-    def __init__(self, app: faust.App | None) -> None:
+    def __init__(self, app: faust.App | None = None, *,
+                 producer: AIOKafkaProducer | None = None) -> None:
+        """Over the Faust ``app``'s producer, or a started plain ``producer``: one of them."""
+        if (app is None) == (producer is None):
+            raise ValueError("a Publisher publishes through a Faust app or a producer: give one")
         self.app = app
-        #: the producer of :meth:`over`; None: the app's
-        self._producer: AIOKafkaProducer | None = None
+        #: the plain producer (:meth:`over`); None: the app's
+        self._producer = producer
         #: ``loyalty_native.record_batches`` and the producer's batch size when it
         #: takes batches built so, else None; decided on the first publish (the
         #: producer starts with the app)
@@ -104,13 +108,12 @@ class Publisher:
     @classmethod
     def over(cls, producer: AIOKafkaProducer) -> Publisher:
         """A publisher over a started plain ``producer`` (no Faust app)."""
-        publisher = cls(None)
-        publisher._producer = producer
-        return publisher
+        return cls(producer=producer)
 
     async def publish(self, records: Iterable[OutRecord]) -> list[Sent]:
         """Queue the records; return one :class:`Sent` per submitted batch."""
-        producer = self._producer or compat.aiokafka_producer(self.app)
+        producer = self._producer if self._producer is not None \
+            else compat.aiokafka_producer(self.app)
         if not self._decided:
             self._native = _native_builder(producer)
             self._decided = True
