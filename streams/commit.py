@@ -15,26 +15,27 @@ so the order the service's guarantees rest on is written once:
    changelog partition (the row's partition) and wait for their
    acknowledgements; a *guarded* change (one computed by the sweep while the
    agent may write the same key) is dropped here if its row changed since it
-   was read or the agent is processing the key. When no change is guarded
-   (the agent's commits), each tally row the changes move is read here, their
-   deltas applied, and its changelog record published with the states' (one
-   round trip, and no record-at-a-time send through Faust's table later);
+   was read or the agent is processing the key;
 4. **write each partition's rows and persisted offset** (the offset of the
    partition's last changelog record just acknowledged) in one store write
    batch (:meth:`streams.store.RowStore.write`); a guarded change is dropped
    if its row changed while step 3 waited or the agent took the key
    meanwhile (compare-and-set);
-5. **apply the tally deltas** of the written changes and report each change:
-   a tally row published in step 3 is written straight into the store when
-   the row is still the one it was computed from; otherwise (the sweep's
-   recount wrote it meanwhile), and for the sweep's guarded changes, the
-   deltas are applied to the current row (one read-modify-write per shop
-   tally row) and it is written through the Faust table, which publishes its
-   changelog record.
+5. **hold the tally deltas** of the written changes
+   (:class:`streams.shops.PendingTallies`) and report each change. The held
+   deltas are applied to their shop tally rows
+   (:meth:`streams.context.ServiceContext.flush_tallies`: one
+   read-modify-write per row, written through the Faust table, which logs
+   it) by the first commit after the oldest has been held
+   ``settings.tally_flush_interval_s`` (0: by every commit), and before
+   anything reads a tally row or the sweep recounts one: a live batch moves
+   the rows of most shops of its partitions, and rewriting and logging them
+   once per interval instead of once per batch is most of what a batch costs
+   beyond its records.
 
-Steps 4 and 5 run without an ``await``: no other task sees the rows written
-and the tallies not, and nothing changes a row between the compare and the
-set. A crash between two steps means:
+Steps 4 and 5 run without an ``await``: nothing changes a row between the
+compare and the set, and no reader sees a row written whose deltas are
+neither held nor applied. A crash between two steps means:
 
 * before 2 or between 2 and 3: no state written; the input is redelivered
   (or the sweep runs again) and the outputs repeat with the same ids;
@@ -43,12 +44,17 @@ set. A crash between two steps means:
   the local store (streams/commands/worker.py), the changelog restores the
   state and the redelivered input is an exact duplicate, so its outputs
   (already acknowledged) are not lost;
-* between 4 and 5: the tally rows drift until the sweep's next full scan
-  recounts them exactly (the first sweep after a restart is one); rows
-  published in step 3 are restored with the states.
+* after 4: the held tally deltas (at most one flush interval of changes)
+  are lost with the process, and the tally rows restored from their
+  changelog lack them until the sweep's next full scan recounts them
+  exactly (the first sweep after a restart is one). A rebalance drops the
+  held deltas too (:class:`streams.shops.PendingTallies`), with the same
+  repair.
 
 The store is never ahead of the changelog and the changelog never ahead of
-the outputs, so nothing is lost and nothing is counted twice.
+the outputs, so no state or output is lost and nothing is counted twice; the
+tallies, derived data, are at most one flush interval behind the states
+after a crash, until the recount.
 """
 
 from __future__ import annotations
@@ -59,12 +65,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from scoring.engine import State
-from scoring.shop import ShopTally, TallyFormatError
-from streams.compat import partition_context
+from streams.compat import generation
 from streams.context import ServiceContext
 from streams.publish import OutRecord, Sent, futures, last_offsets
-from streams.shops import DecodedTallies, TallyDelta
-from streams.topics import CUSTOMERS_TABLE, TALLIES_TABLE, changelog_topic_name, shop_of, tally_key
+from streams.shops import TallyDelta
+from streams.topics import CUSTOMERS_TABLE, changelog_topic_name, shop_of, tally_key
 
 
 class WriteFailed(Exception):
@@ -104,13 +109,6 @@ class Committed:
 
 #: a tally row: (partition, tally key)
 TallySlot = tuple[int, bytes]
-#: tally rows computed from the rows read: slot -> (row read, None: no row; new row;
-#: the tally the new row encodes)
-TallyRows = dict[TallySlot, tuple[bytes | None, bytes, ShopTally]]
-#: tally rows kept decoded per committer (:class:`DecodedTallies`): a shop's rows on
-#: the partitions this worker owns, for a few hundred shops (a row of a shop with a
-#: year of history is a few tens of KiB as objects)
-TALLY_ROWS_KEPT = 256
 #: reports a change (written, yielded or, for guarded changes, compared in step 3)
 ChangeHook = Callable[[Change], None]
 #: told (step name, seconds) after a step of a commit
@@ -131,11 +129,6 @@ class Committer:
         #: told the wall time of steps 2 ("outputs"), 3 ("changelog") and 4-5 ("write")
         self.timings = timings
         self.changelog = changelog_topic_name(ctx.settings, CUSTOMERS_TABLE)
-        self.tally_changelog = changelog_topic_name(ctx.settings, TALLIES_TABLE)
-        # Partition context for Faust table access (tallies): any topic with
-        # the table's partition count; the rekey topic is one.
-        self.context_topic = ctx.rekey.get_topic_name()
-        self.tallies_kept = DecodedTallies(TALLY_ROWS_KEPT)
 
     async def commit(self, outputs: Sequence[OutRecord], changes: Changes, *,
                      owns: Callable[[], bool] | None = None,
@@ -160,7 +153,7 @@ class Committer:
         timings = self.timings
         started = time.perf_counter()
         # 2. publish the outputs, await every acknowledgement; meanwhile compute the
-        # changes and, when none is guarded, step 3's records (reads only)
+        # changes and, when none is guarded, step 3's records
         sent = await self._queue(list(outputs))
         if sent:
             for _ in range(SENDER_TURN_STEPS):
@@ -183,7 +176,7 @@ class Committer:
         # 3. publish the changelog records, await every acknowledgement
         if prepared is None:
             prepared = self._prepare(self._compare(changes, result, on_compared, on_yielded))
-        kept, staged, records = prepared
+        kept, records = prepared
         if not kept:
             return result
         acked = await self._publish(records)
@@ -195,7 +188,7 @@ class Committer:
             return result
         # 4.-5. write rows + offsets, then the tallies (no await from here on)
         try:
-            self.write(kept, offsets, result, on_written, on_yielded, staged=staged)
+            self.write(kept, offsets, result, on_written, on_yielded)
         except Exception as exc:
             raise WriteFailed(f"commit of {len(kept)} states failed while writing") from exc
         if timings is not None:
@@ -204,16 +197,14 @@ class Committer:
 
     def write(self, changes: Sequence[Change], offsets: dict[int, int],
               result: Committed | None = None, on_written: ChangeHook | None = None,
-              on_yielded: ChangeHook | None = None,
-              staged: TallyRows | None = None) -> Committed:
-        """Steps 4 and 5: rows with persisted offsets, then tally deltas. Never awaits.
+              on_yielded: ChangeHook | None = None) -> Committed:
+        """Steps 4 and 5: rows with persisted offsets, then the tally deltas held
+        (and applied, when the oldest is due). Never awaits.
 
         ``offsets`` maps a partition to the offset of its last acknowledged
         changelog record; a partition missing from it keeps its persisted
         offset (only for states whose changelog record is not published by
-        this commit, as in unit tests of the write step). ``staged`` are the
-        tally rows of ``changes`` published in step 3 (:meth:`_stage_tallies`),
-        written as they are when their row has not changed since.
+        this commit, as in unit tests of the write step).
         """
         result = result if result is not None else Committed(written=[], yielded=[])
         rows, in_flight = self.ctx.rows, self.ctx.in_flight
@@ -231,32 +222,17 @@ class Committer:
                 continue
             by_partition.setdefault(change.partition, []).append(change)
         written = [c for batch in by_partition.values() for c in batch]
-        # Every tally row is computed before anything is written, so a failing
-        # tally update cannot leave states written and tallies not. A staged row
-        # whose row changed since (the sweep's recount) is computed again.
-        direct: dict[int, list[tuple[bytes, bytes]]] = {}
-        through_table: TallyRows = {}
-        if staged is None:
-            through_table = self._tally_rows(written)
-        else:
-            moved = {slot for slot, (base, _, _) in staged.items()
-                     if self._read_tally(slot) != base}
-            for (partition, key), (_, value, _) in staged.items():
-                if (partition, key) not in moved:
-                    direct.setdefault(partition, []).append((key, value))
-            if moved:
-                through_table = self._tally_rows([c for c in written
-                                                  if self._slot(c) in moved])
         for partition, batch in by_partition.items():
             # False: the partition moved; its new owner restores from the changelog.
             rows.write(partition, [(c.key, c.value) for c in batch], offsets.get(partition))
-        # 5. the tally deltas (summed per tally row), then each change reported
-        for partition, tallies in direct.items():
-            self.ctx.tally_rows.write(partition, tallies, None)  # logged in step 3
-        self._write_tallies({slot: value for slot, (_, value, _) in through_table.items()})
-        # what each row now holds: the staged rows, or what replaced a moved one
-        for slot, (_, value, tally) in {**(staged or {}), **through_table}.items():
-            self.tallies_kept.keep(slot, value, tally)
+        # 5. hold the tally deltas, applied to their rows once the oldest is due;
+        # then each change reported
+        held, now = self.ctx.tally_deltas, time.monotonic()
+        current = generation(self.ctx.app)
+        for change in written:
+            held.add(self._slot(change), change.delta, current, now)
+        if held.due(now, self.ctx.settings.tally_flush_interval_s):
+            self.ctx.flush_tallies()
         result.written.extend(written)
         if on_written is not None:
             for change in written:
@@ -275,18 +251,9 @@ class Committer:
         await asyncio.gather(*futures(sent))
         return last_offsets(sent)
 
-    def _prepare(self, kept: list[Change]) -> tuple[list[Change], TallyRows | None,
-                                                    list[OutRecord]]:
-        """Step 3's records for ``kept``: a changelog record per state and, when no
-        change is guarded, the tally rows they move (staged, published with them)."""
-        # Unguarded changes are all written in step 4, so their tally rows can be
-        # computed now and logged with the states.
-        staged = None if any(c.guarded for c in kept) else self._stage_tallies(kept)
-        records: list[OutRecord] = [(self.changelog, c.key, c.value, None, c.partition)
-                                    for c in kept]
-        records += [(self.tally_changelog, key, value, None, partition)
-                    for (partition, key), (_, value, _) in (staged or {}).items()]
-        return kept, staged, records
+    def _prepare(self, kept: list[Change]) -> tuple[list[Change], list[OutRecord]]:
+        """Step 3's records for ``kept``: a changelog record per state."""
+        return kept, [(self.changelog, c.key, c.value, None, c.partition) for c in kept]
 
     def _compare(self, changes: Sequence[Change], result: Committed,
                  on_compared: ChangeHook | None, on_yielded: ChangeHook | None) -> list[Change]:
@@ -309,47 +276,6 @@ class Committer:
     @staticmethod
     def _slot(change: Change) -> TallySlot:
         return change.partition, tally_key(shop_of(change.key), change.partition)
-
-    def _read_tally(self, slot: TallySlot) -> bytes | None:
-        """The tally row of ``slot`` as it is now (None: no row), from the store the
-        direct writes go to (the Faust table reads the same database)."""
-        return self.ctx.tally_rows.get(*slot)
-
-    def _tally_rows(self, changes: Sequence[Change]) -> TallyRows:
-        """Each affected tally row, read once, with its deltas applied in order, encoded.
-
-        A row this committer wrote last is not decoded again: :class:`DecodedTallies`
-        hands back the object it encoded, while the row still holds those bytes.
-        """
-        read: dict[TallySlot, tuple[bytes | None, ShopTally]] = {}
-        for change in changes:
-            slot = self._slot(change)
-            entry = read.get(slot)
-            if entry is None:
-                raw = self._read_tally(slot)
-                try:
-                    tally = self.tallies_kept.take(slot, raw)
-                except TallyFormatError as exc:
-                    # Derived data: count from empty now, the recount it asks for
-                    # rewrites the row exactly. The states are not held back by it.
-                    self.ctx.tally_unreadable(slot[0], slot[1], exc)
-                    tally = ShopTally.empty()
-                entry = read[slot] = (raw, tally)
-            change.delta.apply(entry[1])
-        return {slot: (raw, bytes(tally.encode()), tally) for slot, (raw, tally) in read.items()}
-
-    def _stage_tallies(self, changes: Sequence[Change]) -> TallyRows | None:
-        """:meth:`_tally_rows` of ``changes`` for step 3; None when a partition of them
-        is not open here (their tallies then take the table path in step 5)."""
-        if not all(self.ctx.tally_rows.is_open(p) for p in {c.partition for c in changes}):
-            return None
-        return self._tally_rows(changes)
-
-    def _write_tallies(self, rows: dict[TallySlot, bytes]) -> None:
-        """Write tally rows (``(partition, key) -> row``) through the Faust table."""
-        for (partition, key), raw in rows.items():
-            with partition_context(self.context_topic, partition):
-                self.ctx.tallies[key] = raw
 
 
 def _timed(timings: StepTimings, step: str, started: float) -> float:

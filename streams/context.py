@@ -32,12 +32,19 @@ from typing import TYPE_CHECKING
 from scoring.engine import PYTHON, Engine, NewerStateFormat, State, StateCache
 from scoring.shop import ShopTally, TallyFormatError
 from streams.clv_models import ClvModels
+from streams.compat import generation, partition_context
 from streams.metrics import Metrics
 from streams.publish import Publisher
+from streams.shops import DecodedTallies, PendingTallies
 from streams.store import RowStore
 from streams.topics import tally_key
 
 log = logging.getLogger(__name__)
+
+#: tally rows kept decoded (:class:`streams.shops.DecodedTallies`): a shop's rows on
+#: the partitions this worker owns, for a few hundred shops (a row of a shop with a
+#: year of history is a few tens of KiB as objects)
+TALLY_ROWS_KEPT = 256
 
 if TYPE_CHECKING:
     import faust
@@ -90,6 +97,10 @@ class ServiceContext:
     #: partitions with a tally row no decoder reads: the sweep recounts them next
     #: (:meth:`tally_unreadable`; mutated in place)
     tallies_to_recount: set[int] = field(default_factory=set)
+    #: tally deltas of written states not yet in their rows (:meth:`flush_tallies`)
+    tally_deltas: PendingTallies = field(default_factory=PendingTallies)
+    #: the tally rows :meth:`flush_tallies` wrote, kept decoded
+    tallies_kept: DecodedTallies = field(default_factory=lambda: DecodedTallies(TALLY_ROWS_KEPT))
     #: what the last time sweep did (None before the first one)
     last_sweep: SweepStats | None = None
     #: starts the worker's graceful stop (set by ``loyalty worker``, the only runner of
@@ -210,5 +221,57 @@ class ServiceContext:
         self.tallies_to_recount.add(partition)
 
     def shop_tally_rows(self, shop_id: str, partitions: Iterable[int]) -> list[bytes | None]:
-        """The encoded tally rows of ``shop_id`` in ``partitions`` (None: no row)."""
+        """The encoded tally rows of ``shop_id`` in ``partitions`` (None: no row), with
+        every state written so far counted (:meth:`flush_tallies` first)."""
+        partitions = list(partitions)
+        self.flush_tallies(partitions)
         return [self.tallies.get(tally_key(shop_id, p)) for p in partitions]
+
+    def flush_tallies(self, partitions: Iterable[int] | None = None) -> int:
+        """Apply the held tally deltas of ``partitions`` (None: all) to their rows.
+
+        Each row is read once (or taken decoded from :attr:`tallies_kept` while
+        it still holds the bytes written last), its deltas applied in order,
+        and written through the Faust table, which logs it to the table's
+        changelog. Deltas of an older consumer generation are dropped, and so
+        are those of a partition whose store is not open here: its next full
+        scan, by whichever worker owns it, recounts it (within a generation
+        a partition whose store is closed is one on its way out). Never awaits, so
+        nothing reads or writes a row in between. Returns the rows written.
+
+        A row no decoder reads is counted from empty and reported
+        (:meth:`tally_unreadable`), and a row whose update fails is logged and
+        left: the recount either asks for rewrites it exactly.
+        """
+        held = self.tally_deltas
+        held.check_generation(generation(self.app))
+        taken = held.take(partitions)
+        if not taken:
+            return 0
+        context_topic = self.rekey.get_topic_name()
+        written = 0
+        for (partition, key), deltas in taken.items():
+            if not self.tally_rows.is_open(partition):
+                held.dropped.add(partition)
+                continue
+            try:
+                with partition_context(context_topic, partition):
+                    raw = self.tallies.get(key)
+                    try:
+                        tally = self.tallies_kept.take((partition, key), raw)
+                    except TallyFormatError as exc:
+                        self.tally_unreadable(partition, key, exc)
+                        tally = ShopTally.empty()
+                    for delta in deltas:
+                        delta.apply(tally)
+                    value = bytes(tally.encode())
+                    self.tallies[key] = value
+            except Exception:  # noqa: BLE001 - derived data: recounted, the states stand
+                log.exception("shop tally %r of partition %d not updated: recounted by the "
+                              "next time sweep", key, partition)
+                self.metrics.internal_errors.inc()
+                self.tallies_to_recount.add(partition)
+                continue
+            self.tallies_kept.keep((partition, key), value, tally)
+            written += 1
+        return written

@@ -265,6 +265,15 @@ class Settings(BaseSettings):
         "before Faust's record-at-a-time recovery replays the rest; capped at 80% of Faust's "
         "broker request timeout. 0 disables the bulk restore.",
     )
+    tally_flush_interval_s: float = Field(
+        1.0, ge=0,
+        description="Default 1. Seconds the shop tally changes of written customer states may "
+        "be held before they are applied to the tally rows (and logged to their changelog): "
+        "rows are rewritten once per interval instead of once per batch. Anything that reads "
+        "a tally applies the held changes first; a crash loses at most this interval of them "
+        "from the logged rows until the sweep's first full scan after the restart recounts "
+        "them. 0 applies them at every commit.",
+    )
     tally_recount_interval_s: float = Field(
         3600.0, ge=0,
         description="Default 3600. Seconds between full scans of a partition by the time sweep, "

@@ -5,7 +5,8 @@ stored in one partition: the stage funnel, the NPS answers (by date and by
 touchpoint) and the rule-v2 KPI sums. It changes in two ways:
 
 * incrementally, by a :class:`TallyDelta` per state change (the agent and the
-  sweep): the customer's stage moved from ``stage_before`` to ``stage_after``,
+  sweep; the commit holds the deltas in :class:`PendingTallies` and applies
+  them within ``settings.tally_flush_interval_s``): the customer's stage moved from ``stage_before`` to ``stage_after``,
   its KPI contribution (:func:`scoring.shop.contribution`, kept in the state as
   of its clock) changed from ``kpi_before`` to ``kpi_after``, and, for an
   accepted feedback event, one answer of class ``cls`` on ``day`` at a touchpoint;
@@ -27,7 +28,7 @@ Tally row keys (:func:`streams.topics.tally_key`) are one of the key rules of
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -157,3 +158,77 @@ class DecodedTallies:
 
     def __len__(self) -> int:
         return len(self._rows)
+
+
+class PendingTallies:
+    """Tally deltas of written customer states that their tally rows do not hold yet.
+
+    The commit protocol (:mod:`streams.commit`, step 5) adds the deltas of
+    every state it writes; :meth:`streams.context.ServiceContext.flush_tallies`
+    takes them and applies them to the rows, at most
+    ``settings.tally_flush_interval_s`` after the oldest was added, and before
+    anything reads a tally row. Deltas commute (counts and sums of
+    differences), so applying them later, in any grouping, gives the rows
+    applying them at once would have given.
+
+    Guarantee: each delta added is taken exactly once, or dropped with every
+    other delta of its consumer generation: the rows of a partition may have
+    moved and come back with a rebalance, so deltas of an older generation are
+    not applied to them; the first full scan of the new generation recounts
+    those partitions exactly (:mod:`streams.sweep`). Pure: no Kafka, no clock
+    of its own.
+    """
+
+    def __init__(self) -> None:
+        self._deltas: dict[tuple[int, bytes], list[TallyDelta]] = {}
+        #: the consumer generation the deltas held were written in
+        self.generation: int | None = None
+        #: when the oldest delta held was added (None: nothing held)
+        self.since: float | None = None
+        #: partitions whose deltas were dropped by a generation change, until their
+        #: next recount (:meth:`recounted`)
+        self.dropped: set[int] = set()
+
+    def add(self, slot: tuple[int, bytes], delta: TallyDelta, generation: int,
+            now: float) -> None:
+        """Hold ``delta`` for the tally row ``slot`` (``(partition, tally key)``)."""
+        self.check_generation(generation)
+        if self.since is None:
+            self.since = now
+        self._deltas.setdefault(slot, []).append(delta)
+
+    def check_generation(self, generation: int) -> None:
+        """Drop every delta held when ``generation`` is not theirs."""
+        if generation != self.generation:
+            self.dropped.update(partition for partition, _ in self._deltas)
+            self._deltas.clear()
+            self.since = None
+            self.generation = generation
+
+    def due(self, now: float, interval_s: float) -> bool:
+        """Whether the oldest delta held was added ``interval_s`` or more before ``now``."""
+        return self.since is not None and now - self.since >= interval_s
+
+    def take(self, partitions: Iterable[int] | None = None
+             ) -> dict[tuple[int, bytes], list[TallyDelta]]:
+        """Hand over the deltas held for ``partitions`` (None: all), in the order added."""
+        if partitions is None:
+            taken, self._deltas = self._deltas, {}
+        else:
+            wanted = set(partitions)
+            taken = {slot: d for slot, d in self._deltas.items() if slot[0] in wanted}
+            for slot in taken:
+                del self._deltas[slot]
+        if not self._deltas:
+            self.since = None
+        return taken
+
+    def recounted(self, partition: int) -> bool:
+        """The sweep recounted ``partition``; True when deltas of it had been dropped."""
+        if partition in self.dropped:
+            self.dropped.discard(partition)
+            return True
+        return False
+
+    def __len__(self) -> int:
+        return sum(len(d) for d in self._deltas.values())

@@ -6,6 +6,7 @@ row store through the same code the RocksDB store runs in production.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,6 @@ from streams.settings import Settings
 from streams.shops import TallyDelta
 from streams.topics import (
     CUSTOMERS_TABLE,
-    TALLIES_TABLE,
     all_topic_specs,
     changelog_topic_name,
     ensure_topics,
@@ -56,9 +56,20 @@ def _key(partition: int) -> bytes:
 
 
 def _tally(svc: LoyaltyService, partition: int) -> ShopTally:
-    with compat.partition_context(svc.context.rekey.get_topic_name(), partition):
-        raw = svc.context.tallies.get(tally_key("s1", partition))
+    """Shop s1's tally of ``partition`` as a reader sees it (held deltas applied first)."""
+    [raw] = svc.context.shop_tally_rows("s1", [partition])
     return ShopTally.decode(raw)
+
+
+def _row(svc: LoyaltyService, partition: int) -> bytes | None:
+    """Shop s1's tally row of ``partition`` as it is in the table now."""
+    with compat.partition_context(svc.context.rekey.get_topic_name(), partition):
+        return svc.context.tallies.get(tally_key("s1", partition))
+
+
+def _flush_interval(svc: LoyaltyService, seconds: float) -> None:
+    ctx = svc.context
+    ctx.settings = ctx.settings.model_copy(update={"tally_flush_interval_s": seconds})
 
 
 def test_outputs_then_changelog_then_rows_offset_and_tally(svc: LoyaltyService,
@@ -117,9 +128,8 @@ def test_changes_handed_as_a_function_are_computed_once_while_the_outputs_travel
                                            changes)
 
     result = with_producer(svc.app, body)
-    changelogs = ",".join(sorted({changelog_topic_name(ctx.settings, CUSTOMERS_TABLE),
-                                  changelog_topic_name(ctx.settings, TALLIES_TABLE)}))
-    assert order == [f"publish {scores}", "changes", f"publish {changelogs}"]
+    changelog = changelog_topic_name(ctx.settings, CUSTOMERS_TABLE)
+    assert order == [f"publish {scores}", "changes", f"publish {changelog}"]
     assert result.complete and [c.key for c in result.written] == keys
     assert all(ctx.rows.get(partition_for(k, PARTITIONS), k) == b"state-" + k for k in keys)
     assert _tally(svc, partition_for(keys[0], PARTITIONS)).funnel.get("new") == 1
@@ -176,60 +186,100 @@ def test_lost_ownership_after_the_outputs_writes_nothing(svc: LoyaltyService) ->
     assert ctx.rows.get(1, key) is None
 
 
-def test_the_agents_tally_rows_are_logged_with_its_states(svc: LoyaltyService,
-                                                         bootstrap: str) -> None:
-    # Ownership lost right after the changelog step: nothing is written here, and
-    # the changelog a new owner restores from holds the states and the tally rows
-    # they move, consistent with each other.
+def test_tally_deltas_are_held_until_a_reader_or_the_interval_applies_them(
+        svc: LoyaltyService) -> None:
+    # A live batch moves the rows of most shops of its partitions: the commit holds
+    # the deltas and rewrites (and logs) each row once per interval, not per batch.
+    # Whoever reads a tally applies what is held first, so no reader sees less.
+    _flush_interval(svc, 3600)
     ctx = svc.context
     keys = [_key(0), _key(1)]
     changes = [Change(partition_for(k, PARTITIONS), k, b"state-" + k, TallyDelta(None, "new"),
                       None) for k in keys]
-    answers = iter([True, False])
-    tally_log = changelog_topic_name(ctx.settings, TALLIES_TABLE)
 
     async def body() -> Any:
-        result = await Committer(ctx).commit([], changes, owns=lambda: next(answers))
-        return result, await read_topic(bootstrap, tally_log, 2)
+        result = await Committer(ctx).commit([], changes)
+        held = (_row(svc, 0), _row(svc, 1), len(ctx.tally_deltas))
+        funnels = [_tally(svc, 0).funnel, _tally(svc, 1).funnel]  # a reader: applied
+        return result, held, funnels
 
-    result, logged = with_producer(svc.app, body)
-    assert not result.complete and result.written == []
-    assert all(ctx.rows.get(c.partition, c.key) is None for c in changes)
-    assert sorted((m.partition, m.key) for m in logged) == [
-        (0, tally_key("s1", 0)), (1, tally_key("s1", 1))]
-    assert [ShopTally.decode(m.value).funnel for m in logged] == [{"new": 1}, {"new": 1}]
+    result, held, funnels = with_producer(svc.app, body)
+    assert [c.key for c in result.written] == keys
+    assert held == (None, None, 2)
+    assert funnels == [{"new": 1}, {"new": 1}] and len(ctx.tally_deltas) == 0
+    assert all(_row(svc, p) is not None for p in (0, 1))
+
+
+def test_held_tally_deltas_are_applied_by_the_first_commit_after_the_interval(
+        svc: LoyaltyService) -> None:
+    _flush_interval(svc, 0.2)
+    ctx = svc.context
+    keys = iter(k for i in range(100) if partition_for(k := message_key("s1", f"c{i}"),
+                                                         PARTITIONS) == 0)
+    rows: list[bytes | None] = []
+
+    async def commit() -> None:
+        await Committer(ctx).commit([], [Change(0, next(keys), b"state",
+                                                TallyDelta(None, "new"), None)])
+        rows.append(_row(svc, 0))
+
+    async def body() -> None:
+        await commit()
+        await commit()
+        await asyncio.sleep(0.25)
+        await commit()  # the oldest held delta is due: all three applied
+
+    with_producer(svc.app, body)
+    assert rows[:2] == [None, None]
+    assert rows[2] is not None and ShopTally.decode(rows[2]).funnel == {"new": 3}
+    assert len(ctx.tally_deltas) == 0
+
+
+def test_a_rebalance_drops_the_held_tally_deltas_for_the_recount(svc: LoyaltyService) -> None:
+    # The rows of a partition may have moved away and back: deltas of an older
+    # consumer generation are not applied to them; the recount that follows every
+    # rebalance counts those states (and logs no drift warning for them).
+    _flush_interval(svc, 3600)
+    ctx = svc.context
+    change = Change(0, _key(0), b"state", TallyDelta(None, "new"), None)
+
+    async def body() -> None:
+        await Committer(ctx).commit([], [change])
+
+    with_producer(svc.app, body)
+    assert len(ctx.tally_deltas) == 1
+    svc.app.consumer_generation_id += 1
+    assert ctx.flush_tallies() == 0
+    assert _row(svc, 0) is None and len(ctx.tally_deltas) == 0
+    assert ctx.tally_deltas.recounted(0) and not ctx.tally_deltas.recounted(0)
 
 
 def test_a_tally_row_rewritten_meanwhile_gets_the_deltas_on_top(svc: LoyaltyService) -> None:
-    # The sweep's recount may write a tally row while the agent waits for the
-    # changelog step; the row computed before it is then stale and is computed
-    # again from the recount, not written as it was logged.
+    # Another writer of the row (the sweep's recount of a shop's row) may write it
+    # while deltas are held: they are applied to the row as it is then.
+    _flush_interval(svc, 3600)
     ctx = svc.context
-    committer = Committer(ctx)
     key = _key(0)
     change = Change(0, key, b"state", TallyDelta(None, "new"), None)
-    staged = committer._stage_tallies([change])
-    assert staged is not None and ShopTally.decode(staged[0, tally_key("s1", 0)][1]).funnel == {
-        "new": 1}
+
+    async def body() -> None:
+        await Committer(ctx).commit([], [change])
+
+    with_producer(svc.app, body)
     recount = ShopTally.empty()
     recount.move(None, "loyal")
     with compat.partition_context(ctx.rekey.get_topic_name(), 0):
         ctx.tallies[tally_key("s1", 0)] = bytes(recount.encode())
-
-    with_producer(svc.app, lambda: _write(committer, change, staged))
     assert _tally(svc, 0).funnel == {"loyal": 1, "new": 1}
     assert ctx.rows.get(0, key) == b"state"
 
 
-async def _write(committer: Committer, change: Change, staged: Any) -> None:
-    committer.write([change], {}, staged=staged)
-
-
 def test_tally_rows_kept_decoded_follow_the_row_not_the_object(svc: LoyaltyService) -> None:
-    # The committer keeps each tally row it wrote decoded (DecodedTallies). The
-    # next commit starts from that object only while the row holds what it
-    # wrote: a commit abandoned after staging, or another writer of the row,
-    # must not leak into the figures.
+    # The worker keeps each tally row it wrote decoded (DecodedTallies). The
+    # next update starts from that object only while the row holds what it
+    # wrote: another writer of the row must not leak into the figures, nor a
+    # commit abandoned after its changelog step.
+    _flush_interval(svc, 0)
     ctx = svc.context
     committer = Committer(ctx)
     keys = iter(k for i in range(100) if partition_for(k := message_key("s1", f"c{i}"),
@@ -245,7 +295,7 @@ def test_tally_rows_kept_decoded_follow_the_row_not_the_object(svc: LoyaltyServi
     async def body() -> None:
         await commit()
         await commit()
-        answers = iter([True, False])  # staged and logged, then ownership lost
+        answers = iter([True, False])  # states logged, then ownership lost
         assert not await commit(lambda: next(answers))
         await commit()
         recount = ShopTally.empty()
@@ -256,6 +306,6 @@ def test_tally_rows_kept_decoded_follow_the_row_not_the_object(svc: LoyaltyServi
 
     with_producer(svc.app, body)
     assert funnels == [{"new": 1}, {"new": 2}, {"new": 2}, {"new": 3}, {"loyal": 1, "new": 1}]
-    # commits 2 and 3 start from the kept object; 1 (no row yet), 4 (after the
-    # abandoned one) and 5 (after the recount) decode the row
-    assert (committer.tallies_kept.hits, committer.tallies_kept.misses) == (2, 3)
+    # commits 2 and 4 start from the kept object; 1 (no row yet) and 5 (after the
+    # recount) decode the row; the abandoned 3 held no delta
+    assert (ctx.tallies_kept.hits, ctx.tallies_kept.misses) == (2, 2)

@@ -26,6 +26,7 @@ from scoring.shop import ShopTally
 from streams import synthetic
 from streams.shops import (
     DecodedTallies,
+    PendingTallies,
     TallyDelta,
     delta_for_advance,
     delta_for_event,
@@ -202,3 +203,57 @@ def test_numeric_kpis_become_prometheus_gauges() -> None:
     assert (f'loyalty_shop_customers_by{{dimension="detractor_statuses",shop="cafe-aurora",value="detractor"}} '
             f'{float(detractors)}') in text
     assert 'loyalty_customers{shop="cafe-aurora",stage="repeat"}' in text  # the funnel still published
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_held_deltas_applied_in_any_grouping_give_the_rows_of_applying_each_at_once(
+        seed: int) -> None:
+    # The commit holds tally deltas and applies them once per interval
+    # (streams.commit, step 5), while another writer (a sweep's recount)
+    # may change the rows in between: deltas commute, so the rows are the same.
+    rng = random.Random(seed)
+    stages = [None, "new", "loyal", "at_risk", "lapsed"]
+    slots = [(0, tally_key("s1", 0)), (1, tally_key("s1", 1))]
+    at_once: dict[tuple[int, bytes], bytes | None] = dict.fromkeys(slots)
+    later: dict[tuple[int, bytes], bytes | None] = dict.fromkeys(slots)
+    held = PendingTallies()
+    for step in range(200):
+        slot = rng.choice(slots)
+        delta = TallyDelta(rng.choice(stages), rng.choice(stages[1:]),
+                           ((rng.randrange(20_000, 20_030), rng.randrange(3), None),)
+                           if rng.random() < 0.3 else ())
+        at_once[slot] = update_row(at_once[slot], delta)
+        if rng.random() < 0.3:
+            later[slot] = update_row(later[slot], delta)  # written at once, not held
+        else:
+            held.add(slot, delta, generation=1, now=float(step))
+        if rng.random() < 0.1:
+            for taken_slot, deltas in held.take([rng.randrange(2)]).items():
+                for d in deltas:
+                    later[taken_slot] = update_row(later[taken_slot], d)
+    for taken_slot, deltas in held.take().items():
+        for d in deltas:
+            later[taken_slot] = update_row(later[taken_slot], d)
+    assert len(held) == 0 and held.since is None
+    def fields(raw: bytes | None) -> dict[str, object]:
+        tally = ShopTally.decode(raw)
+        return {name: getattr(tally, name) for name in ShopTally.__slots__}
+
+    assert {s: fields(r) for s, r in later.items()} == {s: fields(r) for s, r in at_once.items()}
+    assert ShopTally.decode(later[slots[0]]).funnel  # something was counted
+
+
+def test_held_deltas_are_due_after_the_interval_and_dropped_with_their_generation() -> None:
+    held = PendingTallies()
+    slot = (2, tally_key("s1", 2))
+    assert not held.due(100.0, 0)  # nothing held: never due
+    held.add(slot, TallyDelta(None, "new"), generation=7, now=10.0)
+    held.add(slot, TallyDelta(None, "new"), generation=7, now=10.5)
+    assert not held.due(10.9, 1.0) and held.due(11.0, 1.0)  # from the oldest
+    assert len(held) == 2
+    held.check_generation(7)
+    assert len(held) == 2 and not held.dropped
+    held.add((3, tally_key("s1", 3)), TallyDelta(None, "new"), generation=8, now=12.0)
+    assert len(held) == 1 and held.dropped == {2}  # generation 7's deltas dropped
+    assert held.due(13.0, 1.0) and not held.due(12.5, 1.0)  # since the new oldest
+    assert held.recounted(2) and not held.recounted(2) and not held.recounted(3)
