@@ -21,17 +21,17 @@ so the order the service's guarantees rest on is written once:
    batch (:meth:`streams.store.RowStore.write`); a guarded change is dropped
    if its row changed while step 3 waited or the agent took the key
    meanwhile (compare-and-set);
-5. **hold the tally deltas** of the written changes
-   (:class:`streams.shops.PendingTallies`) and report each change. The held
-   deltas are applied to their shop tally rows
-   (:meth:`streams.context.ServiceContext.flush_tallies`: one
-   read-modify-write per row, written through the Faust table, which logs
-   it) by the first commit after the oldest has been held
+5. **apply the tally deltas** of the written changes to their rows' decoded
+   tallies, held (:class:`streams.shops.PendingTallies`), and report each
+   change. The held tallies are written to their shop tally rows through the
+   Faust table, which logs them
+   (:meth:`streams.context.ServiceContext.flush_tallies`), by the first
+   commit after the oldest delta has been held
    ``settings.tally_flush_interval_s`` (0: by every commit), and before
    anything reads a tally row or the sweep recounts one: a live batch moves
-   the rows of most shops of its partitions, and rewriting and logging them
-   once per interval instead of once per batch is most of what a batch costs
-   beyond its records.
+   the rows of most shops of its partitions, and encoding, logging and
+   writing them once per interval instead of once per batch is a large part
+   of what a batch costs beyond its records.
 
 Steps 4 and 5 run without an ``await``: nothing changes a row between the
 compare and the set, and no reader sees a row written whose deltas are
@@ -65,7 +65,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from scoring.engine import State
-from streams.compat import generation
 from streams.context import ServiceContext
 from streams.publish import OutRecord, Sent, futures, last_offsets
 from streams.shops import TallyDelta
@@ -227,11 +226,10 @@ class Committer:
             rows.write(partition, [(c.key, c.value) for c in batch], offsets.get(partition))
         # 5. hold the tally deltas, applied to their rows once the oldest is due;
         # then each change reported
-        held, now = self.ctx.tally_deltas, time.monotonic()
-        current = generation(self.ctx.app)
+        now = time.monotonic()
         for change in written:
-            held.add(self._slot(change), change.delta, current, now)
-        if held.due(now, self.ctx.settings.tally_flush_interval_s):
+            self.ctx.hold_tally_delta(*self._slot(change), change.delta, now)
+        if self.ctx.tally_deltas.due(now, self.ctx.settings.tally_flush_interval_s):
             self.ctx.flush_tallies()
         result.written.extend(written)
         if on_written is not None:

@@ -35,7 +35,7 @@ from streams.clv_models import ClvModels
 from streams.compat import generation, partition_context
 from streams.metrics import Metrics
 from streams.publish import Publisher
-from streams.shops import DecodedTallies, PendingTallies
+from streams.shops import DecodedTallies, PendingTallies, TallyDelta
 from streams.store import RowStore
 from streams.topics import tally_key
 
@@ -227,21 +227,44 @@ class ServiceContext:
         self.flush_tallies(partitions)
         return [self.tallies.get(tally_key(shop_id, p)) for p in partitions]
 
+    def hold_tally_delta(self, partition: int, key: bytes, delta: TallyDelta,
+                         now: float) -> None:
+        """Apply ``delta`` to the held tally of row ``key`` of ``partition`` (the
+        commit's step 5; written by :meth:`flush_tallies`). Never raises for the
+        row: one that cannot be read or decoded is counted from empty and
+        reported (:meth:`tally_unreadable`), the recount it asks for rewrites it."""
+        def read() -> tuple[bytes | None, ShopTally]:
+            try:
+                raw = self.tally_rows.get(partition, key)
+            except Exception as exc:  # noqa: BLE001 - derived data: recounted
+                self.tally_unreadable(partition, key, TallyFormatError(f"not read: {exc!r}"))
+                return None, ShopTally.empty()
+            return raw, self._decoded_tally(partition, key, raw)
+
+        self.tally_deltas.add((partition, key), delta, generation(self.app), now, read)
+
+    def _decoded_tally(self, partition: int, key: bytes, raw: bytes | None) -> ShopTally:
+        """``raw`` decoded (from :attr:`tallies_kept` while the row holds what was written
+        last), or an empty tally for a row no decoder reads (reported)."""
+        try:
+            return self.tallies_kept.take((partition, key), raw)
+        except TallyFormatError as exc:
+            self.tally_unreadable(partition, key, exc)
+            return ShopTally.empty()
+
     def flush_tallies(self, partitions: Iterable[int] | None = None) -> int:
-        """Apply the held tally deltas of ``partitions`` (None: all) to their rows.
+        """Write the tallies held for ``partitions`` (None: all) to their rows.
 
-        Each row is read once (or taken decoded from :attr:`tallies_kept` while
-        it still holds the bytes written last), its deltas applied in order,
-        and written through the Faust table, which logs it to the table's
-        changelog. Deltas of an older consumer generation are dropped, and so
-        are those of a partition whose store is not open here: its next full
-        scan, by whichever worker owns it, recounts it (within a generation
-        a partition whose store is closed is one on its way out). Never awaits, so
-        nothing reads or writes a row in between. Returns the rows written.
-
-        A row no decoder reads is counted from empty and reported
-        (:meth:`tally_unreadable`), and a row whose update fails is logged and
-        left: the recount either asks for rewrites it exactly.
+        A row still holding what its held tally was read from gets that tally;
+        a row another writer changed meanwhile (the sweep's recount) gets the
+        held deltas applied to what it holds now. Each is written through the
+        Faust table, which logs it to the table's changelog. What an older
+        consumer generation held is dropped, and so is what a partition whose
+        store is not open here held (within a generation, one on its way out):
+        the next full scan, by whichever worker owns the partition, recounts it.
+        Never awaits, so nothing reads or writes a row in between. Returns the
+        rows written. A row whose update fails is logged and left to the
+        recount it asks for.
         """
         held = self.tally_deltas
         held.check_generation(generation(self.app))
@@ -250,21 +273,19 @@ class ServiceContext:
             return 0
         context_topic = self.rekey.get_topic_name()
         written = 0
-        for (partition, key), deltas in taken.items():
+        for (partition, key), entry in taken.items():
             if not self.tally_rows.is_open(partition):
                 held.dropped.add(partition)
                 continue
             try:
-                with partition_context(context_topic, partition):
-                    raw = self.tallies.get(key)
-                    try:
-                        tally = self.tallies_kept.take((partition, key), raw)
-                    except TallyFormatError as exc:
-                        self.tally_unreadable(partition, key, exc)
-                        tally = ShopTally.empty()
-                    for delta in deltas:
+                raw = self.tally_rows.get(partition, key)
+                tally = entry.tally
+                if raw != entry.base:
+                    tally = self._decoded_tally(partition, key, raw)
+                    for delta in entry.deltas:
                         delta.apply(tally)
-                    value = bytes(tally.encode())
+                value = bytes(tally.encode())
+                with partition_context(context_topic, partition):
                     self.tallies[key] = value
             except Exception:  # noqa: BLE001 - derived data: recounted, the states stand
                 log.exception("shop tally %r of partition %d not updated: recounted by the "

@@ -5,8 +5,9 @@ stored in one partition: the stage funnel, the NPS answers (by date and by
 touchpoint) and the rule-v2 KPI sums. It changes in two ways:
 
 * incrementally, by a :class:`TallyDelta` per state change (the agent and the
-  sweep; the commit holds the deltas in :class:`PendingTallies` and applies
-  them within ``settings.tally_flush_interval_s``): the customer's stage moved from ``stage_before`` to ``stage_after``,
+  sweep; the commit applies them to the rows' decoded tallies held in
+  :class:`PendingTallies`, written within ``settings.tally_flush_interval_s``):
+  the customer's stage moved from ``stage_before`` to ``stage_after``,
   its KPI contribution (:func:`scoring.shop.contribution`, kept in the state as
   of its clock) changed from ``kpi_before`` to ``kpi_after``, and, for an
   accepted feedback event, one answer of class ``cls`` on ``day`` at a touchpoint;
@@ -28,7 +29,7 @@ Tally row keys (:func:`streams.topics.tally_key`) are one of the key rules of
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -160,27 +161,43 @@ class DecodedTallies:
         return len(self._rows)
 
 
+@dataclass
+class HeldTally:
+    """A tally row's changes held by :class:`PendingTallies`."""
+
+    #: the row the tally was read from (None: no row)
+    base: bytes | None
+    #: ``base`` decoded, with every delta of :attr:`deltas` applied
+    tally: ShopTally
+    #: the deltas applied, in order: applied again to the row if another writer
+    #: (the sweep's recount) changed it meanwhile
+    deltas: list[TallyDelta]
+
+
 class PendingTallies:
-    """Tally deltas of written customer states that their tally rows do not hold yet.
+    """Tally changes of written customer states that their tally rows do not hold yet.
 
-    The commit protocol (:mod:`streams.commit`, step 5) adds the deltas of
-    every state it writes; :meth:`streams.context.ServiceContext.flush_tallies`
-    takes them and applies them to the rows, at most
-    ``settings.tally_flush_interval_s`` after the oldest was added, and before
-    anything reads a tally row. Deltas commute (counts and sums of
-    differences), so applying them later, in any grouping, gives the rows
-    applying them at once would have given.
+    The commit protocol (:mod:`streams.commit`, step 5) adds the delta of
+    every state it writes: it is applied at once to the row's decoded tally,
+    held here (the row is read once per interval), and
+    :meth:`streams.context.ServiceContext.flush_tallies` takes the held tallies
+    and writes them, at most ``settings.tally_flush_interval_s`` after the
+    oldest was added, and before anything reads a tally row. So a batch pays
+    for applying its deltas, as before, but no longer for encoding, logging
+    and writing the rows it moves. A row another writer changed meanwhile
+    gets the held deltas applied to what it holds then: deltas commute
+    (counts and sums of differences), so the rows are those that applying
+    each delta at once would have given.
 
-    Guarantee: each delta added is taken exactly once, or dropped with every
-    other delta of its consumer generation: the rows of a partition may have
-    moved and come back with a rebalance, so deltas of an older generation are
-    not applied to them; the first full scan of the new generation recounts
-    those partitions exactly (:mod:`streams.sweep`). Pure: no Kafka, no clock
-    of its own.
+    Guarantee: each delta added is written once, or dropped with every other
+    delta of its consumer generation: the rows of a partition may have moved
+    and come back with a rebalance, so deltas of an older generation are not
+    applied to them; the first full scan of the new generation recounts those
+    partitions exactly (:mod:`streams.sweep`). No Kafka, no clock of its own.
     """
 
     def __init__(self) -> None:
-        self._deltas: dict[tuple[int, bytes], list[TallyDelta]] = {}
+        self._held: dict[tuple[int, bytes], HeldTally] = {}
         #: the consumer generation the deltas held were written in
         self.generation: int | None = None
         #: when the oldest delta held was added (None: nothing held)
@@ -189,19 +206,25 @@ class PendingTallies:
         #: next recount (:meth:`recounted`)
         self.dropped: set[int] = set()
 
-    def add(self, slot: tuple[int, bytes], delta: TallyDelta, generation: int,
-            now: float) -> None:
-        """Hold ``delta`` for the tally row ``slot`` (``(partition, tally key)``)."""
+    def add(self, slot: tuple[int, bytes], delta: TallyDelta, generation: int, now: float,
+            read: Callable[[], tuple[bytes | None, ShopTally]]) -> None:
+        """Apply ``delta`` to the held tally of ``slot`` (``(partition, tally key)``);
+        ``read()`` gives the row and its tally (now the caller's) when none is held."""
         self.check_generation(generation)
-        if self.since is None:
-            self.since = now
-        self._deltas.setdefault(slot, []).append(delta)
+        held = self._held.get(slot)
+        if held is None:
+            base, tally = read()
+            held = self._held[slot] = HeldTally(base, tally, [])
+            if self.since is None:
+                self.since = now
+        delta.apply(held.tally)
+        held.deltas.append(delta)
 
     def check_generation(self, generation: int) -> None:
-        """Drop every delta held when ``generation`` is not theirs."""
+        """Drop everything held when ``generation`` is not its generation."""
         if generation != self.generation:
-            self.dropped.update(partition for partition, _ in self._deltas)
-            self._deltas.clear()
+            self.dropped.update(partition for partition, _ in self._held)
+            self._held.clear()
             self.since = None
             self.generation = generation
 
@@ -209,17 +232,16 @@ class PendingTallies:
         """Whether the oldest delta held was added ``interval_s`` or more before ``now``."""
         return self.since is not None and now - self.since >= interval_s
 
-    def take(self, partitions: Iterable[int] | None = None
-             ) -> dict[tuple[int, bytes], list[TallyDelta]]:
-        """Hand over the deltas held for ``partitions`` (None: all), in the order added."""
+    def take(self, partitions: Iterable[int] | None = None) -> dict[tuple[int, bytes], HeldTally]:
+        """Hand over the tallies held for ``partitions`` (None: all)."""
         if partitions is None:
-            taken, self._deltas = self._deltas, {}
+            taken, self._held = self._held, {}
         else:
             wanted = set(partitions)
-            taken = {slot: d for slot, d in self._deltas.items() if slot[0] in wanted}
+            taken = {slot: h for slot, h in self._held.items() if slot[0] in wanted}
             for slot in taken:
-                del self._deltas[slot]
-        if not self._deltas:
+                del self._held[slot]
+        if not self._held:
             self.since = None
         return taken
 
@@ -231,4 +253,4 @@ class PendingTallies:
         return False
 
     def __len__(self) -> int:
-        return sum(len(d) for d in self._deltas.values())
+        return sum(len(h.deltas) for h in self._held.values())

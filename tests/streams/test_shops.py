@@ -206,17 +206,28 @@ def test_numeric_kpis_become_prometheus_gauges() -> None:
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_held_deltas_applied_in_any_grouping_give_the_rows_of_applying_each_at_once(
+def test_held_tallies_written_in_any_grouping_give_the_rows_of_writing_each_delta_at_once(
         seed: int) -> None:
-    # The commit holds tally deltas and applies them once per interval
-    # (streams.commit, step 5), while another writer (a sweep's recount)
-    # may change the rows in between: deltas commute, so the rows are the same.
+    # The commit applies each delta to the row's held tally and writes the row once
+    # per interval (streams.commit, step 5), while another writer (a sweep's
+    # recount) may change the row in between: the held deltas are then applied to
+    # what the row holds (ServiceContext.flush_tallies). Deltas commute, so the rows
+    # are those of writing each delta at once.
     rng = random.Random(seed)
     stages = [None, "new", "loyal", "at_risk", "lapsed"]
     slots = [(0, tally_key("s1", 0)), (1, tally_key("s1", 1))]
     at_once: dict[tuple[int, bytes], bytes | None] = dict.fromkeys(slots)
     later: dict[tuple[int, bytes], bytes | None] = dict.fromkeys(slots)
     held = PendingTallies()
+
+    def flush(partitions: list[int] | None = None) -> None:
+        for slot, entry in held.take(partitions).items():
+            if later[slot] == entry.base:
+                later[slot] = bytes(entry.tally.encode())
+            else:  # changed meanwhile: the deltas on top of what it holds
+                for d in entry.deltas:
+                    later[slot] = update_row(later[slot], d)
+
     for step in range(200):
         slot = rng.choice(slots)
         delta = TallyDelta(rng.choice(stages), rng.choice(stages[1:]),
@@ -224,17 +235,15 @@ def test_held_deltas_applied_in_any_grouping_give_the_rows_of_applying_each_at_o
                            if rng.random() < 0.3 else ())
         at_once[slot] = update_row(at_once[slot], delta)
         if rng.random() < 0.3:
-            later[slot] = update_row(later[slot], delta)  # written at once, not held
+            later[slot] = update_row(later[slot], delta)  # another writer, at once
         else:
-            held.add(slot, delta, generation=1, now=float(step))
+            held.add(slot, delta, generation=1, now=float(step),
+                     read=lambda slot=slot: (later[slot], ShopTally.decode(later[slot])))
         if rng.random() < 0.1:
-            for taken_slot, deltas in held.take([rng.randrange(2)]).items():
-                for d in deltas:
-                    later[taken_slot] = update_row(later[taken_slot], d)
-    for taken_slot, deltas in held.take().items():
-        for d in deltas:
-            later[taken_slot] = update_row(later[taken_slot], d)
+            flush([rng.randrange(2)])
+    flush()
     assert len(held) == 0 and held.since is None
+
     def fields(raw: bytes | None) -> dict[str, object]:
         tally = ShopTally.decode(raw)
         return {name: getattr(tally, name) for name in ShopTally.__slots__}
@@ -246,14 +255,24 @@ def test_held_deltas_applied_in_any_grouping_give_the_rows_of_applying_each_at_o
 def test_held_deltas_are_due_after_the_interval_and_dropped_with_their_generation() -> None:
     held = PendingTallies()
     slot = (2, tally_key("s1", 2))
+    reads: list[tuple[int, bytes]] = []
+
+    def read(at: tuple[int, bytes]) -> tuple[bytes | None, ShopTally]:
+        reads.append(at)
+        return None, ShopTally.empty()
+
     assert not held.due(100.0, 0)  # nothing held: never due
-    held.add(slot, TallyDelta(None, "new"), generation=7, now=10.0)
-    held.add(slot, TallyDelta(None, "new"), generation=7, now=10.5)
+    held.add(slot, TallyDelta(None, "new"), generation=7, now=10.0, read=lambda: read(slot))
+    held.add(slot, TallyDelta(None, "new"), generation=7, now=10.5, read=lambda: read(slot))
+    assert reads == [slot]  # the row is read once while held
     assert not held.due(10.9, 1.0) and held.due(11.0, 1.0)  # from the oldest
     assert len(held) == 2
     held.check_generation(7)
     assert len(held) == 2 and not held.dropped
-    held.add((3, tally_key("s1", 3)), TallyDelta(None, "new"), generation=8, now=12.0)
+    other = (3, tally_key("s1", 3))
+    held.add(other, TallyDelta(None, "new"), generation=8, now=12.0, read=lambda: read(other))
     assert len(held) == 1 and held.dropped == {2}  # generation 7's deltas dropped
     assert held.due(13.0, 1.0) and not held.due(12.5, 1.0)  # since the new oldest
     assert held.recounted(2) and not held.recounted(2) and not held.recounted(3)
+    [entry] = held.take().values()
+    assert entry.tally.funnel == {"new": 1} and entry.base is None and len(entry.deltas) == 1
