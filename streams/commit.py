@@ -197,8 +197,9 @@ class Committer:
     def write(self, changes: Sequence[Change], offsets: dict[int, int],
               result: Committed | None = None, on_written: ChangeHook | None = None,
               on_yielded: ChangeHook | None = None) -> Committed:
-        """Steps 4 and 5: rows with persisted offsets, then the tally deltas held
-        (and applied, when the oldest is due). Never awaits.
+        """Steps 4 and 5: rows with persisted offsets, then each change's tally delta
+        applied to its row's held tally (the rows written once the oldest held
+        delta is due). Never awaits.
 
         ``offsets`` maps a partition to the offset of its last acknowledged
         changelog record; a partition missing from it keeps its persisted
@@ -224,8 +225,9 @@ class Committer:
         for partition, batch in by_partition.items():
             # False: the partition moved; its new owner restores from the changelog.
             rows.write(partition, [(c.key, c.value) for c in batch], offsets.get(partition))
-        # 5. hold the tally deltas, applied to their rows once the oldest is due;
-        # then each change reported
+        # 5. each tally delta applied to its row's held tally (a row that cannot be
+        # read is counted from empty and recounted: tallies never fail a commit),
+        # the rows written once the oldest held delta is due; each change reported
         now = time.monotonic()
         for change in written:
             self.ctx.hold_tally_delta(*self._slot(change), change.delta, now)

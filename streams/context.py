@@ -19,7 +19,11 @@ one part reads:
 * readiness (:meth:`ServiceContext.tables_ready`) and ownership
   (:meth:`ServiceContext.owned_partitions`);
 * the local shop tallies (:meth:`ServiceContext.local_tally`) and the last
-  sweep's figures (:attr:`ServiceContext.last_sweep`), read by the web views.
+  sweep's figures (:attr:`ServiceContext.last_sweep`), read by the web views;
+* the tally changes the commits hold (:attr:`ServiceContext.tally_deltas`:
+  applied to the rows' decoded tallies at each commit, the rows written by
+  :meth:`ServiceContext.flush_tallies` once a flush interval and before any
+  reader).
 """
 
 from __future__ import annotations
@@ -97,7 +101,8 @@ class ServiceContext:
     #: partitions with a tally row no decoder reads: the sweep recounts them next
     #: (:meth:`tally_unreadable`; mutated in place)
     tallies_to_recount: set[int] = field(default_factory=set)
-    #: tally deltas of written states not yet in their rows (:meth:`flush_tallies`)
+    #: shop tallies changed by written states, not yet written to their rows
+    #: (:meth:`hold_tally_delta`, :meth:`flush_tallies`)
     tally_deltas: PendingTallies = field(default_factory=PendingTallies)
     #: the tally rows :meth:`flush_tallies` wrote, kept decoded
     tallies_kept: DecodedTallies = field(default_factory=lambda: DecodedTallies(TALLY_ROWS_KEPT))
