@@ -498,3 +498,30 @@ def metric_sum(worker: Worker, name: str) -> float:
         return sum(v for (n, _), v in metric_samples(worker).items() if n == name)
     except (OSError, ValueError, AssertionError):
         return 0.0
+
+
+def shop_figures(env: ServiceEnv, worker: Worker, records: list[Any], timeout: float = 60.0
+                 ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(served, replayed)``: each shop's ``/shops`` figures (without the CLV model)
+    and ``loyalty replay``'s tallies of ``records``, as of wall-clock now; polled
+    until they agree or ``timeout`` passes (the funnel follows the time sweep)."""
+    from scoring.clock import day_of, to_us
+    from scoring.replay import fold_lines, snapshots
+    from streams import synthetic
+
+    policies = env.policies()
+    deadline = time.monotonic() + timeout
+    while True:
+        now = datetime.now(UTC)
+        res = fold_lines(synthetic.lines(records), policies=policies, as_of=now)
+        _, _, tallies = snapshots(res, policies, now, with_clv=False)
+        want = {shop: t.figures(shop, day_of(to_us(now)), policies.for_shop(shop))
+                for shop, t in tallies.items()}
+        got = {shop: worker.get_json(f"/shops/{shop}?as_of={now.isoformat()}".replace("+", "%2B"))
+               for shop in want}
+        # the CLV model description is checked in test_service_clv.py
+        assert all("model" in g.pop("clv") for g in got.values())
+        if got == want or time.monotonic() > deadline:
+            return got, want
+        time.sleep(2)
+

@@ -10,7 +10,6 @@ tallies as well.
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 
 import pytest
 
@@ -21,6 +20,7 @@ from tests.integration.service_harness import (
     LATENESS_DAYS,
     ServiceEnv,
     expected_snapshots,
+    shop_figures,
     wait_equal,
 )
 
@@ -45,24 +45,7 @@ def test_service_end_to_end(bootstrap: str, tmp_path) -> None:
 
         # Shop figures: the service's tallies (funnel as of its last sweep, at
         # wall-clock now) equal replay's tallies as of now.
-        from scoring.clock import day_of, to_us
-        from scoring.replay import fold_lines, snapshots
-
-        policies = env.policies()
-        deadline = time.monotonic() + 60
-        while True:
-            now = datetime.now(UTC)
-            res = fold_lines(synthetic.lines(records), policies=policies, as_of=now)
-            _, _, tallies = snapshots(res, policies, now, with_clv=False)
-            want = {shop: t.figures(shop, day_of(to_us(now)), policies.for_shop(shop))
-                    for shop, t in tallies.items()}
-            got = {shop: w.get_json(f"/shops/{shop}?as_of={now.isoformat()}".replace("+", "%2B"))
-                   for shop in want}
-            # the CLV model description is checked in test_service_clv.py
-            assert all("model" in g.pop("clv") for g in got.values())
-            if got == want or time.monotonic() > deadline:
-                break
-            time.sleep(2)
+        got, want = shop_figures(env, w, records)
         assert got == want
 
         # The data ends 2026-01-01, so the funnel at wall-clock now only matches
