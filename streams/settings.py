@@ -267,12 +267,12 @@ class Settings(BaseSettings):
     )
     tally_flush_interval_s: float = Field(
         1.0, ge=0,
-        description="Default 1. Seconds the shop tally changes of written customer states may "
-        "be held before they are applied to the tally rows (and logged to their changelog): "
-        "rows are rewritten once per interval instead of once per batch. Anything that reads "
-        "a tally applies the held changes first; a crash loses at most this interval of them "
+        description="Default 1. Seconds the shop tally rows changed by written customer states "
+        "may be held in memory before they are written (and logged to their changelog): rows "
+        "are rewritten once per interval instead of once per batch. Anything that reads a "
+        "tally writes the held rows first; a crash loses at most this interval of changes "
         "from the logged rows until the sweep's first full scan after the restart recounts "
-        "them. 0 applies them at every commit.",
+        "them. 0 writes them at every commit.",
     )
     tally_recount_interval_s: float = Field(
         3600.0, ge=0,

@@ -119,12 +119,13 @@ deterministic ids, so a repeat is harmless). A skipped key stays in the
 index as due.
 
 **Shop tallies.** The agent and the sweep update a partition's tally rows
-incrementally with every state change: the commit holds each change's delta
-and applies the held ones within ``settings.tally_flush_interval_s``
-(:mod:`streams.commit`, step 5). A crash loses the deltas held and a
-rebalance drops them, so every full scan also recomputes each shop's tally of
-the partition exactly from the customer rows and, once the deltas held for
-the partition are applied, overwrites drifted rows: on the first sweep after
+incrementally with every state change: the commit applies each change's
+delta to the row's tally held in memory and writes the held rows within
+``settings.tally_flush_interval_s`` (:mod:`streams.commit`, step 5). A crash
+loses what is held and a rebalance drops it, so every full scan also
+recomputes each shop's tally of the partition exactly from the customer rows
+and, once the rows held for the partition are written, overwrites drifted
+rows: on the first sweep after
 a restart (a crash always means a new generation), and then every
 ``settings.tally_recount_interval_s`` (default one hour). Changes made by the
 agent while a full scan is under way are folded into the recomputation
@@ -409,8 +410,8 @@ class Sweeper:
             log.error("tallies of partition %d not recounted: %d unreadable customer states",
                       partition, run.unreadable)
             run.acc.clear()
-        # The recount counted every written row, so the rows must hold every held
-        # delta before they are compared with it (no await until the compare).
+        # The recount counted every written state, so the tally rows must hold every
+        # change held for them before they are compared with it (no await until then).
         svc.flush_tallies([partition])
         # deltas dropped at a rebalance (streams.shops.PendingTallies): expected drift
         dropped = svc.tally_deltas.recounted(partition)
