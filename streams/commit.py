@@ -106,8 +106,6 @@ class Committed:
     complete: bool = True
 
 
-#: a tally row: (partition, tally key)
-TallySlot = tuple[int, bytes]
 #: reports a change (written, yielded or, for guarded changes, compared in step 3)
 ChangeHook = Callable[[Change], None]
 #: told (step name, seconds) after a step of a commit
@@ -229,8 +227,8 @@ class Committer:
         # read is counted from empty and recounted: tallies never fail a commit),
         # the rows written once the oldest held delta is due; each change reported
         now = time.monotonic()
-        for change in written:
-            self.ctx.hold_tally_delta(*self._slot(change), change.delta, now)
+        self.ctx.hold_tally_deltas(
+            ((c.partition, tally_key(shop_of(c.key), c.partition), c.delta) for c in written), now)
         if self.ctx.tally_deltas.due(now, self.ctx.settings.tally_flush_interval_s):
             self.ctx.flush_tallies()
         result.written.extend(written)
@@ -272,10 +270,6 @@ class Committer:
                     continue
             kept.append(change)
         return kept
-
-    @staticmethod
-    def _slot(change: Change) -> TallySlot:
-        return change.partition, tally_key(shop_of(change.key), change.partition)
 
 
 def _timed(timings: StepTimings, step: str, started: float) -> float:

@@ -102,7 +102,7 @@ class ServiceContext:
     #: (:meth:`tally_unreadable`; mutated in place)
     tallies_to_recount: set[int] = field(default_factory=set)
     #: shop tallies changed by written states, not yet written to their rows
-    #: (:meth:`hold_tally_delta`, :meth:`flush_tallies`)
+    #: (:meth:`hold_tally_deltas`, :meth:`flush_tallies`)
     tally_deltas: PendingTallies = field(default_factory=PendingTallies)
     #: the tally rows :meth:`flush_tallies` wrote, kept decoded
     tallies_kept: DecodedTallies = field(default_factory=lambda: DecodedTallies(TALLY_ROWS_KEPT))
@@ -232,21 +232,28 @@ class ServiceContext:
         self.flush_tallies(partitions)
         return [self.tallies.get(tally_key(shop_id, p)) for p in partitions]
 
-    def hold_tally_delta(self, partition: int, key: bytes, delta: TallyDelta,
-                         now: float) -> None:
-        """Apply ``delta`` to the held tally of row ``key`` of ``partition`` (the
-        commit's step 5; written by :meth:`flush_tallies`). Never raises for the
+    def hold_tally_deltas(self, changes: Iterable[tuple[int, bytes, TallyDelta]],
+                          now: float) -> None:
+        """Apply each ``(partition, tally key, delta)`` to its row's held tally (the
+        commit's step 5; written by :meth:`flush_tallies`). Never raises for a
         row: one that cannot be read or decoded is counted from empty and
         reported (:meth:`tally_unreadable`), the recount it asks for rewrites it."""
-        def read() -> tuple[bytes | None, ShopTally]:
-            try:
-                raw = self.tally_rows.get(partition, key)
-            except Exception as exc:  # noqa: BLE001 - derived data: recounted
-                self.tally_unreadable(partition, key, TallyFormatError(f"not read: {exc!r}"))
-                return None, ShopTally.empty()
-            return raw, self._decoded_tally(partition, key, raw)
+        held = self.tally_deltas
+        held.check_generation(generation(self.app))
+        for partition, key, delta in changes:
+            slot = (partition, key)
+            if not held.add(slot, delta):
+                held.hold(slot, *self._read_tally(partition, key), now)
+                held.add(slot, delta)
 
-        self.tally_deltas.add((partition, key), delta, generation(self.app), now, read)
+    def _read_tally(self, partition: int, key: bytes) -> tuple[bytes | None, ShopTally]:
+        """Row ``key`` of ``partition`` and its tally (empty, reported, when unreadable)."""
+        try:
+            raw = self.tally_rows.get(partition, key)
+        except Exception as exc:  # noqa: BLE001 - derived data: recounted
+            self.tally_unreadable(partition, key, TallyFormatError(f"not read: {exc!r}"))
+            return None, ShopTally.empty()
+        return raw, self._decoded_tally(partition, key, raw)
 
     def _decoded_tally(self, partition: int, key: bytes, raw: bytes | None) -> ShopTally:
         """``raw`` decoded (from :attr:`tallies_kept` while the row holds what was written

@@ -29,7 +29,7 @@ Tally row keys (:func:`streams.topics.tally_key`) are one of the key rules of
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -120,9 +120,10 @@ class DecodedTallies:
     """Tally rows this worker wrote, kept decoded, so the next commit that moves a
     row starts from the object instead of decoding the row again.
 
-    Every commit reads, changes and re-encodes each tally row its changes move
-    (:mod:`streams.commit`); a shop with a year of history has a row of several
-    KiB whose decoding costs more than a customer's fold.
+    The first commit after each flush that moves a row reads it (to hold its
+    tally, :class:`PendingTallies`), and the flush encodes and writes it
+    again; a shop with a year of history has a row of several KiB whose
+    decoding costs more than a customer's fold.
 
     Guarantee: :meth:`take` returns exactly ``ShopTally.decode(raw)``. An entry
     is served only when the row still holds the very bytes it was kept with;
@@ -172,6 +173,8 @@ class HeldTally:
     #: the deltas applied, in order: applied again to the row if another writer
     #: (the sweep's recount) changed it meanwhile
     deltas: list[TallyDelta]
+    #: when it was first held (the flush is due an interval after the oldest)
+    since: float
 
 
 class PendingTallies:
@@ -206,22 +209,26 @@ class PendingTallies:
         #: next recount (:meth:`recounted`)
         self.dropped: set[int] = set()
 
-    def add(self, slot: tuple[int, bytes], delta: TallyDelta, generation: int, now: float,
-            read: Callable[[], tuple[bytes | None, ShopTally]]) -> None:
+    def add(self, slot: tuple[int, bytes], delta: TallyDelta) -> bool:
         """Apply ``delta`` to the held tally of ``slot`` (``(partition, tally key)``);
-        ``read()`` gives the row and its tally (now the caller's) when none is held."""
-        self.check_generation(generation)
+        False, with nothing applied, when none is held (:meth:`hold` one first)."""
         held = self._held.get(slot)
         if held is None:
-            base, tally = read()
-            held = self._held[slot] = HeldTally(base, tally, [])
-            if self.since is None:
-                self.since = now
+            return False
         delta.apply(held.tally)
         held.deltas.append(delta)
+        return True
+
+    def hold(self, slot: tuple[int, bytes], base: bytes | None, tally: ShopTally,
+             now: float) -> None:
+        """Hold ``tally``, decoded from the row ``base`` (now this object's), for ``slot``."""
+        self._held[slot] = HeldTally(base, tally, [], now)
+        if self.since is None:
+            self.since = now
 
     def check_generation(self, generation: int) -> None:
-        """Drop everything held when ``generation`` is not its generation."""
+        """Drop everything held when ``generation`` is not its generation (the
+        caller's, once per commit or flush, before :meth:`add`)."""
         if generation != self.generation:
             self.dropped.update(partition for partition, _ in self._held)
             self._held.clear()
@@ -241,8 +248,8 @@ class PendingTallies:
             taken = {slot: h for slot, h in self._held.items() if slot[0] in wanted}
             for slot in taken:
                 del self._held[slot]
-        if not self._held:
-            self.since = None
+        # The oldest of what is left sets the next flush (None: nothing left).
+        self.since = min((h.since for h in self._held.values()), default=None)
         return taken
 
     def recounted(self, partition: int) -> bool:

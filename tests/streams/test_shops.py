@@ -237,8 +237,10 @@ def test_held_tallies_written_in_any_grouping_give_the_rows_of_writing_each_delt
         if rng.random() < 0.3:
             later[slot] = update_row(later[slot], delta)  # another writer, at once
         else:
-            held.add(slot, delta, generation=1, now=float(step),
-                     read=lambda slot=slot: (later[slot], ShopTally.decode(later[slot])))
+            held.check_generation(1)
+            if not held.add(slot, delta):
+                held.hold(slot, later[slot], ShopTally.decode(later[slot]), float(step))
+                assert held.add(slot, delta)
         if rng.random() < 0.1:
             flush([rng.randrange(2)])
     flush()
@@ -255,24 +257,32 @@ def test_held_tallies_written_in_any_grouping_give_the_rows_of_writing_each_delt
 def test_held_deltas_are_due_after_the_interval_and_dropped_with_their_generation() -> None:
     held = PendingTallies()
     slot = (2, tally_key("s1", 2))
-    reads: list[tuple[int, bytes]] = []
 
-    def read(at: tuple[int, bytes]) -> tuple[bytes | None, ShopTally]:
-        reads.append(at)
-        return None, ShopTally.empty()
+    def add(at: tuple[int, bytes], generation: int, now: float) -> None:
+        # as ServiceContext.hold_tally_deltas does it
+        held.check_generation(generation)
+        if not held.add(at, TallyDelta(None, "new")):
+            held.hold(at, None, ShopTally.empty(), now)
+            assert held.add(at, TallyDelta(None, "new"))
 
     assert not held.due(100.0, 0)  # nothing held: never due
-    held.add(slot, TallyDelta(None, "new"), generation=7, now=10.0, read=lambda: read(slot))
-    held.add(slot, TallyDelta(None, "new"), generation=7, now=10.5, read=lambda: read(slot))
-    assert reads == [slot]  # the row is read once while held
+    assert not held.add(slot, TallyDelta(None, "new"))  # none held: nothing applied
+    add(slot, 7, 10.0)
+    add(slot, 7, 10.5)
     assert not held.due(10.9, 1.0) and held.due(11.0, 1.0)  # from the oldest
     assert len(held) == 2
     held.check_generation(7)
     assert len(held) == 2 and not held.dropped
     other = (3, tally_key("s1", 3))
-    held.add(other, TallyDelta(None, "new"), generation=8, now=12.0, read=lambda: read(other))
+    add(other, 8, 12.0)
     assert len(held) == 1 and held.dropped == {2}  # generation 7's deltas dropped
     assert held.due(13.0, 1.0) and not held.due(12.5, 1.0)  # since the new oldest
     assert held.recounted(2) and not held.recounted(2) and not held.recounted(3)
+    later = (4, tally_key("s1", 4))
+    add(later, 8, 14.0)
+    assert set(held.take([3])) == {other}
+    # what is left sets the next flush: the row held at 14.0, not the one taken
+    assert not held.due(14.5, 1.0) and held.due(15.0, 1.0)
     [entry] = held.take().values()
     assert entry.tally.funnel == {"new": 1} and entry.base is None and len(entry.deltas) == 1
+    assert held.since is None
