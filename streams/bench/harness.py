@@ -173,7 +173,8 @@ def batch_profile(before: str, after: str) -> dict[str, Any]:
     wall time in milliseconds over the batches that took it (None: none did);
     ``cpu_us_per_record``: for each step, the agent thread's CPU in it
     (``loyalty_batch_step_cpu_seconds``) in microseconds per record of the
-    batches (None: no batch).
+    batches (None: no batch); ``wall_s``: the wall seconds of every step of
+    every batch, the time the agent spent on batches.
     """
     def totals(text: str) -> tuple[float, float, dict[str, float], dict[str, float],
                                    dict[str, float]]:
@@ -190,15 +191,17 @@ def batch_profile(before: str, after: str) -> dict[str, Any]:
     n1, r1, sums1, counts1, cpu1 = totals(after)
     batches, records = n1 - n0, r1 - r0
     steps: dict[str, float | None] = {}
+    wall_s = 0.0
     for label, total in sums1.items():
         taken = counts1.get(label, 0.0) - counts0.get(label, 0.0)
-        steps[step_of(label)] = (
-            round((total - sums0.get(label, 0.0)) / taken * 1000, 2) if taken else None)
+        seconds = total - sums0.get(label, 0.0)
+        wall_s += seconds
+        steps[step_of(label)] = round(seconds / taken * 1000, 2) if taken else None
     cpu = {step_of(label): round((total - cpu0.get(label, 0.0)) / records * 1e6, 1)
            if records else None for label, total in cpu1.items()}
     return {"batches": int(batches),
             "records_per_batch": round(records / batches, 1) if batches else None,
-            "ms_per_batch": steps, "cpu_us_per_record": cpu}
+            "ms_per_batch": steps, "cpu_us_per_record": cpu, "wall_s": round(wall_s, 3)}
 
 
 #: lateness thresholds (ms) of :func:`loop_lag_profile`: buckets of loyalty_event_loop_lag_seconds

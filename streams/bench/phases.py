@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import random
 import statistics
@@ -239,6 +240,11 @@ class Latency:
     loop_lag: dict[str, Any] = field(default_factory=dict)
     #: cores used while sending: the worker, this process, the local broker (:class:`CpuMeter`)
     cpu_cores: dict[str, float | None] = field(default_factory=dict)
+    #: where the time went (:func:`latency_split`): into the broker, to the snapshot, back
+    split: dict[str, Any] = field(default_factory=dict)
+    #: the share of the phase's wall time the agent spent on batches (between the
+    #: scrapes around it, so its last events' batches too): near 1, it queues
+    agent_busy: float | None = None
 
     @property
     def kept_up(self) -> bool:
@@ -255,7 +261,8 @@ class Latency:
                 "p50_first_quarter_ms": round(self.p50_first_quarter_ms, 2),
                 "p50_last_quarter_ms": round(self.p50_last_quarter_ms, 2),
                 "kept_up": self.kept_up, "stalls": self.stalls[:20], "batches": self.batches,
-                "loop_lag": self.loop_lag, "cpu_cores": self.cpu_cores}
+                "loop_lag": self.loop_lag, "cpu_cores": self.cpu_cores, "split": self.split,
+                "agent_busy": self.agent_busy}
 
 
 async def latency(env: BenchEnv, worker: WorkerProc, keys: list[bytes], rate: float,
@@ -301,6 +308,7 @@ async def latency(env: BenchEnv, worker: WorkerProc, keys: list[bytes], rate: fl
     tune_gc()
     topic = env.settings.topic_scores
     before = await _scrape(worker)
+    scraped = time.monotonic()
     consumer = AIOKafkaConsumer(bootstrap_servers=env.bootstrap, enable_auto_commit=False,
                                 fetch_max_wait_ms=100)
     # The sends are batched here, one tick of ``linger_ms``, so the producer holds nothing.
@@ -308,11 +316,17 @@ async def latency(env: BenchEnv, worker: WorkerProc, keys: list[bytes], rate: fl
     await consumer.start()
     await producer.start()
     publisher = Publisher.over(producer)
-    # key -> occurred_at text -> instant its latency counts from, in send (= occurred_at) order
-    pending: dict[bytes, dict[str, float]] = {}
+    # key -> occurred_at text -> (instant its latency counts from, its tick), in send
+    # (= occurred_at) order
+    pending: dict[bytes, dict[str, tuple[float, int]]] = {}
     coalesced = 0
     lat: list[float] = []
     sent_at: list[float] = []  # the instant each latency sample counts from, same order
+    made_at: list[float] = []  # when the worker made the snapshot (its CreateTime), same order
+    sent_in: list[int] = []  # the tick each sample was sent in, same order
+    tick_acks: list[float] = []  # per tick: when the broker acknowledged its produce request
+    # CreateTime is wall-clock milliseconds; the schedule is monotonic.
+    wall_minus_mono = time.time() - time.monotonic()
     stop = asyncio.Event()
     receiver: asyncio.Task[None] | None = None
     try:
@@ -337,10 +351,12 @@ async def latency(env: BenchEnv, worker: WorkerProc, keys: list[bytes], rate: fl
                         if not waiting or last not in waiting:
                             continue
                         while True:  # this event and the customer's earlier ones
-                            at, sent = next(iter(waiting.items()))
+                            at, (sent, tick_no) = next(iter(waiting.items()))
                             del waiting[at]
                             lat.append(got - sent)
                             sent_at.append(sent)
+                            made_at.append(rec.timestamp / 1000 - wall_minus_mono)
+                            sent_in.append(tick_no)
                             if at == last:
                                 break
                             coalesced += 1
@@ -396,10 +412,20 @@ async def latency(env: BenchEnv, worker: WorkerProc, keys: list[bytes], rate: fl
                     ev["channel"] = "store"
                 else:
                     ev["nps"] = n % 11
-                pending.setdefault(key, {})[at] = max(started + n / rate, floor)
+                pending.setdefault(key, {})[at] = (max(started + n / rate, floor), len(tick_acks))
                 records.append((topic_of[typ], key, codec.dumps(ev), None, None))
             sent_n = due_n
-            futures.extend(sent.future for sent in await publisher.publish(records))
+            tick_no = len(tick_acks)
+            tick_acks.append(math.inf)  # until acknowledged (the worker may see it first)
+
+            def acked(done: asyncio.Future[Any], tick_no: int = tick_no) -> None:
+                tick_acks[tick_no] = time.monotonic()
+                if not done.cancelled():
+                    done.exception()  # a failed send is raised from its own future below
+
+            tick_futures = [sent.future for sent in await publisher.publish(records)]
+            asyncio.gather(*tick_futures).add_done_callback(acked)
+            futures.extend(tick_futures)
             if len(futures) >= 200:
                 # Check and drop the acknowledged sends as we go: one gather over
                 # the whole phase's futures at the end blocked this process's
@@ -428,6 +454,7 @@ async def latency(env: BenchEnv, worker: WorkerProc, keys: list[bytes], rate: fl
         raise BenchError(f"latency phase: no snapshot of the {sent_n} events arrived on {topic} "
                          f"within {drain_s:.0f} s; worker log:\n{worker.log_tail()}")
     after = await _scrape(worker)
+    between_s = time.monotonic() - scraped
     batches = batch_profile(before, after)
     loop_lag = loop_lag_profile(before, after)
     ms = sorted(x * 1000 for x in lat)
@@ -444,7 +471,10 @@ async def latency(env: BenchEnv, worker: WorkerProc, keys: list[bytes], rate: fl
                    achieved_per_s=sent_n / send_s if send_s > 0 else float(sent_n),
                    sent=sent_n, matched=len(ms), coalesced=coalesced, duration_s=send_s,
                    p50_first_quarter_ms=_pct(first_q, 50), p50_last_quarter_ms=_pct(last_q, 50),
-                   batches=batches, loop_lag=loop_lag, cpu_cores=cpu_cores)
+                   batches=batches, loop_lag=loop_lag, cpu_cores=cpu_cores,
+                   split=latency_split(sent_at, made_at, [tick_acks[t] for t in sent_in],
+                                       lat, p99 / 1000),
+                   agent_busy=round(batches["wall_s"] / between_s, 3) if between_s > 0 else None)
 
 
 async def catch_up(env: BenchEnv, worker: WorkerProc, timeout_s: float) -> float:
@@ -489,6 +519,34 @@ def _stalls(samples: list[tuple[float, float]], threshold_ms: float,
         else:
             bursts.append([t, 0.0, 1, ms])
     return [(round(a, 2), round(b, 2), int(c), round(d, 1)) for a, b, c, d in bursts]
+
+
+def latency_split(sent_at: list[float], made_at: list[float], acked_at: list[float],
+                  lat: list[float], threshold_s: float) -> dict[str, Any]:
+    """Where each latency went, cut at two instants: the broker's acknowledgement
+    of the event's produce request and the snapshot's CreateTime (the worker's
+    clock when its producer built the batch, in whole milliseconds: same
+    machine, same wall clock). ``produce``: the event's way into the broker
+    (this process's producer, the broker's append); ``to_snapshot``: the
+    event's instant to its snapshot being made (``produce`` included, and the
+    worker's fetch, queue and fold); ``delivery``: the snapshot's produce
+    request, the broker, this process's fetch and loop. Each as p50/p99 over
+    all events and as p50 over the events at or above p99 (``slow_p50_ms``):
+    which side the tail is on. An acknowledgement that came after the
+    snapshot (the worker read the event first) counts at the snapshot.
+    """
+    to_snapshot = [(m - s) * 1000 for s, m in zip(sent_at, made_at, strict=True)]
+    produce = [(min(a, m) - s) * 1000 for s, m, a in zip(sent_at, made_at, acked_at, strict=True)]
+    delivery = [(s + x - m) * 1000 for s, m, x in zip(sent_at, made_at, lat, strict=True)]
+    slow = [i for i, x in enumerate(lat) if x >= threshold_s]
+    out: dict[str, Any] = {}
+    for name, part in (("produce", produce), ("to_snapshot", to_snapshot),
+                       ("delivery", delivery)):
+        ms = sorted(part)
+        out[name] = {"p50_ms": round(_pct(ms, 50), 1), "p99_ms": round(_pct(ms, 99), 1),
+                     "slow_p50_ms": round(_pct(sorted(part[i] for i in slow), 50), 1)
+                     if slow else None}
+    return out
 
 
 def _pct(sorted_ms: list[float], p: float) -> float:

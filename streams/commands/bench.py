@@ -385,6 +385,10 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
             cores = ", ".join(f"{who} {n:.2f}" for who, n in lat.cpu_cores.items() if n is not None)
             _progress(args, f"latency: p50 {lat.p50_ms:.1f} ms, p99 {lat.p99_ms:.1f} ms; "
                             f"CPU cores: {cores}")
+            parts = ", ".join(f"{name} {part['p50_ms']:g}/{part['p99_ms']:g}"
+                              for name, part in lat.split.items())
+            _progress(args, f"latency: p50/p99 ms of its parts: {parts}; agent busy "
+                            f"{lat.agent_busy if lat.agent_busy is not None else '?'} of the time")
             _progress_steps(args, "latency", lat.batches)
             return lat
 

@@ -102,6 +102,14 @@ def test_bench_tiny_run_reports_every_figure_and_cleans_up(bootstrap: str) -> No
         assert set(cores) == {"worker", "bench", "broker"}
         assert 0 < cores["worker"] <= ncpu and 0 < cores["bench"] <= ncpu
         assert cores["broker"] is None or 0 < cores["broker"] <= ncpu
+        # Each latency cut at its send's acknowledgement and its snapshot's
+        # CreateTime (whole milliseconds): every part is there, none is negative
+        # beyond that rounding, none exceeds the slowest event.
+        assert set(phase["split"]) == {"produce", "to_snapshot", "delivery"}
+        for part in phase["split"].values():
+            assert -1.5 <= part["p50_ms"] <= part["p99_ms"] <= phase["max_ms"] + 1.5, phase
+        # The agent folded the phase's events in batches: some of the time, not more than all.
+        assert 0 < phase["agent_busy"] <= 1.0 + 1e-3, phase
     # The worker's own batch timings, per phase: every step of a batch has a mean.
     for batches in (obs["batches"], obs["latency"]["batches"], fixed["batches"]):
         assert batches["batches"] > 0 and batches["records_per_batch"] >= 1, batches

@@ -52,12 +52,13 @@ def test_batch_profile_gives_the_means_between_two_scrapes() -> None:
                                    "changelog": 4.0, "write": 2.0}
     assert got["cpu_us_per_record"] == {"plan": 250.0, "settle": 125.0, "outputs": 50.0,
                                         "changelog": 0.0, "write": 0.0}
+    assert got["wall_s"] == 3 * 0.040 + 0.004 + 0.002  # every step of both batches
     # From an empty scrape (a fresh worker): everything counts; a step never taken is None.
     assert batch_profile("", before)["records_per_batch"] == 1000.0
     assert batch_profile(empty, empty) == {
         "batches": 0, "records_per_batch": None,
         "ms_per_batch": {step: None for step in BATCH_STEPS},
-        "cpu_us_per_record": {step: None for step in BATCH_STEPS}}
+        "cpu_us_per_record": {step: None for step in BATCH_STEPS}, "wall_s": 0.0}
 
 
 def _child(code: str) -> subprocess.Popen[bytes]:
