@@ -43,7 +43,7 @@ A typical customer (a few orders a year) encodes to well under 1 KiB.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from schemas.codec import compact, dumps, loads
@@ -173,6 +173,9 @@ class StateCache:
     holds exactly the bytes that object encoded to. Any other writer (a
     rebalance, a restore from the changelog, the sweep) changes the bytes and
     the cache falls back to decoding: it can never serve a stale state.
+    Checking that costs a read of the row, which the caller may skip when its
+    store vouches for the rows by a stamp (:meth:`trusted_row`): an entry kept
+    with the stamp the store gives now holds its row's bytes.
 
     A second, larger tier keeps the *head* (the re-fold as of the state's
     clock) of states that left the live tier, encoded as bytes: live objects
@@ -212,8 +215,9 @@ class StateCache:
         self._compact = (lambda raw: raw) if exact_rows else compact
         #: the live tier's estimated bytes (:attr:`weigh` of every entry's row)
         self.weight = 0
-        #: key -> (row bytes, live state, :attr:`weigh` of the row)
-        self._items: OrderedDict[bytes, tuple[bytes, CustomerState, int]] = OrderedDict()
+        #: key -> (row bytes, live state, :attr:`weigh` of the row, the store's stamp)
+        self._items: OrderedDict[bytes, tuple[bytes, CustomerState, int, Hashable | None]] = (
+            OrderedDict())
         #: key -> (row bytes, policy, encoded head, bytes charged to the budget)
         self._heads: OrderedDict[bytes, tuple[bytes, object, bytes, int]] = OrderedDict()
         self.head_bytes = 0
@@ -235,6 +239,17 @@ class StateCache:
         self.head_hits += head_hit
         return state
 
+    def trusted_row(self, key: bytes, stamp: Hashable | None) -> bytes | None:
+        """The row a live entry of ``key`` was kept for, if it was kept with ``stamp``
+        (not None): the caller's store promises, by that stamp, that nothing but
+        its own writes changed the rows since, and those keep this cache in step
+        (:meth:`put`, :meth:`replace`, :meth:`discard`), so the row need not be
+        read to validate the entry. None: read the row."""
+        if stamp is None:
+            return None
+        item = self._items.get(key)
+        return item[0] if item is not None and item[3] == stamp else None
+
     def peek(self, key: bytes, raw: bytes) -> CustomerState:
         """What :meth:`get` returns for a row that exists, leaving the recency order
         and the counters as they are: for readers other than the agent (the time
@@ -245,16 +260,18 @@ class StateCache:
             return item[1]
         return self._decode(key, raw)[0]
 
-    def replace(self, key: bytes, raw: bytes, state: CustomerState) -> None:
+    def replace(self, key: bytes, raw: bytes, state: CustomerState,
+                stamp: Hashable | None = None) -> None:
         """A writer other than the agent wrote ``raw`` (``state``'s encoding): a live
-        entry of ``key`` takes it, in place in the recency order; a key not live
-        is not added (its kept head, now stale, is dropped)."""
+        entry of ``key`` takes it, in place in the recency order, with ``stamp``
+        (:meth:`trusted_row`); a key not live is not added (its kept head, now
+        stale, is dropped)."""
         item = self._items.get(key)
         if item is not None:
             raw = self._compact(raw)
             weight = self.weigh(raw)
             self.weight += weight - item[2]
-            self._items[key] = (raw, state, weight)
+            self._items[key] = (raw, state, weight, stamp)
             self._evict()
         else:
             self._drop_head(key)
@@ -271,8 +288,10 @@ class StateCache:
             self._drop_head(key)
         return state, 0
 
-    def put(self, key: bytes, raw: bytes, state: CustomerState) -> None:
-        """Remember ``state`` as what ``raw`` (its encoding, just written) holds."""
+    def put(self, key: bytes, raw: bytes, state: CustomerState,
+            stamp: Hashable | None = None) -> None:
+        """Remember ``state`` as what ``raw`` (its encoding, just written) holds; with
+        the store's ``stamp`` after that write, if it gives one (:meth:`trusted_row`)."""
         self._drop_head(key)
         if self.capacity <= 0 and self.head_budget <= 0:
             return  # no tier at all: not even the copy below
@@ -282,7 +301,7 @@ class StateCache:
         if self.capacity <= 0 or (self.budget is not None and weight > self.budget):
             self._keep_head(key, raw, state)
             return
-        self._items[key] = (raw, state, weight)
+        self._items[key] = (raw, state, weight, stamp)
         self.weight += weight
         self._evict()
 
@@ -291,7 +310,7 @@ class StateCache:
         live tier is within its count and its budget."""
         budget = self.budget
         while len(self._items) > self.capacity or (budget is not None and self.weight > budget):
-            old_key, (old_raw, old_state, old_weight) = self._items.popitem(last=False)
+            old_key, (old_raw, old_state, old_weight, _) = self._items.popitem(last=False)
             self.weight -= old_weight
             self._keep_head(old_key, old_raw, old_state)
 

@@ -143,16 +143,29 @@ class Planner:
                 keys.setdefault(record.partition, {})[record.key] = None
         rows: Rows = {}
         store = self.service.rows
+        trusted_row = self.states.trusted_row
         for partition, wanted in keys.items():
             try:
                 if not store.is_open(partition):
                     continue
-                values = store.get_many(partition, list(wanted))
+                # A live state kept with the partition's current stamp is what its
+                # row holds: nothing but this worker's own writes (which keep the
+                # cache in step) changed the partition since (RowStore.stamp).
+                stamp = store.stamp(partition)
+                unread = []
+                for key in wanted:
+                    if (row := trusted_row(key, stamp)) is not None:
+                        rows[partition, key] = row
+                    else:
+                        unread.append(key)
+                if not unread:
+                    continue
+                values = store.get_many(partition, unread)
             except Exception as exc:  # noqa: BLE001 - plan() reads these rows one by one
                 log.warning("reading %d rows of partition %d at once failed (%r): "
                             "reading them one at a time", len(wanted), partition, exc)
                 continue
-            for key, value in zip(wanted, values, strict=True):
+            for key, value in zip(unread, values, strict=True):
                 rows[partition, key] = value
         return rows
 
@@ -307,6 +320,7 @@ class Planner:
     def remember(self, change: Change) -> None:
         """Keep the live state of a change just written (its row now holds ``value``)."""
         if change.state is not None and change.value is not None:
-            self.states.put(change.key, change.value, change.state)
+            self.states.put(change.key, change.value, change.state,
+                            self.service.rows.stamp(change.partition))
         else:
             self.states.discard(change.key)

@@ -188,7 +188,9 @@ class Settings(BaseSettings):
         "between their events (least recently written dropped first), so an event that "
         "arrives in order is appended to the customer's folded history instead of decoding "
         "the state and re-folding its open buffer. Only a cache: the table stays the truth "
-        "(an entry is used only while its row holds exactly the bytes it encoded to). "
+        "(an entry is used only while its row holds exactly the bytes it encoded to; the agent's "
+        "own writes keep it so, and it reads the row again once anything else wrote the "
+        "partition). "
         "state_cache_mb is what bounds it normally; this caps the count as well. Customers "
         "that come back after more than the cache holds miss it every time. 0 disables it.",
     )

@@ -27,11 +27,18 @@ over both):
   strictly after a cursor, and never the persisted-offset key. The result
   may be consumed across an ``await`` only for :class:`MemoryRows`; for
   RocksDB read it within one synchronous slice.
+* :meth:`RowStore.stamp`, when not None, is equal to an earlier one of the
+  same partition only if nothing but this store's own writes changed the
+  partition in between: the agent trusts its live states kept with that
+  stamp without reading their rows (:class:`scoring.state.StateCache`). A
+  store that cannot tell gives None (:class:`MemoryRows`: the Faust memory
+  table writes its mapping behind its back), and every row is read.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, MutableMapping, Sequence
+import itertools
+from collections.abc import Hashable, Iterator, MutableMapping, Sequence
 from typing import Protocol
 
 from faust.types import CollectionT
@@ -66,16 +73,34 @@ class RowStore(Protocol):
         """Keys of ``partition`` after ``cursor`` (None: from the start), in byte order."""
         ...
 
+    def stamp(self, partition: int) -> Hashable | None:
+        """A token for ``partition``'s rows as they are now: equal to an earlier token
+        only if nothing but this store's :meth:`write` changed them in between;
+        None when the store cannot tell (or the partition is not open)."""
+        ...
+
     def persisted_offset(self, partition: int) -> int | None:
         """The changelog offset the rows of ``partition`` are complete up to, or None."""
         ...
 
 
+#: stamps of :class:`RocksDBRows`: every change of a partition's stamp takes a new number
+_STAMPS = itertools.count()
+
+
 class RocksDBRows:
-    """:class:`RowStore` over the ``rocksdict`` partition databases of a Faust table."""
+    """:class:`RowStore` over the ``rocksdict`` partition databases of a Faust table.
+
+    :meth:`stamp` follows each database's latest sequence number, which every
+    write to it moves, whoever writes (Faust's recovery and standby
+    updates, its table API, another store): a number other than the one this
+    store's last write left, or another database object, is a new stamp.
+    """
 
     def __init__(self, table: CollectionT) -> None:
         self.table = table
+        #: partition -> (id of its database, sequence number it was seen at, stamp)
+        self._seen: dict[int, tuple[int, int, int]] = {}
 
     def is_open(self, partition: int) -> bool:
         return compat.rocksdict_partition(self.table, partition) is not None
@@ -116,8 +141,27 @@ class RocksDBRows:
         if offset is not None:
             # Faust's Store.set_persisted_offset encoding, in the same batch.
             batch.put(compat.persisted_offset_key(self.table), str(offset).encode())
+        # Any other writer since the last look moves the stamp first; this
+        # write keeps it (no await in between: nothing else writes here).
+        stamp = self._look(partition, db)
         db.write(batch)
+        self._seen[partition] = (id(db), db.latest_sequence_number(), stamp)
         return True
+
+    def stamp(self, partition: int) -> int | None:
+        db = compat.rocksdict_partition(self.table, partition)
+        return None if db is None else self._look(partition, db)
+
+    def _look(self, partition: int, db: Rdict) -> int:
+        """The partition's stamp: a new one when ``db`` is not the database last seen
+        or was written since (by anything but :meth:`write`)."""
+        seq = db.latest_sequence_number()
+        seen = self._seen.get(partition)
+        if seen is not None and seen[0] == id(db) and seen[1] == seq:
+            return seen[2]
+        stamp = next(_STAMPS)
+        self._seen[partition] = (id(db), seq, stamp)
+        return stamp
 
     def keys_after(self, partition: int, cursor: bytes | None) -> Iterator[bytes]:
         db = compat.rocksdict_partition(self.table, partition)
@@ -182,6 +226,9 @@ class MemoryRows:
 
     def persisted_offset(self, partition: int) -> int | None:
         return self.offsets.get(partition)
+
+    def stamp(self, partition: int) -> None:
+        return None  # the memory table writes the mapping without telling this store
 
 
 def row_store(table: CollectionT, partitions: int) -> RowStore:

@@ -616,7 +616,8 @@ class Sweeper:
                 run.held.discard(change.key)
             stats.changed += 1
             if change.value is not None:  # a live state stays live, with the new bytes
-                svc.states.replace(change.key, change.value, states[change.key])
+                svc.states.replace(change.key, change.value, states[change.key],
+                                   svc.rows.stamp(partition))
             self._count(run, change.key, states[change.key])
             index.file(change.key, change.next_due)
 

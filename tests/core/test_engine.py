@@ -144,6 +144,30 @@ def test_the_state_cache_keeps_the_latest_states_its_byte_budget_holds(engine: E
 
 
 @pytest.mark.parametrize("engine", ENGINES)
+def test_a_live_entry_s_row_is_trusted_only_with_the_stamp_it_was_kept_with(
+        engine: Engine) -> None:
+    policy = PolicyBook().default
+    first = engine.apply(None, parse(purchase(at(0), 100, order_id="o0")), policy).state
+    second = engine.apply(first, parse(purchase(at(1), 200, order_id="o1")), policy).state
+    raw1, raw2 = engine.encode(first), engine.encode(second)
+    cache = engine.state_cache(4, 0)
+    cache.put(b"k", raw1, first)  # a store that gives no stamps: never trusted
+    assert cache.trusted_row(b"k", None) is None
+    cache.put(b"k", raw1, first, stamp=7)
+    assert cache.trusted_row(b"k", 7) == raw1
+    assert cache.trusted_row(b"k", 8) is None  # the store moved on: read the row
+    assert cache.trusted_row(b"other", 7) is None  # nothing kept
+    # A writer other than the agent: its stamp, or none (then the row is read).
+    cache.replace(b"k", raw2, second, stamp=9)
+    assert cache.trusted_row(b"k", 9) == raw2 and cache.trusted_row(b"k", 7) is None
+    cache.replace(b"k", raw2, second)
+    assert cache.trusted_row(b"k", 9) is None
+    assert cache.get(b"k", raw2) is second  # still served once its row is read
+    cache.discard(b"k")
+    assert cache.trusted_row(b"k", 9) is None
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 def test_the_state_cache_copies_rows_unless_the_engine_makes_them_exact(engine: Engine) -> None:
     policy = PolicyBook().default
     state = engine.apply(None, parse(purchase(at(0), 100, order_id="o0")), policy).state

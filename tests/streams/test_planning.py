@@ -1,4 +1,4 @@
-"""Unit tests of the state agent's planning step (memory store, no broker).
+"""Unit tests of the state agent's planning step (memory store, one test on RocksDB; no broker).
 
 These exercise the per-record decisions - size check, parse errors, keying,
 fold, dead-letter format - without Kafka. The real-broker tests in
@@ -16,6 +16,7 @@ import pytest
 from schemas import codec
 from scoring.clock import day_of
 from scoring.shop import ShopTally
+from streams import compat
 from streams.app import create_service
 from streams.compat import partition_context
 from streams.records import ORIGIN_HEADER, Record
@@ -26,8 +27,7 @@ from tests.contracts import assert_valid
 NOW = datetime(2026, 1, 10, tzinfo=UTC)
 
 
-@pytest.fixture
-def service(tmp_path):
+def _service(tmp_path, store: str):
     # Faust's table writes (the tallies) need a current event loop even here,
     # and pytest-asyncio's async tests in earlier modules leave none behind.
     policy = asyncio.get_event_loop_policy()
@@ -37,11 +37,16 @@ def service(tmp_path):
         before = None
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    settings = Settings(app_id="unit-agents", store="memory://", partitions=4,
+    settings = Settings(app_id=f"unit-agents-{store}", store=f"{store}://", partitions=4,
                         data_dir=tmp_path)
     yield create_service(settings, web_enabled=False, sweep_enabled=False)
     asyncio.set_event_loop(before)
     loop.close()
+
+
+@pytest.fixture
+def service(tmp_path):
+    yield from _service(tmp_path, "memory")
 
 
 def state_write(service, plan) -> tuple[bytes, bytes | None] | None:
@@ -297,3 +302,49 @@ def test_a_failing_batch_read_leaves_its_partition_to_single_reads(service) -> N
     [score] = [o for o in service.processor.planner.settle([plan]).outputs
                if o[0] == service.context.scores.get_topic_name()]
     assert codec.loads(score[2])["purchase_days"] == 2  # folded onto the first purchase
+
+
+@pytest.fixture
+def rocks_service(tmp_path):
+    """The service over RocksDB (its every partition open), whose store gives stamps."""
+    for service in _service(tmp_path, "rocksdb"):
+        for p in range(4):
+            compat.open_rocksdict_partition(service.context.customers, p)
+            compat.open_rocksdict_partition(service.context.tallies, p)
+        yield service
+
+
+def test_a_kept_live_state_is_not_read_again_until_another_writer_moves_its_partition(
+        rocks_service) -> None:
+    """The agent's own writes keep its live states in step with the rows, so a batch
+    reads no row of a customer it keeps; any other write to the partition (here
+    straight into RocksDB, as a restore would) makes it read them again, and the
+    fold never starts from a state the row no longer holds."""
+    service = rocks_service
+    store = service.context.rows
+    reads: list[bytes] = []
+
+    class CountingReads(type(store)):
+        def get_many(self, partition, keys):
+            reads.extend(keys)
+            return super().get_many(partition, keys)
+
+    key = message_key("s1", "c1")
+    first = planned_and_written(service, record(purchase()))
+    row = store.get(first.tally_delta[0], key)
+    second = record(purchase(event_id="e2", order_id="o2", occurred_at="2026-01-06T10:00:00Z"))
+    store.__class__ = CountingReads
+    try:
+        assert service.processor.planner.read_rows([second]) == {(second.partition, key): row}
+        assert reads == []  # kept with the partition's stamp: not read
+        db = compat.rocksdict_partition(service.context.customers, second.partition)
+        db.delete(key)  # another writer: the customer's row is gone
+        assert service.processor.planner.read_rows([second]) == {(second.partition, key): None}
+        assert reads == [key]
+        plan = service.processor.plan(second, now=NOW,
+                                      rows=service.processor.planner.read_rows([second]))
+    finally:
+        store.__class__ = CountingReads.__mro__[1]
+    [score] = [o for o in service.processor.planner.settle([plan]).outputs
+               if o[0] == service.context.scores.get_topic_name()]
+    assert codec.loads(score[2])["purchase_days"] == 1  # folded onto no row, not the cache

@@ -88,3 +88,26 @@ def test_get_many_reads_each_key_in_order_and_none_for_missing_rows(rows: RowSto
     assert rows.get_many(2, [c, b, a]) == [b"row-c", None, b"row-a"]
     assert rows.get_many(2, [b, c]) == [rows.get(2, b), rows.get(2, c)]
     assert rows.get_many(2, []) == []
+
+
+def test_a_stamp_holds_through_the_store_s_own_writes_and_no_other(rows: RowStore) -> None:
+    a, b = keys_of(0, 2)
+    assert rows.stamp(CLOSED) is None  # not open here: nothing to promise
+    before = rows.stamp(0)
+    if isinstance(rows, MemoryRows):
+        # The memory table writes its mapping behind the store's back: no promise.
+        assert before is None and rows.write(0, [(a, b"x")], 1) and rows.stamp(0) is None
+        return
+    assert before is not None and rows.stamp(0) == before
+    assert rows.write(0, [(a, b"x")], 1) and rows.write(0, [(b, b"y")], None)
+    assert rows.stamp(0) == before  # its own writes
+    assert rows.stamp(1) != before  # each partition its own
+    assert isinstance(rows, RocksDBRows)
+    db = compat.rocksdict_partition(rows.table, 0)
+    db[a] = b"from Faust"  # another writer (a restore, a standby update, Faust's table API)
+    moved = rows.stamp(0)
+    assert moved != before and rows.stamp(0) == moved
+    # Another writer between two of the store's own writes is not hidden by the second.
+    db.delete(b)
+    assert rows.write(0, [(b, b"z")], 2)
+    assert rows.stamp(0) not in (before, moved)
