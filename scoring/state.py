@@ -43,7 +43,7 @@ A typical customer (a few orders a year) encodes to well under 1 KiB.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
 from schemas.codec import compact, dumps, loads
@@ -249,6 +249,18 @@ class StateCache:
             return None
         item = self._items.get(key)
         return item[0] if item is not None and item[3] == stamp else None
+
+    def untrust(self, keys: Iterable[bytes]) -> None:
+        """The caller is about to write the rows of ``keys``: their entries are no
+        longer trusted by stamp (:meth:`trusted_row`) until :meth:`put` or
+        :meth:`replace` gives them the written bytes, so a write whose entry is
+        never updated (an error on the way) leaves the row to be read, not a
+        stale state served."""
+        items = self._items
+        for key in keys:
+            item = items.get(key)
+            if item is not None and item[3] is not None:
+                items[key] = (item[0], item[1], item[2], None)
 
     def peek(self, key: bytes, raw: bytes) -> CustomerState:
         """What :meth:`get` returns for a row that exists, leaving the recency order

@@ -221,6 +221,9 @@ class Committer:
             by_partition.setdefault(change.partition, []).append(change)
         written = [c for batch in by_partition.values() for c in batch]
         for partition, batch in by_partition.items():
+            # The live states kept for these keys are read-checked again until
+            # the written ones replace them (on_written), whatever fails between.
+            self.ctx.states.untrust([c.key for c in batch])
             # False: the partition moved; its new owner restores from the changelog.
             rows.write(partition, [(c.key, c.value) for c in batch], offsets.get(partition))
         # 5. each tally delta applied to its row's held tally (a row that cannot be

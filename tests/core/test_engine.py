@@ -163,6 +163,12 @@ def test_a_live_entry_s_row_is_trusted_only_with_the_stamp_it_was_kept_with(
     cache.replace(b"k", raw2, second)
     assert cache.trusted_row(b"k", 9) is None
     assert cache.get(b"k", raw2) is second  # still served once its row is read
+    # About to be written: no longer trusted until the written state is kept.
+    cache.put(b"k", raw2, second, stamp=10)
+    cache.untrust([b"k", b"absent"])
+    assert cache.trusted_row(b"k", 10) is None and cache.get(b"k", raw2) is second
+    cache.put(b"k", raw2, second, stamp=10)
+    assert cache.trusted_row(b"k", 10) == raw2
     cache.discard(b"k")
     assert cache.trusted_row(b"k", 9) is None
 

@@ -348,3 +348,36 @@ def test_a_kept_live_state_is_not_read_again_until_another_writer_moves_its_part
     [score] = [o for o in service.processor.planner.settle([plan]).outputs
                if o[0] == service.context.scores.get_topic_name()]
     assert codec.loads(score[2])["purchase_days"] == 1  # folded onto no row, not the cache
+
+
+def test_a_row_the_agent_wrote_without_keeping_its_state_is_read_again(rocks_service) -> None:
+    """The commit takes a key's trust away before writing its row: a write whose live
+    state is never kept (an error between the write and ``on_written``) leaves the
+    row to be read, so the next fold starts from what the row holds."""
+    service = rocks_service
+    proc, store = service.processor, service.context.rows
+    key = message_key("s1", "c1")
+    planned_and_written(service, record(purchase()))
+    second = proc.plan(record(purchase(event_id="e2", order_id="o2",
+                                       occurred_at="2026-01-06T10:00:00Z")), now=NOW)
+    [change] = proc.planner.changes([second])
+    with partition_context(service.context.rekey.get_topic_name(), change.partition):
+        proc.committer.write([change], {})  # no on_written: the cache never hears of it
+    third = record(purchase(event_id="e3", order_id="o3", occurred_at="2026-01-07T10:00:00Z"))
+    reads: list[bytes] = []
+
+    class CountingReads(type(store)):
+        def get_many(self, partition, keys):
+            reads.extend(keys)
+            return super().get_many(partition, keys)
+
+    store.__class__ = CountingReads
+    try:
+        rows = proc.planner.read_rows([third])
+    finally:
+        store.__class__ = CountingReads.__mro__[1]
+    assert reads == [key] and rows == {(third.partition, key): change.value}
+    plan = proc.plan(third, now=NOW, rows=rows)
+    [score] = [o for o in proc.planner.settle([plan]).outputs
+               if o[0] == service.context.scores.get_topic_name()]
+    assert codec.loads(score[2])["purchase_days"] == 3  # onto the second purchase's row
