@@ -94,13 +94,16 @@ class RocksDBRows:
     :meth:`stamp` follows each database's latest sequence number, which every
     write to it moves, whoever writes (Faust's recovery and standby
     updates, its table API, another store): a number other than the one this
-    store's last write left, or another database object, is a new stamp.
+    store's last write left, another database object or another consumer
+    generation (a rebalance, after which Faust may have reopened or restored
+    the database) is a new stamp.
     """
 
     def __init__(self, table: CollectionT) -> None:
         self.table = table
-        #: partition -> (id of its database, sequence number it was seen at, stamp)
-        self._seen: dict[int, tuple[int, int, int]] = {}
+        #: partition -> (consumer generation, id of its database, sequence number it
+        #: was seen at, stamp)
+        self._seen: dict[int, tuple[int, int, int, int]] = {}
 
     def is_open(self, partition: int) -> bool:
         return compat.rocksdict_partition(self.table, partition) is not None
@@ -145,7 +148,8 @@ class RocksDBRows:
         # write keeps it (no await in between: nothing else writes here).
         stamp = self._look(partition, db)
         db.write(batch)
-        self._seen[partition] = (id(db), db.latest_sequence_number(), stamp)
+        seen = self._seen[partition]
+        self._seen[partition] = (seen[0], seen[1], db.latest_sequence_number(), stamp)
         return True
 
     def stamp(self, partition: int) -> int | None:
@@ -153,14 +157,15 @@ class RocksDBRows:
         return None if db is None else self._look(partition, db)
 
     def _look(self, partition: int, db: Rdict) -> int:
-        """The partition's stamp: a new one when ``db`` is not the database last seen
-        or was written since (by anything but :meth:`write`)."""
-        seq = db.latest_sequence_number()
+        """The partition's stamp: a new one in a new consumer generation, or when
+        ``db`` is not the database last seen or was written since (by anything
+        but :meth:`write`)."""
+        now = (compat.generation(self.table.app), id(db), db.latest_sequence_number())
         seen = self._seen.get(partition)
-        if seen is not None and seen[0] == id(db) and seen[1] == seq:
-            return seen[2]
+        if seen is not None and seen[:3] == now:
+            return seen[3]
         stamp = next(_STAMPS)
-        self._seen[partition] = (id(db), seq, stamp)
+        self._seen[partition] = (*now, stamp)
         return stamp
 
     def keys_after(self, partition: int, cursor: bytes | None) -> Iterator[bytes]:
