@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import pytest
@@ -314,6 +316,23 @@ def rocks_service(tmp_path):
         yield service
 
 
+@contextmanager
+def reads_counted(store) -> Iterator[list[bytes]]:
+    """The keys ``store``'s batch reads ask for while inside (the real store's reads)."""
+    reads: list[bytes] = []
+
+    class CountingReads(type(store)):
+        def get_many(self, partition, keys):
+            reads.extend(keys)
+            return super().get_many(partition, keys)
+
+    store.__class__ = CountingReads
+    try:
+        yield reads
+    finally:
+        store.__class__ = CountingReads.__mro__[1]
+
+
 def test_a_kept_live_state_is_not_read_again_until_another_writer_moves_its_partition(
         rocks_service) -> None:
     """The agent's own writes keep its live states in step with the rows, so a batch
@@ -322,19 +341,11 @@ def test_a_kept_live_state_is_not_read_again_until_another_writer_moves_its_part
     fold never starts from a state the row no longer holds."""
     service = rocks_service
     store = service.context.rows
-    reads: list[bytes] = []
-
-    class CountingReads(type(store)):
-        def get_many(self, partition, keys):
-            reads.extend(keys)
-            return super().get_many(partition, keys)
-
     key = message_key("s1", "c1")
     first = planned_and_written(service, record(purchase()))
     row = store.get(first.tally_delta[0], key)
     second = record(purchase(event_id="e2", order_id="o2", occurred_at="2026-01-06T10:00:00Z"))
-    store.__class__ = CountingReads
-    try:
+    with reads_counted(store) as reads:
         assert service.processor.planner.read_rows([second]) == {(second.partition, key): row}
         assert reads == []  # kept with the partition's stamp: not read
         db = compat.rocksdict_partition(service.context.customers, second.partition)
@@ -343,8 +354,6 @@ def test_a_kept_live_state_is_not_read_again_until_another_writer_moves_its_part
         assert reads == [key]
         plan = service.processor.plan(second, now=NOW,
                                       rows=service.processor.planner.read_rows([second]))
-    finally:
-        store.__class__ = CountingReads.__mro__[1]
     [score] = [o for o in service.processor.planner.settle([plan]).outputs
                if o[0] == service.context.scores.get_topic_name()]
     assert codec.loads(score[2])["purchase_days"] == 1  # folded onto no row, not the cache
@@ -364,18 +373,8 @@ def test_a_row_the_agent_wrote_without_keeping_its_state_is_read_again(rocks_ser
     with partition_context(service.context.rekey.get_topic_name(), change.partition):
         proc.committer.write([change], {})  # no on_written: the cache never hears of it
     third = record(purchase(event_id="e3", order_id="o3", occurred_at="2026-01-07T10:00:00Z"))
-    reads: list[bytes] = []
-
-    class CountingReads(type(store)):
-        def get_many(self, partition, keys):
-            reads.extend(keys)
-            return super().get_many(partition, keys)
-
-    store.__class__ = CountingReads
-    try:
+    with reads_counted(store) as reads:
         rows = proc.planner.read_rows([third])
-    finally:
-        store.__class__ = CountingReads.__mro__[1]
     assert reads == [key] and rows == {(third.partition, key): change.value}
     plan = proc.plan(third, now=NOW, rows=rows)
     [score] = [o for o in proc.planner.settle([plan]).outputs
